@@ -1,0 +1,20 @@
+//! The command line: what `psmon` accepts. Parsing only; each command's
+//! behaviour lives in its own module.
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "psmon", version, about = "Event-driven process monitor for Linux servers")]
+pub struct Cli {
+    /// Log level for psmon's own messages (error, warn, info, debug, trace).
+    #[arg(long, global = true, default_value = "info")]
+    pub log_level: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show process fork/exec/exit events live, for debugging process churn.
+    Trace(crate::trace::TraceOptions),
+}

@@ -1,0 +1,399 @@
+//! The `ebpf` source: loads psmon's kernel programs (built from `psmon-ebpf`
+//! and embedded in this binary), resolves the kernel struct offsets they need
+//! from BTF, attaches them to the `sched_process_{fork,exec,exit}` BTF
+//! tracepoints and drains their ring buffer through `AsyncFd`.
+//!
+//! It owns the load, the decode of [`RawEvent`]s and the in-kernel watch
+//! filter ([`KernelFilter`]); it does not own what is watched (the caller
+//! fills the filter).
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, ProgramError},
+};
+use psmon_ebpf::{
+    COMM_LEN, Config, FLAG_PATH_TRUNCATED, GLOBAL_CONFIG, KIND_EXEC, KIND_EXIT, KIND_FORK,
+    MAP_EVENTS, MAP_LOST, MAP_WATCH_COMMS, MAP_WATCH_TGIDS, RawEvent,
+};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    sync::mpsc,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::{EventSink, ProcessTable, SourceError, SourceOptions, btf, procfs};
+use crate::event::{EventKind, EventTime, ExitStatus, ProcEvent, Process, StartTime};
+
+/// The kernel programs, built by `psmon/build.rs`; empty when the eBPF
+/// toolchain was missing at build time.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("PSMON_EBPF_OBJ"));
+
+/// Why the build left the programs out (empty when they are in).
+const MISSING_BECAUSE: &str = env!("PSMON_EBPF_MISSING");
+
+const PROGRAMS: [&str; 3] = [
+    "sched_process_fork",
+    "sched_process_exec",
+    "sched_process_exit",
+];
+
+/// How often the in-kernel lost counter is read when the ring is quiet.
+const LOST_CHECK: Duration = Duration::from_millis(200);
+
+/// Why the `ebpf` source could not be used.
+#[derive(Debug)]
+pub enum Refusal {
+    NotBuilt { why: String },
+    NoBtf { path: PathBuf },
+    Offsets { source: btf::BtfError },
+    NotPermitted { what: String },
+    Verifier { program: String, log: String },
+    Kernel { what: String, error: String },
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::NotBuilt { why } => write!(
+                f,
+                "the eBPF programs are not built into this binary ({why}); \
+                 run `cargo xtask setup` and rebuild psmon"
+            ),
+            Refusal::NoBtf { path } => write!(
+                f,
+                "this kernel has no BTF ({} is missing; it needs CONFIG_DEBUG_INFO_BTF=y)",
+                path.display()
+            ),
+            Refusal::Offsets { source } => {
+                write!(f, "cannot resolve kernel struct offsets from BTF: {source}")
+            }
+            Refusal::NotPermitted { what } => write!(
+                f,
+                "{what} was refused: run as root (or with CAP_BPF and CAP_PERFMON)"
+            ),
+            Refusal::Verifier { program, log } => write!(
+                f,
+                "the kernel verifier rejected `{program}`; verifier log:\n{log}"
+            ),
+            Refusal::Kernel { what, error } => write!(f, "{what} failed: {error}"),
+        }
+    }
+}
+
+/// Handle on the in-kernel watch filter, used when the source was opened with
+/// `kernel_filter`. Events of other processes never leave the kernel.
+pub struct KernelFilter {
+    comms: BpfHashMap<MapData, [u8; COMM_LEN], u8>,
+    tgids: BpfHashMap<MapData, u32, u8>,
+}
+
+impl KernelFilter {
+    /// Passes execs whose `comm` (the first 15 bytes of the executable's file
+    /// name) is `name`'s, and from then on every event of that process.
+    pub fn watch_comm(&mut self, name: &str) -> Result<(), MapError> {
+        self.comms.insert(comm_key(name), 1, 0)
+    }
+
+    /// Passes every event of thread group `tgid` (and forks of it).
+    pub fn watch_tgid(&mut self, tgid: u32) -> Result<(), MapError> {
+        self.tgids.insert(tgid, 1, 0)
+    }
+
+    pub fn unwatch_tgid(&mut self, tgid: u32) -> Result<(), MapError> {
+        match self.tgids.remove(&tgid) {
+            Err(MapError::KeyNotFound) => Ok(()),
+            other => other,
+        }
+    }
+}
+
+/// The key the kernel compares: `comm` is NUL padded and at most 15 bytes.
+fn comm_key(name: &str) -> [u8; COMM_LEN] {
+    let mut key = [0u8; COMM_LEN];
+    let bytes = name.as_bytes();
+    let n = bytes.len().min(COMM_LEN - 1);
+    key[..n].copy_from_slice(&bytes[..n]);
+    key
+}
+
+pub struct EbpfSource {
+    /// Owns the loaded programs and their links: dropping it detaches them.
+    _ebpf: Ebpf,
+    ring: RingBuf<MapData>,
+    lost: PerCpuArray<MapData, u64>,
+    filter: Option<KernelFilter>,
+    table: ProcessTable,
+}
+
+impl EbpfSource {
+    pub fn open(options: &SourceOptions) -> Result<Self, Refusal> {
+        if OBJECT.is_empty() {
+            return Err(Refusal::NotBuilt {
+                why: MISSING_BECAUSE.to_string(),
+            });
+        }
+        let btf_path = Path::new("/sys/kernel/btf/vmlinux");
+        if !btf_path.exists() {
+            return Err(Refusal::NoBtf {
+                path: btf_path.into(),
+            });
+        }
+        let offsets = btf::Btf::from_file(btf_path)
+            .and_then(|b| b.kernel_offsets())
+            .map_err(|source| Refusal::Offsets { source })?;
+        let config = Config {
+            offsets,
+            filter: options.kernel_filter as u32,
+        };
+        super::raise_memlock_limit();
+
+        let ring_bytes = ring_size(options.ring_bytes);
+        let mut ebpf = EbpfLoader::new()
+            .set_global(GLOBAL_CONFIG, &config, true)
+            .set_max_entries(MAP_EVENTS, ring_bytes)
+            .load(OBJECT)
+            .map_err(|e| refusal("loading the eBPF maps", &e))?;
+        let kernel_btf = aya::Btf::from_sys_fs().map_err(|e| Refusal::Kernel {
+            what: "reading kernel BTF".into(),
+            error: e.to_string(),
+        })?;
+        for name in PROGRAMS {
+            let program: &mut BtfTracePoint = ebpf
+                .program_mut(name)
+                .and_then(|p| p.try_into().ok())
+                .ok_or_else(|| Refusal::Kernel {
+                    what: format!("finding program `{name}` in the embedded object"),
+                    error: "missing".into(),
+                })?;
+            program.load(name, &kernel_btf).map_err(|e| match e {
+                ProgramError::LoadError {
+                    io_error,
+                    verifier_log,
+                } => {
+                    if io_error.raw_os_error() == Some(libc::EPERM) {
+                        Refusal::NotPermitted {
+                            what: format!("loading `{name}`"),
+                        }
+                    } else {
+                        Refusal::Verifier {
+                            program: name.into(),
+                            log: format!("{io_error}\n{verifier_log}"),
+                        }
+                    }
+                }
+                other => refusal(&format!("loading `{name}`"), &other),
+            })?;
+            program
+                .attach()
+                .map_err(|e| refusal(&format!("attaching `{name}`"), &e))?;
+        }
+
+        let ring = take(&mut ebpf, MAP_EVENTS, RingBuf::try_from)?;
+        let lost = take(&mut ebpf, MAP_LOST, PerCpuArray::try_from)?;
+        let filter = if options.kernel_filter {
+            Some(KernelFilter {
+                comms: take(&mut ebpf, MAP_WATCH_COMMS, BpfHashMap::try_from)?,
+                tgids: take(&mut ebpf, MAP_WATCH_TGIDS, BpfHashMap::try_from)?,
+            })
+        } else {
+            None
+        };
+        Ok(EbpfSource {
+            _ebpf: ebpf,
+            ring,
+            lost,
+            filter,
+            table: ProcessTable::default(),
+        })
+    }
+
+    /// The in-kernel filter, when the source was opened with `kernel_filter`.
+    /// Taken once: whoever decides what is watched owns it.
+    pub fn take_filter(&mut self) -> Option<KernelFilter> {
+        self.filter.take()
+    }
+
+    pub async fn run(
+        mut self,
+        tx: mpsc::Sender<ProcEvent>,
+        token: CancellationToken,
+    ) -> Result<(), SourceError> {
+        let mut sink = EventSink::new(tx);
+        // Subscribed (attached) before this snapshot, so nothing falls between.
+        self.table
+            .seed(tokio::task::spawn_blocking(procfs::snapshot).await.unwrap_or_default());
+        let mut lost_seen = self.lost_total();
+        // SAFETY: the ring buffer map owns its fd, which stays open and the
+        // same for as long as the map lives, and the AsyncFd owns the map.
+        let fd = unsafe { AsyncFd::register_with_interest(self.ring, Interest::READABLE) }
+            .map_err(|e| SourceError::RingBuf { source: e.into_parts().1 })?;
+        let mut ticker = tokio::time::interval(LOST_CHECK);
+        let mut table = self.table;
+        let lost = self.lost;
+        let mut fd = fd;
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => return Ok(()),
+                guard = fd.readable_mut() => {
+                    let mut guard = guard.map_err(|source| SourceError::RingBuf { source })?;
+                    let ring = guard.get_inner_mut();
+                    while let Some(item) = ring.next() {
+                        if let Some(event) = decode(&item, &mut table) {
+                            if !sink.send(event) {
+                                return Ok(());
+                            }
+                        }
+                    }
+                    guard.clear_ready();
+                }
+                _ = ticker.tick() => {}
+            }
+            let total = lost_total(&lost);
+            if total > lost_seen {
+                if !sink.send(ProcEvent::lost(Some(total - lost_seen))) {
+                    return Ok(());
+                }
+                lost_seen = total;
+            }
+        }
+    }
+
+    fn lost_total(&self) -> u64 {
+        lost_total(&self.lost)
+    }
+}
+
+fn lost_total(lost: &PerCpuArray<MapData, u64>) -> u64 {
+    lost.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
+}
+
+/// The ring buffer size must be a power of two and a multiple of the page size.
+fn ring_size(requested: u32) -> u32 {
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096) as u32;
+    requested.max(page).next_power_of_two()
+}
+
+fn take<T, E: fmt::Display>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    convert: impl FnOnce(aya::maps::Map) -> Result<T, E>,
+) -> Result<T, Refusal> {
+    let map = ebpf.take_map(name).ok_or_else(|| Refusal::Kernel {
+        what: format!("finding map `{name}` in the embedded object"),
+        error: "missing".into(),
+    })?;
+    convert(map).map_err(|e| Refusal::Kernel {
+        what: format!("opening map `{name}`"),
+        error: e.to_string(),
+    })
+}
+
+fn refusal(what: &str, error: &dyn std::error::Error) -> Refusal {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    let mut eperm = false;
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            eperm |= io.raw_os_error() == Some(libc::EPERM);
+        }
+        cause = c.source();
+    }
+    if eperm || text.contains("Operation not permitted") {
+        Refusal::NotPermitted { what: what.into() }
+    } else {
+        Refusal::Kernel {
+            what: what.into(),
+            error: text,
+        }
+    }
+}
+
+fn c_str(bytes: &[u8]) -> &[u8] {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    &bytes[..end]
+}
+
+fn decode(bytes: &[u8], table: &mut ProcessTable) -> Option<ProcEvent> {
+    if bytes.len() < size_of::<RawEvent>() {
+        return None;
+    }
+    // SAFETY: the length was checked and RawEvent is plain integers; the
+    // ring buffer gives no alignment guarantee to the slice, so read unaligned.
+    let raw: RawEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let time = EventTime::now(Some(raw.ktime_ns), Some(raw.cpu));
+    let mut process = Process {
+        tgid: raw.tgid,
+        pid: raw.pid,
+        ppid: raw.ppid,
+        start: Some(StartTime::from_ns(raw.start_ns)),
+        comm: String::from_utf8_lossy(c_str(&raw.comm)).into_owned(),
+        path: None,
+    };
+    let kind = match raw.kind {
+        KIND_FORK => {
+            table.fork(&mut process);
+            EventKind::Fork(process)
+        }
+        KIND_EXEC => {
+            process.path = exec_path(&raw);
+            table.exec(&mut process);
+            EventKind::Exec(process)
+        }
+        KIND_EXIT => {
+            if !table.exit(&mut process) {
+                return None;
+            }
+            EventKind::Exit {
+                process,
+                status: ExitStatus::from_wait_status(raw.exit_code),
+            }
+        }
+        _ => return None,
+    };
+    Some(ProcEvent::new(kind, time))
+}
+
+/// The `execve` path; relative or truncated ones are replaced by
+/// `/proc/PID/exe` when the process is still there to ask.
+fn exec_path(raw: &RawEvent) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let name = c_str(&raw.path);
+    let usable = name.first() == Some(&b'/') && raw.flags & FLAG_PATH_TRUNCATED == 0;
+    if usable {
+        return Some(PathBuf::from(std::ffi::OsStr::from_bytes(name)));
+    }
+    procfs::exe(raw.tgid).or_else(|| {
+        (!name.is_empty()).then(|| PathBuf::from(std::ffi::OsStr::from_bytes(name)))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comm_keys_are_truncated_and_padded() {
+        assert_eq!(&comm_key("sshd")[..5], b"sshd\0");
+        let long = comm_key("a-very-long-daemon-name");
+        assert_eq!(&long[..15], b"a-very-long-dae");
+        assert_eq!(long[15], 0);
+    }
+
+    #[test]
+    fn ring_size_is_a_power_of_two_of_pages() {
+        assert_eq!(ring_size(1), 4096);
+        assert_eq!(ring_size(5000), 8192);
+        assert_eq!(ring_size(1 << 20), 1 << 20);
+    }
+}

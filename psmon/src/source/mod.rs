@@ -1,0 +1,400 @@
+//! Event sources: how psmon learns that processes forked, exec'd and exited.
+//!
+//! Three sources turn kernel signals into one stream of [`ProcEvent`]s sent
+//! into a bounded channel: `ebpf` (BTF tracepoints and a ring buffer),
+//! `netlink` (the proc connector) and `poll` (diffing `/proc`). [`open`]
+//! picks one — `auto` tries them best first and records why each better one
+//! was refused. This module owns acquiring a source and the bookkeeping all
+//! of them share ([`EventSink`], [`ProcessTable`]); it does not decide what
+//! an event means for a watched process.
+
+pub mod btf;
+pub mod ebpf;
+pub mod netlink;
+pub mod procfs;
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    fmt,
+    path::PathBuf,
+    time::Duration,
+};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::event::{ProcEvent, Process, StartTime};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum SourceKind {
+    Ebpf,
+    Netlink,
+    Poll,
+}
+
+impl fmt::Display for SourceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SourceKind::Ebpf => "ebpf",
+            SourceKind::Netlink => "netlink",
+            SourceKind::Poll => "poll",
+        })
+    }
+}
+
+/// `--source`: a specific source, or `auto` (best available).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SourceChoice {
+    Auto,
+    Ebpf,
+    Netlink,
+    Poll,
+}
+
+#[derive(Clone, Debug)]
+pub struct SourceOptions {
+    /// Ring buffer size in bytes for `ebpf` (rounded up to a power of two pages).
+    pub ring_bytes: u32,
+    /// Socket receive buffer in bytes for `netlink`.
+    pub netlink_rcvbuf: usize,
+    /// Scan interval for `poll`.
+    pub poll_interval: Duration,
+    /// `ebpf` only: send only events of watched comms and tgids (monitoring).
+    /// Trace runs unfiltered unless asked.
+    pub kernel_filter: bool,
+}
+
+impl Default for SourceOptions {
+    fn default() -> Self {
+        SourceOptions {
+            ring_bytes: psmon_ebpf::DEFAULT_RING_BYTES,
+            netlink_rcvbuf: netlink::DEFAULT_RCVBUF,
+            poll_interval: Duration::from_secs(1),
+            kernel_filter: false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("the `ebpf` source is unavailable: {reason}")]
+    Ebpf { reason: ebpf::Refusal },
+    #[error("the `netlink` source is unavailable: {reason}")]
+    Netlink { reason: netlink::Refusal },
+    #[error("reading the BPF ring buffer failed")]
+    RingBuf {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("receiving from the proc connector failed")]
+    Recv {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("a /proc scan task failed")]
+    Task {
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
+/// An opened source, ready to run.
+pub enum Source {
+    Ebpf(Box<ebpf::EbpfSource>),
+    Netlink(netlink::NetlinkSource),
+    Poll(procfs::PollSource),
+}
+
+impl Source {
+    pub fn kind(&self) -> SourceKind {
+        match self {
+            Source::Ebpf(_) => SourceKind::Ebpf,
+            Source::Netlink(_) => SourceKind::Netlink,
+            Source::Poll(_) => SourceKind::Poll,
+        }
+    }
+
+    /// Sends events into `tx` until `token` is cancelled or `tx` is closed.
+    pub async fn run(
+        self,
+        tx: mpsc::Sender<ProcEvent>,
+        token: CancellationToken,
+    ) -> Result<(), SourceError> {
+        match self {
+            Source::Ebpf(s) => s.run(tx, token).await,
+            Source::Netlink(s) => s.run(tx, token).await,
+            Source::Poll(s) => s.run(tx, token).await,
+        }
+    }
+}
+
+/// What [`open`] got, and why better sources were refused.
+pub struct Opened {
+    pub source: Source,
+    pub refused: Vec<SourceError>,
+}
+
+/// Opens the chosen source; with `Auto`, the first of ebpf, netlink, poll
+/// that works. Subscribing happens here, before the caller's `/proc`
+/// snapshot, so no event between the two is missed.
+pub fn open(choice: SourceChoice, options: &SourceOptions) -> Result<Opened, SourceError> {
+    let mut refused = Vec::new();
+    if matches!(choice, SourceChoice::Auto | SourceChoice::Ebpf) {
+        match ebpf::EbpfSource::open(options) {
+            Ok(s) => {
+                return Ok(Opened {
+                    source: Source::Ebpf(Box::new(s)),
+                    refused,
+                });
+            }
+            Err(reason) if choice == SourceChoice::Auto => {
+                refused.push(SourceError::Ebpf { reason })
+            }
+            Err(reason) => return Err(SourceError::Ebpf { reason }),
+        }
+    }
+    if matches!(choice, SourceChoice::Auto | SourceChoice::Netlink) {
+        match netlink::NetlinkSource::open(options) {
+            Ok(s) => {
+                return Ok(Opened {
+                    source: Source::Netlink(s),
+                    refused,
+                });
+            }
+            Err(reason) if choice == SourceChoice::Auto => {
+                refused.push(SourceError::Netlink { reason })
+            }
+            Err(reason) => return Err(SourceError::Netlink { reason }),
+        }
+    }
+    Ok(Opened {
+        source: Source::Poll(procfs::PollSource {
+            interval: options.poll_interval,
+        }),
+        refused,
+    })
+}
+
+/// The sending end every source uses: never blocks the source. When the
+/// channel is full the event is dropped and counted, and a `Lost` with the
+/// count goes out as soon as there is room, so consumers resynchronise.
+pub struct EventSink {
+    tx: mpsc::Sender<ProcEvent>,
+    dropped: u64,
+}
+
+impl EventSink {
+    pub fn new(tx: mpsc::Sender<ProcEvent>) -> Self {
+        EventSink { tx, dropped: 0 }
+    }
+
+    /// Returns false when the receiver is gone and the source should stop.
+    pub fn send(&mut self, event: ProcEvent) -> bool {
+        use mpsc::error::TrySendError;
+        if self.dropped > 0 {
+            match self.tx.try_send(ProcEvent::lost(Some(self.dropped))) {
+                Ok(()) => self.dropped = 0,
+                Err(TrySendError::Full(_)) => {
+                    self.dropped += 1;
+                    return true;
+                }
+                Err(TrySendError::Closed(_)) => return false,
+            }
+        }
+        match self.tx.try_send(event) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                self.dropped += 1;
+                true
+            }
+            Err(TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+/// What a source remembers of live processes: filled from a `/proc`
+/// snapshot taken after subscribing, then kept current by fork and exec
+/// events. It completes exit events (path, start time, comm) and drops a
+/// second exit of the same (tgid, start time).
+#[derive(Default)]
+pub struct ProcessTable {
+    live: HashMap<u32, Known>,
+    recent_exits: RecentSet,
+}
+
+#[derive(Clone)]
+struct Known {
+    start: Option<StartTime>,
+    ppid: u32,
+    comm: String,
+    path: Option<PathBuf>,
+}
+
+impl ProcessTable {
+    /// Merges a snapshot. Events already applied are newer than the
+    /// snapshot, so entries present win; zombies are not live.
+    pub fn seed(&mut self, entries: Vec<procfs::ProcEntry>) {
+        for e in entries.into_iter().filter(|e| !e.is_dead()) {
+            let path = procfs::exe(e.tgid);
+            self.live.entry(e.tgid).or_insert(Known {
+                start: Some(e.start),
+                ppid: e.ppid,
+                comm: e.comm,
+                path,
+            });
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
+
+    /// Records a fork (the child runs the parent's executable) and fills
+    /// what the event lacks.
+    pub fn fork(&mut self, p: &mut Process) {
+        if p.path.is_none() {
+            p.path = self.live.get(&p.ppid).and_then(|k| k.path.clone());
+        }
+        self.remember(p);
+    }
+
+    pub fn exec(&mut self, p: &mut Process) {
+        if p.start.is_none() {
+            p.start = self.live.get(&p.tgid).and_then(|k| k.start);
+        }
+        self.remember(p);
+    }
+
+    fn remember(&mut self, p: &Process) {
+        self.live.insert(
+            p.tgid,
+            Known {
+                start: p.start,
+                ppid: p.ppid,
+                comm: p.comm.clone(),
+                path: p.path.clone(),
+            },
+        );
+    }
+
+    /// Completes an exit from what is known and forgets the process.
+    /// Returns false when this exit was already reported.
+    pub fn exit(&mut self, p: &mut Process) -> bool {
+        let known = self.live.get(&p.tgid).cloned();
+        if let Some(k) = &known {
+            let same = p.start.is_none() || k.start.is_none() || p.start == k.start;
+            if same {
+                p.start = p.start.or(k.start);
+                p.path = p.path.take().or_else(|| k.path.clone());
+                if p.comm.is_empty() {
+                    p.comm = k.comm.clone();
+                }
+                if p.ppid == 0 {
+                    p.ppid = k.ppid;
+                }
+                self.live.remove(&p.tgid);
+            }
+        }
+        self.recent_exits.insert(p.identity())
+    }
+}
+
+/// A bounded set of recently reported exit identities.
+#[derive(Default)]
+struct RecentSet {
+    set: HashSet<(u32, Option<u64>)>,
+    order: VecDeque<(u32, Option<u64>)>,
+}
+
+impl RecentSet {
+    const CAPACITY: usize = 4096;
+
+    /// Returns false if `id` was already present.
+    fn insert(&mut self, id: (u32, Option<u64>)) -> bool {
+        if !self.set.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > Self::CAPACITY {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
+}
+
+/// Lifts `RLIMIT_MEMLOCK`: kernels before 5.11 charge BPF maps to it (64 KiB
+/// by default), and a ring buffer then fails with EPERM. Harmless elsewhere.
+pub(crate) fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit with a valid pointer to an initialised struct.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+    if rc != 0 {
+        tracing::debug!(
+            error = %std::io::Error::last_os_error(),
+            "could not raise RLIMIT_MEMLOCK"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::EventKind;
+
+    fn proc(tgid: u32, ticks: Option<u64>) -> Process {
+        Process {
+            tgid,
+            pid: tgid,
+            ppid: 0,
+            start: ticks.map(StartTime::from_ticks),
+            comm: String::new(),
+            path: None,
+        }
+    }
+
+    #[test]
+    fn exit_is_completed_and_reported_once() {
+        let mut table = ProcessTable::default();
+        let mut exec = proc(5, Some(100));
+        exec.comm = "victim".into();
+        exec.path = Some("/bin/victim".into());
+        exec.ppid = 1;
+        table.exec(&mut exec);
+
+        let mut exit = proc(5, None);
+        assert!(table.exit(&mut exit));
+        assert_eq!(exit.path.as_deref(), Some(std::path::Path::new("/bin/victim")));
+        assert_eq!(exit.comm, "victim");
+        assert_eq!(exit.start, Some(StartTime::from_ticks(100)));
+        assert_eq!(exit.ppid, 1);
+
+        let mut again = proc(5, Some(100));
+        assert!(!table.exit(&mut again), "a duplicate exit must be dropped");
+        // The same pid with another start time is another process.
+        let mut reused = proc(5, Some(200));
+        assert!(table.exit(&mut reused));
+    }
+
+    #[tokio::test]
+    async fn full_channel_becomes_lost_with_count() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let mut sink = EventSink::new(tx);
+        let ev = || ProcEvent::lost(None);
+        assert!(sink.send(ev()));
+        assert!(sink.send(ev())); // dropped
+        assert!(sink.send(ev())); // dropped
+        rx.recv().await.unwrap();
+        assert!(sink.send(ev())); // the Lost goes first, then this is dropped
+        let lost = rx.recv().await.unwrap();
+        assert_eq!(lost.kind, EventKind::Lost { count: Some(2) });
+    }
+}
