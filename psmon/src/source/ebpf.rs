@@ -10,7 +10,6 @@
 use std::{
     fmt,
     path::{Path, PathBuf},
-    time::Duration,
 };
 
 use aya::{
@@ -44,8 +43,6 @@ const PROGRAMS: [&str; 3] = [
     "sched_process_exit",
 ];
 
-/// How often the in-kernel lost counter is read when the ring is quiet.
-const LOST_CHECK: Duration = Duration::from_millis(200);
 
 /// Why the `ebpf` source could not be used.
 #[derive(Debug)]
@@ -229,12 +226,13 @@ impl EbpfSource {
         // Subscribed (attached) before this snapshot, so nothing falls between.
         self.table
             .seed(tokio::task::spawn_blocking(procfs::snapshot).await.unwrap_or_default());
-        let mut lost_seen = self.lost_total();
+        // Counted from load: losses before `run` (a slow start) are reported too.
+        let mut lost_seen = 0;
         // SAFETY: the ring buffer map owns its fd, which stays open and the
         // same for as long as the map lives, and the AsyncFd owns the map.
         let fd = unsafe { AsyncFd::register_with_interest(self.ring, Interest::READABLE) }
             .map_err(|e| SourceError::RingBuf { source: e.into_parts().1 })?;
-        let mut ticker = tokio::time::interval(LOST_CHECK);
+        let mut ticker = tokio::time::interval(super::FLUSH_INTERVAL);
         let mut table = self.table;
         let lost = self.lost;
         let mut fd = fd;
@@ -262,12 +260,12 @@ impl EbpfSource {
                 }
                 lost_seen = total;
             }
+            if !sink.flush() {
+                return Ok(());
+            }
         }
     }
 
-    fn lost_total(&self) -> u64 {
-        lost_total(&self.lost)
-    }
 }
 
 fn lost_total(lost: &PerCpuArray<MapData, u64>) -> u64 {

@@ -175,6 +175,9 @@ pub fn open(choice: SourceChoice, options: &SourceOptions) -> Result<Opened, Sou
     })
 }
 
+/// How often sources retry delivering a pending `Lost` when no event comes.
+pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+
 /// The sending end every source uses: never blocks the source. When the
 /// channel is full the event is dropped and counted, and a `Lost` with the
 /// count goes out as soon as there is room, so consumers resynchronise.
@@ -191,15 +194,12 @@ impl EventSink {
     /// Returns false when the receiver is gone and the source should stop.
     pub fn send(&mut self, event: ProcEvent) -> bool {
         use mpsc::error::TrySendError;
+        if !self.flush() {
+            return false;
+        }
         if self.dropped > 0 {
-            match self.tx.try_send(ProcEvent::lost(Some(self.dropped))) {
-                Ok(()) => self.dropped = 0,
-                Err(TrySendError::Full(_)) => {
-                    self.dropped += 1;
-                    return true;
-                }
-                Err(TrySendError::Closed(_)) => return false,
-            }
+            self.dropped += 1;
+            return true;
         }
         match self.tx.try_send(event) {
             Ok(()) => true,
@@ -207,6 +207,24 @@ impl EventSink {
                 self.dropped += 1;
                 true
             }
+            Err(TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Sends the pending `Lost`, if any and if there is room. Sources call it
+    /// periodically too, so a loss is reported even when no event follows.
+    /// Returns false when the receiver is gone.
+    pub fn flush(&mut self) -> bool {
+        use mpsc::error::TrySendError;
+        if self.dropped == 0 {
+            return !self.tx.is_closed();
+        }
+        match self.tx.try_send(ProcEvent::lost(Some(self.dropped))) {
+            Ok(()) => {
+                self.dropped = 0;
+                true
+            }
+            Err(TrySendError::Full(_)) => true,
             Err(TrySendError::Closed(_)) => false,
         }
     }
@@ -396,5 +414,9 @@ mod tests {
         assert!(sink.send(ev())); // the Lost goes first, then this is dropped
         let lost = rx.recv().await.unwrap();
         assert_eq!(lost.kind, EventKind::Lost { count: Some(2) });
+        // With no event to carry it, flush delivers the pending count.
+        assert!(sink.flush());
+        let lost = rx.recv().await.unwrap();
+        assert_eq!(lost.kind, EventKind::Lost { count: Some(1) });
     }
 }

@@ -150,9 +150,16 @@ impl NetlinkSource {
             last_seq: HashMap::new(),
         };
         let mut buf = vec![0u8; 64 * 1024];
+        let mut flush_tick = tokio::time::interval(super::FLUSH_INTERVAL);
         let result = loop {
             let mut guard = tokio::select! {
                 _ = token.cancelled() => break Ok(()),
+                _ = flush_tick.tick() => {
+                    if !sink.flush() {
+                        break Ok(());
+                    }
+                    continue;
+                }
                 guard = fd.readable() => match guard {
                     Ok(g) => g,
                     Err(source) => break Err(SourceError::Recv { source }),

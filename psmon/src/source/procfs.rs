@@ -33,9 +33,11 @@ pub struct ProcEntry {
 }
 
 impl ProcEntry {
-    /// A zombie or dead task has exited; only its parent's wait is pending.
+    /// The whole group has exited; only its parent's wait is pending. A
+    /// leader that called `pthread_exit` also shows `Z` while its other
+    /// threads run, so the thread count must have dropped to one as well.
     pub fn is_dead(&self) -> bool {
-        matches!(self.state, 'Z' | 'X' | 'x')
+        matches!(self.state, 'Z' | 'X' | 'x') && self.num_threads <= 1
     }
 
     fn from_stat(stat: procfs::process::Stat) -> Self {
@@ -109,8 +111,8 @@ fn parse_state_and_flags(stat: &str) -> Option<(char, u32)> {
 
 /// The `poll` source: scans `/proc` every `interval` and reports thread
 /// groups that appeared as exec and those that vanished or became zombies as
-/// exit. A zombie's exit status comes from `/proc/PID/stat` field 52; a group
-/// already reaped is reported with [`ExitStatus::Unknown`].
+/// exit. A zombie's exit status comes from `/proc/PID/stat` field 52; a
+/// group already reaped is reported with [`ExitStatus::Unknown`].
 pub struct PollSource {
     pub interval: Duration,
 }
@@ -120,6 +122,8 @@ struct Seen {
     ppid: u32,
     comm: String,
     path: Option<PathBuf>,
+    /// Already reported as exited (a zombie waiting to be reaped).
+    dead: bool,
 }
 
 impl PollSource {
@@ -137,6 +141,9 @@ impl PollSource {
             tokio::select! {
                 _ = token.cancelled() => return Ok(()),
                 _ = ticker.tick() => {}
+            }
+            if !sink.flush() {
+                return Ok(());
             }
             let known: HashMap<u32, StartTime> =
                 seen.iter().map(|(tgid, s)| (*tgid, s.start)).collect();
@@ -177,57 +184,56 @@ fn diff(
         present.insert(e.tgid, e);
     }
     let time = EventTime::now(None, None);
-    let exit_of = |tgid: u32, s: &Seen, status| {
-        let process = Process {
-            tgid,
-            pid: tgid,
-            ppid: s.ppid,
-            start: Some(s.start),
-            comm: s.comm.clone(),
-            path: s.path.clone(),
-        };
-        ProcEvent::new(EventKind::Exit { process, status }, time)
+    let process_of = |tgid: u32, s: &Seen| Process {
+        tgid,
+        pid: tgid,
+        ppid: s.ppid,
+        start: Some(s.start),
+        comm: s.comm.clone(),
+        path: s.path.clone(),
     };
-    // Gone, replaced by another process with the same pid, or a zombie.
-    seen.retain(|tgid, s| match present.get(tgid) {
-        Some(e) if e.start == s.start && !e.is_dead() => true,
-        Some(e) if e.start == s.start => {
-            let status = e
-                .exit_code
-                .map_or(ExitStatus::Unknown, |c| ExitStatus::from_wait_status(c as u32));
-            events.push(exit_of(*tgid, s, status));
-            false
+    let status_of = |e: &ProcEntry| {
+        e.exit_code
+            .map_or(ExitStatus::Unknown, |c| ExitStatus::from_wait_status(c as u32))
+    };
+    seen.retain(|tgid, s| {
+        let now = present.get(tgid).filter(|e| e.start == s.start);
+        if !s.dead {
+            let status = now.map_or(ExitStatus::Unknown, status_of);
+            if now.is_none_or(ProcEntry::is_dead) {
+                let process = process_of(*tgid, s);
+                events.push(ProcEvent::new(EventKind::Exit { process, status }, time));
+                s.dead = true;
+            }
         }
-        _ => {
-            events.push(exit_of(*tgid, s, ExitStatus::Unknown));
-            false
-        }
+        // Gone or replaced by a new process with the same pid: forget it.
+        now.is_some()
     });
     for (tgid, e) in present {
-        if e.is_dead() || seen.contains_key(&tgid) {
+        if seen.contains_key(&tgid) {
             continue;
         }
-        let path = paths.remove(&tgid);
+        let entry = Seen {
+            start: e.start,
+            ppid: e.ppid,
+            comm: e.comm.clone(),
+            path: paths.remove(&tgid),
+            dead: e.is_dead(),
+        };
         if !first {
-            let process = Process {
-                tgid,
-                pid: tgid,
-                ppid: e.ppid,
-                start: Some(e.start),
-                comm: e.comm.clone(),
-                path: path.clone(),
+            let process = process_of(tgid, &entry);
+            let kind = if e.is_dead() {
+                // Born and died between two scans: all that is left is its status.
+                EventKind::Exit {
+                    process,
+                    status: status_of(&e),
+                }
+            } else {
+                EventKind::Exec(process)
             };
-            events.push(ProcEvent::new(EventKind::Exec(process), time));
+            events.push(ProcEvent::new(kind, time));
         }
-        seen.insert(
-            tgid,
-            Seen {
-                start: e.start,
-                ppid: e.ppid,
-                comm: e.comm,
-                path,
-            },
-        );
+        seen.insert(tgid, entry);
     }
     events
 }
@@ -279,6 +285,7 @@ mod tests {
             entry(11, 1, 'Z', Some(7 << 8)), // zombie with status
             entry(12, 5, 'S', None),         // pid reused by a new process
             entry(13, 6, 'R', None),         // new
+            entry(14, 7, 'Z', Some(9)),      // born and died between scans
         ];
         let events = diff(&mut seen, next, HashMap::new(), false);
         assert_eq!(
@@ -289,6 +296,7 @@ mod tests {
                 ("exit".into(), 10),
                 ("exit".into(), 11),
                 ("exit".into(), 12),
+                ("exit".into(), 14),
             ]
         );
         let zombie = events
@@ -305,7 +313,12 @@ mod tests {
         // A zombie stays in /proc until reaped: it is not reported again.
         let again = diff(
             &mut seen,
-            vec![entry(11, 1, 'Z', Some(7 << 8)), entry(12, 5, 'S', None), entry(13, 6, 'R', None)],
+            vec![
+                entry(11, 1, 'Z', Some(7 << 8)),
+                entry(12, 5, 'S', None),
+                entry(13, 6, 'R', None),
+                entry(14, 7, 'Z', Some(9)),
+            ],
             HashMap::new(),
             false,
         );

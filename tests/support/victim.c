@@ -1,0 +1,69 @@
+/* A process for psmon's tests to watch, kill and count. Built by the tests
+ * with the system C compiler, so that thread-group exits can be staged
+ * exactly (Rust's runtime cannot pthread_exit its main thread).
+ *
+ *   victim exit N           exit(N) at once
+ *   victim sleep            wait for a signal
+ *   victim threads-first N  4 threads exit, then the main thread exits N
+ *   victim leader-first N   the main thread pthread_exits; 300 ms later the
+ *                           remaining thread ends the group with exit(N)
+ *   victim forks K          fork K children that exit at once, reaping them
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static int code;
+
+static void nap_ms(long ms) {
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0) {
+    }
+}
+
+static void *quick(void *arg) {
+    (void)arg;
+    return NULL;
+}
+
+static void *ender(void *arg) {
+    (void)arg;
+    nap_ms(300);
+    exit(code);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        fprintf(stderr, "usage: victim exit N | sleep | threads-first N | leader-first N | forks K\n");
+        return 64;
+    }
+    int n = argc > 2 ? atoi(argv[2]) : 0;
+    if (strcmp(argv[1], "exit") == 0) {
+        return n;
+    } else if (strcmp(argv[1], "sleep") == 0) {
+        for (;;) pause();
+    } else if (strcmp(argv[1], "threads-first") == 0) {
+        pthread_t t[4];
+        for (int i = 0; i < 4; i++) pthread_create(&t[i], NULL, quick, NULL);
+        for (int i = 0; i < 4; i++) pthread_join(t[i], NULL);
+        nap_ms(100);
+        return n;
+    } else if (strcmp(argv[1], "leader-first") == 0) {
+        pthread_t t;
+        code = n;
+        pthread_create(&t, NULL, ender, NULL);
+        pthread_exit(NULL);
+    } else if (strcmp(argv[1], "forks") == 0) {
+        for (int i = 0; i < n; i++) {
+            pid_t pid = fork();
+            if (pid == 0) _exit(0);
+            if (pid > 0) waitpid(pid, NULL, 0);
+        }
+        return 0;
+    }
+    return 64;
+}
