@@ -21,7 +21,10 @@ fn main() {
     let workspace = manifest_dir.parent().unwrap().to_path_buf();
     let ebpf_dir = workspace.join("psmon-ebpf");
     println!("cargo::rerun-if-changed={}", ebpf_dir.join("src").display());
-    println!("cargo::rerun-if-changed={}", ebpf_dir.join("Cargo.toml").display());
+    println!(
+        "cargo::rerun-if-changed={}",
+        ebpf_dir.join("Cargo.toml").display()
+    );
 
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").unwrap());
     let object = out_dir.join("psmon-ebpf.o");
@@ -59,7 +62,14 @@ fn build(workspace: &Path, out_dir: &Path) -> Result<PathBuf, String> {
     let target_dir = out_dir.join("ebpf-target");
     let mut cmd = Command::new("rustup");
     cmd.current_dir(workspace)
-        .args(["run", "nightly", "cargo", "build", "--package", "psmon-ebpf"])
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "build",
+            "--package",
+            "psmon-ebpf",
+        ])
         .args(["--bin", "psmon-ebpf", "--target", "bpfel-unknown-none"])
         .args(["-Z", "build-std=core", "--release", "--target-dir"])
         .arg(&target_dir);

@@ -104,7 +104,9 @@ fn status(ev: &ProcEvent) -> ExitStatus {
 
 /// Waits for the one exit of `tgid`, then checks no second one follows.
 async fn single_exit(src: &mut Running, tgid: u32) -> ProcEvent {
-    let exit = src.wait_for("the exit event", |e| is_exit_of(e, tgid)).await;
+    let exit = src
+        .wait_for("the exit event", |e| is_exit_of(e, tgid))
+        .await;
     let later = src.collect(POLL_INTERVAL * 5).await;
     let extra: Vec<_> = later.iter().filter(|e| is_exit_of(e, tgid)).collect();
     assert!(extra.is_empty(), "a second exit for {tgid}: {extra:?}");
@@ -112,7 +114,9 @@ async fn single_exit(src: &mut Running, tgid: u32) -> ProcEvent {
 }
 
 async fn exit_code_is_reported(kind: SourceKind) {
-    let Some(mut src) = start(kind).await else { return };
+    let Some(mut src) = start(kind).await else {
+        return;
+    };
     let mut child = spawn_victim(&["exit", "7"]);
     let tgid = child.id();
     // The child stays a zombie until reaped below, as a monitored daemon's
@@ -124,7 +128,9 @@ async fn exit_code_is_reported(kind: SourceKind) {
 }
 
 async fn kill_signal_is_reported(kind: SourceKind) {
-    let Some(mut src) = start(kind).await else { return };
+    let Some(mut src) = start(kind).await else {
+        return;
+    };
     let mut child = spawn_victim(&["sleep"]);
     let tgid = child.id();
     kill9(&child);
@@ -140,13 +146,16 @@ async fn kill_signal_is_reported(kind: SourceKind) {
 }
 
 async fn exec_path_and_identity(kind: SourceKind) {
-    let Some(mut src) = start(kind).await else { return };
+    let Some(mut src) = start(kind).await else {
+        return;
+    };
     let mut child = spawn_victim(&["sleep"]);
     let tgid = child.id();
     let exec = src
-        .wait_for("the exec event", |e| {
-            matches!(&e.kind, EventKind::Exec(p) if p.tgid == tgid)
-        })
+        .wait_for(
+            "the exec event",
+            |e| matches!(&e.kind, EventKind::Exec(p) if p.tgid == tgid),
+        )
         .await;
     let p = exec.process().unwrap();
     assert_eq!(p.path.as_deref(), Some(victim()));
@@ -157,13 +166,17 @@ async fn exec_path_and_identity(kind: SourceKind) {
         "identity (tgid, start time) must equal /proc's"
     );
     kill9(&child);
-    let exit = src.wait_for("the exit event", |e| is_exit_of(e, tgid)).await;
+    let exit = src
+        .wait_for("the exit event", |e| is_exit_of(e, tgid))
+        .await;
     assert_eq!(exit.process().unwrap().identity(), p.identity());
     child.wait().unwrap();
 }
 
 async fn threads_exiting_first_are_not_the_group(kind: SourceKind) {
-    let Some(mut src) = start(kind).await else { return };
+    let Some(mut src) = start(kind).await else {
+        return;
+    };
     let mut child = spawn_victim(&["threads-first", "6"]);
     let tgid = child.id();
     let exit = single_exit(&mut src, tgid).await;
@@ -172,7 +185,9 @@ async fn threads_exiting_first_are_not_the_group(kind: SourceKind) {
 }
 
 async fn leader_exiting_first_is_not_the_group(kind: SourceKind) {
-    let Some(mut src) = start(kind).await else { return };
+    let Some(mut src) = start(kind).await else {
+        return;
+    };
     let spawned = Instant::now();
     let mut child = spawn_victim(&["leader-first", "5"]);
     let tgid = child.id();
@@ -191,7 +206,9 @@ async fn losses_are_reported(kind: SourceKind) {
     let mut opts = options();
     opts.ring_bytes = 4096; // one page: about a dozen events
     opts.netlink_rcvbuf = 4096;
-    let Some(source) = open(kind, &opts) else { return };
+    let Some(source) = open(kind, &opts) else {
+        return;
+    };
     let mut children = Vec::new();
     let mut src = if kind == SourceKind::Poll {
         // Polling loses nothing in the kernel; its queue to the consumer can
@@ -206,9 +223,10 @@ async fn losses_are_reported(kind: SourceKind) {
         run(source, 65536).await
     };
     let lost = src
-        .wait_for("a Lost event with a count", |e| {
-            matches!(e.kind, EventKind::Lost { count: Some(n) } if n > 0)
-        })
+        .wait_for(
+            "a Lost event with a count",
+            |e| matches!(e.kind, EventKind::Lost { count: Some(n) } if n > 0),
+        )
         .await;
     eprintln!("{kind}: {lost:?}");
     for mut c in children {
@@ -266,7 +284,9 @@ async fn kernel_filter_passes_only_watched_processes() {
     std::process::Command::new("/bin/true").status().unwrap();
     let mut child = spawn_victim(&["exit", "3"]);
     let tgid = child.id();
-    let exit = src.wait_for("the watched exit", |e| is_exit_of(e, tgid)).await;
+    let exit = src
+        .wait_for("the watched exit", |e| is_exit_of(e, tgid))
+        .await;
     assert_eq!(status(&exit), ExitStatus::Code(3));
     child.wait().unwrap();
     std::process::Command::new("/bin/true").status().unwrap();

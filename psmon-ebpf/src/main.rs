@@ -20,8 +20,8 @@ fn main() {}
 mod programs {
     use aya_ebpf::{
         helpers::{
-            bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
-            bpf_get_smp_processor_id,
+            bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+            bpf_probe_read_kernel_str_bytes,
         },
         macros::{btf_tracepoint, map},
         maps::{HashMap, PerCpuArray, RingBuf},

@@ -4,7 +4,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "psmon", version, about = "Event-driven process monitor for Linux servers")]
+#[command(
+    name = "psmon",
+    version,
+    about = "Event-driven process monitor for Linux servers"
+)]
 pub struct Cli {
     /// Log level for psmon's own messages (error, warn, info, debug, trace).
     #[arg(long, global = true, default_value = "info")]
@@ -17,4 +21,19 @@ pub struct Cli {
 pub enum Command {
     /// Show process fork/exec/exit events live, for debugging process churn.
     Trace(crate::trace::TraceOptions),
+}
+
+/// A mistake in how psmon was invoked, found after parsing: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct UsageError {
+    message: String,
+}
+
+impl UsageError {
+    pub fn new(message: impl Into<String>) -> Self {
+        UsageError {
+            message: message.into(),
+        }
+    }
 }

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    cli::UsageError,
     event::{EventKind, ExitStatus, ProcEvent, monotonic_ns},
     source::{self, SourceChoice, SourceOptions},
 };
@@ -40,8 +41,8 @@ pub struct TraceOptions {
     #[arg(long)]
     pub comm: Vec<String>,
     /// Only processes whose executable path matches this glob (repeatable).
-    #[arg(long)]
-    pub path: Vec<String>,
+    #[arg(long, value_parser = parse_glob)]
+    pub path: Vec<glob::Pattern>,
     /// Only these kinds of event (repeatable).
     #[arg(long, value_enum)]
     pub event: Vec<EventFilter>,
@@ -70,6 +71,10 @@ pub struct TraceOptions {
     /// Bound of the queue between the source and the printer; overflow is reported as lost.
     #[arg(long, value_name = "EVENTS", default_value_t = 16384)]
     pub queue: usize,
+    /// During a burst, read events in batches this many milliseconds apart
+    /// (the first event of a burst is read at once); 0 reads each at once.
+    #[arg(long, value_name = "MS", default_value_t = 1)]
+    pub coalesce_ms: u64,
 }
 
 /// Counts for the final summary of a trace.
@@ -80,15 +85,19 @@ pub struct Totals {
 }
 
 pub async fn run(opts: TraceOptions, shutdown: CancellationToken) -> anyhow::Result<Totals> {
-    let filter = Filter::new(&opts)?;
+    let filter = Filter::new(&opts);
     let options = SourceOptions {
         ring_bytes: opts.ring_kib.saturating_mul(1024),
         netlink_rcvbuf: opts.rcvbuf_kib.saturating_mul(1024),
         poll_interval: Duration::from_millis(opts.poll_interval.max(10)),
         kernel_filter: opts.kernel_filter,
+        coalesce: Duration::from_millis(opts.coalesce_ms),
     };
     if opts.kernel_filter && opts.comm.is_empty() && opts.pid.is_empty() {
-        bail!("--kernel-filter needs --comm or --pid to say what to let through");
+        return Err(UsageError::new(
+            "--kernel-filter needs --comm or --pid to say what to let through",
+        )
+        .into());
     }
     let opened = source::open(opts.source, &options)?;
     for refusal in &opened.refused {
@@ -105,10 +114,14 @@ pub async fn run(opts: TraceOptions, shutdown: CancellationToken) -> anyhow::Res
         };
         let mut kernel = ebpf.take_filter().context("the kernel filter is missing")?;
         for comm in &opts.comm {
-            kernel.watch_comm(comm).context("filling the kernel filter")?;
+            kernel
+                .watch_comm(comm)
+                .context("filling the kernel filter")?;
         }
         for pid in &opts.pid {
-            kernel.watch_tgid(*pid).context("filling the kernel filter")?;
+            kernel
+                .watch_tgid(*pid)
+                .context("filling the kernel filter")?;
         }
     }
 
@@ -176,19 +189,18 @@ struct Filter {
     events: Vec<EventFilter>,
 }
 
+fn parse_glob(text: &str) -> Result<glob::Pattern, String> {
+    glob::Pattern::new(text).map_err(|e| format!("not a valid glob: {e}"))
+}
+
 impl Filter {
-    fn new(opts: &TraceOptions) -> anyhow::Result<Self> {
-        let paths = opts
-            .path
-            .iter()
-            .map(|p| glob::Pattern::new(p).with_context(|| format!("--path {p:?} is not a valid glob")))
-            .collect::<anyhow::Result<_>>()?;
-        Ok(Filter {
+    fn new(opts: &TraceOptions) -> Self {
+        Filter {
             pids: opts.pid.clone(),
             comms: opts.comm.clone(),
-            paths,
+            paths: opts.path.clone(),
             events: opts.event.clone(),
-        })
+        }
     }
 
     fn matches(&self, event: &ProcEvent) -> bool {
@@ -202,7 +214,9 @@ impl Filter {
             && (self.pids.is_empty() || self.pids.iter().any(|&n| p.tgid == n || p.ppid == n))
             && (self.comms.is_empty() || self.comms.iter().any(|c| comm_eq(c, &p.comm)))
             && (self.paths.is_empty()
-                || p.path.as_ref().is_some_and(|path| self.paths.iter().any(|g| g.matches_path(path))))
+                || p.path
+                    .as_ref()
+                    .is_some_and(|path| self.paths.iter().any(|g| g.matches_path(path))))
     }
 }
 
@@ -274,7 +288,11 @@ fn write_event(out: &mut impl Write, event: &ProcEvent, json: bool) -> anyhow::R
         }
         return Ok(());
     };
-    let path = p.path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "-".into());
+    let path = p
+        .path
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "-".into());
     write!(
         out,
         "{clock} {:<6} {:>7} {:>7} {:<15} {}",
@@ -352,7 +370,10 @@ impl Churn {
             EventKind::Exec(p) => {
                 self.execs += 1;
                 let exe = p.path.as_ref().map(|x| x.display().to_string());
-                *self.execs_by_exe.entry(exe.unwrap_or_else(|| p.comm.clone())).or_default() += 1;
+                *self
+                    .execs_by_exe
+                    .entry(exe.unwrap_or_else(|| p.comm.clone()))
+                    .or_default() += 1;
             }
             EventKind::Exit { process, .. } => {
                 self.exits += 1;
@@ -372,8 +393,11 @@ impl Churn {
     }
 
     fn top_execs(&self) -> Vec<(&str, u64)> {
-        let mut top: Vec<(&str, u64)> =
-            self.execs_by_exe.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        let mut top: Vec<(&str, u64)> = self
+            .execs_by_exe
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect();
         top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
         top.truncate(Self::TOP);
         top
@@ -465,7 +489,7 @@ mod tests {
             trace: TraceOptions,
         }
         let cli = Cli::parse_from(std::iter::once("trace").chain(args.iter().copied()));
-        Filter::new(&cli.trace).unwrap()
+        Filter::new(&cli.trace)
     }
 
     #[test]
@@ -473,7 +497,10 @@ mod tests {
         let ev = exit(10, 1, "sleep", "/usr/bin/sleep");
         assert!(filter(&[]).matches(&ev));
         assert!(filter(&["--pid", "10"]).matches(&ev));
-        assert!(filter(&["--pid", "1"]).matches(&ev), "children of --pid match");
+        assert!(
+            filter(&["--pid", "1"]).matches(&ev),
+            "children of --pid match"
+        );
         assert!(!filter(&["--pid", "11"]).matches(&ev));
         assert!(filter(&["--comm", "sleep", "--path", "/usr/*/sl*"]).matches(&ev));
         assert!(!filter(&["--comm", "sleep", "--path", "/bin/*"]).matches(&ev));

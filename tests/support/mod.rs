@@ -14,7 +14,8 @@ pub fn victim() -> &'static Path {
     static VICTIM: OnceLock<PathBuf> = OnceLock::new();
     VICTIM.get_or_init(|| {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/support/victim.c");
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("victim-{}", std::process::id()));
+        let dir =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("victim-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let out = dir.join("victim");
         let status = Command::new("cc")
@@ -29,7 +30,10 @@ pub fn victim() -> &'static Path {
 }
 
 pub fn spawn_victim(args: &[&str]) -> Child {
-    Command::new(victim()).args(args).spawn().expect("spawn the victim")
+    Command::new(victim())
+        .args(args)
+        .spawn()
+        .expect("spawn the victim")
 }
 
 pub fn is_root() -> bool {

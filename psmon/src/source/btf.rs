@@ -84,7 +84,10 @@ impl Btf {
     }
 
     pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
-        let u16_at = |at: usize| data.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+        let u16_at = |at: usize| {
+            data.get(at..at + 2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        };
         let u32_at = |at: usize| {
             data.get(at..at + 4)
                 .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -94,7 +97,11 @@ impl Btf {
             return Err(bad("wrong magic (not little-endian BTF)"));
         }
         let hdr_len = u32_at(4).ok_or(bad("short header"))? as usize;
-        let field = |n: usize| u32_at(8 + 4 * n).map(|v| v as usize).ok_or(bad("short header"));
+        let field = |n: usize| {
+            u32_at(8 + 4 * n)
+                .map(|v| v as usize)
+                .ok_or(bad("short header"))
+        };
         let (type_off, type_len, str_off, str_len) = (field(0)?, field(1)?, field(2)?, field(3)?);
         let types_at = hdr_len + type_off;
         let strings = data
@@ -128,7 +135,11 @@ impl Btf {
                             name_off: u32_at(m).ok_or(bad("truncated member"))?,
                             type_id: u32_at(m + 4).ok_or(bad("truncated member"))?,
                             // With kind_flag the top 8 bits are a bitfield size.
-                            bit_offset: if kind_flag { offset & 0x00ff_ffff } else { offset },
+                            bit_offset: if kind_flag {
+                                offset & 0x00ff_ffff
+                            } else {
+                                offset
+                            },
                         });
                     }
                     12 * vlen
@@ -216,10 +227,12 @@ impl Btf {
         }
         for m in t.members.iter().filter(|m| m.name_off == 0) {
             let inner = self.resolve(m.type_id);
-            if matches!(self.get(inner).map(|t| t.kind), Some(KIND_STRUCT | KIND_UNION)) {
-                if let Some(bits) = self.find_member(inner, member, depth + 1) {
-                    return Some(m.bit_offset + bits);
-                }
+            let aggregate = matches!(
+                self.get(inner).map(|t| t.kind),
+                Some(KIND_STRUCT | KIND_UNION)
+            );
+            if aggregate && let Some(bits) = self.find_member(inner, member, depth + 1) {
+                return Some(m.bit_offset + bits);
             }
         }
         None
@@ -267,7 +280,13 @@ mod tests {
         let mut out = Vec::new();
         out.extend(MAGIC.to_le_bytes());
         out.extend([1u8, 0]);
-        for w in [24u32, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+        for w in [
+            24u32,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
             out.extend(w.to_le_bytes());
         }
         out.extend(&types);
@@ -281,8 +300,14 @@ mod tests {
         assert_eq!(btf.member_offset("s", "a").unwrap(), 0);
         assert_eq!(btf.member_offset("s", "b").unwrap(), 8);
         assert_eq!(btf.member_offset("s", "c").unwrap(), 8);
-        assert!(matches!(btf.member_offset("s", "d"), Err(BtfError::NoMember { .. })));
-        assert!(matches!(btf.member_offset("t", "a"), Err(BtfError::NoStruct { .. })));
+        assert!(matches!(
+            btf.member_offset("s", "d"),
+            Err(BtfError::NoMember { .. })
+        ));
+        assert!(matches!(
+            btf.member_offset("t", "a"),
+            Err(BtfError::NoStruct { .. })
+        ));
     }
 
     #[test]

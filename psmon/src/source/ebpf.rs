@@ -10,6 +10,7 @@
 use std::{
     fmt,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use aya::{
@@ -42,7 +43,6 @@ const PROGRAMS: [&str; 3] = [
     "sched_process_exec",
     "sched_process_exit",
 ];
-
 
 /// Why the `ebpf` source could not be used.
 #[derive(Debug)]
@@ -127,6 +127,7 @@ pub struct EbpfSource {
     lost: PerCpuArray<MapData, u64>,
     filter: Option<KernelFilter>,
     table: ProcessTable,
+    coalesce: Duration,
 }
 
 impl EbpfSource {
@@ -208,6 +209,7 @@ impl EbpfSource {
             lost,
             filter,
             table: ProcessTable::default(),
+            coalesce: options.coalesce,
         })
     }
 
@@ -224,29 +226,36 @@ impl EbpfSource {
     ) -> Result<(), SourceError> {
         let mut sink = EventSink::new(tx);
         // Subscribed (attached) before this snapshot, so nothing falls between.
-        self.table
-            .seed(tokio::task::spawn_blocking(procfs::snapshot).await.unwrap_or_default());
+        self.table.seed(
+            tokio::task::spawn_blocking(procfs::snapshot)
+                .await
+                .unwrap_or_default(),
+        );
         // Counted from load: losses before `run` (a slow start) are reported too.
         let mut lost_seen = 0;
         // SAFETY: the ring buffer map owns its fd, which stays open and the
         // same for as long as the map lives, and the AsyncFd owns the map.
         let fd = unsafe { AsyncFd::register_with_interest(self.ring, Interest::READABLE) }
-            .map_err(|e| SourceError::RingBuf { source: e.into_parts().1 })?;
+            .map_err(|e| SourceError::RingBuf {
+                source: e.into_parts().1,
+            })?;
         let mut ticker = tokio::time::interval(super::FLUSH_INTERVAL);
         let mut table = self.table;
         let lost = self.lost;
         let mut fd = fd;
         loop {
+            let mut drained = 0;
             tokio::select! {
                 _ = token.cancelled() => return Ok(()),
                 guard = fd.readable_mut() => {
                     let mut guard = guard.map_err(|source| SourceError::RingBuf { source })?;
                     let ring = guard.get_inner_mut();
                     while let Some(item) = ring.next() {
-                        if let Some(event) = decode(&item, &mut table) {
-                            if !sink.send(event) {
-                                return Ok(());
-                            }
+                        drained += 1;
+                        if let Some(event) = decode(&item, &mut table)
+                            && !sink.send(event)
+                        {
+                            return Ok(());
                         }
                     }
                     guard.clear_ready();
@@ -263,9 +272,11 @@ impl EbpfSource {
             if !sink.flush() {
                 return Ok(());
             }
+            if drained > 0 && !super::pause(self.coalesce, &token).await {
+                return Ok(());
+            }
         }
     }
-
 }
 
 fn lost_total(lost: &PerCpuArray<MapData, u64>) -> u64 {
@@ -371,9 +382,8 @@ fn exec_path(raw: &RawEvent) -> Option<PathBuf> {
     if usable {
         return Some(PathBuf::from(std::ffi::OsStr::from_bytes(name)));
     }
-    procfs::exe(raw.tgid).or_else(|| {
-        (!name.is_empty()).then(|| PathBuf::from(std::ffi::OsStr::from_bytes(name)))
-    })
+    procfs::exe(raw.tgid)
+        .or_else(|| (!name.is_empty()).then(|| PathBuf::from(std::ffi::OsStr::from_bytes(name))))
 }
 
 #[cfg(test)]

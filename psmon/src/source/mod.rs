@@ -62,6 +62,11 @@ pub struct SourceOptions {
     /// `ebpf` only: send only events of watched comms and tgids (monitoring).
     /// Trace runs unfiltered unless asked.
     pub kernel_filter: bool,
+    /// After a read that found events, wait this long before the next one,
+    /// so that a storm is read in batches rather than with one wake-up per
+    /// event. The first event after a quiet spell is read at once, so this
+    /// adds no delay to an isolated exit. Zero reads every event at once.
+    pub coalesce: Duration,
 }
 
 impl Default for SourceOptions {
@@ -71,6 +76,7 @@ impl Default for SourceOptions {
             netlink_rcvbuf: netlink::DEFAULT_RCVBUF,
             poll_interval: Duration::from_secs(1),
             kernel_filter: false,
+            coalesce: Duration::ZERO,
         }
     }
 }
@@ -178,6 +184,17 @@ pub fn open(choice: SourceChoice, options: &SourceOptions) -> Result<Opened, Sou
 /// How often sources retry delivering a pending `Lost` when no event comes.
 pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 
+/// Sleeps `period` (unless zero), returning false if cancelled meanwhile.
+pub(crate) async fn pause(period: Duration, token: &CancellationToken) -> bool {
+    if period.is_zero() {
+        return true;
+    }
+    tokio::select! {
+        _ = token.cancelled() => false,
+        _ = tokio::time::sleep(period) => true,
+    }
+}
+
 /// The sending end every source uses: never blocks the source. When the
 /// channel is full the event is dropped and counted, and a `Lost` with the
 /// count goes out as soon as there is room, so consumers resynchronise.
@@ -271,6 +288,11 @@ impl ProcessTable {
         self.live.is_empty()
     }
 
+    /// Start time of the live process `tgid`, if known.
+    pub fn start_of(&self, tgid: u32) -> Option<StartTime> {
+        self.live.get(&tgid).and_then(|k| k.start)
+    }
+
     /// Records a fork (the child runs the parent's executable) and fills
     /// what the event lacks.
     pub fn fork(&mut self, p: &mut Process) {
@@ -337,10 +359,10 @@ impl RecentSet {
             return false;
         }
         self.order.push_back(id);
-        if self.order.len() > Self::CAPACITY {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
-            }
+        if self.order.len() > Self::CAPACITY
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
         }
         true
     }
@@ -390,7 +412,10 @@ mod tests {
 
         let mut exit = proc(5, None);
         assert!(table.exit(&mut exit));
-        assert_eq!(exit.path.as_deref(), Some(std::path::Path::new("/bin/victim")));
+        assert_eq!(
+            exit.path.as_deref(),
+            Some(std::path::Path::new("/bin/victim"))
+        );
         assert_eq!(exit.comm, "victim");
         assert_eq!(exit.start, Some(StartTime::from_ticks(100)));
         assert_eq!(exit.ppid, 1);

@@ -50,8 +50,13 @@ const INIT_PID_NS_INO: u64 = 0xEFFF_FFFC;
 #[derive(Debug)]
 pub enum Refusal {
     NotInitPidNamespace,
-    NotPermitted { what: &'static str },
-    Socket { what: &'static str, error: io::Error },
+    NotPermitted {
+        what: &'static str,
+    },
+    Socket {
+        what: &'static str,
+        error: io::Error,
+    },
 }
 
 impl fmt::Display for Refusal {
@@ -94,6 +99,7 @@ impl NetlinkSerializable for McastOp {
 pub struct NetlinkSource {
     socket: Socket,
     table: ProcessTable,
+    coalesce: std::time::Duration,
 }
 
 impl NetlinkSource {
@@ -130,6 +136,7 @@ impl NetlinkSource {
         Ok(NetlinkSource {
             socket,
             table: ProcessTable::default(),
+            coalesce: options.coalesce,
         })
     }
 
@@ -139,12 +146,17 @@ impl NetlinkSource {
         token: CancellationToken,
     ) -> Result<(), SourceError> {
         let mut sink = EventSink::new(tx);
-        self.table
-            .seed(tokio::task::spawn_blocking(procfs::snapshot).await.unwrap_or_default());
+        self.table.seed(
+            tokio::task::spawn_blocking(procfs::snapshot)
+                .await
+                .unwrap_or_default(),
+        );
         // SAFETY: the socket owns its fd, which stays open and the same for
         // as long as the socket lives, and the AsyncFd owns the socket.
         let fd = unsafe { AsyncFd::register_with_interest(self.socket, Interest::READABLE) }
-            .map_err(|e| SourceError::Recv { source: e.into_parts().1 })?;
+            .map_err(|e| SourceError::Recv {
+                source: e.into_parts().1,
+            })?;
         let mut decoder = Decoder {
             table: self.table,
             last_seq: HashMap::new(),
@@ -166,10 +178,12 @@ impl NetlinkSource {
                 },
             };
             let mut closed = false;
+            let mut drained = 0;
             loop {
                 match fd.get_ref().recv(&mut &mut buf[..], 0) {
                     Ok(0) => break,
                     Ok(n) => {
+                        drained += 1;
                         for event in decoder.datagram(&buf[..n]) {
                             closed |= !sink.send(event);
                         }
@@ -186,7 +200,7 @@ impl NetlinkSource {
                     Err(source) => return Err(SourceError::Recv { source }),
                 }
             }
-            if closed {
+            if closed || (drained > 0 && !super::pause(self.coalesce, &token).await) {
                 break Ok(());
             }
         };
@@ -224,7 +238,10 @@ fn set_rcvbuf(socket: &Socket, bytes: usize) {
             return;
         }
     }
-    tracing::warn!(bytes, "could not set the proc connector receive buffer size");
+    tracing::warn!(
+        bytes,
+        "could not set the proc connector receive buffer size"
+    );
 }
 
 fn in_init_pid_namespace() -> bool {
@@ -287,7 +304,7 @@ impl Decoder {
                 if pid != tgid {
                     return; // a new thread
                 }
-                let mut p = describe(tgid, pid, ptgid);
+                let mut p = describe(tgid, pid, ptgid, procfs::read_entry(tgid));
                 self.table.fork(&mut p);
                 EventKind::Fork(p)
             }
@@ -295,7 +312,7 @@ impl Decoder {
                 let (Some(pid), Some(tgid)) = (field(0), field(1)) else {
                     return;
                 };
-                let mut p = describe(tgid, pid, 0);
+                let mut p = describe(tgid, pid, 0, procfs::read_entry(tgid));
                 p.path = procfs::exe(tgid);
                 self.table.exec(&mut p);
                 EventKind::Exec(p)
@@ -306,10 +323,15 @@ impl Decoder {
                 };
                 // One message per thread; the group is gone when no thread
                 // of it can run again.
-                if !procfs::group_exiting(tgid) {
+                // A different start time means the pid was already reaped and
+                // reused: the process we knew is gone.
+                let known = self.table.start_of(tgid);
+                let leader =
+                    procfs::read_entry(tgid).filter(|e| known.is_none_or(|start| start == e.start));
+                if !procfs::group_exiting(tgid, leader.as_ref()) {
                     return;
                 }
-                let mut p = describe(tgid, pid, field(5).unwrap_or(0));
+                let mut p = describe(tgid, pid, field(5).unwrap_or(0), leader);
                 if !self.table.exit(&mut p) {
                     return;
                 }
@@ -334,9 +356,9 @@ impl Decoder {
     }
 }
 
-/// What `/proc` says of a process an event names; only ids when it is gone.
-fn describe(tgid: u32, pid: u32, ppid: u32) -> Process {
-    match procfs::read_entry(tgid) {
+/// What `/proc` said of a process an event names; only ids when it is gone.
+fn describe(tgid: u32, pid: u32, ppid: u32, entry: Option<procfs::ProcEntry>) -> Process {
+    match entry {
         Some(e) => Process {
             tgid,
             pid,

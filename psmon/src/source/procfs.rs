@@ -77,15 +77,18 @@ pub fn snapshot() -> Vec<ProcEntry> {
 }
 
 /// True when no thread of the group can run again: every thread still listed
-/// has entered `do_exit` (or the group is gone). Used where the kernel
-/// reports thread exits one by one (the proc connector).
-pub fn group_exiting(tgid: u32) -> bool {
-    let Some(leader) = read_entry(tgid) else {
+/// has entered `do_exit` (or the group is gone, `leader` being `None`). Used
+/// where the kernel reports thread exits one by one (the proc connector).
+pub fn group_exiting(tgid: u32, leader: Option<&ProcEntry>) -> bool {
+    let Some(leader) = leader else {
         return true;
     };
     let leader_done = leader.is_dead() || leader.flags & PF_EXITING != 0;
+    if !leader_done {
+        return false;
+    }
     if leader.num_threads <= 1 {
-        return leader_done;
+        return true;
     }
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{tgid}/task")) else {
         return true;
@@ -193,8 +196,9 @@ fn diff(
         path: s.path.clone(),
     };
     let status_of = |e: &ProcEntry| {
-        e.exit_code
-            .map_or(ExitStatus::Unknown, |c| ExitStatus::from_wait_status(c as u32))
+        e.exit_code.map_or(ExitStatus::Unknown, |c| {
+            ExitStatus::from_wait_status(c as u32)
+        })
     };
     seen.retain(|tgid, s| {
         let now = present.get(tgid).filter(|e| e.start == s.start);
@@ -267,7 +271,12 @@ mod tests {
     #[test]
     fn first_snapshot_is_not_news() {
         let mut seen = HashMap::new();
-        let events = diff(&mut seen, vec![entry(10, 1, 'S', None)], HashMap::new(), true);
+        let events = diff(
+            &mut seen,
+            vec![entry(10, 1, 'S', None)],
+            HashMap::new(),
+            true,
+        );
         assert!(events.is_empty());
         assert_eq!(seen.len(), 1);
     }
