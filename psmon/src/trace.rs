@@ -72,7 +72,8 @@ pub struct TraceOptions {
     #[arg(long, value_name = "EVENTS", default_value_t = 16384)]
     pub queue: usize,
     /// During a burst, read events in batches this many milliseconds apart
-    /// (the first event of a burst is read at once); 0 reads each at once.
+    /// (less CPU; the first event of a burst is read at once, later ones wait
+    /// up to this long); 0 reads each event at once.
     #[arg(long, value_name = "MS", default_value_t = 1)]
     pub coalesce_ms: u64,
 }

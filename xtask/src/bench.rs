@@ -335,7 +335,7 @@ impl Bench {
         let mut out = String::from(
             "### (a) Death to receipt\n\nSIGKILL of a victim (timestamp taken by the killer just \
              before kill(2)) to psmon decoding its exit event (`received_ns`), both CLOCK_MONOTONIC. \
-             `psmon trace --json --comm psmonvictim --event exit`, one victim at a time.\n\n\
+             `psmon trace --json --comm psmonvictim --event exit --coalesce-ms 0`, one victim at a time.\n\n\
              | source | kills | p50 | p99 | max | mean |\n|---|---|---|---|---|---|\n",
         );
         for (source, extra, kills) in [
@@ -347,6 +347,7 @@ impl Bench {
                 self.opts.kills.min(200),
             ),
         ] {
+            // No batching: the monitor reads every event at once, and so does this.
             let mut args = vec![
                 "--source",
                 source,
@@ -354,6 +355,8 @@ impl Bench {
                 "psmonvictim",
                 "--event",
                 "exit",
+                "--coalesce-ms",
+                "0",
             ];
             args.extend(extra);
             let trace = self.start_trace(&args, false)?;
@@ -500,8 +503,8 @@ impl Bench {
     fn loss_threshold(&self) -> anyhow::Result<String> {
         let mut out = format!(
             "### (c) Where events start being lost\n\n\
-             Unfiltered `psmon trace --json` at default buffer sizes (ebpf ring 1 MiB, netlink \
-             receive buffer 4 MiB, queue 16384) writing every event to a file, while 1–2 processes \
+             Unfiltered `psmon trace --json` at default settings (ebpf ring 1 MiB, netlink \
+             receive buffer 4 MiB, queue 16384, reads batched 1 ms apart during bursts) writing every event to a file, while 1–2 processes \
              fork or vfork children that exit at once (2 events each), or spawn a static \
              do-nothing program (3 events), as fast as they can for {} s. Events/s counts what the storm generated; lost is what \
              psmon reported as lost.\n\n\

@@ -64,8 +64,9 @@ pub struct SourceOptions {
     pub kernel_filter: bool,
     /// After a read that found events, wait this long before the next one,
     /// so that a storm is read in batches rather than with one wake-up per
-    /// event. The first event after a quiet spell is read at once, so this
-    /// adds no delay to an isolated exit. Zero reads every event at once.
+    /// event. The first event after a quiet spell is read at once; one that
+    /// follows another within this time waits up to this long. Zero (the
+    /// monitor's setting) reads every event at once.
     pub coalesce: Duration,
 }
 

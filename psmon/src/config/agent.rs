@@ -1,0 +1,228 @@
+//! `psagent.conf` (daemon-wide settings, `KEY = value` like a pfile's PARAM
+//! section) and `psenv` (`KEY=VALUE` environment for restart commands, with
+//! `UMASK` applied rather than exported).
+
+use std::{path::Path, path::PathBuf, time::Duration};
+
+use super::{
+    Diagnostic,
+    pfile::{Reporter, col, key_value, normalize_key, strip_comment},
+    suggest,
+};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Debug,
+    #[default]
+    Info,
+    Warn,
+    Error,
+}
+
+/// Daemon-wide settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Agent {
+    pub log_level: LogLevel,
+    /// Bound of the internal event queue; overflow = lost events = resync.
+    pub event_queue_size: usize,
+    /// Port of the health endpoint (not served yet).
+    pub heartbeat_port: u16,
+    /// Seconds between re-attach attempts of anything external.
+    pub retry_interval: Duration,
+    /// Run for `switch` entries when their retries are over.
+    pub failover_command: Option<String>,
+    /// Where psmon writes its log file.
+    pub log_dir: PathBuf,
+}
+
+impl Default for Agent {
+    fn default() -> Self {
+        Agent {
+            log_level: LogLevel::Info,
+            event_queue_size: 2048,
+            heartbeat_port: 65000,
+            retry_interval: Duration::from_secs(15),
+            failover_command: None,
+            log_dir: PathBuf::from("/var/opt/HA/PS/log"),
+        }
+    }
+}
+
+const AGENT_KEYS: [&str; 6] = [
+    "LOG_LEVEL",
+    "EVENT_QUEUE_SIZE",
+    "HEARTBEAT_PORT",
+    "RETRY_INTERVAL",
+    "FAILOVER_COMMAND",
+    "LOG_DIR",
+];
+
+pub(super) fn parse_agent(file: &Path, text: &str, errors: &mut Vec<Diagnostic>) -> Agent {
+    let mut r = Reporter { file, errors };
+    let mut agent = Agent::default();
+    for (i, raw) in text.lines().enumerate() {
+        let n = i + 1;
+        let line = strip_comment(raw);
+        if line.trim().is_empty() {
+            continue;
+        }
+        let Some(kv) = key_value(line) else {
+            let c = col(line, line.len() - line.trim_start().len());
+            r.error(n, c, "expected `KEY = value`");
+            continue;
+        };
+        let (v, vc) = (kv.value, kv.value_col);
+        match normalize_key(kv.key).as_str() {
+            "LOGLEVEL" => match v.to_ascii_uppercase().as_str() {
+                "DEBUG" => agent.log_level = LogLevel::Debug,
+                "INFO" => agent.log_level = LogLevel::Info,
+                "WARN" | "WARNING" => agent.log_level = LogLevel::Warn,
+                "ERROR" => agent.log_level = LogLevel::Error,
+                _ => r.error(n, vc, format!("LOG_LEVEL `{v}`: expected DEBUG, INFO, WARN or ERROR")),
+            },
+            "EVENTQUEUESIZE" => {
+                if let Some(q) = r.number("EVENT_QUEUE_SIZE", v, n, vc, 16, 1 << 20) {
+                    agent.event_queue_size = q as usize;
+                }
+            }
+            "HEARTBEATPORT" => {
+                if let Some(p) = r.number("HEARTBEAT_PORT", v, n, vc, 1, 65535) {
+                    agent.heartbeat_port = p as u16;
+                }
+            }
+            "RETRYINTERVAL" => {
+                if let Some(s) = r.number("RETRY_INTERVAL", v, n, vc, 1, 3600) {
+                    agent.retry_interval = Duration::from_secs(s);
+                }
+            }
+            "FAILOVERCOMMAND" => {
+                if v.is_empty() {
+                    r.error(n, vc, "FAILOVER_COMMAND is empty");
+                } else {
+                    agent.failover_command = Some(v.to_string());
+                }
+            }
+            "LOGDIR" => {
+                if v.starts_with('/') {
+                    agent.log_dir = v.into();
+                } else {
+                    r.error(n, vc, format!("LOG_DIR `{v}` must be an absolute path"));
+                }
+            }
+            _ => {
+                let hint = suggest(kv.key, &AGENT_KEYS)
+                    .map(|k| format!("; did you mean `{k}`?"))
+                    .unwrap_or_else(|| format!("; expected one of {}", AGENT_KEYS.join(", ")));
+                r.error(n, kv.key_col, format!("unknown psagent.conf key `{}`{hint}", kv.key));
+            }
+        }
+    }
+    agent
+}
+
+/// The environment of restart and failover commands.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Env {
+    pub vars: Vec<(String, String)>,
+    /// Applied with umask(2) in the child, not exported.
+    pub umask: Option<u32>,
+}
+
+pub(super) fn parse_env(file: &Path, text: &str, errors: &mut Vec<Diagnostic>) -> Env {
+    let mut r = Reporter { file, errors };
+    let mut env = Env::default();
+    for (i, raw) in text.lines().enumerate() {
+        let n = i + 1;
+        let trimmed = raw.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let line = trimmed.strip_prefix("export ").unwrap_or(trimmed);
+        let at = raw.len() - line.len();
+        let Some((key, value)) = line.split_once('=') else {
+            r.error(n, col(raw, at), "expected `KEY=VALUE`");
+            continue;
+        };
+        let key = key.trim();
+        let valid = key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            r.error(n, col(raw, at), format!("`{key}` is not a valid environment variable name"));
+            continue;
+        }
+        let value = unquote(value.trim());
+        if key == "UMASK" {
+            match u32::from_str_radix(value, 8) {
+                Ok(mask) if mask <= 0o777 => env.umask = Some(mask),
+                _ => {
+                    let vc = col(raw, raw.find('=').map_or(at, |e| e + 1));
+                    r.error(n, vc, format!("UMASK `{value}` is not an octal mask such as 022"));
+                }
+            }
+        } else {
+            env.vars.push((key.to_string(), value.to_string()));
+        }
+    }
+    env
+}
+
+fn unquote(v: &str) -> &str {
+    for q in ['"', '\''] {
+        if v.len() >= 2 && v.starts_with(q) && v.ends_with(q) {
+            return &v[1..v.len() - 1];
+        }
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_seed_psagent_conf() {
+        let mut errors = Vec::new();
+        let text = "LOG_LEVEL        = INFO        # DEBUG / INFO / WARN / ERROR\n\
+                    EVENT_QUEUE_SIZE = 2048        # 内部イベントキュー上限\n\
+                    HEARTBEAT_PORT   = 65000       # Manager 送信ポート\n\
+                    RETRY_INTERVAL   = 15          # 再接続間隔(秒)\n";
+        let agent = parse_agent(Path::new("psagent.conf"), text, &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(agent.event_queue_size, 2048);
+        assert_eq!(agent.heartbeat_port, 65000);
+        assert_eq!(agent.retry_interval, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn psagent_errors_have_positions() {
+        let mut errors = Vec::new();
+        parse_agent(
+            Path::new("psagent.conf"),
+            "LOG_LEVEL = LOUD\nHEARTBEAT_PORT = 70000\nLOGLEVL = INFO\n",
+            &mut errors,
+        );
+        let got: Vec<_> = errors.iter().map(|d| (d.line, d.col)).collect();
+        assert_eq!(got, vec![(1, 13), (2, 18), (3, 1)]);
+        assert!(errors[2].message.contains("did you mean `LOG_LEVEL`"));
+    }
+
+    #[test]
+    fn psenv_sets_variables_and_umask() {
+        let mut errors = Vec::new();
+        let env = parse_env(
+            Path::new("psenv"),
+            "LANG=C.UTF-8\nexport PATH=\"/usr/sbin:/usr/bin\"\nUMASK=027\n1BAD=x\nUMASK=999\n",
+            &mut errors,
+        );
+        assert_eq!(
+            env.vars,
+            vec![
+                ("LANG".into(), "C.UTF-8".into()),
+                ("PATH".into(), "/usr/sbin:/usr/bin".into())
+            ]
+        );
+        assert_eq!(env.umask, Some(0o027));
+        let got: Vec<_> = errors.iter().map(|d| (d.line, d.col)).collect();
+        assert_eq!(got, vec![(4, 1), (5, 7)]);
+    }
+}

@@ -1,0 +1,400 @@
+//! Configuration: reading pfiles (the legacy ProcessSaver format), psmon's
+//! TOML files, `psagent.conf` and `psenv` into one validated [`Config`].
+//!
+//! Parsing and validation are separate passes and every problem is reported
+//! at once, each with file, line and column ([`Diagnostic`]). This module
+//! owns the model and its checks; it does not act on it.
+
+mod agent;
+mod pfile;
+mod toml_format;
+
+use std::{
+    collections::HashMap,
+    fmt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+pub use agent::{Agent, Env, LogLevel};
+pub use toml_format::to_toml;
+
+/// One problem found in a configuration file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    /// 1-based; 0 when the problem is with the file as a whole.
+    pub line: usize,
+    /// 1-based column of the offending text.
+    pub col: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                self.line,
+                self.col,
+                self.message
+            )
+        }
+    }
+}
+
+/// Every problem found; `Display` prints one per line.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<Diagnostic>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        write!(
+            f,
+            "{n} configuration error{}",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for d in &self.0 {
+            write!(f, "\n  {d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What to do when the restart budget is spent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Report and keep watching.
+    Continue,
+    /// Report and run the failover command.
+    Switch,
+}
+
+/// How a process is recognised as an instance of an entry.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Match {
+    /// `/proc/PID/exe`, argv[0], or the script an interpreter runs equals the path.
+    Path,
+    /// The command line (arguments joined by spaces) matches this glob.
+    Cmdline(glob::Pattern),
+}
+
+/// One watched process (a PENT line, or a TOML `[[entry]]`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    /// Absolute path of the executable (or script).
+    pub path: PathBuf,
+    /// Run through `/bin/sh -c`; `None` (`-` in a pfile) = detect and report only.
+    pub restart: Option<String>,
+    /// The retry window; `None` (grace 0) = the window never expires.
+    pub grace: Option<Duration>,
+    /// Restart attempts allowed within the window; 0 = report only.
+    pub retry: u32,
+    pub action: Action,
+    pub matcher: Match,
+    /// Up while at least this many instances run.
+    pub min: u32,
+    /// More than this many instances is warned about.
+    pub max: Option<u32>,
+    /// Exit codes that mean "stopped on purpose": reported, not restarted.
+    pub stop_exit_codes: Vec<i32>,
+    /// Time limit of the restart command; its process group is killed past it.
+    pub restart_timeout: Duration,
+    /// How long to wait after the restart command for a matching process.
+    pub start_wait: Duration,
+    /// Failover command for `switch`, overriding psagent.conf's.
+    pub failover: Option<String>,
+    /// Where it was defined, for messages.
+    pub line: usize,
+}
+
+impl Entry {
+    pub const DEFAULT_RESTART_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const DEFAULT_START_WAIT: Duration = Duration::from_secs(10);
+
+    /// A PENT line's worth of settings with every extra at its default.
+    pub fn new(path: PathBuf, restart: Option<String>, grace: u64, retry: u32, action: Action) -> Self {
+        Entry {
+            path,
+            restart,
+            grace: (grace > 0).then(|| Duration::from_secs(grace)),
+            retry,
+            action,
+            matcher: Match::Path,
+            min: 1,
+            max: None,
+            stop_exit_codes: Vec::new(),
+            restart_timeout: Self::DEFAULT_RESTART_TIMEOUT,
+            start_wait: Self::DEFAULT_START_WAIT,
+            failover: None,
+            line: 0,
+        }
+    }
+
+    /// True when psmon may restart it at all.
+    pub fn restarts(&self) -> bool {
+        self.restart.is_some() && self.retry > 0
+    }
+}
+
+/// One pfile (or TOML file): a group of watched processes with common parameters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pfile {
+    /// `pfile_<name>` → `<name>`; a TOML file's stem.
+    pub name: String,
+    pub file: PathBuf,
+    pub ipckey: Option<u32>,
+    pub monitor_interval: Duration,
+    pub msg_check_interval: Duration,
+    pub shm_dump_file: Option<PathBuf>,
+    pub entries: Vec<Entry>,
+}
+
+impl Pfile {
+    pub const DEFAULT_MONITOR_INTERVAL: Duration = Duration::from_secs(10);
+    pub const DEFAULT_MSG_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+}
+
+/// Everything psmon was configured with.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Config {
+    pub pfiles: Vec<Pfile>,
+    pub agent: Agent,
+    pub env: Env,
+}
+
+/// How strictly files are checked beyond their content.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadOptions {
+    /// Accept files not owned by root or writable by group/others.
+    pub insecure: bool,
+}
+
+impl Config {
+    /// Reads every `pfile_*`, `*.toml`, `psagent.conf` and `psenv` in `dir`.
+    pub fn load_dir(dir: &Path, opts: LoadOptions) -> Result<Config, ConfigErrors> {
+        let listing = std::fs::read_dir(dir).map_err(|e| {
+            ConfigErrors(vec![whole_file(
+                dir,
+                format!("cannot read the configuration directory: {e}"),
+            )])
+        })?;
+        let mut files: Vec<PathBuf> = listing.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        files.sort();
+        let files: Vec<PathBuf> = files.into_iter().filter(|p| kind_of(p).is_some()).collect();
+        if !files.iter().any(|p| matches!(kind_of(p), Some(Kind::Pfile | Kind::Toml))) {
+            return Err(ConfigErrors(vec![whole_file(
+                dir,
+                "no pfile_* or *.toml file here: nothing to watch".into(),
+            )]));
+        }
+        Self::load_files(&files, opts)
+    }
+
+    /// Reads the given files (each a pfile, TOML file, psagent.conf or psenv).
+    pub fn load_files(files: &[PathBuf], opts: LoadOptions) -> Result<Config, ConfigErrors> {
+        let mut config = Config::default();
+        let mut errors = Vec::new();
+        for file in files {
+            let Some(kind) = kind_of(file) else {
+                errors.push(whole_file(
+                    file,
+                    "not a configuration file psmon knows (pfile_*, *.toml, psagent.conf, psenv)"
+                        .into(),
+                ));
+                continue;
+            };
+            if !opts.insecure
+                && let Err(d) = check_ownership(file)
+            {
+                errors.push(d);
+                continue;
+            }
+            let text = match std::fs::read_to_string(file) {
+                Ok(t) => t,
+                Err(e) => {
+                    errors.push(whole_file(file, format!("cannot read: {e}")));
+                    continue;
+                }
+            };
+            match kind {
+                Kind::Pfile => {
+                    if let Some(p) = pfile::parse(file, &text, &mut errors) {
+                        config.pfiles.push(p);
+                    }
+                }
+                Kind::Toml => {
+                    if let Some(p) = toml_format::parse(file, &text, &mut errors) {
+                        config.pfiles.push(p);
+                    }
+                }
+                Kind::Agent => config.agent = agent::parse_agent(file, &text, &mut errors),
+                Kind::Env => config.env = agent::parse_env(file, &text, &mut errors),
+            }
+        }
+        validate(&config, &mut errors);
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// Every entry with the pfile it belongs to.
+    pub fn entries(&self) -> impl Iterator<Item = (&Pfile, &Entry)> {
+        self.pfiles
+            .iter()
+            .flat_map(|p| p.entries.iter().map(move |e| (p, e)))
+    }
+}
+
+enum Kind {
+    Pfile,
+    Toml,
+    Agent,
+    Env,
+}
+
+fn kind_of(path: &Path) -> Option<Kind> {
+    let name = path.file_name()?.to_str()?;
+    if name.starts_with("pfile_") && !name.ends_with('~') && !name.ends_with(".bak") {
+        Some(Kind::Pfile)
+    } else if name.ends_with(".toml") {
+        Some(Kind::Toml)
+    } else if name == "psagent.conf" {
+        Some(Kind::Agent)
+    } else if name == "psenv" {
+        Some(Kind::Env)
+    } else {
+        None
+    }
+}
+
+fn whole_file(file: &Path, message: String) -> Diagnostic {
+    Diagnostic {
+        file: file.to_path_buf(),
+        line: 0,
+        col: 0,
+        message,
+    }
+}
+
+/// As sshd's StrictModes: a file others could write could make psmon (root)
+/// run any command.
+fn check_ownership(file: &Path) -> Result<(), Diagnostic> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(file)
+        .map_err(|e| whole_file(file, format!("cannot read: {e}")))?;
+    if meta.uid() != 0 {
+        return Err(whole_file(
+            file,
+            format!(
+                "refused: owned by uid {}, not root; restart commands from it would run as root \
+                 (chown root, or pass --insecure-config for tests)",
+                meta.uid()
+            ),
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(whole_file(
+            file,
+            format!(
+                "refused: mode {:o} lets group or others write it (chmod go-w, or pass \
+                 --insecure-config for tests)",
+                meta.mode() & 0o777
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks across files: duplicate IPCKEYs and process paths.
+fn validate(config: &Config, errors: &mut Vec<Diagnostic>) {
+    let mut keys: HashMap<u32, &Pfile> = HashMap::new();
+    let mut paths: HashMap<&Path, (&Pfile, &Entry)> = HashMap::new();
+    for pfile in &config.pfiles {
+        if let Some(key) = pfile.ipckey {
+            if let Some(first) = keys.get(&key) {
+                errors.push(Diagnostic {
+                    file: pfile.file.clone(),
+                    line: 0,
+                    col: 0,
+                    message: format!(
+                        "IPCKEY {key:#x} is already used by {}; each pfile needs its own",
+                        first.file.display()
+                    ),
+                });
+            } else {
+                keys.insert(key, pfile);
+            }
+        }
+        for entry in &pfile.entries {
+            if let Some((first_file, first)) = paths.get(entry.path.as_path()) {
+                errors.push(Diagnostic {
+                    file: pfile.file.clone(),
+                    line: entry.line,
+                    col: 1,
+                    message: format!(
+                        "process {} is already watched at {}:{}; a process may be watched once",
+                        entry.path.display(),
+                        first_file.file.display(),
+                        first.line
+                    ),
+                });
+            } else {
+                paths.insert(&entry.path, (pfile, entry));
+            }
+        }
+    }
+}
+
+/// The known name closest to `word` (for "did you mean"), if close enough.
+pub(crate) fn suggest<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
+    let norm = |s: &str| s.to_ascii_lowercase().replace('_', "");
+    let w = norm(word);
+    known
+        .iter()
+        .map(|k| (edit_distance(&w, &norm(k)), *k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 4))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = if ca == *cb {
+                prev
+            } else {
+                1 + prev.min(row[j]).min(row[j + 1])
+            };
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_close_keys() {
+        let known = ["MONITOR_INTERVAL", "IPCKEY", "SHM_DUMP_FILE"];
+        assert_eq!(suggest("MONITOR_INTERVL", &known), Some("MONITOR_INTERVAL"));
+        assert_eq!(suggest("monitorinterval", &known), Some("MONITOR_INTERVAL"));
+        assert_eq!(suggest("IPCKY", &known), Some("IPCKEY"));
+        assert_eq!(suggest("COMPLETELY_OTHER", &known), None);
+    }
+}
