@@ -5,6 +5,7 @@
 //! today) acts on them.
 
 pub mod cli;
+pub mod config;
 pub mod event;
 pub mod signals;
 pub mod source;

@@ -78,7 +78,11 @@ pub(super) fn parse_agent(file: &Path, text: &str, errors: &mut Vec<Diagnostic>)
                 "INFO" => agent.log_level = LogLevel::Info,
                 "WARN" | "WARNING" => agent.log_level = LogLevel::Warn,
                 "ERROR" => agent.log_level = LogLevel::Error,
-                _ => r.error(n, vc, format!("LOG_LEVEL `{v}`: expected DEBUG, INFO, WARN or ERROR")),
+                _ => r.error(
+                    n,
+                    vc,
+                    format!("LOG_LEVEL `{v}`: expected DEBUG, INFO, WARN or ERROR"),
+                ),
             },
             "EVENTQUEUESIZE" => {
                 if let Some(q) = r.number("EVENT_QUEUE_SIZE", v, n, vc, 16, 1 << 20) {
@@ -113,7 +117,11 @@ pub(super) fn parse_agent(file: &Path, text: &str, errors: &mut Vec<Diagnostic>)
                 let hint = suggest(kv.key, &AGENT_KEYS)
                     .map(|k| format!("; did you mean `{k}`?"))
                     .unwrap_or_else(|| format!("; expected one of {}", AGENT_KEYS.join(", ")));
-                r.error(n, kv.key_col, format!("unknown psagent.conf key `{}`{hint}", kv.key));
+                r.error(
+                    n,
+                    kv.key_col,
+                    format!("unknown psagent.conf key `{}`{hint}", kv.key),
+                );
             }
         }
     }
@@ -147,7 +155,11 @@ pub(super) fn parse_env(file: &Path, text: &str, errors: &mut Vec<Diagnostic>) -
         let valid = key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
             && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid {
-            r.error(n, col(raw, at), format!("`{key}` is not a valid environment variable name"));
+            r.error(
+                n,
+                col(raw, at),
+                format!("`{key}` is not a valid environment variable name"),
+            );
             continue;
         }
         let value = unquote(value.trim());
@@ -156,7 +168,11 @@ pub(super) fn parse_env(file: &Path, text: &str, errors: &mut Vec<Diagnostic>) -
                 Ok(mask) if mask <= 0o777 => env.umask = Some(mask),
                 _ => {
                     let vc = col(raw, raw.find('=').map_or(at, |e| e + 1));
-                    r.error(n, vc, format!("UMASK `{value}` is not an octal mask such as 022"));
+                    r.error(
+                        n,
+                        vc,
+                        format!("UMASK `{value}` is not an octal mask such as 022"),
+                    );
                 }
             }
         } else {

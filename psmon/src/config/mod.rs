@@ -119,7 +119,13 @@ impl Entry {
     pub const DEFAULT_START_WAIT: Duration = Duration::from_secs(10);
 
     /// A PENT line's worth of settings with every extra at its default.
-    pub fn new(path: PathBuf, restart: Option<String>, grace: u64, retry: u32, action: Action) -> Self {
+    pub fn new(
+        path: PathBuf,
+        restart: Option<String>,
+        grace: u64,
+        retry: u32,
+        action: Action,
+    ) -> Self {
         Entry {
             path,
             restart,
@@ -188,7 +194,10 @@ impl Config {
         let mut files: Vec<PathBuf> = listing.filter_map(|e| e.ok().map(|e| e.path())).collect();
         files.sort();
         let files: Vec<PathBuf> = files.into_iter().filter(|p| kind_of(p).is_some()).collect();
-        if !files.iter().any(|p| matches!(kind_of(p), Some(Kind::Pfile | Kind::Toml))) {
+        if !files
+            .iter()
+            .any(|p| matches!(kind_of(p), Some(Kind::Pfile | Kind::Toml)))
+        {
             return Err(ConfigErrors(vec![whole_file(
                 dir,
                 "no pfile_* or *.toml file here: nothing to watch".into(),
@@ -289,8 +298,8 @@ fn whole_file(file: &Path, message: String) -> Diagnostic {
 /// run any command.
 fn check_ownership(file: &Path) -> Result<(), Diagnostic> {
     use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(file)
-        .map_err(|e| whole_file(file, format!("cannot read: {e}")))?;
+    let meta =
+        std::fs::metadata(file).map_err(|e| whole_file(file, format!("cannot read: {e}")))?;
     if meta.uid() != 0 {
         return Err(whole_file(
             file,

@@ -106,7 +106,15 @@ impl Reporter<'_> {
     }
 
     /// An integer in `min..=max`, decimal or `0x` hex.
-    pub fn number(&mut self, what: &str, text: &str, line: usize, col: usize, min: u64, max: u64) -> Option<u64> {
+    pub fn number(
+        &mut self,
+        what: &str,
+        text: &str,
+        line: usize,
+        col: usize,
+        min: u64,
+        max: u64,
+    ) -> Option<u64> {
         let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
             Some(hex) => u64::from_str_radix(hex, 16),
             None => text.parse::<u64>(),
@@ -114,7 +122,11 @@ impl Reporter<'_> {
         match parsed {
             Ok(n) if (min..=max).contains(&n) => Some(n),
             Ok(n) => {
-                self.error(line, col, format!("{what} {n} is out of range: expected {min} to {max}"));
+                self.error(
+                    line,
+                    col,
+                    format!("{what} {n} is out of range: expected {min} to {max}"),
+                );
                 None
             }
             Err(_) if text.is_empty() => {
@@ -174,6 +186,7 @@ pub(super) fn parse(file: &Path, text: &str, errors: &mut Vec<Diagnostic>) -> Op
     };
     let mut section = Section::None;
     let mut pent_line = None;
+    let mut pent_lines = 0;
     for (i, raw) in text.lines().enumerate() {
         let n = i + 1;
         let trimmed = raw.trim();
@@ -191,10 +204,15 @@ pub(super) fn parse(file: &Path, text: &str, errors: &mut Vec<Diagnostic>) -> Op
         match section {
             Section::None => {
                 let c = col(raw, raw.len() - raw.trim_start().len());
-                r.error(n, c, "expected `##### PARAM #####` or `##### PENT #####` before this line");
+                r.error(
+                    n,
+                    c,
+                    "expected `##### PARAM #####` or `##### PENT #####` before this line",
+                );
             }
             Section::Param => param(&mut r, &mut pfile, line, n),
             Section::Pent => {
+                pent_lines += 1;
                 if let Some(e) = pent(&mut r, line, n) {
                     pfile.entries.push(e);
                 }
@@ -202,10 +220,16 @@ pub(super) fn parse(file: &Path, text: &str, errors: &mut Vec<Diagnostic>) -> Op
         }
     }
     match pent_line {
-        None => r.error(0, 0, "no `##### PENT #####` section: there is nothing to watch"),
-        Some(n) if pfile.entries.is_empty() => {
-            r.error(n, 1, "the PENT section has no entries: add one line per process to watch")
-        }
+        None => r.error(
+            0,
+            0,
+            "no `##### PENT #####` section: there is nothing to watch",
+        ),
+        Some(n) if pent_lines == 0 => r.error(
+            n,
+            1,
+            "the PENT section has no entries: add one line per process to watch",
+        ),
         _ => {}
     }
     (errors.len() == before).then_some(pfile)
@@ -241,14 +265,22 @@ fn param(r: &mut Reporter, pfile: &mut Pfile, line: &str, n: usize) {
             if kv.value.starts_with('/') {
                 pfile.shm_dump_file = Some(kv.value.into());
             } else {
-                r.error(n, kv.value_col, format!("SHM_DUMP_FILE `{}` must be an absolute path", kv.value));
+                r.error(
+                    n,
+                    kv.value_col,
+                    format!("SHM_DUMP_FILE `{}` must be an absolute path", kv.value),
+                );
             }
         }
         _ => {
             let hint = suggest(kv.key, &PARAM_KEYS)
                 .map(|k| format!("; did you mean `{k}`?"))
                 .unwrap_or_else(|| format!("; expected one of {}", PARAM_KEYS.join(", ")));
-            r.error(n, kv.key_col, format!("unknown PARAM key `{}`{hint}", kv.key));
+            r.error(
+                n,
+                kv.key_col,
+                format!("unknown PARAM key `{}`{hint}", kv.key),
+            );
         }
     }
 }
@@ -273,9 +305,14 @@ fn pent_fields(line: &str) -> Vec<(usize, &str)> {
     fields
 }
 
+/// A field's text and where it starts; an empty field points just after
+/// its separator.
 fn field_at(line: &str, from: usize, to: usize) -> (usize, &str) {
     let text = &line[from..to];
     let lead = text.len() - text.trim_start().len();
+    if text.trim().is_empty() {
+        return (from, "");
+    }
     (from + lead, text.trim())
 }
 
@@ -294,7 +331,13 @@ fn pent(r: &mut Reporter, line: &str, n: usize) -> Option<Entry> {
         return None;
     }
     let at = |i: usize| col(line, fields[i].0);
-    let (path, restart, grace, retry, action) = (fields[0].1, fields[1].1, fields[2].1, fields[3].1, fields[4].1);
+    let (path, restart, grace, retry, action) = (
+        fields[0].1,
+        fields[1].1,
+        fields[2].1,
+        fields[3].1,
+        fields[4].1,
+    );
     let mut ok = true;
     if !path.starts_with('/') {
         r.error(n, at(0), format!("process path `{path}` must be absolute"));
@@ -302,7 +345,11 @@ fn pent(r: &mut Reporter, line: &str, n: usize) -> Option<Entry> {
     }
     let restart = match restart {
         "" => {
-            r.error(n, at(1), "the restart command is empty: write `-` to only detect and report");
+            r.error(
+                n,
+                at(1),
+                "the restart command is empty: write `-` to only detect and report",
+            );
             ok = false;
             None
         }
@@ -319,7 +366,10 @@ fn pent(r: &mut Reporter, line: &str, n: usize) -> Option<Entry> {
         r.error(
             n,
             at(4),
-            format!("unknown action `{}`: expected `continue` or `switch`{hint}", fields[4].1),
+            format!(
+                "unknown action `{}`: expected `continue` or `switch`{hint}",
+                fields[4].1
+            ),
         );
     }
     let (Some(grace), Some(retry), Some(action), true) = (grace, retry, action, ok) else {
@@ -376,7 +426,10 @@ SHM_DUMP_FILE     = /var/opt/HA/PS/log/pcheck_OS_dump
         assert_eq!(p.ipckey, Some(0x1f000101));
         assert_eq!(p.msg_check_interval, Duration::from_secs(5));
         assert_eq!(p.monitor_interval, Duration::from_secs(10));
-        assert_eq!(p.shm_dump_file.as_deref(), Some(Path::new("/var/opt/HA/PS/log/pcheck_OS_dump")));
+        assert_eq!(
+            p.shm_dump_file.as_deref(),
+            Some(Path::new("/var/opt/HA/PS/log/pcheck_OS_dump"))
+        );
         assert_eq!(p.entries.len(), 5);
         let systemd = &p.entries[0];
         assert_eq!(systemd.path, Path::new("/usr/lib/systemd/systemd"));
@@ -385,7 +438,10 @@ SHM_DUMP_FILE     = /var/opt/HA/PS/log/pcheck_OS_dump
         let sshd = &p.entries[3];
         assert_eq!(sshd.restart.as_deref(), Some("systemctl restart sshd"));
         assert_eq!(sshd.grace, Some(Duration::from_secs(86400)));
-        assert_eq!((sshd.retry, sshd.action, sshd.line), (3, Action::Continue, 10));
+        assert_eq!(
+            (sshd.retry, sshd.action, sshd.line),
+            (3, Action::Continue, 10)
+        );
     }
 
     #[test]
@@ -398,8 +454,14 @@ SHM_DUMP_FILE     = /var/opt/HA/PS/log/pcheck_OS_dump
         assert_eq!(p.monitor_interval, Duration::from_secs(3));
         assert_eq!(p.ipckey, Some(0x10));
         let e = &p.entries[0];
-        assert_eq!(e.restart.as_deref(), Some("/opt/app/bin/ctl start --at 12:30:00"));
-        assert_eq!((e.grace, e.retry, e.action), (Some(Duration::from_secs(60)), 2, Action::Switch));
+        assert_eq!(
+            e.restart.as_deref(),
+            Some("/opt/app/bin/ctl start --at 12:30:00")
+        );
+        assert_eq!(
+            (e.grace, e.retry, e.action),
+            (Some(Duration::from_secs(60)), 2, Action::Switch)
+        );
     }
 
     #[test]
@@ -436,21 +498,37 @@ usr/sbin/crond : - : 0 : 0 : continue
     fn an_empty_or_missing_pent_section_is_an_error() {
         assert_eq!(
             errs("##### PARAM #####\nIPCKEY = 1\n##### PENT #####\n# nothing yet\n"),
-            vec![(3, 1, "the PENT section has no entries: add one line per process to watch".into())]
+            vec![(
+                3,
+                1,
+                "the PENT section has no entries: add one line per process to watch".into()
+            )]
         );
         assert_eq!(
             errs("##### PARAM #####\nIPCKEY = 1\n"),
-            vec![(0, 0, "no `##### PENT #####` section: there is nothing to watch".into())]
+            vec![(
+                0,
+                0,
+                "no `##### PENT #####` section: there is nothing to watch".into()
+            )]
         );
         assert_eq!(
-            errs("/usr/sbin/sshd : - : 0 : 0 : continue\n##### PENT #####\n/a : - : 0 : 0 : continue\n"),
-            vec![(1, 1, "expected `##### PARAM #####` or `##### PENT #####` before this line".into())]
+            errs(
+                "/usr/sbin/sshd : - : 0 : 0 : continue\n##### PENT #####\n/a : - : 0 : 0 : continue\n"
+            ),
+            vec![(
+                1,
+                1,
+                "expected `##### PARAM #####` or `##### PENT #####` before this line".into()
+            )]
         );
     }
 
     #[test]
     fn comments_need_a_space_before_the_hash() {
-        let p = parse_text("##### PENT #####\n/bin/a : echo a#b >/tmp/x : 0 : 1 : continue # note\n").unwrap();
+        let p =
+            parse_text("##### PENT #####\n/bin/a : echo a#b >/tmp/x : 0 : 1 : continue # note\n")
+                .unwrap();
         assert_eq!(p.entries[0].restart.as_deref(), Some("echo a#b >/tmp/x"));
     }
 }

@@ -1,0 +1,421 @@
+//! psmon's own configuration format (TOML): everything a pfile says, plus
+//! match rules, instance counts, exit codes that mean "stopped on purpose",
+//! per-entry time limits and failover command. It loads into the same
+//! [`Pfile`] model; [`to_toml`] writes a pfile's model back out (`psmon convert`).
+
+use std::{fmt::Write as _, ops::Range, path::Path, time::Duration};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{Action, Diagnostic, Entry, Match, Pfile, pfile::parse_action, suggest};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    ipckey: Option<Spanned<i64>>,
+    monitor_interval: Option<Spanned<i64>>,
+    msg_check_interval: Option<Spanned<i64>>,
+    shm_dump_file: Option<Spanned<String>>,
+    #[serde(default)]
+    entry: Vec<Spanned<EntryToml>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntryToml {
+    path: Spanned<String>,
+    restart: Option<Spanned<String>>,
+    grace: Option<Spanned<i64>>,
+    retry: Option<Spanned<i64>>,
+    action: Option<Spanned<String>>,
+    cmdline: Option<Spanned<String>>,
+    min: Option<Spanned<i64>>,
+    max: Option<Spanned<i64>>,
+    stop_exit_codes: Option<Spanned<Vec<i64>>>,
+    restart_timeout: Option<Spanned<i64>>,
+    start_wait: Option<Spanned<i64>>,
+    failover: Option<Spanned<String>>,
+}
+
+const FILE_KEYS: [&str; 5] = [
+    "ipckey",
+    "monitor_interval",
+    "msg_check_interval",
+    "shm_dump_file",
+    "entry",
+];
+const ENTRY_KEYS: [&str; 12] = [
+    "path",
+    "restart",
+    "grace",
+    "retry",
+    "action",
+    "cmdline",
+    "min",
+    "max",
+    "stop_exit_codes",
+    "restart_timeout",
+    "start_wait",
+    "failover",
+];
+
+/// Line and column (1-based) of byte offset `at`.
+fn position(text: &str, at: usize) -> (usize, usize) {
+    let at = at.min(text.len());
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, text[line_start..at].chars().count() + 1)
+}
+
+struct Checker<'a> {
+    file: &'a Path,
+    text: &'a str,
+    errors: &'a mut Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, span: Range<usize>, message: String) {
+        let (line, col) = position(self.text, span.start);
+        self.errors.push(Diagnostic {
+            file: self.file.to_path_buf(),
+            line,
+            col,
+            message,
+        });
+    }
+
+    fn int(&mut self, what: &str, v: &Option<Spanned<i64>>, min: i64, max: i64) -> Option<i64> {
+        let v = v.as_ref()?;
+        let n = *v.get_ref();
+        if (min..=max).contains(&n) {
+            Some(n)
+        } else {
+            self.error(
+                v.span(),
+                format!("{what} {n} is out of range: expected {min} to {max}"),
+            );
+            None
+        }
+    }
+
+    fn secs(
+        &mut self,
+        what: &str,
+        v: &Option<Spanned<i64>>,
+        min: i64,
+        max: i64,
+    ) -> Option<Duration> {
+        self.int(what, v, min, max)
+            .map(|s| Duration::from_secs(s as u64))
+    }
+}
+
+pub(super) fn parse(file: &Path, text: &str, errors: &mut Vec<Diagnostic>) -> Option<Pfile> {
+    let parsed: File = match toml::from_str(text) {
+        Ok(f) => f,
+        Err(e) => {
+            let (line, col) = e.span().map_or((0, 0), |s| position(text, s.start));
+            errors.push(Diagnostic {
+                file: file.to_path_buf(),
+                line,
+                col,
+                message: explain(e.message()),
+            });
+            return None;
+        }
+    };
+    let before = errors.len();
+    let mut c = Checker { file, text, errors };
+    let mut pfile = Pfile {
+        name: file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("")
+            .to_string(),
+        file: file.to_path_buf(),
+        ipckey: c
+            .int("ipckey", &parsed.ipckey, 1, u32::MAX as i64)
+            .map(|k| k as u32),
+        monitor_interval: c
+            .secs("monitor_interval", &parsed.monitor_interval, 1, 3600)
+            .unwrap_or(Pfile::DEFAULT_MONITOR_INTERVAL),
+        msg_check_interval: c
+            .secs("msg_check_interval", &parsed.msg_check_interval, 1, 3600)
+            .unwrap_or(Pfile::DEFAULT_MSG_CHECK_INTERVAL),
+        shm_dump_file: None,
+        entries: Vec::new(),
+    };
+    if let Some(dump) = &parsed.shm_dump_file {
+        if dump.get_ref().starts_with('/') {
+            pfile.shm_dump_file = Some(dump.get_ref().into());
+        } else {
+            c.error(
+                dump.span(),
+                format!(
+                    "shm_dump_file `{}` must be an absolute path",
+                    dump.get_ref()
+                ),
+            );
+        }
+    }
+    if parsed.entry.is_empty() {
+        c.error(0..0, "no [[entry]]: there is nothing to watch".into());
+    }
+    for spanned in &parsed.entry {
+        if let Some(e) = entry(&mut c, spanned) {
+            pfile.entries.push(e);
+        }
+    }
+    (c.errors.len() == before).then_some(pfile)
+}
+
+fn entry(c: &mut Checker, spanned: &Spanned<EntryToml>) -> Option<Entry> {
+    let t = spanned.get_ref();
+    let before = c.errors.len();
+    let path = t.path.get_ref();
+    if !path.starts_with('/') {
+        c.error(
+            t.path.span(),
+            format!("process path `{path}` must be absolute"),
+        );
+    }
+    let restart = match t.restart.as_ref().map(|r| (r.get_ref().trim(), r.span())) {
+        None | Some(("-", _)) => None,
+        Some(("", span)) => {
+            c.error(
+                span,
+                "the restart command is empty: leave it out to only detect and report".into(),
+            );
+            None
+        }
+        Some((cmd, _)) => Some(cmd.to_string()),
+    };
+    let grace = c.int("grace", &t.grace, 0, 366 * 86400).unwrap_or(86400);
+    let retry = c
+        .int("retry", &t.retry, 0, 1000)
+        .unwrap_or(if restart.is_some() { 3 } else { 0 });
+    let action = match &t.action {
+        None => Action::Continue,
+        Some(a) => parse_action(a.get_ref()).unwrap_or_else(|| {
+            c.error(
+                a.span(),
+                format!(
+                    "unknown action `{}`: expected `continue` or `switch`",
+                    a.get_ref()
+                ),
+            );
+            Action::Continue
+        }),
+    };
+    let mut e = Entry::new(path.into(), restart, grace as u64, retry as u32, action);
+    if let Some(pattern) = &t.cmdline {
+        match glob::Pattern::new(pattern.get_ref()) {
+            Ok(p) => e.matcher = Match::Cmdline(p),
+            Err(err) => c.error(
+                pattern.span(),
+                format!("cmdline is not a valid glob: {err}"),
+            ),
+        }
+    }
+    if let Some(min) = c.int("min", &t.min, 1, 100_000) {
+        e.min = min as u32;
+    }
+    e.max = c.int("max", &t.max, 1, 100_000).map(|m| m as u32);
+    if let (Some(max), Some(span)) = (e.max, t.max.as_ref().map(|m| m.span()))
+        && max < e.min
+    {
+        c.error(span, format!("max {max} is below min {}", e.min));
+    }
+    if let Some(codes) = &t.stop_exit_codes {
+        for code in codes.get_ref() {
+            if !(0..=255).contains(code) {
+                c.error(
+                    codes.span(),
+                    format!("exit code {code} is out of range: expected 0 to 255"),
+                );
+            }
+        }
+        e.stop_exit_codes = codes.get_ref().iter().map(|c| *c as i32).collect();
+    }
+    if let Some(d) = c.secs("restart_timeout", &t.restart_timeout, 1, 3600) {
+        e.restart_timeout = d;
+    }
+    if let Some(d) = c.secs("start_wait", &t.start_wait, 0, 3600) {
+        e.start_wait = d;
+    }
+    e.failover = t.failover.as_ref().map(|f| f.get_ref().clone());
+    e.line = position(c.text, spanned.span().start).0;
+    (c.errors.len() == before).then_some(e)
+}
+
+/// Adds "did you mean" to serde's unknown-field message.
+fn explain(message: &str) -> String {
+    let message = message.trim();
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return message.to_string();
+    };
+    let Some(name) = rest.split('`').next() else {
+        return message.to_string();
+    };
+    let known: &[&str] = if message.contains("`path`") {
+        &ENTRY_KEYS
+    } else {
+        &FILE_KEYS
+    };
+    match suggest(name, known) {
+        Some(k) => format!("unknown key `{name}`; did you mean `{k}`?"),
+        None => format!("unknown key `{name}`; expected one of {}", known.join(", ")),
+    }
+}
+
+fn quote(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+/// psmon's TOML for a pfile's model: what `psmon convert` prints.
+pub fn to_toml(p: &Pfile) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# Converted from {} by `psmon convert`.",
+        p.file.display()
+    );
+    if let Some(k) = p.ipckey {
+        let _ = writeln!(out, "ipckey = {k:#x}");
+    }
+    let _ = writeln!(out, "monitor_interval = {}", p.monitor_interval.as_secs());
+    let _ = writeln!(
+        out,
+        "msg_check_interval = {}",
+        p.msg_check_interval.as_secs()
+    );
+    if let Some(d) = &p.shm_dump_file {
+        let _ = writeln!(out, "shm_dump_file = {}", quote(&d.display().to_string()));
+    }
+    for e in &p.entries {
+        let _ = writeln!(out, "\n[[entry]]");
+        let _ = writeln!(out, "path = {}", quote(&e.path.display().to_string()));
+        if let Some(r) = &e.restart {
+            let _ = writeln!(out, "restart = {}", quote(r));
+        }
+        let _ = writeln!(out, "grace = {}", e.grace.map_or(0, |g| g.as_secs()));
+        let _ = writeln!(out, "retry = {}", e.retry);
+        let action = match e.action {
+            Action::Continue => "continue",
+            Action::Switch => "switch",
+        };
+        let _ = writeln!(out, "action = \"{action}\"");
+        if let Match::Cmdline(p) = &e.matcher {
+            let _ = writeln!(out, "cmdline = {}", quote(p.as_str()));
+        }
+        if e.min != 1 {
+            let _ = writeln!(out, "min = {}", e.min);
+        }
+        if let Some(m) = e.max {
+            let _ = writeln!(out, "max = {m}");
+        }
+        if !e.stop_exit_codes.is_empty() {
+            let _ = writeln!(out, "stop_exit_codes = {:?}", e.stop_exit_codes);
+        }
+        if e.restart_timeout != Entry::DEFAULT_RESTART_TIMEOUT {
+            let _ = writeln!(out, "restart_timeout = {}", e.restart_timeout.as_secs());
+        }
+        if e.start_wait != Entry::DEFAULT_START_WAIT {
+            let _ = writeln!(out, "start_wait = {}", e.start_wait.as_secs());
+        }
+        if let Some(f) = &e.failover {
+            let _ = writeln!(out, "failover = {}", quote(f));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_text(text: &str) -> Result<Pfile, Vec<(usize, usize, String)>> {
+        let mut errors = Vec::new();
+        parse(Path::new("app.toml"), text, &mut errors).ok_or_else(|| {
+            errors
+                .into_iter()
+                .map(|d| (d.line, d.col, d.message))
+                .collect()
+        })
+    }
+
+    #[test]
+    fn parses_every_option() {
+        let p = parse_text(
+            r#"ipckey = 0x1f000102
+monitor_interval = 5
+[[entry]]
+path = "/opt/app/bin/server"
+restart = "/opt/app/bin/ctl start"
+grace = 600
+retry = 2
+action = "switch"
+cmdline = "*server --port 80*"
+min = 2
+max = 4
+stop_exit_codes = [0, 3]
+restart_timeout = 30
+start_wait = 5
+failover = "crm resource move app"
+"#,
+        )
+        .unwrap();
+        assert_eq!(p.name, "app");
+        assert_eq!(p.ipckey, Some(0x1f000102));
+        let e = &p.entries[0];
+        assert_eq!(e.line, 3);
+        assert_eq!(
+            (e.retry, e.action, e.min, e.max),
+            (2, Action::Switch, 2, Some(4))
+        );
+        assert_eq!(e.stop_exit_codes, vec![0, 3]);
+        assert!(
+            matches!(&e.matcher, Match::Cmdline(p) if p.matches("/opt/app/bin/server --port 80 -v"))
+        );
+        assert_eq!(e.failover.as_deref(), Some("crm resource move app"));
+    }
+
+    #[test]
+    fn errors_have_line_and_column() {
+        assert_eq!(
+            parse_text("[[entry]]\npath = \"/a\"\nretrys = 3\n"),
+            Err(vec![(
+                3,
+                1,
+                "unknown key `retrys`; did you mean `retry`?".into()
+            )])
+        );
+        assert_eq!(
+            parse_text(
+                "[[entry]]\npath = \"a\"\nretry = -1\naction = \"stop\"\nmin = 3\nmax = 2\n"
+            ),
+            Err(vec![
+                (2, 8, "process path `a` must be absolute".into()),
+                (3, 9, "retry -1 is out of range: expected 0 to 1000".into()),
+                (
+                    4,
+                    10,
+                    "unknown action `stop`: expected `continue` or `switch`".into()
+                ),
+                (6, 7, "max 2 is below min 3".into()),
+            ])
+        );
+        assert_eq!(
+            parse_text("monitor_interval = 5\n"),
+            Err(vec![(
+                1,
+                1,
+                "no [[entry]]: there is nothing to watch".into()
+            )])
+        );
+        let broken = parse_text("[[entry]\npath = 1\n").unwrap_err();
+        assert_eq!((broken[0].0, broken[0].1), (1, 9), "{broken:?}");
+    }
+}
