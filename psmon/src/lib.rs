@@ -7,6 +7,10 @@
 pub mod cli;
 pub mod config;
 pub mod event;
+pub mod exec;
+pub mod policy;
+pub mod report;
+pub mod scan;
 pub mod signals;
 pub mod source;
 pub mod trace;

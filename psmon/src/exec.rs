@@ -1,0 +1,215 @@
+//! Running restart and failover commands: `/bin/sh -c COMMAND` with the
+//! psenv environment and umask, in a process group of its own, with a time
+//! limit past which the whole group is killed. The command is always waited
+//! for (no zombie), and the tail of what it wrote is kept for the log.
+//!
+//! Data seen in events (paths, pids, exit codes) reaches the command only
+//! through environment variables, never spliced into the shell string.
+
+use std::{
+    io::{Read, Seek, SeekFrom},
+    os::unix::process::ExitStatusExt,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+/// Used when psenv sets no PATH: what a root shell would have.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Bytes of the command's output kept for the log.
+const TAIL_BYTES: u64 = 2048;
+
+#[derive(Clone, Debug)]
+pub struct CommandSpec {
+    pub command: String,
+    /// psenv's variables, then the PSMON_* details.
+    pub env: Vec<(String, String)>,
+    pub umask: Option<u32>,
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ending {
+    Exited(i32),
+    Signaled(i32),
+    /// Killed (with its process group) at the time limit.
+    TimedOut,
+    /// Could not be started at all.
+    SpawnFailed(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub ending: Ending,
+    pub elapsed: Duration,
+    /// The last bytes the command wrote to stdout and stderr.
+    pub output_tail: String,
+}
+
+impl Outcome {
+    pub fn ok(&self) -> bool {
+        self.ending == Ending::Exited(0)
+    }
+
+    /// For log messages: `exit status 1`, `killed by signal 9`, …
+    pub fn describe(&self) -> String {
+        match &self.ending {
+            Ending::Exited(c) => format!("exit status {c}"),
+            Ending::Signaled(s) => format!("killed by signal {s}"),
+            Ending::TimedOut => "timed out; its process group was killed".into(),
+            Ending::SpawnFailed(e) => format!("could not be started: {e}"),
+        }
+    }
+}
+
+/// Runs the command to its end (or its time limit).
+pub async fn run(spec: &CommandSpec) -> Outcome {
+    let started = Instant::now();
+    let output = match output_file() {
+        Ok(f) => f,
+        Err(e) => return spawn_failed(started, format!("cannot create an output file: {e}")),
+    };
+    let (out, err) = match (output.try_clone(), output.try_clone()) {
+        (Ok(a), Ok(b)) => (a, b),
+        _ => return spawn_failed(started, "cannot duplicate the output file".into()),
+    };
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(&spec.command)
+        .env_clear()
+        .env("PATH", DEFAULT_PATH)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .process_group(0)
+        .kill_on_drop(false);
+    if let Some(mask) = spec.umask {
+        // SAFETY: umask(2) is async-signal-safe and touches no memory.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::umask(mask as libc::mode_t);
+                Ok(())
+            });
+        }
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return spawn_failed(started, e.to_string()),
+    };
+    let pgid = child.id().map(|p| p as i32);
+    let ending = match tokio::time::timeout(spec.timeout, child.wait()).await {
+        Ok(Ok(status)) => match (status.code(), status.signal()) {
+            (Some(c), _) => Ending::Exited(c),
+            (None, Some(s)) => Ending::Signaled(s),
+            (None, None) => Ending::Exited(-1),
+        },
+        Ok(Err(e)) => Ending::SpawnFailed(e.to_string()),
+        Err(_) => {
+            if let Some(pgid) = pgid {
+                // The whole group: the shell and whatever it started and still runs.
+                // SAFETY: killpg with a group we created.
+                unsafe { libc::killpg(pgid, libc::SIGKILL) };
+            }
+            let _ = child.wait().await;
+            Ending::TimedOut
+        }
+    };
+    Outcome {
+        ending,
+        elapsed: started.elapsed(),
+        output_tail: tail(output),
+    }
+}
+
+fn spawn_failed(started: Instant, why: String) -> Outcome {
+    Outcome {
+        ending: Ending::SpawnFailed(why),
+        elapsed: started.elapsed(),
+        output_tail: String::new(),
+    }
+}
+
+/// An unnamed temporary file: daemons the command starts may keep writing
+/// to it without ever getting SIGPIPE, and it vanishes when they close it.
+fn output_file() -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .open(std::env::temp_dir())
+}
+
+fn tail(mut file: std::fs::File) -> String {
+    let len = file.seek(SeekFrom::End(0)).unwrap_or(0);
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(TAIL_BYTES)));
+    let mut bytes = Vec::new();
+    let _ = file.take(TAIL_BYTES).read_to_end(&mut bytes);
+    String::from_utf8_lossy(&bytes).trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(command: &str, timeout_ms: u64) -> CommandSpec {
+        CommandSpec {
+            command: command.into(),
+            env: vec![("PSMON_PATH".into(), "/usr/sbin/sshd".into())],
+            umask: Some(0o077),
+            timeout: Duration::from_millis(timeout_ms),
+        }
+    }
+
+    #[tokio::test]
+    async fn reports_status_output_env_and_umask() {
+        let out = run(&spec(
+            "echo \"$PSMON_PATH\"; umask; echo oops >&2; exit 3",
+            5000,
+        ))
+        .await;
+        assert_eq!(out.ending, Ending::Exited(3));
+        assert!(!out.ok());
+        assert_eq!(out.output_tail, "/usr/sbin/sshd\n0077\noops");
+    }
+
+    #[tokio::test]
+    async fn a_hanging_command_is_killed_with_its_children() {
+        let dir = std::env::temp_dir().join(format!("psmon-exec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pidfile = dir.join("child.pid");
+        let cmd = format!("sleep 1000 & echo $! > {}; sleep 1000", pidfile.display());
+        let out = run(&spec(&cmd, 300)).await;
+        assert_eq!(out.ending, Ending::TimedOut);
+        let child: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // The background child was killed too: gone, or a zombie awaiting its reaper.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let state = std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .and_then(|r| r.split_whitespace().next().map(String::from))
+                });
+            if state.as_deref().is_none_or(|s| s == "Z") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the background child survived");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_missing_shell_command_is_a_failure_not_a_panic() {
+        let out = run(&spec("/nonexistent/command", 5000)).await;
+        assert_eq!(out.ending, Ending::Exited(127));
+        assert!(out.output_tail.contains("not found"), "{}", out.output_tail);
+    }
+}

@@ -1,0 +1,149 @@
+//! Operator messages: what happened to watched processes, in ProcessSaver's
+//! wording (so existing log watchers keep matching), written to stderr, to
+//! `psmon.log` in the log directory, and to syslog (`/dev/log`, which
+//! journald also serves). `LOG_LEVEL` applies to all three; `--log-format
+//! json` makes stderr and the file structured with the same fields.
+//!
+//! psmon's own diagnostics (start-up, source selection) go through `tracing`.
+
+use std::{
+    fs::File,
+    io::Write,
+    os::unix::net::UnixDatagram,
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+use serde_json::{Map, Value, json};
+
+use crate::config::LogLevel;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+pub struct Reporter {
+    level: LogLevel,
+    format: LogFormat,
+    file: Option<File>,
+    syslog: Option<UnixDatagram>,
+}
+
+impl Reporter {
+    /// Opens `DIR/psmon.log` (creating DIR) and syslog; either may be
+    /// missing, which is said once and does not stop psmon.
+    pub fn new(level: LogLevel, format: LogFormat, log_dir: Option<&Path>) -> Self {
+        let file = log_dir.and_then(|dir| {
+            let path: PathBuf = dir.join("psmon.log");
+            let opened = std::fs::create_dir_all(dir).and_then(|()| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+            });
+            match opened {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot open the log file; logging to stderr and syslog only");
+                    None
+                }
+            }
+        });
+        let syslog = UnixDatagram::unbound()
+            .ok()
+            .filter(|s| s.connect("/dev/log").is_ok());
+        Reporter {
+            level,
+            format,
+            file,
+            syslog,
+        }
+    }
+
+    pub fn set_level(&mut self, level: LogLevel) {
+        self.level = level;
+    }
+
+    /// Writes `message` with structured `fields` to every sink.
+    pub fn report(&mut self, level: LogLevel, message: &str, fields: &[(&str, Value)]) {
+        if level < self.level {
+            return;
+        }
+        let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        let name = match level {
+            LogLevel::Debug => "DEBUG",
+            LogLevel::Info => "INFO",
+            LogLevel::Warn => "WARN",
+            LogLevel::Error => "ERROR",
+        };
+        let line = match self.format {
+            LogFormat::Json => {
+                let mut obj = Map::new();
+                obj.insert("time".into(), json!(time));
+                obj.insert("level".into(), json!(name));
+                obj.insert("message".into(), json!(message));
+                for (k, v) in fields {
+                    obj.insert((*k).into(), v.clone());
+                }
+                Value::Object(obj).to_string()
+            }
+            LogFormat::Text => {
+                let mut line = format!("{time} {name:<5} {message}");
+                for (k, v) in fields {
+                    match v {
+                        Value::Null => {}
+                        Value::String(s) => line.push_str(&format!(" {k}={s}")),
+                        other => line.push_str(&format!(" {k}={other}")),
+                    }
+                }
+                line
+            }
+        };
+        let _ = writeln!(std::io::stderr().lock(), "{line}");
+        if let Some(f) = &mut self.file {
+            let _ = writeln!(f, "{line}");
+        }
+        if let Some(s) = &self.syslog {
+            // RFC 3164 framing; facility daemon (3).
+            let severity = match level {
+                LogLevel::Debug => 7,
+                LogLevel::Info => 6,
+                LogLevel::Warn => 4,
+                LogLevel::Error => 3,
+            };
+            let packet = format!(
+                "<{}>psmon[{}]: {message}",
+                3 * 8 + severity,
+                std::process::id()
+            );
+            let _ = s.send(packet.as_bytes());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_json_lines_to_the_log_file_at_or_above_the_level() {
+        let dir = std::env::temp_dir().join(format!("psmon-report-{}", std::process::id()));
+        let mut r = Reporter::new(LogLevel::Info, LogFormat::Json, Some(&dir));
+        r.report(LogLevel::Debug, "hidden", &[]);
+        r.report(
+            LogLevel::Warn,
+            "Process ['/usr/sbin/sshd',pid=812] Down",
+            &[("pid", json!(812)), ("signal", json!(9))],
+        );
+        let text = std::fs::read_to_string(dir.join("psmon.log")).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        let v: Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(v["message"], "Process ['/usr/sbin/sshd',pid=812] Down");
+        assert_eq!(v["level"], "WARN");
+        assert_eq!(v["pid"], 812);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
