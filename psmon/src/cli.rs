@@ -19,6 +19,19 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Watch the configured processes and restart them when they die (the daemon).
+    Run(crate::daemon::RunOptions),
+    /// Validate configuration files or directories; print every error.
+    Check {
+        /// pfile_*, *.toml, psagent.conf, psenv, or directories of them.
+        #[arg(required = true)]
+        paths: Vec<std::path::PathBuf>,
+        /// Accept files not owned by root or writable by others.
+        #[arg(long)]
+        insecure_config: bool,
+    },
+    /// Print a pfile as psmon's TOML format.
+    Convert { pfile: std::path::PathBuf },
     /// Show process fork/exec/exit events live, for debugging process churn.
     Trace(crate::trace::TraceOptions),
 }

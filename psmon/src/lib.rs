@@ -1,11 +1,13 @@
 //! psmon: an event-driven process monitor for Linux servers.
 //!
 //! Data flows one way: a [`source`] turns kernel signals into
-//! [`event::ProcEvent`]s on a bounded channel, and a consumer ([`trace`]
-//! today) acts on them.
+//! [`event::ProcEvent`]s on a bounded channel; the [`supervisor`] (in
+//! `psmon run`) or [`trace`] consumes them. The supervisor applies the pure
+//! restart [`policy`] and has [`exec`] run commands.
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod event;
 pub mod exec;
 pub mod policy;
@@ -13,4 +15,5 @@ pub mod report;
 pub mod scan;
 pub mod signals;
 pub mod source;
+pub mod supervisor;
 pub mod trace;

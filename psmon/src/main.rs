@@ -1,10 +1,14 @@
 //! The `psmon` binary: parse arguments, set up logging, run the command,
-//! map the outcome to an exit code (0 success, 1 runtime failure, 2 usage).
+//! map the outcome to an exit code (0 success, 1 runtime failure, 2 usage
+//! or configuration error).
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use psmon::cli::{Cli, Command};
+use psmon::{
+    cli::{Cli, Command, UsageError},
+    config::{Config, ConfigErrors, LoadOptions},
+};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
@@ -18,35 +22,64 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
-    // One thread runs every task: psmon waits far more than it computes, and
-    // a single thread spares each event a cross-thread wake-up. Blocking work
-    // (/proc walks, waiting on children) goes to tokio's blocking pool.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("psmon: cannot start the async runtime: {err}");
-            return ExitCode::from(1);
+    let result = match cli.command {
+        Command::Check {
+            paths,
+            insecure_config,
+        } => check(&paths, insecure_config),
+        Command::Convert { pfile } => convert(&pfile),
+        Command::Run(opts) => in_runtime(|shutdown| psmon::daemon::run(opts, shutdown)),
+        Command::Trace(opts) => {
+            in_runtime(
+                |shutdown| async move { psmon::trace::run(opts, shutdown).await.map(|_| ()) },
+            )
         }
     };
-    let result = runtime.block_on(async {
-        let shutdown = CancellationToken::new();
-        psmon::signals::cancel_on_signals(shutdown.clone())?;
-        match cli.command {
-            Command::Trace(opts) => psmon::trace::run(opts, shutdown).await.map(|_| ()),
-        }
-    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("psmon: {err:#}");
-            if err.downcast_ref::<psmon::cli::UsageError>().is_some() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::from(1)
-            }
+            let usage = err.downcast_ref::<UsageError>().is_some()
+                || err.downcast_ref::<ConfigErrors>().is_some();
+            ExitCode::from(if usage { 2 } else { 1 })
         }
     }
+}
+
+fn in_runtime<F, Fut>(f: F) -> anyhow::Result<()>
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    // One thread runs every task: psmon waits far more than it computes, and
+    // a single thread spares each event a cross-thread wake-up. Blocking work
+    // (/proc walks) goes to tokio's blocking pool.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        psmon::signals::cancel_on_signals(shutdown.clone())?;
+        f(shutdown).await
+    })
+}
+
+fn check(paths: &[std::path::PathBuf], insecure: bool) -> anyhow::Result<()> {
+    let config = Config::load_paths(paths, LoadOptions { insecure })?;
+    println!(
+        "ok: {} pfile(s), {} process(es) watched",
+        config.pfiles.len(),
+        config.entries().count()
+    );
+    Ok(())
+}
+
+fn convert(pfile: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load_files(&[pfile.to_path_buf()], LoadOptions { insecure: true })?;
+    let Some(p) = config.pfiles.first() else {
+        return Err(UsageError::new(format!("{} is not a pfile", pfile.display())).into());
+    };
+    print!("{}", psmon::config::to_toml(p));
+    Ok(())
 }

@@ -276,7 +276,9 @@ mod tests {
         let fail = ReportSetPidFail {
             why: SetPidFail::CommandFailed,
         };
-        let cases: Vec<(&str, Entry, Vec<(u64, Input)>, Vec<Vec<Action>>)> = vec![
+        /// (name, entry, (seconds after start, input) steps, actions of each step)
+        type Case = (&'static str, Entry, Vec<(u64, Input)>, Vec<Vec<Action>>);
+        let cases: Vec<Case> = vec![
             (
                 "kill, restart, up",
                 entry(3, 86400, Continue),

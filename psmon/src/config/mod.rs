@@ -206,6 +206,40 @@ impl Config {
         Self::load_files(&files, opts)
     }
 
+    /// Reads files and directories together (`psmon check`), so checks
+    /// across files (duplicate keys and paths) see all of them.
+    pub fn load_paths(paths: &[PathBuf], opts: LoadOptions) -> Result<Config, ConfigErrors> {
+        let mut files = Vec::new();
+        let mut errors = Vec::new();
+        for path in paths {
+            if path.is_dir() {
+                match std::fs::read_dir(path) {
+                    Ok(listing) => {
+                        let mut found: Vec<PathBuf> = listing
+                            .filter_map(|e| e.ok().map(|e| e.path()))
+                            .filter(|p| kind_of(p).is_some())
+                            .collect();
+                        found.sort();
+                        files.extend(found);
+                    }
+                    Err(e) => errors.push(whole_file(path, format!("cannot read: {e}"))),
+                }
+            } else if path.exists() {
+                files.push(path.clone());
+            } else {
+                errors.push(whole_file(path, "no such file or directory".into()));
+            }
+        }
+        match Self::load_files(&files, opts) {
+            Ok(c) if errors.is_empty() => Ok(c),
+            Ok(_) => Err(ConfigErrors(errors)),
+            Err(ConfigErrors(more)) => {
+                errors.extend(more);
+                Err(ConfigErrors(errors))
+            }
+        }
+    }
+
     /// Reads the given files (each a pfile, TOML file, psagent.conf or psenv).
     pub fn load_files(files: &[PathBuf], opts: LoadOptions) -> Result<Config, ConfigErrors> {
         let mut config = Config::default();

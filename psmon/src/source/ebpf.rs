@@ -220,17 +220,12 @@ impl EbpfSource {
     }
 
     pub async fn run(
-        mut self,
+        self,
         tx: mpsc::Sender<ProcEvent>,
         token: CancellationToken,
     ) -> Result<(), SourceError> {
         let mut sink = EventSink::new(tx);
-        // Subscribed (attached) before this snapshot, so nothing falls between.
-        self.table.seed(
-            tokio::task::spawn_blocking(procfs::snapshot)
-                .await
-                .unwrap_or_default(),
-        );
+        let mut seed = super::Seed::start();
         // Counted from load: losses before `run` (a slow start) are reported too.
         let mut lost_seen = 0;
         // SAFETY: the ring buffer map owns its fd, which stays open and the
@@ -261,6 +256,7 @@ impl EbpfSource {
                     guard.clear_ready();
                 }
                 _ = ticker.tick() => {}
+                entries = seed.ready(), if seed.pending() => table.seed(entries),
             }
             let total = lost_total(&lost);
             if total > lost_seen {

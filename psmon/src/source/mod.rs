@@ -182,6 +182,45 @@ pub fn open(choice: SourceChoice, options: &SourceOptions) -> Result<Opened, Sou
     })
 }
 
+/// The start-up `/proc` snapshot (with executables), taken on the blocking
+/// pool while events are already being read; the source merges it into its
+/// [`ProcessTable`] when it is ready. Subscribing came first, so nothing
+/// falls between the two.
+pub(crate) struct Seed(Option<tokio::task::JoinHandle<Snapshot>>);
+
+/// Every process in `/proc` with its executable, when readable.
+pub(crate) type Snapshot = Vec<(procfs::ProcEntry, Option<PathBuf>)>;
+
+impl Seed {
+    pub fn start() -> Self {
+        Seed(Some(tokio::task::spawn_blocking(|| {
+            procfs::snapshot()
+                .into_iter()
+                .map(|e| {
+                    let exe = procfs::exe(e.tgid);
+                    (e, exe)
+                })
+                .collect()
+        })))
+    }
+
+    pub fn pending(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// The snapshot, once; pending forever after.
+    pub async fn ready(&mut self) -> Snapshot {
+        match self.0.as_mut() {
+            Some(task) => {
+                let entries = task.await.unwrap_or_default();
+                self.0 = None;
+                entries
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
 /// How often sources retry delivering a pending `Lost` when no event comes.
 pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -268,10 +307,17 @@ struct Known {
 
 impl ProcessTable {
     /// Merges a snapshot. Events already applied are newer than the
-    /// snapshot, so entries present win; zombies are not live.
-    pub fn seed(&mut self, entries: Vec<procfs::ProcEntry>) {
-        for e in entries.into_iter().filter(|e| !e.is_dead()) {
-            let path = procfs::exe(e.tgid);
+    /// snapshot: entries present win, and exits already reported stay gone.
+    pub(crate) fn seed(&mut self, entries: Snapshot) {
+        for (e, path) in entries {
+            if e.is_dead()
+                || self
+                    .recent_exits
+                    .set
+                    .contains(&(e.tgid, Some(e.start.ticks())))
+            {
+                continue;
+            }
             self.live.entry(e.tgid).or_insert(Known {
                 start: Some(e.start),
                 ppid: e.ppid,

@@ -141,16 +141,12 @@ impl NetlinkSource {
     }
 
     pub async fn run(
-        mut self,
+        self,
         tx: mpsc::Sender<ProcEvent>,
         token: CancellationToken,
     ) -> Result<(), SourceError> {
         let mut sink = EventSink::new(tx);
-        self.table.seed(
-            tokio::task::spawn_blocking(procfs::snapshot)
-                .await
-                .unwrap_or_default(),
-        );
+        let mut seed = super::Seed::start();
         // SAFETY: the socket owns its fd, which stays open and the same for
         // as long as the socket lives, and the AsyncFd owns the socket.
         let fd = unsafe { AsyncFd::register_with_interest(self.socket, Interest::READABLE) }
@@ -170,6 +166,10 @@ impl NetlinkSource {
                     if !sink.flush() {
                         break Ok(());
                     }
+                    continue;
+                }
+                entries = seed.ready(), if seed.pending() => {
+                    decoder.table.seed(entries);
                     continue;
                 }
                 guard = fd.readable() => match guard {

@@ -174,7 +174,8 @@ impl PollSource {
 }
 
 /// Updates `seen` from a new snapshot and returns the events between them.
-/// The first snapshot only fills `seen`: what already ran is not news.
+/// The first snapshot only fills `seen` (what already runs is not news),
+/// except for zombies, whose exits are reported.
 fn diff(
     seen: &mut HashMap<u32, Seen>,
     entries: Vec<ProcEntry>,
@@ -224,7 +225,9 @@ fn diff(
             path: paths.remove(&tgid),
             dead: e.is_dead(),
         };
-        if !first {
+        // The first scan is a baseline: what runs is not news, but a zombie
+        // died around start-up and its exit has been reported by no one.
+        if !first || e.is_dead() {
             let process = process_of(tgid, &entry);
             let kind = if e.is_dead() {
                 // Born and died between two scans: all that is left is its status.
@@ -269,16 +272,12 @@ mod tests {
     }
 
     #[test]
-    fn first_snapshot_is_not_news() {
+    fn first_snapshot_reports_only_zombies() {
         let mut seen = HashMap::new();
-        let events = diff(
-            &mut seen,
-            vec![entry(10, 1, 'S', None)],
-            HashMap::new(),
-            true,
-        );
-        assert!(events.is_empty());
-        assert_eq!(seen.len(), 1);
+        let start = vec![entry(10, 1, 'S', None), entry(11, 1, 'Z', Some(9))];
+        let events = diff(&mut seen, start, HashMap::new(), true);
+        assert_eq!(kinds(&events), vec![("exit".into(), 11)]);
+        assert_eq!(seen.len(), 2);
     }
 
     #[test]

@@ -1,0 +1,202 @@
+//! `psmon run`: wires the daemon together — loads the configuration, opens
+//! the best event source (reopening it if it fails), starts the supervisor,
+//! reloads on SIGHUP and stops on SIGTERM/SIGINT, leaving watched processes
+//! running. Only start-up errors are fatal.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Context;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::{Config, LoadOptions},
+    event::ProcEvent,
+    report::{LogFormat, Reporter},
+    scan::Matcher,
+    source::{self, Source, SourceChoice, SourceOptions},
+    supervisor::{Control, Supervisor},
+};
+
+/// The layout ProcessSaver installs; used when `/etc/psmon` does not exist.
+pub const LEGACY_CONF_DIR: &str = "/var/opt/HA/PS/conf";
+pub const DEFAULT_CONF_DIR: &str = "/etc/psmon";
+
+#[derive(Debug, clap::Args)]
+pub struct RunOptions {
+    /// Configuration directory (pfile_*, *.toml, psagent.conf, psenv).
+    /// Default: /etc/psmon, else /var/opt/HA/PS/conf.
+    #[arg(long, value_name = "DIR")]
+    pub conf: Option<PathBuf>,
+    /// Where events come from; `auto` tries ebpf, then netlink, then poll.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub source: SourceChoice,
+    /// Accept configuration files not owned by root or writable by others
+    /// (for tests and development only).
+    #[arg(long)]
+    pub insecure_config: bool,
+    /// Format of operator messages on stderr and in the log file.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Directory of psmon.log (default: LOG_DIR from psagent.conf).
+    #[arg(long, value_name = "DIR")]
+    pub log_dir: Option<PathBuf>,
+}
+
+pub fn conf_dir(given: Option<PathBuf>) -> PathBuf {
+    given.unwrap_or_else(|| {
+        let default = PathBuf::from(DEFAULT_CONF_DIR);
+        if !default.exists() && std::path::Path::new(LEGACY_CONF_DIR).exists() {
+            PathBuf::from(LEGACY_CONF_DIR)
+        } else {
+            default
+        }
+    })
+}
+
+pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let dir = conf_dir(opts.conf.clone());
+    let load = LoadOptions {
+        insecure: opts.insecure_config,
+    };
+    let config = Config::load_dir(&dir, load)?;
+    let log_dir = opts
+        .log_dir
+        .clone()
+        .unwrap_or_else(|| config.agent.log_dir.clone());
+    let mut reporter = Reporter::new(config.agent.log_level, opts.log_format, Some(&log_dir));
+    let entries: Vec<_> = config.entries().map(|(_, e)| e.clone()).collect();
+    reporter.report(
+        crate::config::LogLevel::Info,
+        &format!(
+            "psmon starting: {} processes watched from {}",
+            entries.len(),
+            dir.display()
+        ),
+        &[],
+    );
+
+    let matcher = Matcher::new(entries.iter());
+    let source_options = SourceOptions {
+        poll_interval: config
+            .pfiles
+            .iter()
+            .map(|p| p.monitor_interval)
+            .min()
+            .unwrap_or(Duration::from_secs(10)),
+        kernel_filter: matcher.kernel_comms().is_some(),
+        ..SourceOptions::default()
+    };
+    let retry_interval = config.agent.retry_interval;
+    let (event_tx, event_rx) = mpsc::channel::<ProcEvent>(config.agent.event_queue_size);
+    let (control_tx, control_rx) = mpsc::channel::<Control>(16);
+
+    // Fatal only now, at start-up: the chosen source must open once.
+    let first = source::open(opts.source, &source_options).context("opening the event source")?;
+    for refusal in &first.refused {
+        tracing::warn!("{refusal:#}");
+    }
+    let token = shutdown.child_token();
+    tokio::spawn(keep_source(
+        first.source,
+        opts.source,
+        source_options,
+        retry_interval,
+        event_tx,
+        control_tx.clone(),
+        token.clone(),
+    ));
+    tokio::spawn(reload_on_sighup(dir, load, control_tx, token.clone()));
+    notify_systemd("READY=1");
+    Supervisor::new(config, reporter)
+        .run(event_rx, control_rx, token.clone())
+        .await;
+    token.cancel();
+    notify_systemd("STOPPING=1");
+    Ok(())
+}
+
+/// Runs the source; when it fails, says so and reopens it every
+/// `retry_interval` (the supervisor's scans cover the gap).
+async fn keep_source(
+    mut source: Source,
+    choice: SourceChoice,
+    options: SourceOptions,
+    retry_interval: Duration,
+    tx: mpsc::Sender<ProcEvent>,
+    control: mpsc::Sender<Control>,
+    token: CancellationToken,
+) {
+    loop {
+        let filter = match &mut source {
+            Source::Ebpf(s) => s.take_filter(),
+            _ => None,
+        };
+        let kind = source.kind();
+        let _ = control.send(Control::Source { kind, filter }).await;
+        let result = source.run(tx.clone(), token.clone()).await;
+        if token.is_cancelled() {
+            return;
+        }
+        let why = match result {
+            Ok(()) => "it ended".to_string(),
+            Err(e) => format!("{e:#}"),
+        };
+        let _ = control.send(Control::SourceFailed(why)).await;
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tokio::time::sleep(retry_interval) => {}
+            }
+            match source::open(choice, &options) {
+                Ok(opened) => {
+                    source = opened.source;
+                    break;
+                }
+                Err(e) => tracing::warn!("reopening the event source failed: {e:#}"),
+            }
+        }
+    }
+}
+
+async fn reload_on_sighup(
+    dir: PathBuf,
+    load: LoadOptions,
+    control: mpsc::Sender<Control>,
+    token: CancellationToken,
+) {
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload is unavailable");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = hup.recv() => {}
+        }
+        let d = dir.clone();
+        let loaded = tokio::task::spawn_blocking(move || Config::load_dir(&d, load)).await;
+        let msg = match loaded {
+            Ok(Ok(config)) => Control::Reload(Box::new(config)),
+            Ok(Err(errors)) => Control::ReloadFailed(errors),
+            Err(_) => continue,
+        };
+        if control.send(msg).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// sd_notify(3) for `Type=notify` units; a no-op outside systemd.
+fn notify_systemd(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    let _ = sock.send_to(state.as_bytes(), PathBuf::from(path));
+}

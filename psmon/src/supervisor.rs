@@ -1,0 +1,680 @@
+//! The supervisor: the single owner of monitoring state. It turns process
+//! events and reconciliation scans into per-entry instance counts, feeds
+//! them to [`policy::step`], and carries out the resulting actions
+//! (messages, restart and failover commands run as tasks whose outcome comes
+//! back as a message). Nothing else holds its state.
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use tokio::{sync::mpsc, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::{Config, ConfigErrors, Entry, LogLevel},
+    event::{EventKind, ExitStatus, ProcEvent},
+    exec::{self, CommandSpec, Outcome},
+    policy::{self, Action, EntryState, Input, Phase, SetPidFail},
+    report::Reporter,
+    scan::{Instance, Matcher},
+    source::{SourceKind, ebpf::KernelFilter},
+};
+
+/// How often deadlines (a restarted process that must appear) are checked.
+const TICK: Duration = Duration::from_millis(100);
+
+/// How long an instance a scan missed may wait for its exit event before it
+/// is declared gone without one: events can trail a scan, and the event
+/// carries the exit status the scan cannot know.
+const MISSED_GRACE: Duration = Duration::from_millis(300);
+
+/// Messages from the rest of the daemon.
+pub enum Control {
+    /// SIGHUP with a valid new configuration.
+    Reload(Box<Config>),
+    /// SIGHUP with a broken one: report it, keep running the old one.
+    ReloadFailed(ConfigErrors),
+    /// A source was (re)opened; with the in-kernel filter when it has one.
+    Source {
+        kind: SourceKind,
+        filter: Option<KernelFilter>,
+    },
+    /// The source stopped with this error; the daemon is reopening it.
+    SourceFailed(String),
+}
+
+struct Watched {
+    pfile: String,
+    entry: Entry,
+    state: EntryState,
+    running: u32,
+    /// The last instance that went down, for the failover environment.
+    last_down: Option<(Option<u32>, ExitStatus)>,
+}
+
+#[derive(Clone, Copy)]
+struct Tracked {
+    entry: usize,
+    start_ticks: u64,
+    added: Instant,
+}
+
+enum Job {
+    Restart,
+    Failover,
+}
+
+struct Done {
+    path: PathBuf,
+    job: Job,
+    outcome: Outcome,
+}
+
+pub struct Supervisor {
+    config: Config,
+    watched: Vec<Watched>,
+    matcher: Arc<Matcher>,
+    instances: HashMap<u32, Tracked>,
+    /// (tgid, start ticks) → when its exit was applied, so a scan that began
+    /// before it does not bring it back.
+    gone: HashMap<(u32, u64), Instant>,
+    reporter: Reporter,
+    filter: Option<KernelFilter>,
+    done_tx: mpsc::Sender<Done>,
+    done_rx: mpsc::Receiver<Done>,
+    scan_requested: bool,
+    /// Instances the last scan did not find: tgid → (start ticks, when).
+    missed: HashMap<u32, (u64, Instant)>,
+    /// How long those wait for their exit event (longer with `poll`,
+    /// whose events come a scan interval apart).
+    missed_grace: Duration,
+}
+
+impl Supervisor {
+    pub fn new(config: Config, reporter: Reporter) -> Self {
+        let (done_tx, done_rx) = mpsc::channel(256);
+        let mut s = Supervisor {
+            config: Config::default(),
+            watched: Vec::new(),
+            matcher: Arc::new(Matcher::default()),
+            instances: HashMap::new(),
+            gone: HashMap::new(),
+            reporter,
+            filter: None,
+            done_tx,
+            done_rx,
+            scan_requested: true,
+            missed: HashMap::new(),
+            missed_grace: MISSED_GRACE,
+        };
+        s.apply_config(config);
+        s
+    }
+
+    /// How often the reconciliation scan runs: the shortest MONITOR_INTERVAL.
+    fn scan_interval(&self) -> Duration {
+        self.config
+            .pfiles
+            .iter()
+            .map(|p| p.monitor_interval)
+            .min()
+            .unwrap_or(crate::config::Pfile::DEFAULT_MONITOR_INTERVAL)
+    }
+
+    pub async fn run(
+        mut self,
+        mut events: mpsc::Receiver<ProcEvent>,
+        mut control: mpsc::Receiver<Control>,
+        token: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(TICK);
+        let mut scan_every = self.scan_interval();
+        let mut scan_tick = tokio::time::interval(scan_every);
+        let mut scan: Option<JoinHandle<(Instant, Vec<Vec<Instance>>)>> = None;
+        loop {
+            if self.scan_requested && scan.is_none() {
+                self.scan_requested = false;
+                let matcher = self.matcher.clone();
+                let n = self.watched.len();
+                scan = Some(tokio::task::spawn_blocking(move || {
+                    let started = Instant::now();
+                    (started, matcher.scan(n))
+                }));
+            }
+            tokio::select! {
+                _ = token.cancelled() => break,
+                Some(event) = events.recv() => self.on_event(event),
+                Some(done) = self.done_rx.recv() => self.on_done(done),
+                result = async { scan.as_mut().expect("guarded").await }, if scan.is_some() => {
+                    scan = None;
+                    if let Ok((started, found)) = result {
+                        self.on_scan(started, found);
+                    }
+                }
+                _ = scan_tick.tick() => self.scan_requested = true,
+                _ = tick.tick() => self.on_tick(),
+                Some(msg) = control.recv() => {
+                    self.on_control(msg);
+                    if self.scan_interval() != scan_every {
+                        scan_every = self.scan_interval();
+                        scan_tick = tokio::time::interval(scan_every);
+                    }
+                }
+            }
+        }
+        self.reporter.report(
+            LogLevel::Info,
+            "psmon stopping; watched processes are left running",
+            &[],
+        );
+    }
+
+    fn on_control(&mut self, msg: Control) {
+        match msg {
+            Control::Reload(config) => {
+                self.apply_config(*config);
+                self.reporter.report(
+                    LogLevel::Info,
+                    "configuration reloaded",
+                    &[("entries", json!(self.watched.len()))],
+                );
+            }
+            Control::ReloadFailed(errors) => {
+                for d in &errors.0 {
+                    self.reporter
+                        .report(LogLevel::Error, &format!("reload refused: {d}"), &[]);
+                }
+                self.reporter.report(
+                    LogLevel::Error,
+                    "the new configuration has errors; still running the previous one",
+                    &[],
+                );
+            }
+            Control::Source { kind, filter } => {
+                self.reporter.report(
+                    LogLevel::Info,
+                    &format!("watching process events with the {kind} source"),
+                    &[("kernel_filter", json!(filter.is_some()))],
+                );
+                self.missed_grace = match kind {
+                    SourceKind::Poll => MISSED_GRACE + self.scan_interval(),
+                    _ => MISSED_GRACE,
+                };
+                self.filter = filter;
+                self.fill_filter();
+                self.scan_requested = true;
+            }
+            Control::SourceFailed(why) => {
+                self.reporter.report(
+                    LogLevel::Error,
+                    &format!(
+                        "the event source stopped ({why}); scans continue while it is reopened"
+                    ),
+                    &[],
+                );
+                self.scan_requested = true;
+            }
+        }
+    }
+
+    /// Takes a new configuration: entries whose path is unchanged keep their
+    /// state and instances (nothing is restarted); others start fresh.
+    fn apply_config(&mut self, config: Config) {
+        let mut old: HashMap<PathBuf, (usize, Watched)> = self
+            .watched
+            .drain(..)
+            .enumerate()
+            .map(|(i, w)| (w.entry.path.clone(), (i, w)))
+            .collect();
+        let mut remap: HashMap<usize, usize> = HashMap::new();
+        for (pfile, entry) in config.entries() {
+            let new_index = self.watched.len();
+            let w = match old.remove(&entry.path) {
+                Some((i, mut w)) => {
+                    remap.insert(i, new_index);
+                    w.pfile = pfile.name.clone();
+                    w.entry = entry.clone();
+                    w
+                }
+                None => Watched {
+                    pfile: pfile.name.clone(),
+                    entry: entry.clone(),
+                    state: EntryState::default(),
+                    running: 0,
+                    last_down: None,
+                },
+            };
+            self.watched.push(w);
+        }
+        self.instances.retain(|_, t| match remap.get(&t.entry) {
+            Some(n) => {
+                t.entry = *n;
+                true
+            }
+            None => false,
+        });
+        self.reporter.set_level(config.agent.log_level);
+        self.matcher = Arc::new(Matcher::new(self.watched.iter().map(|w| &w.entry)));
+        self.config = config;
+        self.fill_filter();
+        self.scan_requested = true;
+    }
+
+    fn fill_filter(&mut self) {
+        let Some(filter) = &mut self.filter else {
+            return;
+        };
+        for comm in self.matcher.kernel_comms().unwrap_or_default() {
+            let _ = filter.watch_comm(&comm);
+        }
+        for tgid in self.instances.keys() {
+            let _ = filter.watch_tgid(*tgid);
+        }
+    }
+
+    fn on_event(&mut self, event: ProcEvent) {
+        match event.kind {
+            EventKind::Fork(p) => {
+                let (Some(parent), Some(start)) = (self.instances.get(&p.ppid).copied(), p.start)
+                else {
+                    return;
+                };
+                // A forked child runs its parent's executable: another instance.
+                self.add(p.tgid, parent.entry, start.ticks());
+                self.step_running(parent.entry, Some(p.tgid));
+            }
+            EventKind::Exec(p) => {
+                let now = self
+                    .matcher
+                    .may_match(&p.comm)
+                    .then(|| self.matcher.classify(p.tgid))
+                    .flatten();
+                let before = self.instances.get(&p.tgid).copied();
+                if let Some(b) = before
+                    && now.is_none_or(|(i, _)| i != b.entry)
+                {
+                    // It exec'd another program: that instance is gone.
+                    self.remove(p.tgid, ExitStatus::Unknown);
+                }
+                if let Some((i, inst)) = now
+                    && before.is_none_or(|b| b.entry != i)
+                {
+                    self.add(inst.tgid, i, inst.start_ticks);
+                    self.step_running(i, Some(inst.tgid));
+                }
+            }
+            EventKind::Exit { process, status } => {
+                let Some(t) = self.instances.get(&process.tgid) else {
+                    return;
+                };
+                // Same pid, other start time: not the process we track.
+                if process.start.is_some_and(|s| s.ticks() != t.start_ticks) {
+                    tracing::debug!(tgid = process.tgid, event_start = ?process.start.map(|s| s.ticks()), tracked = t.start_ticks, "exit of an untracked process with a reused pid");
+                    return;
+                }
+                self.remove(process.tgid, status);
+            }
+            EventKind::Lost { count } => {
+                self.reporter.report(
+                    LogLevel::Warn,
+                    "process events were lost; scanning /proc now",
+                    &[("count", json!(count))],
+                );
+                self.scan_requested = true;
+            }
+        }
+    }
+
+    fn add(&mut self, tgid: u32, entry: usize, start_ticks: u64) {
+        let t = Tracked {
+            entry,
+            start_ticks,
+            added: Instant::now(),
+        };
+        if let Some(old) = self.instances.insert(tgid, t) {
+            self.watched[old.entry].running -= 1;
+        }
+        self.watched[entry].running += 1;
+        if let Some(f) = &mut self.filter {
+            let _ = f.watch_tgid(tgid);
+        }
+    }
+
+    /// Forgets instance `tgid` and tells the policy.
+    fn remove(&mut self, tgid: u32, status: ExitStatus) {
+        let Some(t) = self.instances.remove(&tgid) else {
+            return;
+        };
+        self.gone.insert((tgid, t.start_ticks), Instant::now());
+        let w = &mut self.watched[t.entry];
+        w.running -= 1;
+        let input = Input::Exited {
+            pid: tgid,
+            status,
+            running: w.running,
+        };
+        self.step(t.entry, input);
+    }
+
+    fn step_running(&mut self, entry: usize, pid: Option<u32>) {
+        let running = self.watched[entry].running;
+        self.step(entry, Input::Running { running, pid });
+    }
+
+    fn step(&mut self, i: usize, input: Input) {
+        let w = &mut self.watched[i];
+        let actions = policy::step(&w.entry, &mut w.state, input, Instant::now());
+        for action in actions {
+            self.act(i, action);
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let overdue: Vec<(u32, u64)> = self
+            .missed
+            .iter()
+            .filter(|(_, (_, at))| at.elapsed() >= self.missed_grace)
+            .map(|(tgid, (start, _))| (*tgid, *start))
+            .collect();
+        for (tgid, start) in overdue {
+            self.missed.remove(&tgid);
+            if self
+                .instances
+                .get(&tgid)
+                .is_some_and(|t| t.start_ticks == start)
+            {
+                self.remove(tgid, ExitStatus::Unknown);
+            }
+        }
+        for i in 0..self.watched.len() {
+            if matches!(self.watched[i].state.phase, Phase::Starting { .. }) {
+                self.step(i, Input::Tick);
+            }
+        }
+    }
+
+    fn on_scan(&mut self, started: Instant, found: Vec<Vec<Instance>>) {
+        self.gone
+            .retain(|_, at| at.elapsed() < Duration::from_secs(120));
+        let mut seen: HashSet<u32> = HashSet::new();
+        let mut touched: HashSet<usize> = HashSet::new();
+        // Additions first, so a replaced instance never looks like a shortage.
+        for (i, list) in found.iter().enumerate().take(self.watched.len()) {
+            for inst in list {
+                seen.insert(inst.tgid);
+                let known = self.instances.get(&inst.tgid).copied();
+                if known.is_some_and(|t| t.start_ticks == inst.start_ticks && t.entry == i) {
+                    continue;
+                }
+                if self
+                    .gone
+                    .get(&(inst.tgid, inst.start_ticks))
+                    .is_some_and(|at| *at > started)
+                {
+                    continue; // exited after the scan saw it
+                }
+                if known.is_some() {
+                    self.remove(inst.tgid, ExitStatus::Unknown);
+                }
+                self.add(inst.tgid, i, inst.start_ticks);
+                touched.insert(i);
+            }
+        }
+        for i in touched {
+            let newest = self
+                .instances
+                .iter()
+                .filter(|(_, t)| t.entry == i)
+                .max_by_key(|(_, t)| t.start_ticks)
+                .map(|(p, _)| *p);
+            self.step_running(i, newest);
+        }
+        // Instances the scan did not see and that are older than it: gone,
+        // unless their exit event is still on its way (see MISSED_GRACE).
+        for (tgid, t) in &self.instances {
+            if !seen.contains(tgid) && t.added < started {
+                self.missed
+                    .entry(*tgid)
+                    .or_insert((t.start_ticks, Instant::now()));
+            }
+        }
+        for i in 0..self.watched.len() {
+            if self.watched[i].state.phase == Phase::Unknown {
+                self.step_running(i, None);
+            }
+        }
+    }
+
+    fn act(&mut self, i: usize, action: Action) {
+        if let Action::ReportDown { pid, status } = action {
+            self.watched[i].last_down = Some((pid, status));
+        }
+        let w = &self.watched[i];
+        let path = w.entry.path.display().to_string();
+        let base: Vec<(&str, Value)> = vec![("pfile", json!(w.pfile)), ("path", json!(path))];
+        let with = |extra: Vec<(&'static str, Value)>| {
+            let mut f = base.clone();
+            f.extend(extra);
+            f
+        };
+        match action {
+            Action::ReportDown { pid, status } => {
+                let message = match pid {
+                    Some(pid) => format!("Process ['{path}',pid={pid}] Down"),
+                    None => format!("Process ['{path}'] Down"),
+                };
+                let mut fields = with(vec![("pid", json!(pid))]);
+                fields.extend(status_fields(status));
+                self.reporter.report(LogLevel::Warn, &message, &fields);
+            }
+            Action::ReportStopped { pid, code } => {
+                let fields = with(vec![("pid", json!(pid)), ("exit_code", json!(code))]);
+                self.reporter.report(
+                    LogLevel::Info,
+                    &format!("Process ['{path}',pid={pid}] stopped on purpose (exit code {code}); not restarted"),
+                    &fields,
+                );
+            }
+            Action::Restart { attempt } => {
+                let fields = with(vec![
+                    ("attempt", json!(attempt)),
+                    ("retry", json!(w.entry.retry)),
+                ]);
+                self.reporter.report(
+                    LogLevel::Info,
+                    &format!("Try to restart ('{path}')"),
+                    &fields,
+                );
+                let Some(command) = w.entry.restart.clone() else {
+                    return;
+                };
+                let mut env = self.base_env(i);
+                env.push(("PSMON_ATTEMPT".into(), attempt.to_string()));
+                self.spawn(i, Job::Restart, command, env, w.entry.restart_timeout);
+            }
+            Action::ReportUp { pid, rearmed } => {
+                let message = match pid {
+                    Some(pid) => format!("('{path}',pid={pid}) Up"),
+                    None => format!("('{path}') Up"),
+                };
+                let fields = with(vec![
+                    ("pid", json!(pid)),
+                    ("running", json!(w.running)),
+                    ("budget_rearmed", json!(rearmed)),
+                ]);
+                self.reporter.report(LogLevel::Info, &message, &fields);
+            }
+            Action::ReportSetPidFail { why } => {
+                let reason = match why {
+                    SetPidFail::CommandFailed => "the restart command failed",
+                    SetPidFail::NotStarted => "no matching process appeared in time",
+                };
+                let fields = with(vec![("reason", json!(reason))]);
+                self.reporter.report(
+                    LogLevel::Error,
+                    &format!("Set pid fail ('{path}')"),
+                    &fields,
+                );
+            }
+            Action::ReportRetryOver { attempts } => {
+                let action = match w.entry.action {
+                    crate::config::Action::Continue => "continue",
+                    crate::config::Action::Switch => "switch",
+                };
+                let fields = with(vec![
+                    ("attempts", json!(attempts)),
+                    ("action", json!(action)),
+                ]);
+                self.reporter
+                    .report(LogLevel::Error, &format!("Retry over ('{path}')"), &fields);
+            }
+            Action::Failover => {
+                let command = w
+                    .entry
+                    .failover
+                    .clone()
+                    .or_else(|| self.config.agent.failover_command.clone());
+                let Some(command) = command else {
+                    self.reporter.report(
+                        LogLevel::Error,
+                        &format!("Switch request ('{path}') not sent: no FAILOVER_COMMAND in psagent.conf and no failover for this entry"),
+                        &base,
+                    );
+                    return;
+                };
+                self.reporter.report(
+                    LogLevel::Error,
+                    &format!("Switch request ('{path}')"),
+                    &base,
+                );
+                let mut env = self.base_env(i);
+                let retry = w.entry.retry;
+                let grace = w
+                    .entry
+                    .grace
+                    .map_or("ever".to_string(), |g| format!("{} s", g.as_secs()));
+                env.push((
+                    "PSMON_REASON".into(),
+                    format!(
+                        "retry over: {retry} restart attempts within {grace} did not keep {path} up"
+                    ),
+                ));
+                self.spawn(i, Job::Failover, command, env, w.entry.restart_timeout);
+            }
+            Action::ReportTooMany { running } => {
+                let fields = with(vec![
+                    ("running", json!(running)),
+                    ("max", json!(w.entry.max)),
+                ]);
+                self.reporter.report(
+                    LogLevel::Warn,
+                    &format!("Process ('{path}') has {running} instances, above the maximum"),
+                    &fields,
+                );
+            }
+        }
+    }
+
+    /// psenv's variables and what psmon knows of the entry and its last death.
+    fn base_env(&self, i: usize) -> Vec<(String, String)> {
+        let w = &self.watched[i];
+        let mut env = self.config.env.vars.clone();
+        env.push(("PSMON_PFILE".into(), w.pfile.clone()));
+        env.push(("PSMON_PATH".into(), w.entry.path.display().to_string()));
+        let (pid, status) = w.last_down.unwrap_or((None, ExitStatus::Unknown));
+        env.push((
+            "PSMON_PID".into(),
+            pid.map(|p| p.to_string()).unwrap_or_default(),
+        ));
+        let (code, signal) = match status {
+            ExitStatus::Code(c) => (c.to_string(), String::new()),
+            ExitStatus::Signal { signal, .. } => (String::new(), signal.to_string()),
+            ExitStatus::Unknown => (String::new(), String::new()),
+        };
+        env.push(("PSMON_EXIT_CODE".into(), code));
+        env.push(("PSMON_SIGNAL".into(), signal));
+        env
+    }
+
+    fn spawn(
+        &self,
+        i: usize,
+        job: Job,
+        command: String,
+        env: Vec<(String, String)>,
+        timeout: Duration,
+    ) {
+        let spec = CommandSpec {
+            command,
+            env,
+            umask: self.config.env.umask,
+            timeout,
+        };
+        let path = self.watched[i].entry.path.clone();
+        let tx = self.done_tx.clone();
+        tokio::spawn(async move {
+            let outcome = exec::run(&spec).await;
+            let _ = tx.send(Done { path, job, outcome }).await;
+        });
+    }
+
+    fn on_done(&mut self, done: Done) {
+        // By path: a reload may have moved or removed the entry meanwhile.
+        let Some(i) = self.watched.iter().position(|w| w.entry.path == done.path) else {
+            return;
+        };
+        let path = done.path.display().to_string();
+        let what = match done.job {
+            Job::Restart => "restart",
+            Job::Failover => "failover",
+        };
+        let mut fields: Vec<(&str, Value)> = vec![
+            ("pfile", json!(self.watched[i].pfile)),
+            ("path", json!(path)),
+            (
+                "elapsed_ms",
+                json!(done.outcome.elapsed.as_secs_f64() * 1e3),
+            ),
+        ];
+        if !done.outcome.output_tail.is_empty() {
+            fields.push(("output", json!(done.outcome.output_tail)));
+        }
+        let level = if done.outcome.ok() {
+            LogLevel::Info
+        } else {
+            LogLevel::Error
+        };
+        self.reporter.report(
+            level,
+            &format!("{what} command for ('{path}'): {}", done.outcome.describe()),
+            &fields,
+        );
+        if let Job::Restart = done.job {
+            let ok = done.outcome.ok();
+            self.step(i, Input::RestartDone { ok });
+            if ok && self.watched[i].state.phase != Phase::Up {
+                // Catch the new process even if its exec event was filtered or lost.
+                self.scan_requested = true;
+            }
+        }
+    }
+}
+
+fn status_fields(status: ExitStatus) -> Vec<(&'static str, Value)> {
+    match status {
+        ExitStatus::Code(c) => vec![("exit_code", json!(c))],
+        ExitStatus::Signal {
+            signal,
+            core_dumped,
+        } => vec![
+            ("signal", json!(signal)),
+            ("core_dumped", json!(core_dumped)),
+        ],
+        ExitStatus::Unknown => vec![("exit", json!("unknown"))],
+    }
+}

@@ -1,0 +1,478 @@
+//! `psmon run` end to end, for every source: real victims killed, restart
+//! commands run, retry budgets spent, failover observed, configuration
+//! reloaded. Each test has its own directory, configuration and victim
+//! binary, and kills whatever it started.
+
+mod support;
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use support::*;
+
+/// A running `psmon run` and its operator messages (JSON lines).
+struct Psmon {
+    child: Child,
+    messages: mpsc::Receiver<Value>,
+    seen: Vec<Value>,
+}
+
+impl Psmon {
+    fn start(conf: &Path, source: &str) -> Psmon {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_psmon"))
+            .args([
+                "run",
+                "--insecure-config",
+                "--log-format",
+                "json",
+                "--source",
+                source,
+            ])
+            .arg("--conf")
+            .arg(conf)
+            .arg("--log-dir")
+            .arg(conf.join("log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, messages) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if tx.send(v).is_err() {
+                        break;
+                    }
+                } else {
+                    eprintln!("psmon: {line}");
+                }
+            }
+        });
+        Psmon {
+            child,
+            messages,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next message containing `text` (earlier ones are kept in `seen`).
+    fn wait(&mut self, text: &str) -> Value {
+        self.wait_for(text, |_| true)
+    }
+
+    fn wait_for(&mut self, text: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let msg = self.messages.recv_timeout(left).unwrap_or_else(|_| {
+                panic!(
+                    "no message containing {text:?} within 15 s; saw:\n{}",
+                    self.seen
+                        .iter()
+                        .map(|v| v.to_string())
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                )
+            });
+            self.seen.push(msg.clone());
+            if msg["message"].as_str().is_some_and(|m| m.contains(text)) && pred(&msg) {
+                return msg;
+            }
+        }
+    }
+
+    /// Messages that arrive within `period`.
+    fn collect(&mut self, period: Duration) -> Vec<Value> {
+        let until = Instant::now() + period;
+        let mut got = Vec::new();
+        while let Ok(m) = self
+            .messages
+            .recv_timeout(until.saturating_duration_since(Instant::now()))
+        {
+            self.seen.push(m.clone());
+            got.push(m);
+        }
+        got
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).unwrap();
+    }
+}
+
+impl Drop for Psmon {
+    fn drop(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+/// A test's world: its directory, configuration and victim binary.
+struct World {
+    dir: TempDir,
+    victim: PathBuf,
+}
+
+impl World {
+    fn new(tag: &str) -> World {
+        let dir = TempDir::new(tag);
+        std::fs::create_dir_all(dir.0.join("conf")).unwrap();
+        let victim = victim_copy(&dir.0, "watched");
+        World { dir, victim }
+    }
+
+    fn conf(&self) -> PathBuf {
+        self.dir.0.join("conf")
+    }
+
+    fn write(&self, name: &str, text: &str) {
+        std::fs::write(self.conf().join(name), text).unwrap();
+    }
+
+    /// A pfile watching the victim; `restart` `None` restarts it for real.
+    fn pfile(&self, restart: Option<&str>, grace: u32, retry: u32, action: &str) {
+        let start = format!("{} sleep >/dev/null 2>&1 &", self.victim.display());
+        let restart = restart.map_or(start, str::to_string);
+        self.write(
+            "pfile_test",
+            &format!(
+                "##### PARAM #####\nMONITOR_INTERVAL = 1\n##### PENT #####\n{} : {restart} : {grace} : {retry} : {action}\n",
+                self.victim.display()
+            ),
+        );
+    }
+
+    fn spawn_victim(&self) -> Child {
+        let child = Command::new(&self.victim).arg("sleep").spawn().unwrap();
+        wait_until_running(child.id());
+        child
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        kill_all(&self.victim);
+    }
+}
+
+/// Waits until `pid` has exec'd the victim (its comm changed).
+fn wait_until_running(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() != "watched")
+    {
+        assert!(Instant::now() < deadline, "victim {pid} never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn kill9(pid: u32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+fn usable(source: &str) -> bool {
+    source == "poll" || needs_root(&format!("the {source} source"))
+}
+
+fn restart_after_kill(source: &str) {
+    if !usable(source) {
+        return;
+    }
+    let w = World::new("restart");
+    w.pfile(None, 86400, 3, "continue");
+    let mut victim = w.spawn_victim();
+    let old = victim.id();
+    let mut psmon = Psmon::start(&w.conf(), source);
+    psmon.wait_for("Up", |m| m["pid"] == old);
+    kill9(old);
+    // Reaped only once psmon has seen it: `poll` reads the status of the zombie.
+    let down = psmon.wait(&format!(
+        "Process ['{}',pid={old}] Down",
+        w.victim.display()
+    ));
+    victim.wait().unwrap();
+    assert_eq!(down["signal"], 9, "{down}");
+    psmon.wait(&format!("Try to restart ('{}')", w.victim.display()));
+    let up = psmon.wait_for(") Up", |m| m["pid"] != old);
+    let new = up["pid"].as_u64().unwrap() as u32;
+    assert!(
+        pids_of(&w.victim).contains(&new),
+        "the new pid {new} is not the victim"
+    );
+}
+
+fn retry_over_continue(source: &str) {
+    if !usable(source) {
+        return;
+    }
+    let w = World::new("continue");
+    w.pfile(Some("exit 1"), 86400, 2, "continue");
+    let mut psmon = Psmon::start(&w.conf(), source);
+    psmon.wait("Down");
+    for _ in 0..2 {
+        psmon.wait("Try to restart");
+        psmon.wait("Set pid fail");
+    }
+    let over = psmon.wait("Retry over");
+    assert_eq!(over["action"], "continue");
+    // Started by hand: Up again, and the budget is re-armed.
+    let mut victim = w.spawn_victim();
+    let up = psmon.wait_for(") Up", |m| m["pid"] == victim.id());
+    assert_eq!(up["budget_rearmed"], true, "{up}");
+    kill9(victim.id());
+    victim.wait().unwrap();
+    let again = psmon.wait("Try to restart");
+    assert_eq!(again["attempt"], 1, "{again}");
+}
+
+fn retry_over_switch(source: &str) {
+    if !usable(source) {
+        return;
+    }
+    let w = World::new("switch");
+    let out = w.dir.0.join("failover.out");
+    w.pfile(Some("exit 1"), 86400, 1, "switch");
+    w.write(
+        "psagent.conf",
+        &format!(
+            "FAILOVER_COMMAND = echo \"$PSMON_PFILE|$PSMON_PATH|$PSMON_PID|$PSMON_SIGNAL|$PSMON_REASON\" >> {}\n",
+            out.display()
+        ),
+    );
+    let mut victim = w.spawn_victim();
+    let pid = victim.id();
+    let mut psmon = Psmon::start(&w.conf(), source);
+    psmon.wait_for("Up", |m| m["pid"] == pid);
+    kill9(pid);
+    psmon.wait("Retry over");
+    victim.wait().unwrap();
+    psmon.wait("Switch request");
+    psmon.wait("failover command");
+    psmon.collect(Duration::from_millis(1500));
+    let text = std::fs::read_to_string(&out).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "the failover command must run exactly once: {text}"
+    );
+    let fields: Vec<&str> = lines[0].split('|').collect();
+    assert_eq!(fields[0], "test");
+    assert_eq!(fields[1], w.victim.display().to_string());
+    assert_eq!(fields[2], pid.to_string());
+    assert_eq!(fields[3], "9");
+    assert!(fields[4].starts_with("retry over"), "{}", fields[4]);
+}
+
+fn grace_expiry_rearms(source: &str) {
+    if !usable(source) {
+        return;
+    }
+    let w = World::new("grace");
+    w.pfile(None, 2, 1, "continue");
+    let mut psmon = Psmon::start(&w.conf(), source);
+    // Not running at start: the one attempt of the window starts it.
+    psmon.wait("Try to restart");
+    let first = psmon.wait(") Up")["pid"].as_u64().unwrap() as u32;
+    std::thread::sleep(Duration::from_millis(2500)); // the window slides past that attempt
+    kill9(first);
+    let again = psmon.wait("Try to restart");
+    assert_eq!(again["attempt"], 1, "{again}");
+    let second = psmon.wait_for(") Up", |m| m["pid"] != first)["pid"]
+        .as_u64()
+        .unwrap() as u32;
+    // Within the window now: no attempt left.
+    kill9(second);
+    psmon.wait("Retry over");
+}
+
+fn hanging_restart_is_killed(source: &str) {
+    if !usable(source) {
+        return;
+    }
+    let w = World::new("hang");
+    let hang = victim_copy(&w.dir.0, "hanging");
+    w.write(
+        "app.toml",
+        &format!(
+            "monitor_interval = 1\n[[entry]]\npath = \"{}\"\nrestart = \"{h} sleep & {h} sleep\"\nretry = 1\nrestart_timeout = 1\n",
+            w.victim.display(),
+            h = hang.display()
+        ),
+    );
+    let mut psmon = Psmon::start(&w.conf(), source);
+    psmon.wait("Try to restart");
+    let done = psmon.wait("restart command");
+    assert!(
+        done["message"].as_str().unwrap().contains("timed out"),
+        "{done}"
+    );
+    psmon.wait("Set pid fail");
+    // The command and the child it put in the background are both gone.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !pids_of(&hang).iter().all(|p| is_zombie(*p)) {
+        assert!(
+            Instant::now() < deadline,
+            "the hanging command's processes survived"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    kill_all(&hang);
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()
+                .map(|r| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
+
+fn zombie_target_is_down(source: &str) {
+    if !usable(source) {
+        return;
+    }
+    let w = World::new("zombie");
+    w.pfile(Some("exit 1"), 86400, 0, "continue");
+    let mut victim = w.spawn_victim();
+    let pid = victim.id();
+    let mut psmon = Psmon::start(&w.conf(), source);
+    psmon.wait_for("Up", |m| m["pid"] == pid);
+    kill9(pid);
+    // Not reaped: it stays a zombie, which is dead.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !is_zombie(pid) {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    psmon.wait(&format!(
+        "Process ['{}',pid={pid}] Down",
+        w.victim.display()
+    ));
+    victim.wait().unwrap();
+}
+
+fn min_two_instances(source: &str) {
+    if !usable(source) {
+        return;
+    }
+    let w = World::new("min2");
+    w.write(
+        "app.toml",
+        &format!(
+            "monitor_interval = 1\n[[entry]]\npath = \"{}\"\nrestart = \"exit 1\"\nretry = 0\nmin = 2\n",
+            w.victim.display()
+        ),
+    );
+    let mut a = w.spawn_victim();
+    let mut b = w.spawn_victim();
+    let mut psmon = Psmon::start(&w.conf(), source);
+    let up = psmon.wait(") Up");
+    assert_eq!(up["running"], 2, "{up}");
+    kill9(a.id());
+    a.wait().unwrap();
+    let down = psmon.wait("Down");
+    assert_eq!(down["pid"], a.id(), "{down}");
+    kill9(b.id());
+    b.wait().unwrap();
+}
+
+/// Kills the victim, then makes an unrelated process take its pid (through
+/// `ns_last_pid`), and expects Down all the same.
+fn reused_pid_is_still_down(source: &str) {
+    if !needs_root("steering pid allocation") {
+        return;
+    }
+    let w = World::new("reuse");
+    w.pfile(Some("exit 1"), 86400, 0, "continue");
+    let mut victim = w.spawn_victim();
+    let pid = victim.id();
+    let mut psmon = Psmon::start(&w.conf(), source);
+    psmon.wait_for("Up", |m| m["pid"] == pid);
+    kill9(pid);
+    victim.wait().unwrap();
+    let mut impostor = None;
+    for _ in 0..100 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
+        let child = Command::new("sleep").arg("30").spawn().unwrap();
+        if child.id() == pid {
+            impostor = Some(child);
+            break;
+        }
+        let mut child = child;
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let mut impostor = impostor.expect("could not get the victim's pid reused");
+    psmon.wait(&format!(
+        "Process ['{}',pid={pid}] Down",
+        w.victim.display()
+    ));
+    let _ = impostor.kill();
+    let _ = impostor.wait();
+}
+
+fn broken_reload_keeps_monitoring(source: &str) {
+    if !usable(source) {
+        return;
+    }
+    let w = World::new("reload");
+    w.pfile(None, 86400, 3, "continue");
+    let mut victim = w.spawn_victim();
+    let pid = victim.id();
+    let mut psmon = Psmon::start(&w.conf(), source);
+    psmon.wait_for("Up", |m| m["pid"] == pid);
+    w.write(
+        "pfile_test",
+        "##### PARAM #####\nMONITOR_INTERVAL = soon\n##### PENT #####\n/bin/x : - : 0 : 0\n",
+    );
+    psmon.signal(nix::sys::signal::Signal::SIGHUP);
+    let refused = psmon.wait("reload refused");
+    let text = refused["message"].as_str().unwrap();
+    assert!(
+        text.contains("pfile_test:2:20: MONITOR_INTERVAL `soon` is not a number"),
+        "{text}"
+    );
+    psmon.wait("still running the previous one");
+    kill9(pid);
+    victim.wait().unwrap();
+    psmon.wait("Try to restart");
+    psmon.wait_for(") Up", |m| m["pid"] != pid);
+}
+
+macro_rules! for_each_source {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[test]
+            fn ebpf() { super::$test("ebpf") }
+            #[test]
+            fn netlink() { super::$test("netlink") }
+            #[test]
+            fn poll() { super::$test("poll") }
+        }
+    )*};
+}
+
+for_each_source!(
+    restart_after_kill,
+    retry_over_continue,
+    retry_over_switch,
+    grace_expiry_rearms,
+    hanging_restart_is_killed,
+    zombie_target_is_down,
+    min_two_instances,
+    reused_pid_is_still_down,
+    broken_reload_keeps_monitoring,
+);
