@@ -167,7 +167,6 @@ fn section_header(trimmed: &str) -> Option<Section> {
 }
 
 pub(super) fn parse(file: &Path, text: &str, errors: &mut Vec<Diagnostic>) -> Option<Pfile> {
-    let before = errors.len();
     let mut r = Reporter { file, errors };
     let name = file
         .file_name()
@@ -232,7 +231,8 @@ pub(super) fn parse(file: &Path, text: &str, errors: &mut Vec<Diagnostic>) -> Op
         ),
         _ => {}
     }
-    (errors.len() == before).then_some(pfile)
+    // Returned even with errors: checks across files still see what parsed.
+    Some(pfile)
 }
 
 fn param(r: &mut Reporter, pfile: &mut Pfile, line: &str, n: usize) {
@@ -407,7 +407,11 @@ SHM_DUMP_FILE     = /var/opt/HA/PS/log/pcheck_OS_dump
 
     fn parse_text(text: &str) -> Result<Pfile, Vec<Diagnostic>> {
         let mut errors = Vec::new();
-        parse(Path::new("pfile_t"), text, &mut errors).ok_or(errors)
+        let pfile = parse(Path::new("pfile_t"), text, &mut errors);
+        match (pfile, errors.is_empty()) {
+            (Some(p), true) => Ok(p),
+            _ => Err(errors),
+        }
     }
 
     /// (line, col, start of message) of every error.

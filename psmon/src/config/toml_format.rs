@@ -126,7 +126,6 @@ pub(super) fn parse(file: &Path, text: &str, errors: &mut Vec<Diagnostic>) -> Op
             return None;
         }
     };
-    let before = errors.len();
     let mut c = Checker { file, text, errors };
     let mut pfile = Pfile {
         name: file
@@ -168,7 +167,8 @@ pub(super) fn parse(file: &Path, text: &str, errors: &mut Vec<Diagnostic>) -> Op
             pfile.entries.push(e);
         }
     }
-    (c.errors.len() == before).then_some(pfile)
+    // Returned even with errors: checks across files still see what parsed.
+    Some(pfile)
 }
 
 fn entry(c: &mut Checker, spanned: &Spanned<EntryToml>) -> Option<Entry> {
@@ -338,12 +338,14 @@ mod tests {
 
     fn parse_text(text: &str) -> Result<Pfile, Vec<(usize, usize, String)>> {
         let mut errors = Vec::new();
-        parse(Path::new("app.toml"), text, &mut errors).ok_or_else(|| {
-            errors
+        let pfile = parse(Path::new("app.toml"), text, &mut errors);
+        match (pfile, errors.is_empty()) {
+            (Some(p), true) => Ok(p),
+            _ => Err(errors
                 .into_iter()
                 .map(|d| (d.line, d.col, d.message))
-                .collect()
-        })
+                .collect()),
+        }
     }
 
     #[test]

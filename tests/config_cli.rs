@@ -1,0 +1,164 @@
+//! `psmon check` and `psmon convert` through the real binary, and every
+//! sample in conf/ loaded and validated.
+
+mod support;
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use psmon::config::{Config, LoadOptions};
+use support::TempDir;
+
+fn psmon(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_psmon"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn conf_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf")
+}
+
+/// Checked as content: in a fresh clone the files belong to whoever cloned.
+const INSECURE: LoadOptions = LoadOptions { insecure: true };
+
+#[test]
+fn every_sample_in_conf_loads() {
+    let config = Config::load_dir(&conf_dir(), INSECURE).unwrap();
+    assert_eq!(config.pfiles.len(), 2);
+    assert_eq!(config.entries().count(), 7);
+    assert_eq!(
+        config.agent.failover_command.as_deref(),
+        Some("clpgrp -m failover-app")
+    );
+    assert_eq!(config.env.umask, Some(0o022));
+    let demo = Config::load_dir(&conf_dir().join("demo"), INSECURE).unwrap();
+    assert_eq!(demo.entries().count(), 1);
+    // Every file there is one psmon reads: nothing is silently ignored.
+    for dir in [conf_dir(), conf_dir().join("demo")] {
+        for file in std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()) {
+            if file.is_file() {
+                let out = psmon(&["check", "--insecure-config", file.to_str().unwrap()]);
+                assert!(out.status.success(), "{}: {out:?}", file.display());
+            }
+        }
+    }
+}
+
+#[test]
+fn check_reports_every_error_with_position_and_exits_2() {
+    let dir = TempDir::new("check");
+    let d = &dir.0;
+    std::fs::write(
+        d.join("pfile_a"),
+        "##### PARAM #####\nIPCKEY = 0x10\nMONITOR_INTERVL = 5\n##### PENT #####\n/usr/sbin/sshd : - : 0 : 0 : continue\nrelative/path : - : 0 : 0 : continue\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("pfile_b"),
+        "##### PARAM #####\nIPCKEY = 16\n##### PENT #####\n/usr/sbin/sshd : - : 0 : 0 : restart\n/usr/sbin/crond : - : 0 : 0 : continue\n/usr/sbin/sshd : - : 0 : 0 : continue\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("app.toml"),
+        "[[entry]]\npath = \"/opt/x\"\nretyr = 1\n",
+    )
+    .unwrap();
+    let out = psmon(&["check", "--insecure-config", d.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8(out.stderr).unwrap();
+    let a = d.join("pfile_a").display().to_string();
+    let b = d.join("pfile_b").display().to_string();
+    let t = d.join("app.toml").display().to_string();
+    for expected in [
+        format!("{a}:3:1: unknown PARAM key `MONITOR_INTERVL`; did you mean `MONITOR_INTERVAL`?"),
+        format!("{a}:6:1: process path `relative/path` must be absolute"),
+        format!("{b}:4:30: unknown action `restart`: expected `continue` or `switch`"),
+        format!("{b}:6:1: process /usr/sbin/sshd is already watched at {a}:5"),
+        format!("{t}:3:1: unknown key `retyr`; did you mean `retry`?"),
+    ] {
+        assert!(err.contains(&expected), "missing {expected:?} in:\n{err}");
+    }
+    assert!(err.contains("6 configuration errors"), "{err}");
+}
+
+#[test]
+fn cross_file_duplicates_are_errors() {
+    let dir = TempDir::new("dup");
+    let d = &dir.0;
+    let pent = "##### PENT #####\n/usr/sbin/sshd : - : 0 : 0 : continue\n";
+    std::fs::write(
+        d.join("pfile_a"),
+        format!("##### PARAM #####\nIPCKEY = 0x10\n{pent}"),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("pfile_b"),
+        format!("##### PARAM #####\nIPCKEY = 16\n{pent}"),
+    )
+    .unwrap();
+    let out = psmon(&["check", "--insecure-config", d.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    let b = d.join("pfile_b").display().to_string();
+    assert!(
+        err.contains(&format!("{b}: IPCKEY 0x10 is already used by")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{b}:4:1: process /usr/sbin/sshd is already watched at"
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn files_others_can_write_are_refused() {
+    let dir = TempDir::new("perm");
+    let file = dir.0.join("pfile_x");
+    std::fs::write(
+        &file,
+        "##### PENT #####\n/usr/sbin/sshd : - : 0 : 0 : continue\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = psmon(&["check", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("mode 666 lets group or others write it"),
+        "{err}"
+    );
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    if support::is_root() {
+        assert!(psmon(&["check", file.to_str().unwrap()]).status.success());
+    }
+}
+
+#[test]
+fn convert_round_trips_to_the_same_model() {
+    let pfile = conf_dir().join("pfile_os");
+    let out = psmon(&["convert", pfile.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let dir = TempDir::new("convert");
+    let toml = dir.0.join("os.toml");
+    std::fs::write(&toml, &out.stdout).unwrap();
+    let from_pfile = Config::load_files(&[pfile], INSECURE).unwrap();
+    let from_toml = Config::load_files(&[toml], INSECURE).unwrap();
+    let (a, b) = (&from_pfile.pfiles[0], &from_toml.pfiles[0]);
+    assert_eq!(a.ipckey, b.ipckey);
+    assert_eq!(a.monitor_interval, b.monitor_interval);
+    assert_eq!(a.msg_check_interval, b.msg_check_interval);
+    assert_eq!(a.shm_dump_file, b.shm_dump_file);
+    assert_eq!(a.entries.len(), b.entries.len());
+    for (x, y) in a.entries.iter().zip(&b.entries) {
+        let mut y = y.clone();
+        y.line = x.line; // where each was written differs, nothing else may
+        assert_eq!(*x, y);
+    }
+}
