@@ -63,23 +63,25 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
         insecure: opts.insecure_config,
     };
     let config = Config::load_dir(&dir, load)?;
+    raise_open_file_limit();
     let log_dir = opts
         .log_dir
         .clone()
         .unwrap_or_else(|| config.agent.log_dir.clone());
     let mut reporter = Reporter::new(config.agent.log_level, opts.log_format, Some(&log_dir));
-    let entries: Vec<_> = config.entries().map(|(_, e)| e.clone()).collect();
     reporter.report(
         crate::config::LogLevel::Info,
         &format!(
             "psmon starting: {} processes watched from {}",
-            entries.len(),
+            config.entries().count(),
             dir.display()
         ),
         &[],
     );
-
-    let matcher = Matcher::new(entries.iter());
+    // Whether exec names (comm) can tell watched processes apart in the kernel.
+    let comm_filter = Matcher::new(config.entries().map(|(_, e)| e))
+        .kernel_comms()
+        .is_some();
     let source_options = SourceOptions {
         poll_interval: config
             .pfiles
@@ -87,7 +89,7 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
             .map(|p| p.monitor_interval)
             .min()
             .unwrap_or(Duration::from_secs(10)),
-        kernel_filter: matcher.kernel_comms().is_some(),
+        kernel_filter: comm_filter,
         ..SourceOptions::default()
     };
     let retry_interval = config.agent.retry_interval;
@@ -199,4 +201,22 @@ fn notify_systemd(state: &str) {
         return;
     };
     let _ = sock.send_to(state.as_bytes(), PathBuf::from(path));
+}
+
+/// Scans keep the stat file of every watched process open (one read each
+/// per scan instead of three syscalls), so lift the soft limit on open
+/// files to the hard one. Where it stays low, scans open files as needed.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a pointer to a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }

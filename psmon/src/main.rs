@@ -51,6 +51,15 @@ where
     F: FnOnce(CancellationToken) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
+    // glibc gives each thread that allocates its own arena and keeps what is
+    // freed there; scans on the blocking pool then leave tens of MB behind
+    // (measured: 55-61 MB RSS with 10,000 watched processes, 31 MB with one
+    // arena). One arena suits a daemon that mostly waits.
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt before any thread exists; it only tunes the allocator.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
     // One thread runs every task: psmon waits far more than it computes, and
     // a single thread spares each event a cross-thread wake-up. Blocking work
     // (/proc walks) goes to tokio's blocking pool.

@@ -24,6 +24,81 @@ use crate::{
 pub struct Instance {
     pub tgid: u32,
     pub start_ticks: u64,
+    /// `comm` when it was matched, NUL padded: an exec changes it.
+    pub comm: [u8; 16],
+}
+
+/// What is already known to match: tgid → (start ticks, comm, entry,
+/// exit watched by a pidfd). A process still the same (same start time, same
+/// comm) is confirmed by one read of its stat file instead of a full match;
+/// one whose exit a pidfd watches is not read at all.
+pub type Known = HashMap<u32, (u64, [u8; 16], usize, bool)>;
+
+/// The stat files of known instances, kept open between scans so that
+/// confirming each costs one `pread` rather than open, read and close.
+#[derive(Default)]
+pub struct StatFiles {
+    files: HashMap<u32, (u64, std::fs::File)>,
+}
+
+/// Fields of `/proc/PID/stat` a scan needs.
+struct Stat<'a> {
+    comm: &'a [u8],
+    state: u8,
+    num_threads: i64,
+    start_ticks: u64,
+}
+
+impl Stat<'_> {
+    /// The whole group has exited (see `ProcEntry::is_dead`).
+    fn dead(&self) -> bool {
+        matches!(self.state, b'Z' | b'X' | b'x') && self.num_threads <= 1
+    }
+}
+
+/// Reads and parses `/proc/PID/stat` into `buf` (reused across processes).
+fn read_stat(tgid: u32, buf: &mut Vec<u8>) -> Option<Stat<'_>> {
+    use std::io::Read;
+    buf.clear();
+    let mut f = std::fs::File::open(format!("/proc/{tgid}/stat")).ok()?;
+    f.read_to_end(buf).ok()?;
+    parse_stat(buf)
+}
+
+/// Re-reads an open stat file from the start. procfs regenerates it on
+/// every read; once the process is gone the read fails (the file stays
+/// bound to that process, never to a later one with the same pid).
+fn pread_stat<'a>(file: &std::fs::File, buf: &'a mut Vec<u8>) -> Option<Stat<'a>> {
+    use std::os::unix::fs::FileExt;
+    buf.resize(4096, 0);
+    let n = file.read_at(buf, 0).ok()?;
+    buf.truncate(n);
+    parse_stat(buf)
+}
+
+fn parse_stat(buf: &[u8]) -> Option<Stat<'_>> {
+    let open = buf.iter().position(|&b| b == b'(')?;
+    let close = buf.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(buf.get(close + 2..)?).ok()?;
+    let mut fields = rest.split_ascii_whitespace();
+    let state = *fields.next()?.as_bytes().first()?;
+    // After the state: fields 4 (ppid) to 19, then num_threads (20), 21, starttime (22).
+    let num_threads = fields.nth(16)?.parse().ok()?;
+    let start_ticks = fields.nth(1)?.parse().ok()?;
+    Some(Stat {
+        comm: &buf[open + 1..close],
+        state,
+        num_threads,
+        start_ticks,
+    })
+}
+
+/// `comm` as a fixed, NUL padded key.
+pub fn comm_key(comm: &[u8]) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    let n = comm.len().min(15);
+    key[..n].copy_from_slice(&comm[..n]);
+    key
 }
 
 /// The index of watched entries a scan matches against (cheap to share).
@@ -106,12 +181,25 @@ impl Matcher {
     /// Could an exec with this `comm` belong to an entry? (Cheap pre-check
     /// before reading `/proc`.)
     pub fn may_match(&self, comm: &str) -> bool {
-        !self.by_cmdline.is_empty() || self.scripts || self.comms.contains(comm.as_bytes())
+        self.may_match_comm(comm.as_bytes())
+    }
+
+    fn may_match_comm(&self, comm: &[u8]) -> bool {
+        !self.by_cmdline.is_empty() || self.scripts || self.comms.contains(comm)
     }
 
     /// The entry process `tgid` belongs to, with its identity; `None` for
     /// other processes, zombies and processes already gone.
     pub fn classify(&self, tgid: u32) -> Option<(usize, Instance)> {
+        let mut buf = Vec::with_capacity(512);
+        let stat = read_stat(tgid, &mut buf)?;
+        self.classify_stat(tgid, &stat)
+    }
+
+    fn classify_stat(&self, tgid: u32, stat: &Stat) -> Option<(usize, Instance)> {
+        if stat.dead() {
+            return None;
+        }
         let exe = procfs::exe(tgid);
         let idx = exe
             .as_deref()
@@ -123,15 +211,12 @@ impl Matcher {
                 self.match_argv(exe.as_deref(), &argv)?
             }
         };
-        let entry = procfs::read_entry(tgid)?;
-        if entry.is_dead() {
-            return None;
-        }
         Some((
             idx,
             Instance {
                 tgid,
-                start_ticks: entry.start.ticks(),
+                start_ticks: stat.start_ticks,
+                comm: comm_key(stat.comm),
             },
         ))
     }
@@ -163,8 +248,55 @@ impl Matcher {
     }
 
     /// Every running instance of every entry: `result[i]` for entry `i`.
-    pub fn scan(&self, entries: usize) -> Vec<Vec<Instance>> {
+    ///
+    /// One read of `/proc/PID/stat` per process: a known instance that is
+    /// still the same process is confirmed by it, and a process whose
+    /// `comm` no entry could have is passed over. Only candidates cost the
+    /// reads of `exe` and `cmdline`. (A process that renamed itself with
+    /// `PR_SET_NAME` before psmon started is therefore not found by the scan;
+    /// its exec, seen by the event source, is classified by its path.)
+    pub fn scan(&self, entries: usize, known: &Known, files: &mut StatFiles) -> Vec<Vec<Instance>> {
         let mut found = vec![Vec::new(); entries];
+        let mut buf = Vec::with_capacity(4096);
+        files
+            .files
+            .retain(|tgid, (start, _)| known.get(tgid).is_some_and(|k| k.0 == *start && !k.3));
+        for (tgid, (start, comm, i, pidfd)) in known {
+            if *pidfd {
+                if let Some(slot) = found.get_mut(*i) {
+                    slot.push(Instance {
+                        tgid: *tgid,
+                        start_ticks: *start,
+                        comm: *comm,
+                    });
+                }
+                continue;
+            }
+            let file = match files.files.get(tgid) {
+                Some((_, f)) => f,
+                None => match std::fs::File::open(format!("/proc/{tgid}/stat")) {
+                    Ok(f) => &files.files.entry(*tgid).or_insert((*start, f)).1,
+                    Err(_) => continue, // gone
+                },
+            };
+            let Some(stat) = pread_stat(file, &mut buf) else {
+                files.files.remove(tgid);
+                continue;
+            };
+            let same = stat.start_ticks == *start && comm_key(stat.comm) == *comm;
+            if same && !stat.dead() {
+                if let Some(slot) = found.get_mut(*i) {
+                    slot.push(Instance {
+                        tgid: *tgid,
+                        start_ticks: *start,
+                        comm: *comm,
+                    });
+                }
+            } else if !same {
+                // It exec'd something else: classify it afresh below.
+                files.files.remove(tgid);
+            }
+        }
         let Ok(dir) = std::fs::read_dir("/proc") else {
             return found;
         };
@@ -172,7 +304,22 @@ impl Matcher {
             let Some(tgid) = d.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
                 continue;
             };
-            if let Some((i, inst)) = self.classify(tgid)
+            if files.files.contains_key(&tgid) || known.get(&tgid).is_some_and(|k| k.3) {
+                continue; // confirmed above
+            }
+            let Some(stat) = read_stat(tgid, &mut buf) else {
+                continue;
+            };
+            if known
+                .get(&tgid)
+                .is_some_and(|k| k.0 == stat.start_ticks && k.1 == comm_key(stat.comm))
+            {
+                continue; // a known instance that is a zombie now
+            }
+            if !self.may_match_comm(stat.comm) {
+                continue;
+            }
+            if let Some((i, inst)) = self.classify_stat(tgid, &stat)
                 && let Some(slot) = found.get_mut(i)
             {
                 slot.push(inst);
@@ -290,7 +437,7 @@ mod tests {
         let me = std::env::current_exe().unwrap();
         let entry = Entry::new(me, None, 0, 0, crate::config::Action::Continue);
         let m = Matcher::new([&entry]);
-        let found = m.scan(1);
+        let found = m.scan(1, &Known::new(), &mut StatFiles::default());
         let pid = std::process::id();
         assert!(found[0].iter().any(|i| i.tgid == pid), "{found:?}");
     }

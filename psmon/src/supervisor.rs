@@ -21,7 +21,7 @@ use crate::{
     exec::{self, CommandSpec, Outcome},
     policy::{self, Action, EntryState, Input, Phase, SetPidFail},
     report::Reporter,
-    scan::{Instance, Matcher},
+    scan::{Instance, Known, Matcher, StatFiles, comm_key},
     source::{SourceKind, ebpf::KernelFilter},
 };
 
@@ -57,17 +57,24 @@ struct Watched {
     last_down: Option<(Option<u32>, ExitStatus)>,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Tracked {
     entry: usize,
     start_ticks: u64,
+    comm: [u8; 16],
     added: Instant,
+    /// The task waiting on this process's pidfd; `None` where pidfds are
+    /// not available (before Linux 5.3), and scans confirm it instead.
+    exit_watch: Option<tokio::task::AbortHandle>,
 }
 
 enum Job {
     Restart,
     Failover,
 }
+
+/// A finished scan: when it started, what it found, its open stat files.
+type ScanDone = (Instant, Vec<Vec<Instance>>, StatFiles);
 
 struct Done {
     path: PathBuf,
@@ -93,11 +100,17 @@ pub struct Supervisor {
     /// How long those wait for their exit event (longer with `poll`,
     /// whose events come a scan interval apart).
     missed_grace: Duration,
+    /// Entries waiting for a restarted process to appear (checked on ticks).
+    starting: HashSet<usize>,
+    /// Exits seen through pidfds: (tgid, start ticks).
+    exited_tx: mpsc::Sender<(u32, u64)>,
+    exited_rx: mpsc::Receiver<(u32, u64)>,
 }
 
 impl Supervisor {
     pub fn new(config: Config, reporter: Reporter) -> Self {
         let (done_tx, done_rx) = mpsc::channel(256);
+        let (exited_tx, exited_rx) = mpsc::channel(4096);
         let mut s = Supervisor {
             config: Config::default(),
             watched: Vec::new(),
@@ -111,6 +124,9 @@ impl Supervisor {
             scan_requested: true,
             missed: HashMap::new(),
             missed_grace: MISSED_GRACE,
+            exited_tx,
+            exited_rx,
+            starting: HashSet::new(),
         };
         s.apply_config(config);
         s
@@ -133,31 +149,49 @@ impl Supervisor {
         token: CancellationToken,
     ) {
         let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut scan_every = self.scan_interval();
         let mut scan_tick = tokio::time::interval(scan_every);
-        let mut scan: Option<JoinHandle<(Instant, Vec<Vec<Instance>>)>> = None;
+        let mut scan: Option<JoinHandle<ScanDone>> = None;
+        let mut stat_files = Some(StatFiles::default());
         loop {
             if self.scan_requested && scan.is_none() {
                 self.scan_requested = false;
                 let matcher = self.matcher.clone();
                 let n = self.watched.len();
+                // Instances with a pidfd need no confirming: their exit wakes us.
+                let known: Known = self
+                    .instances
+                    .iter()
+                    .map(|(tgid, t)| {
+                        (
+                            *tgid,
+                            (t.start_ticks, t.comm, t.entry, t.exit_watch.is_some()),
+                        )
+                    })
+                    .collect();
+                let mut files = stat_files.take().unwrap_or_default();
                 scan = Some(tokio::task::spawn_blocking(move || {
                     let started = Instant::now();
-                    (started, matcher.scan(n))
+                    let found = matcher.scan(n, &known, &mut files);
+                    (started, found, files)
                 }));
             }
             tokio::select! {
                 _ = token.cancelled() => break,
                 Some(event) = events.recv() => self.on_event(event),
-                Some(done) = self.done_rx.recv() => self.on_done(done),
+                                Some(done) = self.done_rx.recv() => self.on_done(done),
+                Some((tgid, start)) = self.exited_rx.recv() => self.on_exited(tgid, start),
                 result = async { scan.as_mut().expect("guarded").await }, if scan.is_some() => {
-                    scan = None;
-                    if let Ok((started, found)) = result {
+                                        scan = None;
+                    if let Ok((started, found, files)) = result {
+                        stat_files = Some(files);
                         self.on_scan(started, found);
                     }
                 }
                 _ = scan_tick.tick() => self.scan_requested = true,
-                _ = tick.tick() => self.on_tick(),
+                                // Idle (nothing starting, no exit pending) means no wake-ups.
+                _ = tick.tick(), if !self.starting.is_empty() || !self.missed.is_empty() => self.on_tick(),
                 Some(msg) = control.recv() => {
                     self.on_control(msg);
                     if self.scan_interval() != scan_every {
@@ -258,8 +292,16 @@ impl Supervisor {
             }
             None => false,
         });
+        self.starting = (0..self.watched.len())
+            .filter(|i| matches!(self.watched[*i].state.phase, Phase::Starting { .. }))
+            .collect();
         self.reporter.set_level(config.agent.log_level);
         self.matcher = Arc::new(Matcher::new(self.watched.iter().map(|w| &w.entry)));
+        // The entries live on in `watched`; a second copy would only cost memory.
+        let mut config = config;
+        for p in &mut config.pfiles {
+            p.entries = Vec::new();
+        }
         self.config = config;
         self.fill_filter();
         self.scan_requested = true;
@@ -280,13 +322,19 @@ impl Supervisor {
     fn on_event(&mut self, event: ProcEvent) {
         match event.kind {
             EventKind::Fork(p) => {
-                let (Some(parent), Some(start)) = (self.instances.get(&p.ppid).copied(), p.start)
+                let (Some(parent), Some(start)) =
+                    (self.instances.get(&p.ppid).map(|t| t.entry), p.start)
                 else {
                     return;
                 };
                 // A forked child runs its parent's executable: another instance.
-                self.add(p.tgid, parent.entry, start.ticks());
-                self.step_running(parent.entry, Some(p.tgid));
+                let inst = Instance {
+                    tgid: p.tgid,
+                    start_ticks: start.ticks(),
+                    comm: comm_key(p.comm.as_bytes()),
+                };
+                self.add(parent, inst);
+                self.step_running(parent, Some(p.tgid));
             }
             EventKind::Exec(p) => {
                 let now = self
@@ -294,17 +342,17 @@ impl Supervisor {
                     .may_match(&p.comm)
                     .then(|| self.matcher.classify(p.tgid))
                     .flatten();
-                let before = self.instances.get(&p.tgid).copied();
+                let before = self.instances.get(&p.tgid).map(|t| t.entry);
                 if let Some(b) = before
-                    && now.is_none_or(|(i, _)| i != b.entry)
+                    && now.is_none_or(|(i, _)| i != b)
                 {
                     // It exec'd another program: that instance is gone.
                     self.remove(p.tgid, ExitStatus::Unknown);
                 }
                 if let Some((i, inst)) = now
-                    && before.is_none_or(|b| b.entry != i)
+                    && before.is_none_or(|b| b != i)
                 {
-                    self.add(inst.tgid, i, inst.start_ticks);
+                    self.add(i, inst);
                     self.step_running(i, Some(inst.tgid));
                 }
             }
@@ -330,18 +378,62 @@ impl Supervisor {
         }
     }
 
-    fn add(&mut self, tgid: u32, entry: usize, start_ticks: u64) {
+    fn add(&mut self, entry: usize, inst: Instance) {
+        let tgid = inst.tgid;
         let t = Tracked {
             entry,
-            start_ticks,
+            start_ticks: inst.start_ticks,
+            comm: inst.comm,
             added: Instant::now(),
+            exit_watch: self.watch_exit(tgid, inst.start_ticks),
         };
         if let Some(old) = self.instances.insert(tgid, t) {
             self.watched[old.entry].running -= 1;
+            if let Some(w) = old.exit_watch {
+                w.abort();
+            }
         }
         self.watched[entry].running += 1;
         if let Some(f) = &mut self.filter {
             let _ = f.watch_tgid(tgid);
+        }
+    }
+
+    /// Waits on a pidfd for the exit of (tgid, start) and reports it on
+    /// `exited_tx`: the kernel's word, whatever the event source does.
+    fn watch_exit(&self, tgid: u32, start: u64) -> Option<tokio::task::AbortHandle> {
+        let fd = pidfd_open(tgid).ok()?;
+        let tx = self.exited_tx.clone();
+        // The pid may have been reused between matching and pidfd_open.
+        let same = crate::source::procfs::read_entry(tgid)
+            .is_some_and(|e| e.start.ticks() == start && !e.is_dead());
+        if !same {
+            let _ = tx.try_send((tgid, start));
+            return None;
+        }
+        // SAFETY: the AsyncFd owns the pidfd, which stays open and the same
+        // until the AsyncFd is dropped.
+        let afd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+        }
+        .ok()?;
+        let task = tokio::spawn(async move {
+            // A pidfd turns readable when the process has exited.
+            let _ = afd.readable().await;
+            let _ = tx.send((tgid, start)).await;
+        });
+        Some(task.abort_handle())
+    }
+
+    /// A pidfd said the process exited; its exit event (with the status)
+    /// normally arrives at the same moment, so wait for it a little.
+    fn on_exited(&mut self, tgid: u32, start: u64) {
+        if self
+            .instances
+            .get(&tgid)
+            .is_some_and(|t| t.start_ticks == start)
+        {
+            self.missed.entry(tgid).or_insert((start, Instant::now()));
         }
     }
 
@@ -350,6 +442,9 @@ impl Supervisor {
         let Some(t) = self.instances.remove(&tgid) else {
             return;
         };
+        if let Some(w) = &t.exit_watch {
+            w.abort();
+        }
         self.gone.insert((tgid, t.start_ticks), Instant::now());
         let w = &mut self.watched[t.entry];
         w.running -= 1;
@@ -369,6 +464,11 @@ impl Supervisor {
     fn step(&mut self, i: usize, input: Input) {
         let w = &mut self.watched[i];
         let actions = policy::step(&w.entry, &mut w.state, input, Instant::now());
+        if matches!(w.state.phase, Phase::Starting { .. }) {
+            self.starting.insert(i);
+        } else {
+            self.starting.remove(&i);
+        }
         for action in actions {
             self.act(i, action);
         }
@@ -391,14 +491,21 @@ impl Supervisor {
                 self.remove(tgid, ExitStatus::Unknown);
             }
         }
-        for i in 0..self.watched.len() {
-            if matches!(self.watched[i].state.phase, Phase::Starting { .. }) {
-                self.step(i, Input::Tick);
-            }
+        let starting: Vec<usize> = self.starting.iter().copied().collect();
+        for i in starting {
+            self.step(i, Input::Tick);
         }
     }
 
     fn on_scan(&mut self, started: Instant, found: Vec<Vec<Instance>>) {
+        self.reporter.report(
+            LogLevel::Debug,
+            "reconciliation scan done",
+            &[
+                ("matched", json!(found.iter().map(Vec::len).sum::<usize>())),
+                ("scan_ms", json!(started.elapsed().as_secs_f64() * 1e3)),
+            ],
+        );
         self.gone
             .retain(|_, at| at.elapsed() < Duration::from_secs(120));
         let mut seen: HashSet<u32> = HashSet::new();
@@ -407,8 +514,11 @@ impl Supervisor {
         for (i, list) in found.iter().enumerate().take(self.watched.len()) {
             for inst in list {
                 seen.insert(inst.tgid);
-                let known = self.instances.get(&inst.tgid).copied();
-                if known.is_some_and(|t| t.start_ticks == inst.start_ticks && t.entry == i) {
+                let known = self
+                    .instances
+                    .get(&inst.tgid)
+                    .map(|t| (t.start_ticks, t.entry));
+                if known.is_some_and(|(start, entry)| start == inst.start_ticks && entry == i) {
                     continue;
                 }
                 if self
@@ -421,7 +531,7 @@ impl Supervisor {
                 if known.is_some() {
                     self.remove(inst.tgid, ExitStatus::Unknown);
                 }
-                self.add(inst.tgid, i, inst.start_ticks);
+                self.add(i, *inst);
                 touched.insert(i);
             }
         }
@@ -437,7 +547,7 @@ impl Supervisor {
         // Instances the scan did not see and that are older than it: gone,
         // unless their exit event is still on its way (see MISSED_GRACE).
         for (tgid, t) in &self.instances {
-            if !seen.contains(tgid) && t.added < started {
+            if !seen.contains(tgid) && t.added < started && t.exit_watch.is_none() {
                 self.missed
                     .entry(*tgid)
                     .or_insert((t.start_ticks, Instant::now()));
@@ -677,4 +787,17 @@ fn status_fields(status: ExitStatus) -> Vec<(&'static str, Value)> {
         ],
         ExitStatus::Unknown => vec![("exit", json!("unknown"))],
     }
+}
+
+/// pidfd_open(2) (Linux 5.3): a file descriptor that refers to one process
+/// and becomes readable when it exits.
+fn pidfd_open(pid: u32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: a plain syscall with integer arguments.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }

@@ -37,7 +37,11 @@ pub struct Options {
     /// Print the results without touching BENCHMARKS.md.
     #[arg(long)]
     no_write: bool,
-    /// Run only these parts (a: latency, b: exec storm CPU, c: loss); default all.
+    /// Processes and entries in the scale benchmark.
+    #[arg(long, default_value_t = 10_000)]
+    scale: usize,
+    /// Run only these parts (a: latency, b: exec storm CPU, c: loss,
+    /// d: restart latency, e: scale); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<char>,
 }
@@ -275,6 +279,21 @@ impl Bench {
         }
         if wanted('c') {
             out.push_str(&self.loss_threshold()?);
+        }
+        if wanted('d') {
+            let kills = self.opts.kills;
+            out.push_str(&crate::bench_monitor::restart_latency(
+                &self.psmon,
+                &self.dir,
+                kills,
+            )?);
+        }
+        if wanted('e') {
+            out.push_str(&crate::bench_monitor::scale(
+                &self.psmon,
+                &self.dir,
+                self.opts.scale,
+            )?);
         }
         Ok(out)
     }
@@ -598,7 +617,7 @@ fn wait_for_comm(pid: u32, comm: &str) -> anyhow::Result<()> {
     bail!("victim {pid} never ran")
 }
 
-fn monotonic_ns() -> u64 {
+pub(crate) fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -608,7 +627,7 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-fn percentile(sorted: &[u64], p: f64) -> u64 {
+pub(crate) fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
     }
@@ -616,7 +635,7 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn fmt_ns(ns: u64) -> String {
+pub(crate) fn fmt_ns(ns: u64) -> String {
     if ns >= 1_000_000 {
         format!("{:.2} ms", ns as f64 / 1e6)
     } else {

@@ -2,6 +2,7 @@
 //! run the test suite with the kernel programs required, run benchmarks.
 
 mod bench;
+mod bench_monitor;
 mod setup;
 
 use std::{path::PathBuf, process::ExitCode};
