@@ -110,16 +110,17 @@ impl Daemon {
         Ok(Daemon { child, messages })
     }
 
-    fn wait(&self, text: &str, timeout: Duration) -> anyhow::Result<Value> {
+    fn wait_up(&self, pid: u32, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let m = self
                 .messages
                 .recv_timeout(left)
-                .with_context(|| format!("psmon said no {text:?} in time"))?;
-            if m["message"].as_str().is_some_and(|s| s.contains(text)) {
-                return Ok(m);
+                .with_context(|| format!("psmon never reported {pid} Up"))?;
+            let up = m["message"].as_str().is_some_and(|s| s.ends_with(") Up"));
+            if up && m["pid"] == pid {
+                return Ok(());
             }
         }
     }
@@ -166,6 +167,12 @@ pub fn restart_latency(psmon: &Path, dir: &Path, kills: usize) -> anyhow::Result
          | source | kills | p50 | p99 | max | mean |\n|---|---|---|---|---|---|\n",
     );
     for source in ["ebpf", "netlink", "poll"] {
+        // Each poll kill waits for a scan (about a second): 200 is the floor asked for.
+        let kills = if source == "poll" {
+            kills.min(200)
+        } else {
+            kills
+        };
         let conf = dir.join(format!("conf-{source}"));
         std::fs::create_dir_all(&conf)?;
         let stamps = conf.join("stamps");
@@ -180,26 +187,19 @@ pub fn restart_latency(psmon: &Path, dir: &Path, kills: usize) -> anyhow::Result
         )?;
         let daemon = Daemon::start(psmon, &conf, source)?;
         // Not running at start: psmon starts the first one.
-        daemon.wait(") Up", Duration::from_secs(10))?;
         let mut samples = Vec::with_capacity(kills);
         let mut lines = 1;
         for _ in 0..kills {
-            let pid = last_stamp(&stamps, lines)?.1;
-            std::thread::sleep(Duration::from_millis(20)); // let psmon see it Up
+            let pid = wait_stamp(&stamps, lines)?.1;
+            // Kill only what psmon has seen Up (a process killed before that
+            // is a restart that failed, a different story).
+            daemon.wait_up(pid, Duration::from_secs(10))?;
             let killed_at = monotonic_ns();
             // SAFETY: kill with a pid we read and a valid signal.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
             lines += 1;
-            let deadline = Instant::now() + Duration::from_secs(10);
-            let (stamp, _) = loop {
-                if let Ok(s) = last_stamp(&stamps, lines) {
-                    break s;
-                }
-                if Instant::now() > deadline {
-                    bail!("{source}: no restart within 10 s of killing {pid}");
-                }
-                std::thread::sleep(Duration::from_micros(200));
-            };
+            let (stamp, _) = wait_stamp(&stamps, lines)
+                .with_context(|| format!("{source}: no restart within 10 s of killing {pid}"))?;
             samples.push(stamp.saturating_sub(killed_at));
         }
         if let Ok((_, pid)) = last_stamp(&stamps, lines) {
@@ -220,6 +220,20 @@ pub fn restart_latency(psmon: &Path, dir: &Path, kills: usize) -> anyhow::Result
     }
     out.push('\n');
     Ok(out)
+}
+
+/// Line `n` (1-based) of the stamps file, waiting up to 10 s for it.
+fn wait_stamp(path: &Path, n: usize) -> anyhow::Result<(u64, u32)> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(s) = last_stamp(path, n) {
+            return Ok(s);
+        }
+        if Instant::now() > deadline {
+            bail!("restart stamp {n} never came");
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
 }
 
 /// Line `n` (1-based) of the stamps file, when it is there.

@@ -328,18 +328,20 @@ fn whole_file(file: &Path, message: String) -> Diagnostic {
     }
 }
 
-/// As sshd's StrictModes: a file others could write could make psmon (root)
-/// run any command.
+/// As sshd's StrictModes: a file others could write could make psmon run
+/// any command as its user. Owned by root or by that user, not writable by
+/// group or others.
 fn check_ownership(file: &Path) -> Result<(), Diagnostic> {
     use std::os::unix::fs::MetadataExt;
     let meta =
         std::fs::metadata(file).map_err(|e| whole_file(file, format!("cannot read: {e}")))?;
-    if meta.uid() != 0 {
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != 0 && meta.uid() != me {
         return Err(whole_file(
             file,
             format!(
-                "refused: owned by uid {}, not root; restart commands from it would run as root \
-                 (chown root, or pass --insecure-config for tests)",
+                "refused: owned by uid {}, neither root nor psmon's user (uid {me}), whose \
+                 restart commands it would run (chown it, or pass --insecure-config for tests)",
                 meta.uid()
             ),
         ));
