@@ -157,6 +157,9 @@ impl Supervisor {
         loop {
             if self.scan_requested && scan.is_none() {
                 self.scan_requested = false;
+                // Taken with the snapshot of `known`: an exit applied after
+                // this moment must win over what the scan reports.
+                let started = Instant::now();
                 let matcher = self.matcher.clone();
                 let n = self.watched.len();
                 // Instances with a pidfd need no confirming: their exit wakes us.
@@ -172,7 +175,6 @@ impl Supervisor {
                     .collect();
                 let mut files = stat_files.take().unwrap_or_default();
                 scan = Some(tokio::task::spawn_blocking(move || {
-                    let started = Instant::now();
                     let found = matcher.scan(n, &known, &mut files);
                     (started, found, files)
                 }));
@@ -347,7 +349,7 @@ impl Supervisor {
                     && now.is_none_or(|(i, _)| i != b)
                 {
                     // It exec'd another program: that instance is gone.
-                    self.remove(p.tgid, ExitStatus::Unknown);
+                    self.remove(p.tgid, ExitStatus::Unknown, "exec'd another program");
                 }
                 if let Some((i, inst)) = now
                     && before.is_none_or(|b| b != i)
@@ -365,7 +367,7 @@ impl Supervisor {
                     tracing::debug!(tgid = process.tgid, event_start = ?process.start.map(|s| s.ticks()), tracked = t.start_ticks, "exit of an untracked process with a reused pid");
                     return;
                 }
-                self.remove(process.tgid, status);
+                self.remove(process.tgid, status, "exit event");
             }
             EventKind::Lost { count } => {
                 self.reporter.report(
@@ -438,13 +440,18 @@ impl Supervisor {
     }
 
     /// Forgets instance `tgid` and tells the policy.
-    fn remove(&mut self, tgid: u32, status: ExitStatus) {
+    fn remove(&mut self, tgid: u32, status: ExitStatus, why: &str) {
         let Some(t) = self.instances.remove(&tgid) else {
             return;
         };
         if let Some(w) = &t.exit_watch {
             w.abort();
         }
+        self.reporter.report(
+            LogLevel::Debug,
+            "instance gone",
+            &[("pid", json!(tgid)), ("why", json!(why))],
+        );
         self.gone.insert((tgid, t.start_ticks), Instant::now());
         let w = &mut self.watched[t.entry];
         w.running -= 1;
@@ -488,7 +495,7 @@ impl Supervisor {
                 .get(&tgid)
                 .is_some_and(|t| t.start_ticks == start)
             {
-                self.remove(tgid, ExitStatus::Unknown);
+                self.remove(tgid, ExitStatus::Unknown, "gone without an exit event");
             }
         }
         let starting: Vec<usize> = self.starting.iter().copied().collect();
@@ -529,7 +536,7 @@ impl Supervisor {
                     continue; // exited after the scan saw it
                 }
                 if known.is_some() {
-                    self.remove(inst.tgid, ExitStatus::Unknown);
+                    self.remove(inst.tgid, ExitStatus::Unknown, "pid reused");
                 }
                 self.add(i, *inst);
                 touched.insert(i);

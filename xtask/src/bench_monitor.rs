@@ -112,12 +112,16 @@ impl Daemon {
 
     fn wait_up(&self, pid: u32, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let m = self
-                .messages
-                .recv_timeout(left)
-                .with_context(|| format!("psmon never reported {pid} Up"))?;
+            let m = self.messages.recv_timeout(left).with_context(|| {
+                format!(
+                    "psmon never reported {pid} Up; it said:\n{}",
+                    seen.join("\n")
+                )
+            })?;
+            seen.push(m.to_string());
             let up = m["message"].as_str().is_some_and(|s| s.ends_with(") Up"));
             if up && m["pid"] == pid {
                 return Ok(());
@@ -232,7 +236,9 @@ fn wait_stamp(path: &Path, n: usize) -> anyhow::Result<(u64, u32)> {
         if Instant::now() > deadline {
             bail!("restart stamp {n} never came");
         }
-        std::thread::sleep(Duration::from_micros(200));
+        // The stamp is taken by the restarted program itself: how often this
+        // looks only decides how much CPU the benchmark takes from psmon.
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
