@@ -163,7 +163,7 @@ pub fn restart_latency(psmon: &Path, dir: &Path, kills: usize) -> anyhow::Result
     let stamper = compile(dir, "stamper", STAMPER)?;
     let victim = compile(dir, "benchvictim", PAUSER)?;
     let mut out = String::from(
-        "### (d) Death to restart\n\nSIGKILL of a watched process (timestamp taken by the killer \
+        "\n### (d) Death to restart\n\nSIGKILL of a watched process (timestamp taken by the killer \
          just before kill(2)) to its restart command starting: the command is `exec stamper …`, a \
          static program that reads CLOCK_MONOTONIC first thing, so this includes psmon's \
          detection, its decision, and `/bin/sh` starting and exec'ing it. `psmon run` with one \
