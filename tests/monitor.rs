@@ -149,6 +149,15 @@ impl World {
         );
     }
 
+    /// Starts a victim, then psmon, and waits until psmon reports it Up.
+    fn watch_running(&self, source: &str) -> (Child, u32, Psmon) {
+        let victim = self.spawn_victim();
+        let pid = victim.id();
+        let mut psmon = Psmon::start(&self.conf(), source);
+        psmon.wait_for("Up", |m| m["pid"] == pid);
+        (victim, pid, psmon)
+    }
+
     fn spawn_victim(&self) -> Child {
         let child = Command::new(&self.victim).arg("sleep").spawn().unwrap();
         wait_until_running(child.id());
@@ -189,10 +198,7 @@ fn restart_after_kill(source: &str) {
     }
     let w = World::new("restart");
     w.pfile(None, 86400, 3, "continue");
-    let mut victim = w.spawn_victim();
-    let old = victim.id();
-    let mut psmon = Psmon::start(&w.conf(), source);
-    psmon.wait_for("Up", |m| m["pid"] == old);
+    let (mut victim, old, mut psmon) = w.watch_running(source);
     kill9(old);
     // Reaped only once psmon has seen it: `poll` reads the status of the zombie.
     let down = psmon.wait(&format!(
@@ -248,10 +254,7 @@ fn retry_over_switch(source: &str) {
             out.display()
         ),
     );
-    let mut victim = w.spawn_victim();
-    let pid = victim.id();
-    let mut psmon = Psmon::start(&w.conf(), source);
-    psmon.wait_for("Up", |m| m["pid"] == pid);
+    let (mut victim, pid, mut psmon) = w.watch_running(source);
     kill9(pid);
     psmon.wait("Retry over");
     victim.wait().unwrap();
@@ -346,10 +349,7 @@ fn zombie_target_is_down(source: &str) {
     }
     let w = World::new("zombie");
     w.pfile(Some("exit 1"), 86400, 0, "continue");
-    let mut victim = w.spawn_victim();
-    let pid = victim.id();
-    let mut psmon = Psmon::start(&w.conf(), source);
-    psmon.wait_for("Up", |m| m["pid"] == pid);
+    let (mut victim, pid, mut psmon) = w.watch_running(source);
     kill9(pid);
     // Not reaped: it stays a zombie, which is dead.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -397,10 +397,7 @@ fn reused_pid_is_still_down(source: &str) {
     }
     let w = World::new("reuse");
     w.pfile(Some("exit 1"), 86400, 0, "continue");
-    let mut victim = w.spawn_victim();
-    let pid = victim.id();
-    let mut psmon = Psmon::start(&w.conf(), source);
-    psmon.wait_for("Up", |m| m["pid"] == pid);
+    let (mut victim, pid, mut psmon) = w.watch_running(source);
     kill9(pid);
     victim.wait().unwrap();
     let mut impostor = None;
@@ -430,10 +427,7 @@ fn broken_reload_keeps_monitoring(source: &str) {
     }
     let w = World::new("reload");
     w.pfile(None, 86400, 3, "continue");
-    let mut victim = w.spawn_victim();
-    let pid = victim.id();
-    let mut psmon = Psmon::start(&w.conf(), source);
-    psmon.wait_for("Up", |m| m["pid"] == pid);
+    let (mut victim, pid, mut psmon) = w.watch_running(source);
     w.write(
         "pfile_test",
         "##### PARAM #####\nMONITOR_INTERVAL = soon\n##### PENT #####\n/bin/x : - : 0 : 0\n",

@@ -6,7 +6,7 @@ mod support;
 
 use std::{
     io::{BufRead, BufReader},
-    os::unix::process::CommandExt,
+    os::unix::{fs::PermissionsExt, process::CommandExt},
     process::{Child, ChildStdout, Command, Stdio},
     sync::mpsc,
     time::Duration,
@@ -160,12 +160,21 @@ fn without_root_it_says_why_it_fell_back() {
     if !needs_root("switching to an unprivileged user") {
         return;
     }
-    let out = psmon()
+    // The checkout may sit in a directory only root can enter: run a copy
+    // from a directory everyone can.
+    let dir = std::env::temp_dir().join(format!("psmon-nobody-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.join("psmon");
+    std::fs::copy(env!("CARGO_BIN_EXE_psmon"), &copy).unwrap();
+    let out = Command::new(&copy)
         .args(["trace", "--duration", "0.3"])
+        .current_dir(&dir)
         .uid(65534)
         .gid(65534)
         .output()
         .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
     assert!(out.status.success(), "{out:?}");
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("`ebpf` source is unavailable"), "{stderr}");

@@ -227,15 +227,8 @@ impl Trace {
         self.child.id()
     }
 
-    /// utime + stime of psmon (all threads), in seconds.
     fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
-        let rest = &stat[stat.rfind(')').context("stat")? + 2..];
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        Ok(ticks as f64 / hz)
+        cpu_seconds(self.pid())
     }
 
     /// SIGTERM, wait, and return the final summary line.
@@ -407,21 +400,12 @@ impl Bench {
                 samples.push(got.saturating_sub(killed_at));
             }
             trace.stop()?;
-            samples.sort_unstable();
             let label = if source == "poll" {
                 "poll (100 ms scans)"
             } else {
                 source
             };
-            writeln!(
-                out,
-                "| {label} | {} | {} | {} | {} | {} |",
-                samples.len(),
-                fmt_ns(percentile(&samples, 50.0)),
-                fmt_ns(percentile(&samples, 99.0)),
-                fmt_ns(*samples.last().unwrap_or(&0)),
-                fmt_ns(samples.iter().sum::<u64>() / samples.len().max(1) as u64),
-            )?;
+            latency_row(&mut out, label, &mut samples);
         }
         out.push('\n');
         Ok(out)
@@ -625,6 +609,30 @@ pub(crate) fn monotonic_ns() -> u64 {
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// utime + stime of process `pid` (all threads), in seconds.
+pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = &stat[stat.rfind(')').context("stat")? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
+    // SAFETY: sysconf has no preconditions.
+    Ok(ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64)
+}
+
+/// A `| label | n | p50 | p99 | max | mean |` row of latencies in ns.
+pub(crate) fn latency_row(out: &mut String, label: &str, samples: &mut [u64]) {
+    samples.sort_unstable();
+    let _ = writeln!(
+        out,
+        "| {label} | {} | {} | {} | {} | {} |",
+        samples.len(),
+        fmt_ns(percentile(samples, 50.0)),
+        fmt_ns(percentile(samples, 99.0)),
+        fmt_ns(*samples.last().unwrap_or(&0)),
+        fmt_ns(samples.iter().sum::<u64>() / samples.len().max(1) as u64),
+    );
 }
 
 pub(crate) fn percentile(sorted: &[u64], p: f64) -> u64 {

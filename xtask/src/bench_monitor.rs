@@ -20,7 +20,7 @@ use std::{
 use anyhow::{Context, bail, ensure};
 use serde_json::Value;
 
-use crate::bench::{fmt_ns, monotonic_ns, percentile};
+use crate::bench::{cpu_seconds, latency_row, monotonic_ns};
 
 const STAMPER: &str = r#"
 #include <stdio.h>
@@ -140,15 +140,6 @@ impl Daemon {
     }
 }
 
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = &stat[stat.rfind(')').context("stat")? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
-    // SAFETY: sysconf has no preconditions.
-    Ok(ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64)
-}
-
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
@@ -211,16 +202,7 @@ pub fn restart_latency(psmon: &Path, dir: &Path, kills: usize) -> anyhow::Result
             // SAFETY: as above.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
-        samples.sort_unstable();
-        writeln!(
-            out,
-            "| {source} | {} | {} | {} | {} | {} |",
-            samples.len(),
-            fmt_ns(percentile(&samples, 50.0)),
-            fmt_ns(percentile(&samples, 99.0)),
-            fmt_ns(*samples.last().unwrap_or(&0)),
-            fmt_ns(samples.iter().sum::<u64>() / samples.len().max(1) as u64),
-        )?;
+        latency_row(&mut out, source, &mut samples);
     }
     out.push('\n');
     Ok(out)

@@ -5,9 +5,8 @@
 use std::{path::Path, path::PathBuf, time::Duration};
 
 use super::{
-    Diagnostic,
+    Diagnostic, hint,
     pfile::{Reporter, col, key_value, normalize_key, strip_comment},
-    suggest,
 };
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -114,9 +113,7 @@ pub(super) fn parse_agent(file: &Path, text: &str, errors: &mut Vec<Diagnostic>)
                 }
             }
             _ => {
-                let hint = suggest(kv.key, &AGENT_KEYS)
-                    .map(|k| format!("; did you mean `{k}`?"))
-                    .unwrap_or_else(|| format!("; expected one of {}", AGENT_KEYS.join(", ")));
+                let hint = hint(kv.key, &AGENT_KEYS);
                 r.error(
                     n,
                     kv.key_col,

@@ -399,6 +399,14 @@ fn validate(config: &Config, errors: &mut Vec<Diagnostic>) {
     }
 }
 
+/// `; did you mean `X`?` for the closest known name, or the list of them.
+pub(crate) fn hint(word: &str, known: &[&str]) -> String {
+    match suggest(word, known) {
+        Some(k) => format!("; did you mean `{k}`?"),
+        None => format!("; expected one of {}", known.join(", ")),
+    }
+}
+
 /// The known name closest to `word` (for "did you mean"), if close enough.
 pub(crate) fn suggest<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
     let norm = |s: &str| s.to_ascii_lowercase().replace('_', "");

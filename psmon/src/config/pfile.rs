@@ -13,7 +13,7 @@
 
 use std::{path::Path, time::Duration};
 
-use super::{Action, Diagnostic, Entry, Pfile, suggest};
+use super::{Action, Diagnostic, Entry, Pfile, hint, suggest};
 
 /// Known PARAM keys, as the manual spells them.
 const PARAM_KEYS: [&str; 4] = [
@@ -273,9 +273,7 @@ fn param(r: &mut Reporter, pfile: &mut Pfile, line: &str, n: usize) {
             }
         }
         _ => {
-            let hint = suggest(kv.key, &PARAM_KEYS)
-                .map(|k| format!("; did you mean `{k}`?"))
-                .unwrap_or_else(|| format!("; expected one of {}", PARAM_KEYS.join(", ")));
+            let hint = hint(kv.key, &PARAM_KEYS);
             r.error(
                 n,
                 kv.key_col,

@@ -8,7 +8,7 @@ use std::{fmt::Write as _, ops::Range, path::Path, time::Duration};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Action, Diagnostic, Entry, Match, Pfile, pfile::parse_action, suggest};
+use super::{Action, Diagnostic, Entry, Match, Pfile, hint, pfile::parse_action};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -264,10 +264,7 @@ fn explain(message: &str) -> String {
     } else {
         &FILE_KEYS
     };
-    match suggest(name, known) {
-        Some(k) => format!("unknown key `{name}`; did you mean `{k}`?"),
-        None => format!("unknown key `{name}`; expected one of {}", known.join(", ")),
-    }
+    format!("unknown key `{name}`{}", hint(name, known))
 }
 
 fn quote(s: &str) -> String {
