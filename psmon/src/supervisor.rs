@@ -292,7 +292,13 @@ impl Supervisor {
                 t.entry = *n;
                 true
             }
-            None => false,
+            None => {
+                // No longer watched: stop waiting for its exit.
+                if let Some(w) = &t.exit_watch {
+                    w.abort();
+                }
+                false
+            }
         });
         self.starting = (0..self.watched.len())
             .filter(|i| matches!(self.watched[*i].state.phase, Phase::Starting { .. }))

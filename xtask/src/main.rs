@@ -53,12 +53,40 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Runs every test of the workspace, echoing cargo's output, and closes with
+/// one line of totals over all test binaries (cargo's own last line is that
+/// of the last binary, often the doc tests' "0 passed").
 fn test() -> anyhow::Result<()> {
-    let status = std::process::Command::new(env!("CARGO"))
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO"))
         .current_dir(workspace_root())
         .args(["test", "--workspace"])
         .env("PSMON_REQUIRE_EBPF", "1")
-        .status()?;
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |what: &str| {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim()
+                            .trim_start_matches("ok. ")
+                            .trim_start_matches("FAILED. ")
+                            .strip_suffix(what)
+                    })
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            passed += count(" passed");
+            failed += count(" failed");
+            ignored += count(" ignored");
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
     anyhow::ensure!(status.success(), "the tests failed ({status})");
     Ok(())
 }
