@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_monitor;
+mod kernels;
 mod setup;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -24,6 +25,8 @@ enum Command {
     Test,
     /// Run the benchmarks and write their results into BENCHMARKS.md (needs root).
     Bench(bench::Options),
+    /// Run psmon's sources on Linux 6.1 and 5.10 under qemu (needs root).
+    Kernels,
     /// Internal: one process of a fork or exec storm, used by `bench`.
     #[command(hide = true)]
     StormWorker(bench::StormWorker),
@@ -35,6 +38,7 @@ fn main() -> ExitCode {
         Command::Setup => setup::run(),
         Command::Test => setup::run().and_then(|()| test()),
         Command::Bench(opts) => bench::run(opts),
+        Command::Kernels => kernels::run(),
         Command::StormWorker(worker) => worker.run(),
     };
     match result {
