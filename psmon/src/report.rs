@@ -51,9 +51,11 @@ impl Reporter {
                 }
             }
         });
+        // Non-blocking: a stuck syslog daemon must never stall monitoring;
+        // a message it has no room for is dropped (stderr and the file keep it).
         let syslog = UnixDatagram::unbound()
             .ok()
-            .filter(|s| s.connect("/dev/log").is_ok());
+            .filter(|s| s.connect("/dev/log").is_ok() && s.set_nonblocking(true).is_ok());
         Reporter {
             level,
             format,
