@@ -453,6 +453,11 @@ impl Supervisor {
         if let Some(w) = &t.exit_watch {
             w.abort();
         }
+        // The kernel forgets an exited tgid itself; one that exec'd another
+        // program must stop passing the filter.
+        if let Some(f) = &mut self.filter {
+            let _ = f.unwatch_tgid(tgid);
+        }
         self.reporter.report(
             LogLevel::Debug,
             "instance gone",

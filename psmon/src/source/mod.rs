@@ -327,14 +327,6 @@ impl ProcessTable {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.live.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.live.is_empty()
-    }
-
     /// Start time of the live process `tgid`, if known.
     pub fn start_of(&self, tgid: u32) -> Option<StartTime> {
         self.live.get(&tgid).and_then(|k| k.start)
