@@ -16,7 +16,6 @@ use crate::{
     config::{Config, LoadOptions},
     event::ProcEvent,
     report::{LogFormat, Reporter},
-    scan::Matcher,
     source::{self, Source, SourceChoice, SourceOptions},
     supervisor::{Control, Supervisor},
 };
@@ -78,22 +77,14 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
         ),
         &[],
     );
-    // Whether exec names (comm) can tell watched processes apart in the kernel.
-    let comm_filter = Matcher::new(config.entries().map(|(_, e)| e))
-        .kernel_comms()
-        .is_some();
-    let source_options = SourceOptions {
-        poll_interval: config
-            .pfiles
-            .iter()
-            .map(|p| p.monitor_interval)
-            .min()
-            .unwrap_or(Duration::from_secs(10)),
-        kernel_filter: comm_filter,
-        ..SourceOptions::default()
-    };
     let retry_interval = config.agent.retry_interval;
     let (event_tx, event_rx) = mpsc::channel::<ProcEvent>(config.agent.event_queue_size);
+    let supervisor = Supervisor::new(config, reporter);
+    let source_options = SourceOptions {
+        poll_interval: supervisor.scan_interval(),
+        kernel_filter: supervisor.kernel_filter_usable(),
+        ..SourceOptions::default()
+    };
     let (control_tx, control_rx) = mpsc::channel::<Control>(16);
 
     // Fatal only now, at start-up: the chosen source must open once.
@@ -113,9 +104,7 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
     ));
     tokio::spawn(reload_on_sighup(dir, load, control_tx, token.clone()));
     notify_systemd("READY=1");
-    Supervisor::new(config, reporter)
-        .run(event_rx, control_rx, token.clone())
-        .await;
+    supervisor.run(event_rx, control_rx, token.clone()).await;
     token.cancel();
     notify_systemd("STOPPING=1");
     Ok(())

@@ -132,8 +132,14 @@ impl Supervisor {
         s
     }
 
+    /// Whether exec names (comm) can tell watched processes apart in the
+    /// kernel, so the ebpf source may filter there.
+    pub fn kernel_filter_usable(&self) -> bool {
+        self.matcher.kernel_comms().is_some()
+    }
+
     /// How often the reconciliation scan runs: the shortest MONITOR_INTERVAL.
-    fn scan_interval(&self) -> Duration {
+    pub fn scan_interval(&self) -> Duration {
         self.config
             .pfiles
             .iter()
