@@ -29,6 +29,9 @@ pub enum Command {
         /// Accept files not owned by root or writable by others.
         #[arg(long)]
         insecure_config: bool,
+        /// Also list, for each entry, the processes that match it now and why.
+        #[arg(long)]
+        live: bool,
     },
     /// Print a pfile as psmon's TOML format.
     Convert { pfile: std::path::PathBuf },

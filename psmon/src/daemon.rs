@@ -77,6 +77,9 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
         ),
         &[],
     );
+    for warning in crate::survey::warnings(&config) {
+        reporter.report(crate::config::LogLevel::Warn, &warning.to_string(), &[]);
+    }
     let retry_interval = config.agent.retry_interval;
     let (event_tx, event_rx) = mpsc::channel::<ProcEvent>(config.agent.event_queue_size);
     let supervisor = Supervisor::new(config, reporter);

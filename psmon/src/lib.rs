@@ -16,4 +16,5 @@ pub mod scan;
 pub mod signals;
 pub mod source;
 pub mod supervisor;
+pub mod survey;
 pub mod trace;

@@ -26,7 +26,8 @@ fn main() -> ExitCode {
         Command::Check {
             paths,
             insecure_config,
-        } => check(&paths, insecure_config),
+            live,
+        } => check(&paths, insecure_config, live),
         Command::Convert { pfile } => convert(&pfile),
         Command::Run(opts) => in_runtime(|shutdown| psmon::daemon::run(opts, shutdown)),
         Command::Trace(opts) => {
@@ -74,8 +75,14 @@ where
     })
 }
 
-fn check(paths: &[std::path::PathBuf], insecure: bool) -> anyhow::Result<()> {
+fn check(paths: &[std::path::PathBuf], insecure: bool, live: bool) -> anyhow::Result<()> {
     let config = Config::load_paths(paths, LoadOptions { insecure })?;
+    for warning in psmon::survey::warnings(&config) {
+        eprintln!("{warning}");
+    }
+    if live {
+        print!("{}", psmon::survey::live(&config));
+    }
     println!(
         "ok: {} pfile(s), {} process(es) watched",
         config.pfiles.len(),

@@ -6,6 +6,13 @@
 //! window when grace is 0). When it is spent, `continue` reports and keeps
 //! watching and `switch` also asks for failover, once. A process that comes
 //! back by other means after that is Up again and the budget is re-armed.
+//!
+//! A restart succeeds only when its process lives `start_secs`: one that
+//! dies sooner (a port still in TIME_WAIT, a stale lock) is a failed
+//! attempt, like a failing command or no process at all. The first attempt
+//! after a death is immediate; each further one in a row waits a back-off
+//! (`restart_backoff`, doubled each time, at most `backoff_max`), so that a
+//! hiccup does not spend the whole budget in milliseconds.
 
 use std::time::{Duration, Instant};
 
@@ -21,14 +28,36 @@ pub enum Phase {
     Up,
     /// Down, and psmon does not restart it (report only, or stopped on purpose).
     Down,
+    /// A failed attempt; the next one starts at `until`.
+    Backoff {
+        until: Instant,
+    },
     /// The restart command is running.
     Restarting,
     /// The restart command succeeded; a matching process must appear by the deadline.
     Starting {
         deadline: Instant,
     },
+    /// A restarted process appeared at `since`; it is Up once it has lived
+    /// `start_secs`.
+    Started {
+        since: Instant,
+        pid: Option<u32>,
+    },
     /// The budget is spent.
     RetryOver,
+}
+
+impl Phase {
+    /// When the entry next needs a [`Input::Tick`], if it waits for time.
+    pub fn deadline(&self, entry: &Entry) -> Option<Instant> {
+        match *self {
+            Phase::Backoff { until } => Some(until),
+            Phase::Starting { deadline } => Some(deadline),
+            Phase::Started { since, .. } => Some(since + entry.start_secs),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,6 +65,8 @@ pub struct EntryState {
     pub phase: Phase,
     /// Start times of the restart attempts that still count.
     attempts: Vec<Instant>,
+    /// Failed attempts since the entry was last Up (sets the back-off).
+    failures: u32,
     /// Warned that more than `max` instances run (until the count drops).
     warned_max: bool,
 }
@@ -45,6 +76,7 @@ impl Default for EntryState {
         EntryState {
             phase: Phase::Unknown,
             attempts: Vec::new(),
+            failures: 0,
             warned_max: false,
         }
     }
@@ -66,8 +98,8 @@ fn in_window(grace: Option<Duration>, at: Instant, now: Instant) -> bool {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Input {
-    /// `running` matching instances exist now (after an exec, a fork or a
-    /// scan); `pid` is the newest.
+    /// `running` instances exist now (after an exec, a fork or a scan);
+    /// `pid` is the main (oldest) one.
     Running { running: u32, pid: Option<u32> },
     /// Instance `pid` ended; `running` remain.
     Exited {
@@ -93,6 +125,10 @@ pub enum Action {
     ReportStopped { pid: u32, code: i32 },
     /// `Try to restart ('PATH')`, then run the restart command.
     Restart { attempt: u32 },
+    /// A failed attempt: the next one waits `delay`.
+    ReportBackoff { delay: Duration },
+    /// A restarted process appeared; it is not Up until it has lived `start_secs`.
+    ReportStarted { pid: Option<u32> },
     /// `('PATH',pid=PID) Up`
     ReportUp { pid: Option<u32>, rearmed: bool },
     /// `Set pid fail ('PATH')`: the attempt did not bring the process back.
@@ -111,6 +147,12 @@ pub enum SetPidFail {
     CommandFailed,
     /// No matching process appeared within `start_wait`.
     NotStarted,
+    /// The restarted process ended after `lived`, before `start_secs`.
+    DiedEarly {
+        pid: Option<u32>,
+        status: ExitStatus,
+        lived: Duration,
+    },
 }
 
 /// Applies `input` to `state` and returns what to do.
@@ -127,20 +169,37 @@ pub fn step(entry: &Entry, state: &mut EntryState, input: Input, now: Instant) -
                 }
             }
             if running >= entry.min {
-                if state.phase != Phase::Up {
-                    let rearmed = state.phase == Phase::RetryOver;
-                    if rearmed {
-                        state.attempts.clear();
+                match state.phase {
+                    Phase::Up | Phase::Started { .. } => {}
+                    // Ours: it must prove itself first.
+                    Phase::Restarting | Phase::Starting { .. } if !entry.start_secs.is_zero() => {
+                        state.phase = Phase::Started { since: now, pid };
+                        out.push(Action::ReportStarted { pid });
                     }
-                    state.phase = Phase::Up;
-                    out.push(Action::ReportUp { pid, rearmed });
+                    _ => up(state, pid, &mut out),
                 }
-            } else if matches!(state.phase, Phase::Up | Phase::Unknown) {
-                out.push(Action::ReportDown {
-                    pid: None,
-                    status: ExitStatus::Unknown,
-                });
-                try_restart(entry, state, now, &mut out);
+            } else {
+                match state.phase {
+                    Phase::Up | Phase::Unknown => {
+                        out.push(Action::ReportDown {
+                            pid: None,
+                            status: ExitStatus::Unknown,
+                        });
+                        try_restart(entry, state, now, &mut out);
+                    }
+                    Phase::Started { since, pid } => {
+                        let lived = now.saturating_duration_since(since);
+                        let status = ExitStatus::Unknown;
+                        failed(
+                            entry,
+                            state,
+                            now,
+                            SetPidFail::DiedEarly { pid, status, lived },
+                            &mut out,
+                        );
+                    }
+                    _ => {}
+                }
             }
         }
         Input::Exited {
@@ -148,48 +207,119 @@ pub fn step(entry: &Entry, state: &mut EntryState, input: Input, now: Instant) -
             status,
             running,
         } => {
-            if running >= entry.min || !matches!(state.phase, Phase::Up | Phase::Unknown) {
+            if running >= entry.min {
                 return out;
             }
-            out.push(Action::ReportDown {
-                pid: Some(pid),
-                status,
-            });
-            match status {
-                ExitStatus::Code(code) if entry.stop_exit_codes.contains(&code) => {
-                    state.phase = Phase::Down;
-                    out.push(Action::ReportStopped { pid, code });
+            let started = match state.phase {
+                Phase::Up | Phase::Unknown => None,
+                Phase::Started { since, .. } => Some(since),
+                _ => return out,
+            };
+            if let ExitStatus::Code(code) = status
+                && entry.stop_exit_codes.contains(&code)
+            {
+                out.push(Action::ReportDown {
+                    pid: Some(pid),
+                    status,
+                });
+                state.phase = Phase::Down;
+                out.push(Action::ReportStopped { pid, code });
+                return out;
+            }
+            match started {
+                None => {
+                    out.push(Action::ReportDown {
+                        pid: Some(pid),
+                        status,
+                    });
+                    try_restart(entry, state, now, &mut out);
                 }
-                _ => try_restart(entry, state, now, &mut out),
+                Some(since) => {
+                    let lived = now.saturating_duration_since(since);
+                    let pid = Some(pid);
+                    failed(
+                        entry,
+                        state,
+                        now,
+                        SetPidFail::DiedEarly { pid, status, lived },
+                        &mut out,
+                    );
+                }
             }
         }
         Input::RestartDone { ok } => {
+            // Anything but Restarting: the process appeared meanwhile, and
+            // whether it stays up decides.
             if state.phase != Phase::Restarting {
-                return out; // it came Up meanwhile
+                return out;
             }
             if ok {
                 state.phase = Phase::Starting {
                     deadline: now + entry.start_wait,
                 };
             } else {
-                out.push(Action::ReportSetPidFail {
-                    why: SetPidFail::CommandFailed,
-                });
-                try_restart(entry, state, now, &mut out);
+                failed(entry, state, now, SetPidFail::CommandFailed, &mut out);
             }
         }
-        Input::Tick => {
-            if let Phase::Starting { deadline } = state.phase
-                && now >= deadline
-            {
-                out.push(Action::ReportSetPidFail {
-                    why: SetPidFail::NotStarted,
-                });
+        Input::Tick => match state.phase {
+            Phase::Starting { deadline } if now >= deadline => {
+                failed(entry, state, now, SetPidFail::NotStarted, &mut out);
+            }
+            Phase::Started { since, pid } if now >= since + entry.start_secs => {
+                up(state, pid, &mut out);
+            }
+            Phase::Backoff { until } if now >= until => {
                 try_restart(entry, state, now, &mut out);
             }
-        }
+            _ => {}
+        },
     }
     out
+}
+
+fn up(state: &mut EntryState, pid: Option<u32>, out: &mut Vec<Action>) {
+    let rearmed = state.phase == Phase::RetryOver;
+    if rearmed {
+        state.attempts.clear();
+    }
+    state.phase = Phase::Up;
+    state.failures = 0;
+    out.push(Action::ReportUp { pid, rearmed });
+}
+
+/// An attempt failed: report it, then try again after the back-off.
+fn failed(
+    entry: &Entry,
+    state: &mut EntryState,
+    now: Instant,
+    why: SetPidFail,
+    out: &mut Vec<Action>,
+) {
+    out.push(Action::ReportSetPidFail { why });
+    state.failures += 1;
+    let delay = backoff(entry, state.failures);
+    if delay.is_zero() || !budget_left(entry, state, now) {
+        try_restart(entry, state, now, out);
+    } else {
+        state.phase = Phase::Backoff { until: now + delay };
+        out.push(Action::ReportBackoff { delay });
+    }
+}
+
+/// The wait before the next attempt after `failures` failed ones in a row.
+fn backoff(entry: &Entry, failures: u32) -> Duration {
+    if failures == 0 {
+        return Duration::ZERO;
+    }
+    let doubled = entry
+        .restart_backoff
+        .saturating_mul(1u32 << (failures - 1).min(20));
+    doubled.min(entry.backoff_max.max(entry.restart_backoff))
+}
+
+fn budget_left(entry: &Entry, state: &mut EntryState, now: Instant) -> bool {
+    state.attempts.retain(|t| in_window(entry.grace, *t, now));
+    entry.restarts() && (state.attempts.len() as u32) < entry.retry
 }
 
 fn try_restart(entry: &Entry, state: &mut EntryState, now: Instant, out: &mut Vec<Action>) {
@@ -197,8 +327,7 @@ fn try_restart(entry: &Entry, state: &mut EntryState, now: Instant, out: &mut Ve
         state.phase = Phase::Down;
         return;
     }
-    state.attempts.retain(|t| in_window(entry.grace, *t, now));
-    if (state.attempts.len() as u32) < entry.retry {
+    if budget_left(entry, state, now) {
         state.attempts.push(now);
         state.phase = Phase::Restarting;
         out.push(Action::Restart {
@@ -229,6 +358,9 @@ mod tests {
             action,
         );
         e.start_wait = Duration::from_secs(5);
+        // These tables are about budgets; start_secs and back-off have their own.
+        e.start_secs = Duration::ZERO;
+        e.restart_backoff = Duration::ZERO;
         e
     }
 
@@ -534,5 +666,151 @@ mod tests {
         assert_eq!(got[2], vec![], "warned once");
         assert_eq!(got[3], vec![], "still at least min");
         assert_eq!(got[4], vec![down(12), Action::Restart { attempt: 1 }]);
+    }
+
+    /// Runs (milliseconds after t0, input) pairs with start_secs 1 s and a
+    /// 100 ms back-off capped at 1 s.
+    fn run_ms(steps: &[(u64, Input)], retry: u32) -> Vec<Vec<Action>> {
+        let mut e = entry(retry, 86400, Switch);
+        e.start_secs = Duration::from_secs(1);
+        e.restart_backoff = Duration::from_millis(100);
+        e.backoff_max = Duration::from_secs(1);
+        let t0 = Instant::now();
+        let mut state = EntryState::default();
+        steps
+            .iter()
+            .map(|(ms, input)| step(&e, &mut state, *input, t0 + Duration::from_millis(*ms)))
+            .collect()
+    }
+
+    #[test]
+    fn a_restart_counts_only_once_it_has_lived_start_secs() {
+        use Action::*;
+        let quick_death = Input::Exited {
+            pid: 11,
+            status: ExitStatus::Code(1),
+            running: 0,
+        };
+        let got = run_ms(
+            &[
+                (0, up(10)),
+                (1000, exited(10)),
+                (1001, up(11)), // appears while the command runs
+                (1005, quick_death),
+                (1050, Input::Tick), // still backing off
+                (1105, Input::Tick),
+                (1106, Input::RestartDone { ok: true }),
+                (1110, up(12)),
+                (1500, Input::Tick),
+                (2110, Input::Tick),
+            ],
+            3,
+        );
+        assert_eq!(
+            got[1],
+            vec![down(10), Restart { attempt: 1 }],
+            "first: at once"
+        );
+        assert_eq!(got[2], vec![ReportStarted { pid: Some(11) }], "not Up yet");
+        assert_eq!(
+            got[3],
+            vec![
+                ReportSetPidFail {
+                    why: SetPidFail::DiedEarly {
+                        pid: Some(11),
+                        status: ExitStatus::Code(1),
+                        lived: Duration::from_millis(4),
+                    }
+                },
+                ReportBackoff {
+                    delay: Duration::from_millis(100)
+                },
+            ]
+        );
+        assert_eq!(got[4], vec![]);
+        assert_eq!(got[5], vec![Restart { attempt: 2 }]);
+        assert_eq!(got[7], vec![ReportStarted { pid: Some(12) }]);
+        assert_eq!(got[8], vec![], "half a second is not enough");
+        assert_eq!(
+            got[9],
+            vec![ReportUp {
+                pid: Some(12),
+                rearmed: false
+            }]
+        );
+    }
+
+    #[test]
+    fn back_off_doubles_up_to_its_cap_and_resets_when_up() {
+        use Action::*;
+        let failed = Input::RestartDone { ok: false };
+        let fail = ReportSetPidFail {
+            why: SetPidFail::CommandFailed,
+        };
+        let backoff = |ms| ReportBackoff {
+            delay: Duration::from_millis(ms),
+        };
+        let got = run_ms(
+            &[
+                (0, exited(10)),
+                (1, failed),
+                (101, Input::Tick),
+                (102, failed),
+                (302, Input::Tick),
+                (303, failed),
+                (703, Input::Tick),
+                (704, failed),
+                (1504, Input::Tick),
+                (1505, failed),
+                (2505, Input::Tick),
+            ],
+            10,
+        );
+        assert_eq!(got[0], vec![down(10), Restart { attempt: 1 }]);
+        assert_eq!(got[1], vec![fail, backoff(100)]);
+        assert_eq!(got[2], vec![Restart { attempt: 2 }]);
+        assert_eq!(got[3], vec![fail, backoff(200)]);
+        assert_eq!(got[5], vec![fail, backoff(400)]);
+        assert_eq!(got[7], vec![fail, backoff(800)]);
+        assert_eq!(got[9], vec![fail, backoff(1000)], "capped");
+        assert_eq!(got[10], vec![Restart { attempt: 6 }]);
+
+        // Up again: the next death restarts at once.
+        let got = run_ms(
+            &[
+                (0, exited(10)),
+                (1, failed),
+                (101, Input::Tick),
+                (102, Input::RestartDone { ok: true }),
+                (103, up(11)),
+                (1103, Input::Tick),
+                (5000, exited(11)),
+            ],
+            10,
+        );
+        assert_eq!(
+            got[5],
+            vec![ReportUp {
+                pid: Some(11),
+                rearmed: false
+            }]
+        );
+        assert_eq!(got[6], vec![down(11), Restart { attempt: 3 }]);
+    }
+
+    #[test]
+    fn a_spent_budget_is_retry_over_without_waiting() {
+        use Action::*;
+        let got = run_ms(&[(0, exited(10)), (1, Input::RestartDone { ok: false })], 1);
+        assert_eq!(
+            got[1],
+            vec![
+                ReportSetPidFail {
+                    why: SetPidFail::CommandFailed
+                },
+                ReportRetryOver { attempts: 1 },
+                Failover
+            ]
+        );
     }
 }

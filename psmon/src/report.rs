@@ -125,6 +125,32 @@ impl Reporter {
     }
 }
 
+/// A short human duration for messages: `5 ms`, `1.2 s`.
+pub fn duration(d: std::time::Duration) -> String {
+    let secs = d.as_secs_f64();
+    if secs < 1.0 {
+        format!("{:.0} ms", secs * 1e3)
+    } else {
+        format!("{secs:.1} s")
+    }
+}
+
+/// How a process ended, for messages.
+pub fn status(status: crate::event::ExitStatus) -> String {
+    use crate::event::ExitStatus;
+    match status {
+        ExitStatus::Code(c) => format!("exit code {c}"),
+        ExitStatus::Signal {
+            signal,
+            core_dumped,
+        } => format!(
+            "signal {signal}{}",
+            if core_dumped { ", core dumped" } else { "" }
+        ),
+        ExitStatus::Unknown => "exit status unknown".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,10 +2,19 @@
 //! for one process when an event names it, or for all of them in the
 //! reconciliation scan ("events give speed, the scan gives truth").
 //!
-//! A process belongs to an entry when its executable (`/proc/PID/exe`), its
-//! argv[0], or the script an interpreter runs equals the entry's path, or
-//! its command line matches the entry's `cmdline` glob. Zombies belong to
+//! A process matches a path entry when its executable (`/proc/PID/exe`) is
+//! the file the path names — symlinks resolved when the matcher is built,
+//! a binary replaced by a package update (`… (deleted)`) included, whatever
+//! the process was started as or renamed itself to — or when an
+//! interpreter runs the path as its script. Where the path is another name
+//! for a multi-call binary (`/usr/bin/redis-server` → `redis-check-rdb`,
+//! busybox), the process must also have been started under that name
+//! (argv[0] or `comm`), or every user of the binary would match. An entry
+//! with a `cmdline` glob matches by command line instead. Zombies belong to
 //! nothing: they are dead.
+//!
+//! Which matching processes are *instances* (all, the main one, the one a
+//! pidfile names) is the supervisor's business, not this module's.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -15,7 +24,7 @@ use std::{
 };
 
 use crate::{
-    config::{Entry, Match},
+    config::{Entry, Match, Rule},
     source::procfs,
 };
 
@@ -26,6 +35,33 @@ pub struct Instance {
     pub start_ticks: u64,
     /// `comm` when it was matched, NUL padded: an exec changes it.
     pub comm: [u8; 16],
+    /// Thread group id of the parent when it was matched.
+    pub ppid: u32,
+}
+
+/// Why a process matched its entry (shown by `psmon check --live`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Why {
+    /// Its executable is the entry's file.
+    Executable,
+    /// Its executable is the multi-call binary the entry's path names, and
+    /// it was started under the entry's name.
+    StartedAs,
+    /// An interpreter runs the entry's script.
+    Script,
+    /// Its command line matches the entry's `cmdline` glob.
+    Cmdline,
+}
+
+impl std::fmt::Display for Why {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Why::Executable => "its executable is the file the path names",
+            Why::StartedAs => "it runs the file the path links to, started under the path's name",
+            Why::Script => "an interpreter runs the path as its script",
+            Why::Cmdline => "its command line matches the cmdline pattern",
+        })
+    }
 }
 
 /// What is already known to match: tgid → (start ticks, comm, entry,
@@ -45,6 +81,7 @@ pub struct StatFiles {
 struct Stat<'a> {
     comm: &'a [u8],
     state: u8,
+    ppid: u32,
     num_threads: i64,
     start_ticks: u64,
 }
@@ -82,12 +119,14 @@ fn parse_stat(buf: &[u8]) -> Option<Stat<'_>> {
     let rest = std::str::from_utf8(buf.get(close + 2..)?).ok()?;
     let mut fields = rest.split_ascii_whitespace();
     let state = *fields.next()?.as_bytes().first()?;
-    // After the state: fields 4 (ppid) to 19, then num_threads (20), 21, starttime (22).
-    let num_threads = fields.nth(16)?.parse().ok()?;
+    let ppid = fields.next()?.parse().ok()?;
+    // After ppid (4): fields 5 to 19, then num_threads (20), 21, starttime (22).
+    let num_threads = fields.nth(15)?.parse().ok()?;
     let start_ticks = fields.nth(1)?.parse().ok()?;
     Some(Stat {
         comm: &buf[open + 1..close],
         state,
+        ppid,
         num_threads,
         start_ticks,
     })
@@ -101,20 +140,32 @@ pub fn comm_key(comm: &[u8]) -> [u8; 16] {
     key
 }
 
+/// An entry whose path names an executable file.
+#[derive(Clone, Debug)]
+struct ExeTarget {
+    entry: usize,
+    /// The path's own file name when it differs from the file's (a symlink
+    /// to a multi-call binary): the name the process must be started as.
+    alias: Option<Vec<u8>>,
+}
+
 /// The index of watched entries a scan matches against (cheap to share).
 #[derive(Clone, Debug, Default)]
 pub struct Matcher {
-    by_path: HashMap<PathBuf, usize>,
+    /// Executable files, as `/proc/PID/exe` names them → their entries.
+    by_exe: HashMap<Vec<u8>, Vec<ExeTarget>>,
+    /// Scripts (`#!` files) → entry; their processes are interpreters.
+    by_script: HashMap<PathBuf, usize>,
     by_cmdline: Vec<(usize, glob::Pattern)>,
-    /// `comm` values (first 15 bytes of file names) that may belong to an entry.
+    /// `comm` values (first 15 bytes of file names) that watched processes
+    /// are exec'd with: the in-kernel filter's keys.
     comms: HashSet<Vec<u8>>,
-    /// Some entry is a script, so interpreter processes must be looked at.
-    scripts: bool,
 }
 
 /// Executables that run a script named on their command line.
-fn is_interpreter(exe: &Path) -> bool {
-    let Some(name) = exe.file_name().and_then(OsStr::to_str) else {
+fn is_interpreter(exe: &[u8]) -> bool {
+    let name = exe.rsplit(|b| *b == b'/').next().unwrap_or(exe);
+    let Ok(name) = std::str::from_utf8(name) else {
         return false;
     };
     let base = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
@@ -144,18 +195,55 @@ pub fn comm_of(path: &Path) -> Vec<u8> {
     name[..name.len().min(15)].to_vec()
 }
 
+/// What a configured path names on this host, resolved now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    /// The file with every symlink followed (the path itself when it does
+    /// not exist).
+    pub file: PathBuf,
+    pub exists: bool,
+    pub script: bool,
+}
+
+/// Resolves `path` to the file it names.
+pub fn resolve(path: &Path) -> Resolved {
+    match std::fs::canonicalize(path) {
+        Ok(file) => Resolved {
+            script: is_script(&file),
+            file,
+            exists: true,
+        },
+        Err(_) => Resolved {
+            file: path.to_path_buf(),
+            exists: false,
+            script: false,
+        },
+    }
+}
+
 impl Matcher {
-    /// `entries[i]` is entry number `i`.
+    /// `entries[i]` is entry number `i`. Paths are resolved here: a
+    /// symlink that changes later is seen at the next reload.
     pub fn new<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> Self {
         let mut m = Matcher::default();
         for (i, e) in entries.into_iter().enumerate() {
             match &e.matcher {
                 Match::Path => {
-                    m.by_path.insert(e.path.clone(), i);
+                    let r = resolve(&e.path);
                     m.comms.insert(comm_of(&e.path));
-                    if is_script(&e.path) {
-                        m.scripts = true;
+                    if r.script {
+                        m.by_script.insert(e.path.clone(), i);
+                        m.by_script.insert(r.file, i);
+                        continue;
                     }
+                    m.comms.insert(comm_of(&r.file));
+                    let alias = (e.path.file_name() != r.file.file_name())
+                        .then(|| e.path.file_name().map(|n| n.as_bytes().to_vec()))
+                        .flatten();
+                    m.by_exe
+                        .entry(r.file.as_os_str().as_bytes().to_vec())
+                        .or_default()
+                        .push(ExeTarget { entry: i, alias });
                 }
                 Match::Cmdline(p) => m.by_cmdline.push((i, p.clone())),
             }
@@ -167,7 +255,7 @@ impl Matcher {
     /// `None` when comm cannot tell (command-line patterns, scripts run by
     /// an interpreter), and every exec must be looked at.
     pub fn kernel_comms(&self) -> Option<Vec<String>> {
-        if !self.by_cmdline.is_empty() || self.scripts {
+        if !self.by_cmdline.is_empty() || !self.by_script.is_empty() {
             return None;
         }
         Some(
@@ -178,37 +266,51 @@ impl Matcher {
         )
     }
 
-    /// Could an exec with this `comm` belong to an entry? (Cheap pre-check
-    /// before reading `/proc`.)
-    pub fn may_match(&self, comm: &str) -> bool {
-        self.may_match_comm(comm.as_bytes())
+    /// Could the exec of `comm` (of the file at `path`, when the event
+    /// says) belong to an entry? A cheap check before reading `/proc`; a
+    /// process it passes over is still found by the next scan.
+    pub fn may_match(&self, comm: &str, path: Option<&Path>) -> bool {
+        !self.by_cmdline.is_empty()
+            || !self.by_script.is_empty()
+            || self.comms.contains(comm.as_bytes())
+            || path.is_some_and(|p| self.by_exe.contains_key(p.as_os_str().as_bytes()))
     }
 
-    fn may_match_comm(&self, comm: &[u8]) -> bool {
-        !self.by_cmdline.is_empty() || self.scripts || self.comms.contains(comm)
+    /// Whether a process with this executable may match (before reading
+    /// anything else of it).
+    fn exe_may_match(&self, exe: &[u8]) -> bool {
+        self.by_exe.contains_key(strip_deleted(exe))
+            || (!self.by_script.is_empty() && is_interpreter(exe))
+            || !self.by_cmdline.is_empty()
     }
 
     /// The entry process `tgid` belongs to, with its identity; `None` for
     /// other processes, zombies and processes already gone.
     pub fn classify(&self, tgid: u32) -> Option<(usize, Instance)> {
-        let mut buf = Vec::with_capacity(512);
-        let stat = read_stat(tgid, &mut buf)?;
-        self.classify_stat(tgid, &stat)
+        self.classify_why(tgid).map(|(i, inst, _)| (i, inst))
     }
 
-    fn classify_stat(&self, tgid: u32, stat: &Stat) -> Option<(usize, Instance)> {
+    /// [`Matcher::classify`], and why it matched.
+    pub fn classify_why(&self, tgid: u32) -> Option<(usize, Instance, Why)> {
+        let mut buf = Vec::with_capacity(512);
+        let stat = read_stat(tgid, &mut buf)?;
+        let exe = procfs::exe(tgid)?;
+        self.classify_stat(tgid, &stat, exe.as_os_str().as_bytes())
+    }
+
+    fn classify_stat(&self, tgid: u32, stat: &Stat, exe: &[u8]) -> Option<(usize, Instance, Why)> {
         if stat.dead() {
             return None;
         }
-        let exe = procfs::exe(tgid);
-        let idx = exe
-            .as_deref()
-            .and_then(|e| self.by_path.get(strip_deleted(e)).copied());
-        let idx = match idx {
-            Some(i) => i,
+        let mut argv = None;
+        let (idx, why) = match self.by_exe.get(strip_deleted(exe)) {
+            Some(targets) => {
+                let argv = argv.get_or_insert_with(|| read_cmdline(tgid).unwrap_or_default());
+                pick_target(targets, stat.comm, argv)?
+            }
             None => {
-                let argv = read_cmdline(tgid)?;
-                self.match_argv(exe.as_deref(), &argv)?
+                let argv = argv.get_or_insert_with(|| read_cmdline(tgid).unwrap_or_default());
+                self.match_argv(exe, argv)?
             }
         };
         Some((
@@ -217,50 +319,62 @@ impl Matcher {
                 tgid,
                 start_ticks: stat.start_ticks,
                 comm: comm_key(stat.comm),
+                ppid: stat.ppid,
             },
+            why,
         ))
     }
 
-    fn match_argv(&self, exe: Option<&Path>, argv: &[Vec<u8>]) -> Option<usize> {
-        let arg0 = argv.first()?;
-        if let Some(i) = self.by_path.get(Path::new(OsStr::from_bytes(arg0))) {
-            return Some(*i);
-        }
-        if self.scripts && exe.is_some_and(is_interpreter) {
-            let script = argv.iter().skip(1).find(|a| !a.starts_with(b"-"))?;
-            if let Some(i) = self.by_path.get(Path::new(OsStr::from_bytes(script))) {
-                return Some(*i);
+    /// Script and command-line rules (the executable matched no entry).
+    fn match_argv(&self, exe: &[u8], argv: &[Vec<u8>]) -> Option<(usize, Why)> {
+        if !self.by_script.is_empty() && is_interpreter(exe) {
+            let script = argv.iter().skip(1).find(|a| !a.starts_with(b"-"));
+            if let Some(i) =
+                script.and_then(|s| self.by_script.get(Path::new(OsStr::from_bytes(s))))
+            {
+                return Some((*i, Why::Script));
             }
         }
-        if !self.by_cmdline.is_empty() {
-            let joined = argv
-                .iter()
-                .map(|a| String::from_utf8_lossy(a))
-                .collect::<Vec<_>>()
-                .join(" ");
+        if !self.by_cmdline.is_empty() && !argv.is_empty() {
+            let joined = join_argv(argv);
             return self
                 .by_cmdline
                 .iter()
                 .find(|(_, p)| p.matches(&joined))
-                .map(|(i, _)| *i);
+                .map(|(i, _)| (*i, Why::Cmdline));
         }
         None
     }
 
-    /// Every running instance of every entry: `result[i]` for entry `i`.
+    /// Whether process `tgid` still matches entry `entry`'s command-line
+    /// pattern (a forked worker that retitled itself no longer does).
+    /// Entries without one: always.
+    pub fn still_matches(&self, entry: usize, tgid: u32) -> bool {
+        let Some((_, pattern)) = self.by_cmdline.iter().find(|(i, _)| *i == entry) else {
+            return true;
+        };
+        read_cmdline(tgid).is_some_and(|argv| pattern.matches(&join_argv(&argv)))
+    }
+
+    /// Whether entry `entry` matches by command line (its instances must be
+    /// looked at again, not only confirmed alive).
+    pub fn by_cmdline(&self, entry: usize) -> bool {
+        self.by_cmdline.iter().any(|(i, _)| *i == entry)
+    }
+
+    /// Every running process matching every entry: `result[i]` for entry `i`.
     ///
-    /// One read of `/proc/PID/stat` per process: a known instance that is
-    /// still the same process is confirmed by it, and a process whose
-    /// `comm` no entry could have is passed over. Only candidates cost the
-    /// reads of `exe` and `cmdline`. (A process that renamed itself with
-    /// `PR_SET_NAME` before psmon started is therefore not found by the scan;
-    /// its exec, seen by the event source, is classified by its path.)
+    /// A known instance that is still the same process is confirmed by one
+    /// read of its stat file (none at all with a pidfd). Every other process
+    /// costs one `readlink` of its executable, which rules out nearly all of
+    /// them exactly; only candidates cost the reads of `stat` and `cmdline`.
     pub fn scan(&self, entries: usize, known: &Known, files: &mut StatFiles) -> Vec<Vec<Instance>> {
         let mut found = vec![Vec::new(); entries];
         let mut buf = Vec::with_capacity(4096);
         files
             .files
             .retain(|tgid, (start, _)| known.get(tgid).is_some_and(|k| k.0 == *start && !k.3));
+        let mut confirmed = HashSet::new();
         for (tgid, (start, comm, i, pidfd)) in known {
             if *pidfd {
                 if let Some(slot) = found.get_mut(*i) {
@@ -268,8 +382,10 @@ impl Matcher {
                         tgid: *tgid,
                         start_ticks: *start,
                         comm: *comm,
+                        ppid: 0,
                     });
                 }
+                confirmed.insert(*tgid);
                 continue;
             }
             let file = match files.files.get(tgid) {
@@ -290,36 +406,39 @@ impl Matcher {
                         tgid: *tgid,
                         start_ticks: *start,
                         comm: *comm,
+                        ppid: stat.ppid,
                     });
                 }
-            } else if !same {
-                // It exec'd something else: classify it afresh below.
+                confirmed.insert(*tgid);
+            } else if same {
+                confirmed.insert(*tgid); // a known instance that is a zombie now
+            } else {
+                // It exec'd something else or renamed itself: classify it afresh below.
                 files.files.remove(tgid);
             }
         }
         let Ok(dir) = std::fs::read_dir("/proc") else {
             return found;
         };
+        let mut exe = ExeReader::default();
         for d in dir.filter_map(Result::ok) {
             let Some(tgid) = d.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
                 continue;
             };
-            if files.files.contains_key(&tgid) || known.get(&tgid).is_some_and(|k| k.3) {
-                continue; // confirmed above
+            if confirmed.contains(&tgid) {
+                continue;
+            }
+            // Kernel threads and zombies have no executable: never ours.
+            let Some(path) = exe.read(tgid) else {
+                continue;
+            };
+            if !self.exe_may_match(path) {
+                continue;
             }
             let Some(stat) = read_stat(tgid, &mut buf) else {
                 continue;
             };
-            if known
-                .get(&tgid)
-                .is_some_and(|k| k.0 == stat.start_ticks && k.1 == comm_key(stat.comm))
-            {
-                continue; // a known instance that is a zombie now
-            }
-            if !self.may_match_comm(stat.comm) {
-                continue;
-            }
-            if let Some((i, inst)) = self.classify_stat(tgid, &stat)
+            if let Some((i, inst, _)) = self.classify_stat(tgid, &stat, path)
                 && let Some(slot) = found.get_mut(i)
             {
                 slot.push(inst);
@@ -329,12 +448,80 @@ impl Matcher {
     }
 }
 
+/// Which of the entries naming one executable file a process belongs to:
+/// one whose name it was started under, else one that names the file itself.
+fn pick_target(targets: &[ExeTarget], comm: &[u8], argv: &[Vec<u8>]) -> Option<(usize, Why)> {
+    let started_as = |alias: &[u8]| {
+        comm == &alias[..alias.len().min(15)]
+            || argv.first().is_some_and(|a| argv0_name(a) == alias)
+    };
+    targets
+        .iter()
+        .find(|t| t.alias.as_deref().is_some_and(started_as))
+        .map(|t| (t.entry, Why::StartedAs))
+        .or_else(|| {
+            targets
+                .iter()
+                .find(|t| t.alias.is_none())
+                .map(|t| (t.entry, Why::Executable))
+        })
+}
+
+/// The program name in argv[0]: its file name, up to the first space (a
+/// daemon that retitles itself writes `redis-server *:6379` there).
+fn argv0_name(arg0: &[u8]) -> &[u8] {
+    let word = arg0.split(|b| *b == b' ').next().unwrap_or(arg0);
+    word.rsplit(|b| *b == b'/').next().unwrap_or(word)
+}
+
+fn join_argv(argv: &[Vec<u8>]) -> String {
+    argv.iter()
+        .map(|a| String::from_utf8_lossy(a))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Reads `/proc/PID/exe` links into one reused buffer, relative to an open
+/// `/proc`, without allocating per process.
+struct ExeReader {
+    proc_dir: Option<std::fs::File>,
+    link: Vec<u8>,
+    name: Vec<u8>,
+}
+
+impl Default for ExeReader {
+    fn default() -> Self {
+        ExeReader {
+            proc_dir: std::fs::File::open("/proc").ok(),
+            link: vec![0; libc::PATH_MAX as usize],
+            name: Vec::with_capacity(32),
+        }
+    }
+}
+
+impl ExeReader {
+    fn read(&mut self, tgid: u32) -> Option<&[u8]> {
+        use std::{io::Write, os::fd::AsRawFd};
+        let dir = self.proc_dir.as_ref()?;
+        self.name.clear();
+        write!(self.name, "{tgid}/exe\0").ok()?;
+        // SAFETY: `name` is NUL terminated, `link` is a writable buffer of
+        // the length passed, and `dir` is an open directory.
+        let n = unsafe {
+            libc::readlinkat(
+                dir.as_raw_fd(),
+                self.name.as_ptr().cast(),
+                self.link.as_mut_ptr().cast(),
+                self.link.len(),
+            )
+        };
+        (n > 0).then(|| &self.link[..n as usize])
+    }
+}
+
 /// `/proc/PID/exe` of a replaced binary reads `PATH (deleted)`.
-fn strip_deleted(exe: &Path) -> &Path {
-    let bytes = exe.as_os_str().as_bytes();
-    Path::new(OsStr::from_bytes(
-        bytes.strip_suffix(b" (deleted)").unwrap_or(bytes),
-    ))
+fn strip_deleted(exe: &[u8]) -> &[u8] {
+    exe.strip_suffix(b" (deleted)").unwrap_or(exe)
 }
 
 fn read_cmdline(tgid: u32) -> Option<Vec<Vec<u8>>> {
@@ -348,6 +535,31 @@ fn read_cmdline(tgid: u32) -> Option<Vec<Vec<u8>>> {
             .map(<[u8]>::to_vec)
             .collect(),
     )
+}
+
+/// The pid the pidfile of a `pidfile` rule holds now (its first word);
+/// `None` for other rules and for a missing, empty or odd file.
+pub fn read_pidfile(rule: &Rule) -> Option<u32> {
+    use std::{io::Read, os::unix::fs::OpenOptionsExt};
+    let Rule::Pidfile(path) = rule else {
+        return None;
+    };
+    // Non-blocking: a FIFO planted at the path must not stall monitoring.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    file.take(64).read_to_string(&mut text).ok()?;
+    text.split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
 }
 
 /// A script starts with `#!`; its processes are interpreters running it.
@@ -367,78 +579,120 @@ mod tests {
         args.iter().map(|a| a.as_bytes().to_vec()).collect()
     }
 
+    fn entry(path: &str) -> Entry {
+        Entry::new(path.into(), None, 0, 0, crate::config::Action::Continue)
+    }
+
     #[test]
-    fn matches_argv0_scripts_and_cmdline_patterns() {
-        let mut script = Entry::new(
-            "/opt/app/run.py".into(),
-            None,
-            0,
-            0,
-            crate::config::Action::Continue,
-        );
-        script.matcher = Match::Path;
-        let daemon = Entry::new(
-            "/usr/sbin/d".into(),
-            None,
-            0,
-            0,
-            crate::config::Action::Continue,
-        );
-        let mut java = Entry::new(
-            "/opt/app/app.jar".into(),
-            None,
-            0,
-            0,
-            crate::config::Action::Continue,
-        );
+    fn matches_scripts_and_cmdline_patterns() {
+        let daemon = entry("/usr/sbin/d");
+        let mut java = entry("/opt/app/app.jar");
         java.matcher = Match::Cmdline(glob::Pattern::new("*java*-jar /opt/app/app.jar*").unwrap());
-        let mut m = Matcher::new([&script, &daemon, &java]);
-        m.scripts = true; // the script file does not exist here
-        let py = Some(Path::new("/usr/bin/python3.11"));
+        let mut m = Matcher::new([&daemon, &java]);
+        // The script file does not exist here.
+        m.by_script.insert("/opt/app/run.py".into(), 7);
+        let py = b"/usr/bin/python3.11";
         assert_eq!(
             m.match_argv(py, &argv(&["python3", "-u", "/opt/app/run.py"])),
-            Some(0)
+            Some((7, Why::Script))
         );
-        assert_eq!(m.match_argv(None, &argv(&["/usr/sbin/d", "-f"])), Some(1));
         assert_eq!(
             m.match_argv(
-                Some(Path::new("/usr/bin/java")),
+                b"/usr/bin/java",
                 &argv(&["/usr/bin/java", "-Xmx1g", "-jar", "/opt/app/app.jar"])
             ),
-            Some(2)
+            Some((1, Why::Cmdline))
         );
         // Not an interpreter: an editor opening the script is not the script.
         assert_eq!(
-            m.match_argv(
-                Some(Path::new("/usr/bin/vim")),
-                &argv(&["vim", "/opt/app/run.py"])
-            ),
+            m.match_argv(b"/usr/bin/vim", &argv(&["vim", "/opt/app/run.py"])),
             None
         );
         assert!(m.kernel_comms().is_none());
     }
 
     #[test]
-    fn comm_is_truncated_like_the_kernels() {
+    fn a_multi_call_binary_needs_the_name_it_was_started_as() {
+        let targets = [
+            ExeTarget {
+                entry: 0,
+                alias: Some(b"redis-server".to_vec()),
+            },
+            ExeTarget {
+                entry: 1,
+                alias: Some(b"redis-check-aof".to_vec()),
+            },
+        ];
+        // Retitled: argv[0] is "redis-server *:6379"; comm stays.
+        assert_eq!(
+            pick_target(&targets, b"redis-server", &argv(&["redis-server *:6379"])),
+            Some((0, Why::StartedAs))
+        );
+        // Renamed with PR_SET_NAME, but started as redis-server.
+        assert_eq!(
+            pick_target(&targets, b"other", &argv(&["/usr/bin/redis-server", "x"])),
+            Some((0, Why::StartedAs))
+        );
+        assert_eq!(
+            pick_target(&targets, b"redis-check-rdb", &argv(&["redis-check-rdb"])),
+            None,
+            "another user of the binary is not the entry's process"
+        );
+        let plain = [ExeTarget {
+            entry: 3,
+            alias: None,
+        }];
+        assert_eq!(
+            pick_target(&plain, b"renamed", &argv(&["whatever"])),
+            Some((3, Why::Executable))
+        );
+    }
+
+    #[test]
+    fn symlinked_paths_resolve_to_their_file() {
+        let dir = std::env::temp_dir().join(format!("psmon-scan-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let real = dir.join("multi-call");
+        std::fs::write(&real, b"\x7fELF").unwrap();
+        let same_name = dir.join("sub");
+        std::fs::create_dir_all(&same_name).unwrap();
+        std::os::unix::fs::symlink(&real, dir.join("alias")).unwrap();
+        std::os::unix::fs::symlink(&real, same_name.join("multi-call")).unwrap();
+        let m = Matcher::new([
+            &entry(dir.join("alias").to_str().unwrap()),
+            &entry(same_name.join("multi-call").to_str().unwrap()),
+        ]);
+        let real = std::fs::canonicalize(&real).unwrap();
+        let targets = &m.by_exe[real.as_os_str().as_bytes()];
+        assert_eq!(targets.len(), 2);
+        assert_eq!(targets[0].alias.as_deref(), Some(&b"alias"[..]));
+        assert_eq!(targets[1].alias, None, "same file name: no alias needed");
+        let comms = m.kernel_comms().unwrap();
+        assert!(comms.contains(&"alias".to_string()) && comms.contains(&"multi-call".to_string()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn names_are_cut_like_the_kernels() {
         assert_eq!(
             comm_of(Path::new("/usr/sbin/a-very-long-daemon")),
             b"a-very-long-dae".to_vec()
         );
-        assert!(is_interpreter(Path::new("/usr/bin/python3.11")));
-        assert!(!is_interpreter(Path::new("/usr/sbin/sshd")));
-        assert_eq!(
-            strip_deleted(Path::new("/usr/sbin/d (deleted)")),
-            Path::new("/usr/sbin/d")
-        );
+        assert!(is_interpreter(b"/usr/bin/python3.11"));
+        assert!(!is_interpreter(b"/usr/sbin/sshd"));
+        assert_eq!(strip_deleted(b"/usr/sbin/d (deleted)"), b"/usr/sbin/d");
+        assert_eq!(argv0_name(b"/usr/bin/redis-server *:6379"), b"redis-server");
+        assert_eq!(argv0_name(b"nginx: master process"), b"nginx:");
     }
 
     #[test]
     fn finds_this_test_process_by_its_executable() {
         let me = std::env::current_exe().unwrap();
-        let entry = Entry::new(me, None, 0, 0, crate::config::Action::Continue);
-        let m = Matcher::new([&entry]);
+        let m = Matcher::new([&Entry::new(me, None, 0, 0, crate::config::Action::Continue)]);
         let found = m.scan(1, &Known::new(), &mut StatFiles::default());
         let pid = std::process::id();
-        assert!(found[0].iter().any(|i| i.tgid == pid), "{found:?}");
+        let mine = found[0].iter().find(|i| i.tgid == pid).expect("found");
+        assert_eq!(mine.ppid, std::os::unix::process::parent_id());
     }
 }

@@ -3,6 +3,12 @@
 //! them to [`policy::step`], and carries out the resulting actions
 //! (messages, restart and failover commands run as tasks whose outcome comes
 //! back as a message). Nothing else holds its state.
+//!
+//! Every process that matches an entry is tracked (its *members*); the
+//! entry's [`Rule`] says which of them are its *instances*, the ones that
+//! count: all of them, the main ones (parent not a member), or the one a
+//! pidfile names. A command-line rule is checked again whenever the count
+//! matters, so a forked worker that retitled itself stops counting.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -16,17 +22,18 @@ use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::{Config, ConfigErrors, Entry, LogLevel},
+    config::{Config, ConfigErrors, Entry, LogLevel, Rule},
     event::{EventKind, ExitStatus, ProcEvent},
     exec::{self, CommandSpec, Outcome},
     policy::{self, Action, EntryState, Input, Phase, SetPidFail},
     report::Reporter,
-    scan::{Instance, Known, Matcher, StatFiles, comm_key},
+    scan::{Instance, Known, Matcher, StatFiles, comm_key, read_pidfile},
     source::{SourceKind, ebpf::KernelFilter},
 };
 
-/// How often deadlines (a restarted process that must appear) are checked.
-const TICK: Duration = Duration::from_millis(100);
+/// How often an entry with a pidfile re-reads it while its restarted
+/// process is expected: daemons write it a moment after they start.
+const PIDFILE_POLL: Duration = Duration::from_millis(50);
 
 /// How long an instance a scan missed may wait for its exit event before it
 /// is declared gone without one: events can trail a scan, and the event
@@ -52,6 +59,9 @@ struct Watched {
     pfile: String,
     entry: Entry,
     state: EntryState,
+    /// Tracked processes that match the entry (tgids).
+    members: HashSet<u32>,
+    /// How many of them count under the entry's rule.
     running: u32,
     /// The last instance that went down, for the failover environment.
     last_down: Option<(Option<u32>, ExitStatus)>,
@@ -62,6 +72,9 @@ struct Tracked {
     entry: usize,
     start_ticks: u64,
     comm: [u8; 16],
+    ppid: u32,
+    /// An instance under the entry's rule (see [`Supervisor::recount`]).
+    counts: bool,
     added: Instant,
     /// The task waiting on this process's pidfd; `None` where pidfds are
     /// not available (before Linux 5.3), and scans confirm it instead.
@@ -100,7 +113,7 @@ pub struct Supervisor {
     /// How long those wait for their exit event (longer with `poll`,
     /// whose events come a scan interval apart).
     missed_grace: Duration,
-    /// Entries waiting for a restarted process to appear (checked on ticks).
+    /// Entries whose phase waits for a time (back-off, start wait, start_secs).
     starting: HashSet<usize>,
     /// Exits seen through pidfds: (tgid, start ticks).
     exited_tx: mpsc::Sender<(u32, u64)>,
@@ -154,8 +167,6 @@ impl Supervisor {
         mut control: mpsc::Receiver<Control>,
         token: CancellationToken,
     ) {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut scan_every = self.scan_interval();
         let mut scan_tick = tokio::time::interval(scan_every);
         let mut scan: Option<JoinHandle<ScanDone>> = None;
@@ -185,21 +196,22 @@ impl Supervisor {
                     (started, found, files)
                 }));
             }
+            let wake = self.next_deadline();
             tokio::select! {
                 _ = token.cancelled() => break,
                 Some(event) = events.recv() => self.on_event(event),
-                                Some(done) = self.done_rx.recv() => self.on_done(done),
+                Some(done) = self.done_rx.recv() => self.on_done(done),
                 Some((tgid, start)) = self.exited_rx.recv() => self.on_exited(tgid, start),
                 result = async { scan.as_mut().expect("guarded").await }, if scan.is_some() => {
-                                        scan = None;
+                    scan = None;
                     if let Ok((started, found, files)) = result {
                         stat_files = Some(files);
                         self.on_scan(started, found);
                     }
                 }
                 _ = scan_tick.tick() => self.scan_requested = true,
-                                // Idle (nothing starting, no exit pending) means no wake-ups.
-                _ = tick.tick(), if !self.starting.is_empty() || !self.missed.is_empty() => self.on_tick(),
+                // Idle (nothing waiting for a time) means no wake-ups.
+                _ = sleep_until(wake), if wake.is_some() => self.on_tick(),
                 Some(msg) = control.recv() => {
                     self.on_control(msg);
                     if self.scan_interval() != scan_every {
@@ -287,6 +299,7 @@ impl Supervisor {
                     pfile: pfile.name.clone(),
                     entry: entry.clone(),
                     state: EntryState::default(),
+                    members: HashSet::new(),
                     running: 0,
                     last_down: None,
                 },
@@ -307,7 +320,10 @@ impl Supervisor {
             }
         });
         self.starting = (0..self.watched.len())
-            .filter(|i| matches!(self.watched[*i].state.phase, Phase::Starting { .. }))
+            .filter(|i| {
+                let w = &self.watched[*i];
+                w.state.phase.deadline(&w.entry).is_some()
+            })
             .collect();
         self.reporter.set_level(config.agent.log_level);
         self.matcher = Arc::new(Matcher::new(self.watched.iter().map(|w| &w.entry)));
@@ -341,19 +357,28 @@ impl Supervisor {
                 else {
                     return;
                 };
-                // A forked child runs its parent's executable: another instance.
-                let inst = Instance {
-                    tgid: p.tgid,
-                    start_ticks: start.ticks(),
-                    comm: comm_key(p.comm.as_bytes()),
+                // A forked child runs its parent's executable; with a
+                // command-line rule it must match that too.
+                let inst = if self.matcher.by_cmdline(parent) {
+                    match self.matcher.classify(p.tgid) {
+                        Some((i, inst)) if i == parent => inst,
+                        _ => return,
+                    }
+                } else {
+                    Instance {
+                        tgid: p.tgid,
+                        start_ticks: start.ticks(),
+                        comm: comm_key(p.comm.as_bytes()),
+                        ppid: p.ppid,
+                    }
                 };
                 self.add(parent, inst);
-                self.step_running(parent, Some(p.tgid));
+                self.step_running(parent);
             }
             EventKind::Exec(p) => {
                 let now = self
                     .matcher
-                    .may_match(&p.comm)
+                    .may_match(&p.comm, p.path.as_deref())
                     .then(|| self.matcher.classify(p.tgid))
                     .flatten();
                 let before = self.instances.get(&p.tgid).map(|t| t.entry);
@@ -367,7 +392,7 @@ impl Supervisor {
                     && before.is_none_or(|b| b != i)
                 {
                     self.add(i, inst);
-                    self.step_running(i, Some(inst.tgid));
+                    self.step_running(i);
                 }
             }
             EventKind::Exit { process, status } => {
@@ -398,16 +423,18 @@ impl Supervisor {
             entry,
             start_ticks: inst.start_ticks,
             comm: inst.comm,
+            ppid: inst.ppid,
+            counts: false,
             added: Instant::now(),
             exit_watch: self.watch_exit(tgid, inst.start_ticks),
         };
         if let Some(old) = self.instances.insert(tgid, t) {
-            self.watched[old.entry].running -= 1;
+            self.watched[old.entry].members.remove(&tgid);
             if let Some(w) = old.exit_watch {
                 w.abort();
             }
         }
-        self.watched[entry].running += 1;
+        self.watched[entry].members.insert(tgid);
         if let Some(f) = &mut self.filter {
             let _ = f.watch_tgid(tgid);
         }
@@ -470,25 +497,115 @@ impl Supervisor {
             &[("pid", json!(tgid)), ("why", json!(why))],
         );
         self.gone.insert((tgid, t.start_ticks), Instant::now());
-        let w = &mut self.watched[t.entry];
-        w.running -= 1;
-        let input = Input::Exited {
-            pid: tgid,
-            status,
-            running: w.running,
-        };
-        self.step(t.entry, input);
+        self.watched[t.entry].members.remove(&tgid);
+        let before = self.watched[t.entry].running;
+        let (running, _) = self.recount(t.entry);
+        if t.counts {
+            let input = Input::Exited {
+                pid: tgid,
+                status,
+                running,
+            };
+            self.step(t.entry, input);
+        } else if running != before {
+            self.step_running(t.entry);
+        }
     }
 
-    fn step_running(&mut self, entry: usize, pid: Option<u32>) {
-        let running = self.watched[entry].running;
-        self.step(entry, Input::Running { running, pid });
+    /// Decides which members of entry `i` are its instances under its
+    /// rule; returns how many there are and the main (oldest) one. Members
+    /// that no longer match a command-line rule stop being tracked.
+    fn recount(&mut self, i: usize) -> (u32, Option<u32>) {
+        if self.matcher.by_cmdline(i) {
+            let stale: Vec<u32> = self.watched[i]
+                .members
+                .iter()
+                .copied()
+                .filter(|tgid| !self.matcher.still_matches(i, *tgid))
+                .collect();
+            for tgid in stale {
+                self.forget(tgid);
+            }
+        }
+        let w = &self.watched[i];
+        let pidfile_pid = read_pidfile(&w.entry.rule);
+        let decided: Vec<(u32, bool, u64)> = w
+            .members
+            .iter()
+            .filter_map(|tgid| {
+                let t = self.instances.get(tgid)?;
+                let is_member = |pid| w.members.contains(&pid);
+                let counts = w.entry.rule.counts(*tgid, t.ppid, is_member, pidfile_pid);
+                Some((*tgid, counts, t.start_ticks))
+            })
+            .collect();
+        let mut running = 0;
+        let mut main: Option<(u64, u32)> = None;
+        for (tgid, counts, start) in decided {
+            if let Some(t) = self.instances.get_mut(&tgid) {
+                t.counts = counts;
+            }
+            if counts {
+                running += 1;
+                if main.is_none_or(|m| (start, tgid) < m) {
+                    main = Some((start, tgid));
+                }
+            }
+        }
+        self.watched[i].running = running;
+        (running, main.map(|(_, tgid)| tgid))
+    }
+
+    /// Stops tracking a process that no longer matches (not an exit).
+    fn forget(&mut self, tgid: u32) {
+        let Some(t) = self.instances.remove(&tgid) else {
+            return;
+        };
+        if let Some(w) = &t.exit_watch {
+            w.abort();
+        }
+        if let Some(f) = &mut self.filter {
+            let _ = f.unwatch_tgid(tgid);
+        }
+        self.watched[t.entry].members.remove(&tgid);
+        self.reporter.report(
+            LogLevel::Debug,
+            "process no longer matches its entry",
+            &[("pid", json!(tgid))],
+        );
+    }
+
+    /// Tells the policy how many instances entry `i` has now.
+    fn step_running(&mut self, i: usize) {
+        let (running, pid) = self.recount(i);
+        self.step(i, Input::Running { running, pid });
+    }
+
+    /// The earliest time something waits for: a phase deadline, or an
+    /// instance whose exit event is overdue.
+    fn next_deadline(&self) -> Option<tokio::time::Instant> {
+        let phases = self.starting.iter().filter_map(|i| {
+            let w = &self.watched[*i];
+            w.state.phase.deadline(&w.entry)
+        });
+        let missed = self.missed.values().map(|(_, at)| *at + self.missed_grace);
+        // Pidfile entries waiting for their process re-read the file often.
+        let pidfile = self
+            .starting
+            .iter()
+            .any(|i| matches!(self.watched[*i].entry.rule, Rule::Pidfile(_)))
+            .then(|| Instant::now() + PIDFILE_POLL);
+        phases
+            .chain(missed)
+            .chain(pidfile)
+            .min()
+            .map(tokio::time::Instant::from_std)
     }
 
     fn step(&mut self, i: usize, input: Input) {
         let w = &mut self.watched[i];
         let actions = policy::step(&w.entry, &mut w.state, input, Instant::now());
-        if matches!(w.state.phase, Phase::Starting { .. }) {
+        if w.state.phase.deadline(&w.entry).is_some() {
             self.starting.insert(i);
         } else {
             self.starting.remove(&i);
@@ -517,6 +634,9 @@ impl Supervisor {
         }
         let starting: Vec<usize> = self.starting.iter().copied().collect();
         for i in starting {
+            if matches!(self.watched[i].entry.rule, Rule::Pidfile(_)) {
+                self.step_running(i);
+            }
             self.step(i, Input::Tick);
         }
     }
@@ -559,14 +679,13 @@ impl Supervisor {
                 touched.insert(i);
             }
         }
-        for i in touched {
-            let newest = self
-                .instances
-                .iter()
-                .filter(|(_, t)| t.entry == i)
-                .max_by_key(|(_, t)| t.start_ticks)
-                .map(|(p, _)| *p);
-            self.step_running(i, newest);
+        // Entries whose rule can change its mind without an event (a
+        // rewritten pidfile, a retitled worker) are looked at every scan.
+        for i in 0..self.watched.len() {
+            let w = &self.watched[i];
+            if touched.contains(&i) || w.entry.rule != Rule::All || self.matcher.by_cmdline(i) {
+                self.step_running(i);
+            }
         }
         // Instances the scan did not see and that are older than it: gone,
         // unless their exit event is still on its way (see MISSED_GRACE).
@@ -579,7 +698,7 @@ impl Supervisor {
         }
         for i in 0..self.watched.len() {
             if self.watched[i].state.phase == Phase::Unknown {
-                self.step_running(i, None);
+                self.step_running(i);
             }
         }
     }
@@ -644,14 +763,50 @@ impl Supervisor {
                 self.reporter.report(LogLevel::Info, &message, &fields);
             }
             Action::ReportSetPidFail { why } => {
+                let mut fields = with(vec![]);
                 let reason = match why {
-                    SetPidFail::CommandFailed => "the restart command failed",
-                    SetPidFail::NotStarted => "no matching process appeared in time",
+                    SetPidFail::CommandFailed => "the restart command failed".to_string(),
+                    SetPidFail::NotStarted => "no matching process appeared in time".to_string(),
+                    SetPidFail::DiedEarly { pid, status, lived } => {
+                        fields.push(("pid", json!(pid)));
+                        fields.push(("lived_ms", json!(lived.as_secs_f64() * 1e3)));
+                        fields.extend(status_fields(status));
+                        format!(
+                            "the restarted process{} ended {} after it started ({}), before start_secs {} s",
+                            pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+                            crate::report::duration(lived),
+                            crate::report::status(status),
+                            w.entry.start_secs.as_secs_f64()
+                        )
+                    }
                 };
-                let fields = with(vec![("reason", json!(reason))]);
+                fields.push(("reason", json!(reason)));
                 self.reporter.report(
                     LogLevel::Error,
-                    &format!("Set pid fail ('{path}')"),
+                    &format!("Set pid fail ('{path}'): {reason}"),
+                    &fields,
+                );
+            }
+            Action::ReportBackoff { delay } => {
+                let fields = with(vec![("delay_ms", json!(delay.as_secs_f64() * 1e3))]);
+                self.reporter.report(
+                    LogLevel::Info,
+                    &format!(
+                        "next restart of ('{path}') in {}",
+                        crate::report::duration(delay)
+                    ),
+                    &fields,
+                );
+            }
+            Action::ReportStarted { pid } => {
+                let fields = with(vec![("pid", json!(pid))]);
+                let who = pid.map(|p| format!(",pid={p}")).unwrap_or_default();
+                self.reporter.report(
+                    LogLevel::Info,
+                    &format!(
+                        "('{path}'{who}) started; Up once it has run {} s",
+                        w.entry.start_secs.as_secs_f64()
+                    ),
                     &fields,
                 );
             }
@@ -810,6 +965,14 @@ fn status_fields(status: ExitStatus) -> Vec<(&'static str, Value)> {
             ("core_dumped", json!(core_dumped)),
         ],
         ExitStatus::Unknown => vec![("exit", json!("unknown"))],
+    }
+}
+
+/// Sleeps until `at`; `None` never wakes (the branch is disabled then).
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

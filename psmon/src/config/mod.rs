@@ -110,13 +110,57 @@ pub struct Entry {
     pub start_wait: Duration,
     /// Failover command for `switch`, overriding psagent.conf's.
     pub failover: Option<String>,
+    /// Which matching processes count as instances.
+    pub rule: Rule,
+    /// A restarted process must live this long before it is Up; one that
+    /// dies sooner is a failed attempt.
+    pub start_secs: Duration,
+    /// Wait before the second attempt in a row; doubled for each further one.
+    pub restart_backoff: Duration,
+    /// The longest wait between attempts (the pfile's MONITOR_INTERVAL).
+    pub backoff_max: Duration,
     /// Where it was defined, for messages.
     pub line: usize,
+}
+
+/// Which of the processes that match an entry are its instances.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum Rule {
+    /// Every matching process (a pfile's way: what `ps` would show).
+    #[default]
+    All,
+    /// Only processes whose parent is not itself a matching process: a
+    /// forking daemon's main process, not its workers.
+    MainOnly,
+    /// Only the process whose pid the file holds (re-read when it may have
+    /// changed), and only while it matches.
+    Pidfile(PathBuf),
+}
+
+impl Rule {
+    /// Whether process `tgid` (child of `ppid`), one of the entry's
+    /// matching processes, is an instance; `is_member` says whether a pid is
+    /// another of them, `pidfile_pid` what the pidfile holds now.
+    pub fn counts(
+        &self,
+        tgid: u32,
+        ppid: u32,
+        is_member: impl Fn(u32) -> bool,
+        pidfile_pid: Option<u32>,
+    ) -> bool {
+        match self {
+            Rule::All => true,
+            Rule::MainOnly => !is_member(ppid),
+            Rule::Pidfile(_) => pidfile_pid == Some(tgid),
+        }
+    }
 }
 
 impl Entry {
     pub const DEFAULT_RESTART_TIMEOUT: Duration = Duration::from_secs(60);
     pub const DEFAULT_START_WAIT: Duration = Duration::from_secs(10);
+    pub const DEFAULT_START_SECS: Duration = Duration::from_secs(1);
+    pub const DEFAULT_RESTART_BACKOFF: Duration = Duration::from_millis(100);
 
     /// A PENT line's worth of settings with every extra at its default.
     pub fn new(
@@ -139,6 +183,10 @@ impl Entry {
             restart_timeout: Self::DEFAULT_RESTART_TIMEOUT,
             start_wait: Self::DEFAULT_START_WAIT,
             failover: None,
+            rule: Rule::All,
+            start_secs: Self::DEFAULT_START_SECS,
+            restart_backoff: Self::DEFAULT_RESTART_BACKOFF,
+            backoff_max: Pfile::DEFAULT_MONITOR_INTERVAL,
             line: 0,
         }
     }
@@ -266,22 +314,27 @@ impl Config {
                     continue;
                 }
             };
-            match kind {
-                Kind::Pfile => {
-                    if let Some(p) = pfile::parse(file, &text, &mut errors) {
-                        config.pfiles.push(p);
-                    }
+            let parsed = match kind {
+                Kind::Pfile => pfile::parse(file, &text, &mut errors),
+                Kind::Toml => toml_format::parse(file, &text, &mut errors),
+                Kind::Agent => {
+                    config.agent = agent::parse_agent(file, &text, &mut errors);
+                    None
                 }
-                Kind::Toml => {
-                    if let Some(p) = toml_format::parse(file, &text, &mut errors) {
-                        config.pfiles.push(p);
-                    }
+                Kind::Env => {
+                    config.env = agent::parse_env(file, &text, &mut errors);
+                    None
                 }
-                Kind::Agent => config.agent = agent::parse_agent(file, &text, &mut errors),
-                Kind::Env => config.env = agent::parse_env(file, &text, &mut errors),
+            };
+            if let Some(mut p) = parsed {
+                for e in &mut p.entries {
+                    e.backoff_max = p.monitor_interval;
+                }
+                config.pfiles.push(p);
             }
         }
         validate(&config, &mut errors);
+
         if errors.is_empty() {
             Ok(config)
         } else {

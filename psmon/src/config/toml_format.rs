@@ -8,7 +8,7 @@ use std::{fmt::Write as _, ops::Range, path::Path, time::Duration};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Action, Diagnostic, Entry, Match, Pfile, hint, pfile::parse_action};
+use super::{Action, Diagnostic, Entry, Match, Pfile, Rule, hint, pfile::parse_action};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -36,6 +36,10 @@ struct EntryToml {
     restart_timeout: Option<Spanned<i64>>,
     start_wait: Option<Spanned<i64>>,
     failover: Option<Spanned<String>>,
+    pidfile: Option<Spanned<String>>,
+    main_only: Option<Spanned<bool>>,
+    start_secs: Option<Spanned<f64>>,
+    restart_backoff: Option<Spanned<f64>>,
 }
 
 const FILE_KEYS: [&str; 5] = [
@@ -45,7 +49,7 @@ const FILE_KEYS: [&str; 5] = [
     "shm_dump_file",
     "entry",
 ];
-const ENTRY_KEYS: [&str; 12] = [
+const ENTRY_KEYS: [&str; 16] = [
     "path",
     "restart",
     "grace",
@@ -58,6 +62,10 @@ const ENTRY_KEYS: [&str; 12] = [
     "restart_timeout",
     "start_wait",
     "failover",
+    "pidfile",
+    "main_only",
+    "start_secs",
+    "restart_backoff",
 ];
 
 /// Line and column (1-based) of byte offset `at`.
@@ -95,6 +103,27 @@ impl Checker<'_> {
             self.error(
                 v.span(),
                 format!("{what} {n} is out of range: expected {min} to {max}"),
+            );
+            None
+        }
+    }
+
+    /// Seconds, fractions allowed.
+    fn secs_f(
+        &mut self,
+        what: &str,
+        v: &Option<Spanned<f64>>,
+        min: f64,
+        max: f64,
+    ) -> Option<Duration> {
+        let v = v.as_ref()?;
+        let n = *v.get_ref();
+        if (min..=max).contains(&n) {
+            Some(Duration::from_secs_f64(n))
+        } else {
+            self.error(
+                v.span(),
+                format!("{what} {n} is out of range: expected {min} to {max} seconds"),
             );
             None
         }
@@ -246,6 +275,31 @@ fn entry(c: &mut Checker, spanned: &Spanned<EntryToml>) -> Option<Entry> {
         e.start_wait = d;
     }
     e.failover = t.failover.as_ref().map(|f| f.get_ref().clone());
+    if let Some(d) = c.secs_f("start_secs", &t.start_secs, 0.0, 3600.0) {
+        e.start_secs = d;
+    }
+    if let Some(d) = c.secs_f("restart_backoff", &t.restart_backoff, 0.0, 3600.0) {
+        e.restart_backoff = d;
+    }
+    let main_only = t.main_only.as_ref().is_some_and(|m| *m.get_ref());
+    match (&t.pidfile, main_only, &e.matcher) {
+        (Some(p), _, _) if !p.get_ref().starts_with('/') => c.error(
+            p.span(),
+            format!("pidfile `{}` must be an absolute path", p.get_ref()),
+        ),
+        (Some(p), true, _) => c.error(
+            p.span(),
+            "pidfile and main_only both say which process counts: keep one".into(),
+        ),
+        (Some(p), false, _) => e.rule = Rule::Pidfile(p.get_ref().into()),
+        (None, true, Match::Cmdline(_)) => c.error(
+            t.main_only.as_ref().expect("set").span(),
+            "main_only goes with a path rule; a cmdline pattern already names the main process"
+                .into(),
+        ),
+        (None, true, Match::Path) => e.rule = Rule::MainOnly,
+        (None, false, _) => {}
+    }
     e.line = position(c.text, spanned.span().start).0;
     (c.errors.len() == before).then_some(e)
 }
@@ -324,6 +378,15 @@ pub fn to_toml(p: &Pfile) -> String {
         }
         if let Some(f) = &e.failover {
             let _ = writeln!(out, "failover = {}", quote(f));
+        }
+        match &e.rule {
+            Rule::All => {}
+            Rule::MainOnly => {
+                let _ = writeln!(out, "main_only = true");
+            }
+            Rule::Pidfile(p) => {
+                let _ = writeln!(out, "pidfile = {}", quote(&p.display().to_string()));
+            }
         }
     }
     out

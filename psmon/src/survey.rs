@@ -1,0 +1,173 @@
+//! What a configuration means on this host, before psmon watches anything:
+//! warnings about entry paths (a symlink, a missing or non-executable file,
+//! a `switch` entry that matches nothing now) and, for `psmon check --live`,
+//! the processes each entry matches right now and why.
+//!
+//! It reads `/proc` and the file system; it changes nothing and decides no
+//! policy. Errors that make a configuration unusable stay in `config`.
+
+use std::{fmt::Write as _, os::unix::fs::PermissionsExt, path::Path};
+
+use crate::{
+    config::{Action, Config, Entry, Match, Rule},
+    scan::{Known, Matcher, StatFiles, Why, read_pidfile, resolve},
+};
+
+/// One entry's finding, printed as `file:line: warning: …`.
+pub struct Warning {
+    pub file: std::path::PathBuf,
+    pub line: usize,
+    pub message: String,
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}: warning: {}",
+            self.file.display(),
+            self.line,
+            self.message
+        )
+    }
+}
+
+/// Warnings about what each entry's path names on this host.
+pub fn warnings(config: &Config) -> Vec<Warning> {
+    let entries: Vec<&Entry> = config.entries().map(|(_, e)| e).collect();
+    let matcher = Matcher::new(entries.iter().copied());
+    let found = matcher.scan(entries.len(), &Known::new(), &mut StatFiles::default());
+    let mut out = Vec::new();
+    for (i, (pfile, e)) in config.entries().enumerate() {
+        let mut warn = |message: String| {
+            out.push(Warning {
+                file: pfile.file.clone(),
+                line: e.line,
+                message,
+            })
+        };
+        if e.matcher == Match::Path {
+            for message in path_findings(&e.path) {
+                warn(message);
+            }
+        }
+        if e.action == Action::Switch && found[i].is_empty() {
+            warn(format!(
+                "no process matches {} now: started like this, psmon would restart it and, \
+                 if that fails, fail over at once (start it first, or check the path with \
+                 `psmon check --live`)",
+                e.path.display()
+            ));
+        }
+    }
+    out
+}
+
+/// What is worth saying about a path rule's file.
+fn path_findings(path: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let r = resolve(path);
+    if !r.exists {
+        out.push(format!(
+            "{} does not exist on this host: nothing matches it until it does (then reload psmon)",
+            path.display()
+        ));
+        return out;
+    }
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) || r.file != path {
+        let names_differ = path.file_name() != r.file.file_name();
+        out.push(format!(
+            "{} is a symlink to {}: processes running that file match{}",
+            path.display(),
+            r.file.display(),
+            if names_differ {
+                format!(
+                    ", when started as `{}` (argv[0] or comm), since other names may run the same binary",
+                    path.file_name().unwrap_or_default().to_string_lossy()
+                )
+            } else {
+                String::new()
+            }
+        ));
+    }
+    let executable = std::fs::metadata(&r.file)
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if !executable {
+        out.push(format!(
+            "{} is not an executable file: no process can run it{}",
+            r.file.display(),
+            if r.script {
+                " (an interpreter may still run it as a script)"
+            } else {
+                ""
+            }
+        ));
+    }
+    out
+}
+
+/// `psmon check --live`: for each entry, the processes that match it now,
+/// which of them count as instances under its rule, and why.
+pub fn live(config: &Config) -> String {
+    let entries: Vec<&Entry> = config.entries().map(|(_, e)| e).collect();
+    let matcher = Matcher::new(entries.iter().copied());
+    let found = matcher.scan(entries.len(), &Known::new(), &mut StatFiles::default());
+    let mut out = String::new();
+    for (i, (pfile, e)) in config.entries().enumerate() {
+        let rule = match &e.rule {
+            Rule::All => "every matching process counts".to_string(),
+            Rule::MainOnly => "main_only: processes whose parent does not match".to_string(),
+            Rule::Pidfile(p) => format!("pidfile {}", p.display()),
+        };
+        let _ = writeln!(
+            out,
+            "{} ({}:{}; {rule}; min {})",
+            e.path.display(),
+            pfile.file.display(),
+            e.line,
+            e.min
+        );
+        let members: Vec<u32> = found[i].iter().map(|p| p.tgid).collect();
+        let pidfile_pid = read_pidfile(&e.rule);
+        if members.is_empty() {
+            let _ = writeln!(out, "  no matching process: it would be reported Down");
+        }
+        let mut counted = 0;
+        for inst in &found[i] {
+            let is_member = |pid| members.contains(&pid);
+            let counts = e.rule.counts(inst.tgid, inst.ppid, is_member, pidfile_pid);
+            counted += u32::from(counts);
+            let why = matcher
+                .classify_why(inst.tgid)
+                .map(|(_, _, w)| w)
+                .unwrap_or(Why::Executable);
+            let exe = std::fs::read_link(format!("/proc/{}/exe", inst.tgid))
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| "?".into());
+            let cmdline = std::fs::read(format!("/proc/{}/cmdline", inst.tgid))
+                .map(|raw| {
+                    String::from_utf8_lossy(&raw)
+                        .trim_end_matches('\0')
+                        .replace('\0', " ")
+                })
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  pid {} ppid {}{}: exe {exe}; cmdline {cmdline:?}; {why}",
+                inst.tgid,
+                inst.ppid,
+                if counts {
+                    " [instance]"
+                } else {
+                    " [not counted]"
+                },
+            );
+        }
+        let _ = writeln!(
+            out,
+            "  => {counted} instance(s): {}",
+            if counted >= e.min { "Up" } else { "Down" }
+        );
+    }
+    out
+}
