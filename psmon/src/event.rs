@@ -30,6 +30,21 @@ impl StartTime {
     pub fn ticks(self) -> u64 {
         self.0 / ns_per_tick()
     }
+
+    /// This start time (of tick precision) made precise by `ns`, a kernel
+    /// timestamp taken just after the process started (the proc
+    /// connector's fork event). Kept within the same tick, so that
+    /// [`StartTime::ticks`], and with it the process's identity, is unchanged.
+    pub fn refined(self, ns: u64) -> Self {
+        let tick = ns_per_tick();
+        let first = self.ticks() * tick;
+        Self(ns.clamp(first, first + tick - 1))
+    }
+
+    /// Same tick: the same start as far as `/proc` can tell.
+    pub fn same_tick(self, other: StartTime) -> bool {
+        self.ticks() == other.ticks()
+    }
 }
 
 fn ns_per_tick() -> u64 {
@@ -225,5 +240,10 @@ mod tests {
         // ns inside one tick map to that tick, as /proc truncates.
         let per_tick = ns_per_tick();
         assert_eq!(StartTime::from_ns(5 * per_tick + per_tick - 1).ticks(), 5);
+        // Refining keeps the tick, whatever the timestamp says.
+        let s = StartTime::from_ticks(5);
+        assert_eq!(s.refined(5 * per_tick + 42).ns(), 5 * per_tick + 42);
+        assert_eq!(s.refined(9 * per_tick).ticks(), 5);
+        assert_eq!(s.refined(0).ticks(), 5);
     }
 }

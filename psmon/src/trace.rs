@@ -6,8 +6,9 @@
 //! `--kernel-filter` asks for it.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     io::Write,
+    path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -34,13 +35,17 @@ pub struct TraceOptions {
     /// Where events come from; `auto` tries ebpf, then netlink, then poll.
     #[arg(long, value_enum, default_value = "auto")]
     pub source: SourceChoice,
-    /// Only this process and its children (repeatable).
+    /// Only this process and its descendants, followed as they fork (repeatable).
     #[arg(long)]
     pub pid: Vec<u32>,
+    /// With --pid: only the process and its direct children.
+    #[arg(long, requires = "pid")]
+    pub children_only: bool,
     /// Only processes with this command name (`comm`, at most 15 bytes; repeatable).
     #[arg(long)]
     pub comm: Vec<String>,
-    /// Only processes whose executable path matches this glob (repeatable).
+    /// Only processes whose executable matches this glob, as exec'd or
+    /// with symlinks resolved (`/bin/true` finds `/usr/bin/true`; repeatable).
     #[arg(long, value_parser = parse_glob)]
     pub path: Vec<glob::Pattern>,
     /// Only these kinds of event (repeatable).
@@ -52,7 +57,8 @@ pub struct TraceOptions {
     /// Stop after this many seconds.
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
-    /// Print a churn summary every SECS seconds (default 5).
+    /// Print a churn summary every SECS seconds (default 5), of the events
+    /// the filters select.
     #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "5")]
     pub stats: Option<f64>,
     /// ebpf only: apply --comm and --pid in the kernel, so other processes
@@ -86,7 +92,7 @@ pub struct Totals {
 }
 
 pub async fn run(opts: TraceOptions, shutdown: CancellationToken) -> anyhow::Result<Totals> {
-    let filter = Filter::new(&opts);
+    let mut filter = Filter::new(&opts);
     let options = SourceOptions {
         ring_bytes: opts.ring_kib.saturating_mul(1024),
         netlink_rcvbuf: opts.rcvbuf_kib.saturating_mul(1024),
@@ -132,8 +138,9 @@ pub async fn run(opts: TraceOptions, shutdown: CancellationToken) -> anyhow::Res
 
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
     let mut totals = Totals::default();
-    let mut window = Churn::new();
-    let mut whole = Churn::new();
+    let scope = filter.describe();
+    let mut window = Churn::new(&scope);
+    let mut whole = Churn::new(&scope);
     let stats_every = opts.stats.map(|s| Duration::from_secs_f64(s.max(0.1)));
     let mut stats_tick = tokio::time::interval(stats_every.unwrap_or(Duration::from_secs(3600)));
     stats_tick.tick().await;
@@ -148,7 +155,7 @@ pub async fn run(opts: TraceOptions, shutdown: CancellationToken) -> anyhow::Res
             _ = stats_tick.tick(), if stats_every.is_some() => {
                 window.print(&mut out, opts.json, "stats")?;
                 out.flush()?;
-                window = Churn::new();
+                window = Churn::new(&scope);
             }
             event = rx.recv() => {
                 let Some(event) = event else {
@@ -162,12 +169,12 @@ pub async fn run(opts: TraceOptions, shutdown: CancellationToken) -> anyhow::Res
                 let mut next = Some(event);
                 // Drain what is queued before flushing: one write per burst.
                 while let Some(event) = next {
-                    window.count(&event);
-                    whole.count(&event);
                     if let EventKind::Lost { count } = event.kind {
                         totals.lost += count.unwrap_or(0);
                     }
                     if filter.matches(&event) {
+                        window.count(&event);
+                        whole.count(&event);
                         totals.shown += 1;
                         write_event(&mut out, &event, opts.json)?;
                     }
@@ -184,10 +191,17 @@ pub async fn run(opts: TraceOptions, shutdown: CancellationToken) -> anyhow::Res
 }
 
 struct Filter {
-    pids: Vec<u32>,
+    /// `--pid` roots and, unless `children_only`, every descendant seen
+    /// since (followed through fork events, seeded from `/proc`).
+    tree: HashSet<u32>,
+    roots: Vec<u32>,
+    children_only: bool,
     comms: Vec<String>,
     paths: Vec<glob::Pattern>,
     events: Vec<EventFilter>,
+    /// Exec paths with symlinks resolved, so `--path` means the same on
+    /// every source (ebpf reports the exec argument, netlink the file).
+    resolved: HashMap<PathBuf, Option<PathBuf>>,
 }
 
 fn parse_glob(text: &str) -> Result<glob::Pattern, String> {
@@ -196,29 +210,132 @@ fn parse_glob(text: &str) -> Result<glob::Pattern, String> {
 
 impl Filter {
     fn new(opts: &TraceOptions) -> Self {
+        let mut paths = opts.path.clone();
+        // A literal path also matches the file it names (`/bin/true` is
+        // `/usr/bin/true` on a merged-/usr system).
+        for p in &opts.path {
+            if !p.as_str().contains(['*', '?', '[']) {
+                let real = std::fs::canonicalize(p.as_str()).ok().and_then(|r| {
+                    glob::Pattern::new(&glob::Pattern::escape(&r.to_string_lossy())).ok()
+                });
+                if let Some(real) = real.filter(|r| r.as_str() != p.as_str()) {
+                    paths.push(real);
+                }
+            }
+        }
+        let mut tree: HashSet<u32> = opts.pid.iter().copied().collect();
+        if !opts.children_only && !tree.is_empty() {
+            tree.extend(descendants(&opts.pid));
+        }
         Filter {
-            pids: opts.pid.clone(),
+            tree,
+            roots: opts.pid.clone(),
+            children_only: opts.children_only,
             comms: opts.comm.clone(),
-            paths: opts.path.clone(),
+            paths,
             events: opts.event.clone(),
+            resolved: HashMap::new(),
         }
     }
 
-    fn matches(&self, event: &ProcEvent) -> bool {
+    /// What the filters select, for the churn summary's header.
+    fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.roots.is_empty() {
+            let pids: Vec<String> = self.roots.iter().map(u32::to_string).collect();
+            let what = if self.children_only {
+                "and children"
+            } else {
+                "and descendants"
+            };
+            parts.push(format!("pid {} {what}", pids.join(",")));
+        }
+        if !self.comms.is_empty() {
+            parts.push(format!("comm {}", self.comms.join(",")));
+        }
+        if !self.paths.is_empty() {
+            let globs: Vec<&str> = self.paths.iter().map(glob::Pattern::as_str).collect();
+            parts.push(format!("path {}", globs.join(",")));
+        }
+        if !self.events.is_empty() {
+            let kinds: Vec<&str> = self
+                .events
+                .iter()
+                .map(|e| match e {
+                    EventFilter::Fork => "fork",
+                    EventFilter::Exec => "exec",
+                    EventFilter::Exit => "exit",
+                })
+                .collect();
+            parts.push(format!("event {}", kinds.join(",")));
+        }
+        if parts.is_empty() {
+            "all processes".into()
+        } else {
+            parts.join("; ")
+        }
+    }
+
+    fn matches(&mut self, event: &ProcEvent) -> bool {
         let (kind, p) = match &event.kind {
             EventKind::Lost { .. } => return true, // never hidden
             EventKind::Fork(p) => (EventFilter::Fork, p),
             EventKind::Exec(p) => (EventFilter::Exec, p),
             EventKind::Exit { process, .. } => (EventFilter::Exit, process),
         };
-        (self.events.is_empty() || self.events.contains(&kind))
-            && (self.pids.is_empty() || self.pids.iter().any(|&n| p.tgid == n || p.ppid == n))
+        let in_tree = if self.roots.is_empty() {
+            true
+        } else if self.children_only {
+            self.roots.iter().any(|&n| p.tgid == n || p.ppid == n)
+        } else {
+            if kind == EventFilter::Fork && self.tree.contains(&p.ppid) {
+                self.tree.insert(p.tgid);
+            }
+            let inside = self.tree.contains(&p.tgid);
+            if kind == EventFilter::Exit && !self.roots.contains(&p.tgid) {
+                self.tree.remove(&p.tgid);
+            }
+            inside
+        };
+        in_tree
+            && (self.events.is_empty() || self.events.contains(&kind))
             && (self.comms.is_empty() || self.comms.iter().any(|c| comm_eq(c, &p.comm)))
             && (self.paths.is_empty()
-                || p.path
-                    .as_ref()
-                    .is_some_and(|path| self.paths.iter().any(|g| g.matches_path(path))))
+                || p.path.as_ref().is_some_and(|path| self.path_matches(path)))
     }
+
+    fn path_matches(&mut self, path: &Path) -> bool {
+        if self.paths.iter().any(|g| g.matches_path(path)) {
+            return true;
+        }
+        if self.resolved.len() > 4096 {
+            self.resolved.clear();
+        }
+        let real = self
+            .resolved
+            .entry(path.to_path_buf())
+            .or_insert_with(|| std::fs::canonicalize(path).ok());
+        real.as_ref()
+            .is_some_and(|r| r != path && self.paths.iter().any(|g| g.matches_path(r)))
+    }
+}
+
+/// Every live descendant of `roots`, from one walk of `/proc`.
+fn descendants(roots: &[u32]) -> HashSet<u32> {
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    for e in crate::source::procfs::snapshot() {
+        children.entry(e.ppid).or_default().push(e.tgid);
+    }
+    let mut found = HashSet::new();
+    let mut todo: Vec<u32> = roots.to_vec();
+    while let Some(pid) = todo.pop() {
+        for child in children.get(&pid).into_iter().flatten() {
+            if found.insert(*child) {
+                todo.push(*child);
+            }
+        }
+    }
+    found
 }
 
 /// `comm` holds at most 15 bytes, so a longer name matches its truncation.
@@ -251,7 +368,11 @@ fn write_event(out: &mut impl Write, event: &ProcEvent, json: bool) -> anyhow::R
             map.insert("pid".into(), json!(p.tgid));
             map.insert("tid".into(), json!(p.pid));
             map.insert("ppid".into(), json!(p.ppid));
-            map.insert("comm".into(), json!(p.comm));
+            // Unknown (the process was gone before it could be read): null.
+            map.insert(
+                "comm".into(),
+                json!((!p.comm.is_empty()).then_some(&p.comm)),
+            );
             map.insert("path".into(), json!(p.path));
             map.insert("start_ticks".into(), json!(p.start.map(|s| s.ticks())));
         }
@@ -294,13 +415,14 @@ fn write_event(out: &mut impl Write, event: &ProcEvent, json: bool) -> anyhow::R
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "-".into());
+    let comm = if p.comm.is_empty() { "-" } else { &p.comm };
     write!(
         out,
         "{clock} {:<6} {:>7} {:>7} {:<15} {}",
         event.name(),
         p.tgid,
         p.ppid,
-        p.comm,
+        comm,
         path
     )?;
     if let EventKind::Exit { status, .. } = event.kind {
@@ -338,13 +460,21 @@ fn format_duration(d: Duration) -> String {
 
 /// Churn statistics over a window of time.
 struct Churn {
+    /// What the filters select (the summary counts only that).
+    scope: String,
     started: Instant,
     forks: u64,
     execs: u64,
     exits: u64,
     lost: u64,
     lost_unknown: u64,
+    /// Execs by executable path; by `[comm]` when the path could not be
+    /// read and no exec of that name showed one.
     execs_by_exe: HashMap<String, u64>,
+    /// Execs of which neither path nor name could be read.
+    unknown_execs: u64,
+    /// The path last seen for each name, for execs whose path is unknown.
+    path_of_comm: HashMap<String, String>,
     /// The shortest-lived exits seen: (lifetime, pid, name), sorted, at most `SHORTEST`.
     shortest: Vec<(Duration, u32, String)>,
 }
@@ -352,8 +482,9 @@ struct Churn {
 impl Churn {
     const TOP: usize = 5;
 
-    fn new() -> Self {
+    fn new(scope: &str) -> Self {
         Churn {
+            scope: scope.to_string(),
             started: Instant::now(),
             forks: 0,
             execs: 0,
@@ -361,6 +492,8 @@ impl Churn {
             lost: 0,
             lost_unknown: 0,
             execs_by_exe: HashMap::new(),
+            unknown_execs: 0,
+            path_of_comm: HashMap::new(),
             shortest: Vec::new(),
         }
     }
@@ -370,18 +503,35 @@ impl Churn {
             EventKind::Fork(_) => self.forks += 1,
             EventKind::Exec(p) => {
                 self.execs += 1;
-                let exe = p.path.as_ref().map(|x| x.display().to_string());
-                *self
-                    .execs_by_exe
-                    .entry(exe.unwrap_or_else(|| p.comm.clone()))
-                    .or_default() += 1;
+                let key = match (&p.path, p.comm.is_empty()) {
+                    (Some(path), _) => {
+                        let path = path.display().to_string();
+                        if !p.comm.is_empty() && self.path_of_comm.len() < 4096 {
+                            self.path_of_comm.insert(p.comm.clone(), path.clone());
+                        }
+                        path
+                    }
+                    (None, false) => match self.path_of_comm.get(&p.comm) {
+                        Some(path) => path.clone(),
+                        None => format!("[{}]", p.comm),
+                    },
+                    (None, true) => {
+                        self.unknown_execs += 1;
+                        return;
+                    }
+                };
+                *self.execs_by_exe.entry(key).or_default() += 1;
             }
             EventKind::Exit { process, .. } => {
                 self.exits += 1;
                 if let Some(life) = event.lifetime() {
                     let full = self.shortest.len() >= Self::TOP;
                     if !full || life < self.shortest[Self::TOP - 1].0 {
-                        let name = process.comm.clone();
+                        let name = if process.comm.is_empty() {
+                            "-".to_string()
+                        } else {
+                            process.comm.clone()
+                        };
                         let at = self.shortest.partition_point(|s| s.0 <= life);
                         self.shortest.insert(at, (life, process.tgid, name));
                         self.shortest.truncate(Self::TOP);
@@ -410,7 +560,9 @@ impl Churn {
         if json {
             let obj = json!({
                 "event": label,
+                "scope": self.scope,
                 "seconds": secs,
+                "unknown_execs": self.unknown_execs,
                 "forks": self.forks, "execs": self.execs, "exits": self.exits,
                 "fork_per_s": rate(self.forks), "exec_per_s": rate(self.execs),
                 "exit_per_s": rate(self.exits),
@@ -428,7 +580,8 @@ impl Churn {
         }
         writeln!(
             out,
-            "--- {label} over {secs:.1}s: {:.1} fork/s  {:.1} exec/s  {:.1} exit/s  lost {}{}",
+            "--- {label} of {} over {secs:.1}s: {:.1} fork/s  {:.1} exec/s  {:.1} exit/s  lost {}{}",
+            self.scope,
             rate(self.forks),
             rate(self.execs),
             rate(self.exits),
@@ -446,6 +599,13 @@ impl Churn {
                 .map(|(exe, n)| format!("{exe} {:.1}/s", rate(*n)))
                 .collect();
             writeln!(out, "    top execs: {}", list.join(", "))?;
+        }
+        if self.unknown_execs > 0 {
+            writeln!(
+                out,
+                "    execs of unknown executables (gone before they could be read): {}",
+                self.unknown_execs
+            )?;
         }
         if !self.shortest.is_empty() {
             let list: Vec<String> = self
@@ -493,13 +653,80 @@ mod tests {
         Filter::new(&cli.trace)
     }
 
+    fn fork(tgid: u32, ppid: u32) -> ProcEvent {
+        let process = Process {
+            tgid,
+            pid: tgid,
+            ppid,
+            start: Some(StartTime::from_ns(0)),
+            comm: "x".into(),
+            path: Some("/x".into()),
+        };
+        ProcEvent::new(EventKind::Fork(process), EventTime::now(None, None))
+    }
+
+    #[test]
+    fn pid_follows_the_whole_tree() {
+        // Pid numbers far above any real one: nothing in /proc descends from them.
+        let mut f = filter(&["--pid", "4000000"]);
+        assert!(f.matches(&fork(4000001, 4000000)));
+        assert!(f.matches(&fork(4000002, 4000001)), "a grandchild");
+        assert!(f.matches(&exit(4000002, 4000001, "x", "/x")));
+        assert!(
+            !f.matches(&fork(4000003, 4000002)),
+            "its exit left the tree"
+        );
+        let mut f = filter(&["--pid", "4000000", "--children-only"]);
+        assert!(f.matches(&fork(4000001, 4000000)));
+        assert!(!f.matches(&fork(4000002, 4000001)));
+        // This test's own process is found below its parent at start.
+        let parent = std::os::unix::process::parent_id();
+        let mut f = filter(&["--pid", &parent.to_string()]);
+        assert!(f.matches(&exit(std::process::id(), 0, "x", "/x")));
+    }
+
+    #[test]
+    fn path_matches_the_file_as_exec_d_or_resolved() {
+        let sh = std::fs::canonicalize("/bin/sh").unwrap();
+        let real = sh.to_str().unwrap().to_string();
+        // Given the link, events naming the file match, and the other way round.
+        assert!(filter(&["--path", "/bin/sh"]).matches(&exit(1, 0, "sh", &real)));
+        assert!(filter(&["--path", &real]).matches(&exit(1, 0, "sh", "/bin/sh")));
+        assert!(!filter(&["--path", "/bin/true"]).matches(&exit(1, 0, "sh", "/bin/sh")));
+    }
+
+    #[test]
+    fn stats_keep_unknown_executables_apart() {
+        let mut churn = Churn::new("all processes");
+        let exec = |comm: &str, path: Option<&str>| {
+            let process = Process {
+                tgid: 9,
+                pid: 9,
+                ppid: 1,
+                start: None,
+                comm: comm.into(),
+                path: path.map(Into::into),
+            };
+            ProcEvent::new(EventKind::Exec(process), EventTime::now(None, None))
+        };
+        churn.count(&exec("true", Some("/usr/bin/true")));
+        churn.count(&exec("true", None));
+        churn.count(&exec("", None));
+        churn.count(&exec("mystery", None));
+        assert_eq!(
+            churn.top_execs(),
+            vec![("/usr/bin/true", 2), ("[mystery]", 1)]
+        );
+        assert_eq!(churn.unknown_execs, 1);
+    }
+
     #[test]
     fn filters_combine() {
         let ev = exit(10, 1, "sleep", "/usr/bin/sleep");
         assert!(filter(&[]).matches(&ev));
         assert!(filter(&["--pid", "10"]).matches(&ev));
         assert!(
-            filter(&["--pid", "1"]).matches(&ev),
+            filter(&["--pid", "1", "--children-only"]).matches(&ev),
             "children of --pid match"
         );
         assert!(!filter(&["--pid", "11"]).matches(&ev));
@@ -518,7 +745,7 @@ mod tests {
 
     #[test]
     fn shortest_lived_keeps_the_smallest() {
-        let mut churn = Churn::new();
+        let mut churn = Churn::new("all processes");
         for (i, ms) in [50u64, 10, 30, 70, 20, 60, 40].iter().enumerate() {
             let mut ev = exit(i as u32, 1, "x", "/x");
             ev.time.boot_ns = ms * 1_000_000;

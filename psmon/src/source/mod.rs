@@ -310,12 +310,7 @@ impl ProcessTable {
     /// snapshot: entries present win, and exits already reported stay gone.
     pub(crate) fn seed(&mut self, entries: Snapshot) {
         for (e, path) in entries {
-            if e.is_dead()
-                || self
-                    .recent_exits
-                    .set
-                    .contains(&(e.tgid, Some(e.start.ticks())))
-            {
+            if e.is_dead() || self.recent_exits.contains(e.tgid, Some(e.start.ticks())) {
                 continue;
             }
             self.live.entry(e.tgid).or_insert(Known {
@@ -332,20 +327,41 @@ impl ProcessTable {
         self.live.get(&tgid).and_then(|k| k.start)
     }
 
-    /// Records a fork (the child runs the parent's executable) and fills
-    /// what the event lacks.
+    /// Records a fork (the child runs the parent's executable and has its
+    /// name) and fills what the event lacks.
     pub fn fork(&mut self, p: &mut Process) {
-        if p.path.is_none() {
-            p.path = self.live.get(&p.ppid).and_then(|k| k.path.clone());
+        if let Some(parent) = self.live.get(&p.ppid) {
+            if p.path.is_none() {
+                p.path = parent.path.clone();
+            }
+            if p.comm.is_empty() {
+                p.comm = parent.comm.clone();
+            }
         }
         self.remember(p);
     }
 
+    /// Records an exec; the start time and name already known (a fork
+    /// event's precise start, a comm event's name) fill or refine the event's.
     pub fn exec(&mut self, p: &mut Process) {
-        if p.start.is_none() {
-            p.start = self.live.get(&p.tgid).and_then(|k| k.start);
+        if let Some(k) = self.live.get(&p.tgid) {
+            match (p.start, k.start) {
+                (None, known) => p.start = known,
+                (Some(s), Some(known)) if s.same_tick(known) => p.start = Some(known),
+                _ => {}
+            }
+            if p.comm.is_empty() {
+                p.comm = k.comm.clone();
+            }
         }
         self.remember(p);
+    }
+
+    /// A process renamed itself (or exec'd: the kernel names it first).
+    pub fn comm(&mut self, tgid: u32, comm: String) {
+        if let Some(k) = self.live.get_mut(&tgid) {
+            k.comm = comm;
+        }
     }
 
     fn remember(&mut self, p: &Process) {
@@ -365,9 +381,12 @@ impl ProcessTable {
     pub fn exit(&mut self, p: &mut Process) -> bool {
         let known = self.live.get(&p.tgid).cloned();
         if let Some(k) = &known {
-            let same = p.start.is_none() || k.start.is_none() || p.start == k.start;
+            let same = match (p.start, k.start) {
+                (Some(a), Some(b)) => a.same_tick(b),
+                _ => true,
+            };
             if same {
-                p.start = p.start.or(k.start);
+                p.start = k.start.or(p.start);
                 p.path = p.path.take().or_else(|| k.path.clone());
                 if p.comm.is_empty() {
                     p.comm = k.comm.clone();
@@ -386,22 +405,41 @@ impl ProcessTable {
 #[derive(Default)]
 struct RecentSet {
     set: HashSet<(u32, Option<u64>)>,
+    /// How many identities of each tgid the set holds.
+    tgids: HashMap<u32, u32>,
     order: VecDeque<(u32, Option<u64>)>,
 }
 
 impl RecentSet {
     const CAPACITY: usize = 4096;
 
-    /// Returns false if `id` was already present.
+    fn contains(&self, tgid: u32, start_ticks: Option<u64>) -> bool {
+        self.set.contains(&(tgid, start_ticks))
+    }
+
+    /// Returns false if `id` was already reported. An exit whose start is
+    /// unknown, of a tgid that just exited, is a straggler of that exit (a
+    /// thread's exit message arriving after its group was reported and
+    /// reaped) rather than another process.
     fn insert(&mut self, id: (u32, Option<u64>)) -> bool {
+        if id.1.is_none() && self.tgids.contains_key(&id.0) {
+            return false;
+        }
         if !self.set.insert(id) {
             return false;
         }
+        *self.tgids.entry(id.0).or_default() += 1;
         self.order.push_back(id);
         if self.order.len() > Self::CAPACITY
             && let Some(old) = self.order.pop_front()
         {
             self.set.remove(&old);
+            if let Some(n) = self.tgids.get_mut(&old.0) {
+                *n -= 1;
+                if *n == 0 {
+                    self.tgids.remove(&old.0);
+                }
+            }
         }
         true
     }
@@ -464,6 +502,38 @@ mod tests {
         // The same pid with another start time is another process.
         let mut reused = proc(5, Some(200));
         assert!(table.exit(&mut reused));
+        // A thread's exit after its group was reaped: nothing is known of it.
+        let mut straggler = proc(5, None);
+        straggler.pid = 7;
+        assert!(!table.exit(&mut straggler), "one exit per process");
+    }
+
+    #[test]
+    fn fork_and_comm_events_fill_what_proc_no_longer_shows() {
+        let mut table = ProcessTable::default();
+        let mut parent = proc(5, Some(100));
+        parent.comm = "sh".into();
+        parent.path = Some("/bin/sh".into());
+        table.exec(&mut parent);
+        let per_tick = StartTime::from_ticks(1).ns();
+        let mut child = proc(6, Some(100));
+        child.ppid = 5;
+        child.start = child.start.map(|s| s.refined(100 * per_tick + 1234));
+        table.fork(&mut child);
+        assert_eq!(child.comm, "sh", "a fork has its parent's name");
+        table.comm(6, "true".into());
+        // The exec read /proc too late: only the tick-precise start, no name.
+        let mut exec = proc(6, Some(100));
+        table.exec(&mut exec);
+        assert_eq!(exec.comm, "true");
+        assert_eq!(
+            exec.start.unwrap().ns(),
+            100 * per_tick + 1234,
+            "the precise start is kept"
+        );
+        let mut exit = proc(6, None);
+        assert!(table.exit(&mut exit));
+        assert_eq!(exit.start.unwrap().ns(), 100 * per_tick + 1234);
     }
 
     #[tokio::test]

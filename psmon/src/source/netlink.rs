@@ -24,7 +24,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use super::{EventSink, ProcessTable, SourceError, SourceOptions, procfs};
-use crate::event::{EventKind, EventTime, ExitStatus, ProcEvent, Process};
+use crate::event::{EventKind, EventTime, ExitStatus, ProcEvent, Process, StartTime};
 
 /// Default socket receive buffer: room for about 50,000 events in a burst.
 pub const DEFAULT_RCVBUF: usize = 4 << 20;
@@ -37,6 +37,7 @@ const NLMSG_DONE: u16 = 3;
 
 const PROC_EVENT_FORK: u32 = 0x0000_0001;
 const PROC_EVENT_EXEC: u32 = 0x0000_0002;
+const PROC_EVENT_COMM: u32 = 0x0000_0200;
 const PROC_EVENT_EXIT: u32 = 0x8000_0000;
 
 /// `struct cn_msg` header size (id.idx, id.val, seq, ack, len, flags).
@@ -305,6 +306,12 @@ impl Decoder {
                     return; // a new thread
                 }
                 let mut p = describe(tgid, pid, ptgid, procfs::read_entry(tgid));
+                // /proc has the start in ticks (10 ms); the event's own
+                // timestamp, taken just after the fork, makes it precise.
+                p.start = Some(match p.start {
+                    Some(s) => s.refined(time.boot_ns),
+                    None => StartTime::from_ns(time.boot_ns),
+                });
                 self.table.fork(&mut p);
                 EventKind::Fork(p)
             }
@@ -317,6 +324,20 @@ impl Decoder {
                 self.table.exec(&mut p);
                 EventKind::Exec(p)
             }
+            PROC_EVENT_COMM => {
+                // Sent on every exec (before the exec event) and on
+                // PR_SET_NAME: the name, even of a process already gone.
+                let (Some(pid), Some(tgid), Some(comm)) = (field(0), field(1), data.get(8..24))
+                else {
+                    return;
+                };
+                if pid == tgid {
+                    let end = comm.iter().position(|b| *b == 0).unwrap_or(comm.len());
+                    self.table
+                        .comm(tgid, String::from_utf8_lossy(&comm[..end]).into_owned());
+                }
+                return;
+            }
             PROC_EVENT_EXIT => {
                 let (Some(pid), Some(tgid), Some(code)) = (field(0), field(1), field(2)) else {
                     return;
@@ -326,8 +347,8 @@ impl Decoder {
                 // A different start time means the pid was already reaped and
                 // reused: the process we knew is gone.
                 let known = self.table.start_of(tgid);
-                let leader =
-                    procfs::read_entry(tgid).filter(|e| known.is_none_or(|start| start == e.start));
+                let leader = procfs::read_entry(tgid)
+                    .filter(|e| known.is_none_or(|start| start.same_tick(e.start)));
                 if !procfs::group_exiting(tgid, leader.as_ref()) {
                     return;
                 }
