@@ -6,113 +6,12 @@
 mod support;
 
 use std::{
-    io::{BufRead, BufReader},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
+    path::PathBuf,
+    process::{Child, Command},
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
 use support::*;
-
-/// A running `psmon run` and its operator messages (JSON lines).
-struct Psmon {
-    child: Child,
-    messages: mpsc::Receiver<Value>,
-    seen: Vec<Value>,
-}
-
-impl Psmon {
-    fn start(conf: &Path, source: &str) -> Psmon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_psmon"))
-            .args([
-                "run",
-                "--insecure-config",
-                "--log-format",
-                "json",
-                "--source",
-                source,
-            ])
-            .arg("--conf")
-            .arg(conf)
-            .arg("--log-dir")
-            .arg(conf.join("log"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, messages) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if tx.send(v).is_err() {
-                        break;
-                    }
-                } else {
-                    eprintln!("psmon: {line}");
-                }
-            }
-        });
-        Psmon {
-            child,
-            messages,
-            seen: Vec::new(),
-        }
-    }
-
-    /// The next message containing `text` (earlier ones are kept in `seen`).
-    fn wait(&mut self, text: &str) -> Value {
-        self.wait_for(text, |_| true)
-    }
-
-    fn wait_for(&mut self, text: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let msg = self.messages.recv_timeout(left).unwrap_or_else(|_| {
-                panic!(
-                    "no message containing {text:?} within 15 s; saw:\n{}",
-                    self.seen
-                        .iter()
-                        .map(|v| v.to_string())
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                )
-            });
-            self.seen.push(msg.clone());
-            if msg["message"].as_str().is_some_and(|m| m.contains(text)) && pred(&msg) {
-                return msg;
-            }
-        }
-    }
-
-    /// Messages that arrive within `period`.
-    fn collect(&mut self, period: Duration) -> Vec<Value> {
-        let until = Instant::now() + period;
-        let mut got = Vec::new();
-        while let Ok(m) = self
-            .messages
-            .recv_timeout(until.saturating_duration_since(Instant::now()))
-        {
-            self.seen.push(m.clone());
-            got.push(m);
-        }
-        got
-    }
-
-    fn signal(&self, sig: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).unwrap();
-    }
-}
-
-impl Drop for Psmon {
-    fn drop(&mut self) {
-        self.signal(nix::sys::signal::Signal::SIGTERM);
-        let _ = self.child.wait();
-    }
-}
 
 /// A test's world: its directory, configuration and victim binary.
 struct World {

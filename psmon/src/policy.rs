@@ -170,7 +170,10 @@ pub fn step(entry: &Entry, state: &mut EntryState, input: Input, now: Instant) -
             }
             if running >= entry.min {
                 match state.phase {
-                    Phase::Up | Phase::Started { .. } => {}
+                    Phase::Up => {}
+                    // A daemonizing process hands over to its child: the
+                    // main pid may change before it is Up.
+                    Phase::Started { since, .. } => state.phase = Phase::Started { since, pid },
                     // Ours: it must prove itself first.
                     Phase::Restarting | Phase::Starting { .. } if !entry.start_secs.is_zero() => {
                         state.phase = Phase::Started { since: now, pid };

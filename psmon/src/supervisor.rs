@@ -634,9 +634,9 @@ impl Supervisor {
         }
         let starting: Vec<usize> = self.starting.iter().copied().collect();
         for i in starting {
-            if matches!(self.watched[i].entry.rule, Rule::Pidfile(_)) {
-                self.step_running(i);
-            }
+            // The count and main pid as they are now (a pidfile written
+            // meanwhile, a daemon that forked and let its parent exit).
+            self.step_running(i);
             self.step(i, Input::Tick);
         }
     }

@@ -475,6 +475,8 @@ struct Churn {
     unknown_execs: u64,
     /// The path last seen for each name, for execs whose path is unknown.
     path_of_comm: HashMap<String, String>,
+    /// Exec paths with symlinks resolved.
+    resolved: HashMap<PathBuf, String>,
     /// The shortest-lived exits seen: (lifetime, pid, name), sorted, at most `SHORTEST`.
     shortest: Vec<(Duration, u32, String)>,
 }
@@ -494,6 +496,7 @@ impl Churn {
             execs_by_exe: HashMap::new(),
             unknown_execs: 0,
             path_of_comm: HashMap::new(),
+            resolved: HashMap::new(),
             shortest: Vec::new(),
         }
     }
@@ -505,7 +508,21 @@ impl Churn {
                 self.execs += 1;
                 let key = match (&p.path, p.comm.is_empty()) {
                     (Some(path), _) => {
-                        let path = path.display().to_string();
+                        // The file, not the name it was exec'd by: sources
+                        // differ there (ebpf: `/bin/true`, netlink: `/usr/bin/true`).
+                        if self.resolved.len() > 4096 {
+                            self.resolved.clear();
+                        }
+                        let path = self
+                            .resolved
+                            .entry(path.clone())
+                            .or_insert_with(|| {
+                                std::fs::canonicalize(path)
+                                    .unwrap_or_else(|_| path.clone())
+                                    .display()
+                                    .to_string()
+                            })
+                            .clone();
                         if !p.comm.is_empty() && self.path_of_comm.len() < 4096 {
                             self.path_of_comm.insert(p.comm.clone(), path.clone());
                         }

@@ -3,11 +3,14 @@
 #![allow(dead_code, reason = "each test binary uses a different part")]
 
 use std::{
+    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command},
-    sync::OnceLock,
-    time::Duration,
+    process::{Child, Command, Stdio},
+    sync::{OnceLock, mpsc},
+    time::{Duration, Instant},
 };
+
+use serde_json::Value;
 
 /// The victim program (tests/support/victim.c), compiled once per test binary.
 pub fn victim() -> &'static Path {
@@ -116,4 +119,109 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// A running `psmon run` and its operator messages (JSON lines).
+pub struct Psmon {
+    pub child: Child,
+    messages: mpsc::Receiver<Value>,
+    pub seen: Vec<Value>,
+}
+
+impl Psmon {
+    pub fn start(conf: &Path, source: &str) -> Psmon {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_psmon"))
+            .args([
+                "run",
+                "--insecure-config",
+                "--log-format",
+                "json",
+                "--source",
+                source,
+            ])
+            .arg("--conf")
+            .arg(conf)
+            .arg("--log-dir")
+            .arg(conf.join("log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, messages) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if tx.send(v).is_err() {
+                        break;
+                    }
+                } else {
+                    eprintln!("psmon: {line}");
+                }
+            }
+        });
+        Psmon {
+            child,
+            messages,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next message containing `text` (earlier ones are kept in `seen`).
+    pub fn wait(&mut self, text: &str) -> Value {
+        self.wait_for(text, |_| true)
+    }
+
+    pub fn wait_for(&mut self, text: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let msg = self.messages.recv_timeout(left).unwrap_or_else(|_| {
+                panic!(
+                    "no message containing {text:?} within 15 s; saw:\n{}",
+                    self.seen
+                        .iter()
+                        .map(|v| v.to_string())
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                )
+            });
+            self.seen.push(msg.clone());
+            if msg["message"].as_str().is_some_and(|m| m.contains(text)) && pred(&msg) {
+                return msg;
+            }
+        }
+    }
+
+    /// Messages that arrive within `period`.
+    pub fn collect(&mut self, period: Duration) -> Vec<Value> {
+        let until = Instant::now() + period;
+        let mut got = Vec::new();
+        while let Ok(m) = self
+            .messages
+            .recv_timeout(until.saturating_duration_since(Instant::now()))
+        {
+            self.seen.push(m.clone());
+            got.push(m);
+        }
+        got
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).unwrap();
+    }
+}
+
+impl Drop for Psmon {
+    fn drop(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+/// `/proc/PID/stat` field 4: the parent's pid.
+pub fn proc_ppid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(1)?.parse().ok()
 }

@@ -8,8 +8,14 @@
  *   victim leader-first N   the main thread pthread_exits; 300 ms later the
  *                           remaining thread ends the group with exit(N)
  *   victim forks K          fork K children that exit at once, reaping them
+ *   victim group-exit N     4 threads; a non-leader one calls exit_group(N)
+ *                           while the others (and the leader) still run
+ *   victim nap MS           sleep MS milliseconds, then exit 0
+ *   victim rename NAME      set comm to NAME (PR_SET_NAME), then wait
  */
 #include <pthread.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +36,19 @@ static void *quick(void *arg) {
     return NULL;
 }
 
+static void *idle(void *arg) {
+    (void)arg;
+    for (;;) pause();
+    return NULL;
+}
+
+static void *group_ender(void *arg) {
+    (void)arg;
+    nap_ms(20);
+    syscall(SYS_exit_group, code);
+    return NULL;
+}
+
 static void *ender(void *arg) {
     (void)arg;
     nap_ms(300);
@@ -38,7 +57,7 @@ static void *ender(void *arg) {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: victim exit N | sleep | threads-first N | leader-first N | forks K\n");
+        fprintf(stderr, "usage: victim exit N | sleep | threads-first N | leader-first N | forks K | group-exit N | nap MS | rename NAME\n");
         return 64;
     }
     int n = argc > 2 ? atoi(argv[2]) : 0;
@@ -57,6 +76,18 @@ int main(int argc, char **argv) {
         code = n;
         pthread_create(&t, NULL, ender, NULL);
         pthread_exit(NULL);
+    } else if (strcmp(argv[1], "group-exit") == 0) {
+        pthread_t t[4];
+        code = n;
+        for (int i = 0; i < 3; i++) pthread_create(&t[i], NULL, idle, NULL);
+        pthread_create(&t[3], NULL, group_ender, NULL);
+        for (;;) pause();
+    } else if (strcmp(argv[1], "nap") == 0) {
+        nap_ms(n);
+        return 0;
+    } else if (strcmp(argv[1], "rename") == 0 && argc > 2) {
+        prctl(PR_SET_NAME, argv[2], 0, 0, 0);
+        for (;;) pause();
     } else if (strcmp(argv[1], "forks") == 0) {
         for (int i = 0; i < n; i++) {
             pid_t pid = fork();

@@ -1,0 +1,607 @@
+//! `psmon run` on real daemons from Debian's packages (redis-server,
+//! nginx) and on the shapes that fooled it before: a symlinked multi-call
+//! binary, a forking master with workers, a pidfile, a process that renamed
+//! itself, a binary replaced while it runs, restarts that fail at first or
+//! die at once. `.ci/run` installs redis-server, nginx-light and psmisc.
+
+mod support;
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use support::*;
+
+/// Tests of one real daemon run one at a time: every nginx on the host is
+/// `/usr/sbin/nginx`, and a test's entry would count the others'.
+fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A port nobody listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Sends `request` to 127.0.0.1:`port` and returns what comes back.
+fn ask(port: u16, request: &[u8]) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(request).ok()?;
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+fn wait_answer(port: u16, request: &[u8], expect: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !ask(port, request).is_some_and(|r| r.contains(expect)) {
+        assert!(
+            Instant::now() < deadline,
+            "nothing on port {port} answered {expect:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The executable a package installs; the test fails (never skips) without it.
+fn installed(path: &str, package: &str) -> PathBuf {
+    let p = PathBuf::from(path);
+    assert!(
+        p.exists(),
+        "{path} is missing: install the Debian package {package} (.ci/run does)"
+    );
+    p
+}
+
+/// Pids of live processes whose command line contains `needle`.
+fn pids_with_cmdline(needle: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|d| d.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                String::from_utf8_lossy(&c)
+                    .replace('\0', " ")
+                    .contains(needle)
+            })
+        })
+        .collect()
+}
+
+fn kill_pid(pid: u32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+fn messages_containing<'a>(seen: &'a [Value], text: &str) -> Vec<&'a Value> {
+    seen.iter()
+        .filter(|m| m["message"].as_str().is_some_and(|s| s.contains(text)))
+        .collect()
+}
+
+fn pid_of(m: &Value) -> u32 {
+    m["pid"].as_u64().expect("a pid") as u32
+}
+
+/// A private redis on its own port and directory.
+struct Redis {
+    dir: TempDir,
+    port: u16,
+    conf: PathBuf,
+}
+
+impl Redis {
+    fn new() -> Redis {
+        installed("/usr/bin/redis-server", "redis-server");
+        let dir = TempDir::new("redis");
+        let port = free_port();
+        let conf = dir.0.join("redis.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\nsave \"\"\nappendonly no\ndir {}\nlogfile {}\n",
+                dir.0.display(),
+                dir.0.join("redis.log").display()
+            ),
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.0.join("conf")).unwrap();
+        Redis { dir, port, conf }
+    }
+
+    fn ping(&self) -> Option<String> {
+        ask(self.port, b"PING\r\n")
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        for pid in pids_with_cmdline(&format!(":{}", self.port)) {
+            kill_pid(pid);
+        }
+    }
+}
+
+/// redis-server started as usual before psmon, watched by its symlinked
+/// path with `switch`: Up with its real pid, never restarted or failed over;
+/// killed, it is restarted once and answers again.
+fn redis_is_watched_by_its_symlinked_path(source: &str) {
+    if !needs_root(&format!("the {source} source")) {
+        return;
+    }
+    let _one = exclusive();
+    let r = Redis::new();
+    let failover = r.dir.0.join("failover.out");
+    std::fs::write(
+        r.dir.0.join("conf/pfile_redis"),
+        format!(
+            "##### PARAM #####\nMONITOR_INTERVAL = 1\n##### PENT #####\n\
+             /usr/bin/redis-server : redis-server {} --daemonize yes : 86400 : 3 : switch\n",
+            r.conf.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        r.dir.0.join("conf/psagent.conf"),
+        format!("FAILOVER_COMMAND = touch {}\n", failover.display()),
+    )
+    .unwrap();
+    let mut redis = Command::new("redis-server").arg(&r.conf).spawn().unwrap();
+    wait_answer(r.port, b"PING\r\n", "+PONG");
+
+    let mut psmon = Psmon::start(&r.dir.0.join("conf"), source);
+    let up = psmon.wait(") Up");
+    assert_eq!(pid_of(&up), redis.id(), "{up}");
+    psmon.collect(Duration::from_millis(2500)); // two scans
+    assert!(
+        messages_containing(&psmon.seen, "Down").is_empty()
+            && messages_containing(&psmon.seen, "Try to restart").is_empty(),
+        "a healthy redis was taken for dead: {:?}",
+        psmon.seen
+    );
+    assert_eq!(r.ping().as_deref(), Some("+PONG\r\n"));
+
+    kill9(&redis);
+    let down = psmon.wait(&format!(
+        "Process ['/usr/bin/redis-server',pid={}] Down",
+        redis.id()
+    ));
+    redis.wait().unwrap();
+    assert_eq!(down["signal"], 9, "{down}");
+    let up = psmon.wait_for(") Up", |m| m["pid"] != redis.id());
+    wait_answer(r.port, b"PING\r\n", "+PONG");
+    assert!(
+        pids_with_cmdline(&format!(":{}", r.port)).contains(&pid_of(&up)),
+        "the Up pid is not the new redis: {up}"
+    );
+    psmon.collect(Duration::from_millis(1500));
+    assert_eq!(
+        messages_containing(&psmon.seen, "Try to restart").len(),
+        1,
+        "restarted once: {:?}",
+        psmon.seen
+    );
+    assert!(!failover.exists(), "failed over a redis that came back");
+}
+
+/// A private nginx (master + 2 workers) on a high port.
+struct Nginx {
+    dir: TempDir,
+    port: u16,
+    conf: PathBuf,
+    pidfile: PathBuf,
+}
+
+impl Nginx {
+    fn new(tag: &str) -> Nginx {
+        installed("/usr/sbin/nginx", "nginx-light");
+        installed("/usr/bin/fuser", "psmisc");
+        let dir = TempDir::new(tag);
+        let port = free_port();
+        let d = dir.0.display();
+        let conf = dir.0.join("nginx.conf");
+        let pidfile = dir.0.join("nginx.pid");
+        std::fs::write(
+            &conf,
+            format!(
+                "worker_processes 2;\npid {};\nerror_log {d}/error.log;\n\
+                 events {{ worker_connections 64; }}\n\
+                 http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+                   fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+                   server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n",
+                pidfile.display()
+            ),
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.0.join("conf")).unwrap();
+        Nginx {
+            dir,
+            port,
+            conf,
+            pidfile,
+        }
+    }
+
+    fn command(&self) -> String {
+        format!(
+            "/usr/sbin/nginx -c {} -p {}/ -e {}/error.log",
+            self.conf.display(),
+            self.dir.0.display(),
+            self.dir.0.display()
+        )
+    }
+
+    /// The restart command: frees the port from workers a killed master
+    /// left behind, then starts nginx (which daemonizes).
+    fn restart(&self) -> String {
+        format!("fuser -k {}/tcp; {}", self.port, self.command())
+    }
+
+    fn start(&self) -> u32 {
+        let status = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(self.command())
+            .status()
+            .unwrap();
+        assert!(status.success(), "nginx did not start");
+        wait_answer(self.port, b"GET / HTTP/1.0\r\n\r\n", "200");
+        self.master()
+    }
+
+    fn master(&self) -> u32 {
+        std::fs::read_to_string(&self.pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    fn workers(&self, master: u32) -> Vec<u32> {
+        pids_with_cmdline("nginx: worker process")
+            .into_iter()
+            .filter(|p| support::proc_ppid(*p) == Some(master))
+            .collect()
+    }
+
+    fn watch(&self, rule: &str) {
+        std::fs::write(
+            self.dir.0.join("conf/nginx.toml"),
+            format!(
+                "monitor_interval = 1\n[[entry]]\npath = \"/usr/sbin/nginx\"\nrestart = \"{}\"\n{rule}\n",
+                self.restart()
+            ),
+        )
+        .unwrap();
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = Command::new("fuser")
+            .args(["-k", "-s", &format!("{}/tcp", self.port)])
+            .status();
+        for pid in pids_with_cmdline(&self.conf.display().to_string()) {
+            kill_pid(pid);
+        }
+    }
+}
+
+/// The master of a forking daemon is what counts: killed (after a reload
+/// forked new workers while psmon watched), it is Down with its own pid and
+/// restarted, and the new master is the pid reported Up.
+fn nginx_master_death_is_reported(source: &str, rule: &str) {
+    if !needs_root(&format!("the {source} source")) {
+        return;
+    }
+    let _one = exclusive();
+    let n = Nginx::new("nginx");
+    let rule = rule
+        .replace("PIDFILE", &n.pidfile.display().to_string())
+        .replace("CONF", &n.conf.display().to_string());
+    n.watch(&rule);
+    let master = n.start();
+    let mut psmon = Psmon::start(&n.dir.0.join("conf"), source);
+    let up = psmon.wait(") Up");
+    assert_eq!(pid_of(&up), master, "the Up pid must be the master's: {up}");
+    assert_eq!(up["running"], 1, "workers are not instances: {up}");
+
+    // A reload forks new workers while psmon watches.
+    let old_workers = n.workers(master);
+    let status = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!("{} -s reload", n.command()))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while n.workers(master).iter().all(|w| old_workers.contains(w)) {
+        assert!(Instant::now() < deadline, "the reload forked no workers");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    psmon.collect(Duration::from_millis(300));
+
+    kill_pid(master);
+    let down = psmon.wait("Down");
+    assert_eq!(pid_of(&down), master, "{down}");
+    assert_eq!(down["signal"], 9, "{down}");
+    psmon.wait("Try to restart");
+    let up = psmon.wait_for(") Up", |m| m["pid"] != master);
+    wait_answer(n.port, b"GET / HTTP/1.0\r\n\r\n", "200");
+    assert_eq!(pid_of(&up), n.master(), "the new master is Up: {up}");
+}
+
+fn nginx_cmdline(source: &str) {
+    nginx_master_death_is_reported(source, "cmdline = \"nginx: master process*CONF*\"");
+}
+
+fn nginx_pidfile(source: &str) {
+    nginx_master_death_is_reported(source, "pidfile = \"PIDFILE\"");
+}
+
+fn nginx_main_only(source: &str) {
+    // main_only counts the master; after its death its orphaned workers
+    // are nobody's children, and keep the entry Up (see the README).
+    if !needs_root(&format!("the {source} source")) {
+        return;
+    }
+    let _one = exclusive();
+    let n = Nginx::new("nginx-main");
+    n.watch("main_only = true\nretry = 0");
+    let master = n.start();
+    let mut psmon = Psmon::start(&n.dir.0.join("conf"), source);
+    let up = psmon.wait(") Up");
+    assert_eq!(pid_of(&up), master, "{up}");
+    assert_eq!(up["running"], 1, "{up}");
+}
+
+/// A plain path counts every process of the executable, as ProcessSaver
+/// did: the Up pid is the oldest (the master), and a killed master whose
+/// workers live on is not Down — the README says to use `cmdline` or
+/// `pidfile` for such daemons.
+fn nginx_plain_path(source: &str) {
+    if !needs_root(&format!("the {source} source")) {
+        return;
+    }
+    let _one = exclusive();
+    let n = Nginx::new("nginx-plain");
+    n.watch("retry = 0");
+    let master = n.start();
+    let mut psmon = Psmon::start(&n.dir.0.join("conf"), source);
+    let up = psmon.wait(") Up");
+    assert_eq!(pid_of(&up), master, "{up}");
+    assert_eq!(up["running"], 3, "master and 2 workers: {up}");
+    kill_pid(master);
+    psmon.collect(Duration::from_millis(2500));
+    assert!(
+        messages_containing(&psmon.seen, "Down").is_empty(),
+        "documented: orphaned workers keep a plain path entry Up: {:?}",
+        psmon.seen
+    );
+}
+
+/// A test directory with a victim copy and a TOML entry for it.
+struct Victim {
+    dir: TempDir,
+    exe: PathBuf,
+}
+
+impl Victim {
+    fn new(tag: &str) -> Victim {
+        let dir = TempDir::new(tag);
+        std::fs::create_dir_all(dir.0.join("conf")).unwrap();
+        let exe = victim_copy(&dir.0, "watched");
+        Victim { dir, exe }
+    }
+
+    fn conf(&self) -> PathBuf {
+        self.dir.0.join("conf")
+    }
+
+    fn entry(&self, path: &Path, extra: &str) {
+        std::fs::write(
+            self.conf().join("app.toml"),
+            format!(
+                "monitor_interval = 1\n[[entry]]\npath = \"{}\"\n{extra}\n",
+                path.display()
+            ),
+        )
+        .unwrap();
+    }
+
+    fn spawn(&self, exe: &Path, args: &[&str]) -> Child {
+        let child = Command::new(exe).args(args).spawn().unwrap();
+        // Until it has exec'd (its exe is no longer this test's).
+        let deadline = Instant::now() + TIMEOUT;
+        while std::fs::read_link(format!("/proc/{}/exe", child.id()))
+            .is_ok_and(|e| e != std::fs::canonicalize(exe).unwrap())
+        {
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        child
+    }
+}
+
+impl Drop for Victim {
+    fn drop(&mut self) {
+        kill_all(&self.exe);
+        for pid in pids_with_cmdline(&self.dir.0.display().to_string()) {
+            kill_pid(pid);
+        }
+    }
+}
+
+/// A symlink to the binary, a process that renamed itself, and a binary
+/// replaced on disk while it runs: each is still the entry's process.
+fn identity_survives_links_renames_and_updates(source: &str) {
+    if source != "poll" && !needs_root(&format!("the {source} source")) {
+        return;
+    }
+    // Symlinked path with another name: only processes started by that name.
+    let v = Victim::new("ident-link");
+    let link = v.dir.0.join("svc");
+    std::os::unix::fs::symlink(&v.exe, &link).unwrap();
+    v.entry(&link, "retry = 0");
+    let mut by_target = v.spawn(&v.exe, &["sleep"]);
+    let mut by_link = v.spawn(&link, &["sleep"]);
+    let mut psmon = Psmon::start(&v.conf(), source);
+    let up = psmon.wait(") Up");
+    assert_eq!(pid_of(&up), by_link.id(), "{up}");
+    assert_eq!(up["running"], 1, "{up}");
+    kill9(&by_link);
+    let down = psmon.wait("Down");
+    assert_eq!(pid_of(&down), by_link.id(), "{down}");
+    by_link.wait().unwrap();
+    kill9(&by_target);
+    by_target.wait().unwrap();
+    drop(psmon);
+
+    // Renamed itself (PR_SET_NAME) before psmon started: found by its file.
+    let v = Victim::new("ident-rename");
+    v.entry(&v.exe, "retry = 0");
+    let mut renamed = v.spawn(&v.exe, &["rename", "not-the-name"]);
+    let mut psmon = Psmon::start(&v.conf(), source);
+    let up = psmon.wait(") Up");
+    assert_eq!(pid_of(&up), renamed.id(), "{up}");
+    kill9(&renamed);
+    assert_eq!(pid_of(&psmon.wait("Down")), renamed.id());
+    renamed.wait().unwrap();
+    drop(psmon);
+
+    // Replaced by an update while it runs (a new file renamed over the
+    // path, as package managers do): `/proc/PID/exe` says "(deleted)".
+    let v = Victim::new("ident-update");
+    v.entry(
+        &v.exe,
+        &format!(
+            "restart = \"{} sleep >/dev/null 2>&1 &\"\nretry = 1",
+            v.exe.display()
+        ),
+    );
+    let mut old = v.spawn(&v.exe, &["sleep"]);
+    let fresh = v.dir.0.join("watched.new");
+    std::fs::copy(victim(), &fresh).unwrap();
+    std::fs::rename(&fresh, &v.exe).unwrap();
+    let exe = std::fs::read_link(format!("/proc/{}/exe", old.id())).unwrap();
+    assert!(exe.to_string_lossy().ends_with(" (deleted)"), "{exe:?}");
+    let mut psmon = Psmon::start(&v.conf(), source);
+    let up = psmon.wait(") Up");
+    assert_eq!(pid_of(&up), old.id(), "{up}");
+    kill9(&old);
+    old.wait().unwrap();
+    let up = psmon.wait_for(") Up", |m| m["pid"] != old.id());
+    assert_eq!(pids_of(&v.exe), vec![pid_of(&up)], "the new binary runs");
+}
+
+/// A restart command that fails the first time and works the second: the
+/// second attempt waits the back-off, the process comes Up, and the budget
+/// is not spent.
+fn failed_first_restart_backs_off(source: &str) {
+    if source != "poll" && !needs_root(&format!("the {source} source")) {
+        return;
+    }
+    let v = Victim::new("backoff");
+    let flag = v.dir.0.join("tried");
+    v.entry(
+        &v.exe,
+        &format!(
+            "restart = \"if [ -e {f} ]; then {e} sleep >/dev/null 2>&1 & else touch {f}; exit 1; fi\"\nretry = 3\nstart_secs = 0.5",
+            f = flag.display(),
+            e = v.exe.display()
+        ),
+    );
+    let mut first = v.spawn(&v.exe, &["sleep"]);
+    let mut psmon = Psmon::start(&v.conf(), source);
+    psmon.wait_for(") Up", |m| m["pid"] == first.id());
+    kill9(&first);
+    first.wait().unwrap();
+    let t1 = psmon.wait("Try to restart");
+    psmon.wait("Set pid fail");
+    let backoff = psmon.wait("next restart");
+    assert_eq!(backoff["delay_ms"], 100.0, "{backoff}");
+    let t2 = psmon.wait("Try to restart");
+    assert_eq!(t2["attempt"], 2, "{t2}");
+    let gap = time_of(&t2) - time_of(&t1);
+    assert!(
+        gap >= 0.099,
+        "the second attempt came {gap} s after the first"
+    );
+    psmon.wait("started");
+    let up = psmon.wait_for(") Up", |m| m["pid"] != first.id());
+    assert!(pids_of(&v.exe).contains(&pid_of(&up)));
+    assert!(messages_containing(&psmon.seen, "Retry over").is_empty());
+}
+
+/// Seconds of the message's RFC 3339 time stamp (millisecond precision).
+fn time_of(m: &Value) -> f64 {
+    let t = m["time"].as_str().unwrap();
+    let stamp = humantime::parse_rfc3339(t).unwrap();
+    stamp
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// A restarted process that dies 5 ms after it starts is a failed attempt,
+/// never Up.
+fn quick_death_is_never_up(source: &str) {
+    if source != "poll" && !needs_root(&format!("the {source} source")) {
+        return;
+    }
+    let v = Victim::new("quick");
+    v.entry(
+        &v.exe,
+        &format!(
+            "restart = \"{} nap 5 &\"\nretry = 2\nstart_wait = 2",
+            v.exe.display()
+        ),
+    );
+    let mut first = v.spawn(&v.exe, &["sleep"]);
+    let mut psmon = Psmon::start(&v.conf(), source);
+    psmon.wait_for(") Up", |m| m["pid"] == first.id());
+    kill9(&first);
+    first.wait().unwrap();
+    psmon.wait("Retry over");
+    let ups: Vec<&Value> = messages_containing(&psmon.seen, ") Up")
+        .into_iter()
+        .filter(|m| m["pid"] != first.id())
+        .collect();
+    assert!(ups.is_empty(), "a process that lived 5 ms was Up: {ups:?}");
+    assert_eq!(messages_containing(&psmon.seen, "Set pid fail").len(), 2);
+}
+
+macro_rules! on_sources {
+    ($($test:ident: $($source:ident),+;)*) => {$(
+        mod $test {
+            $(#[test]
+            fn $source() { super::$test(stringify!($source)) })+
+        }
+    )*};
+}
+
+on_sources!(
+    redis_is_watched_by_its_symlinked_path: ebpf, netlink;
+    nginx_cmdline: ebpf, netlink;
+    nginx_pidfile: ebpf, netlink;
+    nginx_main_only: ebpf;
+    nginx_plain_path: ebpf;
+    identity_survives_links_renames_and_updates: ebpf, netlink, poll;
+    failed_first_restart_backs_off: ebpf, netlink, poll;
+    quick_death_is_never_up: ebpf, netlink;
+);
