@@ -151,8 +151,14 @@ fn duration_ends_the_trace_with_a_summary() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8(out.stdout).unwrap();
-    assert!(stdout.contains("--- stats over"), "{stdout}");
-    assert!(stdout.contains("--- summary over"), "{stdout}");
+    assert!(
+        stdout.contains("--- stats of all processes over"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("--- summary of all processes over"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -200,4 +206,172 @@ fn bad_arguments_are_usage_errors() {
     );
     let out = psmon().args(["trace", "--event", "nope"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+/// `psmon trace --json --source SOURCE ARGS…`, once its source is subscribed.
+fn start_trace(source: &str, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
+    let mut trace = psmon()
+        .args(["trace", "--json", "--source", source])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(trace.stderr.take().unwrap()).lines();
+    stderr
+        .find(|l| {
+            l.as_ref()
+                .is_ok_and(|l| l.contains("tracing process events"))
+        })
+        .expect("psmon trace logs which source it uses")
+        .unwrap();
+    let out = lines(trace.stdout.take().unwrap());
+    (trace, out)
+}
+
+/// Stops the trace and returns every JSON line it printed.
+fn finish(mut trace: Child, out: mpsc::Receiver<String>) -> Vec<Value> {
+    assert!(terminate(&mut trace).success());
+    out.iter()
+        .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// A thread other than the leader calls exit_group(5) while the rest run:
+/// one exit per process, with code 5 (the proc connector sends one message
+/// per thread).
+fn one_exit_per_process(source: &str) {
+    if !needs_root(&format!("the {source} source")) {
+        return;
+    }
+    let dir = TempDir::new("group-exit");
+    let grouper = victim_copy(&dir.0, "grouper");
+    let (trace, out) = start_trace(source, &["--comm", "grouper", "--event", "exit"]);
+    let mut pids = Vec::new();
+    for _ in 0..30 {
+        let mut child = Command::new(&grouper)
+            .args(["group-exit", "5"])
+            .spawn()
+            .unwrap();
+        pids.push(child.id());
+        assert_eq!(child.wait().unwrap().code(), Some(5));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let events = finish(trace, out);
+    for pid in pids {
+        let exits: Vec<&Value> = events
+            .iter()
+            .filter(|v| v["event"] == "exit" && v["pid"] == pid)
+            .collect();
+        assert_eq!(exits.len(), 1, "pid {pid}: {exits:?}");
+        assert_eq!(exits[0]["exit_code"], 5, "{}", exits[0]);
+        assert_eq!(exits[0]["comm"], "grouper", "{}", exits[0]);
+    }
+    let strays: Vec<&Value> = events
+        .iter()
+        .filter(|v| v["event"] == "exit" && v["comm"] != "grouper")
+        .collect();
+    assert!(strays.is_empty(), "exits of no process: {strays:?}");
+}
+
+#[test]
+fn one_exit_per_process_ebpf() {
+    one_exit_per_process("ebpf");
+}
+
+#[test]
+fn one_exit_per_process_netlink() {
+    one_exit_per_process("netlink");
+}
+
+/// The same processes traced by both sources at once: netlink's lifetimes
+/// (fork and exit timestamps of the connector) agree with ebpf's (the
+/// kernel's start time and exit) within a millisecond.
+#[test]
+fn netlink_lifetimes_agree_with_the_kernels() {
+    if !needs_root("the ebpf and netlink sources") {
+        return;
+    }
+    let dir = TempDir::new("lifetimes");
+    let napper = victim_copy(&dir.0, "napper");
+    let args = ["--comm", "napper", "--event", "exit"];
+    let (ebpf, ebpf_out) = start_trace("ebpf", &args);
+    let (netlink, netlink_out) = start_trace("netlink", &args);
+    let mut pids = Vec::new();
+    for ms in [3, 30, 7, 55, 12, 1, 20, 40, 5, 15] {
+        let mut child = Command::new(&napper)
+            .args(["nap", &ms.to_string()])
+            .spawn()
+            .unwrap();
+        pids.push((child.id(), ms));
+        child.wait().unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let by_ebpf = finish(ebpf, ebpf_out);
+    let by_netlink = finish(netlink, netlink_out);
+    let lifetime = |events: &[Value], pid: u32| -> f64 {
+        events
+            .iter()
+            .find(|v| v["event"] == "exit" && v["pid"] == pid)
+            .and_then(|v| v["lifetime_ms"].as_f64())
+            .unwrap_or_else(|| panic!("no exit with a lifetime for {pid}"))
+    };
+    for (pid, ms) in pids {
+        let e = lifetime(&by_ebpf, pid);
+        let n = lifetime(&by_netlink, pid);
+        assert!(e >= ms as f64, "pid {pid} napped {ms} ms, ebpf says {e}");
+        assert!(
+            (n - e).abs() < 1.0,
+            "pid {pid}: netlink {n} ms, ebpf {e} ms"
+        );
+    }
+}
+
+/// `--stats` counts what the filters select and names the executable
+/// file, however it was exec'd (here through a symlink of another name).
+/// The processes live 20 ms: netlink learns names and paths from `/proc`,
+/// which forgets a process that ends sooner (its exec is then counted as
+/// an unknown executable; see the unit tests of the summary).
+fn stats_name_the_executable(source: &str) {
+    if !needs_root(&format!("the {source} source")) {
+        return;
+    }
+    let dir = TempDir::new("stats");
+    let real = victim_copy(&dir.0, "napper");
+    let name = format!("nap-{source}");
+    let link = dir.0.join(&name);
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let (trace, out) = start_trace(source, &["--comm", &name, "--stats", "600"]);
+    for _ in 0..50 {
+        Command::new(&link).args(["nap", "20"]).status().unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let events = finish(trace, out);
+    let summary = events
+        .iter()
+        .find(|v| v["event"] == "summary")
+        .expect("a summary");
+    assert_eq!(summary["scope"], format!("comm {name}"), "{summary}");
+    assert_eq!(summary["execs"], 50, "only what --comm selects: {summary}");
+    assert_eq!(summary["exits"], 50, "{summary}");
+    assert_eq!(summary["unknown_execs"], 0, "{summary}");
+    assert_eq!(
+        summary["top_execs"],
+        serde_json::json!([{
+            "path": real.to_str().unwrap(),
+            "execs": 50,
+            "per_s": summary["top_execs"][0]["per_s"],
+        }]),
+        "{summary}"
+    );
+}
+
+#[test]
+fn stats_name_the_executable_ebpf() {
+    stats_name_the_executable("ebpf");
+}
+
+#[test]
+fn stats_name_the_executable_netlink() {
+    stats_name_the_executable("netlink");
 }

@@ -341,8 +341,10 @@ impl ProcessTable {
         self.remember(p);
     }
 
-    /// Records an exec; the start time and name already known (a fork
-    /// event's precise start, a comm event's name) fill or refine the event's.
+    /// Records an exec; the start time and parent already known (from the
+    /// fork event, whose start is precise) fill or refine the event's. The
+    /// name is not taken from before the exec: the exec changed it, and an
+    /// unknown name stays unknown rather than wrong.
     pub fn exec(&mut self, p: &mut Process) {
         if let Some(k) = self.live.get(&p.tgid) {
             match (p.start, k.start) {
@@ -350,14 +352,14 @@ impl ProcessTable {
                 (Some(s), Some(known)) if s.same_tick(known) => p.start = Some(known),
                 _ => {}
             }
-            if p.comm.is_empty() {
-                p.comm = k.comm.clone();
+            if p.ppid == 0 {
+                p.ppid = k.ppid;
             }
         }
         self.remember(p);
     }
 
-    /// A process renamed itself (or exec'd: the kernel names it first).
+    /// A process renamed itself (`PR_SET_NAME`).
     pub fn comm(&mut self, tgid: u32, comm: String) {
         if let Some(k) = self.live.get_mut(&tgid) {
             k.comm = comm;
@@ -521,11 +523,12 @@ mod tests {
         child.start = child.start.map(|s| s.refined(100 * per_tick + 1234));
         table.fork(&mut child);
         assert_eq!(child.comm, "sh", "a fork has its parent's name");
-        table.comm(6, "true".into());
         // The exec read /proc too late: only the tick-precise start, no name.
         let mut exec = proc(6, Some(100));
         table.exec(&mut exec);
-        assert_eq!(exec.comm, "true");
+        assert_eq!(exec.comm, "", "unknown, not the name before the exec");
+        assert_eq!(exec.ppid, 5);
+        table.comm(6, "renamed".into());
         assert_eq!(
             exec.start.unwrap().ns(),
             100 * per_tick + 1234,
@@ -533,6 +536,7 @@ mod tests {
         );
         let mut exit = proc(6, None);
         assert!(table.exit(&mut exit));
+        assert_eq!(exit.comm, "renamed");
         assert_eq!(exit.start.unwrap().ns(), 100 * per_tick + 1234);
     }
 

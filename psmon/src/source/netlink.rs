@@ -325,8 +325,8 @@ impl Decoder {
                 EventKind::Exec(p)
             }
             PROC_EVENT_COMM => {
-                // Sent on every exec (before the exec event) and on
-                // PR_SET_NAME: the name, even of a process already gone.
+                // Sent on PR_SET_NAME: the new name, kept for the exit
+                // event of a process already gone.
                 let (Some(pid), Some(tgid), Some(comm)) = (field(0), field(1), data.get(8..24))
                 else {
                     return;
