@@ -374,7 +374,8 @@ impl Matcher {
         files
             .files
             .retain(|tgid, (start, _)| known.get(tgid).is_some_and(|k| k.0 == *start && !k.3));
-        let mut confirmed = HashSet::new();
+        // Known instances that are zombies now: dead, and not to be matched again.
+        let mut zombies = HashSet::new();
         for (tgid, (start, comm, i, pidfd)) in known {
             if *pidfd {
                 if let Some(slot) = found.get_mut(*i) {
@@ -385,7 +386,6 @@ impl Matcher {
                         ppid: 0,
                     });
                 }
-                confirmed.insert(*tgid);
                 continue;
             }
             let file = match files.files.get(tgid) {
@@ -409,9 +409,8 @@ impl Matcher {
                         ppid: stat.ppid,
                     });
                 }
-                confirmed.insert(*tgid);
             } else if same {
-                confirmed.insert(*tgid); // a known instance that is a zombie now
+                zombies.insert(*tgid);
             } else {
                 // It exec'd something else or renamed itself: classify it afresh below.
                 files.files.remove(tgid);
@@ -425,7 +424,10 @@ impl Matcher {
             let Some(tgid) = d.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
                 continue;
             };
-            if confirmed.contains(&tgid) {
+            let confirmed = known.get(&tgid).is_some_and(|k| k.3)
+                || files.files.contains_key(&tgid)
+                || zombies.contains(&tgid);
+            if confirmed {
                 continue;
             }
             // Kernel threads and zombies have no executable: never ours.
