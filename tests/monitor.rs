@@ -180,12 +180,14 @@ fn grace_expiry_rearms(source: &str) {
         return;
     }
     let w = World::new("grace");
-    w.pfile(None, 2, 1, "continue");
+    // The window outlasts start_secs (1 s) and poll's detection (about a
+    // second) of the second death below.
+    w.pfile(None, 4, 1, "continue");
     let mut psmon = Psmon::start(&w.conf(), source);
     // Not running at start: the one attempt of the window starts it.
     psmon.wait("Try to restart");
     let first = psmon.wait(") Up")["pid"].as_u64().unwrap() as u32;
-    std::thread::sleep(Duration::from_millis(2500)); // the window slides past that attempt
+    std::thread::sleep(Duration::from_millis(3500)); // the window slides past that attempt
     kill9(first);
     let again = psmon.wait("Try to restart");
     assert_eq!(again["attempt"], 1, "{again}");

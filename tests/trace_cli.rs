@@ -206,6 +206,22 @@ fn bad_arguments_are_usage_errors() {
     );
     let out = psmon().args(["trace", "--event", "nope"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
+    // Numbers that once panicked or ended the trace at once.
+    for args in [
+        ["--duration", "inf"],
+        ["--duration", "1e20"],
+        ["--duration", "nan"],
+        ["--duration", "-1"],
+        ["--stats", "inf"],
+        ["--queue", "18446744073709551615"],
+        ["--poll-interval", "0"],
+        ["--ring-kib", "0"],
+    ] {
+        let out = psmon().arg("trace").args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(stderr.contains(args[0]), "{args:?}: {stderr}");
+    }
 }
 
 /// `psmon trace --json --source SOURCE ARGS…`, once its source is subscribed.

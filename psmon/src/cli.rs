@@ -11,7 +11,8 @@ use clap::{Parser, Subcommand};
 )]
 pub struct Cli {
     /// Log level for psmon's own messages (error, warn, info, debug, trace).
-    #[arg(long, global = true, default_value = "info")]
+    #[arg(long, global = true, default_value = "info",
+          value_parser = ["error", "warn", "info", "debug", "trace", "off"])]
     pub log_level: String,
     #[command(subcommand)]
     pub command: Command,

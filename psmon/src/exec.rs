@@ -83,15 +83,19 @@ pub async fn run(spec: &CommandSpec) -> Outcome {
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err))
         .process_group(0)
+        // Not psmon's working directory: it may be anywhere, even unmounted later.
+        .current_dir("/")
         .kill_on_drop(false);
-    if let Some(mask) = spec.umask {
-        // SAFETY: umask(2) is async-signal-safe and touches no memory.
-        unsafe {
-            cmd.pre_exec(move || {
+    let umask = spec.umask;
+    // SAFETY: only async-signal-safe syscalls, touching no memory of ours.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(mask) = umask {
                 libc::umask(mask as libc::mode_t);
-                Ok(())
-            });
-        }
+            }
+            only_standard_fds();
+            Ok(())
+        });
     }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
@@ -119,6 +123,28 @@ pub async fn run(spec: &CommandSpec) -> Outcome {
         ending,
         elapsed: started.elapsed(),
         output_tail: tail(output),
+    }
+}
+
+/// Marks every descriptor above stderr close-on-exec, so the command gets
+/// only 0–2 whatever psmon inherited from its own parent without
+/// `O_CLOEXEC`. Runs between fork and exec: async-signal-safe calls only.
+fn only_standard_fds() {
+    // SAFETY: plain syscalls with integer arguments.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc != 0 {
+        // Before Linux 5.11: one by one, up to a bound.
+        for fd in 3..4096 {
+            // SAFETY: fcntl on a descriptor number; a closed one just fails.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
     }
 }
 
@@ -172,6 +198,33 @@ mod tests {
         assert_eq!(out.ending, Ending::Exited(3));
         assert!(!out.ok());
         assert_eq!(out.output_tail, "/usr/sbin/sshd\n0077\noops");
+    }
+
+    #[tokio::test]
+    async fn runs_in_the_root_directory_with_only_the_standard_fds() {
+        use std::os::fd::IntoRawFd;
+        // A descriptor psmon might have inherited without O_CLOEXEC.
+        let leaked = std::fs::File::open("/proc/self/stat")
+            .unwrap()
+            .into_raw_fd();
+        // SAFETY: clearing FD_CLOEXEC on a descriptor this test owns.
+        unsafe { libc::fcntl(leaked, libc::F_SETFD, 0) };
+        let out = run(&spec(
+            "pwd; ls /proc/self/fd | sort -n | tr '\\n' ' '",
+            5000,
+        ))
+        .await;
+        // SAFETY: closing the descriptor opened above.
+        unsafe { libc::close(leaked) };
+        let mut lines = out.output_tail.lines();
+        assert_eq!(lines.next(), Some("/"));
+        // 0-2, and the directory `ls` itself opened to list them.
+        assert_eq!(
+            lines.next().map(str::trim),
+            Some("0 1 2 3"),
+            "{}",
+            out.output_tail
+        );
     }
 
     #[tokio::test]

@@ -43,6 +43,9 @@ pub enum Phase {
     Started {
         since: Instant,
         pid: Option<u32>,
+        /// Instances now: more than expected means an earlier start was
+        /// still under way when this one ran.
+        running: u32,
     },
     /// The budget is spent.
     RetryOver,
@@ -139,6 +142,10 @@ pub enum Action {
     Failover,
     /// More instances than `max`.
     ReportTooMany { running: u32 },
+    /// More instances than expected (`min`, there being no `max`) once a
+    /// restart is Up: an earlier start was still under way (a `start_wait`
+    /// shorter than the daemon's start-up), or the daemon forks workers.
+    ReportTooManyAfterRestart { running: u32, expected: u32 },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,11 +180,25 @@ pub fn step(entry: &Entry, state: &mut EntryState, input: Input, now: Instant) -
                     Phase::Up => {}
                     // A daemonizing process hands over to its child: the
                     // main pid may change before it is Up.
-                    Phase::Started { since, .. } => state.phase = Phase::Started { since, pid },
+                    Phase::Started { since, .. } => {
+                        state.phase = Phase::Started {
+                            since,
+                            pid,
+                            running,
+                        }
+                    }
                     // Ours: it must prove itself first.
                     Phase::Restarting | Phase::Starting { .. } if !entry.start_secs.is_zero() => {
-                        state.phase = Phase::Started { since: now, pid };
+                        state.phase = Phase::Started {
+                            since: now,
+                            pid,
+                            running,
+                        };
                         out.push(Action::ReportStarted { pid });
+                    }
+                    Phase::Restarting | Phase::Starting { .. } => {
+                        up(state, pid, &mut out);
+                        too_many_after_restart(entry, running, &mut out);
                     }
                     _ => up(state, pid, &mut out),
                 }
@@ -190,7 +211,7 @@ pub fn step(entry: &Entry, state: &mut EntryState, input: Input, now: Instant) -
                         });
                         try_restart(entry, state, now, &mut out);
                     }
-                    Phase::Started { since, pid } => {
+                    Phase::Started { since, pid, .. } => {
                         let lived = now.saturating_duration_since(since);
                         let status = ExitStatus::Unknown;
                         failed(
@@ -268,8 +289,13 @@ pub fn step(entry: &Entry, state: &mut EntryState, input: Input, now: Instant) -
             Phase::Starting { deadline } if now >= deadline => {
                 failed(entry, state, now, SetPidFail::NotStarted, &mut out);
             }
-            Phase::Started { since, pid } if now >= since + entry.start_secs => {
+            Phase::Started {
+                since,
+                pid,
+                running,
+            } if now >= since + entry.start_secs => {
                 up(state, pid, &mut out);
+                too_many_after_restart(entry, running, &mut out);
             }
             Phase::Backoff { until } if now >= until => {
                 try_restart(entry, state, now, &mut out);
@@ -278,6 +304,16 @@ pub fn step(entry: &Entry, state: &mut EntryState, input: Input, now: Instant) -
         },
     }
     out
+}
+
+/// With a `max`, ReportTooMany has said it already.
+fn too_many_after_restart(entry: &Entry, running: u32, out: &mut Vec<Action>) {
+    if entry.max.is_none() && running > entry.min {
+        out.push(Action::ReportTooManyAfterRestart {
+            running,
+            expected: entry.min,
+        });
+    }
 }
 
 fn up(state: &mut EntryState, pid: Option<u32>, out: &mut Vec<Action>) {
@@ -813,6 +849,38 @@ mod tests {
                 },
                 ReportRetryOver { attempts: 1 },
                 Failover
+            ]
+        );
+    }
+
+    #[test]
+    fn more_instances_than_expected_after_a_restart_are_warned() {
+        use Action::*;
+        let two = Input::Running {
+            running: 2,
+            pid: Some(11),
+        };
+        let got = run_ms(
+            &[
+                (0, up(10)),
+                (10, exited(10)),
+                (20, Input::RestartDone { ok: true }),
+                (30, two),
+                (1030, Input::Tick),
+            ],
+            3,
+        );
+        assert_eq!(
+            got[4],
+            vec![
+                ReportUp {
+                    pid: Some(11),
+                    rearmed: false
+                },
+                ReportTooManyAfterRestart {
+                    running: 2,
+                    expected: 1
+                },
             ]
         );
     }

@@ -38,9 +38,12 @@ impl Reporter {
         let file = log_dir.and_then(|dir| {
             let path: PathBuf = dir.join("psmon.log");
             let opened = std::fs::create_dir_all(dir).and_then(|()| {
+                use std::os::unix::fs::OpenOptionsExt;
+                // It holds restart commands' output: not for every user.
                 std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
+                    .mode(0o640)
                     .open(&path)
             });
             match opened {
@@ -103,9 +106,13 @@ impl Reporter {
                 line
             }
         };
-        let _ = writeln!(std::io::stderr().lock(), "{line}");
+        // One write per sink and message: stderr and files are unbuffered,
+        // and `writeln!` would write each piece of the format on its own.
+        let mut line = line;
+        line.push('\n');
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
         if let Some(f) = &mut self.file {
-            let _ = writeln!(f, "{line}");
+            let _ = f.write_all(line.as_bytes());
         }
         if let Some(s) = &self.syslog {
             // RFC 3164 framing; facility daemon (3).
@@ -166,6 +173,12 @@ mod tests {
             &[("pid", json!(812)), ("signal", json!(9))],
         );
         let text = std::fs::read_to_string(dir.join("psmon.log")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("psmon.log"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o640, "restart output is not for every user");
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 1, "{text}");
         let v: Value = serde_json::from_str(lines[0]).unwrap();

@@ -108,10 +108,13 @@ pub struct Supervisor {
     done_tx: mpsc::Sender<Done>,
     done_rx: mpsc::Receiver<Done>,
     scan_requested: bool,
-    /// Instances the last scan did not find: tgid → (start ticks, when).
+    /// Instances seen gone without their exit event: tgid → (start ticks,
+    /// until when the event, which carries the exit status, is awaited).
     missed: HashMap<u32, (u64, Instant)>,
-    /// How long those wait for their exit event (longer with `poll`,
-    /// whose events come a scan interval apart).
+    /// How long one a scan missed waits (longer with `poll`, whose events
+    /// come a scan interval apart). One a pidfd saw exit waits only
+    /// MISSED_GRACE on every source: the kernel said so, and an unknown
+    /// status beats a late Down.
     missed_grace: Duration,
     /// Entries whose phase waits for a time (back-off, start wait, start_secs).
     starting: HashSet<usize>,
@@ -474,7 +477,9 @@ impl Supervisor {
             .get(&tgid)
             .is_some_and(|t| t.start_ticks == start)
         {
-            self.missed.entry(tgid).or_insert((start, Instant::now()));
+            self.missed
+                .entry(tgid)
+                .or_insert((start, Instant::now() + MISSED_GRACE));
         }
     }
 
@@ -588,7 +593,7 @@ impl Supervisor {
             let w = &self.watched[*i];
             w.state.phase.deadline(&w.entry)
         });
-        let missed = self.missed.values().map(|(_, at)| *at + self.missed_grace);
+        let missed = self.missed.values().map(|(_, until)| *until);
         // Pidfile entries waiting for their process re-read the file often.
         let pidfile = self
             .starting
@@ -619,7 +624,7 @@ impl Supervisor {
         let overdue: Vec<(u32, u64)> = self
             .missed
             .iter()
-            .filter(|(_, (_, at))| at.elapsed() >= self.missed_grace)
+            .filter(|(_, (_, until))| Instant::now() >= *until)
             .map(|(tgid, (start, _))| (*tgid, *start))
             .collect();
         for (tgid, start) in overdue {
@@ -693,7 +698,7 @@ impl Supervisor {
             if !seen.contains(tgid) && t.added < started && t.exit_watch.is_none() {
                 self.missed
                     .entry(*tgid)
-                    .or_insert((t.start_ticks, Instant::now()));
+                    .or_insert((t.start_ticks, Instant::now() + self.missed_grace));
             }
         }
         for i in 0..self.watched.len() {
@@ -854,6 +859,21 @@ impl Supervisor {
                     ),
                 ));
                 self.spawn(i, Job::Failover, command, env, w.entry.restart_timeout);
+            }
+            Action::ReportTooManyAfterRestart { running, expected } => {
+                let fields = with(vec![
+                    ("running", json!(running)),
+                    ("expected", json!(expected)),
+                ]);
+                self.reporter.report(
+                    LogLevel::Warn,
+                    &format!(
+                        "Process ('{path}') has {running} instances after its restart, {expected} expected: \
+                         a start still under way was restarted again (raise start_wait), or the daemon \
+                         forks workers (see pidfile, cmdline, main_only, max)"
+                    ),
+                    &fields,
+                );
             }
             Action::ReportTooMany { running } => {
                 let fields = with(vec![

@@ -55,32 +55,37 @@ pub struct TraceOptions {
     #[arg(long)]
     pub json: bool,
     /// Stop after this many seconds.
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub duration: Option<f64>,
     /// Print a churn summary every SECS seconds (default 5), of the events
     /// the filters select.
-    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "5")]
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "5", value_parser = parse_secs)]
     pub stats: Option<f64>,
     /// ebpf only: apply --comm and --pid in the kernel, so other processes
     /// never wake psmon (children of matched processes are included).
     #[arg(long)]
     pub kernel_filter: bool,
     /// ebpf ring buffer size in KiB.
-    #[arg(long, value_name = "KIB", default_value_t = psmon_ebpf::DEFAULT_RING_BYTES / 1024)]
+    #[arg(long, value_name = "KIB", default_value_t = psmon_ebpf::DEFAULT_RING_BYTES / 1024,
+          value_parser = clap::value_parser!(u32).range(4..=1 << 20))]
     pub ring_kib: u32,
     /// netlink socket receive buffer in KiB.
-    #[arg(long, value_name = "KIB", default_value_t = source::netlink::DEFAULT_RCVBUF / 1024)]
+    #[arg(long, value_name = "KIB", default_value_t = source::netlink::DEFAULT_RCVBUF / 1024,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(4..=1 << 20))]
     pub rcvbuf_kib: usize,
     /// poll scan interval in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    #[arg(long, value_name = "MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     pub poll_interval: u64,
     /// Bound of the queue between the source and the printer; overflow is reported as lost.
-    #[arg(long, value_name = "EVENTS", default_value_t = 16384)]
+    #[arg(long, value_name = "EVENTS", default_value_t = 16384,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(16..=1 << 24))]
     pub queue: usize,
     /// During a burst, read events in batches this many milliseconds apart
     /// (less CPU; the first event of a burst is read at once, later ones wait
     /// up to this long); 0 reads each event at once.
-    #[arg(long, value_name = "MS", default_value_t = 1)]
+    #[arg(long, value_name = "MS", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub coalesce_ms: u64,
 }
 
@@ -202,6 +207,16 @@ struct Filter {
     /// Exec paths with symlinks resolved, so `--path` means the same on
     /// every source (ebpf reports the exec argument, netlink the file).
     resolved: HashMap<PathBuf, Option<PathBuf>>,
+}
+
+/// Seconds: a finite number above zero, at most a year.
+fn parse_secs(text: &str) -> Result<f64, String> {
+    const YEAR: f64 = 365.0 * 86400.0;
+    match text.parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 && s <= YEAR => Ok(s),
+        Ok(_) => Err(format!("expected seconds above 0 and at most {YEAR}")),
+        Err(e) => Err(format!("not a number of seconds: {e}")),
+    }
 }
 
 fn parse_glob(text: &str) -> Result<glob::Pattern, String> {

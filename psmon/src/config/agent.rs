@@ -57,7 +57,7 @@ const AGENT_KEYS: [&str; 6] = [
 ];
 
 pub(super) fn parse_agent(file: &Path, text: &str, errors: &mut Vec<Diagnostic>) -> Agent {
-    let mut r = Reporter { file, errors };
+    let mut r = Reporter::new(file, errors);
     let mut agent = Agent::default();
     for (i, raw) in text.lines().enumerate() {
         let n = i + 1;
@@ -134,7 +134,7 @@ pub struct Env {
 }
 
 pub(super) fn parse_env(file: &Path, text: &str, errors: &mut Vec<Diagnostic>) -> Env {
-    let mut r = Reporter { file, errors };
+    let mut r = Reporter::new(file, errors);
     let mut env = Env::default();
     for (i, raw) in text.lines().enumerate() {
         let n = i + 1;

@@ -6,6 +6,7 @@
 //! owns the model and its checks; it does not act on it.
 
 mod agent;
+mod files;
 mod pfile;
 mod toml_format;
 
@@ -17,6 +18,7 @@ use std::{
 };
 
 pub use agent::{Agent, Env, LogLevel};
+pub use files::{MAX_ERRORS_PER_FILE, MAX_FILE_BYTES};
 pub use toml_format::to_toml;
 
 /// One problem found in a configuration file.
@@ -233,6 +235,7 @@ pub struct LoadOptions {
 impl Config {
     /// Reads every `pfile_*`, `*.toml`, `psagent.conf` and `psenv` in `dir`.
     pub fn load_dir(dir: &Path, opts: LoadOptions) -> Result<Config, ConfigErrors> {
+        files::check_dir(dir, opts).map_err(|d| ConfigErrors(vec![d]))?;
         let listing = std::fs::read_dir(dir).map_err(|e| {
             ConfigErrors(vec![whole_file(
                 dir,
@@ -261,6 +264,10 @@ impl Config {
         let mut errors = Vec::new();
         for path in paths {
             if path.is_dir() {
+                if let Err(d) = files::check_dir(path, opts) {
+                    errors.push(d);
+                    continue;
+                }
                 match std::fs::read_dir(path) {
                     Ok(listing) => {
                         let mut found: Vec<PathBuf> = listing
@@ -268,14 +275,27 @@ impl Config {
                             .filter(|p| kind_of(p).is_some())
                             .collect();
                         found.sort();
+                        // As `psmon run` would: a directory must give something to watch.
+                        if !found
+                            .iter()
+                            .any(|p| matches!(kind_of(p), Some(Kind::Pfile | Kind::Toml)))
+                        {
+                            errors.push(whole_file(
+                                path,
+                                "no pfile_* or *.toml file here: nothing to watch".into(),
+                            ));
+                        }
                         files.extend(found);
                     }
                     Err(e) => errors.push(whole_file(path, format!("cannot read: {e}"))),
                 }
-            } else if path.exists() {
-                files.push(path.clone());
             } else {
-                errors.push(whole_file(path, "no such file or directory".into()));
+                let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+                if let Some(Err(d)) = parent.map(|p| files::check_dir(p, opts)) {
+                    errors.push(d);
+                    continue;
+                }
+                files.push(path.clone());
             }
         }
         match Self::load_files(&files, opts) {
@@ -293,26 +313,26 @@ impl Config {
         let mut config = Config::default();
         let mut errors = Vec::new();
         for file in files {
-            let Some(kind) = kind_of(file) else {
+            let before = errors.len();
+            let text = match files::read(file, opts) {
+                Ok(t) => t,
+                Err(d) => {
+                    errors.push(d);
+                    continue;
+                }
+            };
+            // Named as psmon names them; a file given by another name is
+            // recognised as a pfile by its section headers.
+            let kind =
+                kind_of(file).or_else(|| files::looks_like_pfile(&text).then_some(Kind::Pfile));
+            let Some(kind) = kind else {
                 errors.push(whole_file(
                     file,
-                    "not a configuration file psmon knows (pfile_*, *.toml, psagent.conf, psenv)"
+                    "not a configuration file psmon knows: name it pfile_NAME (ProcessSaver's \
+                     format), NAME.toml, psagent.conf or psenv"
                         .into(),
                 ));
                 continue;
-            };
-            if !opts.insecure
-                && let Err(d) = check_ownership(file)
-            {
-                errors.push(d);
-                continue;
-            }
-            let text = match std::fs::read_to_string(file) {
-                Ok(t) => t,
-                Err(e) => {
-                    errors.push(whole_file(file, format!("cannot read: {e}")));
-                    continue;
-                }
             };
             let parsed = match kind {
                 Kind::Pfile => pfile::parse(file, &text, &mut errors),
@@ -326,6 +346,7 @@ impl Config {
                     None
                 }
             };
+            files::bound_errors(&mut errors, before, file);
             if let Some(mut p) = parsed {
                 for e in &mut p.entries {
                     e.backoff_max = p.monitor_interval;
@@ -379,37 +400,6 @@ fn whole_file(file: &Path, message: String) -> Diagnostic {
         col: 0,
         message,
     }
-}
-
-/// As sshd's StrictModes: a file others could write could make psmon run
-/// any command as its user. Owned by root or by that user, not writable by
-/// group or others.
-fn check_ownership(file: &Path) -> Result<(), Diagnostic> {
-    use std::os::unix::fs::MetadataExt;
-    let meta =
-        std::fs::metadata(file).map_err(|e| whole_file(file, format!("cannot read: {e}")))?;
-    let me = nix::unistd::geteuid().as_raw();
-    if meta.uid() != 0 && meta.uid() != me {
-        return Err(whole_file(
-            file,
-            format!(
-                "refused: owned by uid {}, neither root nor psmon's user (uid {me}), whose \
-                 restart commands it would run (chown it, or pass --insecure-config for tests)",
-                meta.uid()
-            ),
-        ));
-    }
-    if meta.mode() & 0o022 != 0 {
-        return Err(whole_file(
-            file,
-            format!(
-                "refused: mode {:o} lets group or others write it (chmod go-w, or pass \
-                 --insecure-config for tests)",
-                meta.mode() & 0o777
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// Checks across files: duplicate IPCKEYs and process paths.

@@ -13,7 +13,7 @@
 
 use std::{path::Path, time::Duration};
 
-use super::{Action, Diagnostic, Entry, Pfile, hint, suggest};
+use super::{Action, Diagnostic, Entry, MAX_ERRORS_PER_FILE, Pfile, hint, suggest};
 
 /// Known PARAM keys, as the manual spells them.
 const PARAM_KEYS: [&str; 4] = [
@@ -90,13 +90,45 @@ pub(super) fn normalize_key(key: &str) -> String {
         .collect()
 }
 
+/// Collects a file's problems: the first [`MAX_ERRORS_PER_FILE`] in full,
+/// the rest only counted (a file of garbage must not cost memory per line),
+/// and said as one line when the file is done.
 pub(super) struct Reporter<'a> {
     pub file: &'a Path,
     pub errors: &'a mut Vec<Diagnostic>,
+    start: usize,
+    more: usize,
 }
 
-impl Reporter<'_> {
+impl Drop for Reporter<'_> {
+    fn drop(&mut self) {
+        if self.more > 0 {
+            self.errors.push(Diagnostic {
+                file: self.file.to_path_buf(),
+                line: 0,
+                col: 0,
+                message: format!("and {} more errors in this file", self.more),
+            });
+        }
+    }
+}
+
+impl<'a> Reporter<'a> {
+    pub fn new(file: &'a Path, errors: &'a mut Vec<Diagnostic>) -> Self {
+        let start = errors.len();
+        Reporter {
+            file,
+            errors,
+            start,
+            more: 0,
+        }
+    }
+
     pub fn error(&mut self, line: usize, col: usize, message: impl Into<String>) {
+        if self.errors.len() - self.start >= MAX_ERRORS_PER_FILE {
+            self.more += 1;
+            return;
+        }
         self.errors.push(Diagnostic {
             file: self.file.to_path_buf(),
             line,
@@ -167,11 +199,11 @@ fn section_header(trimmed: &str) -> Option<Section> {
 }
 
 pub(super) fn parse(file: &Path, text: &str, errors: &mut Vec<Diagnostic>) -> Option<Pfile> {
-    let mut r = Reporter { file, errors };
+    let mut r = Reporter::new(file, errors);
     let name = file
         .file_name()
         .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_prefix("pfile_"))
+        .map(|n| n.strip_prefix("pfile_").unwrap_or(n))
         .unwrap_or("")
         .to_string();
     let mut pfile = Pfile {

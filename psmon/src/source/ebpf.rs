@@ -47,12 +47,28 @@ const PROGRAMS: [&str; 3] = [
 /// Why the `ebpf` source could not be used.
 #[derive(Debug)]
 pub enum Refusal {
-    NotBuilt { why: String },
-    NoBtf { path: PathBuf },
-    Offsets { source: btf::BtfError },
-    NotPermitted { what: String },
-    Verifier { program: String, log: String },
-    Kernel { what: String, error: String },
+    NotBuilt {
+        why: String,
+    },
+    /// The programs see host pids; psmon's `/proc` shows another namespace's.
+    NotInitPidNamespace,
+    NoBtf {
+        path: PathBuf,
+    },
+    Offsets {
+        source: btf::BtfError,
+    },
+    NotPermitted {
+        what: String,
+    },
+    Verifier {
+        program: String,
+        log: String,
+    },
+    Kernel {
+        what: String,
+        error: String,
+    },
 }
 
 impl fmt::Display for Refusal {
@@ -62,6 +78,11 @@ impl fmt::Display for Refusal {
                 f,
                 "the eBPF programs are not built into this binary ({why}); \
                  run `cargo xtask setup` and rebuild psmon"
+            ),
+            Refusal::NotInitPidNamespace => f.write_str(
+                "psmon runs inside a PID namespace (a container, `unshare --pid`), where the \
+                 kernel programs' pids would match nothing in its /proc; run it on the host \
+                 to use ebpf",
             ),
             Refusal::NoBtf { path } => write!(
                 f,
@@ -136,6 +157,9 @@ impl EbpfSource {
             return Err(Refusal::NotBuilt {
                 why: MISSING_BECAUSE.to_string(),
             });
+        }
+        if !super::procfs::in_init_pid_namespace() {
+            return Err(Refusal::NotInitPidNamespace);
         }
         let btf_path = Path::new("/sys/kernel/btf/vmlinux");
         if !btf_path.exists() {

@@ -45,9 +45,6 @@ const CN_MSG_LEN: usize = 20;
 /// `struct proc_event` up to the union: what, cpu, timestamp_ns.
 const PROC_EVENT_HEAD: usize = 16;
 
-/// `/proc/self/ns/pid` inode of the initial PID namespace (`PROC_PID_INIT_INO`).
-const INIT_PID_NS_INO: u64 = 0xEFFF_FFFC;
-
 #[derive(Debug)]
 pub enum Refusal {
     NotInitPidNamespace,
@@ -105,7 +102,7 @@ pub struct NetlinkSource {
 
 impl NetlinkSource {
     pub fn open(options: &SourceOptions) -> Result<Self, Refusal> {
-        if !in_init_pid_namespace() {
+        if !procfs::in_init_pid_namespace() {
             return Err(Refusal::NotInitPidNamespace);
         }
         let sock_err = |what| move |error: io::Error| Refusal::Socket { what, error };
@@ -243,11 +240,6 @@ fn set_rcvbuf(socket: &Socket, bytes: usize) {
         bytes,
         "could not set the proc connector receive buffer size"
     );
-}
-
-fn in_init_pid_namespace() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self/ns/pid").is_ok_and(|m| m.ino() == INIT_PID_NS_INO)
 }
 
 /// Decodes datagrams into events, keeping what spans messages: the process

@@ -54,6 +54,16 @@ impl ProcEntry {
     }
 }
 
+/// `/proc/self/ns/pid` inode of the initial PID namespace (`PROC_PID_INIT_INO`).
+const INIT_PID_NS_INO: u64 = 0xEFFF_FFFC;
+
+/// Whether psmon runs in the initial PID namespace, whose pids the kernel's
+/// event interfaces (the proc connector, BPF programs) report.
+pub fn in_init_pid_namespace() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/pid").is_ok_and(|m| m.ino() == INIT_PID_NS_INO)
+}
+
 /// Reads `/proc/TGID/stat`; `None` when the process is gone.
 pub fn read_entry(tgid: u32) -> Option<ProcEntry> {
     let process = procfs::process::Process::new(tgid as i32).ok()?;
