@@ -124,13 +124,32 @@ impl Drop for TempDir {
 /// A running `psmon run` and its operator messages (JSON lines).
 pub struct Psmon {
     pub child: Child,
+    wrapped: bool,
     messages: mpsc::Receiver<Value>,
     pub seen: Vec<Value>,
 }
 
 impl Psmon {
     pub fn start(conf: &Path, source: &str) -> Psmon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_psmon"))
+        Self::start_in(&[], conf, source)
+    }
+
+    /// Started through `wrapper` (e.g. `unshare --pid --fork`), when given.
+    pub fn start_in(wrapper: &[&str], conf: &Path, source: &str) -> Psmon {
+        let psmon = env!("CARGO_BIN_EXE_psmon");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(psmon);
+                c
+            }
+            None => Command::new(psmon),
+        };
+        if !wrapper.is_empty() {
+            use std::os::unix::process::CommandExt;
+            command.process_group(0);
+        }
+        let mut child = command
             .args([
                 "run",
                 "--insecure-config",
@@ -151,17 +170,18 @@ impl Psmon {
         let (tx, messages) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if tx.send(v).is_err() {
-                        break;
-                    }
-                } else {
-                    eprintln!("psmon: {line}");
+                // psmon's own diagnostics (tracing) are text lines: kept
+                // as messages too, so tests can wait for them.
+                let v = serde_json::from_str::<Value>(&line)
+                    .unwrap_or_else(|_| serde_json::json!({ "message": line, "text": true }));
+                if tx.send(v).is_err() {
+                    break;
                 }
             }
         });
         Psmon {
             child,
+            wrapped: !wrapper.is_empty(),
             messages,
             seen: Vec::new(),
         }
@@ -207,8 +227,15 @@ impl Psmon {
         got
     }
 
+    /// Signals psmon: through a wrapper, its whole process group (a
+    /// wrapper such as `unshare --fork` does not pass signals on).
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).unwrap();
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        if self.wrapped {
+            let _ = nix::sys::signal::killpg(pid, sig);
+        } else {
+            nix::sys::signal::kill(pid, sig).unwrap();
+        }
     }
 }
 
@@ -224,4 +251,11 @@ pub fn proc_ppid(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 2..];
     rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+pub fn kill9_pid(pid: u32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
 }

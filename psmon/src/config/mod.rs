@@ -7,6 +7,8 @@
 
 mod agent;
 mod files;
+#[cfg(test)]
+mod fuzz;
 mod pfile;
 mod toml_format;
 
