@@ -172,7 +172,18 @@ async fn reload_on_sighup(
             _ = hup.recv() => {}
         }
         let d = dir.clone();
-        let loaded = tokio::task::spawn_blocking(move || Config::load_dir(&d, load)).await;
+        let loaded = tokio::task::spawn_blocking(move || {
+            let loaded = Config::load_dir(&d, load);
+            // Parsing a large file (up to MAX_FILE_BYTES) can take tens of
+            // MB for a moment; hand them back rather than keep them.
+            #[cfg(target_env = "gnu")]
+            // SAFETY: malloc_trim only returns free heap memory to the system.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+            loaded
+        })
+        .await;
         let msg = match loaded {
             Ok(Ok(config)) => Control::Reload(Box::new(config)),
             Ok(Err(errors)) => Control::ReloadFailed(errors),
