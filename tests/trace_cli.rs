@@ -211,7 +211,7 @@ fn bad_arguments_are_usage_errors() {
         ["--duration", "inf"],
         ["--duration", "1e20"],
         ["--duration", "nan"],
-        ["--duration", "-1"],
+        ["--duration", "0"],
         ["--stats", "inf"],
         ["--queue", "18446744073709551615"],
         ["--poll-interval", "0"],
