@@ -343,3 +343,57 @@ fn poll_acts_on_the_pidfd_not_the_next_scan() {
     drop(psmon);
     kill_all(&victim);
 }
+
+/// psmon's stderr is a pipe nobody reads, already full: every message it
+/// writes would block. Monitoring goes on all the same — the victim is
+/// started, and restarted when killed — with messages dropped and counted.
+#[test]
+fn a_full_stderr_pipe_never_stops_monitoring() {
+    use std::os::fd::AsRawFd;
+    let dir = TempDir::new("stuck-log");
+    let conf = dir.0.join("conf");
+    std::fs::create_dir_all(&conf).unwrap();
+    let victim = victim_copy(&dir.0, "stuckvictim");
+    std::fs::write(conf.join("pfile_app"), pfile(&victim, 100)).unwrap();
+    let (_unread, write) = nix::unistd::pipe().unwrap();
+    // Fill it: non-blocking while the test writes, blocking again for psmon.
+    let set_nonblocking = |on: bool| {
+        let flags = if on { libc::O_NONBLOCK } else { 0 };
+        // SAFETY: F_SETFL on a descriptor this test owns.
+        unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETFL, flags) };
+    };
+    set_nonblocking(true);
+    let chunk = [b'x'; 4096];
+    while nix::unistd::write(&write, &chunk).is_ok() {}
+    set_nonblocking(false);
+    let source = if is_root() { "ebpf" } else { "poll" };
+    let mut psmon = Command::new(env!("CARGO_BIN_EXE_psmon"))
+        .args(["run", "--insecure-config", "--source", source, "--conf"])
+        .arg(&conf)
+        .arg("--log-dir")
+        .arg(dir.0.join("log"))
+        .stderr(std::process::Stdio::from(write))
+        .spawn()
+        .unwrap();
+    let appear = |not: Option<u32>| {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(pid) = pids_of(&victim).into_iter().find(|p| Some(*p) != not) {
+                return pid;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "psmon did not (re)start the victim: stuck on its stderr?"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let first = appear(None);
+    std::thread::sleep(Duration::from_millis(1200)); // Up (start_secs)
+    support::kill9_pid(first);
+    let second = appear(Some(first));
+    assert_ne!(first, second);
+    let _ = psmon.kill();
+    let _ = psmon.wait();
+    kill_all(&victim);
+}

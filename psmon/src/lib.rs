@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod event;
 pub mod exec;
+pub mod logsink;
 pub mod policy;
 pub mod report;
 pub mod scan;

@@ -7,16 +7,13 @@
 //! psmon's own diagnostics (start-up, source selection) go through `tracing`.
 
 use std::{
-    fs::File,
-    io::Write,
-    os::unix::net::UnixDatagram,
     path::{Path, PathBuf},
     time::SystemTime,
 };
 
 use serde_json::{Map, Value, json};
 
-use crate::config::LogLevel;
+use crate::{config::LogLevel, logsink};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -27,13 +24,12 @@ pub enum LogFormat {
 pub struct Reporter {
     level: LogLevel,
     format: LogFormat,
-    file: Option<File>,
-    syslog: Option<UnixDatagram>,
 }
 
 impl Reporter {
-    /// Opens `DIR/psmon.log` (creating DIR) and syslog; either may be
-    /// missing, which is said once and does not stop psmon.
+    /// Opens `DIR/psmon.log` (creating DIR); it may be missing, which is
+    /// said once and does not stop psmon. Writing is `logsink`'s: a message
+    /// never waits for stderr, the file or syslog.
     pub fn new(level: LogLevel, format: LogFormat, log_dir: Option<&Path>) -> Self {
         let file = log_dir.and_then(|dir| {
             let path: PathBuf = dir.join("psmon.log");
@@ -54,17 +50,8 @@ impl Reporter {
                 }
             }
         });
-        // Non-blocking: a stuck syslog daemon must never stall monitoring;
-        // a message it has no room for is dropped (stderr and the file keep it).
-        let syslog = UnixDatagram::unbound()
-            .ok()
-            .filter(|s| s.connect("/dev/log").is_ok() && s.set_nonblocking(true).is_ok());
-        Reporter {
-            level,
-            format,
-            file,
-            syslog,
-        }
+        logsink::set_file(file);
+        Reporter { level, format }
     }
 
     pub fn set_level(&mut self, level: LogLevel) {
@@ -83,7 +70,7 @@ impl Reporter {
             LogLevel::Warn => "WARN",
             LogLevel::Error => "ERROR",
         };
-        let line = match self.format {
+        let mut line = match self.format {
             LogFormat::Json => {
                 let mut obj = Map::new();
                 obj.insert("time".into(), json!(time));
@@ -106,29 +93,20 @@ impl Reporter {
                 line
             }
         };
-        // One write per sink and message: stderr and files are unbuffered,
-        // and `writeln!` would write each piece of the format on its own.
-        let mut line = line;
         line.push('\n');
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
-        if let Some(f) = &mut self.file {
-            let _ = f.write_all(line.as_bytes());
-        }
-        if let Some(s) = &self.syslog {
-            // RFC 3164 framing; facility daemon (3).
-            let severity = match level {
-                LogLevel::Debug => 7,
-                LogLevel::Info => 6,
-                LogLevel::Warn => 4,
-                LogLevel::Error => 3,
-            };
-            let packet = format!(
-                "<{}>psmon[{}]: {message}",
-                3 * 8 + severity,
-                std::process::id()
-            );
-            let _ = s.send(packet.as_bytes());
-        }
+        // RFC 3164 framing; facility daemon (3).
+        let severity = match level {
+            LogLevel::Debug => 7,
+            LogLevel::Info => 6,
+            LogLevel::Warn => 4,
+            LogLevel::Error => 3,
+        };
+        let packet = format!(
+            "<{}>psmon[{}]: {message}",
+            3 * 8 + severity,
+            std::process::id()
+        );
+        logsink::line(line.into_bytes(), true, Some(packet.into_bytes()));
     }
 }
 
@@ -172,6 +150,7 @@ mod tests {
             "Process ['/usr/sbin/sshd',pid=812] Down",
             &[("pid", json!(812)), ("signal", json!(9))],
         );
+        logsink::flush(std::time::Duration::from_secs(5));
         let text = std::fs::read_to_string(dir.join("psmon.log")).unwrap();
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.join("psmon.log"))

@@ -1,0 +1,143 @@
+//! The one thread that writes psmon's output — operator messages to stderr,
+//! the log file and syslog, and psmon's own diagnostics (tracing) to stderr
+//! — so that nothing that monitors ever waits on a full pipe nobody reads, a
+//! slow or full disk, or a stuck syslog. Lines are queued (bounded); when
+//! the writer cannot keep up they are dropped and counted, and the count is
+//! written as soon as it can be.
+//!
+//! It owns the sinks and the queue; what a line says is `report`'s.
+
+use std::{
+    fs::File,
+    io::Write,
+    os::unix::net::UnixDatagram,
+    sync::{
+        OnceLock,
+        atomic::{AtomicU64, Ordering},
+        mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
+    },
+    time::Duration,
+};
+
+/// Lines that may wait for the writer; past this they are dropped.
+const QUEUE: usize = 4096;
+
+enum Msg {
+    Line {
+        text: Vec<u8>,
+        to_file: bool,
+        syslog: Option<Vec<u8>>,
+    },
+    SetFile(Option<File>),
+    Flush(SyncSender<()>),
+}
+
+struct Sink {
+    tx: SyncSender<Msg>,
+    dropped: AtomicU64,
+}
+
+fn sink() -> &'static Sink {
+    static SINK: OnceLock<Sink> = OnceLock::new();
+    SINK.get_or_init(|| {
+        let (tx, rx) = sync_channel(QUEUE);
+        let spawned = std::thread::Builder::new()
+            .name("psmon-log".into())
+            .spawn(move || writer(rx));
+        if spawned.is_err() {
+            // Without a thread nothing is written; monitoring goes on.
+            eprintln!("psmon: cannot start the log writer thread");
+        }
+        Sink {
+            tx,
+            dropped: AtomicU64::new(0),
+        }
+    })
+}
+
+fn send(msg: Msg) {
+    let s = sink();
+    match s.tx.try_send(msg) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+            s.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Queues `text` (one whole line, newline included) for stderr, and for
+/// the log file when `to_file`; `syslog` is a datagram for `/dev/log`.
+pub fn line(text: Vec<u8>, to_file: bool, syslog: Option<Vec<u8>>) {
+    send(Msg::Line {
+        text,
+        to_file,
+        syslog,
+    });
+}
+
+/// From now on, lines `to_file` also go to `file`.
+pub fn set_file(file: Option<File>) {
+    send(Msg::SetFile(file));
+}
+
+/// Waits until what was queued before is written, at most `limit` (at exit,
+/// so the last messages are not lost; a stuck sink cannot hold psmon).
+pub fn flush(limit: Duration) {
+    let (tx, rx) = sync_channel(1);
+    send(Msg::Flush(tx));
+    let _ = rx.recv_timeout(limit);
+}
+
+/// A `tracing` writer into the same queue (stderr only).
+pub struct Tracing;
+
+impl Write for Tracing {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        line(buf.to_vec(), false, None);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn writer(rx: Receiver<Msg>) {
+    let mut file: Option<File> = None;
+    // Non-blocking: a stuck syslog daemon gets no datagram rather than a wait.
+    let syslog = UnixDatagram::unbound()
+        .ok()
+        .filter(|s| s.connect("/dev/log").is_ok() && s.set_nonblocking(true).is_ok());
+    let stderr = std::io::stderr();
+    for msg in rx {
+        let dropped = sink().dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            let notice = format!(
+                "psmon: {dropped} log lines dropped: stderr or the log file could not keep up\n"
+            );
+            let _ = stderr.lock().write_all(notice.as_bytes());
+            if let Some(f) = &mut file {
+                let _ = f.write_all(notice.as_bytes());
+            }
+        }
+        match msg {
+            Msg::Line {
+                text,
+                to_file,
+                syslog: datagram,
+            } => {
+                let _ = stderr.lock().write_all(&text);
+                if to_file && let Some(f) = &mut file {
+                    let _ = f.write_all(&text);
+                }
+                if let (Some(s), Some(d)) = (&syslog, datagram) {
+                    let _ = s.send(&d);
+                }
+            }
+            Msg::SetFile(f) => file = f,
+            Msg::Flush(done) => {
+                let _ = done.try_send(());
+            }
+        }
+    }
+}
