@@ -425,7 +425,7 @@ impl Victim {
     }
 
     fn spawn(&self, exe: &Path, args: &[&str]) -> Child {
-        let child = Command::new(exe).args(args).spawn().unwrap();
+        let child = spawn_fresh(Command::new(exe).args(args));
         // Until it has exec'd (its exe is no longer this test's).
         let deadline = Instant::now() + TIMEOUT;
         while std::fs::read_link(format!("/proc/{}/exe", child.id()))

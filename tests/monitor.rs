@@ -58,7 +58,7 @@ impl World {
     }
 
     fn spawn_victim(&self) -> Child {
-        let child = Command::new(&self.victim).arg("sleep").spawn().unwrap();
+        let child = spawn_fresh(Command::new(&self.victim).arg("sleep"));
         wait_until_running(child.id());
         child
     }

@@ -265,10 +265,7 @@ fn one_exit_per_process(source: &str) {
     let (trace, out) = start_trace(source, &["--comm", "grouper", "--event", "exit"]);
     let mut pids = Vec::new();
     for _ in 0..30 {
-        let mut child = Command::new(&grouper)
-            .args(["group-exit", "5"])
-            .spawn()
-            .unwrap();
+        let mut child = spawn_fresh(Command::new(&grouper).args(["group-exit", "5"]));
         pids.push(child.id());
         assert_eq!(child.wait().unwrap().code(), Some(5));
     }
@@ -315,10 +312,7 @@ fn netlink_lifetimes_agree_with_the_kernels() {
     let (netlink, netlink_out) = start_trace("netlink", &args);
     let mut pids = Vec::new();
     for ms in [3, 30, 7, 55, 12, 1, 20, 40, 5, 15] {
-        let mut child = Command::new(&napper)
-            .args(["nap", &ms.to_string()])
-            .spawn()
-            .unwrap();
+        let mut child = spawn_fresh(Command::new(&napper).args(["nap", &ms.to_string()]));
         pids.push((child.id(), ms));
         child.wait().unwrap();
     }
@@ -359,7 +353,9 @@ fn stats_name_the_executable(source: &str) {
     std::os::unix::fs::symlink(&real, &link).unwrap();
     let (trace, out) = start_trace(source, &["--comm", &name, "--stats", "600"]);
     for _ in 0..50 {
-        Command::new(&link).args(["nap", "20"]).status().unwrap();
+        spawn_fresh(Command::new(&link).args(["nap", "20"]))
+            .wait()
+            .unwrap();
     }
     std::thread::sleep(Duration::from_millis(300));
     let events = finish(trace, out);

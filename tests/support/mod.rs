@@ -259,3 +259,19 @@ pub fn kill9_pid(pid: u32) {
         nix::sys::signal::Signal::SIGKILL,
     );
 }
+
+/// Spawns a program that was just written: a fork in another test thread
+/// may still hold the copy's write descriptor for a moment (until its
+/// exec), and exec then fails with ETXTBSY. Retried briefly.
+pub fn spawn_fresh(command: &mut Command) -> Child {
+    for _ in 0..100 {
+        match command.spawn() {
+            Ok(child) => return child,
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("cannot spawn {command:?}: {e}"),
+        }
+    }
+    panic!("{command:?} stayed busy (ETXTBSY)");
+}
