@@ -212,15 +212,7 @@ pub fn step(entry: &Entry, state: &mut EntryState, input: Input, now: Instant) -
                         try_restart(entry, state, now, &mut out);
                     }
                     Phase::Started { since, pid, .. } => {
-                        let lived = now.saturating_duration_since(since);
-                        let status = ExitStatus::Unknown;
-                        failed(
-                            entry,
-                            state,
-                            now,
-                            SetPidFail::DiedEarly { pid, status, lived },
-                            &mut out,
-                        );
+                        died_early(entry, state, now, since, pid, ExitStatus::Unknown, &mut out);
                     }
                     _ => {}
                 }
@@ -258,17 +250,7 @@ pub fn step(entry: &Entry, state: &mut EntryState, input: Input, now: Instant) -
                     });
                     try_restart(entry, state, now, &mut out);
                 }
-                Some(since) => {
-                    let lived = now.saturating_duration_since(since);
-                    let pid = Some(pid);
-                    failed(
-                        entry,
-                        state,
-                        now,
-                        SetPidFail::DiedEarly { pid, status, lived },
-                        &mut out,
-                    );
-                }
+                Some(since) => died_early(entry, state, now, since, Some(pid), status, &mut out),
             }
         }
         Input::RestartDone { ok } => {
@@ -343,6 +325,21 @@ fn failed(
         state.phase = Phase::Backoff { until: now + delay };
         out.push(Action::ReportBackoff { delay });
     }
+}
+
+/// A restarted process ended before it had lived `start_secs`.
+fn died_early(
+    entry: &Entry,
+    state: &mut EntryState,
+    now: Instant,
+    since: Instant,
+    pid: Option<u32>,
+    status: ExitStatus,
+    out: &mut Vec<Action>,
+) {
+    let lived = now.saturating_duration_since(since);
+    let why = SetPidFail::DiedEarly { pid, status, lived };
+    failed(entry, state, now, why, out);
 }
 
 /// The wait before the next attempt after `failures` failed ones in a row.

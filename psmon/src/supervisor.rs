@@ -469,40 +469,58 @@ impl Supervisor {
         Some(task.abort_handle())
     }
 
-    /// A pidfd said the process exited; its exit event (with the status)
-    /// normally arrives at the same moment, so wait for it a little.
+    /// A pidfd said the process exited. While it is a zombie, `/proc`
+    /// holds its wait status: done at once. Once reaped, its exit event
+    /// (with the status) normally arrives at the same moment, so wait for
+    /// it a little (`poll`'s comes only with its next scan: unknown then).
     fn on_exited(&mut self, tgid: u32, start: u64) {
-        if self
+        if !self
             .instances
             .get(&tgid)
             .is_some_and(|t| t.start_ticks == start)
         {
+            return;
+        }
+        let zombie = crate::source::procfs::read_entry(tgid)
+            .filter(|e| e.start.ticks() == start && e.is_dead())
+            .and_then(|e| e.exit_code);
+        if let Some(code) = zombie {
+            self.missed.remove(&tgid);
+            let status = ExitStatus::from_wait_status(code as u32);
+            self.remove(tgid, status, "exited (pidfd), status from its zombie");
+        } else {
             self.missed
                 .entry(tgid)
                 .or_insert((start, Instant::now() + MISSED_GRACE));
         }
     }
 
-    /// Forgets instance `tgid` and tells the policy.
-    fn remove(&mut self, tgid: u32, status: ExitStatus, why: &str) {
-        let Some(t) = self.instances.remove(&tgid) else {
-            return;
-        };
+    /// Stops tracking `tgid`: its exit watch, its kernel-filter key (the
+    /// kernel forgets an exited tgid itself; one that exec'd another
+    /// program or stopped matching must stop passing), its membership.
+    fn untrack(&mut self, tgid: u32) -> Option<Tracked> {
+        let t = self.instances.remove(&tgid)?;
         if let Some(w) = &t.exit_watch {
             w.abort();
         }
-        // The kernel forgets an exited tgid itself; one that exec'd another
-        // program must stop passing the filter.
         if let Some(f) = &mut self.filter {
             let _ = f.unwatch_tgid(tgid);
         }
+        self.watched[t.entry].members.remove(&tgid);
+        Some(t)
+    }
+
+    /// Forgets instance `tgid` and tells the policy.
+    fn remove(&mut self, tgid: u32, status: ExitStatus, why: &str) {
+        let Some(t) = self.untrack(tgid) else {
+            return;
+        };
         self.reporter.report(
             LogLevel::Debug,
             "instance gone",
             &[("pid", json!(tgid)), ("why", json!(why))],
         );
         self.gone.insert((tgid, t.start_ticks), Instant::now());
-        self.watched[t.entry].members.remove(&tgid);
         let before = self.watched[t.entry].running;
         let (running, _) = self.recount(t.entry);
         if t.counts {
@@ -563,16 +581,9 @@ impl Supervisor {
 
     /// Stops tracking a process that no longer matches (not an exit).
     fn forget(&mut self, tgid: u32) {
-        let Some(t) = self.instances.remove(&tgid) else {
+        if self.untrack(tgid).is_none() {
             return;
-        };
-        if let Some(w) = &t.exit_watch {
-            w.abort();
         }
-        if let Some(f) = &mut self.filter {
-            let _ = f.unwatch_tgid(tgid);
-        }
-        self.watched[t.entry].members.remove(&tgid);
         self.reporter.report(
             LogLevel::Debug,
             "process no longer matches its entry",
