@@ -474,10 +474,10 @@ impl Supervisor {
     /// (with the status) normally arrives at the same moment, so wait for
     /// it a little (`poll`'s comes only with its next scan: unknown then).
     fn on_exited(&mut self, tgid: u32, start: u64) {
-        if !self
+        if self
             .instances
             .get(&tgid)
-            .is_some_and(|t| t.start_ticks == start)
+            .is_none_or(|t| t.start_ticks != start)
         {
             return;
         }
