@@ -295,6 +295,7 @@ impl Drop for Nginx {
     fn drop(&mut self) {
         let _ = Command::new("fuser")
             .args(["-k", "-s", &format!("{}/tcp", self.port)])
+            .stderr(std::process::Stdio::null())
             .status();
         for pid in pids_with_cmdline(&self.conf.display().to_string()) {
             kill_pid(pid);
