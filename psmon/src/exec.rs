@@ -86,16 +86,17 @@ pub async fn run(spec: &CommandSpec) -> Outcome {
         // Not psmon's working directory: it may be anywhere, even unmounted later.
         .current_dir("/")
         .kill_on_drop(false);
-    let umask = spec.umask;
-    // SAFETY: only async-signal-safe syscalls, touching no memory of ours.
-    unsafe {
-        cmd.pre_exec(move || {
-            if let Some(mask) = umask {
+    // Without a pre_exec hook std spawns with posix_spawn (vfork-like), the
+    // fast path of a restart: descriptors psmon inherited are made
+    // close-on-exec once at start instead (`cloexec_inherited_fds`).
+    if let Some(mask) = spec.umask {
+        // SAFETY: umask(2) is async-signal-safe and touches no memory.
+        unsafe {
+            cmd.pre_exec(move || {
                 libc::umask(mask as libc::mode_t);
-            }
-            only_standard_fds();
-            Ok(())
-        });
+                Ok(())
+            });
+        }
     }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
@@ -126,10 +127,11 @@ pub async fn run(spec: &CommandSpec) -> Outcome {
     }
 }
 
-/// Marks every descriptor above stderr close-on-exec, so the command gets
-/// only 0–2 whatever psmon inherited from its own parent without
-/// `O_CLOEXEC`. Runs between fork and exec: async-signal-safe calls only.
-fn only_standard_fds() {
+/// Marks every descriptor above stderr close-on-exec, so that commands
+/// psmon runs get only 0–2 whatever psmon inherited from its own parent
+/// without `O_CLOEXEC` (everything psmon opens itself is close-on-exec).
+/// Called once at start, before psmon opens anything.
+pub fn cloexec_inherited_fds() {
     // SAFETY: plain syscalls with integer arguments.
     let rc = unsafe {
         libc::syscall(
@@ -209,6 +211,8 @@ mod tests {
             .into_raw_fd();
         // SAFETY: clearing FD_CLOEXEC on a descriptor this test owns.
         unsafe { libc::fcntl(leaked, libc::F_SETFD, 0) };
+        // What `main` does at start.
+        cloexec_inherited_fds();
         let out = run(&spec(
             "pwd; ls /proc/self/fd | sort -n | tr '\\n' ' '",
             5000,

@@ -12,6 +12,7 @@ use psmon::{
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
+    psmon::exec::cloexec_inherited_fds();
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
