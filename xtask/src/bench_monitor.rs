@@ -172,9 +172,13 @@ pub fn restart_latency(psmon: &Path, dir: &Path, kills: usize) -> anyhow::Result
         std::fs::create_dir_all(&conf)?;
         let stamps = conf.join("stamps");
         std::fs::write(
-            conf.join("pfile_bench"),
+            conf.join("bench.toml"),
+            // start_secs = 0: Up as soon as the restarted process runs, so
+            // each kill follows its restart at once, as before start_secs
+            // existed (a second of idle between kills costs the VM about a
+            // millisecond of wake-up, which is not psmon's).
             format!(
-                "##### PARAM #####\nMONITOR_INTERVAL = 1\n##### PENT #####\n{v} : exec {s} {o} {v} : 1 : 1000 : continue\n",
+                "monitor_interval = 1\n[[entry]]\npath = \"{v}\"\nrestart = \"exec {s} {o} {v}\"\ngrace = 1\nretry = 1000\nstart_secs = 0\n",
                 v = victim.display(),
                 s = stamper.display(),
                 o = stamps.display()
