@@ -57,6 +57,9 @@ pub fn conf_dir(given: Option<PathBuf>) -> PathBuf {
 }
 
 pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // Installed first: a SIGHUP before the reload task first ran (an
+    // operator's reload right at start) would kill psmon, its default.
+    let hup = signal(SignalKind::hangup());
     let dir = conf_dir(opts.conf.clone());
     let load = LoadOptions {
         insecure: opts.insecure_config,
@@ -105,7 +108,7 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
         control_tx.clone(),
         token.clone(),
     ));
-    tokio::spawn(reload_on_sighup(dir, load, control_tx, token.clone()));
+    tokio::spawn(reload_on_sighup(hup, dir, load, control_tx, token.clone()));
     notify_systemd("READY=1");
     supervisor.run(event_rx, control_rx, token.clone()).await;
     token.cancel();
@@ -157,12 +160,13 @@ async fn keep_source(
 }
 
 async fn reload_on_sighup(
+    hup: std::io::Result<tokio::signal::unix::Signal>,
     dir: PathBuf,
     load: LoadOptions,
     control: mpsc::Sender<Control>,
     token: CancellationToken,
 ) {
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+    let Ok(mut hup) = hup else {
         tracing::warn!("cannot listen for SIGHUP; reload is unavailable");
         return;
     };
