@@ -80,7 +80,7 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
         ),
         &[],
     );
-    for warning in crate::survey::warnings(&config) {
+    for warning in crate::survey::Survey::new(&config).warnings() {
         reporter.report(crate::config::LogLevel::Warn, &warning.to_string(), &[]);
     }
     let retry_interval = config.agent.retry_interval;

@@ -80,11 +80,12 @@ where
 
 fn check(paths: &[std::path::PathBuf], insecure: bool, live: bool) -> anyhow::Result<()> {
     let config = Config::load_paths(paths, LoadOptions { insecure })?;
-    for warning in psmon::survey::warnings(&config) {
+    let survey = psmon::survey::Survey::new(&config);
+    for warning in survey.warnings() {
         eprintln!("{warning}");
     }
     if live {
-        print!("{}", psmon::survey::live(&config));
+        print!("{}", survey.live());
     }
     println!(
         "ok: {} pfile(s), {} process(es) watched",

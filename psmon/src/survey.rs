@@ -6,11 +6,11 @@
 //! It reads `/proc` and the file system; it changes nothing and decides no
 //! policy. Errors that make a configuration unusable stay in `config`.
 
-use std::{fmt::Write as _, os::unix::fs::PermissionsExt, path::Path};
+use std::{cell::OnceCell, fmt::Write as _, os::unix::fs::PermissionsExt, path::Path};
 
 use crate::{
-    config::{Action, Config, Entry, Match, Rule},
-    scan::{Known, Matcher, StatFiles, Why, read_pidfile, resolve},
+    config::{Action, Config, Match, Rule},
+    scan::{Instance, Known, Matcher, StatFiles, Why, read_pidfile, resolve},
 };
 
 /// One entry's finding, printed as `file:line: warning: …`.
@@ -32,35 +32,61 @@ impl std::fmt::Display for Warning {
     }
 }
 
-/// Warnings about what each entry's path names on this host.
-pub fn warnings(config: &Config) -> Vec<Warning> {
-    let entries: Vec<&Entry> = config.entries().map(|(_, e)| e).collect();
-    let matcher = Matcher::new(entries.iter().copied());
-    let found = matcher.scan(entries.len(), &Known::new(), &mut StatFiles::default());
-    let mut out = Vec::new();
-    for (i, (pfile, e)) in config.entries().enumerate() {
-        let mut warn = |message: String| {
-            out.push(Warning {
-                file: pfile.file.clone(),
-                line: e.line,
-                message,
-            })
-        };
-        if e.matcher == Match::Path {
-            for message in path_findings(&e.path) {
-                warn(message);
-            }
-        }
-        if e.action == Action::Switch && found[i].is_empty() {
-            warn(format!(
-                "no process matches {} now: started like this, psmon would restart it and, \
-                 if that fails, fail over at once (start it first, or check the path with \
-                 `psmon check --live`)",
-                e.path.display()
-            ));
+/// A configuration looked at on this host: its matcher, built once, and a
+/// scan of `/proc` made only when something asks what matches now.
+pub struct Survey<'a> {
+    config: &'a Config,
+    matcher: Matcher,
+    found: OnceCell<Vec<Vec<Instance>>>,
+}
+
+impl<'a> Survey<'a> {
+    pub fn new(config: &'a Config) -> Self {
+        Survey {
+            config,
+            matcher: Matcher::new(config.entries().map(|(_, e)| e)),
+            found: OnceCell::new(),
         }
     }
-    out
+
+    /// The processes matching each entry now: `found()[i]` for entry `i`.
+    fn found(&self) -> &[Vec<Instance>] {
+        self.found.get_or_init(|| {
+            let n = self.config.entries().count();
+            self.matcher
+                .scan(n, &Known::new(), &mut StatFiles::default())
+        })
+    }
+}
+
+impl Survey<'_> {
+    /// Warnings about what each entry's path names on this host.
+    pub fn warnings(&self) -> Vec<Warning> {
+        let mut out = Vec::new();
+        for (i, (pfile, e)) in self.config.entries().enumerate() {
+            let mut warn = |message: String| {
+                out.push(Warning {
+                    file: pfile.file.clone(),
+                    line: e.line,
+                    message,
+                })
+            };
+            if e.matcher == Match::Path {
+                for message in path_findings(&e.path) {
+                    warn(message);
+                }
+            }
+            if e.action == Action::Switch && self.found()[i].is_empty() {
+                warn(format!(
+                    "no process matches {} now: started like this, psmon would restart it and, \
+                 if that fails, fail over at once (start it first, or check the path with \
+                 `psmon check --live`)",
+                    e.path.display()
+                ));
+            }
+        }
+        out
+    }
 }
 
 /// What is worth saying about a path rule's file.
@@ -106,68 +132,68 @@ fn path_findings(path: &Path) -> Vec<String> {
     out
 }
 
-/// `psmon check --live`: for each entry, the processes that match it now,
-/// which of them count as instances under its rule, and why.
-pub fn live(config: &Config) -> String {
-    let entries: Vec<&Entry> = config.entries().map(|(_, e)| e).collect();
-    let matcher = Matcher::new(entries.iter().copied());
-    let found = matcher.scan(entries.len(), &Known::new(), &mut StatFiles::default());
-    let mut out = String::new();
-    for (i, (pfile, e)) in config.entries().enumerate() {
-        let rule = match &e.rule {
-            Rule::All => "every matching process counts".to_string(),
-            Rule::MainOnly => "main_only: processes whose parent does not match".to_string(),
-            Rule::Pidfile(p) => format!("pidfile {}", p.display()),
-        };
-        let _ = writeln!(
-            out,
-            "{} ({}:{}; {rule}; min {})",
-            e.path.display(),
-            pfile.file.display(),
-            e.line,
-            e.min
-        );
-        let members: Vec<u32> = found[i].iter().map(|p| p.tgid).collect();
-        let pidfile_pid = read_pidfile(&e.rule);
-        if members.is_empty() {
-            let _ = writeln!(out, "  no matching process: it would be reported Down");
-        }
-        let mut counted = 0;
-        for inst in &found[i] {
-            let is_member = |pid| members.contains(&pid);
-            let counts = e.rule.counts(inst.tgid, inst.ppid, is_member, pidfile_pid);
-            counted += u32::from(counts);
-            let why = matcher
-                .classify_why(inst.tgid)
-                .map(|(_, _, w)| w)
-                .unwrap_or(Why::Executable);
-            let exe = std::fs::read_link(format!("/proc/{}/exe", inst.tgid))
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|_| "?".into());
-            let cmdline = std::fs::read(format!("/proc/{}/cmdline", inst.tgid))
-                .map(|raw| {
-                    String::from_utf8_lossy(&raw)
-                        .trim_end_matches('\0')
-                        .replace('\0', " ")
-                })
-                .unwrap_or_default();
+impl Survey<'_> {
+    /// `psmon check --live`: for each entry, the processes that match it now,
+    /// which of them count as instances under its rule, and why.
+    pub fn live(&self) -> String {
+        let (matcher, found) = (&self.matcher, self.found());
+        let mut out = String::new();
+        for (i, (pfile, e)) in self.config.entries().enumerate() {
+            let rule = match &e.rule {
+                Rule::All => "every matching process counts".to_string(),
+                Rule::MainOnly => "main_only: processes whose parent does not match".to_string(),
+                Rule::Pidfile(p) => format!("pidfile {}", p.display()),
+            };
             let _ = writeln!(
                 out,
-                "  pid {} ppid {}{}: exe {exe}; cmdline {cmdline:?}; {why}",
-                inst.tgid,
-                inst.ppid,
-                if counts {
-                    " [instance]"
-                } else {
-                    " [not counted]"
-                },
+                "{} ({}:{}; {rule}; min {})",
+                e.path.display(),
+                pfile.file.display(),
+                e.line,
+                e.min
+            );
+            let members: Vec<u32> = found[i].iter().map(|p| p.tgid).collect();
+            let pidfile_pid = read_pidfile(&e.rule);
+            if members.is_empty() {
+                let _ = writeln!(out, "  no matching process: it would be reported Down");
+            }
+            let mut counted = 0;
+            for inst in &found[i] {
+                let is_member = |pid| members.contains(&pid);
+                let counts = e.rule.counts(inst.tgid, inst.ppid, is_member, pidfile_pid);
+                counted += u32::from(counts);
+                let why = matcher
+                    .classify_why(inst.tgid)
+                    .map(|(_, _, w)| w)
+                    .unwrap_or(Why::Executable);
+                let exe = std::fs::read_link(format!("/proc/{}/exe", inst.tgid))
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|_| "?".into());
+                let cmdline = std::fs::read(format!("/proc/{}/cmdline", inst.tgid))
+                    .map(|raw| {
+                        String::from_utf8_lossy(&raw)
+                            .trim_end_matches('\0')
+                            .replace('\0', " ")
+                    })
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "  pid {} ppid {}{}: exe {exe}; cmdline {cmdline:?}; {why}",
+                    inst.tgid,
+                    inst.ppid,
+                    if counts {
+                        " [instance]"
+                    } else {
+                        " [not counted]"
+                    },
+                );
+            }
+            let _ = writeln!(
+                out,
+                "  => {counted} instance(s): {}",
+                if counted >= e.min { "Up" } else { "Down" }
             );
         }
-        let _ = writeln!(
-            out,
-            "  => {counted} instance(s): {}",
-            if counted >= e.min { "Up" } else { "Down" }
-        );
+        out
     }
-    out
 }
