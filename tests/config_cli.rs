@@ -165,3 +165,46 @@ fn convert_round_trips_to_the_same_model() {
         assert_eq!(*x, y);
     }
 }
+
+/// `check --live` names the processes an entry matches now and why, and
+/// `check` warns of a symlinked path: here the entry is a link, under
+/// another name, to this test's own executable, which runs as itself.
+#[test]
+fn check_live_shows_what_matches_now() {
+    let dir = TempDir::new("live");
+    let me = std::env::current_exe().unwrap();
+    let link = dir.0.join("other-name");
+    std::os::unix::fs::symlink(&me, &link).unwrap();
+    std::fs::write(
+        dir.0.join("app.toml"),
+        format!(
+            "[[entry]]\npath = \"{}\"\n\n[[entry]]\npath = \"{}\"\naction = \"switch\"\n",
+            me.display(),
+            link.display()
+        ),
+    )
+    .unwrap();
+    let out = psmon(&[
+        "check",
+        "--insecure-config",
+        "--live",
+        dir.0.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let pid = std::process::id();
+    assert!(
+        stdout.contains(&format!("pid {pid} ppid")) && stdout.contains("[instance]"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("its executable is the file the path names"),
+        "{stdout}"
+    );
+    // Run as itself, not as `other-name`: the link's entry matches nothing.
+    assert!(stdout.contains("no matching process"), "{stdout}");
+    assert!(stderr.contains("is a symlink to"), "{stderr}");
+    assert!(stderr.contains("when started as `other-name`"), "{stderr}");
+    assert!(stderr.contains("no process matches"), "{stderr}");
+}
