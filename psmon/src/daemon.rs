@@ -128,12 +128,7 @@ async fn keep_source(
     token: CancellationToken,
 ) {
     loop {
-        let filter = match &mut source {
-            Source::Ebpf(s) => s.take_filter(),
-            _ => None,
-        };
-        let kind = source.kind();
-        let _ = control.send(Control::Source { kind, filter }).await;
+        let _ = control.send(Control::Source(source.handle())).await;
         let result = source.run(tx.clone(), token.clone()).await;
         if token.is_cancelled() {
             return;

@@ -53,7 +53,7 @@ fn ns_per_tick() -> u64 {
 }
 
 /// How a thread group ended, as `waitpid(2)` would report it to its parent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ExitStatus {
     /// Exited normally with this code (0–255).
     Code(i32),

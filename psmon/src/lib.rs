@@ -6,12 +6,15 @@
 //! restart [`policy`] and has [`exec`] run commands.
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod event;
 pub mod exec;
 pub mod logsink;
+pub mod monitor;
 pub mod policy;
+pub mod procfs;
 pub mod report;
 pub mod scan;
 pub mod signals;

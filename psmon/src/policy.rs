@@ -14,14 +14,17 @@
 //! (`restart_backoff`, doubled each time, at most `backoff_max`), so that a
 //! hiccup does not spend the whole budget in milliseconds.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 use crate::{
+    clock::Time,
     config::{Action as OnRetryOver, Entry},
     event::ExitStatus,
 };
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Phase {
     /// Not yet observed.
     Unknown,
@@ -30,18 +33,18 @@ pub enum Phase {
     Down,
     /// A failed attempt; the next one starts at `until`.
     Backoff {
-        until: Instant,
+        until: Time,
     },
     /// The restart command is running.
     Restarting,
     /// The restart command succeeded; a matching process must appear by the deadline.
     Starting {
-        deadline: Instant,
+        deadline: Time,
     },
     /// A restarted process appeared at `since`; it is Up once it has lived
     /// `start_secs`.
     Started {
-        since: Instant,
+        since: Time,
         pid: Option<u32>,
         /// Instances now: more than expected means an earlier start was
         /// still under way when this one ran.
@@ -53,7 +56,7 @@ pub enum Phase {
 
 impl Phase {
     /// When the entry next needs a [`Input::Tick`], if it waits for time.
-    pub fn deadline(&self, entry: &Entry) -> Option<Instant> {
+    pub fn deadline(&self, entry: &Entry) -> Option<Time> {
         match *self {
             Phase::Backoff { until } => Some(until),
             Phase::Starting { deadline } => Some(deadline),
@@ -63,11 +66,11 @@ impl Phase {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EntryState {
     pub phase: Phase,
     /// Start times of the restart attempts that still count.
-    attempts: Vec<Instant>,
+    attempts: Vec<Time>,
     /// Failed attempts since the entry was last Up (sets the back-off).
     failures: u32,
     /// Warned that more than `max` instances run (until the count drops).
@@ -87,7 +90,7 @@ impl Default for EntryState {
 
 impl EntryState {
     /// Attempts inside the window at `now`.
-    pub fn attempts_in_window(&self, entry: &Entry, now: Instant) -> usize {
+    pub fn attempts_in_window(&self, entry: &Entry, now: Time) -> usize {
         self.attempts
             .iter()
             .filter(|t| in_window(entry.grace, **t, now))
@@ -95,7 +98,7 @@ impl EntryState {
     }
 }
 
-fn in_window(grace: Option<Duration>, at: Instant, now: Instant) -> bool {
+fn in_window(grace: Option<Duration>, at: Time, now: Time) -> bool {
     grace.is_none_or(|g| now.saturating_duration_since(at) < g)
 }
 
@@ -163,7 +166,7 @@ pub enum SetPidFail {
 }
 
 /// Applies `input` to `state` and returns what to do.
-pub fn step(entry: &Entry, state: &mut EntryState, input: Input, now: Instant) -> Vec<Action> {
+pub fn step(entry: &Entry, state: &mut EntryState, input: Input, now: Time) -> Vec<Action> {
     let mut out = Vec::new();
     match input {
         Input::Running { running, pid } => {
@@ -312,7 +315,7 @@ fn up(state: &mut EntryState, pid: Option<u32>, out: &mut Vec<Action>) {
 fn failed(
     entry: &Entry,
     state: &mut EntryState,
-    now: Instant,
+    now: Time,
     why: SetPidFail,
     out: &mut Vec<Action>,
 ) {
@@ -331,8 +334,8 @@ fn failed(
 fn died_early(
     entry: &Entry,
     state: &mut EntryState,
-    now: Instant,
-    since: Instant,
+    now: Time,
+    since: Time,
     pid: Option<u32>,
     status: ExitStatus,
     out: &mut Vec<Action>,
@@ -353,12 +356,12 @@ fn backoff(entry: &Entry, failures: u32) -> Duration {
     doubled.min(entry.backoff_max.max(entry.restart_backoff))
 }
 
-fn budget_left(entry: &Entry, state: &mut EntryState, now: Instant) -> bool {
+fn budget_left(entry: &Entry, state: &mut EntryState, now: Time) -> bool {
     state.attempts.retain(|t| in_window(entry.grace, *t, now));
     entry.restarts() && (state.attempts.len() as u32) < entry.retry
 }
 
-fn try_restart(entry: &Entry, state: &mut EntryState, now: Instant, out: &mut Vec<Action>) {
+fn try_restart(entry: &Entry, state: &mut EntryState, now: Time, out: &mut Vec<Action>) {
     if !entry.restarts() {
         state.phase = Phase::Down;
         return;
@@ -422,7 +425,7 @@ mod tests {
 
     /// Runs (seconds after t0, input) pairs and returns every step's actions.
     fn run(entry: &Entry, steps: &[(u64, Input)]) -> (Vec<Vec<Action>>, EntryState) {
-        let t0 = Instant::now();
+        let t0 = Time::from_secs(1000);
         let mut state = EntryState::default();
         let out = steps
             .iter()
@@ -711,7 +714,7 @@ mod tests {
         e.start_secs = Duration::from_secs(1);
         e.restart_backoff = Duration::from_millis(100);
         e.backoff_max = Duration::from_secs(1);
-        let t0 = Instant::now();
+        let t0 = Time::from_secs(1000);
         let mut state = EntryState::default();
         steps
             .iter()

@@ -13,7 +13,12 @@ use std::{
 
 use serde_json::{Map, Value, json};
 
-use crate::{config::LogLevel, logsink};
+use crate::{
+    config::{Entry, LogLevel},
+    logsink,
+    monitor::{EntryId, Job, Monitor, Notice},
+    policy::{Action, SetPidFail},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -107,6 +112,245 @@ impl Reporter {
             std::process::id()
         );
         logsink::line(line.into_bytes(), true, Some(packet.into_bytes()));
+    }
+}
+
+impl Reporter {
+    /// Says what the monitor has to say, in ProcessSaver's wording where
+    /// ProcessSaver had a message: the one place each message is written.
+    pub fn notice(&mut self, monitor: &Monitor, notice: &Notice) {
+        let about = |id: EntryId| {
+            let entry = monitor.entry(id);
+            let path = entry.path.display().to_string();
+            let fields: Vec<(&'static str, Value)> =
+                vec![("pfile", json!(monitor.pfile(id))), ("path", json!(path))];
+            (entry, path, fields)
+        };
+        match notice {
+            Notice::Policy {
+                entry,
+                action,
+                running,
+            } => {
+                let (entry, path, base) = about(*entry);
+                let (level, message, extra) = policy_message(entry, &path, *action, *running);
+                let mut fields = base;
+                fields.extend(extra);
+                self.report(level, &message, &fields);
+            }
+            Notice::SwitchNotSent { entry } => {
+                let (_, path, base) = about(*entry);
+                self.report(
+                    LogLevel::Error,
+                    &format!("Switch request ('{path}') not sent: no FAILOVER_COMMAND in psagent.conf and no failover for this entry"),
+                    &base,
+                );
+            }
+            Notice::CommandDone {
+                entry,
+                job,
+                ok,
+                described,
+                elapsed,
+                output,
+            } => {
+                let (_, path, mut fields) = about(*entry);
+                fields.push(("elapsed_ms", json!(elapsed.as_secs_f64() * 1e3)));
+                if !output.is_empty() {
+                    fields.push(("output", json!(output)));
+                }
+                let what = match job {
+                    Job::Restart => "restart",
+                    Job::Failover => "failover",
+                };
+                let level = if *ok { LogLevel::Info } else { LogLevel::Error };
+                self.report(
+                    level,
+                    &format!("{what} command for ('{path}'): {described}"),
+                    &fields,
+                );
+            }
+            Notice::Reloaded { entries } => self.report(
+                LogLevel::Info,
+                "configuration reloaded",
+                &[("entries", json!(entries))],
+            ),
+            Notice::ReloadRefused(lines) => {
+                for line in lines {
+                    self.report(LogLevel::Error, &format!("reload refused: {line}"), &[]);
+                }
+                self.report(
+                    LogLevel::Error,
+                    "the new configuration has errors; still running the previous one",
+                    &[],
+                );
+            }
+            Notice::SourceOpened {
+                name,
+                kernel_filter,
+            } => self.report(
+                LogLevel::Info,
+                &format!("watching process events with the {name} source"),
+                &[("kernel_filter", json!(kernel_filter))],
+            ),
+            Notice::SourceFailed(why) => self.report(
+                LogLevel::Error,
+                &format!("the event source stopped ({why}); scans continue while it is reopened"),
+                &[],
+            ),
+            Notice::EventsLost { count } => self.report(
+                LogLevel::Warn,
+                "process events were lost; scanning /proc now",
+                &[("count", json!(count))],
+            ),
+            Notice::Scanned { matched, took } => self.report(
+                LogLevel::Debug,
+                "reconciliation scan done",
+                &[
+                    ("matched", json!(matched)),
+                    ("scan_ms", json!(took.as_secs_f64() * 1e3)),
+                ],
+            ),
+            Notice::Gone { tgid, why } => self.report(
+                LogLevel::Debug,
+                "instance gone",
+                &[("pid", json!(tgid)), ("why", json!(why))],
+            ),
+        }
+    }
+}
+
+/// The message of one restart decision: level, text, extra fields.
+fn policy_message(
+    entry: &Entry,
+    path: &str,
+    action: Action,
+    running: u32,
+) -> (LogLevel, String, Vec<(&'static str, Value)>) {
+    match action {
+        Action::ReportDown { pid, status: s } => {
+            let message = match pid {
+                Some(pid) => format!("Process ['{path}',pid={pid}] Down"),
+                None => format!("Process ['{path}'] Down"),
+            };
+            let mut fields = vec![("pid", json!(pid))];
+            fields.extend(status_fields(s));
+            (LogLevel::Warn, message, fields)
+        }
+        Action::ReportStopped { pid, code } => (
+            LogLevel::Info,
+            format!(
+                "Process ['{path}',pid={pid}] stopped on purpose (exit code {code}); not restarted"
+            ),
+            vec![("pid", json!(pid)), ("exit_code", json!(code))],
+        ),
+        Action::Restart { attempt } => (
+            LogLevel::Info,
+            format!("Try to restart ('{path}')"),
+            vec![("attempt", json!(attempt)), ("retry", json!(entry.retry))],
+        ),
+        Action::ReportUp { pid, rearmed } => {
+            let message = match pid {
+                Some(pid) => format!("('{path}',pid={pid}) Up"),
+                None => format!("('{path}') Up"),
+            };
+            let fields = vec![
+                ("pid", json!(pid)),
+                ("running", json!(running)),
+                ("budget_rearmed", json!(rearmed)),
+            ];
+            (LogLevel::Info, message, fields)
+        }
+        Action::ReportSetPidFail { why } => {
+            let mut fields = Vec::new();
+            let reason = match why {
+                SetPidFail::CommandFailed => "the restart command failed".to_string(),
+                SetPidFail::NotStarted => "no matching process appeared in time".to_string(),
+                SetPidFail::DiedEarly {
+                    pid,
+                    status: s,
+                    lived,
+                } => {
+                    fields.push(("pid", json!(pid)));
+                    fields.push(("lived_ms", json!(lived.as_secs_f64() * 1e3)));
+                    fields.extend(status_fields(s));
+                    format!(
+                        "the restarted process{} ended {} after it started ({}), before start_secs {} s",
+                        pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+                        duration(lived),
+                        status(s),
+                        entry.start_secs.as_secs_f64()
+                    )
+                }
+            };
+            fields.push(("reason", json!(reason)));
+            (
+                LogLevel::Error,
+                format!("Set pid fail ('{path}'): {reason}"),
+                fields,
+            )
+        }
+        Action::ReportBackoff { delay } => (
+            LogLevel::Info,
+            format!("next restart of ('{path}') in {}", duration(delay)),
+            vec![("delay_ms", json!(delay.as_secs_f64() * 1e3))],
+        ),
+        Action::ReportStarted { pid } => {
+            let who = pid.map(|p| format!(",pid={p}")).unwrap_or_default();
+            (
+                LogLevel::Info,
+                format!(
+                    "('{path}'{who}) started; Up once it has run {} s",
+                    entry.start_secs.as_secs_f64()
+                ),
+                vec![("pid", json!(pid))],
+            )
+        }
+        Action::ReportRetryOver { attempts } => {
+            let action = match entry.action {
+                crate::config::Action::Continue => "continue",
+                crate::config::Action::Switch => "switch",
+            };
+            (
+                LogLevel::Error,
+                format!("Retry over ('{path}')"),
+                vec![("attempts", json!(attempts)), ("action", json!(action))],
+            )
+        }
+        Action::Failover => (
+            LogLevel::Error,
+            format!("Switch request ('{path}')"),
+            vec![],
+        ),
+        Action::ReportTooManyAfterRestart { running, expected } => (
+            LogLevel::Warn,
+            format!(
+                "Process ('{path}') has {running} instances after its restart, {expected} expected: \
+                 a start still under way was restarted again (raise start_wait), or the daemon \
+                 forks workers (see pidfile, cmdline, main_only, max)"
+            ),
+            vec![("running", json!(running)), ("expected", json!(expected))],
+        ),
+        Action::ReportTooMany { running } => (
+            LogLevel::Warn,
+            format!("Process ('{path}') has {running} instances, above the maximum"),
+            vec![("running", json!(running)), ("max", json!(entry.max))],
+        ),
+    }
+}
+
+fn status_fields(status: crate::event::ExitStatus) -> Vec<(&'static str, Value)> {
+    use crate::event::ExitStatus;
+    match status {
+        ExitStatus::Code(c) => vec![("exit_code", json!(c))],
+        ExitStatus::Signal {
+            signal,
+            core_dumped,
+        } => vec![
+            ("signal", json!(signal)),
+            ("core_dumped", json!(core_dumped)),
+        ],
+        ExitStatus::Unknown => vec![("exit", json!("unknown"))],
     }
 }
 

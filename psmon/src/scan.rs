@@ -24,13 +24,14 @@ use std::{
 };
 
 use crate::{
-    config::{Entry, Match, Rule},
-    source::procfs,
+    config::{Entry, Match},
+    procfs::{self, ExeReader, Stat, pread_stat, read_stat},
 };
 
-/// A running process, identified by (tgid, start time in clock ticks).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Instance {
+/// A process as a scan or a classification saw it: its identity (tgid,
+/// start time in clock ticks) and what tells it apart later.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Seen {
     pub tgid: u32,
     pub start_ticks: u64,
     /// `comm` when it was matched, NUL padded: an exec changes it.
@@ -77,65 +78,10 @@ pub struct StatFiles {
     files: HashMap<u32, (u64, std::fs::File)>,
 }
 
-/// Fields of `/proc/PID/stat` a scan needs.
-struct Stat<'a> {
-    comm: &'a [u8],
-    state: u8,
-    ppid: u32,
-    num_threads: i64,
-    start_ticks: u64,
-}
-
-impl Stat<'_> {
-    /// The whole group has exited (see `ProcEntry::is_dead`).
-    fn dead(&self) -> bool {
-        matches!(self.state, b'Z' | b'X' | b'x') && self.num_threads <= 1
-    }
-}
-
-/// Reads and parses `/proc/PID/stat` into `buf` (reused across processes).
-fn read_stat(tgid: u32, buf: &mut Vec<u8>) -> Option<Stat<'_>> {
-    use std::io::Read;
-    buf.clear();
-    let mut f = std::fs::File::open(format!("/proc/{tgid}/stat")).ok()?;
-    f.read_to_end(buf).ok()?;
-    parse_stat(buf)
-}
-
-/// Re-reads an open stat file from the start. procfs regenerates it on
-/// every read; once the process is gone the read fails (the file stays
-/// bound to that process, never to a later one with the same pid).
-fn pread_stat<'a>(file: &std::fs::File, buf: &'a mut Vec<u8>) -> Option<Stat<'a>> {
-    use std::os::unix::fs::FileExt;
-    buf.resize(4096, 0);
-    let n = file.read_at(buf, 0).ok()?;
-    buf.truncate(n);
-    parse_stat(buf)
-}
-
-fn parse_stat(buf: &[u8]) -> Option<Stat<'_>> {
-    let open = buf.iter().position(|&b| b == b'(')?;
-    let close = buf.iter().rposition(|&b| b == b')')?;
-    let rest = std::str::from_utf8(buf.get(close + 2..)?).ok()?;
-    let mut fields = rest.split_ascii_whitespace();
-    let state = *fields.next()?.as_bytes().first()?;
-    let ppid = fields.next()?.parse().ok()?;
-    // After ppid (4): fields 5 to 19, then num_threads (20), 21, starttime (22).
-    let num_threads = fields.nth(15)?.parse().ok()?;
-    let start_ticks = fields.nth(1)?.parse().ok()?;
-    Some(Stat {
-        comm: &buf[open + 1..close],
-        state,
-        ppid,
-        num_threads,
-        start_ticks,
-    })
-}
-
 /// `comm` as a fixed, NUL padded key.
 pub fn comm_key(comm: &[u8]) -> [u8; 16] {
     let mut key = [0u8; 16];
-    let n = comm.len().min(15);
+    let n = comm.len().min(procfs::COMM_LEN);
     key[..n].copy_from_slice(&comm[..n]);
     key
 }
@@ -286,36 +232,36 @@ impl Matcher {
 
     /// The entry process `tgid` belongs to, with its identity; `None` for
     /// other processes, zombies and processes already gone.
-    pub fn classify(&self, tgid: u32) -> Option<(usize, Instance)> {
+    pub fn classify(&self, tgid: u32) -> Option<(usize, Seen)> {
         self.classify_why(tgid).map(|(i, inst, _)| (i, inst))
     }
 
     /// [`Matcher::classify`], and why it matched.
-    pub fn classify_why(&self, tgid: u32) -> Option<(usize, Instance, Why)> {
+    pub fn classify_why(&self, tgid: u32) -> Option<(usize, Seen, Why)> {
         let mut buf = Vec::with_capacity(512);
         let stat = read_stat(tgid, &mut buf)?;
         let exe = procfs::exe(tgid)?;
         self.classify_stat(tgid, &stat, exe.as_os_str().as_bytes())
     }
 
-    fn classify_stat(&self, tgid: u32, stat: &Stat, exe: &[u8]) -> Option<(usize, Instance, Why)> {
-        if stat.dead() {
+    fn classify_stat(&self, tgid: u32, stat: &Stat, exe: &[u8]) -> Option<(usize, Seen, Why)> {
+        if stat.is_dead() {
             return None;
         }
         let mut argv = None;
         let (idx, why) = match self.by_exe.get(strip_deleted(exe)) {
             Some(targets) => {
-                let argv = argv.get_or_insert_with(|| read_cmdline(tgid).unwrap_or_default());
+                let argv = argv.get_or_insert_with(|| procfs::cmdline(tgid).unwrap_or_default());
                 pick_target(targets, stat.comm, argv)?
             }
             None => {
-                let argv = argv.get_or_insert_with(|| read_cmdline(tgid).unwrap_or_default());
+                let argv = argv.get_or_insert_with(|| procfs::cmdline(tgid).unwrap_or_default());
                 self.match_argv(exe, argv)?
             }
         };
         Some((
             idx,
-            Instance {
+            Seen {
                 tgid,
                 start_ticks: stat.start_ticks,
                 comm: comm_key(stat.comm),
@@ -353,7 +299,7 @@ impl Matcher {
         let Some((_, pattern)) = self.by_cmdline.iter().find(|(i, _)| *i == entry) else {
             return true;
         };
-        read_cmdline(tgid).is_some_and(|argv| pattern.matches(&join_argv(&argv)))
+        procfs::cmdline(tgid).is_some_and(|argv| pattern.matches(&join_argv(&argv)))
     }
 
     /// Whether entry `entry` matches by command line (its instances must be
@@ -368,7 +314,7 @@ impl Matcher {
     /// read of its stat file (none at all with a pidfd). Every other process
     /// costs one `readlink` of its executable, which rules out nearly all of
     /// them exactly; only candidates cost the reads of `stat` and `cmdline`.
-    pub fn scan(&self, entries: usize, known: &Known, files: &mut StatFiles) -> Vec<Vec<Instance>> {
+    pub fn scan(&self, entries: usize, known: &Known, files: &mut StatFiles) -> Vec<Vec<Seen>> {
         let mut found = vec![Vec::new(); entries];
         let mut buf = Vec::with_capacity(4096);
         files
@@ -379,7 +325,7 @@ impl Matcher {
         for (tgid, (start, comm, i, pidfd)) in known {
             if *pidfd {
                 if let Some(slot) = found.get_mut(*i) {
-                    slot.push(Instance {
+                    slot.push(Seen {
                         tgid: *tgid,
                         start_ticks: *start,
                         comm: *comm,
@@ -400,9 +346,9 @@ impl Matcher {
                 continue;
             };
             let same = stat.start_ticks == *start && comm_key(stat.comm) == *comm;
-            if same && !stat.dead() {
+            if same && !stat.is_dead() {
                 if let Some(slot) = found.get_mut(*i) {
-                    slot.push(Instance {
+                    slot.push(Seen {
                         tgid: *tgid,
                         start_ticks: *start,
                         comm: *comm,
@@ -483,69 +429,15 @@ fn join_argv(argv: &[Vec<u8>]) -> String {
         .join(" ")
 }
 
-/// Reads `/proc/PID/exe` links into one reused buffer, relative to an open
-/// `/proc`, without allocating per process.
-struct ExeReader {
-    proc_dir: Option<std::fs::File>,
-    link: Vec<u8>,
-    name: Vec<u8>,
-}
-
-impl Default for ExeReader {
-    fn default() -> Self {
-        ExeReader {
-            proc_dir: std::fs::File::open("/proc").ok(),
-            link: vec![0; libc::PATH_MAX as usize],
-            name: Vec::with_capacity(32),
-        }
-    }
-}
-
-impl ExeReader {
-    fn read(&mut self, tgid: u32) -> Option<&[u8]> {
-        use std::{io::Write, os::fd::AsRawFd};
-        let dir = self.proc_dir.as_ref()?;
-        self.name.clear();
-        write!(self.name, "{tgid}/exe\0").ok()?;
-        // SAFETY: `name` is NUL terminated, `link` is a writable buffer of
-        // the length passed, and `dir` is an open directory.
-        let n = unsafe {
-            libc::readlinkat(
-                dir.as_raw_fd(),
-                self.name.as_ptr().cast(),
-                self.link.as_mut_ptr().cast(),
-                self.link.len(),
-            )
-        };
-        (n > 0).then(|| &self.link[..n as usize])
-    }
-}
-
 /// `/proc/PID/exe` of a replaced binary reads `PATH (deleted)`.
 fn strip_deleted(exe: &[u8]) -> &[u8] {
     exe.strip_suffix(b" (deleted)").unwrap_or(exe)
 }
 
-fn read_cmdline(tgid: u32) -> Option<Vec<Vec<u8>>> {
-    let raw = std::fs::read(format!("/proc/{tgid}/cmdline")).ok()?;
-    if raw.is_empty() {
-        return None; // a kernel thread or a zombie
-    }
-    Some(
-        raw.split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(<[u8]>::to_vec)
-            .collect(),
-    )
-}
-
-/// The pid the pidfile of a `pidfile` rule holds now (its first word);
-/// `None` for other rules and for a missing, empty or odd file.
-pub fn read_pidfile(rule: &Rule) -> Option<u32> {
+/// The pid a pidfile holds now (its first word); `None` for a missing,
+/// empty or odd file.
+pub fn read_pidfile(path: &Path) -> Option<u32> {
     use std::{io::Read, os::unix::fs::OpenOptionsExt};
-    let Rule::Pidfile(path) = rule else {
-        return None;
-    };
     // Non-blocking: a FIFO planted at the path must not stall monitoring.
     let file = std::fs::OpenOptions::new()
         .read(true)

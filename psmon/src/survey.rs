@@ -10,7 +10,7 @@ use std::{cell::OnceCell, fmt::Write as _, os::unix::fs::PermissionsExt, path::P
 
 use crate::{
     config::{Action, Config, Match, Rule},
-    scan::{Instance, Known, Matcher, StatFiles, Why, read_pidfile, resolve},
+    scan::{Known, Matcher, Seen, StatFiles, Why, read_pidfile, resolve},
 };
 
 /// One entry's finding, printed as `file:line: warning: …`.
@@ -37,7 +37,7 @@ impl std::fmt::Display for Warning {
 pub struct Survey<'a> {
     config: &'a Config,
     matcher: Matcher,
-    found: OnceCell<Vec<Vec<Instance>>>,
+    found: OnceCell<Vec<Vec<Seen>>>,
 }
 
 impl<'a> Survey<'a> {
@@ -50,7 +50,7 @@ impl<'a> Survey<'a> {
     }
 
     /// The processes matching each entry now: `found()[i]` for entry `i`.
-    fn found(&self) -> &[Vec<Instance>] {
+    fn found(&self) -> &[Vec<Seen>] {
         self.found.get_or_init(|| {
             let n = self.config.entries().count();
             self.matcher
@@ -153,7 +153,10 @@ impl Survey<'_> {
                 e.min
             );
             let members: Vec<u32> = found[i].iter().map(|p| p.tgid).collect();
-            let pidfile_pid = read_pidfile(&e.rule);
+            let pidfile_pid = match &e.rule {
+                crate::config::Rule::Pidfile(path) => read_pidfile(path),
+                _ => None,
+            };
             if members.is_empty() {
                 let _ = writeln!(out, "  no matching process: it would be reported Down");
             }

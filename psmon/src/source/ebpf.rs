@@ -28,8 +28,9 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{EventSink, ProcessTable, SourceError, SourceOptions, btf, procfs};
+use super::{EventSink, ProcessTable, SourceError, SourceOptions, btf};
 use crate::event::{EventKind, EventTime, ExitStatus, ProcEvent, Process, StartTime};
+use crate::procfs;
 
 /// The kernel programs, built by `psmon/build.rs`; empty when the eBPF
 /// toolchain was missing at build time.
@@ -132,6 +133,24 @@ impl KernelFilter {
     }
 }
 
+impl super::Filter for KernelFilter {
+    fn watch_comm(&mut self, name: &str) {
+        if let Err(e) = KernelFilter::watch_comm(self, name) {
+            tracing::warn!(name, error = %e, "cannot add a name to the kernel filter");
+        }
+    }
+
+    fn watch_tgid(&mut self, tgid: u32) {
+        if let Err(e) = KernelFilter::watch_tgid(self, tgid) {
+            tracing::warn!(tgid, error = %e, "cannot add a process to the kernel filter");
+        }
+    }
+
+    fn unwatch_tgid(&mut self, tgid: u32) {
+        let _ = KernelFilter::unwatch_tgid(self, tgid);
+    }
+}
+
 /// The key the kernel compares: `comm` is NUL padded and at most 15 bytes.
 fn comm_key(name: &str) -> [u8; COMM_LEN] {
     let mut key = [0u8; COMM_LEN];
@@ -158,7 +177,7 @@ impl EbpfSource {
                 why: MISSING_BECAUSE.to_string(),
             });
         }
-        if !super::procfs::in_init_pid_namespace() {
+        if !crate::procfs::in_init_pid_namespace() {
             return Err(Refusal::NotInitPidNamespace);
         }
         let btf_path = Path::new("/sys/kernel/btf/vmlinux");

@@ -11,7 +11,7 @@
 pub mod btf;
 pub mod ebpf;
 pub mod netlink;
-pub mod procfs;
+pub mod poll;
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -109,7 +109,7 @@ pub enum SourceError {
 pub enum Source {
     Ebpf(Box<ebpf::EbpfSource>),
     Netlink(netlink::NetlinkSource),
-    Poll(procfs::PollSource),
+    Poll(poll::PollSource),
 }
 
 impl Source {
@@ -131,6 +131,45 @@ impl Source {
             Source::Ebpf(s) => s.run(tx, token).await,
             Source::Netlink(s) => s.run(tx, token).await,
             Source::Poll(s) => s.run(tx, token).await,
+        }
+    }
+}
+
+/// A filter in the kernel that drops events of processes nobody watches.
+pub trait Filter: Send {
+    /// Passes execs of programs whose `comm` is `name`'s, and from then on
+    /// every event of such a process.
+    fn watch_comm(&mut self, name: &str);
+    /// Passes every event of thread group `tgid` (and forks of it).
+    fn watch_tgid(&mut self, tgid: u32);
+    fn unwatch_tgid(&mut self, tgid: u32);
+}
+
+/// What a consumer of a source's events may rely on, handed over when the
+/// source opens: its name for messages, its kernel filter if it has one,
+/// and how far its exit events may trail an exit.
+pub struct Handle {
+    pub kind: SourceKind,
+    pub filter: Option<Box<dyn Filter>>,
+    /// A polling source learns of an exit only at its next scan.
+    pub exit_lag: Duration,
+}
+
+impl Source {
+    /// The handle on this source; its filter, if any, moves into it.
+    pub fn handle(&mut self) -> Handle {
+        let (filter, exit_lag) = match self {
+            Source::Ebpf(s) => (
+                s.take_filter().map(|f| Box::new(f) as Box<dyn Filter>),
+                Duration::ZERO,
+            ),
+            Source::Netlink(_) => (None, Duration::ZERO),
+            Source::Poll(p) => (None, p.interval),
+        };
+        Handle {
+            kind: self.kind(),
+            filter,
+            exit_lag,
         }
     }
 }
@@ -175,7 +214,7 @@ pub fn open(choice: SourceChoice, options: &SourceOptions) -> Result<Opened, Sou
         }
     }
     Ok(Opened {
-        source: Source::Poll(procfs::PollSource {
+        source: Source::Poll(poll::PollSource {
             interval: options.poll_interval,
         }),
         refused,
@@ -189,15 +228,15 @@ pub fn open(choice: SourceChoice, options: &SourceOptions) -> Result<Opened, Sou
 pub(crate) struct Seed(Option<tokio::task::JoinHandle<Snapshot>>);
 
 /// Every process in `/proc` with its executable, when readable.
-pub(crate) type Snapshot = Vec<(procfs::ProcEntry, Option<PathBuf>)>;
+pub(crate) type Snapshot = Vec<(crate::procfs::ProcEntry, Option<PathBuf>)>;
 
 impl Seed {
     pub fn start() -> Self {
         Seed(Some(tokio::task::spawn_blocking(|| {
-            procfs::snapshot()
+            crate::procfs::snapshot()
                 .into_iter()
                 .map(|e| {
-                    let exe = procfs::exe(e.tgid);
+                    let exe = crate::procfs::exe(e.tgid);
                     (e, exe)
                 })
                 .collect()

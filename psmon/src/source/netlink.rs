@@ -23,8 +23,9 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{EventSink, ProcessTable, SourceError, SourceOptions, procfs};
+use super::{EventSink, ProcessTable, SourceError, SourceOptions};
 use crate::event::{EventKind, EventTime, ExitStatus, ProcEvent, Process, StartTime};
+use crate::procfs;
 
 /// Default socket receive buffer: room for about 50,000 events in a burst.
 pub const DEFAULT_RCVBUF: usize = 4 << 20;

@@ -1,9 +1,5 @@
-//! Reading `/proc`: the snapshot every source merges with its events, the
-//! per-process lookups the netlink source needs, and the `poll` source, which
-//! diffs snapshots into exec and exit events when nothing better is allowed.
-//!
-//! It does not decide what a process means to the monitor; it reports what
-//! the kernel shows.
+//! The `poll` source, for when nothing better is allowed: diffs `/proc`
+//! snapshots into exec and exit events.
 
 use std::{collections::HashMap, path::PathBuf, time::Duration};
 
@@ -11,116 +7,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{EventSink, SourceError};
-use crate::event::{EventKind, EventTime, ExitStatus, ProcEvent, Process, StartTime};
-
-/// `PF_EXITING` in `task_struct.flags` (`/proc/PID/stat` field 9): the
-/// thread has entered `do_exit` and can never run user code again.
-const PF_EXITING: u32 = 0x4;
-
-/// One thread group as `/proc/PID/stat` shows it.
-#[derive(Clone, Debug)]
-pub struct ProcEntry {
-    pub tgid: u32,
-    pub ppid: u32,
-    pub start: StartTime,
-    pub comm: String,
-    /// Field 3: `R`, `S`, `D`, `Z` (zombie), `X` (dead), …
-    pub state: char,
-    /// Field 52: the wait status of a zombie, when the kernel shows it.
-    pub exit_code: Option<i32>,
-    pub num_threads: i64,
-    pub flags: u32,
-}
-
-impl ProcEntry {
-    /// The whole group has exited; only its parent's wait is pending. A
-    /// leader that called `pthread_exit` also shows `Z` while its other
-    /// threads run, so the thread count must have dropped to one as well.
-    pub fn is_dead(&self) -> bool {
-        matches!(self.state, 'Z' | 'X' | 'x') && self.num_threads <= 1
-    }
-
-    fn from_stat(stat: procfs::process::Stat) -> Self {
-        ProcEntry {
-            tgid: stat.pid as u32,
-            ppid: stat.ppid as u32,
-            start: StartTime::from_ticks(stat.starttime),
-            comm: stat.comm,
-            state: stat.state,
-            exit_code: stat.exit_code,
-            num_threads: stat.num_threads,
-            flags: stat.flags,
-        }
-    }
-}
-
-/// `/proc/self/ns/pid` inode of the initial PID namespace (`PROC_PID_INIT_INO`).
-const INIT_PID_NS_INO: u64 = 0xEFFF_FFFC;
-
-/// Whether psmon runs in the initial PID namespace, whose pids the kernel's
-/// event interfaces (the proc connector, BPF programs) report.
-pub fn in_init_pid_namespace() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self/ns/pid").is_ok_and(|m| m.ino() == INIT_PID_NS_INO)
-}
-
-/// Reads `/proc/TGID/stat`; `None` when the process is gone.
-pub fn read_entry(tgid: u32) -> Option<ProcEntry> {
-    let process = procfs::process::Process::new(tgid as i32).ok()?;
-    process.stat().ok().map(ProcEntry::from_stat)
-}
-
-/// `/proc/TGID/exe`, when it can be read (not for zombies or kernel threads).
-pub fn exe(tgid: u32) -> Option<PathBuf> {
-    std::fs::read_link(format!("/proc/{tgid}/exe")).ok()
-}
-
-/// Every thread group now in `/proc`, zombies included.
-pub fn snapshot() -> Vec<ProcEntry> {
-    let Ok(all) = procfs::process::all_processes() else {
-        return Vec::new();
-    };
-    all.filter_map(Result::ok)
-        .filter_map(|p| p.stat().ok())
-        .map(ProcEntry::from_stat)
-        .collect()
-}
-
-/// True when no thread of the group can run again: every thread still listed
-/// has entered `do_exit` (or the group is gone, `leader` being `None`). Used
-/// where the kernel reports thread exits one by one (the proc connector).
-pub fn group_exiting(tgid: u32, leader: Option<&ProcEntry>) -> bool {
-    let Some(leader) = leader else {
-        return true;
-    };
-    let leader_done = leader.is_dead() || leader.flags & PF_EXITING != 0;
-    if !leader_done {
-        return false;
-    }
-    if leader.num_threads <= 1 {
-        return true;
-    }
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{tgid}/task")) else {
-        return true;
-    };
-    tasks.filter_map(Result::ok).all(|task| {
-        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
-        match parse_state_and_flags(&stat) {
-            Some((state, flags)) => matches!(state, 'Z' | 'X' | 'x') || flags & PF_EXITING != 0,
-            None => true, // vanished while we looked: released, so exited
-        }
-    })
-}
-
-/// Fields 3 (state) and 9 (flags) of a stat line; `comm` may hold spaces and
-/// parentheses, so fields are counted after the last `)`.
-fn parse_state_and_flags(stat: &str) -> Option<(char, u32)> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_ascii_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let flags = fields.nth(5)?.parse().ok()?;
-    Some((state, flags))
-}
+use crate::{
+    event::{EventKind, EventTime, ExitStatus, ProcEvent, Process, StartTime},
+    procfs::{ProcEntry, exe, snapshot},
+};
 
 /// The `poll` source: scans `/proc` every `interval` and reports thread
 /// groups that appeared as exec and those that vanished or became zombies as
@@ -341,11 +231,5 @@ mod tests {
             false,
         );
         assert!(again.is_empty(), "{again:?}");
-    }
-
-    #[test]
-    fn parses_stat_with_odd_comm() {
-        let line = "42 (a) b (c)) S 1 42 42 0 -1 4194564 0 0 0 0";
-        assert_eq!(parse_state_and_flags(line), Some(('S', 4194564)));
     }
 }

@@ -1,0 +1,1004 @@
+//! The monitor: psmon's state machine. It owns the watched entries, the
+//! processes that belong to them and everything pending, and turns inputs
+//! (a process started, exec'd or exited, a scan's findings, a command's
+//! outcome, time passing, a reload) into effects for the shell around it
+//! ([`crate::supervisor`]) to carry out: run a command, watch a process's
+//! exit, add a key to the kernel filter, read a pidfile, say something.
+//!
+//! It is pure and synchronous: no tokio, no `/proc`, no clock. The time
+//! comes with each input, and facts that need I/O (what a pidfile says,
+//! whether a worker still carries its command line) are asked for as
+//! effects and come back as inputs. Its state is one serialisable value.
+//! [`policy::step`] stays the restart decision for one entry; this module
+//! decides what it is fed.
+//!
+//! # Vocabulary
+//! - **process**: a thread group, known by its tgid and its start time (a
+//!   reused pid is another process). [`crate::event::Process`] is one as an
+//!   event saw it, [`Seen`] one as a scan or a classification saw it.
+//! - **entry**: one watched path with its policy, known by an [`EntryId`].
+//! - **member**: a process the monitor tracks because it matches an entry.
+//! - **instance**: a member that counts under the entry's [`Rule`]: every
+//!   member, the main ones (parent not a member), or the one a pidfile names.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    path::PathBuf,
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    clock::Time,
+    config::{Config, ConfigErrors, Entry, Match, Rule},
+    event::ExitStatus,
+    exec::Outcome,
+    policy::{self, Action, EntryState, Phase},
+    scan::{Known, Seen},
+};
+
+#[cfg(test)]
+mod tests;
+
+/// How often an entry with a pidfile has it re-read while its restarted
+/// process is expected: daemons write it a moment after they start.
+pub const PIDFILE_POLL: Duration = Duration::from_millis(50);
+
+/// How long an instance seen gone without its exit event waits for it
+/// before it is declared gone: events can trail a scan or a pidfd, and the
+/// event carries the exit status the others cannot know.
+pub const MISSED_GRACE: Duration = Duration::from_millis(300);
+
+/// How long an exit is remembered, so that a scan begun before it does
+/// not bring the process back.
+const GONE_MEMORY: Duration = Duration::from_secs(120);
+
+/// An entry: its place in the configuration's order (pfiles by name, then
+/// lines). A reload renumbers entries; [`Monitor::generation`] tells ids of
+/// different configurations apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct EntryId(pub u32);
+
+impl EntryId {
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Job {
+    Restart,
+    Failover,
+}
+
+/// What happened, as the shell learnt it.
+#[derive(Debug)]
+pub enum Input {
+    /// A member forked `child`, which belongs to the same entry.
+    Forked { entry: EntryId, child: Seen },
+    /// Process `tgid` exec'd; `matched` is what it matches now, if anything.
+    Execd {
+        tgid: u32,
+        matched: Option<(EntryId, Seen)>,
+    },
+    /// An exit event: the process's last thread ended. `start` (clock
+    /// ticks) when the source knew it.
+    Exited {
+        tgid: u32,
+        start: Option<u64>,
+        status: ExitStatus,
+    },
+    /// A pidfd said process (tgid, start) exited; `zombie` is its status
+    /// when it was read from the zombie before it was reaped.
+    ExitSeen {
+        tgid: u32,
+        start: u64,
+        zombie: Option<ExitStatus>,
+    },
+    /// The source missed events.
+    Lost { count: Option<u64> },
+    /// A reconciliation scan begun at `started` found these processes,
+    /// `found[i]` for entry `i`.
+    Scanned {
+        started: Time,
+        found: Vec<Vec<Seen>>,
+    },
+    /// What entry's pidfile names now.
+    Pidfile { entry: EntryId, pid: Option<u32> },
+    /// These members of a command-line entry no longer match it.
+    Rechecked { entry: EntryId, stale: Vec<u32> },
+    /// A restart or failover command for the entry of `path` finished.
+    CommandDone {
+        path: PathBuf,
+        job: Job,
+        outcome: Outcome,
+    },
+    /// Time passed: a deadline from [`Monitor::next_deadline`] is reached.
+    Tick,
+    /// A valid new configuration.
+    Reload(Box<Config>),
+    /// A broken one: the old one stays.
+    ReloadFailed(ConfigErrors),
+    /// An event source is open. Its exit events may trail an exit by up to
+    /// `exit_lag` (a polling source's interval).
+    SourceOpened {
+        name: String,
+        kernel_filter: bool,
+        exit_lag: Duration,
+    },
+    /// The source stopped; the shell reopens it.
+    SourceFailed(String),
+}
+
+/// What the shell must do, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    Notice(Notice),
+    /// Run a restart or failover command.
+    Run(Run),
+    /// Watch for the exit of (tgid, start) (a pidfd); answered by
+    /// [`Input::ExitSeen`], at once when the process is already gone.
+    WatchExit {
+        tgid: u32,
+        start: u64,
+    },
+    UnwatchExit {
+        tgid: u32,
+    },
+    /// Let events of this process through the kernel filter, or stop.
+    FilterTgid {
+        tgid: u32,
+        watch: bool,
+    },
+    /// Answered by [`Input::Pidfile`].
+    ReadPidfile {
+        entry: EntryId,
+        path: PathBuf,
+    },
+    /// Which of these members still match the entry's command line;
+    /// answered by [`Input::Rechecked`].
+    Recheck {
+        entry: EntryId,
+        tgids: Vec<u32>,
+    },
+    /// Run a reconciliation scan soon, answered by [`Input::Scanned`].
+    Scan,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Run {
+    pub entry: EntryId,
+    pub path: PathBuf,
+    pub job: Job,
+    pub command: String,
+    /// psenv's variables, then the PSMON_* details.
+    pub env: Vec<(String, String)>,
+    pub timeout: Duration,
+}
+
+/// Something to tell the operator. The wording is [`crate::report`]'s.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Notice {
+    /// A restart decision about an entry; `running` instances now.
+    Policy {
+        entry: EntryId,
+        action: Action,
+        running: u32,
+    },
+    /// Failover was due, but there is no command to send it with.
+    SwitchNotSent {
+        entry: EntryId,
+    },
+    CommandDone {
+        entry: EntryId,
+        job: Job,
+        ok: bool,
+        described: String,
+        elapsed: Duration,
+        output: String,
+    },
+    Reloaded {
+        entries: usize,
+    },
+    ReloadRefused(Vec<String>),
+    SourceOpened {
+        name: String,
+        kernel_filter: bool,
+    },
+    SourceFailed(String),
+    EventsLost {
+        count: Option<u64>,
+    },
+    Scanned {
+        matched: usize,
+        took: Duration,
+    },
+    /// A member is no longer tracked (debug).
+    Gone {
+        tgid: u32,
+        why: &'static str,
+    },
+}
+
+/// What the monitor keeps of each entry.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Watch {
+    pfile: String,
+    path: PathBuf,
+    state: EntryState,
+    members: BTreeSet<u32>,
+    /// How many members count under the rule.
+    running: u32,
+    /// The last instance that went down, for the failover environment.
+    last_down: Option<(Option<u32>, ExitStatus)>,
+    /// What the pidfile said when last read; `None` before the first read.
+    pidfile: Option<Option<u32>>,
+    /// An instance exit held until its entry's command line was checked
+    /// again (a forked worker that retitled must not keep it up).
+    held_exit: Option<(u32, ExitStatus)>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Member {
+    entry: EntryId,
+    start_ticks: u64,
+    comm: [u8; 16],
+    ppid: u32,
+    /// An instance under the entry's rule (see [`Monitor::recount`]).
+    counts: bool,
+    added: Time,
+    /// A pidfd watches its exit: scans need not confirm it.
+    exit_watched: bool,
+}
+
+/// Settings taken from the configuration that are not per entry.
+#[derive(Clone, Debug, Default)]
+struct Settings {
+    failover_command: Option<String>,
+    env: Vec<(String, String)>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Monitor {
+    /// The entries' configuration, in [`EntryId`] order; it comes from the
+    /// files, not from saved state.
+    #[serde(skip)]
+    config: Vec<Entry>,
+    #[serde(skip)]
+    settings: Settings,
+    watches: Vec<Watch>,
+    members: HashMap<u32, Member>,
+    /// tgid → (start ticks, when its exit was applied).
+    gone: HashMap<u32, (u64, Time)>,
+    /// Members seen gone without their exit event: tgid → (start ticks,
+    /// until when the event is awaited).
+    missed: HashMap<u32, (u64, Time)>,
+    /// Entries whose phase waits for a time.
+    waiting: BTreeSet<EntryId>,
+    /// Whether exits are watched by pidfds (Linux 5.3).
+    pidfds: bool,
+    /// How far the source's exit events may trail an exit.
+    exit_lag: Duration,
+    generation: u64,
+}
+
+impl Monitor {
+    /// A monitor for `config`; `pidfds` when the kernel has them. The
+    /// returned effects start it: a scan, and the pidfiles read.
+    pub fn new(config: Config, pidfds: bool) -> (Monitor, Vec<Effect>) {
+        let mut m = Monitor {
+            pidfds,
+            ..Monitor::default()
+        };
+        let mut out = Vec::new();
+        m.apply_config(config, &mut out);
+        (m, out)
+    }
+
+    pub fn handle(&mut self, input: Input, now: Time) -> Vec<Effect> {
+        let mut out = Vec::new();
+        match input {
+            Input::Forked { entry, child } => {
+                if entry.index() < self.watches.len() {
+                    self.add(entry, child, now, &mut out);
+                    self.step_running(entry, now, &mut out);
+                }
+            }
+            Input::Execd { tgid, matched } => self.on_exec(tgid, matched, now, &mut out),
+            Input::Exited {
+                tgid,
+                start,
+                status,
+            } => {
+                let Some(m) = self.members.get(&tgid) else {
+                    return out;
+                };
+                // Same pid, other start time: not the process tracked.
+                if start.is_some_and(|s| s != m.start_ticks) {
+                    return out;
+                }
+                self.missed.remove(&tgid);
+                self.remove(tgid, status, "exit event", now, &mut out);
+            }
+            Input::ExitSeen {
+                tgid,
+                start,
+                zombie,
+            } => {
+                if self
+                    .members
+                    .get(&tgid)
+                    .is_none_or(|m| m.start_ticks != start)
+                {
+                    return out;
+                }
+                match zombie {
+                    Some(status) => {
+                        self.missed.remove(&tgid);
+                        self.remove(
+                            tgid,
+                            status,
+                            "exited (pidfd), status from its zombie",
+                            now,
+                            &mut out,
+                        );
+                    }
+                    // Reaped already: its exit event, with the status,
+                    // normally arrives at the same moment; wait a little.
+                    None => {
+                        self.missed
+                            .entry(tgid)
+                            .or_insert((start, now + MISSED_GRACE));
+                    }
+                }
+            }
+            Input::Lost { count } => {
+                out.push(Effect::Notice(Notice::EventsLost { count }));
+                out.push(Effect::Scan);
+            }
+            Input::Scanned { started, found } => self.on_scan(started, found, now, &mut out),
+            Input::Pidfile { entry, pid } => {
+                if let Some(w) = self.watches.get_mut(entry.index()) {
+                    w.pidfile = Some(pid);
+                    self.step_running(entry, now, &mut out);
+                }
+            }
+            Input::Rechecked { entry, stale } => self.on_rechecked(entry, stale, now, &mut out),
+            Input::CommandDone { path, job, outcome } => {
+                self.on_command_done(path, job, outcome, now, &mut out)
+            }
+            Input::Tick => self.on_tick(now, &mut out),
+            Input::Reload(config) => {
+                self.apply_config(*config, &mut out);
+                // Held exits wait for answers asked under the old numbering.
+                for i in 0..self.watches.len() {
+                    let id = EntryId(i as u32);
+                    if let Some((pid, status)) = self.watches[i].held_exit.take() {
+                        let (running, _) = self.recount(id);
+                        self.step(
+                            id,
+                            policy::Input::Exited {
+                                pid,
+                                status,
+                                running,
+                            },
+                            now,
+                            &mut out,
+                        );
+                    }
+                }
+                out.push(Effect::Notice(Notice::Reloaded {
+                    entries: self.watches.len(),
+                }));
+            }
+            Input::ReloadFailed(errors) => {
+                let lines = errors.0.iter().map(ToString::to_string).collect();
+                out.push(Effect::Notice(Notice::ReloadRefused(lines)));
+            }
+            Input::SourceOpened {
+                name,
+                kernel_filter,
+                exit_lag,
+            } => {
+                out.push(Effect::Notice(Notice::SourceOpened {
+                    name,
+                    kernel_filter,
+                }));
+                self.exit_lag = exit_lag;
+                out.push(Effect::Scan);
+            }
+            Input::SourceFailed(why) => {
+                out.push(Effect::Notice(Notice::SourceFailed(why)));
+                out.push(Effect::Scan);
+            }
+        }
+        out
+    }
+
+    // --- Queries -------------------------------------------------------
+
+    /// Changes with every reload: [`EntryId`]s of one generation mean
+    /// nothing in another.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.config.iter()
+    }
+
+    pub fn entry_count(&self) -> usize {
+        self.config.len()
+    }
+
+    pub fn entry(&self, id: EntryId) -> &Entry {
+        &self.config[id.index()]
+    }
+
+    pub fn pfile(&self, id: EntryId) -> &str {
+        &self.watches[id.index()].pfile
+    }
+
+    pub fn phase(&self, id: EntryId) -> Phase {
+        self.watches[id.index()].state.phase
+    }
+
+    /// How many instances the entry has.
+    pub fn running(&self, id: EntryId) -> u32 {
+        self.watches[id.index()].running
+    }
+
+    /// The entry a process belongs to, if it is a member.
+    pub fn member_entry(&self, tgid: u32) -> Option<EntryId> {
+        self.members.get(&tgid).map(|m| m.entry)
+    }
+
+    /// Every member's tgid.
+    pub fn member_tgids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.members.keys().copied()
+    }
+
+    /// What a scan needs to know of the members.
+    pub fn known(&self) -> Known {
+        self.members
+            .iter()
+            .map(|(tgid, m)| {
+                (
+                    *tgid,
+                    (m.start_ticks, m.comm, m.entry.index(), m.exit_watched),
+                )
+            })
+            .collect()
+    }
+
+    /// The earliest time something waits for: a phase deadline, a member
+    /// whose exit event is overdue, a pidfile to read again. `None`: only
+    /// inputs wake the monitor.
+    pub fn next_deadline(&self, now: Time) -> Option<Time> {
+        let phases = self.waiting.iter().filter_map(|id| {
+            self.watches[id.index()]
+                .state
+                .phase
+                .deadline(&self.config[id.index()])
+        });
+        let missed = self.missed.values().map(|(_, until)| *until);
+        let pidfile = self
+            .waiting
+            .iter()
+            .any(|id| matches!(self.config[id.index()].rule, Rule::Pidfile(_)))
+            .then(|| now + PIDFILE_POLL);
+        phases.chain(missed).chain(pidfile).min()
+    }
+
+    // --- Handlers ------------------------------------------------------
+
+    fn on_exec(
+        &mut self,
+        tgid: u32,
+        matched: Option<(EntryId, Seen)>,
+        now: Time,
+        out: &mut Vec<Effect>,
+    ) {
+        let matched = matched.filter(|(id, _)| id.index() < self.watches.len());
+        let before = self.member_entry(tgid);
+        if let Some(b) = before
+            && matched.is_none_or(|(i, _)| i != b)
+        {
+            // It exec'd another program: that member is gone.
+            self.remove(
+                tgid,
+                ExitStatus::Unknown,
+                "exec'd another program",
+                now,
+                out,
+            );
+        }
+        if let Some((i, seen)) = matched
+            && before.is_none_or(|b| b != i)
+        {
+            self.add(i, seen, now, out);
+            self.step_running(i, now, out);
+        }
+    }
+
+    fn on_scan(&mut self, started: Time, found: Vec<Vec<Seen>>, now: Time, out: &mut Vec<Effect>) {
+        let matched = found.iter().map(Vec::len).sum();
+        out.push(Effect::Notice(Notice::Scanned {
+            matched,
+            took: now.saturating_duration_since(started),
+        }));
+        self.gone
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < GONE_MEMORY);
+        let mut seen = std::collections::HashSet::new();
+        let mut touched = BTreeSet::new();
+        // Additions first, so a replaced member never looks like a shortage.
+        for (i, list) in found.iter().enumerate().take(self.watches.len()) {
+            let id = EntryId(i as u32);
+            for s in list {
+                seen.insert(s.tgid);
+                let known = self.members.get(&s.tgid).map(|m| (m.start_ticks, m.entry));
+                if known.is_some_and(|(start, entry)| start == s.start_ticks && entry == id) {
+                    continue;
+                }
+                if self
+                    .gone
+                    .get(&s.tgid)
+                    .is_some_and(|(start, at)| *start == s.start_ticks && *at > started)
+                {
+                    continue; // exited after the scan saw it
+                }
+                if known.is_some() {
+                    self.remove(s.tgid, ExitStatus::Unknown, "pid reused", now, out);
+                }
+                self.add(id, *s, now, out);
+                touched.insert(id);
+            }
+        }
+        for i in 0..self.watches.len() {
+            let id = EntryId(i as u32);
+            let entry = &self.config[i];
+            // Rules that can change their mind without an event: a
+            // rewritten pidfile, a retitled worker.
+            match (&entry.rule, &entry.matcher) {
+                (Rule::Pidfile(path), _) => out.push(Effect::ReadPidfile {
+                    entry: id,
+                    path: path.clone(),
+                }),
+                (_, Match::Cmdline(_)) if !self.watches[i].members.is_empty() => {
+                    out.push(Effect::Recheck {
+                        entry: id,
+                        tgids: self.watches[i].members.iter().copied().collect(),
+                    })
+                }
+                (Rule::MainOnly, _) => self.step_running(id, now, out),
+                _ if touched.contains(&id) => self.step_running(id, now, out),
+                _ => {}
+            }
+        }
+        // Members the scan did not see and that are older than it: gone,
+        // unless their exit event is still on its way (see MISSED_GRACE).
+        let grace = MISSED_GRACE + self.exit_lag;
+        for (tgid, m) in &self.members {
+            if !seen.contains(tgid) && m.added < started && !m.exit_watched {
+                self.missed
+                    .entry(*tgid)
+                    .or_insert((m.start_ticks, now + grace));
+            }
+        }
+        for i in 0..self.watches.len() {
+            if self.watches[i].state.phase == Phase::Unknown {
+                self.step_running(EntryId(i as u32), now, out);
+            }
+        }
+    }
+
+    fn on_rechecked(&mut self, entry: EntryId, stale: Vec<u32>, now: Time, out: &mut Vec<Effect>) {
+        if entry.index() >= self.watches.len() {
+            return;
+        }
+        for tgid in stale {
+            if self.member_entry(tgid) == Some(entry) && self.untrack(tgid, out).is_some() {
+                out.push(Effect::Notice(Notice::Gone {
+                    tgid,
+                    why: "no longer matches its entry's command line",
+                }));
+            }
+        }
+        match self.watches[entry.index()].held_exit.take() {
+            Some((pid, status)) => {
+                let (running, _) = self.recount(entry);
+                self.step(
+                    entry,
+                    policy::Input::Exited {
+                        pid,
+                        status,
+                        running,
+                    },
+                    now,
+                    out,
+                );
+            }
+            None => self.step_running(entry, now, out),
+        }
+    }
+
+    fn on_command_done(
+        &mut self,
+        path: PathBuf,
+        job: Job,
+        outcome: Outcome,
+        now: Time,
+        out: &mut Vec<Effect>,
+    ) {
+        // By path: a reload may have moved or removed the entry meanwhile.
+        let Some(i) = self.config.iter().position(|e| e.path == path) else {
+            return;
+        };
+        let id = EntryId(i as u32);
+        let ok = outcome.ok();
+        out.push(Effect::Notice(Notice::CommandDone {
+            entry: id,
+            job,
+            ok,
+            described: outcome.describe(),
+            elapsed: outcome.elapsed,
+            output: outcome.output_tail,
+        }));
+        if job == Job::Restart {
+            self.step(id, policy::Input::RestartDone { ok }, now, out);
+            if ok && self.watches[i].state.phase != Phase::Up {
+                // Catch the new process even if its exec event was filtered or lost.
+                out.push(Effect::Scan);
+            }
+        }
+    }
+
+    fn on_tick(&mut self, now: Time, out: &mut Vec<Effect>) {
+        let overdue: Vec<(u32, u64)> = self
+            .missed
+            .iter()
+            .filter(|(_, (_, until))| now >= *until)
+            .map(|(tgid, (start, _))| (*tgid, *start))
+            .collect();
+        for (tgid, start) in overdue {
+            self.missed.remove(&tgid);
+            if self
+                .members
+                .get(&tgid)
+                .is_some_and(|m| m.start_ticks == start)
+            {
+                self.remove(
+                    tgid,
+                    ExitStatus::Unknown,
+                    "gone without an exit event",
+                    now,
+                    out,
+                );
+            }
+        }
+        let waiting: Vec<EntryId> = self.waiting.iter().copied().collect();
+        for id in waiting {
+            if let Rule::Pidfile(path) = &self.config[id.index()].rule {
+                out.push(Effect::ReadPidfile {
+                    entry: id,
+                    path: path.clone(),
+                });
+            }
+            // The count and main pid as they are now (a daemon that forked
+            // and let its parent exit).
+            self.step_running(id, now, out);
+            self.step(id, policy::Input::Tick, now, out);
+        }
+    }
+
+    /// Takes a new configuration: entries whose path is unchanged keep
+    /// their state and members (nothing is restarted); others start fresh.
+    fn apply_config(&mut self, config: Config, out: &mut Vec<Effect>) {
+        let mut old: HashMap<PathBuf, (EntryId, Watch)> = self
+            .watches
+            .drain(..)
+            .enumerate()
+            .map(|(i, w)| (w.path.clone(), (EntryId(i as u32), w)))
+            .collect();
+        let mut remap: HashMap<EntryId, EntryId> = HashMap::new();
+        self.config.clear();
+        for (pfile, entry) in config.entries() {
+            let id = EntryId(self.watches.len() as u32);
+            let w = match old.remove(&entry.path) {
+                Some((was, mut w)) => {
+                    remap.insert(was, id);
+                    w.pfile = pfile.name.clone();
+                    w
+                }
+                None => Watch {
+                    pfile: pfile.name.clone(),
+                    path: entry.path.clone(),
+                    state: EntryState::default(),
+                    members: BTreeSet::new(),
+                    running: 0,
+                    last_down: None,
+                    pidfile: None,
+                    held_exit: None,
+                },
+            };
+            self.watches.push(w);
+            self.config.push(entry.clone());
+        }
+        let dropped: Vec<u32> = self
+            .members
+            .iter()
+            .filter(|(_, m)| !remap.contains_key(&m.entry))
+            .map(|(tgid, _)| *tgid)
+            .collect();
+        for tgid in dropped {
+            // No longer watched: stop waiting for its exit.
+            if let Some(m) = self.members.remove(&tgid) {
+                if m.exit_watched {
+                    out.push(Effect::UnwatchExit { tgid });
+                }
+                out.push(Effect::FilterTgid { tgid, watch: false });
+            }
+            self.missed.remove(&tgid);
+        }
+        for m in self.members.values_mut() {
+            m.entry = remap[&m.entry];
+        }
+        self.waiting = (0..self.watches.len())
+            .map(|i| EntryId(i as u32))
+            .filter(|id| {
+                self.watches[id.index()]
+                    .state
+                    .phase
+                    .deadline(&self.config[id.index()])
+                    .is_some()
+            })
+            .collect();
+        self.settings = Settings {
+            failover_command: config.agent.failover_command.clone(),
+            env: config.env.vars.clone(),
+        };
+        self.generation += 1;
+        out.push(Effect::Scan);
+    }
+
+    // --- Members -------------------------------------------------------
+
+    fn add(&mut self, entry: EntryId, seen: Seen, now: Time, out: &mut Vec<Effect>) {
+        let tgid = seen.tgid;
+        let member = Member {
+            entry,
+            start_ticks: seen.start_ticks,
+            comm: seen.comm,
+            ppid: seen.ppid,
+            counts: false,
+            added: now,
+            exit_watched: self.pidfds,
+        };
+        if let Some(old) = self.members.insert(tgid, member) {
+            self.watches[old.entry.index()].members.remove(&tgid);
+            if old.exit_watched {
+                out.push(Effect::UnwatchExit { tgid });
+            }
+        }
+        self.missed.remove(&tgid);
+        self.watches[entry.index()].members.insert(tgid);
+        out.push(Effect::FilterTgid { tgid, watch: true });
+        if self.pidfds {
+            out.push(Effect::WatchExit {
+                tgid,
+                start: seen.start_ticks,
+            });
+        }
+        if let Rule::Pidfile(path) = &self.config[entry.index()].rule {
+            // The new process may be the one the daemon writes there.
+            out.push(Effect::ReadPidfile {
+                entry,
+                path: path.clone(),
+            });
+        }
+    }
+
+    /// Stops tracking `tgid`: its exit watch, its kernel-filter key (the
+    /// kernel forgets an exited tgid itself; one that exec'd another
+    /// program or stopped matching must stop passing), its membership.
+    fn untrack(&mut self, tgid: u32, out: &mut Vec<Effect>) -> Option<Member> {
+        let m = self.members.remove(&tgid)?;
+        if m.exit_watched {
+            out.push(Effect::UnwatchExit { tgid });
+        }
+        out.push(Effect::FilterTgid { tgid, watch: false });
+        self.watches[m.entry.index()].members.remove(&tgid);
+        Some(m)
+    }
+
+    /// Forgets member `tgid`, gone with `status`, and tells the policy.
+    fn remove(
+        &mut self,
+        tgid: u32,
+        status: ExitStatus,
+        why: &'static str,
+        now: Time,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(m) = self.untrack(tgid, out) else {
+            return;
+        };
+        out.push(Effect::Notice(Notice::Gone { tgid, why }));
+        self.gone.insert(tgid, (m.start_ticks, now));
+        let id = m.entry;
+        let i = id.index();
+        if let Rule::Pidfile(path) = &self.config[i].rule {
+            out.push(Effect::ReadPidfile {
+                entry: id,
+                path: path.clone(),
+            });
+        }
+        let before = self.watches[i].running;
+        let (running, _) = self.recount(id);
+        let by_cmdline = matches!(self.config[i].matcher, Match::Cmdline(_));
+        if m.counts && by_cmdline && running >= self.config[i].min && running > 0 {
+            // Others keep it up only if they still carry the command line.
+            self.watches[i].held_exit = Some((tgid, status));
+            out.push(Effect::Recheck {
+                entry: id,
+                tgids: self.watches[i].members.iter().copied().collect(),
+            });
+        } else if m.counts {
+            self.step(
+                id,
+                policy::Input::Exited {
+                    pid: tgid,
+                    status,
+                    running,
+                },
+                now,
+                out,
+            );
+        } else if running != before {
+            self.step_running(id, now, out);
+        }
+    }
+
+    /// Decides which members of the entry are its instances under its
+    /// rule; returns how many there are and the main (oldest) one.
+    fn recount(&mut self, id: EntryId) -> (u32, Option<u32>) {
+        let i = id.index();
+        let w = &self.watches[i];
+        let rule = &self.config[i].rule;
+        let pidfile_pid = w.pidfile.flatten();
+        let decided: Vec<(u32, bool, u64)> = w
+            .members
+            .iter()
+            .filter_map(|tgid| {
+                let m = self.members.get(tgid)?;
+                let is_member = |pid| w.members.contains(&pid);
+                let counts = rule.counts(*tgid, m.ppid, is_member, pidfile_pid);
+                Some((*tgid, counts, m.start_ticks))
+            })
+            .collect();
+        let mut running = 0;
+        let mut main: Option<(u64, u32)> = None;
+        for (tgid, counts, start) in decided {
+            if let Some(m) = self.members.get_mut(&tgid) {
+                m.counts = counts;
+            }
+            if counts {
+                running += 1;
+                if main.is_none_or(|m| (start, tgid) < m) {
+                    main = Some((start, tgid));
+                }
+            }
+        }
+        self.watches[i].running = running;
+        (running, main.map(|(_, tgid)| tgid))
+    }
+
+    /// Tells the policy how many instances the entry has now. Not before
+    /// an entry with a pidfile has had it read: until then nothing counts.
+    fn step_running(&mut self, id: EntryId, now: Time, out: &mut Vec<Effect>) {
+        let i = id.index();
+        if matches!(self.config[i].rule, Rule::Pidfile(_)) && self.watches[i].pidfile.is_none() {
+            return;
+        }
+        let (running, pid) = self.recount(id);
+        self.step(id, policy::Input::Running { running, pid }, now, out);
+    }
+
+    fn step(&mut self, id: EntryId, input: policy::Input, now: Time, out: &mut Vec<Effect>) {
+        let i = id.index();
+        let actions = policy::step(&self.config[i], &mut self.watches[i].state, input, now);
+        if self.watches[i]
+            .state
+            .phase
+            .deadline(&self.config[i])
+            .is_some()
+        {
+            self.waiting.insert(id);
+        } else {
+            self.waiting.remove(&id);
+        }
+        for action in actions {
+            self.act(id, action, out);
+        }
+    }
+
+    fn act(&mut self, id: EntryId, action: Action, out: &mut Vec<Effect>) {
+        let i = id.index();
+        if let Action::ReportDown { pid, status } = action {
+            self.watches[i].last_down = Some((pid, status));
+        }
+        let entry = &self.config[i];
+        let run = |job, command: String, env| {
+            Effect::Run(Run {
+                entry: id,
+                path: entry.path.clone(),
+                job,
+                command,
+                env,
+                timeout: entry.restart_timeout,
+            })
+        };
+        let notice = Effect::Notice(Notice::Policy {
+            entry: id,
+            action,
+            running: self.watches[i].running,
+        });
+        match action {
+            Action::Restart { attempt } => {
+                out.push(notice);
+                if let Some(command) = entry.restart.clone() {
+                    let mut env = self.base_env(id);
+                    env.push(("PSMON_ATTEMPT".into(), attempt.to_string()));
+                    out.push(run(Job::Restart, command, env));
+                }
+            }
+            Action::Failover => {
+                let command = entry
+                    .failover
+                    .clone()
+                    .or_else(|| self.settings.failover_command.clone());
+                let Some(command) = command else {
+                    out.push(Effect::Notice(Notice::SwitchNotSent { entry: id }));
+                    return;
+                };
+                out.push(notice);
+                let mut env = self.base_env(id);
+                let grace = entry
+                    .grace
+                    .map_or("ever".to_string(), |g| format!("{} s", g.as_secs()));
+                env.push((
+                    "PSMON_REASON".into(),
+                    format!(
+                        "retry over: {} restart attempts within {grace} did not keep {} up",
+                        entry.retry,
+                        entry.path.display()
+                    ),
+                ));
+                out.push(run(Job::Failover, command, env));
+            }
+            _ => out.push(notice),
+        }
+    }
+
+    /// psenv's variables and what is known of the entry and its last death.
+    fn base_env(&self, id: EntryId) -> Vec<(String, String)> {
+        let w = &self.watches[id.index()];
+        let mut env = self.settings.env.clone();
+        env.push(("PSMON_PFILE".into(), w.pfile.clone()));
+        env.push(("PSMON_PATH".into(), w.path.display().to_string()));
+        let (pid, status) = w.last_down.unwrap_or((None, ExitStatus::Unknown));
+        env.push((
+            "PSMON_PID".into(),
+            pid.map(|p| p.to_string()).unwrap_or_default(),
+        ));
+        let (code, signal) = match status {
+            ExitStatus::Code(c) => (c.to_string(), String::new()),
+            ExitStatus::Signal { signal, .. } => (String::new(), signal.to_string()),
+            ExitStatus::Unknown => (String::new(), String::new()),
+        };
+        env.push(("PSMON_EXIT_CODE".into(), code));
+        env.push(("PSMON_SIGNAL".into(), signal));
+        env
+    }
+}

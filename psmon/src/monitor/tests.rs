@@ -1,0 +1,722 @@
+//! Scenarios: the monitor driven by made-up inputs and a made-up clock.
+//! No processes, no `/proc`, no root: each runs in microseconds.
+
+use std::time::Duration;
+
+use super::*;
+use crate::{
+    config::{Action as OnRetryOver, Agent, Env, Pfile},
+    exec::Ending,
+    policy::SetPidFail,
+};
+
+const KILLED: ExitStatus = ExitStatus::Signal {
+    signal: 9,
+    core_dumped: false,
+};
+
+const A: EntryId = EntryId(0);
+const B: EntryId = EntryId(1);
+
+fn entry(path: &str) -> Entry {
+    let mut e = Entry::new(
+        path.into(),
+        Some(format!("start {path}")),
+        60,
+        3,
+        OnRetryOver::Continue,
+    );
+    e.start_secs = Duration::ZERO;
+    e.restart_backoff = Duration::ZERO;
+    e
+}
+
+fn config(entries: Vec<Entry>) -> Config {
+    Config {
+        pfiles: vec![Pfile {
+            name: "app".into(),
+            file: "/etc/psmon/pfile_app".into(),
+            ipckey: None,
+            monitor_interval: Duration::from_secs(1),
+            msg_check_interval: Duration::from_secs(5),
+            shm_dump_file: None,
+            entries,
+        }],
+        agent: Agent::default(),
+        env: Env::default(),
+    }
+}
+
+fn seen(tgid: u32, start_ticks: u64) -> Seen {
+    Seen {
+        tgid,
+        start_ticks,
+        comm: crate::scan::comm_key(b"d"),
+        ppid: 1,
+    }
+}
+
+/// A monitor, a clock, and what it last said.
+struct World {
+    m: Monitor,
+    now: Time,
+    out: Vec<Effect>,
+}
+
+impl World {
+    fn new(entries: Vec<Entry>, pidfds: bool) -> World {
+        let (m, out) = Monitor::new(config(entries), pidfds);
+        World {
+            m,
+            now: Time::from_secs(1_000),
+            out,
+        }
+    }
+
+    /// Starts it with `found` running: the first scan.
+    fn started(entries: Vec<Entry>, pidfds: bool, found: Vec<Vec<Seen>>) -> World {
+        let mut w = World::new(entries, pidfds);
+        let started = w.now;
+        w.later(5);
+        w.feed(Input::Scanned { started, found });
+        w
+    }
+
+    fn feed(&mut self, input: Input) -> &[Effect] {
+        self.out = self.m.handle(input, self.now);
+        &self.out
+    }
+
+    fn later(&mut self, ms: u64) {
+        self.now = self.now + Duration::from_millis(ms);
+    }
+
+    /// Moves the clock to the monitor's next deadline and ticks.
+    fn tick(&mut self) -> &[Effect] {
+        let at = self
+            .m
+            .next_deadline(self.now)
+            .expect("something waits for a time");
+        self.now = self.now.max(at);
+        self.feed(Input::Tick)
+    }
+
+    fn exit(&mut self, tgid: u32, start: u64, status: ExitStatus) -> Vec<Action> {
+        self.feed(Input::Exited {
+            tgid,
+            start: Some(start),
+            status,
+        });
+        self.actions()
+    }
+
+    /// The restart decisions in the last effects.
+    fn actions(&self) -> Vec<Action> {
+        self.out
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Notice(Notice::Policy { action, .. }) => Some(*action),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn runs(&self) -> Vec<&Run> {
+        self.out
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Run(r) => Some(r),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn done(&mut self, path: &str, ok: bool) -> Vec<Action> {
+        let outcome = Outcome {
+            ending: if ok {
+                Ending::Exited(0)
+            } else {
+                Ending::Exited(1)
+            },
+            elapsed: Duration::from_millis(2),
+            output_tail: String::new(),
+        };
+        self.feed(Input::CommandDone {
+            path: path.into(),
+            job: Job::Restart,
+            outcome,
+        });
+        self.actions()
+    }
+}
+
+fn up(pid: u32) -> Action {
+    Action::ReportUp {
+        pid: Some(pid),
+        rearmed: false,
+    }
+}
+
+#[test]
+fn first_scan_reports_up_and_a_kill_restarts() {
+    let mut w = World::started(vec![entry("/d")], true, vec![vec![seen(100, 5)]]);
+    assert_eq!(w.actions(), vec![up(100)]);
+    assert!(w.out.contains(&Effect::WatchExit {
+        tgid: 100,
+        start: 5
+    }));
+    assert!(w.out.contains(&Effect::FilterTgid {
+        tgid: 100,
+        watch: true
+    }));
+    assert_eq!(
+        w.m.next_deadline(w.now),
+        None,
+        "idle: nothing waits for a time"
+    );
+
+    let actions = w.exit(100, 5, KILLED);
+    assert_eq!(
+        actions,
+        vec![
+            Action::ReportDown {
+                pid: Some(100),
+                status: KILLED
+            },
+            Action::Restart { attempt: 1 }
+        ]
+    );
+    let runs = w.runs();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].command, "start /d");
+    let env: HashMap<_, _> = runs[0].env.iter().cloned().collect();
+    assert_eq!(env["PSMON_PID"], "100");
+    assert_eq!(env["PSMON_SIGNAL"], "9");
+    assert_eq!(env["PSMON_ATTEMPT"], "1");
+    assert!(w.out.contains(&Effect::UnwatchExit { tgid: 100 }));
+
+    w.later(2);
+    assert!(w.done("/d", true).is_empty());
+    assert!(
+        w.out.contains(&Effect::Scan),
+        "a scan catches a filtered exec"
+    );
+    w.feed(Input::Execd {
+        tgid: 101,
+        matched: Some((A, seen(101, 9))),
+    });
+    assert_eq!(w.actions(), vec![up(101)]);
+    assert_eq!(w.m.running(A), 1);
+}
+
+/// A scan began before an exit and reports after it: the dead process
+/// must not come back.
+#[test]
+fn a_scan_older_than_an_exit_does_not_bring_it_back() {
+    let mut w = World::started(vec![entry("/d")], true, vec![vec![seen(100, 5)]]);
+    let scan_started = w.now;
+    w.later(1);
+    w.exit(100, 5, KILLED);
+    w.later(1);
+    w.feed(Input::Scanned {
+        started: scan_started,
+        found: vec![vec![seen(100, 5)]],
+    });
+    assert!(w.actions().is_empty(), "{:?}", w.out);
+    assert_eq!(w.m.member_entry(100), None);
+    assert_eq!(w.m.phase(A), Phase::Restarting);
+}
+
+/// The same pid with another start time is another process.
+#[test]
+fn a_reused_pid_is_another_process() {
+    let mut w = World::started(vec![entry("/d")], true, vec![vec![seen(100, 5)]]);
+    // An exit event of an older process that had pid 100: not ours.
+    assert!(w.exit(100, 3, KILLED).is_empty());
+    assert_eq!(w.m.member_entry(100), Some(A));
+
+    // The scan finds pid 100 started later: ours died unseen, and a new
+    // one took its pid.
+    let started = w.now;
+    w.later(5);
+    w.feed(Input::Scanned {
+        started,
+        found: vec![vec![seen(100, 9)]],
+    });
+    assert_eq!(
+        w.actions(),
+        vec![
+            Action::ReportDown {
+                pid: Some(100),
+                status: ExitStatus::Unknown
+            },
+            Action::Restart { attempt: 1 },
+            Action::ReportUp {
+                pid: Some(100),
+                rearmed: false
+            },
+        ]
+    );
+    assert!(w.out.contains(&Effect::WatchExit {
+        tgid: 100,
+        start: 9
+    }));
+}
+
+/// The pidfd says the process exited, but it was reaped before its status
+/// could be read: the exit event, which carries it, is waited for.
+#[test]
+fn an_exit_event_trailing_its_pidfd_brings_the_status() {
+    let mut w = World::started(vec![entry("/d")], true, vec![vec![seen(100, 5)]]);
+    w.feed(Input::ExitSeen {
+        tgid: 100,
+        start: 5,
+        zombie: None,
+    });
+    assert!(w.actions().is_empty());
+    assert_eq!(w.m.next_deadline(w.now), Some(w.now + MISSED_GRACE));
+    w.later(1);
+    let actions = w.exit(100, 5, ExitStatus::Code(3));
+    assert_eq!(
+        actions[0],
+        Action::ReportDown {
+            pid: Some(100),
+            status: ExitStatus::Code(3)
+        }
+    );
+    // Nothing left to wait for but the restart.
+    assert_eq!(w.m.next_deadline(w.now), None);
+}
+
+#[test]
+fn a_zombie_seen_by_the_pidfd_is_down_at_once() {
+    let mut w = World::started(vec![entry("/d")], true, vec![vec![seen(100, 5)]]);
+    w.feed(Input::ExitSeen {
+        tgid: 100,
+        start: 5,
+        zombie: Some(ExitStatus::Code(2)),
+    });
+    assert_eq!(
+        w.actions()[0],
+        Action::ReportDown {
+            pid: Some(100),
+            status: ExitStatus::Code(2)
+        }
+    );
+    // Its exit event, later, changes nothing.
+    assert!(w.exit(100, 5, ExitStatus::Code(2)).is_empty());
+}
+
+/// Without pidfds, a member a scan no longer sees waits MISSED_GRACE (plus
+/// the source's lag) for its exit event, then is Down with an unknown status.
+#[test]
+fn a_member_missed_by_a_scan_is_down_after_the_grace() {
+    let mut w = World::started(vec![entry("/d")], false, vec![vec![seen(100, 5)]]);
+    assert!(!w.out.iter().any(|e| matches!(e, Effect::WatchExit { .. })));
+    w.feed(Input::SourceOpened {
+        name: "poll".into(),
+        kernel_filter: false,
+        exit_lag: Duration::from_secs(1),
+    });
+    w.later(10);
+    let started = w.now;
+    w.later(5);
+    w.feed(Input::Scanned {
+        started,
+        found: vec![vec![]],
+    });
+    assert!(
+        w.actions().is_empty(),
+        "not yet: the event may be on its way"
+    );
+    let due = w.m.next_deadline(w.now).unwrap();
+    assert_eq!(due, w.now + MISSED_GRACE + Duration::from_secs(1));
+    w.tick();
+    assert_eq!(
+        w.actions()[0],
+        Action::ReportDown {
+            pid: Some(100),
+            status: ExitStatus::Unknown
+        }
+    );
+}
+
+/// A member added after a scan started is not missing from it.
+#[test]
+fn a_member_younger_than_the_scan_is_not_missed() {
+    let mut w = World::started(vec![entry("/d")], false, vec![vec![seen(100, 5)]]);
+    let started = w.now;
+    w.later(1);
+    w.feed(Input::Execd {
+        tgid: 200,
+        matched: Some((A, seen(200, 7))),
+    });
+    w.later(1);
+    w.feed(Input::Scanned {
+        started,
+        found: vec![vec![seen(100, 5)]],
+    });
+    assert_eq!(w.m.next_deadline(w.now), None, "{:?}", w.m.missed);
+}
+
+/// The restart command is still running when the process comes back by
+/// other means: it is taken as is, and the command's end starts nothing.
+#[test]
+fn a_process_back_on_its_own_during_a_restart_is_not_restarted_again() {
+    let mut w = World::started(vec![entry("/d")], true, vec![vec![seen(100, 5)]]);
+    w.exit(100, 5, KILLED);
+    assert_eq!(w.m.phase(A), Phase::Restarting);
+    w.later(1);
+    w.feed(Input::Execd {
+        tgid: 300,
+        matched: Some((A, seen(300, 8))),
+    });
+    assert_eq!(w.actions(), vec![up(300)]);
+    w.later(1);
+    assert!(w.done("/d", true).is_empty());
+    assert!(w.runs().is_empty());
+    assert_eq!(w.m.phase(A), Phase::Up);
+}
+
+/// A member that execs the program of another entry leaves the first
+/// (which goes Down) and joins the second.
+#[test]
+fn a_reexec_into_another_watched_path_moves_the_process() {
+    let mut w = World::started(
+        vec![entry("/a"), entry("/b")],
+        true,
+        vec![vec![seen(100, 5)], vec![]],
+    );
+    w.feed(Input::Execd {
+        tgid: 100,
+        matched: Some((B, seen(100, 5))),
+    });
+    assert_eq!(w.m.member_entry(100), Some(B));
+    let notices: Vec<(EntryId, Action)> = w
+        .out
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Notice(Notice::Policy { entry, action, .. }) => Some((*entry, *action)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        notices[0],
+        (
+            A,
+            Action::ReportDown {
+                pid: Some(100),
+                status: ExitStatus::Unknown
+            }
+        )
+    );
+    assert!(notices.contains(&(B, up(100))), "{notices:?}");
+    // Exec'ing something nobody watches: it is gone from B too.
+    w.feed(Input::Execd {
+        tgid: 100,
+        matched: None,
+    });
+    assert_eq!(w.m.member_entry(100), None);
+    assert!(w.out.contains(&Effect::FilterTgid {
+        tgid: 100,
+        watch: false
+    }));
+}
+
+/// A reload keeps what it can: an unchanged path keeps its members and
+/// its spent budget (a changed retry count applies to it); a removed
+/// entry's members are let go; a new entry starts unknown.
+#[test]
+fn a_reload_keeps_members_and_budgets_of_entries_it_keeps() {
+    let mut w = World::started(
+        vec![entry("/a"), entry("/b")],
+        true,
+        vec![vec![seen(100, 5)], vec![seen(200, 6)]],
+    );
+    w.exit(100, 5, KILLED); // one attempt spent on /a
+    w.done("/a", true);
+    w.feed(Input::Execd {
+        tgid: 101,
+        matched: Some((A, seen(101, 7))),
+    });
+    assert_eq!(w.m.phase(A), Phase::Up);
+
+    let mut a = entry("/a");
+    a.retry = 2;
+    let generation = w.m.generation();
+    w.feed(Input::Reload(Box::new(config(vec![entry("/c"), a]))));
+    assert_ne!(w.m.generation(), generation);
+    assert!(
+        w.out.contains(&Effect::UnwatchExit { tgid: 200 }),
+        "{:?}",
+        w.out
+    );
+    assert!(w.out.contains(&Effect::Scan));
+    // /c is first now, /a second.
+    let (c, a) = (EntryId(0), EntryId(1));
+    assert_eq!(w.m.entry(a).path, PathBuf::from("/a"));
+    assert_eq!(w.m.member_entry(101), Some(a));
+    assert_eq!(w.m.member_entry(200), None);
+    assert_eq!(w.m.phase(a), Phase::Up);
+    assert_eq!(w.m.phase(c), Phase::Unknown);
+
+    // /a has one attempt left of its new two.
+    w.exit(101, 7, KILLED);
+    assert_eq!(w.runs().len(), 1);
+    w.done("/a", false);
+    assert!(
+        w.actions()
+            .contains(&Action::ReportRetryOver { attempts: 2 }),
+        "{:?}",
+        w.actions()
+    );
+}
+
+/// Two instances of one entry exit in one batch of events: one Down for
+/// the second (the first leaves one running), one restart.
+#[test]
+fn two_instances_exiting_together_restart_once() {
+    let mut w = World::started(
+        vec![entry("/d")],
+        true,
+        vec![vec![seen(100, 5), seen(101, 5)]],
+    );
+    assert_eq!(w.m.running(A), 2);
+    assert!(w.exit(100, 5, KILLED).is_empty(), "one still runs");
+    let actions = w.exit(101, 5, KILLED);
+    assert_eq!(
+        actions,
+        vec![
+            Action::ReportDown {
+                pid: Some(101),
+                status: KILLED
+            },
+            Action::Restart { attempt: 1 }
+        ]
+    );
+    assert_eq!(w.runs().len(), 1);
+}
+
+/// With a `min` of 2, the first of two exits is already Down.
+#[test]
+fn below_min_is_down() {
+    let mut e = entry("/d");
+    e.min = 2;
+    let mut w = World::started(vec![e], true, vec![vec![seen(100, 5), seen(101, 5)]]);
+    let actions = w.exit(100, 5, KILLED);
+    assert_eq!(actions.len(), 2, "{actions:?}");
+    assert!(w.exit(101, 5, KILLED).is_empty(), "already restarting");
+}
+
+/// A pidfile entry counts only the process its pidfile names, and says
+/// nothing until the file has been read.
+#[test]
+fn a_pidfile_entry_waits_for_its_file() {
+    let mut e = entry("/d");
+    e.rule = Rule::Pidfile("/run/d.pid".into());
+    let mut w = World::started(vec![e], true, vec![vec![seen(100, 5), seen(101, 6)]]);
+    assert!(w.actions().is_empty(), "no Down before the pidfile is read");
+    assert!(w.out.contains(&Effect::ReadPidfile {
+        entry: A,
+        path: "/run/d.pid".into()
+    }));
+    w.feed(Input::Pidfile {
+        entry: A,
+        pid: Some(100),
+    });
+    assert_eq!(w.actions(), vec![up(100)]);
+    assert_eq!(w.m.running(A), 1);
+    // A worker's exit is not the daemon's.
+    assert!(w.exit(101, 6, KILLED).is_empty());
+    // The daemon's is, though the file still names it.
+    let actions = w.exit(100, 5, KILLED);
+    assert_eq!(actions.len(), 2, "{actions:?}");
+    // After the restart, the new process counts once the file names it.
+    w.done("/d", true);
+    w.feed(Input::Execd {
+        tgid: 300,
+        matched: Some((A, seen(300, 9))),
+    });
+    assert!(w.actions().is_empty());
+    assert!(
+        w.out
+            .iter()
+            .any(|e| matches!(e, Effect::ReadPidfile { .. }))
+    );
+    w.feed(Input::Pidfile {
+        entry: A,
+        pid: Some(300),
+    });
+    assert_eq!(w.actions(), vec![up(300)]);
+}
+
+/// While a restarted pidfile entry is expected, its file is read again
+/// every PIDFILE_POLL.
+#[test]
+fn a_starting_pidfile_entry_polls_its_file() {
+    let mut e = entry("/d");
+    e.rule = Rule::Pidfile("/run/d.pid".into());
+    let mut w = World::started(vec![e], true, vec![vec![seen(100, 5)]]);
+    w.feed(Input::Pidfile {
+        entry: A,
+        pid: Some(100),
+    });
+    w.exit(100, 5, KILLED);
+    w.done("/d", true);
+    assert_eq!(w.m.next_deadline(w.now), Some(w.now + PIDFILE_POLL));
+    w.tick();
+    assert!(
+        w.out
+            .iter()
+            .any(|e| matches!(e, Effect::ReadPidfile { .. }))
+    );
+}
+
+/// A command-line entry: the master's exit is held until the others are
+/// checked again; a worker that retitled itself does not keep it up.
+#[test]
+fn a_retitled_worker_does_not_keep_a_cmdline_entry_up() {
+    let mut e = entry("/usr/sbin/nginx");
+    e.matcher = Match::Cmdline(glob::Pattern::new("nginx: master*").unwrap());
+    let mut w = World::started(vec![e], true, vec![vec![seen(100, 5)]]);
+    // A worker forked before it retitled: it matched then.
+    w.feed(Input::Forked {
+        entry: A,
+        child: seen(101, 6),
+    });
+    assert_eq!(w.m.running(A), 2);
+    assert!(w.exit(100, 5, KILLED).is_empty(), "held");
+    assert!(w.out.contains(&Effect::Recheck {
+        entry: A,
+        tgids: vec![101]
+    }));
+    w.feed(Input::Rechecked {
+        entry: A,
+        stale: vec![101],
+    });
+    assert_eq!(
+        w.actions(),
+        vec![
+            Action::ReportDown {
+                pid: Some(100),
+                status: KILLED
+            },
+            Action::Restart { attempt: 1 }
+        ]
+    );
+    assert_eq!(w.m.member_entry(101), None);
+}
+
+/// A second master that still matches keeps the entry up.
+#[test]
+fn a_held_exit_with_others_still_matching_is_no_down() {
+    let mut e = entry("/usr/sbin/nginx");
+    e.matcher = Match::Cmdline(glob::Pattern::new("nginx: master*").unwrap());
+    let mut w = World::started(vec![e], true, vec![vec![seen(100, 5), seen(101, 6)]]);
+    w.exit(100, 5, KILLED);
+    w.feed(Input::Rechecked {
+        entry: A,
+        stale: vec![],
+    });
+    assert!(w.actions().is_empty());
+    assert_eq!(w.m.phase(A), Phase::Up);
+}
+
+/// A start that fails its start_secs, then backs off: the deadlines are
+/// the monitor's, and ticks drive them.
+#[test]
+fn a_restart_that_dies_early_backs_off_then_tries_again() {
+    let mut e = entry("/d");
+    e.start_secs = Duration::from_secs(1);
+    e.restart_backoff = Duration::from_millis(200);
+    let mut w = World::started(vec![e], true, vec![vec![seen(100, 5)]]);
+    w.exit(100, 5, KILLED);
+    w.done("/d", true);
+    w.feed(Input::Execd {
+        tgid: 101,
+        matched: Some((A, seen(101, 6))),
+    });
+    assert_eq!(w.actions(), vec![Action::ReportStarted { pid: Some(101) }]);
+    w.later(100);
+    let actions = w.exit(101, 6, ExitStatus::Code(1));
+    assert!(
+        matches!(
+            actions[0],
+            Action::ReportSetPidFail {
+                why: SetPidFail::DiedEarly { .. }
+            }
+        ),
+        "{actions:?}"
+    );
+    assert_eq!(
+        actions[1],
+        Action::ReportBackoff {
+            delay: Duration::from_millis(200)
+        }
+    );
+    let before = w.now;
+    w.tick();
+    assert_eq!(w.now, before + Duration::from_millis(200));
+    assert_eq!(w.actions(), vec![Action::Restart { attempt: 2 }]);
+}
+
+/// Failover with no command anywhere is said, not attempted.
+#[test]
+fn retry_over_with_switch_and_no_command_says_so() {
+    let mut e = entry("/d");
+    e.retry = 1;
+    e.action = OnRetryOver::Switch;
+    let mut w = World::started(vec![e], true, vec![vec![seen(100, 5)]]);
+    w.exit(100, 5, KILLED);
+    w.done("/d", false);
+    assert!(
+        w.out
+            .contains(&Effect::Notice(Notice::SwitchNotSent { entry: A }))
+    );
+    assert!(w.runs().is_empty());
+}
+
+#[test]
+fn answers_for_a_previous_configuration_are_ignored() {
+    let mut w = World::started(vec![entry("/a")], true, vec![vec![seen(100, 5)]]);
+    w.feed(Input::Reload(Box::new(config(vec![]))));
+    // Numbered for the old configuration: there is no entry 0 now.
+    w.feed(Input::Pidfile {
+        entry: A,
+        pid: Some(1),
+    });
+    w.feed(Input::Forked {
+        entry: A,
+        child: seen(2, 2),
+    });
+    w.feed(Input::Scanned {
+        started: w.now,
+        found: vec![vec![seen(3, 3)]],
+    });
+    assert_eq!(w.m.member_tgids().count(), 0);
+}
+
+/// The state is one value: it serialises and comes back the same.
+#[test]
+fn the_state_round_trips_through_json() {
+    let mut w = World::started(vec![entry("/d")], true, vec![vec![seen(100, 5)]]);
+    w.exit(100, 5, KILLED);
+    let saved = serde_json::to_string(&w.m).unwrap();
+    let mut back: Monitor = serde_json::from_str(&saved).unwrap();
+    assert_eq!(serde_json::to_string(&back).unwrap(), saved);
+    // With its configuration given again, it carries on where it was.
+    back.handle(Input::Reload(Box::new(config(vec![entry("/d")]))), w.now);
+    assert_eq!(back.phase(A), Phase::Restarting);
+    let out = back.handle(
+        Input::Execd {
+            tgid: 101,
+            matched: Some((A, seen(101, 6))),
+        },
+        w.now,
+    );
+    assert!(out.contains(&Effect::Notice(Notice::Policy {
+        entry: A,
+        action: up(101),
+        running: 1
+    })));
+}

@@ -1,0 +1,322 @@
+//! Reading `/proc`, in one place: a process's `stat` (parsed one way),
+//! its executable link, its command line, whether it is dead, the
+//! snapshot of every process, pidfds. Sources, the scan and the
+//! supervisor's shell all read through here.
+//!
+//! It does not decide what a process means to the monitor; it reports what
+//! the kernel shows.
+
+use std::{
+    io::Read,
+    os::fd::{AsRawFd, OwnedFd},
+    path::PathBuf,
+};
+
+use crate::event::StartTime;
+
+/// `task_struct.comm` holds at most this many bytes of a name (16 with
+/// its NUL); longer executable names are cut there.
+pub const COMM_LEN: usize = 15;
+
+/// `PF_EXITING` in `task_struct.flags` (`/proc/PID/stat` field 9): the
+/// thread has entered `do_exit` and can never run user code again.
+const PF_EXITING: u32 = 0x4;
+
+/// The fields of `/proc/PID/stat` psmon uses, borrowed from the buffer
+/// they were read into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stat<'a> {
+    pub tgid: u32,
+    pub comm: &'a [u8],
+    /// Field 3: `R`, `S`, `D`, `Z` (zombie), `X` (dead), …
+    pub state: u8,
+    pub ppid: u32,
+    /// Field 9.
+    pub flags: u32,
+    /// Field 20.
+    pub num_threads: i64,
+    /// Field 22: clock ticks since boot.
+    pub start_ticks: u64,
+    /// Field 52: the wait status of a zombie, when the kernel shows it.
+    pub exit_code: Option<i32>,
+}
+
+impl Stat<'_> {
+    /// The whole group has exited; only its parent's wait is pending. A
+    /// leader that called `pthread_exit` also shows `Z` while its other
+    /// threads run, so the thread count must have dropped to one as well.
+    pub fn is_dead(&self) -> bool {
+        matches!(self.state, b'Z' | b'X' | b'x') && self.num_threads <= 1
+    }
+}
+
+/// Parses a stat line. `comm` may hold spaces and parentheses, so fields
+/// are counted after the last `)`.
+pub fn parse_stat(buf: &[u8]) -> Option<Stat<'_>> {
+    let open = buf.iter().position(|&b| b == b'(')?;
+    let close = buf.iter().rposition(|&b| b == b')')?;
+    let tgid = std::str::from_utf8(buf.get(..open)?)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let rest = std::str::from_utf8(buf.get(close + 2..)?).ok()?;
+    let mut fields = rest.split_ascii_whitespace();
+    let state = *fields.next()?.as_bytes().first()?; // 3
+    let ppid = fields.next()?.parse().ok()?; // 4
+    let flags = fields.nth(4)?.parse().ok()?; // 9
+    let num_threads = fields.nth(10)?.parse().ok()?; // 20
+    let start_ticks = fields.nth(1)?.parse().ok()?; // 22
+    let exit_code = fields.nth(29).and_then(|f| f.parse().ok()); // 52
+    Some(Stat {
+        tgid,
+        comm: &buf[open + 1..close],
+        state,
+        ppid,
+        flags,
+        num_threads,
+        start_ticks,
+        exit_code,
+    })
+}
+
+/// Reads `/proc/TGID/stat` into `buf` (reused across processes).
+pub fn read_stat(tgid: u32, buf: &mut Vec<u8>) -> Option<Stat<'_>> {
+    buf.clear();
+    let mut f = std::fs::File::open(format!("/proc/{tgid}/stat")).ok()?;
+    f.read_to_end(buf).ok()?;
+    parse_stat(buf)
+}
+
+/// Re-reads an open stat file from the start. procfs regenerates it on
+/// every read; once the process is gone the read fails (the file stays
+/// bound to that process, never to a later one with the same pid).
+pub fn pread_stat<'a>(file: &std::fs::File, buf: &'a mut Vec<u8>) -> Option<Stat<'a>> {
+    use std::os::unix::fs::FileExt;
+    buf.resize(4096, 0);
+    let n = file.read_at(buf, 0).ok()?;
+    buf.truncate(n);
+    parse_stat(buf)
+}
+
+/// One thread group as `/proc/PID/stat` shows it, owned.
+#[derive(Clone, Debug)]
+pub struct ProcEntry {
+    pub tgid: u32,
+    pub ppid: u32,
+    pub start: StartTime,
+    pub comm: String,
+    /// Field 3: `R`, `S`, `D`, `Z` (zombie), `X` (dead), …
+    pub state: char,
+    /// Field 52: the wait status of a zombie, when the kernel shows it.
+    pub exit_code: Option<i32>,
+    pub num_threads: i64,
+    pub flags: u32,
+}
+
+impl ProcEntry {
+    /// See [`Stat::is_dead`].
+    pub fn is_dead(&self) -> bool {
+        matches!(self.state, 'Z' | 'X' | 'x') && self.num_threads <= 1
+    }
+
+    fn from_stat(stat: &Stat) -> Self {
+        ProcEntry {
+            tgid: stat.tgid,
+            ppid: stat.ppid,
+            start: StartTime::from_ticks(stat.start_ticks),
+            comm: String::from_utf8_lossy(stat.comm).into_owned(),
+            state: stat.state as char,
+            exit_code: stat.exit_code,
+            num_threads: stat.num_threads,
+            flags: stat.flags,
+        }
+    }
+}
+
+/// `/proc/self/ns/pid` inode of the initial PID namespace (`PROC_PID_INIT_INO`).
+const INIT_PID_NS_INO: u64 = 0xEFFF_FFFC;
+
+/// Whether psmon runs in the initial PID namespace, whose pids the kernel's
+/// event interfaces (the proc connector, BPF programs) report.
+pub fn in_init_pid_namespace() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/pid").is_ok_and(|m| m.ino() == INIT_PID_NS_INO)
+}
+
+/// Reads `/proc/TGID/stat`; `None` when the process is gone.
+pub fn read_entry(tgid: u32) -> Option<ProcEntry> {
+    let mut buf = Vec::with_capacity(512);
+    read_stat(tgid, &mut buf).map(|s| ProcEntry::from_stat(&s))
+}
+
+/// Whether process (tgid, start ticks) is still there and not dead.
+pub fn is_alive(tgid: u32, start_ticks: u64) -> bool {
+    let mut buf = Vec::with_capacity(512);
+    read_stat(tgid, &mut buf).is_some_and(|s| s.start_ticks == start_ticks && !s.is_dead())
+}
+
+/// The wait status of process (tgid, start ticks) if it is a zombie now.
+pub fn zombie_status(tgid: u32, start_ticks: u64) -> Option<crate::event::ExitStatus> {
+    let mut buf = Vec::with_capacity(512);
+    let stat = read_stat(tgid, &mut buf)?;
+    (stat.start_ticks == start_ticks && stat.is_dead())
+        .then_some(stat.exit_code)
+        .flatten()
+        .map(|c| crate::event::ExitStatus::from_wait_status(c as u32))
+}
+
+/// `/proc/TGID/exe`, when it can be read (not for zombies or kernel threads).
+pub fn exe(tgid: u32) -> Option<PathBuf> {
+    std::fs::read_link(format!("/proc/{tgid}/exe")).ok()
+}
+
+/// The arguments of `/proc/TGID/cmdline`; `None` for kernel threads,
+/// zombies and processes gone.
+pub fn cmdline(tgid: u32) -> Option<Vec<Vec<u8>>> {
+    let raw = std::fs::read(format!("/proc/{tgid}/cmdline")).ok()?;
+    if raw.is_empty() {
+        return None;
+    }
+    Some(
+        raw.split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect(),
+    )
+}
+
+/// The tgids in `/proc`, read through one open directory.
+pub fn tgids() -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|d| d.file_name().to_str().and_then(|n| n.parse().ok()))
+}
+
+/// Every thread group now in `/proc`, zombies included.
+pub fn snapshot() -> Vec<ProcEntry> {
+    let mut buf = Vec::with_capacity(512);
+    tgids()
+        .filter_map(|tgid| read_stat(tgid, &mut buf).map(|s| ProcEntry::from_stat(&s)))
+        .collect()
+}
+
+/// True when no thread of the group can run again: every thread still listed
+/// has entered `do_exit` (or the group is gone, `leader` being `None`). Used
+/// where the kernel reports thread exits one by one (the proc connector).
+pub fn group_exiting(tgid: u32, leader: Option<&ProcEntry>) -> bool {
+    let Some(leader) = leader else {
+        return true;
+    };
+    let leader_done = leader.is_dead() || leader.flags & PF_EXITING != 0;
+    if !leader_done {
+        return false;
+    }
+    if leader.num_threads <= 1 {
+        return true;
+    }
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{tgid}/task")) else {
+        return true;
+    };
+    tasks.filter_map(Result::ok).all(|task| {
+        let stat = std::fs::read(task.path().join("stat")).unwrap_or_default();
+        match parse_stat(&stat) {
+            Some(s) => matches!(s.state, b'Z' | b'X' | b'x') || s.flags & PF_EXITING != 0,
+            None => true, // vanished while we looked: released, so exited
+        }
+    })
+}
+
+/// Reads `/proc/PID/exe` links into one reused buffer, relative to an open
+/// `/proc`, without allocating per process.
+pub struct ExeReader {
+    proc_dir: Option<std::fs::File>,
+    link: Vec<u8>,
+    name: Vec<u8>,
+}
+
+impl Default for ExeReader {
+    fn default() -> Self {
+        ExeReader {
+            proc_dir: std::fs::File::open("/proc").ok(),
+            link: vec![0; libc::PATH_MAX as usize],
+            name: Vec::with_capacity(32),
+        }
+    }
+}
+
+impl ExeReader {
+    /// The link's target; `None` for kernel threads, zombies and processes gone.
+    pub fn read(&mut self, tgid: u32) -> Option<&[u8]> {
+        use std::io::Write;
+        let dir = self.proc_dir.as_ref()?;
+        self.name.clear();
+        write!(self.name, "{tgid}/exe\0").ok()?;
+        // SAFETY: `name` is NUL terminated, `link` is a writable buffer of
+        // the length passed, and `dir` is an open directory.
+        let n = unsafe {
+            libc::readlinkat(
+                dir.as_raw_fd(),
+                self.name.as_ptr().cast(),
+                self.link.as_mut_ptr().cast(),
+                self.link.len(),
+            )
+        };
+        (n > 0).then(|| &self.link[..n as usize])
+    }
+}
+
+/// pidfd_open(2) (Linux 5.3): a descriptor that refers to one process and
+/// becomes readable when it exits.
+pub fn pidfd_open(tgid: u32) -> std::io::Result<OwnedFd> {
+    let pid = rustix::process::Pid::from_raw(tgid as i32)
+        .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    Ok(rustix::process::pidfd_open(
+        pid,
+        rustix::process::PidfdFlags::empty(),
+    )?)
+}
+
+/// Whether this kernel has pidfds (Linux 5.3 and later).
+pub fn pidfds_available() -> bool {
+    pidfd_open(std::process::id()).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_odd_comm() {
+        // Fields 3 to 22, then 23 to 51 as zeros, then 52 (exit code).
+        let line = format!(
+            "42 (a) b (c)) S 1 42 42 0 -1 4194564 0 0 0 0 0 0 0 0 20 0 3 0 5000 {}2304",
+            "0 ".repeat(29)
+        );
+        let stat = parse_stat(line.as_bytes()).unwrap();
+        assert_eq!(stat.tgid, 42);
+        assert_eq!(stat.comm, b"a) b (c)");
+        assert_eq!((stat.state, stat.ppid, stat.flags), (b'S', 1, 4194564));
+        assert_eq!((stat.num_threads, stat.start_ticks), (3, 5000));
+        assert_eq!(stat.exit_code, Some(2304));
+    }
+
+    #[test]
+    fn reads_this_process() {
+        let me = read_entry(std::process::id()).unwrap();
+        assert_eq!(me.tgid, std::process::id());
+        assert!(!me.is_dead());
+        assert!(is_alive(me.tgid, me.start.ticks()));
+        assert!(!is_alive(me.tgid, me.start.ticks() + 1));
+        assert_eq!(zombie_status(me.tgid, me.start.ticks()), None);
+        assert!(cmdline(me.tgid).is_some_and(|a| !a.is_empty()));
+        let mut exe = ExeReader::default();
+        assert_eq!(
+            exe.read(me.tgid).map(<[u8]>::to_vec),
+            super::exe(me.tgid).map(|p| p.into_os_string().into_encoded_bytes())
+        );
+        assert!(snapshot().iter().any(|e| e.tgid == me.tgid));
+    }
+}
