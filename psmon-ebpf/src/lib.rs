@@ -125,5 +125,6 @@ mod user {
     // SAFETY: plain `#[repr(C)]` structs of integers, no padding bytes that
     // could be uninitialised (`_pad` is explicit), valid for any bit pattern.
     unsafe impl aya::Pod for super::Config {}
+    // SAFETY: as above: `#[repr(C)]` integers only, any bit pattern valid.
     unsafe impl aya::Pod for super::KernelOffsets {}
 }

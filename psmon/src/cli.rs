@@ -39,18 +39,3 @@ pub enum Command {
     /// Show process fork/exec/exit events live, for debugging process churn.
     Trace(crate::trace::TraceOptions),
 }
-
-/// A mistake in how psmon was invoked, found after parsing: exit code 2.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct UsageError {
-    message: String,
-}
-
-impl UsageError {
-    pub fn new(message: impl Into<String>) -> Self {
-        UsageError {
-            message: message.into(),
-        }
-    }
-}

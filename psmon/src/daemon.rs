@@ -109,10 +109,10 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
         token.clone(),
     ));
     tokio::spawn(reload_on_sighup(hup, dir, load, control_tx, token.clone()));
-    notify_systemd("READY=1");
+    notify_systemd(libsystemd::daemon::NotifyState::Ready);
     supervisor.run(event_rx, control_rx, token.clone()).await;
     token.cancel();
-    notify_systemd("STOPPING=1");
+    notify_systemd(libsystemd::daemon::NotifyState::Stopping);
     Ok(())
 }
 
@@ -194,31 +194,33 @@ async fn reload_on_sighup(
     }
 }
 
-/// sd_notify(3) for `Type=notify` units; a no-op outside systemd.
-fn notify_systemd(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
-        return;
-    };
-    let _ = sock.send_to(state.as_bytes(), PathBuf::from(path));
+/// sd_notify(3) for `Type=notify` units (a path or an abstract `@name`
+/// in NOTIFY_SOCKET); a no-op outside systemd.
+fn notify_systemd(state: libsystemd::daemon::NotifyState) {
+    if let Err(e) = libsystemd::daemon::notify(false, &[state]) {
+        tracing::warn!("cannot notify systemd: {e}");
+    }
 }
 
 /// Scans keep the stat file of every watched process open (one read each
 /// per scan instead of three syscalls), so lift the soft limit on open
 /// files to the hard one. Where it stays low, scans open files as needed.
 fn raise_open_file_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    // `None` is no limit.
+    let below = match (limit.current, limit.maximum) {
+        (Some(soft), Some(hard)) => soft < hard,
+        (Some(_), None) => true,
+        (None, _) => false,
     };
-    // SAFETY: getrlimit/setrlimit with a pointer to a struct we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    if below {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::debug!(error = %e, "could not raise RLIMIT_NOFILE");
         }
     }
 }

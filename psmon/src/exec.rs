@@ -113,8 +113,10 @@ pub async fn run(spec: &CommandSpec) -> Outcome {
         Err(_) => {
             if let Some(pgid) = pgid {
                 // The whole group: the shell and whatever it started and still runs.
-                // SAFETY: killpg with a group we created.
-                unsafe { libc::killpg(pgid, libc::SIGKILL) };
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pgid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
             let _ = child.wait().await;
             Ending::TimedOut

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod error;
 pub mod event;
 pub mod exec;
 pub mod logsink;

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use psmon::{
-    cli::{Cli, Command, UsageError},
+    cli::{Cli, Command},
     config::{Config, ConfigErrors, LoadOptions},
+    error::UsageError,
 };
 use tokio_util::sync::CancellationToken;
 

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cli::UsageError,
+    error::UsageError,
     event::{EventKind, ExitStatus, ProcEvent, monotonic_ns},
     source::{self, SourceChoice, SourceOptions},
 };

@@ -91,8 +91,10 @@ impl StormWorker {
                     // calls the async-signal-safe _exit.
                     let pid = unsafe { libc::fork() };
                     match pid {
+                        // SAFETY: in the child, _exit is async-signal-safe.
                         0 => unsafe { libc::_exit(0) },
                         -1 => bail!("fork failed: {}", std::io::Error::last_os_error()),
+                        // SAFETY: waits for our own child; a null status pointer is allowed.
                         _ => unsafe {
                             libc::waitpid(pid, std::ptr::null_mut(), 0);
                         },
@@ -139,6 +141,7 @@ fn vfork_exit(stack: &mut [u8]) -> libc::pid_t {
 pub fn run(opts: Options) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     ensure!(
+        // SAFETY: geteuid has no arguments and cannot fail.
         unsafe { libc::geteuid() } == 0,
         "the benchmarks load eBPF programs: run them as root"
     );

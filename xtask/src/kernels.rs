@@ -45,6 +45,7 @@ poweroff -f
 pub fn run() -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     ensure!(
+        // SAFETY: geteuid has no arguments and cannot fail.
         unsafe { libc::geteuid() } == 0,
         "run as root: it installs packages"
     );

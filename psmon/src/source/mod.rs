@@ -489,17 +489,13 @@ impl RecentSet {
 /// Lifts `RLIMIT_MEMLOCK`: kernels before 5.11 charge BPF maps to it (64 KiB
 /// by default), and a ring buffer then fails with EPERM. Harmless elsewhere.
 pub(crate) fn raise_memlock_limit() {
-    let unlimited = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
+    use rustix::process::{Resource, Rlimit, setrlimit};
+    let unlimited = Rlimit {
+        current: None,
+        maximum: None,
     };
-    // SAFETY: setrlimit with a valid pointer to an initialised struct.
-    let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
-    if rc != 0 {
-        tracing::debug!(
-            error = %std::io::Error::last_os_error(),
-            "could not raise RLIMIT_MEMLOCK"
-        );
+    if let Err(e) = setrlimit(Resource::Memlock, unlimited) {
+        tracing::debug!(error = %e, "could not raise RLIMIT_MEMLOCK");
     }
 }
 
