@@ -344,17 +344,27 @@ fn poll_acts_on_the_pidfd_not_the_next_scan() {
     kill_all(&victim);
 }
 
-/// psmon's stderr is a pipe nobody reads, already full: every message it
-/// writes would block. Monitoring goes on all the same — the victim is
-/// started, and restarted when killed — with messages dropped and counted.
-#[test]
-fn a_full_stderr_pipe_never_stops_monitoring() {
+/// Logging that cannot proceed never delays monitoring: psmon's stderr is
+/// a pipe nobody reads, already full (every write would block), and mid-run
+/// the filesystem of its log file fills up (every write fails). The victim
+/// is started, and restarted after each kill, with messages dropped and
+/// counted. On every source.
+fn stuck_logging_never_stops_monitoring(source: &str) {
     use std::os::fd::AsRawFd;
-    let dir = TempDir::new("stuck-log");
+    let dir = TempDir::new(&format!("stuck-log-{source}"));
     let conf = dir.0.join("conf");
     std::fs::create_dir_all(&conf).unwrap();
-    let victim = victim_copy(&dir.0, "stuckvictim");
+    let victim = victim_copy(&dir.0, &format!("stuck{source}"));
     std::fs::write(conf.join("pfile_app"), pfile(&victim, 100)).unwrap();
+    // The log directory: a small filesystem of its own, to fill up.
+    let log = dir.0.join("log");
+    std::fs::create_dir_all(&log).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "psmon-test-log"])
+        .arg(&log)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(mounted || !is_root(), "root can mount a tmpfs");
     let (_unread, write) = nix::unistd::pipe().unwrap();
     // Fill it: non-blocking while the test writes, blocking again for psmon.
     let set_nonblocking = |on: bool| {
@@ -366,12 +376,11 @@ fn a_full_stderr_pipe_never_stops_monitoring() {
     let chunk = [b'x'; 4096];
     while nix::unistd::write(&write, &chunk).is_ok() {}
     set_nonblocking(false);
-    let source = if is_root() { "ebpf" } else { "poll" };
     let mut psmon = Command::new(env!("CARGO_BIN_EXE_psmon"))
         .args(["run", "--insecure-config", "--source", source, "--conf"])
         .arg(&conf)
         .arg("--log-dir")
-        .arg(dir.0.join("log"))
+        .arg(&log)
         .stderr(std::process::Stdio::from(write))
         .spawn()
         .unwrap();
@@ -383,7 +392,7 @@ fn a_full_stderr_pipe_never_stops_monitoring() {
             }
             assert!(
                 Instant::now() < deadline,
-                "psmon did not (re)start the victim: stuck on its stderr?"
+                "psmon did not (re)start the victim: stuck on its logging?"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -392,8 +401,49 @@ fn a_full_stderr_pipe_never_stops_monitoring() {
     std::thread::sleep(Duration::from_millis(1200)); // Up (start_secs)
     support::kill9_pid(first);
     let second = appear(Some(first));
-    assert_ne!(first, second);
+    if mounted {
+        // The log file's filesystem is full from now on.
+        let mut filler = std::fs::File::create(log.join("filler")).unwrap();
+        use std::io::Write;
+        while filler.write_all(&chunk).is_ok() {}
+        assert_eq!(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(log.join("psmon.log"))
+                .unwrap()
+                .write_all(&chunk[..1])
+                .map_err(|e| e.raw_os_error()),
+            Err(Some(libc::ENOSPC)),
+            "the log filesystem is full"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(1200));
+    support::kill9_pid(second);
+    let third = appear(Some(second));
+    assert_ne!(second, third);
     let _ = psmon.kill();
     let _ = psmon.wait();
     kill_all(&victim);
+    if mounted {
+        let _ = Command::new("umount").arg("-l").arg(&log).status();
+    }
+}
+
+mod stuck_logging_never_stops_monitoring {
+    #[test]
+    fn ebpf() {
+        if super::is_root() {
+            super::stuck_logging_never_stops_monitoring("ebpf")
+        }
+    }
+    #[test]
+    fn netlink() {
+        if super::is_root() {
+            super::stuck_logging_never_stops_monitoring("netlink")
+        }
+    }
+    #[test]
+    fn poll() {
+        super::stuck_logging_never_stops_monitoring("poll")
+    }
 }

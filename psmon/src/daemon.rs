@@ -99,7 +99,8 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
         tracing::warn!("{refusal:#}");
     }
     let token = shutdown.child_token();
-    tokio::spawn(keep_source(
+    let tasks = tokio_util::task::TaskTracker::new();
+    tasks.spawn(keep_source(
         first.source,
         opts.source,
         source_options,
@@ -108,10 +109,19 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
         control_tx.clone(),
         token.clone(),
     ));
-    tokio::spawn(reload_on_sighup(hup, dir, load, control_tx, token.clone()));
+    tasks.spawn(reload_on_sighup(hup, dir, load, control_tx, token.clone()));
     notify_systemd(libsystemd::daemon::NotifyState::Ready);
     supervisor.run(event_rx, control_rx, token.clone()).await;
     token.cancel();
+    // The source closes (netlink unsubscribes, BPF programs detach) before
+    // psmon exits; a reload being parsed is abandoned.
+    tasks.close();
+    if tokio::time::timeout(Duration::from_secs(2), tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the event source did not stop within 2 s");
+    }
     notify_systemd(libsystemd::daemon::NotifyState::Stopping);
     Ok(())
 }

@@ -95,8 +95,25 @@ impl NetlinkSerializable for McastOp {
     }
 }
 
+/// The subscribed socket. Dropping it unsubscribes (`PROC_CN_MCAST_IGNORE`)
+/// before the socket closes, however the source ends: the kernel counts
+/// listeners and keeps sending events while any is left.
+struct Subscription(Socket);
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let _ = send_op(&self.0, PROC_CN_MCAST_IGNORE);
+    }
+}
+
+impl std::os::fd::AsRawFd for Subscription {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
 pub struct NetlinkSource {
-    socket: Socket,
+    socket: Subscription,
     table: ProcessTable,
     coalesce: std::time::Duration,
 }
@@ -133,7 +150,7 @@ impl NetlinkSource {
             },
         })?;
         Ok(NetlinkSource {
-            socket,
+            socket: Subscription(socket),
             table: ProcessTable::default(),
             coalesce: options.coalesce,
         })
@@ -179,7 +196,7 @@ impl NetlinkSource {
             let mut closed = false;
             let mut drained = 0;
             loop {
-                match fd.get_ref().recv(&mut &mut buf[..], 0) {
+                match fd.get_ref().0.recv(&mut &mut buf[..], 0) {
                     Ok(0) => break,
                     Ok(n) => {
                         drained += 1;
@@ -203,7 +220,6 @@ impl NetlinkSource {
                 break Ok(());
             }
         };
-        let _ = send_op(fd.get_ref(), PROC_CN_MCAST_IGNORE);
         result
     }
 }
