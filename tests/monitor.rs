@@ -347,6 +347,34 @@ fn broken_reload_keeps_monitoring(source: &str) {
     psmon.wait_for(") Up", |m| m["pid"] != pid);
 }
 
+/// A process becomes the watched program through a link of another name.
+/// The kernel filter passes execs by name, so the ebpf source does not
+/// report this one: the scan must find it all the same (it reads again
+/// every process once any exec happened), and psmon reports it Up.
+fn exec_under_another_name_is_found(source: &str) {
+    let w = World::new(&format!("othername-{source}"));
+    w.pfile(Some("-"), 0, 0, "continue");
+    let link = w.dir.0.join("another-name");
+    std::os::unix::fs::symlink(&w.victim, &link).unwrap();
+    let script = format!("read _; exec {} sleep", link.display());
+    let mut shell = Command::new("/bin/sh")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = shell.id();
+    let mut psmon = Psmon::start(&w.conf(), source);
+    psmon.wait("Down");
+    // Two scans with nothing happening: they may skip the shell.
+    std::thread::sleep(Duration::from_millis(2200));
+    use std::io::Write;
+    shell.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    psmon.wait_for(") Up", |m| m["pid"] == pid);
+    kill9(pid);
+    let _ = shell.wait();
+    psmon.wait_for("Down", |m| m["pid"] == pid);
+}
+
 macro_rules! for_each_source {
     ($($test:ident),* $(,)?) => {$(
         mod $test {
@@ -370,4 +398,5 @@ for_each_source!(
     min_two_instances,
     reused_pid_is_still_down,
     broken_reload_keeps_monitoring,
+    exec_under_another_name_is_found,
 );

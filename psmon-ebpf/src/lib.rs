@@ -28,6 +28,9 @@ pub const FLAG_PATH_TRUNCATED: u32 = 1;
 pub const MAP_EVENTS: &str = "EVENTS";
 /// Name of the per-CPU `u64` array (one slot) counting failed ring buffer reservations.
 pub const MAP_LOST: &str = "LOST";
+/// Name of the per-CPU `u64` array (one slot) counting every exec since
+/// load, filtered or not: while it stands still no process changed program.
+pub const MAP_EXECS: &str = "EXECS";
 /// Name of the hash map `[u8; COMM_LEN] -> u8` of watched executable names.
 pub const MAP_WATCH_COMMS: &str = "WATCH_COMMS";
 /// Name of the hash map `u32 tgid -> u8` of watched thread groups.

@@ -43,6 +43,10 @@ mod programs {
     #[map]
     static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+    /// Slot 0: execs on this CPU since load, whether the filter passed them or not.
+    #[map]
+    static EXECS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
     #[map]
     static WATCH_COMMS: HashMap<[u8; COMM_LEN], u8> =
         HashMap::with_max_entries(WATCH_MAP_ENTRIES, 0);
@@ -165,6 +169,10 @@ mod programs {
     }
 
     fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i32> {
+        if let Some(execs) = EXECS.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+            unsafe { *execs += 1 };
+        }
         let cfg = config();
         let o = &cfg.offsets;
         let task: *const u8 = ctx.arg(0);

@@ -1,7 +1,14 @@
-//! Running restart and failover commands: `/bin/sh -c COMMAND` with the
-//! psenv environment and umask, in a process group of its own, with a time
-//! limit past which the whole group is killed. The command is always waited
-//! for (no zombie), and the tail of what it wrote is kept for the log.
+//! Running restart and failover commands with the psenv environment and
+//! umask, in a process group of its own, with a time limit past which the
+//! whole group is killed. The command is always waited for (no zombie), and
+//! the tail of what it wrote is kept for the log.
+//!
+//! A command with no shell syntax — only words, no `$` `` ` `` `*` `?` `[`
+//! `]` `;` `&` `|` `<` `>` `(` `)` `{` `}` `~` `#` `'` `"` `\` or newline,
+//! no `VAR=value` prefix, not a shell builtin — is executed directly, its
+//! first word looked up in PATH, the way systemd runs `ExecStart=` (a
+//! leading `exec` is dropped: it means the same). That spares a shell's
+//! start-up on every restart. Anything else runs as `/bin/sh -c COMMAND`.
 //!
 //! Data seen in events (paths, pids, exit codes) reaches the command only
 //! through environment variables, never spliced into the shell string.
@@ -73,10 +80,19 @@ pub async fn run(spec: &CommandSpec) -> Outcome {
         (Ok(a), Ok(b)) => (a, b),
         _ => return spawn_failed(started, "cannot duplicate the output file".into()),
     };
-    let mut cmd = tokio::process::Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(&spec.command)
-        .env_clear()
+    let mut cmd = match direct_argv(&spec.command) {
+        Some(argv) => {
+            let mut cmd = tokio::process::Command::new(argv[0]);
+            cmd.args(&argv[1..]);
+            cmd
+        }
+        None => {
+            let mut cmd = tokio::process::Command::new("/bin/sh");
+            cmd.arg("-c").arg(&spec.command);
+            cmd
+        }
+    };
+    cmd.env_clear()
         .env("PATH", DEFAULT_PATH)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
@@ -127,6 +143,38 @@ pub async fn run(spec: &CommandSpec) -> Outcome {
         elapsed: started.elapsed(),
         output_tail: tail(output),
     }
+}
+
+/// Characters that make a command need a shell.
+const SHELL_SYNTAX: &[char] = &[
+    '$', '`', '*', '?', '[', ']', ';', '&', '|', '<', '>', '(', ')', '{', '}', '~', '#', '\'', '"',
+    '\\', '\n',
+];
+
+/// Names the shell understands itself, with no program of that name to run.
+const SHELL_ONLY: &[&str] = &[
+    "!", ".", ":", "alias", "bg", "break", "case", "cd", "command", "continue", "declare", "do",
+    "done", "elif", "else", "esac", "eval", "exec", "exit", "export", "fc", "fg", "fi", "for",
+    "function", "getopts", "hash", "if", "jobs", "let", "local", "read", "readonly", "return",
+    "select", "set", "shift", "source", "then", "time", "times", "trap", "type", "typeset",
+    "ulimit", "umask", "unalias", "unset", "until", "wait", "while",
+];
+
+/// The words of `command` when it can be executed without a shell (see
+/// the module docs); `None` when it needs one.
+pub fn direct_argv(command: &str) -> Option<Vec<&str>> {
+    if command.contains(SHELL_SYNTAX) {
+        return None;
+    }
+    let mut words: Vec<&str> = command.split_ascii_whitespace().collect();
+    if words.first() == Some(&"exec") {
+        words.remove(0);
+    }
+    let first = *words.first()?;
+    if first.contains('=') || first.starts_with('-') || SHELL_ONLY.contains(&first) {
+        return None;
+    }
+    Some(words)
 }
 
 /// Marks every descriptor above stderr close-on-exec, so that commands
@@ -182,6 +230,74 @@ fn tail(mut file: std::fs::File) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_words_run_directly_and_shell_syntax_goes_to_the_shell() {
+        assert_eq!(
+            direct_argv("/usr/sbin/sshd -D -f /etc/ssh/sshd_config"),
+            Some(vec!["/usr/sbin/sshd", "-D", "-f", "/etc/ssh/sshd_config"])
+        );
+        assert_eq!(
+            direct_argv("  systemctl start  redis "),
+            Some(vec!["systemctl", "start", "redis"])
+        );
+        assert_eq!(
+            direct_argv("exec /opt/app/bin/app --port 80"),
+            Some(vec!["/opt/app/bin/app", "--port", "80"])
+        );
+        for shell in [
+            "",
+            "exec",
+            "/bin/app >/dev/null 2>&1 &",
+            "/bin/app $HOME",
+            "/bin/app `date`",
+            "/bin/app *.conf",
+            "a; b",
+            "a && b",
+            "a | b",
+            "/bin/app 'quoted arg'",
+            "/bin/app \"quoted\"",
+            "/bin/app ~/x",
+            "/bin/app # comment",
+            "/bin/app a\\ b",
+            "/bin/app\nsecond",
+            "LANG=C /bin/app",
+            "cd /opt/app && ./run",
+            "cd /opt/app",
+            ". /etc/profile",
+            "ulimit -n 65536",
+            "if true",
+        ] {
+            assert_eq!(direct_argv(shell), None, "{shell:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_direct_command_gets_the_same_environment_group_and_limit() {
+        // `env` prints what it was given; it is run without a shell.
+        let out = run(&spec("env", 5000)).await;
+        assert!(out.ok(), "{}", out.describe());
+        assert!(
+            out.output_tail.contains("PSMON_PATH=/usr/sbin/sshd"),
+            "{}",
+            out.output_tail
+        );
+        assert!(
+            out.output_tail.contains("PATH=/usr/local/sbin"),
+            "{}",
+            out.output_tail
+        );
+        // A direct command that outlives its limit is killed like any other.
+        let out = run(&spec("sleep 5", 200)).await;
+        assert_eq!(out.ending, Ending::TimedOut);
+        // A program that does not exist is said so, not run by a shell.
+        let out = run(&spec("/nonexistent/psmon-test-program --flag", 5000)).await;
+        assert!(
+            matches!(&out.ending, Ending::SpawnFailed(e) if e.contains("No such file")),
+            "{:?}",
+            out.ending
+        );
+    }
 
     fn spec(command: &str, timeout_ms: u64) -> CommandSpec {
         CommandSpec {
@@ -267,7 +383,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_shell_command_is_a_failure_not_a_panic() {
-        let out = run(&spec("/nonexistent/command", 5000)).await;
+        // Quoted: through the shell, which says it is not found.
+        let out = run(&spec("/nonexistent/command 'x'", 5000)).await;
         assert_eq!(out.ending, Ending::Exited(127));
         assert!(out.output_tail.contains("not found"), "{}", out.output_tail);
     }

@@ -71,11 +71,27 @@ impl std::fmt::Display for Why {
 /// one whose exit a pidfd watches is not read at all.
 pub type Known = HashMap<u32, (u64, [u8; 16], usize, bool)>;
 
-/// The stat files of known instances, kept open between scans so that
-/// confirming each costs one `pread` rather than open, read and close.
+/// What one scan leaves to the next: the stat files of known members, kept
+/// open so that confirming each costs one `pread` rather than open, read
+/// and close; and the processes found to match nothing.
 #[derive(Default)]
-pub struct StatFiles {
+pub struct ScanState {
     files: HashMap<u32, (u64, std::fs::File)>,
+    /// Processes that matched no entry, nor could (kernel threads, zombies).
+    /// A process changes program only by exec: as long as none of them
+    /// exec'd, they still match nothing and need not be read again.
+    cleared: HashSet<u32>,
+    exe: Option<ExeReader>,
+}
+
+/// What the caller knows about execs since the previous scan.
+#[derive(Clone, Debug, Default)]
+pub struct Unchanged {
+    /// The processes found to match nothing last time still do, except
+    /// those in `execd`. False: read every process.
+    pub cleared_still_hold: bool,
+    /// Processes that exec'd since the previous scan began.
+    pub execd: Vec<u32>,
 }
 
 /// `comm` as a fixed, NUL padded key.
@@ -314,7 +330,25 @@ impl Matcher {
     /// read of its stat file (none at all with a pidfd). Every other process
     /// costs one `readlink` of its executable, which rules out nearly all of
     /// them exactly; only candidates cost the reads of `stat` and `cmdline`.
-    pub fn scan(&self, entries: usize, known: &Known, files: &mut StatFiles) -> Vec<Vec<Seen>> {
+    ///
+    /// With `unchanged` saying no exec happened, processes the last scan
+    /// found to match nothing are not read again (never so with a
+    /// command-line entry: a process may retitle itself into matching).
+    pub fn scan(
+        &self,
+        entries: usize,
+        known: &Known,
+        state: &mut ScanState,
+        unchanged: &Unchanged,
+    ) -> Vec<Vec<Seen>> {
+        let files = &mut *state;
+        if !unchanged.cleared_still_hold || !self.by_cmdline.is_empty() {
+            files.cleared.clear();
+        }
+        for tgid in &unchanged.execd {
+            files.cleared.remove(tgid);
+        }
+        let mut cleared = HashSet::with_capacity(files.cleared.len());
         let mut found = vec![Vec::new(); entries];
         let mut buf = Vec::with_capacity(4096);
         files
@@ -365,7 +399,7 @@ impl Matcher {
         let Ok(dir) = std::fs::read_dir("/proc") else {
             return found;
         };
-        let mut exe = ExeReader::default();
+        let exe = files.exe.get_or_insert_with(ExeReader::default);
         for d in dir.filter_map(Result::ok) {
             let Some(tgid) = d.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
                 continue;
@@ -376,11 +410,17 @@ impl Matcher {
             if confirmed {
                 continue;
             }
+            if files.cleared.contains(&tgid) {
+                cleared.insert(tgid);
+                continue;
+            }
             // Kernel threads and zombies have no executable: never ours.
             let Some(path) = exe.read(tgid) else {
+                cleared.insert(tgid);
                 continue;
             };
             if !self.exe_may_match(path) {
+                cleared.insert(tgid);
                 continue;
             }
             let Some(stat) = read_stat(tgid, &mut buf) else {
@@ -392,6 +432,8 @@ impl Matcher {
                 slot.push(inst);
             }
         }
+        // Only processes still there: a pid that comes back is a new process.
+        files.cleared = cleared;
         found
     }
 }
@@ -584,9 +626,94 @@ mod tests {
     fn finds_this_test_process_by_its_executable() {
         let me = std::env::current_exe().unwrap();
         let m = Matcher::new([&Entry::new(me, None, 0, 0, crate::config::Action::Continue)]);
-        let found = m.scan(1, &Known::new(), &mut StatFiles::default());
+        let found = m.scan(
+            1,
+            &Known::new(),
+            &mut ScanState::default(),
+            &Unchanged::default(),
+        );
         let pid = std::process::id();
         let mine = found[0].iter().find(|i| i.tgid == pid).expect("found");
         assert_eq!(mine.ppid, std::os::unix::process::parent_id());
+    }
+
+    /// A process found to match nothing is not read again while no exec is
+    /// reported — and is as soon as its exec is.
+    #[test]
+    fn processes_that_match_nothing_are_skipped_until_they_exec() {
+        let dir = std::env::temp_dir().join(format!("psmon-skip-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let watched = dir.join("psmon-skip-sleep");
+        std::fs::copy("/bin/sleep", &watched).unwrap();
+        let m = Matcher::new([&Entry::new(
+            watched.clone(),
+            None,
+            0,
+            0,
+            crate::config::Action::Continue,
+        )]);
+        // A shell (matches nothing) that becomes the watched program by exec.
+        let script = format!("read _; exec {} 30", watched.display());
+        let mut child = std::process::Command::new("/bin/sh")
+            .args(["-c", &script])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let mut state = ScanState::default();
+        let found = |state: &mut ScanState, unchanged: Unchanged| {
+            m.scan(1, &Known::new(), state, &unchanged)[0]
+                .iter()
+                .any(|s| s.tgid == pid)
+        };
+        assert!(!found(&mut state, Unchanged::default()));
+        assert!(state.cleared.contains(&pid));
+        // Let it exec, and wait until it has.
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while procfs::exe(pid).as_deref() != Some(watched.as_path()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the exec did not happen"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let unseen = Unchanged {
+            cleared_still_hold: true,
+            execd: Vec::new(),
+        };
+        assert!(
+            !found(&mut state, unseen.clone()),
+            "skipped: nothing said it exec'd"
+        );
+        let told = Unchanged {
+            cleared_still_hold: true,
+            execd: vec![pid],
+        };
+        assert!(found(&mut state, told), "its exec was reported");
+        let mut fresh = ScanState::default();
+        found(&mut fresh, Unchanged::default());
+        fresh.cleared.insert(pid);
+        assert!(
+            found(&mut fresh, Unchanged::default()),
+            "no promise: everything is read"
+        );
+        // A command-line entry never skips: a process may retitle into matching.
+        let mut by_cmdline =
+            Entry::new(watched.clone(), None, 0, 0, crate::config::Action::Continue);
+        by_cmdline.matcher = Match::Cmdline(glob::Pattern::new("*psmon-skip-sleep 30*").unwrap());
+        let m2 = Matcher::new([&by_cmdline]);
+        let mut state2 = ScanState::default();
+        state2.cleared.insert(pid);
+        assert!(
+            m2.scan(1, &Known::new(), &mut state2, &unseen)[0]
+                .iter()
+                .any(|s| s.tgid == pid)
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

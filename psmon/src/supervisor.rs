@@ -29,7 +29,7 @@ use crate::{
     monitor::{Effect, EntryId, Input, Monitor, Run},
     procfs,
     report::Reporter,
-    scan::{Matcher, Seen, StatFiles, comm_key, read_pidfile},
+    scan::{Matcher, ScanState, Seen, Unchanged, comm_key, read_pidfile},
     source::Handle,
 };
 
@@ -64,9 +64,9 @@ enum Back {
     },
 }
 
-/// A finished scan: when it started, what it found, its open stat files,
-/// and the configuration it was made with.
-type ScanDone = (Time, Vec<Vec<Seen>>, StatFiles, u64);
+/// A finished scan: when it started, how long it took, what it found, what
+/// it leaves to the next, and the configuration it was made with.
+type ScanDone = (Time, Duration, Vec<Vec<Seen>>, ScanState, u64);
 
 pub struct Supervisor {
     monitor: Monitor,
@@ -86,7 +86,19 @@ pub struct Supervisor {
     /// inputs about them held until it is in.
     held: HashMap<u32, (u32, Vec<Input>)>,
     scan_requested: bool,
+    /// Processes that exec'd since the last scan began (sources that
+    /// report every exec).
+    execd: Vec<u32>,
+    /// What the kernel's exec count was when the last scan began (a
+    /// filtering source's way of saying nothing exec'd).
+    execs_at_last_scan: Option<u64>,
+    /// Something may have happened unseen (events lost, a source or a
+    /// configuration changed): the next scan reads every process.
+    rescan_all: bool,
 }
+
+/// More execs than this between two scans: read everything instead.
+const MAX_EXECD: usize = 4096;
 
 impl Supervisor {
     pub fn new(config: Config, mut reporter: Reporter) -> Self {
@@ -111,6 +123,9 @@ impl Supervisor {
             back_rx,
             held: HashMap::new(),
             scan_requested: true,
+            execd: Vec::new(),
+            execs_at_last_scan: None,
+            rescan_all: true,
         }
     }
 
@@ -136,7 +151,7 @@ impl Supervisor {
         }
         let mut scan_tick = tokio::time::interval(self.scan_every);
         let mut scan: Option<JoinHandle<ScanDone>> = None;
-        let mut stat_files = Some(StatFiles::default());
+        let mut stat_files = Some(ScanState::default());
         loop {
             if self.scan_requested && scan.is_none() {
                 self.scan_requested = false;
@@ -147,10 +162,12 @@ impl Supervisor {
                 let n = self.monitor.entry_count();
                 let known = self.monitor.known();
                 let generation = self.monitor.generation();
+                let unchanged = self.unchanged_since_last_scan();
                 let mut files = stat_files.take().unwrap_or_default();
                 scan = Some(tokio::task::spawn_blocking(move || {
-                    let found = matcher.scan(n, &known, &mut files);
-                    (started, found, files, generation)
+                    let t = std::time::Instant::now();
+                    let found = matcher.scan(n, &known, &mut files, &unchanged);
+                    (started, t.elapsed(), found, files, generation)
                 }));
             }
             let wake = self.monitor.next_deadline(Time::now()).map(to_tokio);
@@ -160,10 +177,10 @@ impl Supervisor {
                 Some(back) = self.back_rx.recv() => self.on_back(back),
                 result = async { scan.as_mut().expect("guarded").await }, if scan.is_some() => {
                     scan = None;
-                    if let Ok((started, found, files, generation)) = result {
+                    if let Ok((started, took, found, files, generation)) = result {
                         stat_files = Some(files);
                         if generation == self.monitor.generation() {
-                            self.feed(Input::Scanned { started, found });
+                            self.feed(Input::Scanned { started, took, found });
                         } else {
                             self.scan_requested = true;
                         }
@@ -181,6 +198,29 @@ impl Supervisor {
             }
         }
         self.shut_down().await;
+    }
+
+    /// What the source proves about execs since the last scan began: none
+    /// at all (a filtering source's kernel count stood still), or only
+    /// these (a source that reports every exec). Polling proves nothing.
+    fn unchanged_since_last_scan(&mut self) -> Unchanged {
+        let execd = std::mem::take(&mut self.execd);
+        let rescan_all = std::mem::take(&mut self.rescan_all);
+        let Some(source) = &self.source else {
+            return Unchanged::default();
+        };
+        let count = source.filter.as_ref().and_then(|f| f.execs_seen());
+        let held = if let Some(count) = count {
+            let same = self.execs_at_last_scan == Some(count);
+            self.execs_at_last_scan = Some(count);
+            same
+        } else {
+            source.reports_every_exec
+        };
+        Unchanged {
+            cleared_still_hold: held && !rescan_all,
+            execd,
+        }
     }
 
     /// Gives the monitor an input and carries out what it says.
@@ -335,6 +375,11 @@ impl Supervisor {
             }
             EventKind::Exec(p) => {
                 let tgid = p.tgid;
+                if self.execd.len() < MAX_EXECD {
+                    self.execd.push(tgid);
+                } else {
+                    self.rescan_all = true;
+                }
                 if self.matcher.may_match(&p.comm, p.path.as_deref()) {
                     self.classify(tgid, move |found| {
                         Some(Input::Execd {
@@ -358,7 +403,10 @@ impl Supervisor {
                 };
                 self.feed_after_classification(process.tgid, input);
             }
-            EventKind::Lost { count } => self.feed(Input::Lost { count }),
+            EventKind::Lost { count } => {
+                self.rescan_all = true;
+                self.feed(Input::Lost { count });
+            }
         }
     }
 
@@ -368,6 +416,7 @@ impl Supervisor {
                 self.reporter.set_level(config.agent.log_level);
                 self.scan_every = scan_interval(&config);
                 self.umask = config.env.umask;
+                self.rescan_all = true;
                 self.feed(Input::Reload(config));
                 self.matcher = Arc::new(Matcher::new(self.monitor.entries()));
                 self.fill_filter();
@@ -380,10 +429,15 @@ impl Supervisor {
                     exit_lag: handle.exit_lag,
                 };
                 self.source = Some(handle);
+                self.rescan_all = true;
+                self.execs_at_last_scan = None;
                 self.fill_filter();
                 self.feed(input);
             }
-            Control::SourceFailed(why) => self.feed(Input::SourceFailed(why)),
+            Control::SourceFailed(why) => {
+                self.source = None;
+                self.feed(Input::SourceFailed(why));
+            }
         }
     }
 

@@ -10,7 +10,7 @@ use std::{cell::OnceCell, fmt::Write as _, os::unix::fs::PermissionsExt, path::P
 
 use crate::{
     config::{Action, Config, Match, Rule},
-    scan::{Known, Matcher, Seen, StatFiles, Why, read_pidfile, resolve},
+    scan::{Known, Matcher, ScanState, Seen, Unchanged, Why, read_pidfile, resolve},
 };
 
 /// One entry's finding, printed as `file:line: warning: …`.
@@ -53,8 +53,12 @@ impl<'a> Survey<'a> {
     fn found(&self) -> &[Vec<Seen>] {
         self.found.get_or_init(|| {
             let n = self.config.entries().count();
-            self.matcher
-                .scan(n, &Known::new(), &mut StatFiles::default())
+            self.matcher.scan(
+                n,
+                &Known::new(),
+                &mut ScanState::default(),
+                &Unchanged::default(),
+            )
         })
     }
 }

@@ -41,7 +41,7 @@ pub struct Options {
     #[arg(long, default_value_t = 10_000)]
     scale: usize,
     /// Run only these parts (a: latency, b: exec storm CPU, c: loss,
-    /// d: restart latency, e: scale); default all.
+    /// d: restart latency, e: scale, f: idle cost); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<char>,
 }
@@ -282,7 +282,11 @@ impl Bench {
                 &self.psmon,
                 &self.dir,
                 kills,
+                &self.exec_program,
             )?);
+        }
+        if wanted('f') {
+            out.push_str(&crate::bench_monitor::idle(&self.psmon, &self.dir)?);
         }
         if wanted('e') {
             out.push_str(&crate::bench_monitor::scale(
@@ -612,6 +616,21 @@ pub(crate) fn monotonic_ns() -> u64 {
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Time on CPU of every thread of `pid` now, in ns (schedstat: exact,
+/// unlike the tick-counted utime and stime).
+pub(crate) fn cpu_ns(pid: u32) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let stat = std::fs::read_to_string(task?.path().join("schedstat")).unwrap_or_default();
+        total += stat
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(total)
 }
 
 /// utime + stime of process `pid` (all threads), in seconds.

@@ -6,7 +6,9 @@
 //!     CLOCK_MONOTONIC first thing, so the time includes psmon noticing,
 //!     deciding, and starting `/bin/sh`, which execs the stamper;
 //! (e) 10,000 PENT entries watching 10,000 live processes: psmon's RSS, the
-//!     duration of one reconciliation scan, and idle CPU.
+//!     duration of one reconciliation scan, and idle CPU;
+//! (f) idle cost on this host: one watched process, MONITOR_INTERVAL = 1,
+//!     psmon's CPU and scan time beside the simplest 1 s /proc poller.
 
 use std::{
     fmt::Write as _,
@@ -20,7 +22,7 @@ use std::{
 use anyhow::{Context, bail, ensure};
 use serde_json::Value;
 
-use crate::bench::{cpu_seconds, latency_row, monotonic_ns};
+use crate::bench::{cpu_ns, cpu_seconds, latency_row, monotonic_ns, percentile};
 
 const STAMPER: &str = r#"
 #include <stdio.h>
@@ -149,42 +151,117 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     Ok(line.split_whitespace().nth(1).context("VmRSS")?.parse()?)
 }
 
-/// (d) SIGKILL → restart command started.
-pub fn restart_latency(psmon: &Path, dir: &Path, kills: usize) -> anyhow::Result<String> {
+/// One row of (d).
+struct RestartCase {
+    label: &'static str,
+    source: &'static str,
+    /// Through `/bin/sh -c` (the quotes make psmon use a shell).
+    shell: bool,
+    /// While unwatched processes exec at this rate (0: none).
+    storm_rate: u32,
+}
+
+const RESTART_CASES: &[RestartCase] = &[
+    RestartCase {
+        label: "ebpf, direct",
+        source: "ebpf",
+        shell: false,
+        storm_rate: 0,
+    },
+    RestartCase {
+        label: "ebpf, through /bin/sh",
+        source: "ebpf",
+        shell: true,
+        storm_rate: 0,
+    },
+    RestartCase {
+        label: "ebpf, direct, 2,000 unwatched exec/s",
+        source: "ebpf",
+        shell: false,
+        storm_rate: 2000,
+    },
+    RestartCase {
+        label: "netlink, direct",
+        source: "netlink",
+        shell: false,
+        storm_rate: 0,
+    },
+    RestartCase {
+        label: "netlink, through /bin/sh",
+        source: "netlink",
+        shell: true,
+        storm_rate: 0,
+    },
+    RestartCase {
+        label: "poll, direct",
+        source: "poll",
+        shell: false,
+        storm_rate: 0,
+    },
+];
+
+/// (d) SIGKILL → restart command started. `exec_program` is what the
+/// storm processes run.
+pub fn restart_latency(
+    psmon: &Path,
+    dir: &Path,
+    kills: usize,
+    exec_program: &Path,
+) -> anyhow::Result<String> {
     let stamper = compile(dir, "stamper", STAMPER)?;
     let victim = compile(dir, "benchvictim", PAUSER)?;
     let mut out = String::from(
         "\n### (d) Death to restart\n\nSIGKILL of a watched process (timestamp taken by the killer \
-         just before kill(2)) to its restart command starting: the command is `exec stamper …`, a \
+         just before kill(2)) to its restart command starting: the command is the stamper, a \
          static program that reads CLOCK_MONOTONIC first thing, so this includes psmon's \
-         detection, its decision, and `/bin/sh` starting and exec'ing it. `psmon run` with one \
-         PENT entry; poll uses MONITOR_INTERVAL = 1 s.\n\n\
-         | source | kills | p50 | p99 | max | mean |\n|---|---|---|---|---|---|\n",
+         detection, its decision, and starting the command — directly (`stamper OUT VICTIM`, no \
+         shell syntax) or through `/bin/sh -c` (`exec \"stamper\" OUT VICTIM`, quoted). `psmon run` \
+         with one entry; poll uses MONITOR_INTERVAL = 1 s. The storm row runs two processes that \
+         spawn and reap a do-nothing program at 2,000 exec/s in all, which the in-kernel filter \
+         keeps from psmon.\n\n\
+         | case | kills | p50 | p99 | max | mean |\n|---|---|---|---|---|---|\n",
     );
-    for source in ["ebpf", "netlink", "poll"] {
+    for (n, case) in RESTART_CASES.iter().enumerate() {
         // Each poll kill waits for a scan (about a second): 200 is the floor asked for.
-        let kills = if source == "poll" {
+        let kills = if case.source == "poll" {
             kills.min(200)
         } else {
             kills
         };
-        let conf = dir.join(format!("conf-{source}"));
+        let conf = dir.join(format!("conf-restart-{n}"));
+        let _ = std::fs::remove_dir_all(&conf);
         std::fs::create_dir_all(&conf)?;
         let stamps = conf.join("stamps");
+        let restart = if case.shell {
+            format!(
+                "exec \\\"{}\\\" {} {}",
+                stamper.display(),
+                stamps.display(),
+                victim.display()
+            )
+        } else {
+            format!(
+                "{} {} {}",
+                stamper.display(),
+                stamps.display(),
+                victim.display()
+            )
+        };
         std::fs::write(
             conf.join("bench.toml"),
             // start_secs = 0: Up as soon as the restarted process runs, so
-            // each kill follows its restart at once, as before start_secs
-            // existed (a second of idle between kills costs the VM about a
-            // millisecond of wake-up, which is not psmon's).
+            // each kill follows its restart at once (a second of idle
+            // between kills costs the VM about a millisecond of wake-up,
+            // which is not psmon's).
             format!(
-                "monitor_interval = 1\n[[entry]]\npath = \"{v}\"\nrestart = \"exec {s} {o} {v}\"\ngrace = 1\nretry = 1000\nstart_secs = 0\n",
+                "monitor_interval = 1\n[[entry]]\npath = \"{v}\"\nrestart = \"{restart}\"\ngrace = 1\nretry = 1000\nstart_secs = 0\n",
                 v = victim.display(),
-                s = stamper.display(),
-                o = stamps.display()
             ),
         )?;
-        let daemon = Daemon::start(psmon, &conf, source)?;
+        let storm = (case.storm_rate > 0)
+            .then(|| start_storm(exec_program, case.storm_rate))
+            .transpose()?;
+        let daemon = Daemon::start(psmon, &conf, case.source)?;
         // Not running at start: psmon starts the first one.
         let mut samples = Vec::with_capacity(kills);
         let mut lines = 1;
@@ -197,8 +274,9 @@ pub fn restart_latency(psmon: &Path, dir: &Path, kills: usize) -> anyhow::Result
             // SAFETY: kill with a pid we read and a valid signal.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
             lines += 1;
-            let (stamp, _) = wait_stamp(&stamps, lines)
-                .with_context(|| format!("{source}: no restart within 10 s of killing {pid}"))?;
+            let (stamp, _) = wait_stamp(&stamps, lines).with_context(|| {
+                format!("{}: no restart within 10 s of killing {pid}", case.label)
+            })?;
             samples.push(stamp.saturating_sub(killed_at));
         }
         if let Ok((_, pid)) = last_stamp(&stamps, lines) {
@@ -206,10 +284,39 @@ pub fn restart_latency(psmon: &Path, dir: &Path, kills: usize) -> anyhow::Result
             // SAFETY: as above.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
-        latency_row(&mut out, source, &mut samples);
+        for mut worker in storm.into_iter().flatten() {
+            let _ = worker.kill();
+            let _ = worker.wait();
+        }
+        latency_row(&mut out, case.label, &mut samples);
     }
     out.push('\n');
     Ok(out)
+}
+
+/// Two storm processes spawning `program` at `rate` exec/s in all, until killed.
+fn start_storm(program: &Path, rate: u32) -> anyhow::Result<Vec<Child>> {
+    let me = std::env::current_exe()?;
+    let each = (f64::from(rate) / 2.0).to_string();
+    (0..2)
+        .map(|_| {
+            Command::new(&me)
+                .args([
+                    "storm-worker",
+                    "--mode",
+                    "exec",
+                    "--seconds",
+                    "86400",
+                    "--rate",
+                    &each,
+                ])
+                .arg("--program")
+                .arg(program)
+                .stdout(Stdio::null())
+                .spawn()
+                .context("starting a storm worker")
+        })
+        .collect()
 }
 
 /// Line `n` (1-based) of the stamps file, waiting up to 10 s for it.
@@ -323,4 +430,100 @@ fn measure_scale(psmon: &Path, conf: &Path, n: usize) -> anyhow::Result<ScaleRes
     let rss = rss_kib(daemon.pid())?;
     daemon.stop();
     Ok((rss, scans, cpu, idle.as_secs_f64(), up_secs))
+}
+
+/// How long (f) measures each contender.
+const IDLE_SECS: u64 = 10;
+
+/// (f) Idle cost on this host.
+pub fn idle(psmon: &Path, dir: &Path) -> anyhow::Result<String> {
+    let victim = compile(dir, "idlevictim", PAUSER)?;
+    let processes = std::fs::read_dir("/proc")?
+        .filter_map(Result::ok)
+        .filter(|d| {
+            d.file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .count();
+    let mut out = format!(
+        "\n### (f) Idle cost\n\nOne watched process (running), MONITOR_INTERVAL = 1, nothing \
+         happening, on this host ({processes} processes in /proc). CPU is the time on CPU of \
+         every thread (schedstat) over {IDLE_SECS} s, in % of one core, beside the simplest \
+         /proc poller (`xtask poller`: readlink every /proc/*/exe once a second, no matching, \
+         no output). Scan time is psmon's reconciliation scan, timed inside the scan.\n\n\
+         | who | CPU | scans | scan p50 | scan max |\n|---|---|---|---|---|\n"
+    );
+    let mut pauser = Command::new(&victim).spawn()?;
+    for source in ["ebpf", "netlink", "poll"] {
+        let conf = dir.join(format!("conf-idle-{source}"));
+        std::fs::create_dir_all(&conf)?;
+        std::fs::write(conf.join("psagent.conf"), "LOG_LEVEL = DEBUG\n")?;
+        std::fs::write(
+            conf.join("idle.toml"),
+            format!(
+                "monitor_interval = 1\n[[entry]]\npath = \"{}\"\nrestart = \"/bin/true\"\n",
+                victim.display()
+            ),
+        )?;
+        let daemon = Daemon::start(psmon, &conf, source)?;
+        daemon.wait_up(pauser.id(), Duration::from_secs(10))?;
+        // Settled: start-up work done.
+        std::thread::sleep(Duration::from_secs(2));
+        while daemon.messages.try_recv().is_ok() {}
+        let cpu0 = cpu_ns(daemon.pid())?;
+        let t0 = Instant::now();
+        let mut scans = Vec::new();
+        while t0.elapsed() < Duration::from_secs(IDLE_SECS) {
+            if let Ok(m) = daemon.messages.recv_timeout(Duration::from_millis(100))
+                && let Some(ms) = m["scan_ms"].as_f64()
+            {
+                scans.push((ms * 1e6) as u64);
+            }
+        }
+        let cpu = (cpu_ns(daemon.pid())? - cpu0) as f64 / t0.elapsed().as_nanos() as f64 * 100.0;
+        daemon.stop();
+        scans.sort_unstable();
+        let _ = writeln!(
+            out,
+            "| psmon run, {source} | {cpu:.3} % | {} | {} | {} |",
+            scans.len(),
+            crate::bench::fmt_ns(percentile(&scans, 50.0)),
+            crate::bench::fmt_ns(scans.last().copied().unwrap_or(0)),
+        );
+    }
+    let _ = pauser.kill();
+    let _ = pauser.wait();
+    let mut poller = Command::new(std::env::current_exe()?)
+        .arg("poller")
+        .stdout(Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(2));
+    let cpu0 = cpu_ns(poller.id())?;
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(IDLE_SECS));
+    let cpu = (cpu_ns(poller.id())? - cpu0) as f64 / t0.elapsed().as_nanos() as f64 * 100.0;
+    let _ = poller.kill();
+    let _ = poller.wait();
+    let _ = writeln!(out, "| 1 s /proc poller | {cpu:.3} % | {IDLE_SECS} | | |");
+    out.push('\n');
+    Ok(out)
+}
+
+/// The baseline of (f): every second, readlink every /proc/*/exe.
+pub fn poller() -> anyhow::Result<()> {
+    let mut links = 0u64;
+    loop {
+        for d in std::fs::read_dir("/proc")?.filter_map(Result::ok) {
+            if d.file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+                && std::fs::read_link(d.path().join("exe")).is_ok()
+            {
+                links += 1;
+            }
+        }
+        std::hint::black_box(links);
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }

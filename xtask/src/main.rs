@@ -30,6 +30,10 @@ enum Command {
     /// Internal: one process of a fork or exec storm, used by `bench`.
     #[command(hide = true)]
     StormWorker(bench::StormWorker),
+    /// Internal: the simplest /proc poller (readlink every /proc/*/exe once
+    /// a second), the idle-cost baseline of `bench`.
+    #[command(hide = true)]
+    Poller,
 }
 
 fn main() -> ExitCode {
@@ -40,6 +44,7 @@ fn main() -> ExitCode {
         Command::Bench(opts) => bench::run(opts),
         Command::Kernels => kernels::run(),
         Command::StormWorker(worker) => worker.run(),
+        Command::Poller => bench_monitor::poller(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -99,9 +99,10 @@ pub enum Input {
     /// The source missed events.
     Lost { count: Option<u64> },
     /// A reconciliation scan begun at `started` found these processes,
-    /// `found[i]` for entry `i`.
+    /// `found[i]` for entry `i`; reading `/proc` took `took`.
     Scanned {
         started: Time,
+        took: Duration,
         found: Vec<Vec<Seen>>,
     },
     /// What entry's pidfile names now.
@@ -357,7 +358,11 @@ impl Monitor {
                 out.push(Effect::Notice(Notice::EventsLost { count }));
                 out.push(Effect::Scan);
             }
-            Input::Scanned { started, found } => self.on_scan(started, found, now, &mut out),
+            Input::Scanned {
+                started,
+                took,
+                found,
+            } => self.on_scan(started, took, found, now, &mut out),
             Input::Pidfile { entry, pid } => {
                 if let Some(w) = self.watches.get_mut(entry.index()) {
                     w.pidfile = Some(pid);
@@ -522,12 +527,16 @@ impl Monitor {
         }
     }
 
-    fn on_scan(&mut self, started: Time, found: Vec<Vec<Seen>>, now: Time, out: &mut Vec<Effect>) {
+    fn on_scan(
+        &mut self,
+        started: Time,
+        took: Duration,
+        found: Vec<Vec<Seen>>,
+        now: Time,
+        out: &mut Vec<Effect>,
+    ) {
         let matched = found.iter().map(Vec::len).sum();
-        out.push(Effect::Notice(Notice::Scanned {
-            matched,
-            took: now.saturating_duration_since(started),
-        }));
+        out.push(Effect::Notice(Notice::Scanned { matched, took }));
         self.gone
             .retain(|_, (_, at)| now.saturating_duration_since(*at) < GONE_MEMORY);
         let mut seen = std::collections::HashSet::new();

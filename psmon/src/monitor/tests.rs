@@ -78,7 +78,11 @@ impl World {
         let mut w = World::new(entries, pidfds);
         let started = w.now;
         w.later(5);
-        w.feed(Input::Scanned { started, found });
+        w.feed(Input::Scanned {
+            started,
+            took: Duration::ZERO,
+            found,
+        });
         w
     }
 
@@ -219,6 +223,7 @@ fn a_scan_older_than_an_exit_does_not_bring_it_back() {
     w.exit(100, 5, KILLED);
     w.later(1);
     w.feed(Input::Scanned {
+        took: Duration::ZERO,
         started: scan_started,
         found: vec![vec![seen(100, 5)]],
     });
@@ -240,6 +245,7 @@ fn a_reused_pid_is_another_process() {
     let started = w.now;
     w.later(5);
     w.feed(Input::Scanned {
+        took: Duration::ZERO,
         started,
         found: vec![vec![seen(100, 9)]],
     });
@@ -322,6 +328,7 @@ fn a_member_missed_by_a_scan_is_down_after_the_grace() {
     let started = w.now;
     w.later(5);
     w.feed(Input::Scanned {
+        took: Duration::ZERO,
         started,
         found: vec![vec![]],
     });
@@ -353,6 +360,7 @@ fn a_member_younger_than_the_scan_is_not_missed() {
     });
     w.later(1);
     w.feed(Input::Scanned {
+        took: Duration::ZERO,
         started,
         found: vec![vec![seen(100, 5)]],
     });
@@ -690,6 +698,7 @@ fn answers_for_a_previous_configuration_are_ignored() {
         child: seen(2, 2),
     });
     w.feed(Input::Scanned {
+        took: Duration::ZERO,
         started: w.now,
         found: vec![vec![seen(3, 3)]],
     });

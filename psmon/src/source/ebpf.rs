@@ -20,7 +20,7 @@ use aya::{
 };
 use psmon_ebpf::{
     COMM_LEN, Config, FLAG_PATH_TRUNCATED, GLOBAL_CONFIG, KIND_EXEC, KIND_EXIT, KIND_FORK,
-    MAP_EVENTS, MAP_LOST, MAP_WATCH_COMMS, MAP_WATCH_TGIDS, RawEvent,
+    MAP_EVENTS, MAP_EXECS, MAP_LOST, MAP_WATCH_COMMS, MAP_WATCH_TGIDS, RawEvent,
 };
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -111,6 +111,7 @@ impl fmt::Display for Refusal {
 pub struct KernelFilter {
     comms: BpfHashMap<MapData, [u8; COMM_LEN], u8>,
     tgids: BpfHashMap<MapData, u32, u8>,
+    execs: PerCpuArray<MapData, u64>,
 }
 
 impl KernelFilter {
@@ -148,6 +149,10 @@ impl super::Filter for KernelFilter {
 
     fn unwatch_tgid(&mut self, tgid: u32) {
         let _ = KernelFilter::unwatch_tgid(self, tgid);
+    }
+
+    fn execs_seen(&self) -> Option<u64> {
+        self.execs.get(&0, 0).ok().map(|v| v.iter().sum())
     }
 }
 
@@ -242,6 +247,7 @@ impl EbpfSource {
             Some(KernelFilter {
                 comms: take(&mut ebpf, MAP_WATCH_COMMS, BpfHashMap::try_from)?,
                 tgids: take(&mut ebpf, MAP_WATCH_TGIDS, BpfHashMap::try_from)?,
+                execs: take(&mut ebpf, MAP_EXECS, PerCpuArray::try_from)?,
             })
         } else {
             None
@@ -277,7 +283,6 @@ impl EbpfSource {
             .map_err(|e| SourceError::RingBuf {
                 source: e.into_parts().1,
             })?;
-        let mut ticker = tokio::time::interval(super::FLUSH_INTERVAL);
         let mut table = self.table;
         let lost = self.lost;
         let mut fd = fd;
@@ -298,7 +303,10 @@ impl EbpfSource {
                     }
                     guard.clear_ready();
                 }
-                _ = ticker.tick() => {}
+                // Kernel-side losses happen only while the ring is full,
+                // which wakes this loop: only a `Lost` the channel had no
+                // room for needs a timer.
+                _ = tokio::time::sleep(super::FLUSH_INTERVAL), if sink.pending() => {}
                 entries = seed.ready(), if seed.pending() => table.seed(entries),
             }
             let total = lost_total(&lost);

@@ -143,6 +143,9 @@ pub trait Filter: Send {
     /// Passes every event of thread group `tgid` (and forks of it).
     fn watch_tgid(&mut self, tgid: u32);
     fn unwatch_tgid(&mut self, tgid: u32);
+    /// How many execs the kernel has seen since the filter was loaded,
+    /// passed or not: while it stands still, no process changed program.
+    fn execs_seen(&self) -> Option<u64>;
 }
 
 /// What a consumer of a source's events may rely on, handed over when the
@@ -153,6 +156,9 @@ pub struct Handle {
     pub filter: Option<Box<dyn Filter>>,
     /// A polling source learns of an exit only at its next scan.
     pub exit_lag: Duration,
+    /// Every exec on the system comes as an event (no filter drops any,
+    /// and the source sees execs that keep the pid, unlike polling).
+    pub reports_every_exec: bool,
 }
 
 impl Source {
@@ -166,10 +172,16 @@ impl Source {
             Source::Netlink(_) => (None, Duration::ZERO),
             Source::Poll(p) => (None, p.interval),
         };
+        let reports_every_exec = match self {
+            Source::Ebpf(_) => filter.is_none(),
+            Source::Netlink(_) => true,
+            Source::Poll(_) => false,
+        };
         Handle {
             kind: self.kind(),
             filter,
             exit_lag,
+            reports_every_exec,
         }
     }
 }
@@ -260,7 +272,8 @@ impl Seed {
     }
 }
 
-/// How often sources retry delivering a pending `Lost` when no event comes.
+/// How often sources retry delivering a pending `Lost` when no event comes
+/// (only while one is pending: an idle source does not wake).
 pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Sleeps `period` (unless zero), returning false if cancelled meanwhile.
@@ -305,6 +318,12 @@ impl EventSink {
             }
             Err(TrySendError::Closed(_)) => false,
         }
+    }
+
+    /// A `Lost` waits for room in the channel: the source should call
+    /// [`EventSink::flush`] again soon even if no event comes.
+    pub fn pending(&self) -> bool {
+        self.dropped > 0
     }
 
     /// Sends the pending `Lost`, if any and if there is room. Sources call it

@@ -174,11 +174,10 @@ impl NetlinkSource {
             last_seq: HashMap::new(),
         };
         let mut buf = vec![0u8; 64 * 1024];
-        let mut flush_tick = tokio::time::interval(super::FLUSH_INTERVAL);
-        let result = loop {
+        loop {
             let mut guard = tokio::select! {
                 _ = token.cancelled() => break Ok(()),
-                _ = flush_tick.tick() => {
+                _ = tokio::time::sleep(super::FLUSH_INTERVAL), if sink.pending() => {
                     if !sink.flush() {
                         break Ok(());
                     }
@@ -219,8 +218,7 @@ impl NetlinkSource {
             if closed || (drained > 0 && !super::pause(self.coalesce, &token).await) {
                 break Ok(());
             }
-        };
-        result
+        }
     }
 }
 
