@@ -65,11 +65,20 @@ impl std::fmt::Display for Why {
     }
 }
 
-/// What is already known to match: tgid → (start ticks, comm, entry,
-/// exit watched by a pidfd). A process still the same (same start time, same
-/// comm) is confirmed by one read of its stat file instead of a full match;
-/// one whose exit a pidfd watches is not read at all.
-pub type Known = HashMap<u32, (u64, [u8; 16], usize, bool)>;
+/// A process already known to match an entry (a member). One still the
+/// same (same start time, same comm) is confirmed by one read of its stat
+/// file instead of a full match; one whose exit a pidfd watches is not read
+/// at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KnownMember {
+    pub start_ticks: u64,
+    pub comm: [u8; 16],
+    pub entry: usize,
+    pub exit_watched: bool,
+}
+
+/// The members, by tgid.
+pub type Known = HashMap<u32, KnownMember>;
 
 /// What one scan leaves to the next: the stat files of known members, kept
 /// open so that confirming each costs one `pread` rather than open, read
@@ -351,13 +360,16 @@ impl Matcher {
         let mut cleared = HashSet::with_capacity(files.cleared.len());
         let mut found = vec![Vec::new(); entries];
         let mut buf = Vec::with_capacity(4096);
-        files
-            .files
-            .retain(|tgid, (start, _)| known.get(tgid).is_some_and(|k| k.0 == *start && !k.3));
+        files.files.retain(|tgid, (start, _)| {
+            known
+                .get(tgid)
+                .is_some_and(|k| k.start_ticks == *start && !k.exit_watched)
+        });
         // Known instances that are zombies now: dead, and not to be matched again.
         let mut zombies = HashSet::new();
-        for (tgid, (start, comm, i, pidfd)) in known {
-            if *pidfd {
+        for (tgid, k) in known {
+            let (start, comm, i) = (&k.start_ticks, &k.comm, &k.entry);
+            if k.exit_watched {
                 if let Some(slot) = found.get_mut(*i) {
                     slot.push(Seen {
                         tgid: *tgid,
@@ -404,7 +416,7 @@ impl Matcher {
             let Some(tgid) = d.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
                 continue;
             };
-            let confirmed = known.get(&tgid).is_some_and(|k| k.3)
+            let confirmed = known.get(&tgid).is_some_and(|k| k.exit_watched)
                 || files.files.contains_key(&tgid)
                 || zombies.contains(&tgid);
             if confirmed {

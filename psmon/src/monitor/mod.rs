@@ -35,7 +35,7 @@ use crate::{
     event::ExitStatus,
     exec::Outcome,
     policy::{self, Action, EntryState, Phase},
-    scan::{Known, Seen},
+    scan::{Known, KnownMember, Seen},
 };
 
 #[cfg(test)]
@@ -469,10 +469,13 @@ impl Monitor {
         self.members
             .iter()
             .map(|(tgid, m)| {
-                (
-                    *tgid,
-                    (m.start_ticks, m.comm, m.entry.index(), m.exit_watched),
-                )
+                let known = KnownMember {
+                    start_ticks: m.start_ticks,
+                    comm: m.comm,
+                    entry: m.entry.index(),
+                    exit_watched: m.exit_watched,
+                };
+                (*tgid, known)
             })
             .collect()
     }
