@@ -284,18 +284,27 @@ pub fn restart_latency(
             // SAFETY: as above.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
-        for mut worker in storm.into_iter().flatten() {
-            let _ = worker.kill();
-            let _ = worker.wait();
-        }
+        drop(storm);
         latency_row(&mut out, case.label, &mut samples);
     }
     out.push('\n');
     Ok(out)
 }
 
+/// Storm processes, killed when dropped (also when a benchmark fails).
+struct Storm(Vec<Child>);
+
+impl Drop for Storm {
+    fn drop(&mut self) {
+        for worker in &mut self.0 {
+            let _ = worker.kill();
+            let _ = worker.wait();
+        }
+    }
+}
+
 /// Two storm processes spawning `program` at `rate` exec/s in all, until killed.
-fn start_storm(program: &Path, rate: u32) -> anyhow::Result<Vec<Child>> {
+fn start_storm(program: &Path, rate: u32) -> anyhow::Result<Storm> {
     let me = std::env::current_exe()?;
     let each = (f64::from(rate) / 2.0).to_string();
     (0..2)
@@ -316,7 +325,8 @@ fn start_storm(program: &Path, rate: u32) -> anyhow::Result<Vec<Child>> {
                 .spawn()
                 .context("starting a storm worker")
         })
-        .collect()
+        .collect::<anyhow::Result<_>>()
+        .map(Storm)
 }
 
 /// Line `n` (1-based) of the stamps file, waiting up to 10 s for it.

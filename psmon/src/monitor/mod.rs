@@ -301,7 +301,7 @@ impl Monitor {
         let mut out = Vec::new();
         match input {
             Input::Forked { entry, child } => {
-                if entry.index() < self.watches.len() {
+                if entry.index() < self.watches.len() && !self.is_gone(&child) {
                     self.add(entry, child, now, &mut out);
                     self.step_running(entry, now, &mut out);
                 }
@@ -508,7 +508,10 @@ impl Monitor {
         now: Time,
         out: &mut Vec<Effect>,
     ) {
-        let matched = matched.filter(|(id, _)| id.index() < self.watches.len());
+        // A classification can come back after the process's exit was
+        // applied (it ran on another thread): a dead process stays gone.
+        let matched =
+            matched.filter(|(id, seen)| id.index() < self.watches.len() && !self.is_gone(seen));
         let before = self.member_entry(tgid);
         if let Some(b) = before
             && matched.is_none_or(|(i, _)| i != b)
@@ -775,6 +778,13 @@ impl Monitor {
     }
 
     // --- Members -------------------------------------------------------
+
+    /// Whether this process's exit has been applied already.
+    fn is_gone(&self, seen: &Seen) -> bool {
+        self.gone
+            .get(&seen.tgid)
+            .is_some_and(|(start, _)| *start == seen.start_ticks)
+    }
 
     fn add(&mut self, entry: EntryId, seen: Seen, now: Time, out: &mut Vec<Effect>) {
         let tgid = seen.tgid;

@@ -367,6 +367,43 @@ fn a_member_younger_than_the_scan_is_not_missed() {
     assert_eq!(w.m.next_deadline(w.now), None, "{:?}", w.m.missed);
 }
 
+/// Classifying an exec runs on another thread: its answer can come after
+/// the process's exit was applied, and must not bring the dead back (seen
+/// as "2 instances after its restart" under an exec storm).
+#[test]
+fn a_late_classification_does_not_bring_a_dead_process_back() {
+    let mut w = World::started(vec![entry("/d")], true, vec![vec![seen(100, 5)]]);
+    w.feed(Input::ExitSeen {
+        tgid: 100,
+        start: 5,
+        zombie: Some(KILLED),
+    });
+    w.feed(Input::Execd {
+        tgid: 100,
+        matched: Some((A, seen(100, 5))),
+    });
+    assert_eq!(w.m.member_entry(100), None);
+    w.feed(Input::Forked {
+        entry: A,
+        child: seen(100, 5),
+    });
+    assert_eq!(w.m.member_entry(100), None);
+    // The restarted process is the only instance.
+    w.done("/d", true);
+    w.feed(Input::Execd {
+        tgid: 101,
+        matched: Some((A, seen(101, 6))),
+    });
+    assert_eq!(w.actions(), vec![up(101)]);
+    assert_eq!(w.m.running(A), 1);
+    // A new process that got the same pid is another process.
+    w.feed(Input::Execd {
+        tgid: 100,
+        matched: Some((A, seen(100, 9))),
+    });
+    assert_eq!(w.m.member_entry(100), Some(A));
+}
+
 /// The restart command is still running when the process comes back by
 /// other means: it is taken as is, and the command's end starts nothing.
 #[test]
