@@ -104,7 +104,8 @@ fn a_fifo_in_the_configuration_never_blocks() {
     let fifo = conf.join("pfile_fifo");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
 
-    let mut run = Command::new(env!("CARGO_BIN_EXE_psmon"))
+    let mut run = Command::new(env!("CARGO_BIN_EXE_psmon"));
+    let mut run = isolate(&mut run, &dir.0)
         .args(["run", "--insecure-config", "--source", "poll", "--conf"])
         .arg(&conf)
         .stderr(std::process::Stdio::piped())
@@ -376,7 +377,8 @@ fn stuck_logging_never_stops_monitoring(source: &str) {
     let chunk = [b'x'; 4096];
     while nix::unistd::write(&write, &chunk).is_ok() {}
     set_nonblocking(false);
-    let mut psmon = Command::new(env!("CARGO_BIN_EXE_psmon"))
+    let mut psmon = Command::new(env!("CARGO_BIN_EXE_psmon"));
+    let mut psmon = isolate(&mut psmon, &dir.0)
         .args(["run", "--insecure-config", "--source", source, "--conf"])
         .arg(&conf)
         .arg("--log-dir")

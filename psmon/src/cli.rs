@@ -14,6 +14,11 @@ pub struct Cli {
     #[arg(long, global = true, default_value = "info",
           value_parser = ["error", "warn", "info", "debug", "trace", "off"])]
     pub log_level: String,
+    /// The control socket `psmon run` listens on and the other commands
+    /// talk to.
+    #[arg(long, global = true, value_name = "PATH", env = "PSMON_SOCKET",
+          default_value = crate::control::DEFAULT_SOCKET)]
+    pub socket: std::path::PathBuf,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -38,4 +43,43 @@ pub enum Command {
     Convert { pfile: std::path::PathBuf },
     /// Show process fork/exec/exit events live, for debugging process churn.
     Trace(crate::trace::TraceOptions),
+    /// What the running psmon sees: each entry's state, processes, restart
+    /// attempts and last failure, and the event source.
+    ///
+    /// States: unknown (not seen yet), up, down (not restarted: report-only
+    /// or stopped on purpose), restarting, retry_over, failed_over (retries
+    /// spent and the failover command run), paused.
+    Status {
+        /// Only this pfile (`app` for pfile_app or app.toml).
+        pfile: Option<String>,
+        /// One JSON object: {"source", "lost_events", "entries": [{"pfile",
+        /// "path", "state", "pids", "since", "attempts", "retry",
+        /// "last_exit", "last_failure"}]}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop monitoring a pfile's processes (ProcessSaver's `padmin stop`):
+    /// they are neither restarted nor reported Down until `resume`.
+    Pause { pfile: String },
+    /// Monitor a paused pfile again (`padmin start`); a process that died
+    /// meanwhile is handled at once.
+    Resume { pfile: String },
+    /// Read the configuration again (`padmin reload`): one pfile, leaving
+    /// the others as they run, or all of them. A broken file is refused
+    /// with every error and the running configuration is kept.
+    Reload { pfile: Option<String> },
+    /// The recovery drill (ProcessSaver's `pcheck -k`): kill the watched
+    /// process, wait for psmon to bring it back, and print how long
+    /// detection and recovery took. Exit 0 when it recovered, 1 when it did
+    /// not within the entry's limits, 2 when the drill cannot be run (a
+    /// paused or report-only entry). The drill's restart does not count
+    /// against the retry budget.
+    Test {
+        pfile: String,
+        /// The entry's path, when the pfile watches several processes.
+        path: Option<String>,
+        /// The signal to kill with (number).
+        #[arg(long, default_value_t = 9, value_parser = clap::value_parser!(i32).range(1..=64))]
+        signal: i32,
+    },
 }

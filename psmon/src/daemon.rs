@@ -14,10 +14,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::{Config, LoadOptions},
+    control,
     event::ProcEvent,
     report::{LogFormat, Reporter},
     source::{self, Source, SourceChoice, SourceOptions},
-    supervisor::{Control, Supervisor},
+    supervisor::{Control, Setup, Supervisor},
 };
 
 /// The layout ProcessSaver installs; used when `/etc/psmon` does not exist.
@@ -43,6 +44,10 @@ pub struct RunOptions {
     /// Directory of psmon.log (default: LOG_DIR from psagent.conf).
     #[arg(long, value_name = "DIR")]
     pub log_dir: Option<PathBuf>,
+    /// Where psmon keeps the state that survives its own restart (retry
+    /// budgets, pauses, the processes it watches).
+    #[arg(long, value_name = "DIR", env = "PSMON_STATE_DIR", default_value = crate::state::DEFAULT_DIR)]
+    pub state_dir: PathBuf,
 }
 
 pub fn conf_dir(given: Option<PathBuf>) -> PathBuf {
@@ -56,7 +61,11 @@ pub fn conf_dir(given: Option<PathBuf>) -> PathBuf {
     })
 }
 
-pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    opts: RunOptions,
+    socket: PathBuf,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     // Installed first: a SIGHUP before the reload task first ran (an
     // operator's reload right at start) would kill psmon, its default.
     let hup = signal(SignalKind::hangup());
@@ -71,6 +80,24 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
         .clone()
         .unwrap_or_else(|| config.agent.log_dir.clone());
     let mut reporter = Reporter::new(config.agent.log_level, opts.log_format, Some(&log_dir));
+    let access = match &config.agent.control_group {
+        Some(name) => {
+            let group = nix::unistd::Group::from_name(name)
+                .ok()
+                .flatten()
+                .with_context(|| {
+                    format!(
+                        "CONTROL_GROUP {name} in psagent.conf is not a group on this host: create it, or remove the setting"
+                    )
+                })?;
+            control::Access {
+                group: Some((name.clone(), group.gid.as_raw())),
+            }
+        }
+        None => control::Access::default(),
+    };
+    // Before anything is watched: a second psmon must not start at all.
+    let listener = control::bind(&socket, &access)?;
     reporter.report(
         crate::config::LogLevel::Info,
         &format!(
@@ -83,9 +110,37 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
     for warning in crate::survey::Survey::new(&config).warnings() {
         reporter.report(crate::config::LogLevel::Warn, &warning.to_string(), &[]);
     }
+    let saved = match crate::state::load(&opts.state_dir) {
+        Ok(saved) => saved,
+        Err(warning) => {
+            reporter.report(crate::config::LogLevel::Warn, &warning, &[]);
+            None
+        }
+    };
+    let store = match crate::state::Store::open(&opts.state_dir) {
+        Ok(store) => Some(store),
+        Err(e) => {
+            reporter.report(
+                crate::config::LogLevel::Warn,
+                &format!(
+                    "cannot keep state in {}: {e}; a restarted psmon will start afresh",
+                    opts.state_dir.display()
+                ),
+                &[],
+            );
+            None
+        }
+    };
     let retry_interval = config.agent.retry_interval;
     let (event_tx, event_rx) = mpsc::channel::<ProcEvent>(config.agent.event_queue_size);
-    let supervisor = Supervisor::new(config, reporter);
+    let supervisor = Supervisor::new(Setup {
+        config,
+        reporter,
+        conf_dir: dir.clone(),
+        load,
+        saved,
+        store,
+    });
     let source_options = SourceOptions {
         poll_interval: supervisor.scan_interval(),
         kernel_filter: supervisor.kernel_filter_usable(),
@@ -110,8 +165,18 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
         token.clone(),
     ));
     tasks.spawn(reload_on_sighup(hup, dir, load, control_tx, token.clone()));
+    let (asked_tx, asked_rx) = mpsc::channel::<control::Asked>(64);
+    tasks.spawn(control::serve(
+        listener,
+        socket,
+        access,
+        asked_tx,
+        token.clone(),
+    ));
     notify_systemd(libsystemd::daemon::NotifyState::Ready);
-    supervisor.run(event_rx, control_rx, token.clone()).await;
+    supervisor
+        .run(event_rx, control_rx, asked_rx, token.clone())
+        .await;
     token.cancel();
     // The source closes (netlink unsubscribes, BPF programs detach) before
     // psmon exits; a reload being parsed is abandoned.

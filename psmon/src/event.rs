@@ -26,6 +26,11 @@ impl StartTime {
         self.0
     }
 
+    /// Time since boot.
+    pub fn duration(self) -> Duration {
+        Duration::from_nanos(self.0)
+    }
+
     /// Clock ticks (`USER_HZ`) since boot, as `/proc/PID/stat` field 22 shows.
     pub fn ticks(self) -> u64 {
         self.0 / ns_per_tick()

@@ -43,6 +43,10 @@ pub enum Ending {
     TimedOut,
     /// Could not be started at all.
     SpawnFailed(String),
+    /// Started by a previous psmon, which died meanwhile; it ended, with a
+    /// status nobody can know now. Taken as success: whether the process
+    /// it started comes up decides.
+    Adopted,
 }
 
 #[derive(Clone, Debug)]
@@ -55,7 +59,7 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn ok(&self) -> bool {
-        self.ending == Ending::Exited(0)
+        matches!(self.ending, Ending::Exited(0) | Ending::Adopted)
     }
 
     /// For log messages: `exit status 1`, `killed by signal 9`, …
@@ -65,20 +69,28 @@ impl Outcome {
             Ending::Signaled(s) => format!("killed by signal {s}"),
             Ending::TimedOut => "timed out; its process group was killed".into(),
             Ending::SpawnFailed(e) => format!("could not be started: {e}"),
+            Ending::Adopted => {
+                "ended (started before psmon restarted; its exit status is unknown)".into()
+            }
         }
     }
 }
 
 /// Runs the command to its end (or its time limit).
 pub async fn run(spec: &CommandSpec) -> Outcome {
-    let started = Instant::now();
+    run_then(spec, |_| {}).await
+}
+
+/// [`run`], telling `started` the command's process group once it runs.
+pub async fn run_then(spec: &CommandSpec, started: impl FnOnce(u32)) -> Outcome {
+    let begun = Instant::now();
     let output = match output_file() {
         Ok(f) => f,
-        Err(e) => return spawn_failed(started, format!("cannot create an output file: {e}")),
+        Err(e) => return spawn_failed(begun, format!("cannot create an output file: {e}")),
     };
     let (out, err) = match (output.try_clone(), output.try_clone()) {
         (Ok(a), Ok(b)) => (a, b),
-        _ => return spawn_failed(started, "cannot duplicate the output file".into()),
+        _ => return spawn_failed(begun, "cannot duplicate the output file".into()),
     };
     let mut cmd = match direct_argv(&spec.command) {
         Some(argv) => {
@@ -116,9 +128,12 @@ pub async fn run(spec: &CommandSpec) -> Outcome {
     }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => return spawn_failed(started, e.to_string()),
+        Err(e) => return spawn_failed(begun, e.to_string()),
     };
     let pgid = child.id().map(|p| p as i32);
+    if let Some(pgid) = pgid {
+        started(pgid as u32);
+    }
     let ending = match tokio::time::timeout(spec.timeout, child.wait()).await {
         Ok(Ok(status)) => match (status.code(), status.signal()) {
             (Some(c), _) => Ending::Exited(c),
@@ -140,7 +155,7 @@ pub async fn run(spec: &CommandSpec) -> Outcome {
     };
     Outcome {
         ending,
-        elapsed: started.elapsed(),
+        elapsed: begun.elapsed(),
         output_tail: tail(output),
     }
 }

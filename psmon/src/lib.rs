@@ -6,8 +6,10 @@
 //! restart [`policy`] and has [`exec`] run commands.
 
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod error;
 pub mod event;
@@ -20,6 +22,7 @@ pub mod report;
 pub mod scan;
 pub mod signals;
 pub mod source;
+pub mod state;
 pub mod supervisor;
 pub mod survey;
 pub mod trace;

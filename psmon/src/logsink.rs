@@ -1,26 +1,29 @@
 //! The one thread that writes psmon's output — operator messages to stderr,
 //! the log file and syslog, and psmon's own diagnostics (tracing) to stderr
 //! — so that nothing that monitors ever waits on a full pipe nobody reads, a
-//! slow or full disk, or a stuck syslog. Lines are queued (bounded); when
-//! the writer cannot keep up they are dropped and counted, and the count is
-//! written as soon as it can be.
+//! slow or full disk, or a stuck syslog. Lines are queued, up to
+//! [`QUEUE_BYTES`] (a burst such as 10,000 processes found Up at start fits;
+//! the memory is used only while the burst lasts); when the writer cannot
+//! keep up they are dropped and counted, and the count is written as soon
+//! as it can be.
 //!
 //! It owns the sinks and the queue; what a line says is `report`'s.
 
 use std::{
+    collections::VecDeque,
     fs::File,
     io::Write,
     os::unix::net::UnixDatagram,
     sync::{
-        OnceLock,
+        Condvar, Mutex, OnceLock,
         atomic::{AtomicU64, Ordering},
-        mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
+        mpsc::{SyncSender, sync_channel},
     },
     time::Duration,
 };
 
-/// Lines that may wait for the writer; past this they are dropped.
-const QUEUE: usize = 4096;
+/// Bytes of lines that may wait for the writer; past this they are dropped.
+pub const QUEUE_BYTES: usize = 8 << 20;
 
 enum Msg {
     Line {
@@ -32,24 +35,40 @@ enum Msg {
     Flush(SyncSender<()>),
 }
 
+impl Msg {
+    fn bytes(&self) -> usize {
+        match self {
+            Msg::Line { text, syslog, .. } => text.len() + syslog.as_ref().map_or(0, Vec::len) + 64,
+            _ => 64,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    msgs: VecDeque<Msg>,
+    bytes: usize,
+}
+
 struct Sink {
-    tx: SyncSender<Msg>,
+    queue: Mutex<Queue>,
+    ready: Condvar,
     dropped: AtomicU64,
 }
 
 fn sink() -> &'static Sink {
     static SINK: OnceLock<Sink> = OnceLock::new();
     SINK.get_or_init(|| {
-        let (tx, rx) = sync_channel(QUEUE);
         let spawned = std::thread::Builder::new()
             .name("psmon-log".into())
-            .spawn(move || writer(rx));
+            .spawn(writer);
         if spawned.is_err() {
             // Without a thread nothing is written; monitoring goes on.
             eprintln!("psmon: cannot start the log writer thread");
         }
         Sink {
-            tx,
+            queue: Mutex::new(Queue::default()),
+            ready: Condvar::new(),
             dropped: AtomicU64::new(0),
         }
     })
@@ -57,11 +76,30 @@ fn sink() -> &'static Sink {
 
 fn send(msg: Msg) {
     let s = sink();
-    match s.tx.try_send(msg) {
-        Ok(()) => {}
-        Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-            s.dropped.fetch_add(1, Ordering::Relaxed);
+    let size = msg.bytes();
+    let Ok(mut q) = s.queue.lock() else {
+        return;
+    };
+    if q.bytes + size > QUEUE_BYTES {
+        s.dropped.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    q.bytes += size;
+    q.msgs.push_back(msg);
+    drop(q);
+    s.ready.notify_one();
+}
+
+/// The next message for the writer, waiting for one.
+fn next() -> Option<Msg> {
+    let s = sink();
+    let mut q = s.queue.lock().ok()?;
+    loop {
+        if let Some(msg) = q.msgs.pop_front() {
+            q.bytes -= msg.bytes();
+            return Some(msg);
         }
+        q = s.ready.wait(q).ok()?;
     }
 }
 
@@ -102,14 +140,14 @@ impl Write for Tracing {
     }
 }
 
-fn writer(rx: Receiver<Msg>) {
+fn writer() {
     let mut file: Option<File> = None;
     // Non-blocking: a stuck syslog daemon gets no datagram rather than a wait.
     let syslog = UnixDatagram::unbound()
         .ok()
         .filter(|s| s.connect("/dev/log").is_ok() && s.set_nonblocking(true).is_ok());
     let stderr = std::io::stderr();
-    for msg in rx {
+    while let Some(msg) = next() {
         let dropped = sink().dropped.swap(0, Ordering::Relaxed);
         if dropped > 0 {
             let notice = format!(

@@ -31,7 +31,42 @@ fn main() -> ExitCode {
             live,
         } => check(&paths, insecure_config, live),
         Command::Convert { pfile } => convert(&pfile),
-        Command::Run(opts) => in_runtime(|shutdown| psmon::daemon::run(opts, shutdown)),
+        Command::Run(opts) => {
+            let socket = cli.socket.clone();
+            in_runtime(|shutdown| psmon::daemon::run(opts, socket, shutdown))
+        }
+        Command::Status { pfile, json } => {
+            return client(&cli.socket, psmon::control::Command::Status { pfile }, json);
+        }
+        Command::Pause { pfile } => {
+            return client(&cli.socket, psmon::control::Command::Pause { pfile }, false);
+        }
+        Command::Resume { pfile } => {
+            return client(
+                &cli.socket,
+                psmon::control::Command::Resume { pfile },
+                false,
+            );
+        }
+        Command::Reload { pfile } => {
+            return client(
+                &cli.socket,
+                psmon::control::Command::Reload { pfile },
+                false,
+            );
+        }
+        Command::Test {
+            pfile,
+            path,
+            signal,
+        } => {
+            let command = psmon::control::Command::Test {
+                pfile,
+                path,
+                signal,
+            };
+            return client(&cli.socket, command, false);
+        }
         Command::Trace(opts) => {
             in_runtime(
                 |shutdown| async move { psmon::trace::run(opts, shutdown).await.map(|_| ()) },
@@ -47,6 +82,24 @@ fn main() -> ExitCode {
             let usage = err.downcast_ref::<UsageError>().is_some()
                 || err.downcast_ref::<ConfigErrors>().is_some();
             ExitCode::from(if usage { 2 } else { 1 })
+        }
+    }
+}
+
+/// A command answered by the running daemon.
+fn client(socket: &std::path::Path, command: psmon::control::Command, json: bool) -> ExitCode {
+    match psmon::client::run(socket, command, json) {
+        Ok(done) => {
+            if done.code == 0 {
+                print!("{}", done.out);
+            } else {
+                eprint!("{}", done.out);
+            }
+            ExitCode::from(done.code)
+        }
+        Err(e) => {
+            eprintln!("psmon: {e}");
+            ExitCode::FAILURE
         }
     }
 }

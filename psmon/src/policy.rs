@@ -89,6 +89,11 @@ impl Default for EntryState {
 }
 
 impl EntryState {
+    /// Takes back the last attempt (a drill's restart is not counted).
+    pub fn forget_last_attempt(&mut self) {
+        self.attempts.pop();
+    }
+
     /// Attempts inside the window at `now`.
     pub fn attempts_in_window(&self, entry: &Entry, now: Time) -> usize {
         self.attempts
@@ -151,7 +156,7 @@ pub enum Action {
     ReportTooManyAfterRestart { running: u32, expected: u32 },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SetPidFail {
     /// The command failed or timed out.
     CommandFailed,

@@ -268,6 +268,19 @@ impl ExeReader {
     }
 }
 
+/// When the system booted (`btime` of `/proc/stat`), for turning process
+/// start times into wall-clock times.
+pub fn boot_time() -> Option<std::time::SystemTime> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let secs: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+}
+
 /// pidfd_open(2) (Linux 5.3): a descriptor that refers to one process and
 /// becomes readable when it exits.
 pub fn pidfd_open(tgid: u32) -> std::io::Result<OwnedFd> {

@@ -170,6 +170,11 @@ impl Reporter {
                     &fields,
                 );
             }
+            Notice::Operator { what, pfile } => self.report(
+                LogLevel::Info,
+                &format!("Command execute. [{what}] pfile='{pfile}'"),
+                &[("pfile", json!(pfile)), ("command", json!(what))],
+            ),
             Notice::Reloaded { entries } => self.report(
                 LogLevel::Info,
                 "configuration reloaded",
@@ -263,26 +268,17 @@ fn policy_message(
         }
         Action::ReportSetPidFail { why } => {
             let mut fields = Vec::new();
-            let reason = match why {
-                SetPidFail::CommandFailed => "the restart command failed".to_string(),
-                SetPidFail::NotStarted => "no matching process appeared in time".to_string(),
-                SetPidFail::DiedEarly {
-                    pid,
-                    status: s,
-                    lived,
-                } => {
-                    fields.push(("pid", json!(pid)));
-                    fields.push(("lived_ms", json!(lived.as_secs_f64() * 1e3)));
-                    fields.extend(status_fields(s));
-                    format!(
-                        "the restarted process{} ended {} after it started ({}), before start_secs {} s",
-                        pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
-                        duration(lived),
-                        status(s),
-                        entry.start_secs.as_secs_f64()
-                    )
-                }
-            };
+            if let SetPidFail::DiedEarly {
+                pid,
+                status: s,
+                lived,
+            } = why
+            {
+                fields.push(("pid", json!(pid)));
+                fields.push(("lived_ms", json!(lived.as_secs_f64() * 1e3)));
+                fields.extend(status_fields(s));
+            }
+            let reason = failure(entry, why);
             fields.push(("reason", json!(reason)));
             (
                 LogLevel::Error,
@@ -335,6 +331,25 @@ fn policy_message(
             LogLevel::Warn,
             format!("Process ('{path}') has {running} instances, above the maximum"),
             vec![("running", json!(running)), ("max", json!(entry.max))],
+        ),
+    }
+}
+
+/// Why a restart attempt failed, in words (messages and `psmon status`).
+pub fn failure(entry: &Entry, why: SetPidFail) -> String {
+    match why {
+        SetPidFail::CommandFailed => "the restart command failed".to_string(),
+        SetPidFail::NotStarted => "no matching process appeared in time".to_string(),
+        SetPidFail::DiedEarly {
+            pid,
+            status: s,
+            lived,
+        } => format!(
+            "the restarted process{} ended {} after it started ({}), before start_secs {} s",
+            pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+            duration(lived),
+            status(s),
+            entry.start_secs.as_secs_f64()
         ),
     }
 }

@@ -100,6 +100,19 @@ pub fn victim_copy(dir: &Path, name: &str) -> PathBuf {
     path.canonicalize().unwrap()
 }
 
+/// Gives a `psmon run` its own control socket and state directory under
+/// `dir`, so that daemons of tests running at once never meet.
+pub fn isolate<'a>(command: &'a mut Command, dir: &Path) -> &'a mut Command {
+    command
+        .env("PSMON_SOCKET", socket_in(dir))
+        .env("PSMON_STATE_DIR", dir.join("state"))
+}
+
+/// The control socket of a daemon isolated under `dir`.
+pub fn socket_in(dir: &Path) -> PathBuf {
+    dir.join("psmon.sock")
+}
+
 /// A temporary directory of this test's own, removed on drop.
 pub struct TempDir(pub PathBuf);
 
@@ -149,6 +162,7 @@ impl Psmon {
             use std::os::unix::process::CommandExt;
             command.process_group(0);
         }
+        isolate(&mut command, conf.parent().unwrap_or(conf));
         let mut child = command
             .args([
                 "run",

@@ -32,6 +32,8 @@ pub struct Agent {
     pub failover_command: Option<String>,
     /// Where psmon writes its log file.
     pub log_dir: PathBuf,
+    /// Members of this group may use the control socket as root does.
+    pub control_group: Option<String>,
 }
 
 impl Default for Agent {
@@ -43,11 +45,13 @@ impl Default for Agent {
             retry_interval: Duration::from_secs(15),
             failover_command: None,
             log_dir: PathBuf::from("/var/opt/HA/PS/log"),
+            control_group: None,
         }
     }
 }
 
-const AGENT_KEYS: [&str; 6] = [
+const AGENT_KEYS: [&str; 7] = [
+    "CONTROL_GROUP",
     "LOG_LEVEL",
     "EVENT_QUEUE_SIZE",
     "HEARTBEAT_PORT",
@@ -103,6 +107,13 @@ pub(super) fn parse_agent(file: &Path, text: &str, errors: &mut Vec<Diagnostic>)
                     r.error(n, vc, "FAILOVER_COMMAND is empty");
                 } else {
                     agent.failover_command = Some(v.to_string());
+                }
+            }
+            "CONTROLGROUP" => {
+                if v.is_empty() || v.contains(char::is_whitespace) {
+                    r.error(n, vc, format!("CONTROL_GROUP `{v}` is not a group name"));
+                } else {
+                    agent.control_group = Some(v.to_string());
                 }
             }
             "LOGDIR" => {

@@ -34,7 +34,7 @@ use crate::{
     config::{Config, ConfigErrors, Entry, Match, Rule},
     event::ExitStatus,
     exec::Outcome,
-    policy::{self, Action, EntryState, Phase},
+    policy::{self, Action, EntryState, Phase, SetPidFail},
     scan::{Known, KnownMember, Seen},
 };
 
@@ -130,6 +130,22 @@ pub enum Input {
     },
     /// The source stopped; the shell reopens it.
     SourceFailed(String),
+    /// An operator's `pause`: the pfile's entries are neither restarted
+    /// nor reported Down until `resume`.
+    Pause { pfile: String },
+    /// An operator's `resume`: the pfile's entries are looked at afresh.
+    Resume { pfile: String },
+    /// A recovery drill starts on the entry: the restart its kill brings
+    /// does not count against the retry budget.
+    Drill { entry: EntryId },
+    /// The drill is over, whatever came of it.
+    DrillEnd { entry: EntryId },
+    /// An operator's request was carried out (it is only said).
+    Operator { what: &'static str, pfile: String },
+    /// A restart or failover command for the entry of `path` started, in
+    /// process group `pgid` (remembered: a psmon that restarts meanwhile
+    /// waits for it rather than start another).
+    CommandStarted { path: PathBuf, job: Job, pgid: u32 },
 }
 
 /// What the shell must do, in order.
@@ -165,6 +181,14 @@ pub enum Effect {
     },
     /// Run a reconciliation scan soon, answered by [`Input::Scanned`].
     Scan,
+    /// A restart command a previous psmon started may still run in
+    /// process group `pgid`: answer [`Input::CommandDone`] once the group is
+    /// gone (or after `timeout`), without running it again.
+    AwaitCommand {
+        path: PathBuf,
+        pgid: u32,
+        timeout: Duration,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -203,6 +227,11 @@ pub enum Notice {
         entries: usize,
     },
     ReloadRefused(Vec<String>),
+    /// An operator's request, in padmin's words: `stop`, `start`, `reload`.
+    Operator {
+        what: &'static str,
+        pfile: String,
+    },
     SourceOpened {
         name: String,
         kernel_filter: bool,
@@ -238,6 +267,43 @@ struct Watch {
     /// An instance exit held until its entry's command line was checked
     /// again (a forked worker that retitled must not keep it up).
     held_exit: Option<(u32, ExitStatus)>,
+    /// Paused by an operator.
+    #[serde(default)]
+    paused: bool,
+    /// When the phase last changed.
+    #[serde(default)]
+    since: Time,
+    /// Why the last restart attempt failed.
+    #[serde(default)]
+    last_failure: Option<SetPidFail>,
+    /// The failover command was run for the budget spent now.
+    #[serde(default)]
+    failover_sent: bool,
+    /// A drill is on: its restart is not counted.
+    #[serde(default)]
+    drill: bool,
+    /// The process group of the restart command running now.
+    #[serde(default)]
+    command_pgid: Option<u32>,
+}
+
+/// What `psmon status` shows of an entry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EntryStatus {
+    pub id: EntryId,
+    pub pfile: String,
+    pub path: PathBuf,
+    /// `unknown` (not yet seen), `up`, `down`, `restarting`, `retry_over`,
+    /// `failed_over` or `paused`.
+    pub state: &'static str,
+    /// The instances: (tgid, start time in clock ticks), oldest first.
+    pub instances: Vec<(u32, u64)>,
+    pub since: Time,
+    /// Restart attempts in the current window, of `retry`.
+    pub attempts: usize,
+    pub retry: u32,
+    pub last_down: Option<(Option<u32>, ExitStatus)>,
+    pub last_failure: Option<SetPidFail>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -282,6 +348,9 @@ pub struct Monitor {
     /// How far the source's exit events may trail an exit.
     exit_lag: Duration,
     generation: u64,
+    /// Something worth saving changed since [`Monitor::take_dirty`].
+    #[serde(skip)]
+    dirty: bool,
 }
 
 impl Monitor {
@@ -295,6 +364,50 @@ impl Monitor {
         let mut out = Vec::new();
         m.apply_config(config, &mut out);
         (m, out)
+    }
+
+    /// A monitor carried over from one a previous psmon saved, under the
+    /// configuration of now: entries whose path is still configured keep
+    /// their state, budgets, pauses and members; the members are watched
+    /// again (one that died meanwhile is found dead at once, or by the first
+    /// scan), and a restart command that was running is waited for.
+    pub fn restore(mut saved: Monitor, config: Config, pidfds: bool) -> (Monitor, Vec<Effect>) {
+        let mut out = Vec::new();
+        saved.pidfds = pidfds;
+        saved.apply_config(config, &mut out);
+        for (tgid, m) in saved.members.iter_mut() {
+            m.exit_watched = pidfds;
+            out.push(Effect::FilterTgid {
+                tgid: *tgid,
+                watch: true,
+            });
+            if pidfds {
+                out.push(Effect::WatchExit {
+                    tgid: *tgid,
+                    start: m.start_ticks,
+                });
+            }
+        }
+        for i in 0..saved.watches.len() {
+            let w = &saved.watches[i];
+            if w.state.phase != Phase::Restarting {
+                continue;
+            }
+            match w.command_pgid {
+                Some(pgid) => out.push(Effect::AwaitCommand {
+                    path: w.path.clone(),
+                    pgid,
+                    timeout: saved.config[i].restart_timeout,
+                }),
+                // Decided, but psmon died before the command started.
+                None => {
+                    let now = w.since;
+                    let input = policy::Input::RestartDone { ok: false };
+                    saved.step(EntryId(i as u32), input, now, &mut out);
+                }
+            }
+        }
+        (saved, out)
     }
 
     pub fn handle(&mut self, input: Input, now: Time) -> Vec<Effect> {
@@ -374,6 +487,54 @@ impl Monitor {
                 self.on_command_done(path, job, outcome, now, &mut out)
             }
             Input::Tick => self.on_tick(now, &mut out),
+            Input::Pause { pfile } => {
+                for i in self.entries_of(&pfile) {
+                    self.watches[i.index()].paused = true;
+                    self.waiting.remove(&i);
+                }
+                self.dirty = true;
+                out.push(Effect::Notice(Notice::Operator {
+                    what: "stop",
+                    pfile,
+                }));
+            }
+            Input::Resume { pfile } => {
+                out.push(Effect::Notice(Notice::Operator {
+                    what: "start",
+                    pfile: pfile.clone(),
+                }));
+                for id in self.entries_of(&pfile) {
+                    let w = &mut self.watches[id.index()];
+                    w.paused = false;
+                    // Looked at afresh: whatever happened meanwhile is
+                    // handled now (a death while paused is a Down).
+                    w.state.phase = Phase::Unknown;
+                    w.since = now;
+                    self.step_running(id, now, &mut out);
+                }
+                self.dirty = true;
+            }
+            Input::Operator { what, pfile } => {
+                out.push(Effect::Notice(Notice::Operator { what, pfile }));
+            }
+            Input::Drill { entry } => {
+                if let Some(w) = self.watches.get_mut(entry.index()) {
+                    w.drill = true;
+                }
+            }
+            Input::DrillEnd { entry } => {
+                if let Some(w) = self.watches.get_mut(entry.index()) {
+                    w.drill = false;
+                }
+            }
+            Input::CommandStarted { path, job, pgid } => {
+                if job == Job::Restart
+                    && let Some(i) = self.config.iter().position(|e| e.path == path)
+                {
+                    self.watches[i].command_pgid = Some(pgid);
+                    self.dirty = true;
+                }
+            }
             Input::Reload(config) => {
                 self.apply_config(*config, &mut out);
                 // Held exits wait for answers asked under the old numbering.
@@ -457,6 +618,67 @@ impl Monitor {
     /// The entry a process belongs to, if it is a member.
     pub fn member_entry(&self, tgid: u32) -> Option<EntryId> {
         self.members.get(&tgid).map(|m| m.entry)
+    }
+
+    /// The entries of a pfile.
+    pub fn entries_of(&self, pfile: &str) -> Vec<EntryId> {
+        (0..self.watches.len())
+            .filter(|i| self.watches[*i].pfile == pfile)
+            .map(|i| EntryId(i as u32))
+            .collect()
+    }
+
+    /// Whether a pfile's entries are paused.
+    pub fn paused(&self, id: EntryId) -> bool {
+        self.watches[id.index()].paused
+    }
+
+    /// Whether state worth saving changed since the last call.
+    pub fn take_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// What `psmon status` shows, entry by entry.
+    pub fn status(&self, now: Time) -> Vec<EntryStatus> {
+        self.watches
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let entry = &self.config[i];
+                let state = if w.paused {
+                    "paused"
+                } else {
+                    match w.state.phase {
+                        Phase::Unknown => "unknown",
+                        Phase::Up => "up",
+                        Phase::Down => "down",
+                        Phase::RetryOver if w.failover_sent => "failed_over",
+                        Phase::RetryOver => "retry_over",
+                        _ => "restarting",
+                    }
+                };
+                let mut instances: Vec<(u32, u64)> = w
+                    .members
+                    .iter()
+                    .filter_map(|tgid| self.members.get(tgid).map(|m| (*tgid, m)))
+                    .filter(|(_, m)| m.counts)
+                    .map(|(tgid, m)| (tgid, m.start_ticks))
+                    .collect();
+                instances.sort_by_key(|(tgid, start)| (*start, *tgid));
+                EntryStatus {
+                    id: EntryId(i as u32),
+                    pfile: w.pfile.clone(),
+                    path: w.path.clone(),
+                    state,
+                    instances,
+                    since: w.since,
+                    attempts: w.state.attempts_in_window(entry, now),
+                    retry: entry.retry,
+                    last_down: w.last_down,
+                    last_failure: w.last_failure,
+                }
+            })
+            .collect()
     }
 
     /// Every member's tgid.
@@ -651,6 +873,9 @@ impl Monitor {
             return;
         };
         let id = EntryId(i as u32);
+        if job == Job::Restart {
+            self.watches[i].command_pgid = None;
+        }
         let ok = outcome.ok();
         out.push(Effect::Notice(Notice::CommandDone {
             entry: id,
@@ -735,6 +960,12 @@ impl Monitor {
                     last_down: None,
                     pidfile: None,
                     held_exit: None,
+                    paused: false,
+                    since: Time::default(),
+                    last_failure: None,
+                    failover_sent: false,
+                    drill: false,
+                    command_pgid: None,
                 },
             };
             self.watches.push(w);
@@ -929,7 +1160,17 @@ impl Monitor {
 
     fn step(&mut self, id: EntryId, input: policy::Input, now: Time, out: &mut Vec<Effect>) {
         let i = id.index();
+        if self.watches[i].paused {
+            return;
+        }
+        let before = self.watches[i].state.clone();
         let actions = policy::step(&self.config[i], &mut self.watches[i].state, input, now);
+        if self.watches[i].state != before {
+            self.dirty = true;
+            if self.watches[i].state.phase != before.phase {
+                self.watches[i].since = now;
+            }
+        }
         if self.watches[i]
             .state
             .phase
@@ -947,8 +1188,17 @@ impl Monitor {
 
     fn act(&mut self, id: EntryId, action: Action, out: &mut Vec<Effect>) {
         let i = id.index();
-        if let Action::ReportDown { pid, status } = action {
-            self.watches[i].last_down = Some((pid, status));
+        let w = &mut self.watches[i];
+        match action {
+            Action::ReportDown { pid, status } => w.last_down = Some((pid, status)),
+            Action::ReportSetPidFail { why } => w.last_failure = Some(why),
+            Action::ReportUp { rearmed: true, .. } => w.failover_sent = false,
+            Action::Restart { .. } if w.drill => {
+                // The drill's own kill: its restart is not counted.
+                w.state.forget_last_attempt();
+                w.drill = false;
+            }
+            _ => {}
         }
         let entry = &self.config[i];
         let run = |job, command: String, env| {
@@ -985,6 +1235,8 @@ impl Monitor {
                     return;
                 };
                 out.push(notice);
+                self.watches[i].failover_sent = true;
+                let entry = &self.config[i];
                 let mut env = self.base_env(id);
                 let grace = entry
                     .grace

@@ -18,12 +18,16 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use tokio::{sync::mpsc, task::JoinHandle};
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     clock::Time,
-    config::{Config, ConfigErrors, LogLevel, Pfile},
+    config::{Config, ConfigErrors, LoadOptions, LogLevel, Pfile},
+    control::{Asked, Reply},
     event::{EventKind, ProcEvent},
     exec::{self, CommandSpec},
     monitor::{Effect, EntryId, Input, Monitor, Run},
@@ -31,7 +35,10 @@ use crate::{
     report::Reporter,
     scan::{Matcher, ScanState, Seen, Unchanged, comm_key, read_pidfile},
     source::Handle,
+    state::Store,
 };
+
+mod ops;
 
 /// How long shutdown waits for restart and failover commands still running.
 pub const COMMAND_GRACE: Duration = Duration::from_secs(5);
@@ -62,6 +69,25 @@ enum Back {
         input: Option<Input>,
         generation: u64,
     },
+    /// An operator's reload has read the files.
+    Reloaded {
+        result: Box<Result<Config, ConfigErrors>>,
+        pfile: Option<String>,
+        reply: oneshot::Sender<Reply>,
+    },
+}
+
+/// What the supervisor starts from.
+pub struct Setup {
+    pub config: Config,
+    pub reporter: Reporter,
+    /// Where the configuration was read from, and how (for reloads).
+    pub conf_dir: std::path::PathBuf,
+    pub load: LoadOptions,
+    /// The state a previous psmon saved, if any.
+    pub saved: Option<Monitor>,
+    /// Where state is saved; `None`: nowhere.
+    pub store: Option<Store>,
 }
 
 /// A finished scan: when it started, how long it took, what it found, what
@@ -70,6 +96,13 @@ type ScanDone = (Time, Duration, Vec<Vec<Seen>>, ScanState, u64);
 
 pub struct Supervisor {
     monitor: Monitor,
+    /// The configuration running now (per-pfile reloads start from it).
+    config: Config,
+    conf_dir: std::path::PathBuf,
+    load: LoadOptions,
+    store: Option<Store>,
+    drills: Vec<ops::Drill>,
+    lost_events: u64,
     matcher: Arc<Matcher>,
     reporter: Reporter,
     source: Option<Handle>,
@@ -101,15 +134,44 @@ pub struct Supervisor {
 const MAX_EXECD: usize = 4096;
 
 impl Supervisor {
-    pub fn new(config: Config, mut reporter: Reporter) -> Self {
+    pub fn new(setup: Setup) -> Self {
+        let Setup {
+            config,
+            mut reporter,
+            conf_dir,
+            load,
+            saved,
+            store,
+        } = setup;
         reporter.set_level(config.agent.log_level);
         let scan_every = scan_interval(&config);
         let umask = config.env.umask;
-        let (monitor, pending) = Monitor::new(config, procfs::pidfds_available());
+        let pidfds = procfs::pidfds_available();
+        let (monitor, pending) = match saved {
+            Some(saved) => {
+                let (monitor, pending) = Monitor::restore(saved, config.clone(), pidfds);
+                reporter.report(
+                    LogLevel::Info,
+                    &format!(
+                        "state of the previous psmon taken over: {} processes, budgets and pauses kept",
+                        monitor.member_tgids().count()
+                    ),
+                    &[],
+                );
+                (monitor, pending)
+            }
+            None => Monitor::new(config.clone(), pidfds),
+        };
         let matcher = Arc::new(Matcher::new(monitor.entries()));
         let (back_tx, back_rx) = mpsc::unbounded_channel();
         Supervisor {
             monitor,
+            config,
+            conf_dir,
+            load,
+            store,
+            drills: Vec::new(),
+            lost_events: 0,
             matcher,
             reporter,
             source: None,
@@ -144,11 +206,13 @@ impl Supervisor {
         mut self,
         mut events: mpsc::Receiver<ProcEvent>,
         mut control: mpsc::Receiver<Control>,
+        mut asked: mpsc::Receiver<Asked>,
         token: CancellationToken,
     ) {
         for effect in std::mem::take(&mut self.pending) {
             self.apply(effect);
         }
+        self.persist();
         let mut scan_tick = tokio::time::interval(self.scan_every);
         let mut scan: Option<JoinHandle<ScanDone>> = None;
         let mut stat_files = Some(ScanState::default());
@@ -170,7 +234,14 @@ impl Supervisor {
                     (started, t.elapsed(), found, files, generation)
                 }));
             }
-            let wake = self.monitor.next_deadline(Time::now()).map(to_tokio);
+            let wake = [
+                self.monitor.next_deadline(Time::now()),
+                self.drill_deadline(),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(to_tokio);
             tokio::select! {
                 _ = token.cancelled() => break,
                 Some(event) = events.recv() => self.on_event(event),
@@ -188,7 +259,11 @@ impl Supervisor {
                 }
                 _ = scan_tick.tick() => self.scan_requested = true,
                 // Idle (nothing waiting for a time) means no wake-ups.
-                _ = sleep_until(wake), if wake.is_some() => self.feed(Input::Tick),
+                _ = sleep_until(wake), if wake.is_some() => {
+                    self.feed(Input::Tick);
+                    self.expire_drills(Time::now());
+                }
+                Some(request) = asked.recv() => self.on_asked(request),
                 Some(msg) = control.recv() => {
                     self.on_control(msg);
                     if scan_tick.period() != self.scan_every {
@@ -228,11 +303,31 @@ impl Supervisor {
         for effect in self.monitor.handle(input, Time::now()) {
             self.apply(effect);
         }
+        self.persist();
+    }
+
+    /// Saves the monitor's state if it changed (on the store's thread).
+    fn persist(&mut self) {
+        if self.monitor.take_dirty()
+            && let Some(store) = &self.store
+        {
+            store.save(&self.monitor);
+        }
     }
 
     fn apply(&mut self, effect: Effect) {
         match effect {
-            Effect::Notice(notice) => self.reporter.notice(&self.monitor, &notice),
+            Effect::Notice(notice) => {
+                self.reporter.notice(&self.monitor, &notice);
+                if !self.drills.is_empty() {
+                    self.drill_notice(&notice);
+                }
+            }
+            Effect::AwaitCommand {
+                path,
+                pgid,
+                timeout,
+            } => self.await_command(path, pgid, timeout),
             Effect::Run(run) => self.run_command(run),
             Effect::WatchExit { tgid, start } => self.watch_exit(tgid, start),
             Effect::UnwatchExit { tgid } => {
@@ -288,6 +383,11 @@ impl Supervisor {
                     self.feed(input);
                 }
             }
+            Back::Reloaded {
+                result,
+                pfile,
+                reply,
+            } => self.on_reloaded(*result, pfile, reply),
             Back::Classified {
                 tgid,
                 input,
@@ -405,6 +505,7 @@ impl Supervisor {
             }
             EventKind::Lost { count } => {
                 self.rescan_all = true;
+                self.lost_events += count.unwrap_or(1);
                 self.feed(Input::Lost { count });
             }
         }
@@ -412,15 +513,7 @@ impl Supervisor {
 
     fn on_control(&mut self, msg: Control) {
         match msg {
-            Control::Reload(config) => {
-                self.reporter.set_level(config.agent.log_level);
-                self.scan_every = scan_interval(&config);
-                self.umask = config.env.umask;
-                self.rescan_all = true;
-                self.feed(Input::Reload(config));
-                self.matcher = Arc::new(Matcher::new(self.monitor.entries()));
-                self.fill_filter();
-            }
+            Control::Reload(config) => self.reconfigure(*config),
             Control::ReloadFailed(errors) => self.feed(Input::ReloadFailed(errors)),
             Control::Source(handle) => {
                 let input = Input::SourceOpened {
@@ -439,6 +532,45 @@ impl Supervisor {
                 self.feed(Input::SourceFailed(why));
             }
         }
+    }
+
+    /// Runs `config` from now on.
+    fn reconfigure(&mut self, config: Config) {
+        self.reporter.set_level(config.agent.log_level);
+        self.scan_every = scan_interval(&config);
+        self.umask = config.env.umask;
+        self.rescan_all = true;
+        self.config = config.clone();
+        self.feed(Input::Reload(Box::new(config)));
+        self.matcher = Arc::new(Matcher::new(self.monitor.entries()));
+        self.fill_filter();
+    }
+
+    /// A restart command a previous psmon started: wait for its process
+    /// group to be gone (polling: it is not our child), then say it ended.
+    fn await_command(&mut self, path: std::path::PathBuf, pgid: u32, timeout: Duration) {
+        let tx = self.back_tx.clone();
+        self.commands.spawn(async move {
+            let begun = std::time::Instant::now();
+            let group = nix::unistd::Pid::from_raw(-(pgid as i32));
+            while nix::sys::signal::kill(group, None).is_ok() && begun.elapsed() < timeout {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let outcome = exec::Outcome {
+                ending: exec::Ending::Adopted,
+                elapsed: begun.elapsed(),
+                output_tail: String::new(),
+            };
+            let input = Input::CommandDone {
+                path,
+                job: crate::monitor::Job::Restart,
+                outcome,
+            };
+            let _ = tx.send(Back::Input {
+                input,
+                generation: None,
+            });
+        });
     }
 
     /// Puts every watched name and member into the kernel filter.
@@ -464,7 +596,17 @@ impl Supervisor {
         let tx = self.back_tx.clone();
         let (path, job) = (run.path, run.job);
         self.commands.spawn(async move {
-            let outcome = exec::run(&spec).await;
+            let started = {
+                let (tx, path) = (tx.clone(), path.clone());
+                move |pgid| {
+                    let input = Input::CommandStarted { path, job, pgid };
+                    let _ = tx.send(Back::Input {
+                        input,
+                        generation: None,
+                    });
+                }
+            };
+            let outcome = exec::run_then(&spec, started).await;
             let input = Input::CommandDone { path, job, outcome };
             let _ = tx.send(Back::Input {
                 input,

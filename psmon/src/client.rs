@@ -1,0 +1,150 @@
+//! The operator's commands that talk to a running `psmon run` over the
+//! control socket: `status`, `pause`, `resume`, `reload`, `test`.
+
+use std::{fmt::Write as _, path::Path, time::Duration};
+
+use serde_json::Value;
+
+use crate::control::{self, ClientError, Command};
+
+/// How a client command ended: what to print, and the exit code.
+pub struct Done {
+    pub out: String,
+    pub code: u8,
+}
+
+/// Sends `command`; refusals whose reason starts with `usage:` exit 2,
+/// others 1, and no daemon at all 1.
+pub fn run(socket: &Path, command: Command, json: bool) -> Result<Done, ClientError> {
+    // A drill waits for the restart; anything else answers at once.
+    let timeout = match command {
+        Command::Test { .. } => Duration::from_secs(3600),
+        _ => Duration::from_secs(30),
+    };
+    let result = match control::request(socket, &command, timeout) {
+        Ok(result) => result,
+        Err(ClientError::Refused(why)) => {
+            let (code, why) = match why.strip_prefix("usage: ") {
+                Some(rest) => (2, rest.to_string()),
+                None => (1, why),
+            };
+            return Ok(Done {
+                out: format!("psmon: {why}\n"),
+                code,
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    let out = match (&command, json) {
+        (_, true) => format!("{result:#}\n"),
+        (Command::Status { .. }, false) => status_table(&result),
+        (Command::Pause { .. }, _) => format!(
+            "pfile '{}' paused: its {} process(es) are neither restarted nor reported until resume\n",
+            result["pfile"].as_str().unwrap_or("?"),
+            result["entries"]
+        ),
+        (Command::Resume { .. }, _) => format!(
+            "pfile '{}' resumed: {} process(es) watched again\n",
+            result["pfile"].as_str().unwrap_or("?"),
+            result["entries"]
+        ),
+        (Command::Reload { pfile }, _) => match pfile {
+            Some(p) => format!(
+                "pfile '{p}' reloaded; {} process(es) watched in all\n",
+                result["entries"]
+            ),
+            None => format!(
+                "configuration reloaded; {} process(es) watched\n",
+                result["entries"]
+            ),
+        },
+        (Command::Test { .. }, _) => format!(
+            "{}: killed pid {}; down after {}, back up (pid {}) after {}\n",
+            result["path"].as_str().unwrap_or("?"),
+            result["killed"],
+            ms(&result["detection_ms"]),
+            result["pid"],
+            ms(&result["recovery_ms"]),
+        ),
+        (Command::Ping, _) => format!("psmon pid {}\n", result["pid"]),
+    };
+    Ok(Done { out, code: 0 })
+}
+
+fn ms(v: &Value) -> String {
+    match v.as_f64() {
+        Some(ms) if ms < 1000.0 => format!("{ms:.1} ms"),
+        Some(ms) => format!("{:.2} s", ms / 1000.0),
+        None => "-".into(),
+    }
+}
+
+/// `psmon status` for people: an aligned table.
+fn status_table(status: &Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "psmon pid {}, events from {}, {} lost",
+        status["pid"],
+        status["source"].as_str().unwrap_or("(none yet)"),
+        status["lost_events"]
+    );
+    let header = [
+        "PFILE",
+        "PATH",
+        "STATE",
+        "PIDS",
+        "SINCE",
+        "ATTEMPTS",
+        "LAST EXIT",
+        "LAST FAILURE",
+    ];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(ToString::to_string).collect()];
+    for e in status["entries"].as_array().into_iter().flatten() {
+        let pids: Vec<String> = e["pids"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| p["pid"].to_string())
+            .collect();
+        let since = e["since"]
+            .as_str()
+            .map(|s| s.replace('T', " ").chars().take(19).collect())
+            .unwrap_or_else(|| "-".into());
+        let last_exit = match &e["last_exit"] {
+            Value::Null => "-".to_string(),
+            x if x.get("code").is_some() => format!("code {}", x["code"]),
+            x if x.get("signal").is_some() => format!("signal {}", x["signal"]),
+            _ => "unknown".to_string(),
+        };
+        rows.push(vec![
+            e["pfile"].as_str().unwrap_or("").into(),
+            e["path"].as_str().unwrap_or("").into(),
+            e["state"].as_str().unwrap_or("").into(),
+            if pids.is_empty() {
+                "-".into()
+            } else {
+                pids.join(",")
+            },
+            since,
+            format!("{}/{}", e["attempts"], e["retry"]),
+            last_exit,
+            e["last_failure"].as_str().unwrap_or("-").into(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                let _ = write!(line, "{cell:<w$}  ", w = widths[c]);
+            }
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    out
+}

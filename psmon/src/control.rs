@@ -1,0 +1,405 @@
+//! The control socket: how `psmon status`, `pause`, `resume`, `reload` and
+//! `test` talk to a running `psmon run`.
+//!
+//! One request per line, one reply per line, both JSON and both carrying
+//! the protocol version: `{"v":1,"cmd":"status","pfile":null}` →
+//! `{"v":1,"ok":true,"result":{…}}` or `{"v":1,"ok":false,"error":"…"}`.
+//! The peer's credentials (SO_PEERCRED) are checked on every request: root
+//! and members of `CONTROL_GROUP` may do everything, anyone else is refused
+//! with the reason. A malformed, oversized or unknown request gets an error
+//! reply; a client that hangs up, stalls or floods touches nothing but its
+//! own connection task.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::{mpsc, oneshot},
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+/// The protocol version every request and reply carries.
+pub const PROTOCOL: u32 = 1;
+/// The longest request line accepted.
+pub const MAX_REQUEST: usize = 64 * 1024;
+/// Where `psmon run` listens unless `--socket` or PSMON_SOCKET says otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/psmon/psmon.sock";
+/// How long a client may take to send its request.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; more wait in the listen queue.
+const MAX_CLIENTS: usize = 128;
+
+/// What a client asks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Command {
+    /// Who is there (pid): used to tell a live daemon from a stale socket.
+    Ping,
+    Status {
+        #[serde(default)]
+        pfile: Option<String>,
+    },
+    Pause {
+        pfile: String,
+    },
+    Resume {
+        pfile: String,
+    },
+    Reload {
+        #[serde(default)]
+        pfile: Option<String>,
+    },
+    /// The recovery drill: kill the entry's process with `signal`, wait
+    /// for it to come back.
+    Test {
+        pfile: String,
+        #[serde(default)]
+        path: Option<String>,
+        #[serde(default = "default_signal")]
+        signal: i32,
+    },
+}
+
+fn default_signal() -> i32 {
+    libc::SIGKILL
+}
+
+impl Command {
+    /// Requests that only read.
+    pub fn read_only(&self) -> bool {
+        matches!(self, Command::Ping | Command::Status { .. })
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Request {
+    v: u32,
+    #[serde(flatten)]
+    command: Command,
+}
+
+/// A reply: `Ok(result)` or `Err(message)`.
+pub type Reply = Result<Value, String>;
+
+/// A request for the supervisor, with where its reply goes.
+pub struct Asked {
+    pub command: Command,
+    pub reply: oneshot::Sender<Reply>,
+}
+
+/// Who may use the socket besides root.
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    /// CONTROL_GROUP: its members may do what root may.
+    pub group: Option<(String, u32)>,
+}
+
+/// Opens the socket: its directory is created (0755), a stale socket file
+/// of a psmon that died is replaced, and a live psmon on it is an error.
+pub fn bind(path: &Path, access: &Access) -> anyhow::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    }
+    if path.exists() {
+        match ping_blocking(path) {
+            Some(pid) => anyhow::bail!(
+                "psmon is already running (pid {pid}) on {}; stop it first, or give this one \
+                 another --socket",
+                path.display()
+            ),
+            None => std::fs::remove_file(path).map_err(|e| {
+                anyhow::anyhow!("cannot replace the stale socket {}: {e}", path.display())
+            })?,
+        }
+    }
+    let listener = UnixListener::bind(path)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", path.display()))?;
+    let mode = match &access.group {
+        Some((_, gid)) => {
+            nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(*gid)))?;
+            0o660
+        }
+        None => 0o600,
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(listener)
+}
+
+/// Asks a socket's daemon for its pid, briefly; `None` when nobody answers.
+fn ping_blocking(path: &Path) -> Option<u32> {
+    use std::io::{BufRead, Write};
+    let stream = std::os::unix::net::UnixStream::connect(path).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let mut writer = stream.try_clone().ok()?;
+    writeln!(writer, "{}", json!({"v": PROTOCOL, "cmd": "ping"})).ok()?;
+    let mut line = String::new();
+    std::io::BufReader::new(stream).read_line(&mut line).ok()?;
+    let reply: Value = serde_json::from_str(&line).ok()?;
+    reply["result"]["pid"].as_u64().map(|p| p as u32)
+}
+
+/// Serves the socket until `token` is cancelled, handing each request to
+/// `asked` (the supervisor) and writing its reply back.
+pub async fn serve(
+    listener: UnixListener,
+    path: PathBuf,
+    access: Access,
+    asked: mpsc::Sender<Asked>,
+    token: CancellationToken,
+) {
+    let clients = TaskTracker::new();
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
+    loop {
+        let permit = tokio::select! {
+            _ = token.cancelled() => break,
+            permit = slots.clone().acquire_owned() => permit,
+        };
+        let Ok(permit) = permit else { break };
+        let stream = tokio::select! {
+            _ = token.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!("control socket: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let (access, asked) = (access.clone(), asked.clone());
+        clients.spawn(async move {
+            let _ = connection(stream, &access, &asked).await;
+            drop(permit);
+        });
+    }
+    clients.close();
+    let _ = tokio::time::timeout(Duration::from_secs(1), clients.wait()).await;
+    let _ = std::fs::remove_file(&path);
+}
+
+/// One connection: requests until the client hangs up.
+async fn connection(
+    stream: UnixStream,
+    access: &Access,
+    asked: &mpsc::Sender<Asked>,
+) -> std::io::Result<()> {
+    let peer = stream.peer_cred()?;
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    loop {
+        let mut line = Vec::new();
+        let read = tokio::time::timeout(
+            READ_TIMEOUT,
+            (&mut reader)
+                .take(MAX_REQUEST as u64 + 1)
+                .read_until(b'\n', &mut line),
+        )
+        .await;
+        let n = match read {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                let reply = error_reply("no request within 10 s; closing");
+                write.write_all(reply.as_bytes()).await?;
+                return Ok(());
+            }
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        if line.len() > MAX_REQUEST {
+            let reply = error_reply(&format!("request longer than {MAX_REQUEST} bytes; closing"));
+            write.write_all(reply.as_bytes()).await?;
+            return Ok(());
+        }
+        let reply = match parse(&line) {
+            Err(why) => error_reply(&why),
+            Ok(command) => match authorize(&peer, access, &command) {
+                Err(why) => error_reply(&why),
+                Ok(()) => ask(asked, command).await,
+            },
+        };
+        write.write_all(reply.as_bytes()).await?;
+    }
+}
+
+fn parse(line: &[u8]) -> Result<Command, String> {
+    let text = std::str::from_utf8(line).map_err(|_| "the request is not UTF-8".to_string())?;
+    let value: Value = serde_json::from_str(text.trim())
+        .map_err(|e| format!("the request is not JSON ({e}); send one JSON object per line"))?;
+    let v = value.get("v").and_then(Value::as_u64);
+    if v != Some(u64::from(PROTOCOL)) {
+        return Err(format!(
+            "protocol version {} is not spoken here; this psmon speaks {PROTOCOL}",
+            v.map_or("(none)".to_string(), |v| v.to_string())
+        ));
+    }
+    let request: Request =
+        serde_json::from_value(value).map_err(|e| format!("bad request: {e}"))?;
+    Ok(request.command)
+}
+
+/// Root and CONTROL_GROUP may do everything; anyone else nothing.
+fn authorize(
+    peer: &tokio::net::unix::UCred,
+    access: &Access,
+    _command: &Command,
+) -> Result<(), String> {
+    if peer.uid() == 0 || peer.uid() == nix::unistd::geteuid().as_raw() {
+        return Ok(());
+    }
+    if let Some((_, gid)) = &access.group
+        && (peer.gid() == *gid || peer.pid().is_some_and(|pid| in_group(pid as u32, *gid)))
+    {
+        return Ok(());
+    }
+    let group = access
+        .group
+        .as_ref()
+        .map_or("no CONTROL_GROUP is set".to_string(), |(name, _)| {
+            format!("not a member of CONTROL_GROUP {name}")
+        });
+    Err(format!(
+        "permission denied: uid {} is not root and {group}",
+        peer.uid()
+    ))
+}
+
+/// Whether process `pid` has `gid` among its supplementary groups.
+fn in_group(pid: u32, gid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .is_some_and(|groups| {
+            groups
+                .split_whitespace()
+                .any(|g| g.parse::<u32>() == Ok(gid))
+        })
+}
+
+async fn ask(asked: &mpsc::Sender<Asked>, command: Command) -> String {
+    let (reply, answer) = oneshot::channel();
+    if asked.send(Asked { command, reply }).await.is_err() {
+        return error_reply("psmon is stopping");
+    }
+    match answer.await {
+        Ok(Ok(result)) => {
+            let mut line = json!({"v": PROTOCOL, "ok": true, "result": result}).to_string();
+            line.push('\n');
+            line
+        }
+        Ok(Err(why)) => error_reply(&why),
+        Err(_) => error_reply("psmon is stopping"),
+    }
+}
+
+fn error_reply(why: &str) -> String {
+    let mut line = json!({"v": PROTOCOL, "ok": false, "error": why}).to_string();
+    line.push('\n');
+    line
+}
+
+/// The client side: sends `command` to the daemon at `path` and returns
+/// its result, or why there is none.
+pub fn request(path: &Path, command: &Command, timeout: Duration) -> Result<Value, ClientError> {
+    use std::io::{BufRead, Write};
+    let stream = std::os::unix::net::UnixStream::connect(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+            ClientError::NotRunning(path.to_path_buf())
+        }
+        std::io::ErrorKind::PermissionDenied => ClientError::Refused(format!(
+            "permission denied on {}: run as root or as a member of CONTROL_GROUP",
+            path.display()
+        )),
+        _ => ClientError::Io(format!("cannot connect to {}: {e}", path.display())),
+    })?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| ClientError::Io(e.to_string()))?;
+    let mut writer = stream
+        .try_clone()
+        .map_err(|e| ClientError::Io(e.to_string()))?;
+    let request = Request {
+        v: PROTOCOL,
+        command: command.clone(),
+    };
+    let mut line = serde_json::to_string(&request).map_err(|e| ClientError::Io(e.to_string()))?;
+    line.push('\n');
+    writer
+        .write_all(line.as_bytes())
+        .map_err(|e| ClientError::Io(format!("sending the request: {e}")))?;
+    let mut answer = String::new();
+    std::io::BufReader::new(stream)
+        .read_line(&mut answer)
+        .map_err(|e| ClientError::Io(format!("no answer from psmon: {e}")))?;
+    if answer.is_empty() {
+        return Err(ClientError::Io(
+            "psmon closed the connection without an answer".into(),
+        ));
+    }
+    let reply: Value = serde_json::from_str(&answer)
+        .map_err(|e| ClientError::Io(format!("psmon's answer is not JSON: {e}")))?;
+    if reply["ok"] == true {
+        Ok(reply["result"].clone())
+    } else {
+        Err(ClientError::Refused(
+            reply["error"].as_str().unwrap_or("refused").to_string(),
+        ))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("psmon is not running (nothing listens on {}); start it with `psmon run`", .0.display())]
+    NotRunning(PathBuf),
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Io(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_strictly() {
+        assert_eq!(
+            parse(br#"{"v":1,"cmd":"status"}"#),
+            Ok(Command::Status { pfile: None })
+        );
+        assert_eq!(
+            parse(br#"{"v":1,"cmd":"test","pfile":"app"}"#),
+            Ok(Command::Test {
+                pfile: "app".into(),
+                path: None,
+                signal: libc::SIGKILL
+            })
+        );
+        for (bad, says) in [
+            (&b"garbage"[..], "not JSON"),
+            (br#"{"cmd":"status"}"#, "protocol version (none)"),
+            (br#"{"v":2,"cmd":"status"}"#, "protocol version 2"),
+            (br#"{"v":1,"cmd":"reboot"}"#, "bad request"),
+            (br#"{"v":1,"cmd":"pause"}"#, "bad request"),
+            (br#"{"v":1,"cmd":"status","extra":1}"#, "bad request"),
+            (b"\xff\xfe", "not UTF-8"),
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert!(err.contains(says), "{bad:?}: {err}");
+        }
+        assert!(Command::Status { pfile: None }.read_only());
+        assert!(!Command::Pause { pfile: "a".into() }.read_only());
+    }
+}

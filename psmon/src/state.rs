@@ -1,0 +1,255 @@
+//! State that survives psmon's own restart: the monitor's state, saved
+//! under `--state-dir` (default `/var/lib/psmon`) on every change, and read
+//! back at start.
+//!
+//! Saving never makes monitoring wait: the event thread hands the
+//! serialised state to a writer thread, which keeps only the newest and
+//! writes it atomically (temporary file, fsync, rename). The file records
+//! the boot it belongs to: times in it are of the monotonic clock, which a
+//! reboot starts again, so a file from another boot is not used.
+
+use std::{
+    io::Write,
+    path::Path,
+    sync::{Arc, Condvar, Mutex},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::monitor::Monitor;
+
+/// The layout of the state file; another one is not read.
+pub const VERSION: u32 = 1;
+pub const DEFAULT_DIR: &str = "/var/lib/psmon";
+const FILE: &str = "psmon.state";
+
+#[derive(Serialize)]
+struct SavedRef<'a> {
+    version: u32,
+    boot_id: &'a str,
+    monitor: &'a Monitor,
+}
+
+#[derive(Deserialize)]
+struct Saved {
+    version: u32,
+    boot_id: String,
+    monitor: Monitor,
+}
+
+/// This boot's id (`/proc/sys/kernel/random/boot_id`).
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The state a previous psmon saved in `dir`: `Ok(None)` when there is
+/// none, `Err(warning)` when there is one that cannot be used (unreadable,
+/// corrupt, another layout, another boot) — psmon then starts afresh.
+pub fn load(dir: &Path) -> Result<Option<Monitor>, String> {
+    let path = dir.join(FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(format!(
+                "cannot read {}: {e}; starting afresh",
+                path.display()
+            ));
+        }
+    };
+    // The version first, so that a future layout is named as such.
+    let version = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .map_err(|e| format!("{} is corrupt ({e}); starting afresh", path.display()))?
+        .get("version")
+        .and_then(serde_json::Value::as_u64);
+    if version != Some(u64::from(VERSION)) {
+        return Err(format!(
+            "{} has layout version {}, this psmon reads {VERSION}; starting afresh",
+            path.display(),
+            version.map_or("(none)".into(), |v| v.to_string())
+        ));
+    }
+    let saved: Saved = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{} is corrupt ({e}); starting afresh", path.display()))?;
+    debug_assert_eq!(saved.version, VERSION);
+    if saved.boot_id != boot_id() {
+        return Err(format!(
+            "{} was written before the last reboot; starting afresh",
+            path.display()
+        ));
+    }
+    Ok(Some(saved.monitor))
+}
+
+/// The writer of the state file.
+pub struct Store {
+    shared: Arc<(Mutex<Pending>, Condvar)>,
+    boot_id: String,
+}
+
+#[derive(Default)]
+struct Pending {
+    newest: Option<Vec<u8>>,
+    /// Saved so far (for tests and benchmarks).
+    written: u64,
+    stop: bool,
+}
+
+impl Store {
+    /// Creates `dir` (0700) and starts the writer thread.
+    pub fn open(dir: &Path) -> std::io::Result<Store> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        let shared: Arc<(Mutex<Pending>, Condvar)> = Arc::default();
+        let path = dir.join(FILE);
+        let writer = shared.clone();
+        std::thread::Builder::new()
+            .name("psmon-state".into())
+            .spawn(move || write_loop(&path, &writer))?;
+        Ok(Store {
+            shared,
+            boot_id: boot_id(),
+        })
+    }
+
+    /// Serialises `monitor` and hands it to the writer; returns at once.
+    pub fn save(&self, monitor: &Monitor) {
+        let saved = SavedRef {
+            version: VERSION,
+            boot_id: &self.boot_id,
+            monitor,
+        };
+        let Ok(bytes) = serde_json::to_vec(&saved) else {
+            return;
+        };
+        let (lock, wake) = &*self.shared;
+        if let Ok(mut pending) = lock.lock() {
+            pending.newest = Some(bytes);
+            wake.notify_one();
+        }
+    }
+
+    /// Waits (up to `limit`) until what was handed over is written.
+    pub fn flush(&self, limit: std::time::Duration) {
+        let (lock, wake) = &*self.shared;
+        let Ok(pending) = lock.lock() else { return };
+        let _ = wake.wait_timeout_while(pending, limit, |p| p.newest.is_some());
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.flush(std::time::Duration::from_secs(2));
+        let (lock, wake) = &*self.shared;
+        if let Ok(mut pending) = lock.lock() {
+            pending.stop = true;
+            wake.notify_all();
+        }
+    }
+}
+
+fn write_loop(path: &Path, shared: &(Mutex<Pending>, Condvar)) {
+    let (lock, wake) = shared;
+    loop {
+        let bytes = {
+            let Ok(mut pending) = lock.lock() else { return };
+            while pending.newest.is_none() && !pending.stop {
+                pending = match wake.wait(pending) {
+                    Ok(p) => p,
+                    Err(_) => return,
+                };
+            }
+            match pending.newest.take() {
+                Some(bytes) => bytes,
+                None => return, // stopping, nothing left
+            }
+        };
+        if let Err(e) = write_atomically(path, &bytes) {
+            tracing::warn!(path = %path.display(), "cannot save psmon's state: {e}");
+        }
+        if let Ok(mut pending) = lock.lock() {
+            pending.written += 1;
+            wake.notify_all();
+        }
+    }
+}
+
+/// Write, fsync, rename: a reader sees the old file or the new one, whole.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saves_atomically_and_refuses_what_it_cannot_trust() {
+        let dir = std::env::temp_dir().join(format!("psmon-state-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(matches!(load(&dir), Ok(None)));
+        let store = Store::open(&dir).unwrap();
+        let (monitor, _) = Monitor::new(crate::config::Config::default(), true);
+        store.save(&monitor);
+        store.flush(std::time::Duration::from_secs(5));
+        assert!(matches!(load(&dir), Ok(Some(_))));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join(FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        drop(store);
+
+        for (text, says) in [
+            ("{not json", "corrupt"),
+            (
+                r#"{"version":99,"boot_id":"x","monitor":{}}"#,
+                "layout version 99",
+            ),
+            (
+                r#"{"version":1,"boot_id":"another boot","monitor":{}}"#,
+                "corrupt",
+            ),
+            (r#"{"boot_id":"x"}"#, "layout version (none)"),
+        ] {
+            std::fs::write(dir.join(FILE), text).unwrap();
+            let err = load(&dir).map(|_| ()).unwrap_err();
+            assert!(err.contains(says), "{text}: {err}");
+            assert!(err.contains("starting afresh"), "{err}");
+        }
+        let mut good: serde_json::Value = serde_json::from_slice(
+            &serde_json::to_vec(&SavedRef {
+                version: VERSION,
+                boot_id: "another boot",
+                monitor: &monitor,
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        good["boot_id"] = "another boot".into();
+        std::fs::write(dir.join(FILE), good.to_string()).unwrap();
+        assert!(load(&dir).unwrap_err().contains("before the last reboot"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

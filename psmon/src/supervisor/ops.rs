@@ -1,0 +1,432 @@
+//! What operators ask through the control socket: status, pause, resume,
+//! reload of one pfile or all, and the recovery drill (`psmon test`).
+
+use std::{path::PathBuf, time::Duration};
+
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+use super::{Back, Supervisor};
+use crate::{
+    clock::Time,
+    config::{Config, Pfile},
+    control::{Asked, Command, Reply},
+    event::ExitStatus,
+    monitor::{EntryId, Input, Notice},
+    policy::Action,
+};
+
+/// A recovery drill under way.
+pub(super) struct Drill {
+    entry: EntryId,
+    path: PathBuf,
+    killed: u32,
+    killed_at: Time,
+    down_at: Option<Time>,
+    deadline: Time,
+    last_failure: Option<String>,
+    reply: oneshot::Sender<Reply>,
+}
+
+/// A refusal whose client should exit 2 (the request cannot be carried
+/// out as asked), not 1.
+fn usage(why: String) -> Reply {
+    Err(format!("usage: {why}"))
+}
+
+impl Supervisor {
+    pub(super) fn on_asked(&mut self, asked: Asked) {
+        let Asked { command, reply } = asked;
+        let answer = match command {
+            Command::Ping => Ok(json!({"pid": std::process::id()})),
+            Command::Status { pfile } => self.status(pfile.as_deref()),
+            Command::Pause { pfile } => self.pause(&pfile, true),
+            Command::Resume { pfile } => self.pause(&pfile, false),
+            Command::Reload { pfile } => return self.reload(pfile.as_deref(), reply),
+            Command::Test {
+                pfile,
+                path,
+                signal,
+            } => return self.drill(&pfile, path.as_deref(), signal, reply),
+        };
+        let _ = reply.send(answer);
+    }
+
+    /// The configured pfile an operator means: `app`, `pfile_app`,
+    /// `app.toml`, or the file's path.
+    fn pfile_named(&self, name: &str) -> Result<&Pfile, String> {
+        let base = std::path::Path::new(name)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or(name);
+        let short = base
+            .strip_prefix("pfile_")
+            .or_else(|| base.strip_suffix(".toml"))
+            .unwrap_or(base);
+        self.config
+            .pfiles
+            .iter()
+            .find(|p| p.name == short || p.file == std::path::Path::new(name))
+            .ok_or_else(|| {
+                let known: Vec<&str> = self.config.pfiles.iter().map(|p| p.name.as_str()).collect();
+                format!(
+                    "no pfile named '{name}' is configured (known: {})",
+                    known.join(", ")
+                )
+            })
+    }
+
+    fn status(&self, pfile: Option<&str>) -> Reply {
+        let only = match pfile {
+            Some(name) => Some(
+                self.pfile_named(name)
+                    .map_err(|e| format!("usage: {e}"))?
+                    .name
+                    .clone(),
+            ),
+            None => None,
+        };
+        let now = Time::now();
+        let wall = |t: Time| {
+            (t != Time::default()).then(|| {
+                let ago = now.saturating_duration_since(t);
+                let at = std::time::SystemTime::now() - ago;
+                humantime::format_rfc3339_millis(at).to_string()
+            })
+        };
+        let boot = crate::procfs::boot_time();
+        let started = |ticks: u64| {
+            boot.map(|b| {
+                let at = b + crate::event::StartTime::from_ticks(ticks).duration();
+                humantime::format_rfc3339_millis(at).to_string()
+            })
+        };
+        let entries: Vec<Value> = self
+            .monitor
+            .status(now)
+            .into_iter()
+            .filter(|e| only.as_ref().is_none_or(|p| *p == e.pfile))
+            .map(|e| {
+                let entry = self.monitor.entry(e.id);
+                let last_exit = e.last_down.map(|(pid, status)| {
+                    let mut v = json!({"pid": pid});
+                    match status {
+                        ExitStatus::Code(c) => v["code"] = json!(c),
+                        ExitStatus::Signal {
+                            signal,
+                            core_dumped,
+                        } => {
+                            v["signal"] = json!(signal);
+                            v["core_dumped"] = json!(core_dumped);
+                        }
+                        ExitStatus::Unknown => v["unknown"] = json!(true),
+                    }
+                    v
+                });
+                json!({
+                    "pfile": e.pfile,
+                    "path": e.path,
+                    "state": e.state,
+                    "pids": e.instances.iter().map(|(pid, ticks)| json!({
+                        "pid": pid,
+                        "started": started(*ticks),
+                    })).collect::<Vec<_>>(),
+                    "since": wall(e.since),
+                    "attempts": e.attempts,
+                    "retry": e.retry,
+                    "last_exit": last_exit,
+                    "last_failure": e.last_failure.map(|why| crate::report::failure(entry, why)),
+                })
+            })
+            .collect();
+        Ok(json!({
+            "pid": std::process::id(),
+            "source": self.source.as_ref().map(|s| s.kind.to_string()),
+            "lost_events": self.lost_events,
+            "entries": entries,
+        }))
+    }
+
+    fn pause(&mut self, name: &str, pause: bool) -> Reply {
+        let pfile = match self.pfile_named(name) {
+            Ok(p) => p.name.clone(),
+            Err(e) => return usage(e),
+        };
+        let entries = self.monitor.entries_of(&pfile).len();
+        let input = if pause {
+            Input::Pause {
+                pfile: pfile.clone(),
+            }
+        } else {
+            Input::Resume {
+                pfile: pfile.clone(),
+            }
+        };
+        self.feed(input);
+        Ok(json!({"pfile": pfile, "entries": entries, "paused": pause}))
+    }
+
+    /// Reloads every file (as SIGHUP does) or one pfile, leaving the others
+    /// as they are; a broken file is refused and the running one kept.
+    fn reload(&mut self, name: Option<&str>, reply: oneshot::Sender<Reply>) {
+        let load = self.load;
+        let tx = self.back_tx.clone();
+        match name {
+            None => {
+                let dir = self.conf_dir.clone();
+                self.helpers.spawn(async move {
+                    let loaded =
+                        tokio::task::spawn_blocking(move || Config::load_dir(&dir, load)).await;
+                    let result = match loaded {
+                        Ok(Ok(config)) => Ok(config),
+                        Ok(Err(errors)) => Err(errors),
+                        Err(_) => return,
+                    };
+                    let _ = tx.send(Back::Reloaded {
+                        result: Box::new(result),
+                        pfile: None,
+                        reply,
+                    });
+                });
+            }
+            Some(name) => {
+                let pfile = match self.pfile_named(name) {
+                    Ok(p) => p.clone(),
+                    Err(e) => {
+                        let _ = reply.send(usage(e));
+                        return;
+                    }
+                };
+                let mut config = self.config.clone();
+                self.helpers.spawn(async move {
+                    let file = pfile.file.clone();
+                    let loaded =
+                        tokio::task::spawn_blocking(move || Config::load_files(&[file], load))
+                            .await;
+                    let result = match loaded {
+                        Ok(Ok(one)) => {
+                            // The other pfiles as they run now.
+                            let fresh = one.pfiles.into_iter().find(|p| p.file == pfile.file);
+                            match config.pfiles.iter_mut().find(|p| p.name == pfile.name) {
+                                Some(slot) => match fresh {
+                                    Some(fresh) => *slot = fresh,
+                                    None => config.pfiles.retain(|p| p.name != pfile.name),
+                                },
+                                None => config.pfiles.extend(fresh),
+                            }
+                            Ok(config)
+                        }
+                        Ok(Err(errors)) => Err(errors),
+                        Err(_) => return,
+                    };
+                    let _ = tx.send(Back::Reloaded {
+                        result: Box::new(result),
+                        pfile: Some(pfile.name),
+                        reply,
+                    });
+                });
+            }
+        }
+    }
+
+    /// A reload's files are read: apply them, or refuse them.
+    pub(super) fn on_reloaded(
+        &mut self,
+        result: Result<Config, crate::config::ConfigErrors>,
+        pfile: Option<String>,
+        reply: oneshot::Sender<Reply>,
+    ) {
+        let answer = match result {
+            Ok(config) => {
+                if let Some(name) = &pfile {
+                    self.feed(Input::Operator {
+                        what: "reload",
+                        pfile: name.clone(),
+                    });
+                }
+                let entries = config.entries().count();
+                self.reconfigure(config);
+                Ok(json!({"pfile": pfile, "entries": entries}))
+            }
+            Err(errors) => {
+                let lines: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+                let why = format!(
+                    "the configuration has errors; the running one is kept:\n{}",
+                    lines.join("\n")
+                );
+                self.feed(Input::ReloadFailed(errors));
+                Err(why)
+            }
+        };
+        let _ = reply.send(answer);
+    }
+
+    /// `psmon test`: kill the entry's main process and wait for its return.
+    fn drill(
+        &mut self,
+        name: &str,
+        path: Option<&str>,
+        signal: i32,
+        reply: oneshot::Sender<Reply>,
+    ) {
+        let refuse = |reply: oneshot::Sender<Reply>, why: Reply| {
+            let _ = reply.send(why);
+        };
+        let pfile = match self.pfile_named(name) {
+            Ok(p) => p.name.clone(),
+            Err(e) => return refuse(reply, usage(e)),
+        };
+        let ids = self.monitor.entries_of(&pfile);
+        let id = match path {
+            Some(path) => match ids
+                .iter()
+                .find(|id| self.monitor.entry(**id).path == std::path::Path::new(path))
+            {
+                Some(id) => *id,
+                None => return refuse(reply, usage(format!("pfile '{pfile}' watches no {path}"))),
+            },
+            None if ids.len() == 1 => ids[0],
+            None => {
+                let paths: Vec<String> = ids
+                    .iter()
+                    .map(|id| self.monitor.entry(*id).path.display().to_string())
+                    .collect();
+                return refuse(
+                    reply,
+                    usage(format!(
+                        "pfile '{pfile}' watches {} processes; name one: {}",
+                        ids.len(),
+                        paths.join(", ")
+                    )),
+                );
+            }
+        };
+        let entry = self.monitor.entry(id).clone();
+        if self.monitor.paused(id) {
+            return refuse(
+                reply,
+                usage(format!("pfile '{pfile}' is paused: resume it first")),
+            );
+        }
+        if !entry.restarts() {
+            return refuse(
+                reply,
+                usage(format!(
+                    "{} is report-only (no restart command or retry 0): psmon would not bring it back",
+                    entry.path.display()
+                )),
+            );
+        }
+        if self.drills.iter().any(|d| d.entry == id) {
+            return refuse(
+                reply,
+                usage(format!(
+                    "a drill of {} is already under way",
+                    entry.path.display()
+                )),
+            );
+        }
+        let Some(&(pid, _)) = self.monitor.status(Time::now())[id.index()]
+            .instances
+            .first()
+        else {
+            return refuse(
+                reply,
+                Err(format!(
+                    "{} is not running now: there is nothing to kill",
+                    entry.path.display()
+                )),
+            );
+        };
+        let Ok(sig) = nix::sys::signal::Signal::try_from(signal) else {
+            return refuse(reply, usage(format!("{signal} is not a signal")));
+        };
+        self.feed(Input::Drill { entry: id });
+        let killed_at = Time::now();
+        if let Err(e) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig) {
+            self.feed(Input::DrillEnd { entry: id });
+            return refuse(reply, Err(format!("cannot kill pid {pid}: {e}")));
+        }
+        // Its limits: the longest a restart may take, a few times over (back-offs included).
+        let limit = entry.restart_timeout + entry.start_wait + entry.start_secs + entry.backoff_max;
+        self.drills.push(Drill {
+            entry: id,
+            path: entry.path.clone(),
+            killed: pid,
+            killed_at,
+            down_at: None,
+            deadline: killed_at + limit + Duration::from_secs(2),
+            last_failure: None,
+            reply,
+        });
+    }
+
+    /// Follows drills through the monitor's notices.
+    pub(super) fn drill_notice(&mut self, notice: &Notice) {
+        let Notice::Policy { entry, action, .. } = notice else {
+            return;
+        };
+        let Some(i) = self.drills.iter().position(|d| d.entry == *entry) else {
+            return;
+        };
+        let now = Time::now();
+        let drill = &mut self.drills[i];
+        match action {
+            Action::ReportDown { .. } if drill.down_at.is_none() => drill.down_at = Some(now),
+            Action::ReportSetPidFail { why } => {
+                drill.last_failure = Some(crate::report::failure(self.monitor.entry(*entry), *why));
+            }
+            Action::ReportUp { pid, .. } if drill.down_at.is_some() => {
+                let drill = self.drills.swap_remove(i);
+                let ms = |t: Time| t.saturating_duration_since(drill.killed_at).as_secs_f64() * 1e3;
+                let result = json!({
+                    "path": drill.path,
+                    "killed": drill.killed,
+                    "pid": pid,
+                    "detection_ms": drill.down_at.map(ms),
+                    "recovery_ms": ms(now),
+                });
+                let _ = drill.reply.send(Ok(result));
+                self.feed(Input::DrillEnd { entry: *entry });
+            }
+            Action::ReportRetryOver { .. } => {
+                let drill = self.drills.swap_remove(i);
+                let why = format!(
+                    "{} did not recover: its retries are spent{}",
+                    drill.path.display(),
+                    drill
+                        .last_failure
+                        .map(|f| format!(" (last: {f})"))
+                        .unwrap_or_default()
+                );
+                let _ = drill.reply.send(Err(why));
+                self.feed(Input::DrillEnd { entry: *entry });
+            }
+            _ => {}
+        }
+    }
+
+    /// Drills past their limits fail.
+    pub(super) fn expire_drills(&mut self, now: Time) {
+        while let Some(i) = self.drills.iter().position(|d| now >= d.deadline) {
+            let drill = self.drills.swap_remove(i);
+            let waited = now.saturating_duration_since(drill.killed_at);
+            let why = format!(
+                "{} did not recover within {}{}",
+                drill.path.display(),
+                crate::report::duration(waited),
+                drill
+                    .last_failure
+                    .map(|f| format!(" (last: {f})"))
+                    .unwrap_or_default()
+            );
+            let _ = drill.reply.send(Err(why));
+            self.feed(Input::DrillEnd { entry: drill.entry });
+        }
+    }
+
+    /// When the next drill gives up.
+    pub(super) fn drill_deadline(&self) -> Option<Time> {
+        self.drills.iter().map(|d| d.deadline).min()
+    }
+}
