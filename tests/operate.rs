@@ -66,8 +66,7 @@ impl Site {
 
     /// Starts the victim, then psmon, and waits until it is Up.
     fn running(&self) -> (Psmon, u32) {
-        let victim = spawn_fresh(Command::new(&self.victim).arg("sleep"));
-        let pid = victim.id();
+        let pid = reap_later(spawn_fresh(Command::new(&self.victim).arg("sleep")));
         let mut psmon = Psmon::start(&self.conf(), source());
         psmon.wait_for(") Up", |m| m["pid"] == pid);
         (psmon, pid)
@@ -217,9 +216,9 @@ fn reload_of_one_pfile_keeps_the_others_budgets() {
     let site = Site::new("op-reload");
     let other = victim_copy(&site.dir.0, "opother");
     site.pfile("other", &other, &format!("{} sleep", other.display()), 5);
-    let first = spawn_fresh(Command::new(&other).arg("sleep"));
+    let first = reap_later(spawn_fresh(Command::new(&other).arg("sleep")));
     let (mut psmon, pid) = site.running();
-    psmon.wait_for(") Up", |m| m["pid"] == first.id());
+    psmon.wait_for(") Up", |m| m["pid"] == first);
     kill9_pid(pid);
     until(&site, &site.victim, |e| {
         e["state"] == "up" && e["attempts"] == 1

@@ -274,6 +274,16 @@ pub fn kill9_pid(pid: u32) {
     );
 }
 
+/// Reaps `child` whenever it ends, on a thread of its own, so that a
+/// killed victim does not linger as a zombie.
+pub fn reap_later(mut child: Child) -> u32 {
+    let pid = child.id();
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
+    pid
+}
+
 /// Spawns a program that was just written: a fork in another test thread
 /// may still hold the copy's write descriptor for a moment (until its
 /// exec), and exec then fails with ETXTBSY. Retried briefly.
