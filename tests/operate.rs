@@ -237,7 +237,7 @@ fn reload_of_one_pfile_keeps_the_others_budgets() {
     assert_eq!(entry(&status, &other)["retry"], 7);
     assert_eq!(
         entry(&status, &other)["pids"][0]["pid"],
-        first.id(),
+        first,
         "nothing restarted"
     );
     // A broken file is refused with where, and the running one kept.
