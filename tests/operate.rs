@@ -422,3 +422,76 @@ fn a_restarted_psmon_keeps_budgets_and_never_restarts_twice() {
         e["state"] == "up" && e["attempts"] == 2
     });
 }
+
+/// The health queue: written on every event, read by `psmon dump` while
+/// the daemon is gone; SHM_DUMP_FILE written on every Down; a segment
+/// whose header is not psmon's is reported, never trusted.
+#[test]
+fn the_health_queue_outlives_the_daemon() {
+    let site = Site::new("op-shm");
+    let key: u32 = 0x7b00_0000 | ((std::process::id() & 0xffff) << 4);
+    let dump_file = site.dir.0.join("app.dump");
+    std::fs::write(
+        site.conf().join("pfile_app"),
+        format!(
+            "##### PARAM #####\nMONITOR_INTERVAL = 1\nIPCKEY = {key:#x}\nSHM_DUMP_FILE = {}\n##### PENT #####\n{v} : {v} sleep >/dev/null 2>&1 & : 60 : 3 : continue\n",
+            dump_file.display(),
+            v = site.victim.display()
+        ),
+    )
+    .unwrap();
+    let (mut psmon, pid) = site.running();
+    kill9_pid(pid);
+    psmon.wait_for(") Up", |m| m["pid"] != pid);
+    let deadline = Instant::now() + TIMEOUT;
+    while !std::fs::read_to_string(&dump_file).is_ok_and(|t| t.contains("] Down")) {
+        assert!(
+            Instant::now() < deadline,
+            "SHM_DUMP_FILE not written on Down"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(psmon);
+    let dump = || {
+        Command::new(env!("CARGO_BIN_EXE_psmon"))
+            .args(["dump", "app", "--insecure-config", "--conf"])
+            .arg(site.conf())
+            .output()
+            .unwrap()
+    };
+    let out = dump();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert!(said.contains("no longer running"), "{said}");
+    assert!(said.contains(&format!("pid={pid}] Down")), "{said}");
+    assert!(
+        said.contains("Try to restart") && said.contains(") Up"),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("{}  up", site.victim.display())),
+        "{said}"
+    );
+    // Someone else's bytes where the header should be.
+    // SAFETY: attaching the test's own segment and writing its first bytes.
+    unsafe {
+        let id = libc::shmget(key as libc::key_t, 0, 0);
+        assert!(id >= 0);
+        let base = libc::shmat(id, std::ptr::null(), 0);
+        assert_ne!(base as isize, -1);
+        std::ptr::copy_nonoverlapping(b"GARBAGE!".as_ptr(), base.cast::<u8>(), 8);
+        libc::shmdt(base);
+    }
+    let out = dump();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("not psmon's"),
+        "{}",
+        text(&out.stderr)
+    );
+    // SAFETY: removing the test's segment.
+    unsafe {
+        let id = libc::shmget(key as libc::key_t, 0, 0);
+        libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut());
+    }
+}

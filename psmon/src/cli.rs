@@ -68,6 +68,24 @@ pub enum Command {
     /// the others as they run, or all of them. A broken file is refused
     /// with every error and the running configuration is kept.
     Reload { pfile: Option<String> },
+    /// Print (or write) a pfile's health queue: its entries' states and
+    /// recent events, read straight from its shared-memory segment (keyed
+    /// by IPCKEY), so it works while psmon is stopped, stuck or gone. A
+    /// segment that is not psmon's, of another layout, or caught half-way
+    /// through a write is reported as such (exit 1).
+    Dump {
+        /// The pfile (`app` for pfile_app); default: every pfile with an IPCKEY.
+        pfile: Option<String>,
+        /// Write to FILE instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<std::path::PathBuf>,
+        /// Configuration directory, to find the pfiles' IPCKEYs.
+        #[arg(long, value_name = "DIR")]
+        conf: Option<std::path::PathBuf>,
+        /// Accept configuration files not owned by root (tests only).
+        #[arg(long)]
+        insecure_config: bool,
+    },
     /// The recovery drill (ProcessSaver's `pcheck -k`): kill the watched
     /// process, wait for psmon to bring it back, and print how long
     /// detection and recovery took. Exit 0 when it recovered, 1 when it did

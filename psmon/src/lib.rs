@@ -20,6 +20,7 @@ pub mod policy;
 pub mod procfs;
 pub mod report;
 pub mod scan;
+pub mod shm;
 pub mod signals;
 pub mod source;
 pub mod state;

@@ -31,6 +31,12 @@ fn main() -> ExitCode {
             live,
         } => check(&paths, insecure_config, live),
         Command::Convert { pfile } => convert(&pfile),
+        Command::Dump {
+            pfile,
+            out,
+            conf,
+            insecure_config,
+        } => dump(pfile.as_deref(), out.as_deref(), conf, insecure_config),
         Command::Run(opts) => {
             let socket = cli.socket.clone();
             in_runtime(|shutdown| psmon::daemon::run(opts, socket, shutdown))
@@ -146,6 +152,54 @@ fn check(paths: &[std::path::PathBuf], insecure: bool, live: bool) -> anyhow::Re
         config.pfiles.len(),
         config.entries().count()
     );
+    Ok(())
+}
+
+fn dump(
+    pfile: Option<&str>,
+    out: Option<&std::path::Path>,
+    conf: Option<std::path::PathBuf>,
+    insecure: bool,
+) -> anyhow::Result<()> {
+    let dir = psmon::daemon::conf_dir(conf);
+    let config = Config::load_dir(&dir, LoadOptions { insecure })?;
+    let wanted = pfile.map(|p| {
+        let base = p.strip_prefix("pfile_").unwrap_or(p);
+        base.strip_suffix(".toml").unwrap_or(base).to_string()
+    });
+    let pfiles: Vec<_> = config
+        .pfiles
+        .iter()
+        .filter(|p| wanted.as_ref().is_none_or(|w| *w == p.name))
+        .collect();
+    if let Some(w) = &wanted
+        && pfiles.is_empty()
+    {
+        return Err(UsageError::new(format!("no pfile named '{w}' in {}", dir.display())).into());
+    }
+    let mut text = String::new();
+    let mut failed = Vec::new();
+    for p in pfiles {
+        let Some(key) = p.ipckey else {
+            if wanted.is_some() {
+                return Err(UsageError::new(format!(
+                    "pfile '{}' has no IPCKEY, so no health queue",
+                    p.name
+                ))
+                .into());
+            }
+            continue;
+        };
+        match psmon::shm::dump(key) {
+            Ok(t) => text.push_str(&format!("pfile '{}'\n{t}\n", p.name)),
+            Err(e) => failed.push(format!("pfile '{}': {e}", p.name)),
+        }
+    }
+    match out {
+        Some(file) => std::fs::write(file, &text)?,
+        None => print!("{text}"),
+    }
+    anyhow::ensure!(failed.is_empty(), "{}", failed.join("\n"));
     Ok(())
 }
 

@@ -335,6 +335,11 @@ fn policy_message(
     }
 }
 
+/// The text of one restart decision's message (the health queue keeps it).
+pub fn policy_text(entry: &Entry, path: &str, action: Action, running: u32) -> String {
+    policy_message(entry, path, action, running).1
+}
+
 /// Why a restart attempt failed, in words (messages and `psmon status`).
 pub fn failure(entry: &Entry, why: SetPidFail) -> String {
     match why {

@@ -640,9 +640,15 @@ impl Monitor {
 
     /// What `psmon status` shows, entry by entry.
     pub fn status(&self, now: Time) -> Vec<EntryStatus> {
-        self.watches
-            .iter()
-            .enumerate()
+        let all: Vec<EntryId> = (0..self.watches.len()).map(|i| EntryId(i as u32)).collect();
+        self.status_of(&all, now)
+    }
+
+    /// [`Monitor::status`] of these entries.
+    pub fn status_of(&self, ids: &[EntryId], now: Time) -> Vec<EntryStatus> {
+        ids.iter()
+            .filter(|id| id.index() < self.watches.len())
+            .map(|id| (id.index(), &self.watches[id.index()]))
             .map(|(i, w)| {
                 let entry = &self.config[i];
                 let state = if w.paused {

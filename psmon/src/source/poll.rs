@@ -48,14 +48,22 @@ impl PollSource {
             if !sink.flush() {
                 return Ok(());
             }
-            let known: HashMap<u32, StartTime> =
-                seen.iter().map(|(tgid, s)| (*tgid, s.start)).collect();
+            let known: HashMap<u32, (StartTime, String)> = seen
+                .iter()
+                .map(|(tgid, s)| (*tgid, (s.start, s.comm.clone())))
+                .collect();
             let (entries, paths) = tokio::task::spawn_blocking(move || {
                 let entries = snapshot();
-                // Read exe only for groups not seen before: it is the costly part.
+                // Read exe only for groups not seen before, or renamed by an
+                // exec: it is the costly part.
                 let paths: HashMap<u32, PathBuf> = entries
                     .iter()
-                    .filter(|e| !e.is_dead() && known.get(&e.tgid) != Some(&e.start))
+                    .filter(|e| {
+                        !e.is_dead()
+                            && known
+                                .get(&e.tgid)
+                                .is_none_or(|(start, comm)| *start != e.start || *comm != e.comm)
+                    })
                     .filter_map(|e| exe(e.tgid).map(|p| (e.tgid, p)))
                     .collect();
                 (entries, paths)
@@ -103,6 +111,17 @@ fn diff(
     };
     seen.retain(|tgid, s| {
         let now = present.get(tgid).filter(|e| e.start == s.start);
+        // Same process, another name: it exec'd since the last scan (the
+        // name is all polling can see of an exec that keeps the pid).
+        if let Some(e) = now
+            && !s.dead
+            && !e.is_dead()
+            && e.comm != s.comm
+        {
+            s.comm = e.comm.clone();
+            s.path = paths.remove(tgid);
+            events.push(ProcEvent::new(EventKind::Exec(process_of(*tgid, s)), time));
+        }
         if !s.dead {
             let status = now.map_or(ExitStatus::Unknown, status_of);
             if now.is_none_or(ProcEntry::is_dead) {
@@ -147,6 +166,8 @@ fn diff(
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     fn entry(tgid: u32, ticks: u64, state: char, exit_code: Option<i32>) -> ProcEntry {
@@ -169,6 +190,29 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    /// An exec that keeps the pid shows as a new name: reported as exec.
+    #[test]
+    fn a_renamed_process_exec_d() {
+        let mut seen = HashMap::new();
+        diff(
+            &mut seen,
+            vec![entry(10, 1, 'S', None)],
+            HashMap::new(),
+            true,
+        );
+        let mut renamed = entry(10, 1, 'S', None);
+        renamed.comm = "victim".into();
+        let paths = HashMap::from([(10, PathBuf::from("/opt/victim"))]);
+        let events = diff(&mut seen, vec![renamed.clone()], paths, false);
+        assert_eq!(kinds(&events), vec![("exec".into(), 10)]);
+        let p = events[0].process().unwrap();
+        assert_eq!(
+            (p.comm.as_str(), p.path.as_deref()),
+            ("victim", Some(Path::new("/opt/victim")))
+        );
+        assert!(diff(&mut seen, vec![renamed], HashMap::new(), false).is_empty());
     }
 
     #[test]

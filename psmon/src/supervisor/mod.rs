@@ -38,6 +38,7 @@ use crate::{
     state::Store,
 };
 
+mod health;
 mod ops;
 
 /// How long shutdown waits for restart and failover commands still running.
@@ -102,6 +103,7 @@ pub struct Supervisor {
     load: LoadOptions,
     store: Option<Store>,
     drills: Vec<ops::Drill>,
+    queues: health::Queues,
     lost_events: u64,
     matcher: Arc<Matcher>,
     reporter: Reporter,
@@ -171,6 +173,7 @@ impl Supervisor {
             load,
             store,
             drills: Vec::new(),
+            queues: health::Queues::new(),
             lost_events: 0,
             matcher,
             reporter,
@@ -209,6 +212,7 @@ impl Supervisor {
         mut asked: mpsc::Receiver<Asked>,
         token: CancellationToken,
     ) {
+        self.open_queues();
         for effect in std::mem::take(&mut self.pending) {
             self.apply(effect);
         }
@@ -321,6 +325,9 @@ impl Supervisor {
                 self.reporter.notice(&self.monitor, &notice);
                 if !self.drills.is_empty() {
                     self.drill_notice(&notice);
+                }
+                if !self.queues.is_empty() {
+                    self.queue_notice(&notice);
                 }
             }
             Effect::AwaitCommand {
@@ -544,6 +551,7 @@ impl Supervisor {
         self.feed(Input::Reload(Box::new(config)));
         self.matcher = Arc::new(Matcher::new(self.monitor.entries()));
         self.fill_filter();
+        self.open_queues();
     }
 
     /// A restart command a previous psmon started: wait for its process

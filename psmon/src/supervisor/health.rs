@@ -1,0 +1,126 @@
+//! Keeps each pfile's health queue (System V shared memory, see
+//! [`crate::shm`]) current, and writes it to the pfile's SHM_DUMP_FILE on
+//! every Down and retry over.
+
+use std::collections::HashMap;
+
+use super::Supervisor;
+use crate::{clock::Time, config::LogLevel, monitor::Notice, policy::Action, shm};
+
+/// A dump file past this size is moved to `FILE.1` before the next write.
+const DUMP_FILE_LIMIT: u64 = 1 << 20;
+
+/// The segments, by pfile name, with their keys.
+pub(super) type Queues = HashMap<String, (u32, shm::Queue)>;
+
+impl Supervisor {
+    /// Opens the segment of every configured pfile with an IPCKEY, and
+    /// removes those of pfiles no longer configured (or keyed otherwise).
+    pub(super) fn open_queues(&mut self) {
+        let wanted: HashMap<String, u32> = self
+            .config
+            .pfiles
+            .iter()
+            .filter_map(|p| p.ipckey.map(|k| (p.name.clone(), k)))
+            .collect();
+        let stale: Vec<String> = self
+            .queues
+            .iter()
+            .filter(|(name, (key, _))| wanted.get(*name) != Some(key))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in stale {
+            if let Some((_, queue)) = self.queues.remove(&name) {
+                queue.remove();
+            }
+        }
+        for (name, key) in wanted {
+            if self.queues.contains_key(&name) {
+                continue;
+            }
+            match shm::Queue::open(key) {
+                Ok(queue) => {
+                    self.queues.insert(name.clone(), (key, queue));
+                    self.write_queue(&name, None);
+                }
+                Err(e) => self.reporter.report(
+                    LogLevel::Warn,
+                    &format!("no health queue for pfile '{name}' (IPCKEY {key:#x}): {e}"),
+                    &[],
+                ),
+            }
+        }
+    }
+
+    /// Records a notice in its pfile's queue.
+    pub(super) fn queue_notice(&mut self, notice: &Notice) {
+        let (pfile, text, dump) = match notice {
+            Notice::Policy {
+                entry,
+                action,
+                running,
+            } => {
+                let e = self.monitor.entry(*entry);
+                let path = e.path.display().to_string();
+                let text = crate::report::policy_text(e, &path, *action, *running);
+                let dump = matches!(
+                    action,
+                    Action::ReportDown { .. } | Action::ReportRetryOver { .. }
+                );
+                (self.monitor.pfile(*entry).to_string(), text, dump)
+            }
+            Notice::Operator { what, pfile } => (
+                pfile.clone(),
+                format!("Command execute. [{what}] pfile='{pfile}'"),
+                false,
+            ),
+            _ => return,
+        };
+        self.write_queue(&pfile, Some(&text));
+        if dump {
+            self.write_dump_file(&pfile);
+        }
+    }
+
+    fn write_queue(&mut self, pfile: &str, event: Option<&str>) {
+        let Some((_, queue)) = self.queues.get_mut(pfile) else {
+            return;
+        };
+        let ids = self.monitor.entries_of(pfile);
+        let status = self.monitor.status_of(&ids, Time::now());
+        let entries: Vec<shm::EntryState> = status
+            .iter()
+            .map(|e| shm::EntryState {
+                path: &e.path,
+                state: e.state,
+                pid: e.instances.first().map(|(pid, _)| *pid),
+                attempts: e.attempts as u32,
+                retry: e.retry,
+            })
+            .collect();
+        queue.write(&entries, event);
+    }
+
+    /// SHM_DUMP_FILE, off the event thread (a slow disk must not matter).
+    fn write_dump_file(&self, pfile: &str) {
+        let Some((key, _)) = self.queues.get(pfile) else {
+            return;
+        };
+        let Some(file) = self
+            .config
+            .pfiles
+            .iter()
+            .find(|p| p.name == pfile)
+            .and_then(|p| p.shm_dump_file.clone())
+        else {
+            return;
+        };
+        let key = *key;
+        self.helpers.spawn_blocking(move || {
+            let text = shm::dump(key).unwrap_or_else(|e| format!("{e}\n"));
+            if let Err(e) = shm::write_dump_file(&file, &format!("{text}\n"), DUMP_FILE_LIMIT) {
+                tracing::warn!(file = %file.display(), "cannot write SHM_DUMP_FILE: {e}");
+            }
+        });
+    }
+}
