@@ -301,8 +301,12 @@ fn reused_pid_is_still_down(source: &str) {
     let (mut victim, pid, mut psmon) = w.watch_running(source);
     kill9(pid);
     victim.wait().unwrap();
+    // One test at a time steers pid allocation (the three sources' runs of
+    // this test would take each other's pid otherwise).
+    static STEERING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _steering = STEERING.lock().unwrap_or_else(|e| e.into_inner());
     let mut impostor = None;
-    for _ in 0..100 {
+    for _ in 0..1000 {
         std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
         let child = Command::new("sleep").arg("30").spawn().unwrap();
         if child.id() == pid {

@@ -48,6 +48,9 @@ pub struct RunOptions {
     /// budgets, pauses, the processes it watches).
     #[arg(long, value_name = "DIR", env = "PSMON_STATE_DIR", default_value = crate::state::DEFAULT_DIR)]
     pub state_dir: PathBuf,
+    /// Keep no state: a restarted psmon starts afresh (budgets reset).
+    #[arg(long)]
+    pub no_state: bool,
 }
 
 pub fn conf_dir(given: Option<PathBuf>) -> PathBuf {
@@ -110,7 +113,12 @@ pub async fn run(
     for warning in crate::survey::Survey::new(&config).warnings() {
         reporter.report(crate::config::LogLevel::Warn, &warning.to_string(), &[]);
     }
-    let saved = match crate::state::load(&opts.state_dir) {
+    let saved = if opts.no_state {
+        Ok(None)
+    } else {
+        crate::state::load(&opts.state_dir)
+    };
+    let saved = match saved {
         Ok(saved) => saved,
         Err(warning) => {
             reporter.report(crate::config::LogLevel::Warn, &warning, &[]);
@@ -118,6 +126,7 @@ pub async fn run(
         }
     };
     let store = match crate::state::Store::open(&opts.state_dir) {
+        _ if opts.no_state => None,
         Ok(store) => Some(store),
         Err(e) => {
             reporter.report(

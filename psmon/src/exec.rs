@@ -78,19 +78,44 @@ impl Outcome {
 
 /// Runs the command to its end (or its time limit).
 pub async fn run(spec: &CommandSpec) -> Outcome {
-    run_then(spec, |_| {}).await
+    match start(spec) {
+        Ok(running) => running.finish().await,
+        Err(failed) => failed,
+    }
 }
 
-/// [`run`], telling `started` the command's process group once it runs.
-pub async fn run_then(spec: &CommandSpec, started: impl FnOnce(u32)) -> Outcome {
+/// A command started by [`start`].
+pub struct Running {
+    child: tokio::process::Child,
+    output: std::fs::File,
+    begun: Instant,
+    timeout: Duration,
+    /// Its process group (the command's pid).
+    pub pgid: Option<u32>,
+}
+
+/// Starts the command now (the restart's latency is up to here); its end
+/// is [`Running::finish`]'s. `Err` is the outcome of a command that could
+/// not be started.
+pub fn start(spec: &CommandSpec) -> Result<Running, Outcome> {
     let begun = Instant::now();
     let output = match output_file() {
         Ok(f) => f,
-        Err(e) => return spawn_failed(begun, format!("cannot create an output file: {e}")),
+        Err(e) => {
+            return Err(spawn_failed(
+                begun,
+                format!("cannot create an output file: {e}"),
+            ));
+        }
     };
     let (out, err) = match (output.try_clone(), output.try_clone()) {
         (Ok(a), Ok(b)) => (a, b),
-        _ => return spawn_failed(begun, "cannot duplicate the output file".into()),
+        _ => {
+            return Err(spawn_failed(
+                begun,
+                "cannot duplicate the output file".into(),
+            ));
+        }
     };
     let mut cmd = match direct_argv(&spec.command) {
         Some(argv) => {
@@ -126,37 +151,46 @@ pub async fn run_then(spec: &CommandSpec, started: impl FnOnce(u32)) -> Outcome 
             });
         }
     }
-    let mut child = match cmd.spawn() {
+    let child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => return spawn_failed(begun, e.to_string()),
+        Err(e) => return Err(spawn_failed(begun, e.to_string())),
     };
-    let pgid = child.id().map(|p| p as i32);
-    if let Some(pgid) = pgid {
-        started(pgid as u32);
-    }
-    let ending = match tokio::time::timeout(spec.timeout, child.wait()).await {
-        Ok(Ok(status)) => match (status.code(), status.signal()) {
-            (Some(c), _) => Ending::Exited(c),
-            (None, Some(s)) => Ending::Signaled(s),
-            (None, None) => Ending::Exited(-1),
-        },
-        Ok(Err(e)) => Ending::SpawnFailed(e.to_string()),
-        Err(_) => {
-            if let Some(pgid) = pgid {
-                // The whole group: the shell and whatever it started and still runs.
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pgid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+    Ok(Running {
+        pgid: child.id(),
+        child,
+        output,
+        begun,
+        timeout: spec.timeout,
+    })
+}
+
+impl Running {
+    /// Waits for the command to end, or kills its whole group at the limit.
+    pub async fn finish(mut self) -> Outcome {
+        let ending = match tokio::time::timeout(self.timeout, self.child.wait()).await {
+            Ok(Ok(status)) => match (status.code(), status.signal()) {
+                (Some(c), _) => Ending::Exited(c),
+                (None, Some(s)) => Ending::Signaled(s),
+                (None, None) => Ending::Exited(-1),
+            },
+            Ok(Err(e)) => Ending::SpawnFailed(e.to_string()),
+            Err(_) => {
+                if let Some(pgid) = self.pgid {
+                    // The whole group: the shell and whatever it started and still runs.
+                    let _ = nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(pgid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                let _ = self.child.wait().await;
+                Ending::TimedOut
             }
-            let _ = child.wait().await;
-            Ending::TimedOut
+        };
+        Outcome {
+            ending,
+            elapsed: self.begun.elapsed(),
+            output_tail: tail(self.output),
         }
-    };
-    Outcome {
-        ending,
-        elapsed: begun.elapsed(),
-        output_tail: tail(output),
     }
 }
 

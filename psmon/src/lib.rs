@@ -24,6 +24,7 @@ pub mod shm;
 pub mod signals;
 pub mod source;
 pub mod state;
+pub mod stats;
 pub mod supervisor;
 pub mod survey;
 pub mod trace;

@@ -87,13 +87,15 @@ pub fn load(dir: &Path) -> Result<Option<Monitor>, String> {
 pub struct Store {
     shared: Arc<(Mutex<Pending>, Condvar)>,
     boot_id: String,
+    /// Time each save took on the caller's thread (serialising), in ns.
+    pub serialize_ns: crate::stats::Samples,
 }
 
 #[derive(Default)]
 struct Pending {
     newest: Option<Vec<u8>>,
-    /// Saved so far (for tests and benchmarks).
-    written: u64,
+    /// Time each write took (write, fsync, rename), in ns.
+    write_ns: crate::stats::Samples,
     stop: bool,
 }
 
@@ -115,11 +117,13 @@ impl Store {
         Ok(Store {
             shared,
             boot_id: boot_id(),
+            serialize_ns: crate::stats::Samples::default(),
         })
     }
 
     /// Serialises `monitor` and hands it to the writer; returns at once.
-    pub fn save(&self, monitor: &Monitor) {
+    pub fn save(&mut self, monitor: &Monitor) {
+        let begun = std::time::Instant::now();
         let saved = SavedRef {
             version: VERSION,
             boot_id: &self.boot_id,
@@ -133,6 +137,13 @@ impl Store {
             pending.newest = Some(bytes);
             wake.notify_one();
         }
+        self.serialize_ns.add(begun.elapsed());
+    }
+
+    /// How long writes took so far.
+    pub fn write_ns(&self) -> crate::stats::Samples {
+        let (lock, _) = &*self.shared;
+        lock.lock().map(|p| p.write_ns.clone()).unwrap_or_default()
     }
 
     /// Waits (up to `limit`) until what was handed over is written.
@@ -170,11 +181,12 @@ fn write_loop(path: &Path, shared: &(Mutex<Pending>, Condvar)) {
                 None => return, // stopping, nothing left
             }
         };
+        let begun = std::time::Instant::now();
         if let Err(e) = write_atomically(path, &bytes) {
             tracing::warn!(path = %path.display(), "cannot save psmon's state: {e}");
         }
         if let Ok(mut pending) = lock.lock() {
-            pending.written += 1;
+            pending.write_ns.add(begun.elapsed());
             wake.notify_all();
         }
     }
@@ -208,7 +220,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("psmon-state-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         assert!(matches!(load(&dir), Ok(None)));
-        let store = Store::open(&dir).unwrap();
+        let mut store = Store::open(&dir).unwrap();
         let (monitor, _) = Monitor::new(crate::config::Config::default(), true);
         store.save(&monitor);
         store.flush(std::time::Duration::from_secs(5));

@@ -81,6 +81,15 @@ struct Daemon {
 
 impl Daemon {
     fn start(psmon: &Path, conf: &Path, source: &str) -> anyhow::Result<Daemon> {
+        Self::start_with(psmon, conf, source, &[])
+    }
+
+    fn start_with(
+        psmon: &Path,
+        conf: &Path,
+        source: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Daemon> {
         let mut child = Command::new(psmon)
             .args([
                 "run",
@@ -98,6 +107,7 @@ impl Daemon {
             .arg(conf.join("psmon.sock"))
             .arg("--state-dir")
             .arg(conf.join("state"))
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -139,10 +149,12 @@ impl Daemon {
         self.child.id()
     }
 
-    fn stop(mut self) {
+    /// Stops psmon; returns what it said from now to its exit.
+    fn stop(mut self) -> Vec<Value> {
         // SAFETY: kill with our child's pid and a valid signal.
         unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
+        self.messages.iter().collect()
     }
 }
 
@@ -163,6 +175,8 @@ struct RestartCase {
     shell: bool,
     /// While unwatched processes exec at this rate (0: none).
     storm_rate: u32,
+    /// psmon saves its state on every change (`--no-state` otherwise).
+    state: bool,
 }
 
 const RESTART_CASES: &[RestartCase] = &[
@@ -171,36 +185,49 @@ const RESTART_CASES: &[RestartCase] = &[
         source: "ebpf",
         shell: false,
         storm_rate: 0,
+        state: true,
+    },
+    RestartCase {
+        label: "ebpf, direct, no state saved",
+        source: "ebpf",
+        shell: false,
+        storm_rate: 0,
+        state: false,
     },
     RestartCase {
         label: "ebpf, through /bin/sh",
         source: "ebpf",
         shell: true,
         storm_rate: 0,
+        state: true,
     },
     RestartCase {
         label: "ebpf, direct, 2,000 unwatched exec/s",
         source: "ebpf",
         shell: false,
         storm_rate: 2000,
+        state: true,
     },
     RestartCase {
         label: "netlink, direct",
         source: "netlink",
         shell: false,
         storm_rate: 0,
+        state: true,
     },
     RestartCase {
         label: "netlink, through /bin/sh",
         source: "netlink",
         shell: true,
         storm_rate: 0,
+        state: true,
     },
     RestartCase {
         label: "poll, direct",
         source: "poll",
         shell: false,
         storm_rate: 0,
+        state: true,
     },
 ];
 
@@ -225,6 +252,7 @@ pub fn restart_latency(
          keeps from psmon.\n\n\
          | case | kills | p50 | p99 | max | mean |\n|---|---|---|---|---|---|\n",
     );
+    let mut costs = Vec::new();
     for (n, case) in RESTART_CASES.iter().enumerate() {
         // Each poll kill waits for a scan (about a second): 200 is the floor asked for.
         let kills = if case.source == "poll" {
@@ -258,14 +286,16 @@ pub fn restart_latency(
             // between kills costs the VM about a millisecond of wake-up,
             // which is not psmon's).
             format!(
-                "monitor_interval = 1\n[[entry]]\npath = \"{v}\"\nrestart = \"{restart}\"\ngrace = 1\nretry = 1000\nstart_secs = 0\n",
+                "monitor_interval = 1\nipckey = {key}\n[[entry]]\npath = \"{v}\"\nrestart = \"{restart}\"\ngrace = 1\nretry = 1000\nstart_secs = 0\n",
                 v = victim.display(),
+                key = 0x7c00_0000 + n,
             ),
         )?;
         let storm = (case.storm_rate > 0)
             .then(|| start_storm(exec_program, case.storm_rate))
             .transpose()?;
-        let daemon = Daemon::start(psmon, &conf, case.source)?;
+        let extra: &[&str] = if case.state { &[] } else { &["--no-state"] };
+        let daemon = Daemon::start_with(psmon, &conf, case.source, extra)?;
         // Not running at start: psmon starts the first one.
         let mut samples = Vec::with_capacity(kills);
         let mut lines = 1;
@@ -283,13 +313,60 @@ pub fn restart_latency(
             })?;
             samples.push(stamp.saturating_sub(killed_at));
         }
+        let said = daemon.stop();
         if let Ok((_, pid)) = last_stamp(&stamps, lines) {
-            daemon.stop();
             // SAFETY: as above.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
         drop(storm);
         latency_row(&mut out, case.label, &mut samples);
+        if n == 0 {
+            costs = said;
+        }
+    }
+    // What psmon said of its own costs in the first case, as it stopped.
+    let field = |text: &str, key: &str| {
+        costs
+            .iter()
+            .find(|m| m["message"].as_str().is_some_and(|t| t.starts_with(text)))
+            .map(|m| {
+                (
+                    m["message"].as_str().unwrap_or("").to_string(),
+                    m[key].as_f64().unwrap_or(0.0),
+                )
+            })
+    };
+    let _ = writeln!(
+        out,
+        "\nWhat each event costs psmon besides (first row, measured by psmon itself):\n\n\
+         | cost | p50 | p99 |\n|---|---|---|"
+    );
+    if let (Some((what, p50)), Some((_, p99))) = (
+        field("state saved", "serialize_p50_us"),
+        field("state saved", "serialize_p99_us"),
+    ) {
+        let _ = writeln!(
+            out,
+            "| {what}: serialising, on the event thread | {p50:.1} µs | {p99:.1} µs |"
+        );
+    }
+    if let (Some((_, p50)), Some((_, p99))) = (
+        field("state saved", "write_p50_us"),
+        field("state saved", "write_p99_us"),
+    ) {
+        let _ = writeln!(
+            out,
+            "| writing it (write, fsync, rename), on its own thread | {p50:.1} µs | {p99:.1} µs |"
+        );
+    }
+    if let (Some((what, p50)), Some((_, p99))) = (
+        field("health queues", "p50_us"),
+        field("health queues", "p99_us"),
+    ) {
+        let _ = writeln!(
+            out,
+            "| {what}: one segment write | {p50:.1} µs | {p99:.1} µs |"
+        );
     }
     out.push('\n');
     Ok(out)

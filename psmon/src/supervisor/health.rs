@@ -83,9 +83,10 @@ impl Supervisor {
     }
 
     fn write_queue(&mut self, pfile: &str, event: Option<&str>) {
-        let Some((_, queue)) = self.queues.get_mut(pfile) else {
+        if !self.queues.contains_key(pfile) {
             return;
-        };
+        }
+        let begun = std::time::Instant::now();
         let ids = self.monitor.entries_of(pfile);
         let status = self.monitor.status_of(&ids, Time::now());
         let entries: Vec<shm::EntryState> = status
@@ -98,7 +99,10 @@ impl Supervisor {
                 retry: e.retry,
             })
             .collect();
-        queue.write(&entries, event);
+        if let Some((_, queue)) = self.queues.get_mut(pfile) {
+            queue.write(&entries, event);
+        }
+        self.queue_writes.add(begun.elapsed());
     }
 
     /// SHM_DUMP_FILE, off the event thread (a slow disk must not matter).

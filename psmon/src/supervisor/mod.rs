@@ -18,6 +18,7 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
+use serde_json::json;
 use tokio::{
     sync::{mpsc, oneshot},
     task::JoinHandle,
@@ -104,6 +105,7 @@ pub struct Supervisor {
     store: Option<Store>,
     drills: Vec<ops::Drill>,
     queues: health::Queues,
+    queue_writes: crate::stats::Samples,
     lost_events: u64,
     matcher: Arc<Matcher>,
     reporter: Reporter,
@@ -174,6 +176,7 @@ impl Supervisor {
             store,
             drills: Vec::new(),
             queues: health::Queues::new(),
+            queue_writes: crate::stats::Samples::default(),
             lost_events: 0,
             matcher,
             reporter,
@@ -302,9 +305,15 @@ impl Supervisor {
         }
     }
 
-    /// Gives the monitor an input and carries out what it says.
+    /// Gives the monitor an input and carries out what it says: commands
+    /// first (a restart waits for nothing), then the rest in order.
     fn feed(&mut self, input: Input) {
-        for effect in self.monitor.handle(input, Time::now()) {
+        let (runs, rest): (Vec<Effect>, Vec<Effect>) = self
+            .monitor
+            .handle(input, Time::now())
+            .into_iter()
+            .partition(|e| matches!(e, Effect::Run(_)));
+        for effect in runs.into_iter().chain(rest) {
             self.apply(effect);
         }
         self.persist();
@@ -313,7 +322,7 @@ impl Supervisor {
     /// Saves the monitor's state if it changed (on the store's thread).
     fn persist(&mut self) {
         if self.monitor.take_dirty()
-            && let Some(store) = &self.store
+            && let Some(store) = &mut self.store
         {
             store.save(&self.monitor);
         }
@@ -601,20 +610,29 @@ impl Supervisor {
             umask: self.umask,
             timeout: run.timeout,
         };
-        let tx = self.back_tx.clone();
         let (path, job) = (run.path, run.job);
-        self.commands.spawn(async move {
-            let started = {
-                let (tx, path) = (tx.clone(), path.clone());
-                move |pgid| {
-                    let input = Input::CommandStarted { path, job, pgid };
-                    let _ = tx.send(Back::Input {
-                        input,
-                        generation: None,
-                    });
-                }
+        // Started here and now, before anything else this input brings
+        // (messages, saving state): the restart's latency ends here.
+        let running = exec::start(&spec);
+        let tx = self.back_tx.clone();
+        if let Ok(r) = &running
+            && let Some(pgid) = r.pgid
+        {
+            let input = Input::CommandStarted {
+                path: path.clone(),
+                job,
+                pgid,
             };
-            let outcome = exec::run_then(&spec, started).await;
+            let _ = tx.send(Back::Input {
+                input,
+                generation: None,
+            });
+        }
+        self.commands.spawn(async move {
+            let outcome = match running {
+                Ok(running) => running.finish().await,
+                Err(failed) => failed,
+            };
             let input = Input::CommandDone { path, job, outcome };
             let _ = tx.send(Back::Input {
                 input,
@@ -714,6 +732,30 @@ impl Supervisor {
                     }
                 }
             }
+        }
+        if let Some(store) = &self.store {
+            let (ser, write) = (&store.serialize_ns, store.write_ns());
+            self.reporter.report(
+                LogLevel::Info,
+                &format!("state saved {} times", ser.count()),
+                &[
+                    ("serialize_p50_us", json!(ser.percentile_us(50.0))),
+                    ("serialize_p99_us", json!(ser.percentile_us(99.0))),
+                    ("write_p50_us", json!(write.percentile_us(50.0))),
+                    ("write_p99_us", json!(write.percentile_us(99.0))),
+                ],
+            );
+        }
+        if self.queue_writes.count() > 0 {
+            let w = &self.queue_writes;
+            self.reporter.report(
+                LogLevel::Info,
+                &format!("health queues written {} times", w.count()),
+                &[
+                    ("p50_us", json!(w.percentile_us(50.0))),
+                    ("p99_us", json!(w.percentile_us(99.0))),
+                ],
+            );
         }
         self.reporter.report(
             LogLevel::Info,
