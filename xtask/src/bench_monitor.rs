@@ -466,7 +466,7 @@ pub fn scale(psmon: &Path, dir: &Path, n: usize) -> anyhow::Result<String> {
     for c in &mut children {
         let _ = c.wait();
     }
-    let (rss, scans, cpu, idle_secs, up_secs) = result?;
+    let (rss, scans, cpu, idle_secs, up_secs, status) = result?;
     let mut out = String::new();
     let mut sorted = scans.clone();
     sorted.sort_by(f64::total_cmp);
@@ -480,17 +480,48 @@ pub fn scale(psmon: &Path, dir: &Path, n: usize) -> anyhow::Result<String> {
          | measure | value | target |\n|---|---|---|\n\
          | RSS after start-up | {:.1} MB | < 50 MB |\n\
          | reconciliation scan, median of {} | {:.0} ms (max {:.0} ms) | < 200 ms |\n\
-         | idle CPU (scans included) | {:.2}% of one core | < 0.5% |\n",
+         | idle CPU (scans included) | {:.2}% of one core | < 0.5% |\n\
+         | `status` request → its reply ({} KB of JSON, all {n} entries), median of {} | {} (max {}) | |\n",
         rss as f64 / 1024.0,
         sorted.len(),
         sorted.get(sorted.len() / 2).copied().unwrap_or(0.0),
         sorted.last().copied().unwrap_or(0.0),
         cpu,
+        status.0 / 1024,
+        status.1.len(),
+        crate::bench::fmt_ns(percentile(&status.1, 50.0)),
+        crate::bench::fmt_ns(status.1.last().copied().unwrap_or(0)),
     )?;
     Ok(out)
 }
 
-type ScaleResult = (u64, Vec<f64>, f64, f64, f64);
+/// RSS, scan times, idle CPU, idle and start-up seconds, and the status
+/// round trip (reply bytes, sorted times in ns).
+type ScaleResult = (u64, Vec<f64>, f64, f64, f64, (usize, Vec<u64>));
+
+/// `psmon status --json`'s request on the control socket, answered: the
+/// reply's size and each round trip's time.
+fn status_round_trips(socket: &Path, times: usize) -> anyhow::Result<(usize, Vec<u64>)> {
+    use std::io::{BufRead, Write};
+    let mut samples = Vec::with_capacity(times);
+    let mut size = 0;
+    for _ in 0..times {
+        let t = Instant::now();
+        let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
+        stream.write_all(b"{\"v\":1,\"cmd\":\"status\"}\n")?;
+        let mut reply = String::new();
+        BufReader::new(stream).read_line(&mut reply)?;
+        samples.push(t.elapsed().as_nanos() as u64);
+        ensure!(
+            reply.contains("\"ok\":true"),
+            "status failed: {}",
+            &reply[..reply.len().min(200)]
+        );
+        size = reply.len();
+    }
+    samples.sort_unstable();
+    Ok((size, samples))
+}
 
 fn measure_scale(psmon: &Path, conf: &Path, n: usize) -> anyhow::Result<ScaleResult> {
     let started = Instant::now();
@@ -519,8 +550,9 @@ fn measure_scale(psmon: &Path, conf: &Path, n: usize) -> anyhow::Result<ScaleRes
     }
     let cpu = (cpu_seconds(daemon.pid())? - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
     let rss = rss_kib(daemon.pid())?;
+    let status = status_round_trips(&conf.join("psmon.sock"), 20)?;
     daemon.stop();
-    Ok((rss, scans, cpu, idle.as_secs_f64(), up_secs))
+    Ok((rss, scans, cpu, idle.as_secs_f64(), up_secs, status))
 }
 
 /// How long (f) measures each contender.

@@ -69,7 +69,8 @@ fn test() -> anyhow::Result<()> {
     use std::io::{BufRead, BufReader};
     let mut child = std::process::Command::new(env!("CARGO"))
         .current_dir(workspace_root())
-        .args(["test", "--workspace"])
+        // Every binary runs even when one fails: the totals say it all.
+        .args(["test", "--workspace", "--no-fail-fast"])
         .env("PSMON_REQUIRE_EBPF", "1")
         .stdout(std::process::Stdio::piped())
         .spawn()?;
