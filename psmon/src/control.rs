@@ -104,11 +104,18 @@ pub struct Access {
 /// of a psmon that died is replaced, and a live psmon on it is an error.
 pub fn bind(path: &Path, access: &Access) -> anyhow::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt;
+    let hint = "run as root, or give another place with --socket PATH";
     if let Some(dir) = path.parent()
         && !dir.exists()
     {
-        std::fs::create_dir_all(dir)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+        std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)))
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot create the control socket's directory {}: {e}; {hint}",
+                    dir.display()
+                )
+            })?;
     }
     if path.exists() {
         match ping_blocking(path) {
@@ -123,7 +130,7 @@ pub fn bind(path: &Path, access: &Access) -> anyhow::Result<UnixListener> {
         }
     }
     let listener = UnixListener::bind(path)
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", path.display()))?;
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}; {hint}", path.display()))?;
     let mode = match &access.group {
         Some((_, gid)) => {
             nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(*gid)))?;

@@ -97,6 +97,10 @@ fn next() -> Option<Msg> {
     loop {
         if let Some(msg) = q.msgs.pop_front() {
             q.bytes -= msg.bytes();
+            if q.msgs.is_empty() && q.msgs.capacity() > 1024 {
+                // A burst is over: give its room back.
+                q.msgs.shrink_to(1024);
+            }
             return Some(msg);
         }
         q = s.ready.wait(q).ok()?;

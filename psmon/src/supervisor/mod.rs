@@ -98,7 +98,8 @@ type ScanDone = (Time, Duration, Vec<Vec<Seen>>, ScanState, u64);
 
 pub struct Supervisor {
     monitor: Monitor,
-    /// The configuration running now (per-pfile reloads start from it).
+    /// The configuration running now, without its entries (the monitor
+    /// has them; a second copy would only cost memory).
     config: Config,
     conf_dir: std::path::PathBuf,
     load: LoadOptions,
@@ -170,7 +171,7 @@ impl Supervisor {
         let (back_tx, back_rx) = mpsc::unbounded_channel();
         Supervisor {
             monitor,
-            config,
+            config: without_entries(config),
             conf_dir,
             load,
             store,
@@ -259,6 +260,7 @@ impl Supervisor {
                         stat_files = Some(files);
                         if generation == self.monitor.generation() {
                             self.feed(Input::Scanned { started, took, found });
+
                         } else {
                             self.scan_requested = true;
                         }
@@ -556,7 +558,7 @@ impl Supervisor {
         self.scan_every = scan_interval(&config);
         self.umask = config.env.umask;
         self.rescan_all = true;
-        self.config = config.clone();
+        self.config = without_entries(config.clone());
         self.feed(Input::Reload(Box::new(config)));
         self.matcher = Arc::new(Matcher::new(self.monitor.entries()));
         self.fill_filter();
@@ -763,6 +765,14 @@ impl Supervisor {
             &[],
         );
     }
+}
+
+/// `config` with its pfiles' entries left out.
+fn without_entries(mut config: Config) -> Config {
+    for p in &mut config.pfiles {
+        p.entries = Vec::new();
+    }
+    config
 }
 
 /// The shortest MONITOR_INTERVAL of the configuration.

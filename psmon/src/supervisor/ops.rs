@@ -197,7 +197,7 @@ impl Supervisor {
                         return;
                     }
                 };
-                let mut config = self.config.clone();
+                let mut config = self.running_config();
                 self.helpers.spawn(async move {
                     let file = pfile.file.clone();
                     let loaded =
@@ -227,6 +227,18 @@ impl Supervisor {
                 });
             }
         }
+    }
+
+    /// The configuration running now, entries included (from the monitor).
+    fn running_config(&self) -> Config {
+        let mut config = self.config.clone();
+        for (i, entry) in self.monitor.entries().enumerate() {
+            let pfile = self.monitor.pfile(EntryId(i as u32));
+            if let Some(p) = config.pfiles.iter_mut().find(|p| p.name == pfile) {
+                p.entries.push(entry.clone());
+            }
+        }
+        config
     }
 
     /// A reload's files are read: apply them, or refuse them.
