@@ -495,3 +495,34 @@ fn the_health_queue_outlives_the_daemon() {
         libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut());
     }
 }
+
+/// Removing a pfile's IPCKEY (or the pfile) removes its segment.
+#[test]
+fn a_pfile_gone_takes_its_health_queue_along() {
+    let site = Site::new("op-shm-gone");
+    let key: u32 = 0x7b80_0000 | ((std::process::id() & 0xffff) << 4);
+    let with_key = |key: Option<u32>| {
+        let param = key
+            .map(|k| format!("IPCKEY = {k:#x}\n"))
+            .unwrap_or_default();
+        std::fs::write(
+            site.conf().join("pfile_app"),
+            format!(
+                "##### PARAM #####\nMONITOR_INTERVAL = 1\n{param}##### PENT #####\n{v} : {v} sleep >/dev/null 2>&1 & : 60 : 3 : continue\n",
+                v = site.victim.display()
+            ),
+        )
+        .unwrap();
+    };
+    let exists = || {
+        // SAFETY: shmget with integer arguments, creating nothing.
+        unsafe { libc::shmget(key as libc::key_t, 0, 0) >= 0 }
+    };
+    with_key(Some(key));
+    let (_psmon, _) = site.running();
+    assert!(exists(), "psmon made the segment");
+    with_key(None);
+    let out = site.ctl(&["reload", "app"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(!exists(), "the segment went with its IPCKEY");
+}

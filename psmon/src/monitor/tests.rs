@@ -766,3 +766,161 @@ fn the_state_round_trips_through_json() {
         running: 1
     })));
 }
+
+/// A paused pfile's deaths are neither reported nor restarted; resume
+/// looks afresh, and a death meanwhile is then a Down and a restart.
+#[test]
+fn pause_holds_everything_and_resume_looks_again() {
+    let mut w = World::started(vec![entry("/d")], true, vec![vec![seen(100, 5)]]);
+    w.feed(Input::Pause {
+        pfile: "app".into(),
+    });
+    assert!(w.out.contains(&Effect::Notice(Notice::Operator {
+        what: "stop",
+        pfile: "app".into()
+    })));
+    assert!(
+        w.exit(100, 5, KILLED).is_empty(),
+        "paused: nothing said or done"
+    );
+    assert!(w.runs().is_empty());
+    assert_eq!(w.m.status(w.now)[0].state, "paused");
+    assert_eq!(w.m.next_deadline(w.now), None);
+    w.feed(Input::Resume {
+        pfile: "app".into(),
+    });
+    assert_eq!(
+        w.actions(),
+        vec![
+            Action::ReportDown {
+                pid: None,
+                status: ExitStatus::Unknown
+            },
+            Action::Restart { attempt: 1 }
+        ]
+    );
+    assert_eq!(w.runs().len(), 1);
+}
+
+/// A paused process still running is simply Up again on resume.
+#[test]
+fn resume_of_a_process_still_running_is_up() {
+    let mut w = World::started(vec![entry("/d")], true, vec![vec![seen(100, 5)]]);
+    w.feed(Input::Pause {
+        pfile: "app".into(),
+    });
+    w.feed(Input::Resume {
+        pfile: "app".into(),
+    });
+    assert_eq!(w.actions(), vec![up(100)]);
+}
+
+/// The drill's restart is not counted against the budget; later ones are.
+#[test]
+fn a_drill_restart_is_not_counted() {
+    let mut e = entry("/d");
+    e.retry = 1;
+    let mut w = World::started(vec![e], true, vec![vec![seen(100, 5)]]);
+    w.feed(Input::Drill { entry: A });
+    w.exit(100, 5, KILLED);
+    assert_eq!(w.runs().len(), 1);
+    w.done("/d", true);
+    w.feed(Input::Execd {
+        tgid: 101,
+        matched: Some((A, seen(101, 6))),
+    });
+    w.feed(Input::DrillEnd { entry: A });
+    assert_eq!(w.m.status(w.now)[0].attempts, 0);
+    // A real death spends the one attempt there is.
+    w.exit(101, 6, KILLED);
+    assert_eq!(w.runs().len(), 1);
+    assert_eq!(w.m.status(w.now)[0].attempts, 1);
+}
+
+/// Taken over by a restarted psmon: members are watched again; a restart
+/// command that was running is waited for, not run again; one decided but
+/// never started counts as failed and is tried again; entries no longer
+/// configured are let go.
+#[test]
+fn restore_watches_members_and_waits_for_a_running_command() {
+    let mut w = World::started(
+        vec![entry("/a"), entry("/b"), entry("/c")],
+        true,
+        vec![vec![seen(100, 5)], vec![seen(200, 6)], vec![seen(300, 7)]],
+    );
+    w.exit(100, 5, KILLED); // /a restarting, its command started:
+    w.feed(Input::CommandStarted {
+        path: "/a".into(),
+        job: Job::Restart,
+        pgid: 4242,
+    });
+    w.exit(200, 6, KILLED); // /b restarting, psmon died before its command
+    let saved: Monitor = serde_json::from_str(&serde_json::to_string(&w.m).unwrap()).unwrap();
+    let (m, out) = Monitor::restore(saved, config(vec![entry("/a"), entry("/b")]), true);
+    assert!(out.contains(&Effect::AwaitCommand {
+        path: "/a".into(),
+        pgid: 4242,
+        timeout: entry("/a").restart_timeout,
+    }));
+    let failed_then_retried = out.iter().any(|e| {
+        matches!(
+            e,
+            Effect::Notice(Notice::Policy {
+                entry: B,
+                action: Action::ReportSetPidFail {
+                    why: SetPidFail::CommandFailed
+                },
+                ..
+            })
+        )
+    }) && out
+        .iter()
+        .any(|e| matches!(e, Effect::Run(r) if r.path == std::path::Path::new("/b")));
+    assert!(failed_then_retried, "{out:?}");
+    assert!(
+        !out.iter()
+            .any(|e| matches!(e, Effect::Run(r) if r.path == std::path::Path::new("/a")))
+    );
+    // /c is not configured now: its member is let go.
+    assert_eq!(m.member_entry(300), None);
+    assert_eq!(m.entry_count(), 2);
+    let mut w = World { m, now: w.now, out };
+    // The waited-for command ends; the process it started comes up.
+    let outcome = Outcome {
+        ending: Ending::Adopted,
+        elapsed: Duration::from_millis(500),
+        output_tail: String::new(),
+    };
+    w.feed(Input::CommandDone {
+        path: "/a".into(),
+        job: Job::Restart,
+        outcome,
+    });
+    w.feed(Input::Execd {
+        tgid: 101,
+        matched: Some((A, seen(101, 8))),
+    });
+    assert_eq!(w.actions(), vec![up(101)]);
+    assert_eq!(
+        w.m.status(w.now)[0].attempts,
+        1,
+        "the budget is the one saved"
+    );
+}
+
+/// Status says failed_over once the failover command ran.
+#[test]
+fn status_says_failed_over() {
+    let mut e = entry("/d");
+    e.retry = 1;
+    e.action = OnRetryOver::Switch;
+    e.failover = Some("move it".into());
+    let mut w = World::started(vec![e], true, vec![vec![seen(100, 5)]]);
+    w.exit(100, 5, KILLED);
+    w.done("/d", false);
+    assert!(w.runs().iter().any(|r| r.job == Job::Failover));
+    let status = &w.m.status(w.now)[0];
+    assert_eq!(status.state, "failed_over");
+    assert_eq!(status.last_failure, Some(SetPidFail::CommandFailed));
+    assert_eq!(status.last_down, Some((Some(100), KILLED)));
+}
