@@ -23,7 +23,10 @@ struct Site {
 
 impl Site {
     fn new(tag: &str) -> Site {
-        let dir = TempDir::new(tag);
+        Site::with(TempDir::new(tag))
+    }
+
+    fn with(dir: TempDir) -> Site {
         std::fs::create_dir_all(dir.0.join("conf")).unwrap();
         let victim = victim_copy(&dir.0, "opvictim");
         let site = Site { dir, victim };
@@ -259,16 +262,28 @@ fn reload_of_one_pfile_keeps_the_others_budgets() {
 
 #[test]
 fn who_may_ask() {
-    let site = Site::new("op-access");
+    // Under /tmp: other users must reach the socket wherever the checkout is.
+    let site = Site::with(TempDir::new_in(Path::new("/tmp"), "op-access"));
     let (_psmon, _) = site.running();
+    // A copy other users may run, wherever the checkout is.
+    let client = site.dir.0.join("psmon-client");
+    std::fs::copy(env!("CARGO_BIN_EXE_psmon"), &client).unwrap();
     let nobody = |args: &[&str]| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_psmon"));
+        let mut command = Command::new(&client);
         isolate(&mut command, &site.dir.0)
             .args(args)
             .uid(65534)
-            .gid(65534)
-            .output()
-            .unwrap()
+            .gid(65534);
+        // Just copied: another test's fork may hold it open for a moment.
+        for _ in 0..100 {
+            match command.output() {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => return other.unwrap(),
+            }
+        }
+        panic!("{} stayed busy", client.display());
     };
     if !is_root() {
         return; // only root can become nobody; CI runs as root

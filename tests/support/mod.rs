@@ -118,10 +118,15 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> Self {
+        Self::new_in(Path::new(env!("CARGO_TARGET_TMPDIR")), tag)
+    }
+
+    /// Under `base` (e.g. `/tmp`, which every user can traverse, wherever
+    /// the checkout is).
+    pub fn new_in(base: &Path, tag: &str) -> Self {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("{tag}-{}-{n}", std::process::id()));
+        let dir = base.join(format!("psmon-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         TempDir(dir)
