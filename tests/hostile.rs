@@ -449,3 +449,62 @@ mod stuck_logging_never_stops_monitoring {
         super::stuck_logging_never_stops_monitoring("poll")
     }
 }
+
+/// Under systemd (`Type=notify`, `WatchdogSec=`), with NOTIFY_SOCKET an
+/// abstract socket as in containers: psmon says READY=1 once it watches,
+/// keeps the watchdog fed from its event loop, and says STOPPING=1.
+#[test]
+fn systemd_notify_over_an_abstract_socket() {
+    use std::os::linux::net::SocketAddrExt;
+    let dir = TempDir::new("notify");
+    let conf = dir.0.join("conf");
+    std::fs::create_dir_all(&conf).unwrap();
+    let victim = victim_copy(&dir.0, "notifyvictim");
+    std::fs::write(conf.join("pfile_app"), pfile(&victim, 3)).unwrap();
+    let name = format!("psmon-test-notify-{}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let listener = std::os::unix::net::UnixDatagram::bind_addr(&addr).unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_psmon"));
+    let mut psmon = isolate(&mut command, &dir.0)
+        .args(["run", "--insecure-config", "--source", "poll", "--conf"])
+        .arg(&conf)
+        .env("NOTIFY_SOCKET", format!("@{name}"))
+        .env("WATCHDOG_USEC", "200000")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kept fed every 100 ms (half of WATCHDOG_USEC): five keep-alives
+    // well within the 10 s a read may wait.
+    let mut said = Vec::new();
+    let mut buf = [0u8; 512];
+    while said
+        .iter()
+        .filter(|s: &&String| s.contains("WATCHDOG=1"))
+        .count()
+        < 5
+    {
+        let n = listener
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no notification ({e}); had {said:?}"));
+        said.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(said[0].contains("READY=1"), "{said:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(psmon.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let n = listener.recv(&mut buf).expect("STOPPING=1 before exit");
+        if String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1") {
+            break;
+        }
+        assert!(Instant::now() < deadline);
+    }
+    psmon.wait().unwrap();
+    kill_all(&victim);
+}

@@ -182,6 +182,10 @@ pub async fn run(
         asked_tx,
         token.clone(),
     ));
+    let mut supervisor = supervisor;
+    if let Some(period) = libsystemd::daemon::watchdog_enabled(false) {
+        supervisor.keep_watchdog_alive(period);
+    }
     notify_systemd(libsystemd::daemon::NotifyState::Ready);
     supervisor
         .run(event_rx, control_rx, asked_rx, token.clone())

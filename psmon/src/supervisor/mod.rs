@@ -133,6 +133,8 @@ pub struct Supervisor {
     /// Something may have happened unseen (events lost, a source or a
     /// configuration changed): the next scan reads every process.
     rescan_all: bool,
+    /// systemd's watchdog period (WATCHDOG_USEC), when it asks for one.
+    watchdog: Option<Duration>,
 }
 
 /// More execs than this between two scans: read everything instead.
@@ -195,7 +197,14 @@ impl Supervisor {
             execd: Vec::new(),
             execs_at_last_scan: None,
             rescan_all: true,
+            watchdog: None,
         }
+    }
+
+    /// Sends systemd `WATCHDOG=1` every half `period` from the loop that
+    /// handles events, so that a stuck loop is what systemd notices.
+    pub fn keep_watchdog_alive(&mut self, period: Duration) {
+        self.watchdog = Some(period);
     }
 
     /// Whether exec names (comm) can tell watched processes apart in the
@@ -222,6 +231,7 @@ impl Supervisor {
         }
         self.persist();
         let mut scan_tick = tokio::time::interval(self.scan_every);
+        let mut keepalive = self.watchdog.map(|d| tokio::time::interval(d / 2));
         let mut scan: Option<JoinHandle<ScanDone>> = None;
         let mut stat_files = Some(ScanState::default());
         loop {
@@ -273,6 +283,14 @@ impl Supervisor {
                     self.expire_drills(Time::now());
                 }
                 Some(request) = asked.recv() => self.on_asked(request),
+                _ = tick(&mut keepalive), if keepalive.is_some() => {
+                    if let Err(e) = libsystemd::daemon::notify(
+                        false,
+                        &[libsystemd::daemon::NotifyState::Watchdog],
+                    ) {
+                        tracing::warn!("cannot send the watchdog keep-alive to systemd: {e}");
+                    }
+                }
                 Some(msg) = control.recv() => {
                     self.on_control(msg);
                     if scan_tick.period() != self.scan_every {
@@ -790,6 +808,16 @@ fn to_tokio(at: Time) -> tokio::time::Instant {
     let now = Time::now();
     let base = tokio::time::Instant::now();
     base + at.saturating_duration_since(now)
+}
+
+/// The next tick of `interval`; never, without one.
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Sleeps until `at`; `None` never wakes (the branch is disabled then).
