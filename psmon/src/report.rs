@@ -128,15 +128,50 @@ impl Reporter {
         };
         match notice {
             Notice::Policy {
-                entry,
+                entry: id,
                 action,
                 running,
             } => {
-                let (entry, path, base) = about(*entry);
-                let (level, message, extra) = policy_message(entry, &path, *action, *running);
+                let (entry, path, base) = about(*id);
+                let (level, mut message, extra) = policy_message(entry, &path, *action, *running);
                 let mut fields = base;
                 fields.extend(extra);
+                if let Action::ReportDown { pid: Some(pid), .. } = action
+                    && monitor.hung(*id) == Some(*pid)
+                {
+                    message.push_str(" (hang)");
+                    fields.push(("reason", json!("hang")));
+                }
                 self.report(level, &message, &fields);
+            }
+            Notice::ProbeSlow { entry, pid, took } => {
+                let (entry, path, mut fields) = about(*entry);
+                let warn = entry.probe.as_ref().map_or(0.0, |p| p.warn.as_secs_f64());
+                fields.push(("pid", json!(pid)));
+                fields.push(("probe_ms", json!(took.as_secs_f64() * 1e3)));
+                self.report(
+                    LogLevel::Warn,
+                    &format!(
+                        "Process ['{path}',pid={pid}] slow: answered in {} (warn {warn:.1} s)",
+                        duration(*took)
+                    ),
+                    &fields,
+                );
+            }
+            Notice::Hung {
+                entry,
+                pid,
+                timeout,
+                why,
+            } => {
+                let (_, path, mut fields) = about(*entry);
+                fields.push(("pid", json!(pid)));
+                fields.push(("why", json!(why)));
+                self.report(
+                    LogLevel::Error,
+                    &hung_text(&path, *pid, *timeout, why),
+                    &fields,
+                );
             }
             Notice::SwitchNotSent { entry } => {
                 let (_, path, base) = about(*entry);
@@ -333,6 +368,14 @@ fn policy_message(
             vec![("running", json!(running)), ("max", json!(entry.max))],
         ),
     }
+}
+
+/// `Process ['P',pid=N] hung (no answer in 10.0 s: why)`.
+pub fn hung_text(path: &str, pid: u32, timeout: std::time::Duration, why: &str) -> String {
+    format!(
+        "Process ['{path}',pid={pid}] hung (no answer in {:.1} s: {why})",
+        timeout.as_secs_f64()
+    )
 }
 
 /// The text of one restart decision's message (the health queue keeps it).

@@ -12,7 +12,13 @@
  *                           while the others (and the leader) still run
  *   victim nap MS           sleep MS milliseconds, then exit 0
  *   victim rename NAME      set comm to NAME (PR_SET_NAME), then wait
+ *   victim serve PORT [REPLY] [DELAY_MS]
+ *                           a TCP server on 127.0.0.1:PORT: to each
+ *                           connection, after DELAY_MS, REPLY (default
+ *                           "+PONG") and a CRLF once it has read something
  */
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <pthread.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -88,6 +94,30 @@ int main(int argc, char **argv) {
     } else if (strcmp(argv[1], "rename") == 0 && argc > 2) {
         prctl(PR_SET_NAME, argv[2], 0, 0, 0);
         for (;;) pause();
+    } else if (strcmp(argv[1], "serve") == 0 && argc > 2) {
+        const char *reply = argc > 3 ? argv[3] : "+PONG";
+        long delay = argc > 4 ? atol(argv[4]) : 0;
+        int s = socket(AF_INET, SOCK_STREAM, 0);
+        int one = 1;
+        setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        struct sockaddr_in a = {0};
+        a.sin_family = AF_INET;
+        a.sin_port = htons((unsigned short)n);
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (bind(s, (struct sockaddr *)&a, sizeof a) != 0 || listen(s, 16) != 0) {
+            perror("serve");
+            return 70;
+        }
+        for (;;) {
+            int c = accept(s, NULL, NULL);
+            if (c < 0) continue;
+            char buf[256];
+            if (read(c, buf, sizeof buf) > 0) {
+                nap_ms(delay);
+                dprintf(c, "%s\r\n", reply);
+            }
+            close(c);
+        }
     } else if (strcmp(argv[1], "forks") == 0) {
         for (int i = 0; i < n; i++) {
             pid_t pid = fork();

@@ -123,8 +123,55 @@ pub struct Entry {
     pub restart_backoff: Duration,
     /// The longest wait between attempts (the pfile's MONITOR_INTERVAL).
     pub backoff_max: Duration,
+    /// How to tell that the process hangs (TOML `[entry.probe]`).
+    pub probe: Option<Probe>,
     /// Where it was defined, for messages.
     pub line: usize,
+}
+
+/// A hang probe: asked every `interval`, a process that gives no good
+/// answer within `timeout`, `failures` times in a row, hangs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Probe {
+    pub kind: ProbeKind,
+    pub interval: Duration,
+    /// Slower than this but answering: a warning only.
+    pub warn: Duration,
+    pub timeout: Duration,
+    pub failures: u32,
+    /// After the process became Up, failures within this do not count.
+    pub start_grace: Duration,
+    /// SIGTERM to a hung process, then SIGKILL after this.
+    pub kill_grace: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ProbeKind {
+    /// A TCP connection to `host:port` is accepted.
+    Tcp { address: String },
+    /// Connect, send `send`, and the answer contains `expect`.
+    SendExpect {
+        address: String,
+        send: Vec<u8>,
+        expect: String,
+    },
+    /// The command exits 0 (run like a restart command).
+    Command { command: String },
+}
+
+impl Probe {
+    /// msprobe's defaults: every 10 s, warn past 5 s, hung past 10 s.
+    pub fn new(kind: ProbeKind) -> Probe {
+        Probe {
+            kind,
+            interval: Duration::from_secs(10),
+            warn: Duration::from_secs(5),
+            timeout: Duration::from_secs(10),
+            failures: 1,
+            start_grace: Duration::from_secs(30),
+            kill_grace: Duration::from_secs(5),
+        }
+    }
 }
 
 /// Which of the processes that match an entry are its instances.
@@ -191,6 +238,7 @@ impl Entry {
             start_secs: Self::DEFAULT_START_SECS,
             restart_backoff: Self::DEFAULT_RESTART_BACKOFF,
             backoff_max: Pfile::DEFAULT_MONITOR_INTERVAL,
+            probe: None,
             line: 0,
         }
     }

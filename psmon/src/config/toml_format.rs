@@ -8,7 +8,9 @@ use std::{fmt::Write as _, ops::Range, path::Path, time::Duration};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Action, Diagnostic, Entry, Match, Pfile, Rule, hint, pfile::parse_action};
+use super::{
+    Action, Diagnostic, Entry, Match, Pfile, Probe, ProbeKind, Rule, hint, pfile::parse_action,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,6 +42,23 @@ struct EntryToml {
     main_only: Option<Spanned<bool>>,
     start_secs: Option<Spanned<f64>>,
     restart_backoff: Option<Spanned<f64>>,
+    probe: Option<Spanned<ProbeToml>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProbeToml {
+    kind: Spanned<String>,
+    address: Option<Spanned<String>>,
+    send: Option<Spanned<String>>,
+    expect: Option<Spanned<String>>,
+    command: Option<Spanned<String>>,
+    interval: Option<Spanned<f64>>,
+    warn: Option<Spanned<f64>>,
+    timeout: Option<Spanned<f64>>,
+    failures: Option<Spanned<i64>>,
+    start_grace: Option<Spanned<f64>>,
+    kill_grace: Option<Spanned<f64>>,
 }
 
 const FILE_KEYS: [&str; 5] = [
@@ -49,7 +68,21 @@ const FILE_KEYS: [&str; 5] = [
     "shm_dump_file",
     "entry",
 ];
-const ENTRY_KEYS: [&str; 16] = [
+const PROBE_KEYS: [&str; 11] = [
+    "kind",
+    "address",
+    "send",
+    "expect",
+    "command",
+    "interval",
+    "warn",
+    "timeout",
+    "failures",
+    "start_grace",
+    "kill_grace",
+];
+const ENTRY_KEYS: [&str; 17] = [
+    "probe",
     "path",
     "restart",
     "grace",
@@ -300,8 +333,151 @@ fn entry(c: &mut Checker, spanned: &Spanned<EntryToml>) -> Option<Entry> {
         (None, true, Match::Path) => e.rule = Rule::MainOnly,
         (None, false, _) => {}
     }
+    if let Some(p) = &t.probe {
+        e.probe = probe(c, p);
+    }
     e.line = position(c.text, spanned.span().start).0;
     (c.errors.len() == before).then_some(e)
+}
+
+/// `[entry.probe]`: how to tell a process that no longer answers.
+fn probe(c: &mut Checker, spanned: &Spanned<ProbeToml>) -> Option<Probe> {
+    let t = spanned.get_ref();
+    let before = c.errors.len();
+    let address = |c: &mut Checker| -> Option<String> {
+        let Some(a) = &t.address else {
+            c.error(
+                t.kind.span(),
+                format!(
+                    "a `{}` probe needs an address = \"host:port\"",
+                    t.kind.get_ref()
+                ),
+            );
+            return None;
+        };
+        let text = a.get_ref();
+        let ok = text.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !ok {
+            c.error(a.span(), format!("probe address `{text}` is not host:port"));
+            return None;
+        }
+        Some(text.clone())
+    };
+    let kind = match t.kind.get_ref().as_str() {
+        "tcp" => address(c).map(|address| ProbeKind::Tcp { address }),
+        "send_expect" => {
+            let address = address(c);
+            let send = match &t.send {
+                Some(s) => match unescape(s.get_ref()) {
+                    Ok(bytes) => Some(bytes),
+                    Err(why) => {
+                        c.error(s.span(), format!("send: {why}"));
+                        None
+                    }
+                },
+                None => Some(Vec::new()),
+            };
+            let expect = match &t.expect {
+                Some(e) if !e.get_ref().is_empty() => Some(e.get_ref().clone()),
+                Some(e) => {
+                    c.error(
+                        e.span(),
+                        "expect is empty: it would match any answer".into(),
+                    );
+                    None
+                }
+                None => {
+                    c.error(
+                        t.kind.span(),
+                        "a send_expect probe needs expect = \"…\"".into(),
+                    );
+                    None
+                }
+            };
+            match (address, send, expect) {
+                (Some(address), Some(send), Some(expect)) => Some(ProbeKind::SendExpect {
+                    address,
+                    send,
+                    expect,
+                }),
+                _ => None,
+            }
+        }
+        "command" => match &t.command {
+            Some(cmd) if !cmd.get_ref().trim().is_empty() => Some(ProbeKind::Command {
+                command: cmd.get_ref().clone(),
+            }),
+            _ => {
+                c.error(
+                    t.kind.span(),
+                    "a command probe needs command = \"…\"".into(),
+                );
+                None
+            }
+        },
+        other => {
+            c.error(
+                t.kind.span(),
+                format!("unknown probe kind `{other}`: expected tcp, send_expect or command"),
+            );
+            None
+        }
+    };
+    let mut probe = Probe::new(kind?);
+    if let Some(d) = c.secs_f("interval", &t.interval, 0.1, 3600.0) {
+        probe.interval = d;
+    }
+    if let Some(d) = c.secs_f("warn", &t.warn, 0.0, 3600.0) {
+        probe.warn = d;
+    }
+    if let Some(d) = c.secs_f("timeout", &t.timeout, 0.1, 3600.0) {
+        probe.timeout = d;
+    }
+    if let Some(n) = c.int("failures", &t.failures, 1, 100) {
+        probe.failures = n as u32;
+    }
+    if let Some(d) = c.secs_f("start_grace", &t.start_grace, 0.0, 3600.0) {
+        probe.start_grace = d;
+    }
+    if let Some(d) = c.secs_f("kill_grace", &t.kill_grace, 0.0, 3600.0) {
+        probe.kill_grace = d;
+    }
+    (c.errors.len() == before).then_some(probe)
+}
+
+/// `\r \n \t \\ \xNN` in a probe's `send`.
+fn unescape(text: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(ch) = chars.next() {
+        if ch != '\\' {
+            let mut buf = [0u8; 4];
+            out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+            continue;
+        }
+        match chars.next() {
+            Some('r') => out.push(b'\r'),
+            Some('n') => out.push(b'\n'),
+            Some('t') => out.push(b'\t'),
+            Some('\\') => out.push(b'\\'),
+            Some('x') => {
+                let hex: String = chars.by_ref().take(2).collect();
+                let byte = u8::from_str_radix(&hex, 16).map_err(|_| {
+                    format!("\\x{hex} is not a byte: write \\xNN with two hex digits")
+                })?;
+                out.push(byte);
+            }
+            other => {
+                return Err(format!(
+                    "unknown escape \\{}: use \\r \\n \\t \\\\ or \\xNN",
+                    other.map(String::from).unwrap_or_default()
+                ));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Adds "did you mean" to serde's unknown-field message.
@@ -313,7 +489,9 @@ fn explain(message: &str) -> String {
     let Some(name) = rest.split('`').next() else {
         return message.to_string();
     };
-    let known: &[&str] = if message.contains("`path`") {
+    let known: &[&str] = if message.contains("`kind`") {
+        &PROBE_KEYS
+    } else if message.contains("`path`") {
         &ENTRY_KEYS
     } else {
         &FILE_KEYS
@@ -479,5 +657,57 @@ failover = "crm resource move app"
         );
         let broken = parse_text("[[entry]\npath = 1\n").unwrap_err();
         assert_eq!((broken[0].0, broken[0].1), (1, 9), "{broken:?}");
+    }
+
+    #[test]
+    fn probes_are_checked_with_positions() {
+        let ok = "[[entry]]\npath = \"/usr/bin/redis-server\"\n[entry.probe]\nkind = \"send_expect\"\naddress = \"127.0.0.1:6379\"\nsend = \"PING\\r\\n\\x00\"\nexpect = \"+PONG\"\ninterval = 0.5\n";
+        let p = parse_text(ok).unwrap();
+        let probe = p.entries[0].probe.as_ref().unwrap();
+        assert_eq!(
+            probe.kind,
+            ProbeKind::SendExpect {
+                address: "127.0.0.1:6379".into(),
+                send: b"PING\r\n\0".to_vec(),
+                expect: "+PONG".into()
+            }
+        );
+        assert_eq!(probe.interval, Duration::from_millis(500));
+        assert_eq!(probe.timeout, Duration::from_secs(10));
+        for (text, says) in [
+            ("kind = \"ping\"", "unknown probe kind `ping`"),
+            (
+                "kind = \"tcp\"\naddress = \"localhost\"",
+                "is not host:port",
+            ),
+            ("kind = \"tcp\"", "needs an address"),
+            ("kind = \"send_expect\"\naddress = \"h:1\"", "needs expect"),
+            (
+                "kind = \"send_expect\"\naddress = \"h:1\"\nexpect = \"x\"\nsend = \"\\\\q\"",
+                "unknown escape",
+            ),
+            (
+                "kind = \"tcp\"\naddress = \"h:1\"\ntimout = 3",
+                "did you mean `timeout`",
+            ),
+            ("kind = \"command\"", "needs command"),
+            (
+                "kind = \"tcp\"\naddress = \"h:1\"\nfailures = 0",
+                "failures 0 is out of range",
+            ),
+        ] {
+            let text = format!("[[entry]]\npath = \"/bin/x\"\n[entry.probe]\n{text}\n");
+            let errors = parse_text(&text).unwrap_err();
+            let joined = errors
+                .iter()
+                .map(|(l, c, m)| format!("{l}:{c}: {m}"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            assert!(joined.contains(says), "{text}: {joined}");
+            assert!(
+                errors.iter().all(|(l, c, _)| *l >= 4 && *c >= 1),
+                "{joined}"
+            );
+        }
     }
 }

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     clock::Time,
-    config::{Config, ConfigErrors, Entry, Match, Rule},
+    config::{Config, ConfigErrors, Entry, Match, Probe, Rule},
     event::ExitStatus,
     exec::Outcome,
     policy::{self, Action, EntryState, Phase, SetPidFail},
@@ -146,6 +146,13 @@ pub enum Input {
     /// process group `pgid` (remembered: a psmon that restarts meanwhile
     /// waits for it rather than start another).
     CommandStarted { path: PathBuf, job: Job, pgid: u32 },
+    /// A hang probe of the entry's process `pid` answered in the time given,
+    /// or did not (why).
+    Probed {
+        entry: EntryId,
+        pid: u32,
+        result: Result<Duration, String>,
+    },
 }
 
 /// What the shell must do, in order.
@@ -181,6 +188,20 @@ pub enum Effect {
     },
     /// Run a reconciliation scan soon, answered by [`Input::Scanned`].
     Scan,
+    /// Ask process `pid` whether it answers; answered by [`Input::Probed`]
+    /// within the probe's timeout.
+    Probe {
+        entry: EntryId,
+        pid: u32,
+        probe: Probe,
+    },
+    /// Kill a hung process: SIGTERM, then SIGKILL after `grace` if the
+    /// same process (tgid, start) still lives.
+    Kill {
+        tgid: u32,
+        start: u64,
+        grace: Duration,
+    },
     /// A restart command a previous psmon started may still run in
     /// process group `pgid`: answer [`Input::CommandDone`] once the group is
     /// gone (or after `timeout`), without running it again.
@@ -231,6 +252,20 @@ pub enum Notice {
     Operator {
         what: &'static str,
         pfile: String,
+    },
+    /// A probe answered, but slower than its `warn`.
+    ProbeSlow {
+        entry: EntryId,
+        pid: u32,
+        took: Duration,
+    },
+    /// The process gave no good answer, `failures` times in a row: it is
+    /// killed and handled as a death.
+    Hung {
+        entry: EntryId,
+        pid: u32,
+        timeout: Duration,
+        why: String,
     },
     SourceOpened {
         name: String,
@@ -285,6 +320,20 @@ struct Watch {
     /// The process group of the restart command running now.
     #[serde(default)]
     command_pgid: Option<u32>,
+    /// The hang probe's bookkeeping.
+    #[serde(default)]
+    probe: ProbeState,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct ProbeState {
+    /// When the next probe is due (while Up).
+    next_at: Option<Time>,
+    in_flight: bool,
+    /// Failed answers in a row.
+    failures: u32,
+    /// The instance killed because it hung: its Down says so.
+    hung: Option<u32>,
 }
 
 /// What `psmon status` shows of an entry.
@@ -527,6 +576,9 @@ impl Monitor {
                     w.drill = false;
                 }
             }
+            Input::Probed { entry, pid, result } => {
+                self.on_probed(entry, pid, result, now, &mut out)
+            }
             Input::CommandStarted { path, job, pgid } => {
                 if job == Job::Restart
                     && let Some(i) = self.config.iter().position(|e| e.path == path)
@@ -724,7 +776,12 @@ impl Monitor {
             .iter()
             .any(|id| matches!(self.config[id.index()].rule, Rule::Pidfile(_)))
             .then(|| now + PIDFILE_POLL);
-        phases.chain(missed).chain(pidfile).min()
+        let probes = self.watches.iter().filter_map(|w| {
+            (w.state.phase == Phase::Up && !w.paused && !w.probe.in_flight)
+                .then_some(w.probe.next_at)
+                .flatten()
+        });
+        phases.chain(missed).chain(pidfile).chain(probes).min()
     }
 
     // --- Handlers ------------------------------------------------------
@@ -900,7 +957,104 @@ impl Monitor {
         }
     }
 
+    fn on_probed(
+        &mut self,
+        id: EntryId,
+        pid: u32,
+        result: Result<Duration, String>,
+        now: Time,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(w) = self.watches.get_mut(id.index()) else {
+            return;
+        };
+        w.probe.in_flight = false;
+        let Some(probe) = &self.config[id.index()].probe else {
+            return;
+        };
+        let current = w.state.phase == Phase::Up
+            && !w.paused
+            && self.members.get(&pid).is_some_and(|m| m.entry == id);
+        if !current {
+            return; // it died, was paused or restarted meanwhile
+        }
+        match result {
+            Ok(took) => {
+                w.probe.failures = 0;
+                if took > probe.warn {
+                    out.push(Effect::Notice(Notice::ProbeSlow {
+                        entry: id,
+                        pid,
+                        took,
+                    }));
+                }
+            }
+            // Still starting up: not judged yet.
+            Err(_) if now < w.since + probe.start_grace => {}
+            Err(why) => {
+                w.probe.failures += 1;
+                if w.probe.failures >= probe.failures {
+                    w.probe.failures = 0;
+                    w.probe.hung = Some(pid);
+                    w.probe.next_at = None;
+                    out.push(Effect::Notice(Notice::Hung {
+                        entry: id,
+                        pid,
+                        timeout: probe.timeout,
+                        why,
+                    }));
+                    let start = self.members[&pid].start_ticks;
+                    out.push(Effect::Kill {
+                        tgid: pid,
+                        start,
+                        grace: probe.kill_grace,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Probes that are due: the entry Up, not paused, none in flight.
+    fn probe_due(&mut self, now: Time, out: &mut Vec<Effect>) {
+        for i in 0..self.watches.len() {
+            let w = &self.watches[i];
+            let Some(probe) = &self.config[i].probe else {
+                continue;
+            };
+            let due = w.probe.next_at.is_some_and(|at| now >= at);
+            if !due || w.probe.in_flight || w.paused || w.state.phase != Phase::Up {
+                continue;
+            }
+            let main = w
+                .members
+                .iter()
+                .filter_map(|tgid| {
+                    self.members
+                        .get(tgid)
+                        .map(|m| (m.start_ticks, *tgid, m.counts))
+                })
+                .filter(|(_, _, counts)| *counts)
+                .min();
+            let w = &mut self.watches[i];
+            w.probe.next_at = Some(now + probe.interval);
+            if let Some((_, pid, _)) = main {
+                w.probe.in_flight = true;
+                out.push(Effect::Probe {
+                    entry: EntryId(i as u32),
+                    pid,
+                    probe: probe.clone(),
+                });
+            }
+        }
+    }
+
+    /// The instance killed because it hung, if any (its Down says so).
+    pub fn hung(&self, id: EntryId) -> Option<u32> {
+        self.watches.get(id.index()).and_then(|w| w.probe.hung)
+    }
+
     fn on_tick(&mut self, now: Time, out: &mut Vec<Effect>) {
+        self.probe_due(now, out);
         let overdue: Vec<(u32, u64)> = self
             .missed
             .iter()
@@ -972,6 +1126,7 @@ impl Monitor {
                     failover_sent: false,
                     drill: false,
                     command_pgid: None,
+                    probe: ProbeState::default(),
                 },
             };
             self.watches.push(w);
@@ -1173,8 +1328,17 @@ impl Monitor {
         let actions = policy::step(&self.config[i], &mut self.watches[i].state, input, now);
         if self.watches[i].state != before {
             self.dirty = true;
-            if self.watches[i].state.phase != before.phase {
-                self.watches[i].since = now;
+            let w = &mut self.watches[i];
+            if w.state.phase != before.phase {
+                w.since = now;
+                w.probe.failures = 0;
+                w.probe.next_at = match (&self.config[i].probe, w.state.phase) {
+                    (Some(probe), Phase::Up) => {
+                        w.probe.hung = None;
+                        Some(now + probe.interval)
+                    }
+                    _ => None,
+                };
             }
         }
         if self.watches[i]

@@ -924,3 +924,111 @@ fn status_says_failed_over() {
     assert_eq!(status.last_failure, Some(SetPidFail::CommandFailed));
     assert_eq!(status.last_down, Some((Some(100), KILLED)));
 }
+
+/// A probe is due every interval while Up; no good answer `failures`
+/// times in a row is a hang: said, the process killed, and its Down then
+/// says so (report's business; here `hung()` names it). A slow answer is
+/// a warning; failures within start_grace are not judged.
+#[test]
+fn probes_judge_hangs() {
+    use crate::config::{Probe, ProbeKind};
+    let mut e = entry("/d");
+    let mut probe = Probe::new(ProbeKind::Tcp {
+        address: "127.0.0.1:1".into(),
+    });
+    probe.interval = Duration::from_secs(1);
+    probe.warn = Duration::from_millis(100);
+    probe.failures = 2;
+    probe.start_grace = Duration::from_secs(5);
+    e.probe = Some(probe);
+    let mut w = World::started(vec![e], true, vec![vec![seen(100, 5)]]);
+    let probed = |w: &World| {
+        w.out
+            .iter()
+            .any(|e| matches!(e, Effect::Probe { pid: 100, .. }))
+    };
+    assert_eq!(
+        w.m.next_deadline(w.now),
+        Some(w.now + Duration::from_secs(1))
+    );
+    w.tick();
+    assert!(probed(&w), "{:?}", w.out);
+    assert_eq!(
+        w.m.next_deadline(w.now),
+        None,
+        "one probe in flight at a time"
+    );
+    // Within start_grace: a failure is not judged.
+    w.feed(Input::Probed {
+        entry: A,
+        pid: 100,
+        result: Err("timed out".into()),
+    });
+    assert!(w.out.is_empty(), "{:?}", w.out);
+    w.later(5000);
+    w.tick();
+    w.feed(Input::Probed {
+        entry: A,
+        pid: 100,
+        result: Ok(Duration::from_millis(300)),
+    });
+    assert!(matches!(
+        w.out[..],
+        [Effect::Notice(Notice::ProbeSlow { pid: 100, .. })]
+    ));
+    for n in 0..2 {
+        w.tick();
+        assert!(probed(&w));
+        w.feed(Input::Probed {
+            entry: A,
+            pid: 100,
+            result: Err("connecting failed".into()),
+        });
+        if n == 0 {
+            assert!(w.out.is_empty(), "one failure of two: {:?}", w.out);
+        }
+    }
+    assert!(
+        w.out
+            .iter()
+            .any(|e| matches!(e, Effect::Notice(Notice::Hung { pid: 100, .. })))
+    );
+    assert!(w.out.contains(&Effect::Kill {
+        tgid: 100,
+        start: 5,
+        grace: Duration::from_secs(5),
+    }));
+    assert_eq!(w.m.hung(A), Some(100));
+    assert_eq!(
+        w.m.next_deadline(w.now),
+        None,
+        "no probing a process being killed"
+    );
+    // It dies of the kill: an ordinary Down and restart.
+    let actions = w.exit(
+        100,
+        5,
+        ExitStatus::Signal {
+            signal: 15,
+            core_dumped: false,
+        },
+    );
+    assert_eq!(actions.len(), 2, "{actions:?}");
+    w.done("/d", true);
+    w.feed(Input::Execd {
+        tgid: 101,
+        matched: Some((A, seen(101, 6))),
+    });
+    assert_eq!(w.m.hung(A), None, "Up again");
+    assert_eq!(
+        w.m.next_deadline(w.now),
+        Some(w.now + Duration::from_secs(1))
+    );
+    // Paused: not probed.
+    w.feed(Input::Pause {
+        pfile: "app".into(),
+    });
+    w.later(2000);
+    w.feed(Input::Tick);
+    assert!(!w.out.iter().any(|e| matches!(e, Effect::Probe { .. })));
+}

@@ -69,6 +69,16 @@ impl Supervisor {
                 );
                 (self.monitor.pfile(*entry).to_string(), text, dump)
             }
+            Notice::Hung {
+                entry,
+                pid,
+                timeout,
+                why,
+            } => {
+                let path = self.monitor.entry(*entry).path.display().to_string();
+                let text = crate::report::hung_text(&path, *pid, *timeout, why);
+                (self.monitor.pfile(*entry).to_string(), text, false)
+            }
             Notice::Operator { what, pfile } => (
                 pfile.clone(),
                 format!("Command execute. [{what}] pfile='{pfile}'"),

@@ -41,6 +41,7 @@ use crate::{
 
 mod health;
 mod ops;
+mod probe;
 
 /// How long shutdown waits for restart and failover commands still running.
 pub const COMMAND_GRACE: Duration = Duration::from_secs(5);
@@ -399,6 +400,8 @@ impl Supervisor {
                 });
             }
             Effect::Scan => self.scan_requested = true,
+            Effect::Probe { entry, pid, probe } => self.probe(entry, pid, probe),
+            Effect::Kill { tgid, start, grace } => self.kill_hung(tgid, start, grace),
         }
     }
 

@@ -1,0 +1,117 @@
+//! Hang probes, run off the event loop: each is a task of its own with its
+//! own deadline, so a probe that hangs delays nothing else. The answer goes
+//! back to the monitor, which decides; killing a hung process is here too.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{Back, Supervisor};
+use crate::{
+    config::{Probe, ProbeKind},
+    monitor::{EntryId, Input},
+};
+
+/// Bytes of an answer read while looking for `expect`.
+const MAX_ANSWER: usize = 64 * 1024;
+
+impl Supervisor {
+    pub(super) fn probe(&mut self, entry: EntryId, pid: u32, probe: Probe) {
+        let tx = self.back_tx.clone();
+        let umask = self.umask;
+        let generation = Some(self.monitor.generation());
+        self.helpers.spawn(async move {
+            let begun = Instant::now();
+            let result = match tokio::time::timeout(probe.timeout, ask(&probe, umask)).await {
+                Ok(Ok(())) => Ok(begun.elapsed()),
+                Ok(Err(why)) => Err(why),
+                Err(_) => Err("timed out".to_string()),
+            };
+            if let Err(why) = &result {
+                tracing::debug!(pid, why, "probe failed");
+            } else {
+                tracing::debug!(
+                    pid,
+                    ms = begun.elapsed().as_secs_f64() * 1e3,
+                    "probe answered"
+                );
+            }
+            let input = Input::Probed { entry, pid, result };
+            let _ = tx.send(Back::Input { input, generation });
+        });
+    }
+
+    /// SIGTERM now, SIGKILL after `grace` if the same process still lives.
+    pub(super) fn kill_hung(&mut self, tgid: u32, start: u64, grace: Duration) {
+        self.helpers.spawn(async move {
+            let pid = nix::unistd::Pid::from_raw(tgid as i32);
+            let same = move || crate::procfs::is_alive(tgid, start);
+            let alive = tokio::task::spawn_blocking(same).await.unwrap_or(false);
+            if !alive {
+                return;
+            }
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            tokio::time::sleep(grace).await;
+            if tokio::task::spawn_blocking(same).await.unwrap_or(false) {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        });
+    }
+}
+
+/// One probe, without its time limit (the caller's).
+async fn ask(probe: &Probe, umask: Option<u32>) -> Result<(), String> {
+    match &probe.kind {
+        ProbeKind::Tcp { address } => connect(address).await.map(drop),
+        ProbeKind::SendExpect {
+            address,
+            send,
+            expect,
+        } => {
+            let mut stream = connect(address).await?;
+            if !send.is_empty() {
+                stream
+                    .write_all(send)
+                    .await
+                    .map_err(|e| format!("sending failed: {e}"))?;
+            }
+            let mut answer = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                if String::from_utf8_lossy(&answer).contains(expect.as_str()) {
+                    return Ok(());
+                }
+                let n = stream
+                    .read(&mut buf)
+                    .await
+                    .map_err(|e| format!("reading failed: {e}"))?;
+                if n == 0 || answer.len() > MAX_ANSWER {
+                    let got = String::from_utf8_lossy(&answer);
+                    let got: String = got.trim().chars().take(80).collect();
+                    return Err(format!("answered {got:?}, not {expect:?}"));
+                }
+                answer.extend_from_slice(&buf[..n]);
+            }
+        }
+        ProbeKind::Command { command } => {
+            let spec = crate::exec::CommandSpec {
+                command: command.clone(),
+                env: Vec::new(),
+                umask,
+                timeout: probe.timeout,
+            };
+            let outcome = crate::exec::run(&spec).await;
+            if outcome.ok() {
+                Ok(())
+            } else {
+                Err(format!("probe command: {}", outcome.describe()))
+            }
+        }
+    }
+}
+
+async fn connect(address: &str) -> Result<tokio::net::TcpStream, String> {
+    tokio::net::TcpStream::connect(address)
+        .await
+        .map_err(|e| format!("connecting to {address} failed: {e}"))
+}

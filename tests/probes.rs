@@ -1,0 +1,172 @@
+//! Hang probes end to end: a real TCP server frozen with SIGSTOP, a slow
+//! one, one that answers the wrong thing. psmon probes it, judges it, kills
+//! what hangs and restarts it.
+
+mod support;
+
+use std::{
+    io::{Read, Write},
+    path::PathBuf,
+    process::Command,
+    time::Duration,
+};
+
+use support::*;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A test's directory, a victim serving a free port with `reply` after
+/// `delay_ms`, and a TOML entry probing it with `probe(port)` (the
+/// `[entry.probe]` keys).
+struct Served {
+    dir: TempDir,
+    victim: PathBuf,
+    port: u16,
+}
+
+impl Served {
+    fn new(tag: &str, reply: &str, delay_ms: u32, probe: impl Fn(u16) -> String) -> Served {
+        let dir = TempDir::new(tag);
+        std::fs::create_dir_all(dir.0.join("conf")).unwrap();
+        let victim = victim_copy(&dir.0, "served");
+        let port = free_port();
+        let serve = format!("{} serve {port} {reply} {delay_ms}", victim.display());
+        std::fs::write(
+            dir.0.join("conf/app.toml"),
+            format!(
+                "monitor_interval = 1\n[[entry]]\npath = \"{}\"\nrestart = \"{serve} >/dev/null 2>&1 &\"\nstart_secs = 0\n[entry.probe]\n{probe}\n",
+                victim.display(),
+                probe = probe(port),
+            ),
+        )
+        .unwrap();
+        let served = Served { dir, victim, port };
+        let child = spawn_fresh(Command::new(&served.victim).args([
+            "serve",
+            &port.to_string(),
+            reply,
+            &delay_ms.to_string(),
+        ]));
+        reap_later(child);
+        served.answers(); // listening
+        served
+    }
+
+    /// What the server says to a PING, waiting for it to listen.
+    fn answers(&self) -> String {
+        for _ in 0..200 {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                s.write_all(b"PING\r\n").unwrap();
+                let mut answer = String::new();
+                let _ = s.read_to_string(&mut answer);
+                return answer;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("nothing listens on port {}", self.port);
+    }
+
+    fn psmon(&self) -> Psmon {
+        let source = if is_root() { "ebpf" } else { "poll" };
+        Psmon::start(&self.dir.0.join("conf"), source)
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        kill_all(&self.victim);
+    }
+}
+
+fn send_expect(port: u16, extra: &str) -> String {
+    format!(
+        "kind = \"send_expect\"\naddress = \"127.0.0.1:{port}\"\nsend = \"PING\\r\\n\"\nexpect = \"+PONG\"\n{extra}"
+    )
+}
+
+/// Frozen (SIGSTOP), a server still accepts connections but never
+/// answers: hung within interval + timeout, killed (TERM, then KILL: a
+/// stopped process does not act on TERM), Down for a hang, restarted, and
+/// answering again.
+#[test]
+fn a_frozen_server_is_hung_killed_and_restarted() {
+    let served = Served::new("probe-frozen", "+PONG", 0, |port| {
+        send_expect(
+            port,
+            "interval = 0.2\ntimeout = 0.5\nstart_grace = 0\nkill_grace = 0.3\n",
+        )
+    });
+    let mut psmon = served.psmon();
+    let up = psmon.wait(") Up");
+    let pid = up["pid"].as_u64().unwrap() as u32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    let hung = psmon.wait("hung");
+    assert_eq!(hung["pid"], pid);
+    assert!(
+        hung["message"]
+            .as_str()
+            .unwrap()
+            .contains("no answer in 0.5 s"),
+        "{hung}"
+    );
+    let down = psmon.wait("Down");
+    assert_eq!(down["pid"], pid);
+    assert_eq!(down["reason"], "hang", "{down}");
+    assert_eq!(
+        down["signal"], 9,
+        "TERM does not reach a stopped process: {down}"
+    );
+    psmon.wait_for(") Up", |m| m["pid"] != pid);
+    assert_eq!(served.answers().trim(), "+PONG");
+}
+
+/// Slow but answering: a warning, nothing killed.
+#[test]
+fn a_slow_answer_is_a_warning_only() {
+    let served = Served::new("probe-slow", "+PONG", 300, |port| {
+        send_expect(
+            port,
+            "interval = 0.3\nwarn = 0.1\ntimeout = 3\nstart_grace = 0\n",
+        )
+    });
+    let mut psmon = served.psmon();
+    let up = psmon.wait(") Up");
+    let slow = psmon.wait("slow");
+    assert_eq!(slow["pid"], up["pid"]);
+    assert!(slow["probe_ms"].as_f64().unwrap() >= 300.0, "{slow}");
+    let after = psmon.collect(Duration::from_millis(1500));
+    assert!(
+        !after.iter().any(|m| m["message"]
+            .as_str()
+            .is_some_and(|t| t.contains("hung") || t.contains("Down"))),
+        "{after:#?}"
+    );
+}
+
+/// The wrong banner is no answer: hung.
+#[test]
+fn a_wrong_answer_is_hung() {
+    let served = Served::new("probe-wrong", "-ERR", 0, |port| {
+        send_expect(
+            port,
+            "interval = 0.2\ntimeout = 2\nstart_grace = 0\nkill_grace = 0.2\n",
+        )
+    });
+    let mut psmon = served.psmon();
+    psmon.wait(") Up");
+    let hung = psmon.wait("hung");
+    assert!(hung["why"].as_str().unwrap().contains("\"-ERR\""), "{hung}");
+    let down = psmon.wait("Down");
+    assert_eq!(down["reason"], "hang");
+}
