@@ -170,3 +170,54 @@ fn a_wrong_answer_is_hung() {
     let down = psmon.wait("Down");
     assert_eq!(down["reason"], "hang");
 }
+
+/// A Unix-socket probe: the server still runs, but its socket is gone
+/// (removed by a careless cleanup): hung, killed, restarted, and the
+/// restarted server's socket answers.
+#[test]
+fn a_server_whose_socket_is_gone_is_hung() {
+    let dir = TempDir::new("probe-unix");
+    std::fs::create_dir_all(dir.0.join("conf")).unwrap();
+    let victim = victim_copy(&dir.0, "unixserved");
+    let socket = dir.0.join("app.sock");
+    let serve = format!("{} serve-unix {}", victim.display(), socket.display());
+    std::fs::write(
+        dir.0.join("conf/app.toml"),
+        format!(
+            "monitor_interval = 1\n[[entry]]\npath = \"{}\"\nrestart = \"{serve} >/dev/null 2>&1 &\"\nstart_secs = 0\n[entry.probe]\nkind = \"unix\"\npath = \"{}\"\ninterval = 0.2\ntimeout = 1\nstart_grace = 0\nkill_grace = 0.2\n",
+            victim.display(),
+            socket.display()
+        ),
+    )
+    .unwrap();
+    reap_later(spawn_fresh(
+        Command::new(&victim).arg("serve-unix").arg(&socket),
+    ));
+    let listening = || std::os::unix::net::UnixStream::connect(&socket).is_ok();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !listening() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server never listened"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let source = if is_root() { "ebpf" } else { "poll" };
+    let mut psmon = Psmon::start(&dir.0.join("conf"), source);
+    let up = psmon.wait(") Up");
+    std::fs::remove_file(&socket).unwrap();
+    let hung = psmon.wait("hung");
+    assert_eq!(hung["pid"], up["pid"]);
+    let down = psmon.wait("Down");
+    assert_eq!(down["reason"], "hang", "{down}");
+    psmon.wait_for(") Up", |m| m["pid"] != up["pid"]);
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !listening() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restarted server has no socket"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    kill_all(&victim);
+}

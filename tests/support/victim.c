@@ -16,7 +16,9 @@
  *                           a TCP server on 127.0.0.1:PORT: to each
  *                           connection, after DELAY_MS, REPLY (default
  *                           "+PONG") and a CRLF once it has read something
+ *   victim serve-unix PATH  listen on the Unix socket PATH, accept and close
  */
+#include <sys/un.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <pthread.h>
@@ -117,6 +119,20 @@ int main(int argc, char **argv) {
                 dprintf(c, "%s\r\n", reply);
             }
             close(c);
+        }
+    } else if (strcmp(argv[1], "serve-unix") == 0 && argc > 2) {
+        int s = socket(AF_UNIX, SOCK_STREAM, 0);
+        struct sockaddr_un a = {0};
+        a.sun_family = AF_UNIX;
+        strncpy(a.sun_path, argv[2], sizeof a.sun_path - 1);
+        unlink(argv[2]);
+        if (bind(s, (struct sockaddr *)&a, sizeof a) != 0 || listen(s, 16) != 0) {
+            perror("serve-unix");
+            return 70;
+        }
+        for (;;) {
+            int c = accept(s, NULL, NULL);
+            if (c >= 0) close(c);
         }
     } else if (strcmp(argv[1], "forks") == 0) {
         for (int i = 0; i < n; i++) {

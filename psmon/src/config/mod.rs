@@ -155,6 +155,8 @@ pub enum ProbeKind {
         send: Vec<u8>,
         expect: String,
     },
+    /// A connection to this Unix socket is accepted.
+    Unix { path: PathBuf },
     /// The command exits 0 (run like a restart command).
     Command { command: String },
 }

@@ -53,6 +53,7 @@ struct ProbeToml {
     send: Option<Spanned<String>>,
     expect: Option<Spanned<String>>,
     command: Option<Spanned<String>>,
+    path: Option<Spanned<String>>,
     interval: Option<Spanned<f64>>,
     warn: Option<Spanned<f64>>,
     timeout: Option<Spanned<f64>>,
@@ -68,8 +69,9 @@ const FILE_KEYS: [&str; 5] = [
     "shm_dump_file",
     "entry",
 ];
-const PROBE_KEYS: [&str; 11] = [
+const PROBE_KEYS: [&str; 12] = [
     "kind",
+    "path",
     "address",
     "send",
     "expect",
@@ -405,6 +407,25 @@ fn probe(c: &mut Checker, spanned: &Spanned<ProbeToml>) -> Option<Probe> {
                 _ => None,
             }
         }
+        "unix" => match &t.path {
+            Some(p) if p.get_ref().starts_with('/') => Some(ProbeKind::Unix {
+                path: p.get_ref().into(),
+            }),
+            Some(p) => {
+                c.error(
+                    p.span(),
+                    format!("probe path `{}` must be absolute", p.get_ref()),
+                );
+                None
+            }
+            None => {
+                c.error(
+                    t.kind.span(),
+                    "a unix probe needs path = \"/run/…sock\"".into(),
+                );
+                None
+            }
+        },
         "command" => match &t.command {
             Some(cmd) if !cmd.get_ref().trim().is_empty() => Some(ProbeKind::Command {
                 command: cmd.get_ref().clone(),
@@ -420,7 +441,7 @@ fn probe(c: &mut Checker, spanned: &Spanned<ProbeToml>) -> Option<Probe> {
         other => {
             c.error(
                 t.kind.span(),
-                format!("unknown probe kind `{other}`: expected tcp, send_expect or command"),
+                format!("unknown probe kind `{other}`: expected tcp, send_expect, unix or command"),
             );
             None
         }
@@ -691,6 +712,8 @@ failover = "crm resource move app"
                 "did you mean `timeout`",
             ),
             ("kind = \"command\"", "needs command"),
+            ("kind = \"unix\"", "needs path"),
+            ("kind = \"unix\"\npath = \"x.sock\"", "must be absolute"),
             (
                 "kind = \"tcp\"\naddress = \"h:1\"\nfailures = 0",
                 "failures 0 is out of range",

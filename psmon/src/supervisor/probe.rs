@@ -93,6 +93,10 @@ async fn ask(probe: &Probe, umask: Option<u32>) -> Result<(), String> {
                 answer.extend_from_slice(&buf[..n]);
             }
         }
+        ProbeKind::Unix { path } => tokio::net::UnixStream::connect(path)
+            .await
+            .map(drop)
+            .map_err(|e| format!("connecting to {} failed: {e}", path.display())),
         ProbeKind::Command { command } => {
             let spec = crate::exec::CommandSpec {
                 command: command.clone(),
