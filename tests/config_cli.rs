@@ -30,7 +30,11 @@ const INSECURE: LoadOptions = LoadOptions { insecure: true };
 fn every_sample_in_conf_loads() {
     let config = Config::load_dir(&conf_dir(), INSECURE).unwrap();
     assert_eq!(config.pfiles.len(), 2);
-    assert_eq!(config.entries().count(), 10);
+    assert_eq!(config.entries().count(), 11);
+    assert!(
+        config.entries().any(|(_, e)| e.probe.is_some()),
+        "the sample hang probe loads"
+    );
     let rules: Vec<&psmon::config::Rule> = config.entries().map(|(_, e)| &e.rule).collect();
     assert!(rules.contains(&&psmon::config::Rule::Pidfile("/run/nginx.pid".into())));
     assert!(rules.contains(&&psmon::config::Rule::MainOnly));

@@ -41,7 +41,7 @@ pub struct Options {
     #[arg(long, default_value_t = 10_000)]
     scale: usize,
     /// Run only these parts (a: latency, b: exec storm CPU, c: loss,
-    /// d: restart latency, e: scale, f: idle cost); default all.
+    /// d: restart latency, e: scale, f: idle cost, g: hang probes); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<char>,
 }
@@ -284,6 +284,9 @@ impl Bench {
                 kills,
                 &self.exec_program,
             )?);
+        }
+        if wanted('g') {
+            out.push_str(&crate::bench_probes::probes(&self.psmon, &self.dir)?);
         }
         if wanted('f') {
             out.push_str(&crate::bench_monitor::idle(&self.psmon, &self.dir)?);

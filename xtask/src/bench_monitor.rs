@@ -53,7 +53,7 @@ int main(int argc, char **argv) {
 
 const PAUSER: &str = "#include <unistd.h>\nint main(void) { for (;;) pause(); }\n";
 
-fn compile(dir: &Path, name: &str, source: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn compile(dir: &Path, name: &str, source: &str) -> anyhow::Result<PathBuf> {
     let src = dir.join(format!("{name}.c"));
     let bin = dir.join(name);
     std::fs::write(&src, source)?;
@@ -74,13 +74,13 @@ fn compile(dir: &Path, name: &str, source: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// A running `psmon run` whose JSON messages are read on a thread.
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
     messages: mpsc::Receiver<Value>,
 }
 
 impl Daemon {
-    fn start(psmon: &Path, conf: &Path, source: &str) -> anyhow::Result<Daemon> {
+    pub(crate) fn start(psmon: &Path, conf: &Path, source: &str) -> anyhow::Result<Daemon> {
         Self::start_with(psmon, conf, source, &[])
     }
 
@@ -145,12 +145,31 @@ impl Daemon {
         }
     }
 
-    fn pid(&self) -> u32 {
+    /// The next message `pred` accepts, within `timeout` of quiet.
+    pub(crate) fn wait_message(
+        &self,
+        pred: impl Fn(&Value) -> bool,
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let m = self
+                .messages
+                .recv_timeout(left)
+                .context("psmon did not say what was expected in time")?;
+            if pred(&m) {
+                return Ok(m);
+            }
+        }
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Stops psmon; returns what it said from now to its exit.
-    fn stop(mut self) -> Vec<Value> {
+    pub(crate) fn stop(mut self) -> Vec<Value> {
         // SAFETY: kill with our child's pid and a valid signal.
         unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
         let _ = self.child.wait();

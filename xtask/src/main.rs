@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_monitor;
+mod bench_probes;
 mod kernels;
 mod setup;
 
