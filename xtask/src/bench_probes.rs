@@ -84,7 +84,7 @@ fn detection(psmon: &Path, dir: &Path, server: &Path) -> anyhow::Result<String> 
     std::fs::write(
         conf.join("detect.toml"),
         format!(
-            "monitor_interval = 1\n[[entry]]\npath = \"{s}\"\nrestart = \"{s} {port} >/dev/null 2>&1 &\"\nstart_secs = 0\n\
+            "monitor_interval = 1\n[[entry]]\npath = \"{s}\"\nrestart = \"{s} {port} >/dev/null 2>&1 &\"\nstart_secs = 0\nretry = 1000\ngrace = 1\n\
              [entry.probe]\nkind = \"send_expect\"\naddress = \"127.0.0.1:{port}\"\nsend = \"PING\\r\\n\"\nexpect = \"+PONG\"\n\
              interval = {interval}\ntimeout = {timeout}\nstart_grace = 0\nkill_grace = 0.1\n",
             s = server.display()
