@@ -25,15 +25,6 @@ fn exclusive() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// A port nobody listens on now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Sends `request` to 127.0.0.1:`port` and returns what comes back.
 fn ask(port: u16, request: &[u8]) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;

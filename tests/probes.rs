@@ -13,14 +13,6 @@ use std::{
 
 use support::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A test's directory, a victim serving a free port with `reply` after
 /// `delay_ms`, and a TOML entry probing it with `probe(port)` (the
 /// `[entry.probe]` keys).

@@ -279,6 +279,15 @@ pub fn kill9_pid(pid: u32) {
     );
 }
 
+/// A port nobody listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Reaps `child` whenever it ends, on a thread of its own, so that a
 /// killed victim does not linger as a zombie.
 pub fn reap_later(mut child: Child) -> u32 {
