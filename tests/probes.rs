@@ -213,3 +213,55 @@ fn a_server_whose_socket_is_gone_is_hung() {
     }
     kill_all(&victim);
 }
+
+/// An HTTP probe: a server answering 200 is left alone; one answering 500
+/// hangs, is killed and restarted.
+#[test]
+fn an_http_probe_judges_the_status() {
+    let dir = TempDir::new("probe-http");
+    std::fs::create_dir_all(dir.0.join("conf")).unwrap();
+    let good = victim_copy(&dir.0, "httpgood");
+    let bad = victim_copy(&dir.0, "httpbad");
+    let (good_port, bad_port) = (free_port(), free_port());
+    let entry = |exe: &std::path::Path, port: u16, status: u16| {
+        let serve = format!("{} serve-http {port} {status}", exe.display());
+        format!(
+            "[[entry]]\npath = \"{}\"\nrestart = \"{serve} >/dev/null 2>&1 &\"\nstart_secs = 0\n[entry.probe]\nkind = \"http\"\nurl = \"http://127.0.0.1:{port}/health\"\ninterval = 0.2\ntimeout = 2\nstart_grace = 0\nkill_grace = 0.2\n",
+            exe.display()
+        )
+    };
+    std::fs::write(
+        dir.0.join("conf/web.toml"),
+        format!(
+            "monitor_interval = 1\n{}{}",
+            entry(&good, good_port, 200),
+            entry(&bad, bad_port, 500)
+        ),
+    )
+    .unwrap();
+    for (exe, port, status) in [(&good, good_port, 200), (&bad, bad_port, 500)] {
+        reap_later(spawn_fresh(Command::new(exe).args([
+            "serve-http",
+            &port.to_string(),
+            &status.to_string(),
+        ])));
+    }
+    let source = if is_root() { "ebpf" } else { "poll" };
+    let mut psmon = Psmon::start(&dir.0.join("conf"), source);
+    let hung = psmon.wait("hung");
+    assert_eq!(hung["path"], bad.to_str().unwrap(), "{hung}");
+    assert!(hung["why"].as_str().unwrap().contains("HTTP 500"), "{hung}");
+    let down = psmon.wait("Down");
+    assert_eq!(down["reason"], "hang");
+    let later = psmon.collect(Duration::from_millis(1000));
+    assert!(
+        !later
+            .iter()
+            .chain(psmon.seen.iter())
+            .any(|m| m["path"] == good.to_str().unwrap()
+                && m["message"].as_str().is_some_and(|t| t.contains("hung"))),
+        "the 200 server is fine"
+    );
+    kill_all(&good);
+    kill_all(&bad);
+}

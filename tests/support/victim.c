@@ -17,6 +17,9 @@
  *                           connection, after DELAY_MS, REPLY (default
  *                           "+PONG") and a CRLF once it has read something
  *   victim serve-unix PATH  listen on the Unix socket PATH, accept and close
+ *   victim serve-http PORT STATUS
+ *                           an HTTP server on 127.0.0.1:PORT answering
+ *                           every request with STATUS and an empty body
  */
 #include <sys/un.h>
 #include <netinet/in.h>
@@ -117,6 +120,27 @@ int main(int argc, char **argv) {
             if (read(c, buf, sizeof buf) > 0) {
                 nap_ms(delay);
                 dprintf(c, "%s\r\n", reply);
+            }
+            close(c);
+        }
+    } else if (strcmp(argv[1], "serve-http") == 0 && argc > 3) {
+        int s = socket(AF_INET, SOCK_STREAM, 0);
+        int one = 1;
+        setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        struct sockaddr_in a = {0};
+        a.sin_family = AF_INET;
+        a.sin_port = htons((unsigned short)n);
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (bind(s, (struct sockaddr *)&a, sizeof a) != 0 || listen(s, 16) != 0) {
+            perror("serve-http");
+            return 70;
+        }
+        for (;;) {
+            int c = accept(s, NULL, NULL);
+            if (c < 0) continue;
+            char buf[2048];
+            if (read(c, buf, sizeof buf) > 0) {
+                dprintf(c, "HTTP/1.1 %s X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", argv[3]);
             }
             close(c);
         }

@@ -155,6 +155,13 @@ pub enum ProbeKind {
         send: Vec<u8>,
         expect: String,
     },
+    /// An HTTP(S) GET of `url` answers with `status` (any 2xx or 3xx when
+    /// `None`); certificates are checked unless `insecure`.
+    Http {
+        url: String,
+        status: Option<u16>,
+        insecure: bool,
+    },
     /// A connection to this Unix socket is accepted.
     Unix { path: PathBuf },
     /// The command exits 0 (run like a restart command).

@@ -54,6 +54,9 @@ struct ProbeToml {
     expect: Option<Spanned<String>>,
     command: Option<Spanned<String>>,
     path: Option<Spanned<String>>,
+    url: Option<Spanned<String>>,
+    status: Option<Spanned<i64>>,
+    insecure: Option<Spanned<bool>>,
     interval: Option<Spanned<f64>>,
     warn: Option<Spanned<f64>>,
     timeout: Option<Spanned<f64>>,
@@ -69,9 +72,12 @@ const FILE_KEYS: [&str; 5] = [
     "shm_dump_file",
     "entry",
 ];
-const PROBE_KEYS: [&str; 12] = [
+const PROBE_KEYS: [&str; 15] = [
     "kind",
     "path",
+    "url",
+    "status",
+    "insecure",
     "address",
     "send",
     "expect",
@@ -407,6 +413,38 @@ fn probe(c: &mut Checker, spanned: &Spanned<ProbeToml>) -> Option<Probe> {
                 _ => None,
             }
         }
+        "http" => {
+            let url = match (&t.url, &t.address) {
+                (Some(u), _) => {
+                    let text = u.get_ref();
+                    let ok = ["http://", "https://"]
+                        .iter()
+                        .any(|p| text.strip_prefix(p).is_some_and(|rest| !rest.is_empty()));
+                    if !ok {
+                        c.error(
+                            u.span(),
+                            format!("probe url `{text}` must start with http:// or https://"),
+                        );
+                    }
+                    ok.then(|| text.clone())
+                }
+                (None, Some(_)) => address(c).map(|a| format!("http://{a}/")),
+                (None, None) => {
+                    c.error(
+                        t.kind.span(),
+                        "an http probe needs url = \"http://…\" or address".into(),
+                    );
+                    None
+                }
+            };
+            let status = c.int("status", &t.status, 100, 599).map(|s| s as u16);
+            let insecure = t.insecure.as_ref().is_some_and(|i| *i.get_ref());
+            url.map(|url| ProbeKind::Http {
+                url,
+                status,
+                insecure,
+            })
+        }
         "unix" => match &t.path {
             Some(p) if p.get_ref().starts_with('/') => Some(ProbeKind::Unix {
                 path: p.get_ref().into(),
@@ -441,7 +479,9 @@ fn probe(c: &mut Checker, spanned: &Spanned<ProbeToml>) -> Option<Probe> {
         other => {
             c.error(
                 t.kind.span(),
-                format!("unknown probe kind `{other}`: expected tcp, send_expect, unix or command"),
+                format!(
+                    "unknown probe kind `{other}`: expected tcp, send_expect, http, unix or command"
+                ),
             );
             None
         }
@@ -713,6 +753,12 @@ failover = "crm resource move app"
             ),
             ("kind = \"command\"", "needs command"),
             ("kind = \"unix\"", "needs path"),
+            ("kind = \"http\"", "needs url"),
+            ("kind = \"http\"\nurl = \"ftp://x\"", "must start with http"),
+            (
+                "kind = \"http\"\nurl = \"http://h/\"\nstatus = 99",
+                "status 99 is out of range",
+            ),
             ("kind = \"unix\"\npath = \"x.sock\"", "must be absolute"),
             (
                 "kind = \"tcp\"\naddress = \"h:1\"\nfailures = 0",

@@ -93,6 +93,16 @@ async fn ask(probe: &Probe, umask: Option<u32>) -> Result<(), String> {
                 answer.extend_from_slice(&buf[..n]);
             }
         }
+        ProbeKind::Http {
+            url,
+            status,
+            insecure,
+        } => {
+            let (url, status, insecure, timeout) = (url.clone(), *status, *insecure, probe.timeout);
+            tokio::task::spawn_blocking(move || http_get(&url, status, insecure, timeout))
+                .await
+                .map_err(|e| format!("probe task: {e}"))?
+        }
         ProbeKind::Unix { path } => tokio::net::UnixStream::connect(path)
             .await
             .map(drop)
@@ -111,6 +121,38 @@ async fn ask(probe: &Probe, umask: Option<u32>) -> Result<(), String> {
                 Err(format!("probe command: {}", outcome.describe()))
             }
         }
+    }
+}
+
+/// GET `url`; good when the status is `status`, or any 2xx/3xx.
+fn http_get(
+    url: &str,
+    status: Option<u16>,
+    insecure: bool,
+    timeout: Duration,
+) -> Result<(), String> {
+    let tls = ureq::tls::TlsConfig::builder()
+        .disable_verification(insecure)
+        .build();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .tls_config(tls)
+        .build()
+        .into();
+    let response = agent
+        .get(url)
+        .call()
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    let got = response.status().as_u16();
+    let good = match status {
+        Some(want) => got == want,
+        None => (200..400).contains(&got),
+    };
+    if good {
+        Ok(())
+    } else {
+        Err(format!("GET {url} answered HTTP {got}"))
     }
 }
 
