@@ -144,15 +144,8 @@ pub fn bind(path: &Path, access: &Access) -> anyhow::Result<UnixListener> {
 
 /// Asks a socket's daemon for its pid, briefly; `None` when nobody answers.
 fn ping_blocking(path: &Path) -> Option<u32> {
-    use std::io::{BufRead, Write};
-    let stream = std::os::unix::net::UnixStream::connect(path).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    let mut writer = stream.try_clone().ok()?;
-    writeln!(writer, "{}", json!({"v": PROTOCOL, "cmd": "ping"})).ok()?;
-    let mut line = String::new();
-    std::io::BufReader::new(stream).read_line(&mut line).ok()?;
-    let reply: Value = serde_json::from_str(&line).ok()?;
-    reply["result"]["pid"].as_u64().map(|p| p as u32)
+    let result = request(path, &Command::Ping, Duration::from_secs(2)).ok()?;
+    result["pid"].as_u64().map(|p| p as u32)
 }
 
 /// Serves the socket until `token` is cancelled, handing each request to

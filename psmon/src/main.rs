@@ -163,25 +163,17 @@ fn dump(
 ) -> anyhow::Result<()> {
     let dir = psmon::daemon::conf_dir(conf);
     let config = Config::load_dir(&dir, LoadOptions { insecure })?;
-    let wanted = pfile.map(|p| {
-        let base = p.strip_prefix("pfile_").unwrap_or(p);
-        base.strip_suffix(".toml").unwrap_or(base).to_string()
-    });
-    let pfiles: Vec<_> = config
-        .pfiles
-        .iter()
-        .filter(|p| wanted.as_ref().is_none_or(|w| *w == p.name))
-        .collect();
-    if let Some(w) = &wanted
-        && pfiles.is_empty()
-    {
-        return Err(UsageError::new(format!("no pfile named '{w}' in {}", dir.display())).into());
-    }
+    let pfiles: Vec<_> = match pfile {
+        Some(name) => vec![config.pfile_named(name).ok_or_else(|| {
+            UsageError::new(format!("no pfile named '{name}' in {}", dir.display()))
+        })?],
+        None => config.pfiles.iter().collect(),
+    };
     let mut text = String::new();
     let mut failed = Vec::new();
     for p in pfiles {
         let Some(key) = p.ipckey else {
-            if wanted.is_some() {
+            if pfile.is_some() {
                 return Err(UsageError::new(format!(
                     "pfile '{}' has no IPCKEY, so no health queue",
                     p.name

@@ -46,8 +46,13 @@ impl Stat<'_> {
     /// leader that called `pthread_exit` also shows `Z` while its other
     /// threads run, so the thread count must have dropped to one as well.
     pub fn is_dead(&self) -> bool {
-        matches!(self.state, b'Z' | b'X' | b'x') && self.num_threads <= 1
+        dead(self.state, self.num_threads)
     }
+}
+
+/// State Z or X with at most one thread left: see [`Stat::is_dead`].
+fn dead(state: u8, num_threads: i64) -> bool {
+    matches!(state, b'Z' | b'X' | b'x') && num_threads <= 1
 }
 
 /// Parses a stat line. `comm` may hold spaces and parentheses, so fields
@@ -117,7 +122,7 @@ pub struct ProcEntry {
 impl ProcEntry {
     /// See [`Stat::is_dead`].
     pub fn is_dead(&self) -> bool {
-        matches!(self.state, 'Z' | 'X' | 'x') && self.num_threads <= 1
+        dead(self.state as u8, self.num_threads)
     }
 
     fn from_stat(stat: &Stat) -> Self {

@@ -66,6 +66,22 @@ static void *ender(void *arg) {
     exit(code);
 }
 
+/* A TCP socket listening on 127.0.0.1:port; -1 (and why, on stderr) if not. */
+static int listen_loopback(int port) {
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    int one = 1;
+    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_port = htons((unsigned short)port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(s, (struct sockaddr *)&a, sizeof a) != 0 || listen(s, 16) != 0) {
+        perror("listen");
+        return -1;
+    }
+    return s;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: victim exit N | sleep | threads-first N | leader-first N | forks K | group-exit N | nap MS | rename NAME\n");
@@ -102,17 +118,8 @@ int main(int argc, char **argv) {
     } else if (strcmp(argv[1], "serve") == 0 && argc > 2) {
         const char *reply = argc > 3 ? argv[3] : "+PONG";
         long delay = argc > 4 ? atol(argv[4]) : 0;
-        int s = socket(AF_INET, SOCK_STREAM, 0);
-        int one = 1;
-        setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-        struct sockaddr_in a = {0};
-        a.sin_family = AF_INET;
-        a.sin_port = htons((unsigned short)n);
-        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        if (bind(s, (struct sockaddr *)&a, sizeof a) != 0 || listen(s, 16) != 0) {
-            perror("serve");
-            return 70;
-        }
+        int s = listen_loopback(n);
+        if (s < 0) return 70;
         for (;;) {
             int c = accept(s, NULL, NULL);
             if (c < 0) continue;
@@ -124,17 +131,8 @@ int main(int argc, char **argv) {
             close(c);
         }
     } else if (strcmp(argv[1], "serve-http") == 0 && argc > 3) {
-        int s = socket(AF_INET, SOCK_STREAM, 0);
-        int one = 1;
-        setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-        struct sockaddr_in a = {0};
-        a.sin_family = AF_INET;
-        a.sin_port = htons((unsigned short)n);
-        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        if (bind(s, (struct sockaddr *)&a, sizeof a) != 0 || listen(s, 16) != 0) {
-            perror("serve-http");
-            return 70;
-        }
+        int s = listen_loopback(n);
+        if (s < 0) return 70;
         for (;;) {
             int c = accept(s, NULL, NULL);
             if (c < 0) continue;

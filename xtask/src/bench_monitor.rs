@@ -360,32 +360,34 @@ pub fn restart_latency(
         "\nWhat each event costs psmon besides (first row, measured by psmon itself):\n\n\
          | cost | p50 | p99 |\n|---|---|---|"
     );
-    if let (Some((what, p50)), Some((_, p99))) = (
-        field("state saved", "serialize_p50_us"),
-        field("state saved", "serialize_p99_us"),
-    ) {
-        let _ = writeln!(
-            out,
-            "| {what}: serialising, on the event thread | {p50:.1} µs | {p99:.1} µs |"
-        );
-    }
-    if let (Some((_, p50)), Some((_, p99))) = (
-        field("state saved", "write_p50_us"),
-        field("state saved", "write_p99_us"),
-    ) {
-        let _ = writeln!(
-            out,
-            "| writing it (write, fsync, rename), on its own thread | {p50:.1} µs | {p99:.1} µs |"
-        );
-    }
-    if let (Some((what, p50)), Some((_, p99))) = (
-        field("health queues", "p50_us"),
-        field("health queues", "p99_us"),
-    ) {
-        let _ = writeln!(
-            out,
-            "| {what}: one segment write | {p50:.1} µs | {p99:.1} µs |"
-        );
+    // (message it starts with, field prefix, what the row measures, named by the message)
+    let rows = [
+        (
+            "state saved",
+            "serialize_",
+            "serialising, on the event thread",
+            true,
+        ),
+        (
+            "state saved",
+            "write_",
+            "writing it (write, fsync, rename), on its own thread",
+            false,
+        ),
+        ("health queues", "", "one segment write", true),
+    ];
+    for (text, key, what, named) in rows {
+        if let (Some((message, p50)), Some((_, p99))) = (
+            field(text, &format!("{key}p50_us")),
+            field(text, &format!("{key}p99_us")),
+        ) {
+            let label = if named {
+                format!("{message}: {what}")
+            } else {
+                what.to_string()
+            };
+            let _ = writeln!(out, "| {label} | {p50:.1} µs | {p99:.1} µs |");
+        }
     }
     out.push('\n');
     Ok(out)

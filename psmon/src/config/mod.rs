@@ -422,6 +422,22 @@ impl Config {
         }
     }
 
+    /// The pfile an operator means: `app`, `pfile_app`, `app.toml`, or
+    /// the file's path.
+    pub fn pfile_named(&self, name: &str) -> Option<&Pfile> {
+        let base = Path::new(name)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or(name);
+        let short = base
+            .strip_prefix("pfile_")
+            .or_else(|| base.strip_suffix(".toml"))
+            .unwrap_or(base);
+        self.pfiles
+            .iter()
+            .find(|p| p.name == short || p.file == Path::new(name))
+    }
+
     /// Every entry with the pfile it belongs to.
     pub fn entries(&self) -> impl Iterator<Item = (&Pfile, &Entry)> {
         self.pfiles

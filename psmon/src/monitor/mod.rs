@@ -1025,19 +1025,10 @@ impl Monitor {
             if !due || w.probe.in_flight || w.paused || w.state.phase != Phase::Up {
                 continue;
             }
-            let main = w
-                .members
-                .iter()
-                .filter_map(|tgid| {
-                    self.members
-                        .get(tgid)
-                        .map(|m| (m.start_ticks, *tgid, m.counts))
-                })
-                .filter(|(_, _, counts)| *counts)
-                .min();
+            let main = self.main_instance(EntryId(i as u32));
             let w = &mut self.watches[i];
             w.probe.next_at = Some(now + probe.interval);
-            if let Some((_, pid, _)) = main {
+            if let Some((pid, _)) = main {
                 w.probe.in_flight = true;
                 out.push(Effect::Probe {
                     entry: EntryId(i as u32),
@@ -1046,6 +1037,21 @@ impl Monitor {
                 });
             }
         }
+    }
+
+    /// The entry's main instance, its oldest: (tgid, start ticks).
+    pub fn main_instance(&self, id: EntryId) -> Option<(u32, u64)> {
+        self.watches[id.index()]
+            .members
+            .iter()
+            .filter_map(|tgid| {
+                self.members
+                    .get(tgid)
+                    .map(|m| (m.start_ticks, *tgid, m.counts))
+            })
+            .filter(|(_, _, counts)| *counts)
+            .min()
+            .map(|(start, tgid, _)| (tgid, start))
     }
 
     /// The instance killed because it hung, if any (its Down says so).

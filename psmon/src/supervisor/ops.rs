@@ -52,28 +52,15 @@ impl Supervisor {
         let _ = reply.send(answer);
     }
 
-    /// The configured pfile an operator means: `app`, `pfile_app`,
-    /// `app.toml`, or the file's path.
+    /// The configured pfile an operator means ([`Config::pfile_named`]).
     fn pfile_named(&self, name: &str) -> Result<&Pfile, String> {
-        let base = std::path::Path::new(name)
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or(name);
-        let short = base
-            .strip_prefix("pfile_")
-            .or_else(|| base.strip_suffix(".toml"))
-            .unwrap_or(base);
-        self.config
-            .pfiles
-            .iter()
-            .find(|p| p.name == short || p.file == std::path::Path::new(name))
-            .ok_or_else(|| {
-                let known: Vec<&str> = self.config.pfiles.iter().map(|p| p.name.as_str()).collect();
-                format!(
-                    "no pfile named '{name}' is configured (known: {})",
-                    known.join(", ")
-                )
-            })
+        self.config.pfile_named(name).ok_or_else(|| {
+            let known: Vec<&str> = self.config.pfiles.iter().map(|p| p.name.as_str()).collect();
+            format!(
+                "no pfile named '{name}' is configured (known: {})",
+                known.join(", ")
+            )
+        })
     }
 
     fn status(&self, pfile: Option<&str>) -> Reply {
@@ -338,10 +325,7 @@ impl Supervisor {
                 )),
             );
         }
-        let Some(&(pid, _)) = self.monitor.status(Time::now())[id.index()]
-            .instances
-            .first()
-        else {
+        let Some((pid, _)) = self.monitor.main_instance(id) else {
             return refuse(
                 reply,
                 Err(format!(
