@@ -49,7 +49,7 @@ fn boot_id() -> String {
 /// corrupt, another layout, another boot) — psmon then starts afresh.
 pub fn load(dir: &Path) -> Result<Option<Monitor>, String> {
     let path = dir.join(FILE);
-    let bytes = match std::fs::read(&path) {
+    let bytes = match read_regular(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {
@@ -60,10 +60,9 @@ pub fn load(dir: &Path) -> Result<Option<Monitor>, String> {
         }
     };
     // The version first, so that a future layout is named as such.
-    let version = serde_json::from_slice::<serde_json::Value>(&bytes)
-        .map_err(|e| format!("{} is corrupt ({e}); starting afresh", path.display()))?
-        .get("version")
-        .and_then(serde_json::Value::as_u64);
+    let value = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .map_err(|e| format!("{} is corrupt ({e}); starting afresh", path.display()))?;
+    let version = value.get("version").and_then(serde_json::Value::as_u64);
     if version != Some(u64::from(VERSION)) {
         return Err(format!(
             "{} has layout version {}, this psmon reads {VERSION}; starting afresh",
@@ -71,7 +70,7 @@ pub fn load(dir: &Path) -> Result<Option<Monitor>, String> {
             version.map_or("(none)".into(), |v| v.to_string())
         ));
     }
-    let saved: Saved = serde_json::from_slice(&bytes)
+    let saved: Saved = serde_json::from_value(value)
         .map_err(|e| format!("{} is corrupt ({e}); starting afresh", path.display()))?;
     debug_assert_eq!(saved.version, VERSION);
     if saved.boot_id != boot_id() {
@@ -81,6 +80,22 @@ pub fn load(dir: &Path) -> Result<Option<Monitor>, String> {
         ));
     }
     Ok(Some(saved.monitor))
+}
+
+/// The bytes of `path` if it is a regular file. Opened non-blocking: a
+/// FIFO planted there must not hold psmon's start-up.
+fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::{io::Read, os::unix::fs::OpenOptionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// The writer of the state file.
@@ -201,6 +216,8 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .create(true)
         .truncate(true)
         .mode(0o600)
+        // A FIFO planted at the temporary path fails instead of waiting.
+        .custom_flags(libc::O_NONBLOCK)
         .open(&tmp)?;
     file.write_all(bytes)?;
     file.sync_all()?;
@@ -262,6 +279,14 @@ mod tests {
         good["boot_id"] = "another boot".into();
         std::fs::write(dir.join(FILE), good.to_string()).unwrap();
         assert!(load(&dir).unwrap_err().contains("before the last reboot"));
+        // A FIFO where the file should be: refused at once, not waited on.
+        std::fs::remove_file(dir.join(FILE)).unwrap();
+        nix::unistd::mkfifo(
+            &dir.join(FILE),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        assert!(load(&dir).unwrap_err().contains("not a regular file"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
