@@ -30,7 +30,8 @@ const INSECURE: LoadOptions = LoadOptions { insecure: true };
 fn every_sample_in_conf_loads() {
     let config = Config::load_dir(&conf_dir(), INSECURE).unwrap();
     assert_eq!(config.pfiles.len(), 2);
-    assert_eq!(config.entries().count(), 11);
+    assert_eq!(config.entries().count(), 14);
+    assert_eq!(config.groups().count(), 1, "the sample group loads");
     assert!(
         config.entries().any(|(_, e)| e.probe.is_some()),
         "the sample hang probe loads"
@@ -122,6 +123,67 @@ fn cross_file_duplicates_are_errors() {
         )),
         "{err}"
     );
+}
+
+#[test]
+fn groups_join_entries_of_other_files_and_bad_ones_are_errors() {
+    let dir = TempDir::new("groups");
+    let d = &dir.0;
+    let pent = "##### PENT #####\n/opt/msg/stored : - : 0 : 0 : continue\n\
+                /opt/msg/imapd : - : 0 : 0 : continue\n";
+    std::fs::write(d.join("pfile_msg"), pent).unwrap();
+    let good = "[[group]]\nname = \"store\"\nmembers = [\"/opt/msg/stored\", \"/opt/msg/imapd\"]\n";
+    std::fs::write(d.join("groups.toml"), good).unwrap();
+    let out = psmon(&["check", "--insecure-config", d.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let config = Config::load_dir(d, INSECURE).unwrap();
+    let (_, g) = config.groups().next().unwrap();
+    assert_eq!(g.restarts, 2, "the watcher's default");
+    assert_eq!(g.window.as_secs(), 600);
+
+    let bad = format!(
+        "{good}\n[[group]]\nname = \"store\"\nmembers = [\"/opt/msg/popd\",\n  \"/opt/msg/imapd\"]\n\
+         restarts = -1\nstart_timout = 5\n"
+    );
+    std::fs::write(d.join("groups.toml"), &bad).unwrap();
+    let out = psmon(&["check", "--insecure-config", d.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    let f = d.join("groups.toml").display().to_string();
+    assert!(
+        err.contains(&format!(
+            "{f}:10:1: unknown key `start_timout`; did you mean `start_timeout`?"
+        )),
+        "{err}"
+    );
+    // Without the typo, each problem at its place.
+    std::fs::write(
+        d.join("groups.toml"),
+        bad.replace("start_timout", "start_timeout"),
+    )
+    .unwrap();
+    let out = psmon(&["check", "--insecure-config", d.to_str().unwrap()]);
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains(&format!("{f}:9:12: restarts -1 is out of range")),
+        "{err}"
+    );
+    let out = {
+        std::fs::write(
+            d.join("groups.toml"),
+            bad.replace("restarts = -1\nstart_timout = 5\n", ""),
+        )
+        .unwrap();
+        psmon(&["check", "--insecure-config", d.to_str().unwrap()])
+    };
+    let err = String::from_utf8(out.stderr).unwrap();
+    for expected in [
+        format!("{f}:5:1: group `store` is already defined at {f}:1"),
+        format!("{f}:7:12: group `store` member /opt/msg/popd is not a watched entry"),
+        format!("{f}:8:3: /opt/msg/imapd is already a member of group `store`"),
+    ] {
+        assert!(err.contains(&expected), "{expected}\nin\n{err}");
+    }
 }
 
 #[test]

@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 use crate::{
     config::{Entry, LogLevel},
     logsink,
-    monitor::{EntryId, Job, Monitor, Notice},
+    monitor::{EntryId, GroupEvent, Job, Monitor, Notice},
     policy::{Action, SetPidFail},
 };
 
@@ -251,6 +251,10 @@ impl Reporter {
                     ("scan_ms", json!(took.as_secs_f64() * 1e3)),
                 ],
             ),
+            Notice::Group { group, event } => {
+                let (level, text, fields) = group_message(monitor, *group, event);
+                self.report(level, &text, &fields);
+            }
             Notice::Gone { tgid, why } => self.report(
                 LogLevel::Debug,
                 "instance gone",
@@ -258,6 +262,100 @@ impl Reporter {
             ),
         }
     }
+}
+
+/// A restart group's step: level, text, fields. Each starts with
+/// `Group 'NAME':` so that one group's sequence can be read with grep.
+pub fn group_message(
+    monitor: &Monitor,
+    g: usize,
+    event: &GroupEvent,
+) -> (LogLevel, String, Vec<(&'static str, Value)>) {
+    let name = monitor.group_name(g);
+    let path = |id: EntryId| monitor.entry(id).path.display().to_string();
+    let mut fields = vec![("group", json!(name))];
+    let (level, text) = match event {
+        GroupEvent::Restarting {
+            cause,
+            attempt,
+            drill,
+        } => {
+            fields.push(("path", json!(path(*cause))));
+            fields.push(("attempt", json!(attempt)));
+            let counted = if *drill {
+                "a drill, not counted".to_string()
+            } else {
+                format!("attempt {attempt}")
+            };
+            (
+                LogLevel::Warn,
+                format!("restarting: ('{}') is down ({counted})", path(*cause)),
+            )
+        }
+        GroupEvent::Stopping { entry, pids } => {
+            fields.push(("path", json!(path(*entry))));
+            fields.push(("pids", json!(pids)));
+            let pids: Vec<String> = pids.iter().map(|p| format!("pid={p}")).collect();
+            (
+                LogLevel::Info,
+                format!("stopping ('{}',{})", path(*entry), pids.join(",")),
+            )
+        }
+        GroupEvent::NotStopped { entry } => {
+            fields.push(("path", json!(path(*entry))));
+            (
+                LogLevel::Error,
+                format!(
+                    "('{}') still runs after SIGKILL; starting the group regardless",
+                    path(*entry)
+                ),
+            )
+        }
+        GroupEvent::Starting { entry } => {
+            fields.push(("path", json!(path(*entry))));
+            (LogLevel::Info, format!("starting ('{}')", path(*entry)))
+        }
+        GroupEvent::Ready { entry, pid } => {
+            fields.push(("path", json!(path(*entry))));
+            fields.push(("pid", json!(pid)));
+            let pid = pid.map_or(String::new(), |p| format!(",pid={p}"));
+            (LogLevel::Info, format!("('{}'{pid}) ready", path(*entry)))
+        }
+        GroupEvent::Restarted { took } => {
+            fields.push(("elapsed_ms", json!(took.as_secs_f64() * 1e3)));
+            (LogLevel::Info, format!("restarted in {}", duration(*took)))
+        }
+        GroupEvent::StartFailed { entry, why, left } => {
+            fields.push(("path", json!(path(*entry))));
+            fields.push(("why", json!(why)));
+            let left: Vec<String> = left.iter().map(|id| format!("'{}'", path(*id))).collect();
+            let rest = if left.is_empty() {
+                String::new()
+            } else {
+                format!("; not started: {}", left.join(", "))
+            };
+            (
+                LogLevel::Error,
+                format!("('{}') did not start: {why}{rest}", path(*entry)),
+            )
+        }
+        GroupEvent::RetryOver { restarts, window } => (
+            LogLevel::Error,
+            format!(
+                "retry over: {restarts} group restarts within {} s; members are reported, not restarted",
+                window.as_secs()
+            ),
+        ),
+        GroupEvent::SwitchNotSent => (
+            LogLevel::Error,
+            "switch request not sent: no FAILOVER_COMMAND in psagent.conf and no failover for the member that failed".to_string(),
+        ),
+        GroupEvent::UpAgain => (
+            LogLevel::Info,
+            "every member is up again; restarts re-armed".to_string(),
+        ),
+    };
+    (level, format!("Group '{name}': {text}"), fields)
 }
 
 /// The message of one restart decision: level, text, extra fields.

@@ -12,10 +12,11 @@
  *                           while the others (and the leader) still run
  *   victim nap MS           sleep MS milliseconds, then exit 0
  *   victim rename NAME      set comm to NAME (PR_SET_NAME), then wait
- *   victim serve PORT [REPLY] [DELAY_MS]
+ *   victim serve PORT [REPLY] [DELAY_MS] [LISTEN_AFTER_MS]
  *                           a TCP server on 127.0.0.1:PORT: to each
  *                           connection, after DELAY_MS, REPLY (default
- *                           "+PONG") and a CRLF once it has read something
+ *                           "+PONG") and a CRLF once it has read something;
+ *                           it listens only LISTEN_AFTER_MS after it starts
  *   victim serve-unix PATH  listen on the Unix socket PATH, accept and close
  *   victim serve-http PORT STATUS
  *                           an HTTP server on 127.0.0.1:PORT answering
@@ -118,6 +119,7 @@ int main(int argc, char **argv) {
     } else if (strcmp(argv[1], "serve") == 0 && argc > 2) {
         const char *reply = argc > 3 ? argv[3] : "+PONG";
         long delay = argc > 4 ? atol(argv[4]) : 0;
+        if (argc > 5) nap_ms(atol(argv[5]));
         int s = listen_loopback(n);
         if (s < 0) return 70;
         for (;;) {

@@ -183,6 +183,37 @@ impl Probe {
     }
 }
 
+/// Entries restarted together (TOML `[[group]]`): any member Down or hung
+/// stops the running members in reverse order and starts them all in
+/// order, each Up and ready before the next.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Group {
+    pub name: String,
+    /// Entry paths, in start order.
+    pub members: Vec<PathBuf>,
+    /// Group restarts allowed within `window`.
+    pub restarts: u32,
+    pub window: Duration,
+    /// When the group's budget is spent.
+    pub action: Action,
+    /// Per member: Up, and ready, within this.
+    pub start_timeout: Duration,
+    /// SIGTERM to a member being stopped, then SIGKILL after this.
+    pub kill_grace: Duration,
+    /// Where it was defined, for messages.
+    pub line: usize,
+    /// `members[i]`'s position in its array, for messages.
+    pub member_cols: Vec<(usize, usize)>,
+}
+
+impl Group {
+    /// The watcher's defaults: two restarts within ten minutes.
+    pub const DEFAULT_RESTARTS: u32 = 2;
+    pub const DEFAULT_WINDOW: Duration = Duration::from_secs(600);
+    pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
+}
+
 /// Which of the processes that match an entry are its instances.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub enum Rule {
@@ -269,6 +300,9 @@ pub struct Pfile {
     pub msg_check_interval: Duration,
     pub shm_dump_file: Option<PathBuf>,
     pub entries: Vec<Entry>,
+    /// Restart groups defined in this (TOML) file; their members may be
+    /// entries of any file loaded with it.
+    pub groups: Vec<Group>,
 }
 
 impl Pfile {
@@ -438,6 +472,13 @@ impl Config {
             .find(|p| p.name == short || p.file == Path::new(name))
     }
 
+    /// Every restart group with the file that defines it.
+    pub fn groups(&self) -> impl Iterator<Item = (&Pfile, &Group)> {
+        self.pfiles
+            .iter()
+            .flat_map(|p| p.groups.iter().map(move |g| (p, g)))
+    }
+
     /// Every entry with the pfile it belongs to.
     pub fn entries(&self) -> impl Iterator<Item = (&Pfile, &Entry)> {
         self.pfiles
@@ -512,6 +553,65 @@ fn validate(config: &Config, errors: &mut Vec<Diagnostic>) {
                 });
             } else {
                 paths.insert(&entry.path, (pfile, entry));
+            }
+        }
+    }
+    validate_groups(config, &paths, errors);
+}
+
+/// Groups: unique names, members that are entries, no entry in two groups.
+fn validate_groups(
+    config: &Config,
+    entries: &HashMap<&Path, (&Pfile, &Entry)>,
+    errors: &mut Vec<Diagnostic>,
+) {
+    let mut names: HashMap<&str, (&Pfile, &Group)> = HashMap::new();
+    let mut joined: HashMap<&Path, &Group> = HashMap::new();
+    for (pfile, group) in config.groups() {
+        let at = |line: usize, col: usize, message: String| Diagnostic {
+            file: pfile.file.clone(),
+            line,
+            col,
+            message,
+        };
+        if let Some((first_file, first)) = names.get(group.name.as_str()) {
+            errors.push(at(
+                group.line,
+                1,
+                format!(
+                    "group `{}` is already defined at {}:{}; group names must differ",
+                    group.name,
+                    first_file.file.display(),
+                    first.line
+                ),
+            ));
+        } else {
+            names.insert(&group.name, (pfile, group));
+        }
+        for (member, (line, col)) in group.members.iter().zip(&group.member_cols) {
+            if !entries.contains_key(member.as_path()) {
+                errors.push(at(
+                    *line,
+                    *col,
+                    format!(
+                        "group `{}` member {} is not a watched entry: add an [[entry]] (or \
+                         PENT line) with this path",
+                        group.name,
+                        member.display()
+                    ),
+                ));
+            } else if let Some(other) = joined.get(member.as_path()) {
+                errors.push(at(
+                    *line,
+                    *col,
+                    format!(
+                        "{} is already a member of group `{}`; an entry may be in one group",
+                        member.display(),
+                        other.name
+                    ),
+                ));
+            } else {
+                joined.insert(member, group);
             }
         }
     }

@@ -214,6 +214,7 @@ pub(super) fn parse(file: &Path, text: &str, errors: &mut Vec<Diagnostic>) -> Op
         msg_check_interval: Pfile::DEFAULT_MSG_CHECK_INTERVAL,
         shm_dump_file: None,
         entries: Vec::new(),
+        groups: Vec::new(),
     };
     let mut section = Section::None;
     let mut pent_line = None;

@@ -9,7 +9,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    Action, Diagnostic, Entry, Match, Pfile, Probe, ProbeKind, Rule, hint, pfile::parse_action,
+    Action, Diagnostic, Entry, Group, Match, Pfile, Probe, ProbeKind, Rule, hint,
+    pfile::parse_action,
 };
 
 #[derive(Deserialize)]
@@ -21,6 +22,20 @@ struct File {
     shm_dump_file: Option<Spanned<String>>,
     #[serde(default)]
     entry: Vec<Spanned<EntryToml>>,
+    #[serde(default)]
+    group: Vec<Spanned<GroupToml>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupToml {
+    name: Spanned<String>,
+    members: Spanned<Vec<Spanned<String>>>,
+    restarts: Option<Spanned<i64>>,
+    window: Option<Spanned<i64>>,
+    action: Option<Spanned<String>>,
+    start_timeout: Option<Spanned<f64>>,
+    kill_grace: Option<Spanned<f64>>,
 }
 
 #[derive(Deserialize)]
@@ -65,12 +80,22 @@ struct ProbeToml {
     kill_grace: Option<Spanned<f64>>,
 }
 
-const FILE_KEYS: [&str; 5] = [
+const FILE_KEYS: [&str; 6] = [
     "ipckey",
     "monitor_interval",
     "msg_check_interval",
     "shm_dump_file",
     "entry",
+    "group",
+];
+const GROUP_KEYS: [&str; 7] = [
+    "name",
+    "members",
+    "restarts",
+    "window",
+    "action",
+    "start_timeout",
+    "kill_grace",
 ];
 const PROBE_KEYS: [&str; 15] = [
     "kind",
@@ -215,6 +240,7 @@ pub(super) fn parse(file: &Path, text: &str, errors: &mut Vec<Diagnostic>) -> Op
             .unwrap_or(Pfile::DEFAULT_MSG_CHECK_INTERVAL),
         shm_dump_file: None,
         entries: Vec::new(),
+        groups: Vec::new(),
     };
     if let Some(dump) = &parsed.shm_dump_file {
         if dump.get_ref().starts_with('/') {
@@ -229,12 +255,17 @@ pub(super) fn parse(file: &Path, text: &str, errors: &mut Vec<Diagnostic>) -> Op
             );
         }
     }
-    if parsed.entry.is_empty() {
+    if parsed.entry.is_empty() && parsed.group.is_empty() {
         c.error(0..0, "no [[entry]]: there is nothing to watch".into());
     }
     for spanned in &parsed.entry {
         if let Some(e) = entry(&mut c, spanned) {
             pfile.entries.push(e);
+        }
+    }
+    for spanned in &parsed.group {
+        if let Some(g) = group(&mut c, spanned) {
+            pfile.groups.push(g);
         }
     }
     // Returned even with errors: checks across files still see what parsed.
@@ -542,6 +573,74 @@ fn unescape(text: &str) -> Result<Vec<u8>, String> {
 }
 
 /// Adds "did you mean" to serde's unknown-field message.
+/// `[[group]]`: entries restarted together, in order.
+fn group(c: &mut Checker, spanned: &Spanned<GroupToml>) -> Option<Group> {
+    let t = spanned.get_ref();
+    let before = c.errors.len();
+    let name = t.name.get_ref().trim();
+    if name.is_empty() {
+        c.error(t.name.span(), "a group needs a name".into());
+    }
+    let mut members = Vec::new();
+    let mut member_cols = Vec::new();
+    for m in t.members.get_ref() {
+        let path = m.get_ref();
+        if !path.starts_with('/') {
+            c.error(
+                m.span(),
+                format!("group member `{path}` must be an entry's absolute path"),
+            );
+        } else if members
+            .iter()
+            .any(|p: &std::path::PathBuf| p == Path::new(path))
+        {
+            c.error(m.span(), format!("{path} is named twice in this group"));
+        } else {
+            members.push(path.into());
+            member_cols.push(position(c.text, m.span().start));
+        }
+    }
+    if t.members.get_ref().is_empty() {
+        c.error(
+            t.members.span(),
+            "a group needs members = [\"/path\", …]".into(),
+        );
+    }
+    let action = match &t.action {
+        None => Action::Continue,
+        Some(a) => parse_action(a.get_ref()).unwrap_or_else(|| {
+            c.error(
+                a.span(),
+                format!(
+                    "unknown action `{}`: expected `continue` or `switch`",
+                    a.get_ref()
+                ),
+            );
+            Action::Continue
+        }),
+    };
+    let g = Group {
+        name: name.to_string(),
+        members,
+        restarts: c
+            .int("restarts", &t.restarts, 0, 1000)
+            .map_or(Group::DEFAULT_RESTARTS, |n| n as u32),
+        window: c
+            .secs("window", &t.window, 1, 366 * 86400)
+            .unwrap_or(Group::DEFAULT_WINDOW),
+        action,
+        start_timeout: c
+            .secs_f("start_timeout", &t.start_timeout, 0.1, 3600.0)
+            .unwrap_or(Group::DEFAULT_START_TIMEOUT),
+        kill_grace: c
+            .secs_f("kill_grace", &t.kill_grace, 0.0, 3600.0)
+            .unwrap_or(Group::DEFAULT_KILL_GRACE),
+        line: position(c.text, spanned.span().start).0,
+        member_cols,
+    };
+    (c.errors.len() == before).then_some(g)
+}
+
 fn explain(message: &str) -> String {
     let message = message.trim();
     let Some(rest) = message.strip_prefix("unknown field `") else {
@@ -552,6 +651,8 @@ fn explain(message: &str) -> String {
     };
     let known: &[&str] = if message.contains("`kind`") {
         &PROBE_KEYS
+    } else if message.contains("`members`") {
+        &GROUP_KEYS
     } else if message.contains("`path`") {
         &ENTRY_KEYS
     } else {

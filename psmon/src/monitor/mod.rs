@@ -38,8 +38,12 @@ use crate::{
     scan::{Known, KnownMember, Seen},
 };
 
+mod group;
 #[cfg(test)]
 mod tests;
+
+pub use group::GroupEvent;
+use group::{GroupConf, GroupWatch, Said};
 
 /// How often an entry with a pidfile has it re-read while its restarted
 /// process is expected: daemons write it a moment after they start.
@@ -279,6 +283,11 @@ pub enum Notice {
         matched: usize,
         took: Duration,
     },
+    /// A restart group's step (`group` indexes the configuration's groups).
+    Group {
+        group: usize,
+        event: GroupEvent,
+    },
     /// A member is no longer tracked (debug).
     Gone {
         tgid: u32,
@@ -323,6 +332,9 @@ struct Watch {
     /// The hang probe's bookkeeping.
     #[serde(default)]
     probe: ProbeState,
+    /// Its restart group has it (see [`group`]): no policy input.
+    #[serde(default)]
+    held: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -397,6 +409,14 @@ pub struct Monitor {
     /// How far the source's exit events may trail an exit.
     exit_lag: Duration,
     generation: u64,
+    /// The restart groups' state, in configuration order.
+    #[serde(default)]
+    groups: Vec<GroupWatch>,
+    #[serde(skip)]
+    group_conf: Vec<GroupConf>,
+    /// Entry index → its group.
+    #[serde(skip)]
+    group_of: Vec<Option<usize>>,
     /// Something worth saving changed since [`Monitor::take_dirty`].
     #[serde(skip)]
     dirty: bool,
@@ -705,6 +725,8 @@ impl Monitor {
                 let entry = &self.config[i];
                 let state = if w.paused {
                     "paused"
+                } else if w.held {
+                    "restarting"
                 } else {
                     match w.state.phase {
                         Phase::Unknown => "unknown",
@@ -781,7 +803,12 @@ impl Monitor {
                 .then_some(w.probe.next_at)
                 .flatten()
         });
-        phases.chain(missed).chain(pidfile).chain(probes).min()
+        phases
+            .chain(missed)
+            .chain(pidfile)
+            .chain(probes)
+            .chain(self.group_deadlines())
+            .min()
     }
 
     // --- Handlers ------------------------------------------------------
@@ -988,9 +1015,16 @@ impl Monitor {
                         took,
                     }));
                 }
+                self.group_probe_ok(id, now, out);
             }
-            // Still starting up: not judged yet.
-            Err(_) if now < w.since + probe.start_grace => {}
+            // Still starting up: not judged yet (its group, waiting for it
+            // to be ready, asks again soon).
+            Err(_) if now < w.since + probe.start_grace => {
+                if self.awaits_ready(id) {
+                    let w = &mut self.watches[id.index()];
+                    w.probe.next_at = Some(now + group::READY_POLL);
+                }
+            }
             Err(why) => {
                 w.probe.failures += 1;
                 if w.probe.failures >= probe.failures {
@@ -1061,6 +1095,7 @@ impl Monitor {
 
     fn on_tick(&mut self, now: Time, out: &mut Vec<Effect>) {
         self.probe_due(now, out);
+        self.group_tick(now, out);
         let overdue: Vec<(u32, u64)> = self
             .missed
             .iter()
@@ -1133,6 +1168,7 @@ impl Monitor {
                     drill: false,
                     command_pgid: None,
                     probe: ProbeState::default(),
+                    held: false,
                 },
             };
             self.watches.push(w);
@@ -1171,6 +1207,7 @@ impl Monitor {
             failover_command: config.agent.failover_command.clone(),
             env: config.env.vars.clone(),
         };
+        self.apply_groups(&config);
         self.generation += 1;
         out.push(Effect::Scan);
     }
@@ -1330,6 +1367,10 @@ impl Monitor {
         if self.watches[i].paused {
             return;
         }
+        if self.watches[i].held {
+            self.group_poke(id, now, out);
+            return;
+        }
         let before = self.watches[i].state.clone();
         let actions = policy::step(&self.config[i], &mut self.watches[i].state, input, now);
         if self.watches[i].state != before {
@@ -1357,8 +1398,22 @@ impl Monitor {
         } else {
             self.waiting.remove(&id);
         }
-        for action in actions {
-            self.act(id, action, out);
+        match self.group_of(id) {
+            None => {
+                for action in actions {
+                    self.act(id, action, out);
+                }
+            }
+            Some(g) => {
+                let mut said = Said::default();
+                for action in actions {
+                    if said.take(&action, &self.config[i]) {
+                        self.act(id, action, out);
+                    }
+                }
+                let effects = self.group_heard(g, id, said, now);
+                out.extend(effects);
+            }
         }
     }
 

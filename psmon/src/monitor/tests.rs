@@ -41,6 +41,7 @@ fn config(entries: Vec<Entry>) -> Config {
             msg_check_interval: Duration::from_secs(5),
             shm_dump_file: None,
             entries,
+            groups: Vec::new(),
         }],
         agent: Agent::default(),
         env: Env::default(),
@@ -1032,3 +1033,5 @@ fn probes_judge_hangs() {
     w.feed(Input::Tick);
     assert!(!w.out.iter().any(|e| matches!(e, Effect::Probe { .. })));
 }
+
+mod group;

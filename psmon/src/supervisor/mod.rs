@@ -401,7 +401,7 @@ impl Supervisor {
             }
             Effect::Scan => self.scan_requested = true,
             Effect::Probe { entry, pid, probe } => self.probe(entry, pid, probe),
-            Effect::Kill { tgid, start, grace } => self.kill_hung(tgid, start, grace),
+            Effect::Kill { tgid, start, grace } => self.kill_gracefully(tgid, start, grace),
         }
     }
 

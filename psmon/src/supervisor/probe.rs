@@ -42,7 +42,7 @@ impl Supervisor {
     }
 
     /// SIGTERM now, SIGKILL after `grace` if the same process still lives.
-    pub(super) fn kill_hung(&mut self, tgid: u32, start: u64, grace: Duration) {
+    pub(super) fn kill_gracefully(&mut self, tgid: u32, start: u64, grace: Duration) {
         self.helpers.spawn(async move {
             let pid = nix::unistd::Pid::from_raw(tgid as i32);
             let same = move || crate::procfs::is_alive(tgid, start);

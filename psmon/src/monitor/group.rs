@@ -1,0 +1,593 @@
+//! Restart groups (the watcher's half of the product): entries that depend
+//! on each other are restarted together. Any member Down or hung stops the
+//! members still running in reverse order (SIGTERM, SIGKILL after the
+//! group's `kill_grace`, each waited for until gone), then starts them in
+//! order, each Up (and ready: its probe answers) before the next, within
+//! `start_timeout`. A member that does not start stops the sequence and the
+//! attempt counts as failed. At most `restarts` group restarts within
+//! `window`; the next failure is the group's retry-over and its action.
+//!
+//! A member's own policy still says when it is Up or Down; its own budget,
+//! back-off and restarts do not apply. While the group is stopping or
+//! starting, the members it has not yet started are *held*: tracked, but
+//! their policy gets no input.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Effect, EntryId, Job, Monitor, Notice, Run};
+use crate::{
+    clock::Time,
+    config::{Action as OnRetryOver, Config, Group},
+    policy::{Action, Phase},
+};
+
+/// A member being stopped that is still there after its `kill_grace` and
+/// this much more is left behind (it was sent SIGKILL; it may be stuck in
+/// the kernel), and the group goes on.
+const STOP_MARGIN: Duration = Duration::from_secs(2);
+
+/// While a group waits for a started member to become ready, its failing
+/// probe is asked again this soon rather than after its interval.
+pub const READY_POLL: Duration = Duration::from_millis(100);
+
+/// A group: its configuration with the members as entry ids.
+#[derive(Clone, Debug)]
+pub(super) struct GroupConf {
+    pub group: Group,
+    pub members: Vec<EntryId>,
+}
+
+/// What the monitor keeps of each group.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(super) struct GroupWatch {
+    name: String,
+    phase: GroupPhase,
+    /// Start times of the group restarts that still count.
+    attempts: Vec<Time>,
+    /// When the current restart began.
+    began: Time,
+    /// The failover command was run for the budget spent now.
+    failover_sent: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+enum GroupPhase {
+    #[default]
+    Watching,
+    /// Stopping member `at` (members above it are stopped already).
+    Stopping { at: usize, deadline: Time },
+    /// Starting member `at` (those below it are Up and ready); `up` once it
+    /// is Up and only its readiness is awaited.
+    Starting { at: usize, deadline: Time, up: bool },
+    /// The budget is spent: members are reported, not restarted, until all
+    /// are Up again.
+    RetryOver,
+}
+
+/// What a group did, for the operator.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GroupEvent {
+    /// `cause` went down: restart `attempt` of `restarts` allowed.
+    Restarting {
+        cause: EntryId,
+        attempt: u32,
+        drill: bool,
+    },
+    Stopping {
+        entry: EntryId,
+        pids: Vec<u32>,
+    },
+    /// Still there after SIGKILL and the margin: left behind.
+    NotStopped {
+        entry: EntryId,
+    },
+    Starting {
+        entry: EntryId,
+    },
+    Ready {
+        entry: EntryId,
+        pid: Option<u32>,
+    },
+    Restarted {
+        took: Duration,
+    },
+    /// The sequence stopped at `entry`; `left` were not started.
+    StartFailed {
+        entry: EntryId,
+        why: String,
+        left: Vec<EntryId>,
+    },
+    RetryOver {
+        restarts: u32,
+        window: Duration,
+    },
+    /// The failover command was due but there is none.
+    SwitchNotSent,
+    /// Every member is Up again after a retry-over: the budget is re-armed.
+    UpAgain,
+}
+
+/// What a member's policy said in one step, as far as its group cares.
+#[derive(Default)]
+pub(super) struct Said {
+    pub down: bool,
+    pub stopped_on_purpose: bool,
+    pub up: bool,
+    pub failed: Option<String>,
+    /// The policy wanted to restart, back off or give up on its own.
+    pub own_restart: bool,
+}
+
+impl Said {
+    /// Sorts one policy action: those the group takes over are not acted
+    /// on (false).
+    pub fn take(&mut self, action: &Action, entry: &crate::config::Entry) -> bool {
+        match action {
+            Action::ReportDown { .. } => self.down = true,
+            Action::ReportStopped { .. } => self.stopped_on_purpose = true,
+            Action::ReportUp { .. } => self.up = true,
+            Action::ReportSetPidFail { why } => {
+                self.failed = Some(crate::report::failure(entry, *why))
+            }
+            Action::Restart { .. }
+            | Action::ReportBackoff { .. }
+            | Action::ReportRetryOver { .. }
+            | Action::Failover => {
+                self.own_restart = true;
+                return false;
+            }
+            Action::ReportStarted { .. }
+            | Action::ReportTooMany { .. }
+            | Action::ReportTooManyAfterRestart { .. } => {}
+        }
+        true
+    }
+}
+
+impl Monitor {
+    /// Rebuilds the groups for a new configuration. Budgets of groups kept
+    /// by name stay; a restart in progress is abandoned and the members are
+    /// looked at afresh (one still down starts a new one).
+    pub(super) fn apply_groups(&mut self, config: &Config) {
+        let mut old: Vec<GroupWatch> = std::mem::take(&mut self.groups);
+        self.group_conf.clear();
+        self.group_of = vec![None; self.watches.len()];
+        for (_, group) in config.groups() {
+            let members: Vec<EntryId> = group
+                .members
+                .iter()
+                .filter_map(|p| self.config.iter().position(|e| &e.path == p))
+                .map(|i| EntryId(i as u32))
+                .collect();
+            let g = self.group_conf.len();
+            for id in &members {
+                self.group_of[id.index()] = Some(g);
+            }
+            let mut watch = match old.iter().position(|w| w.name == group.name) {
+                Some(i) => old.swap_remove(i),
+                None => GroupWatch {
+                    name: group.name.clone(),
+                    ..GroupWatch::default()
+                },
+            };
+            if matches!(
+                watch.phase,
+                GroupPhase::Stopping { .. } | GroupPhase::Starting { .. }
+            ) {
+                watch.phase = GroupPhase::Watching;
+            }
+            self.groups.push(watch);
+            self.group_conf.push(GroupConf {
+                group: group.clone(),
+                members,
+            });
+        }
+        for (i, w) in self.watches.iter_mut().enumerate() {
+            if w.held {
+                w.held = false;
+                w.state.phase = Phase::Unknown;
+                self.waiting.remove(&EntryId(i as u32));
+            }
+        }
+    }
+
+    /// The group an entry belongs to.
+    pub fn group_of(&self, id: EntryId) -> Option<usize> {
+        self.group_of.get(id.index()).copied().flatten()
+    }
+
+    pub fn group_name(&self, g: usize) -> &str {
+        &self.group_conf[g].group.name
+    }
+
+    /// A group member's policy spoke (its actions sorted by [`Said::take`]).
+    pub(super) fn group_heard(
+        &mut self,
+        g: usize,
+        id: EntryId,
+        said: Said,
+        now: Time,
+    ) -> Vec<Effect> {
+        let mut out = Vec::new();
+        if said.own_restart {
+            // The member's own budget does not apply: take the attempt back.
+            let w = &mut self.watches[id.index()];
+            if w.state.phase == Phase::Restarting {
+                w.state.forget_last_attempt();
+            }
+            if !self.is_starting(g, id) || said.failed.is_none() {
+                self.settle_down(id);
+            }
+        }
+        if let Some(why) = said.failed {
+            if self.is_starting(g, id) {
+                self.start_failed(g, id, why, now, &mut out);
+            } else {
+                self.settle_down(id);
+            }
+        } else if said.down && !said.stopped_on_purpose {
+            self.member_down(g, id, now, &mut out);
+        }
+        if said.up {
+            self.member_up(g, id, now, &mut out);
+        }
+        out
+    }
+
+    /// A held member's instances changed: a stop may have finished.
+    pub(super) fn group_poke(&mut self, id: EntryId, now: Time, out: &mut Vec<Effect>) {
+        let Some(g) = self.group_of(id) else {
+            return;
+        };
+        if let GroupPhase::Stopping { at, .. } = self.groups[g].phase
+            && self.group_conf[g].members[at] == id
+            && self.watches[id.index()].running == 0
+        {
+            self.stop_from(g, at, now, out);
+        }
+    }
+
+    /// A started member's probe answered: it is ready.
+    pub(super) fn group_probe_ok(&mut self, id: EntryId, now: Time, out: &mut Vec<Effect>) {
+        let Some(g) = self.group_of(id) else {
+            return;
+        };
+        if let GroupPhase::Starting { at, up: true, .. } = self.groups[g].phase
+            && self.group_conf[g].members[at] == id
+        {
+            self.ready(g, now, out);
+        }
+    }
+
+    /// Whether the group waits for this member's probe to answer.
+    pub(super) fn awaits_ready(&self, id: EntryId) -> bool {
+        self.group_of(id).is_some_and(|g| {
+            matches!(self.groups[g].phase, GroupPhase::Starting { at, up: true, .. }
+                if self.group_conf[g].members[at] == id)
+        })
+    }
+
+    /// Groups' deadlines: a stop or a start that takes too long.
+    pub(super) fn group_deadlines(&self) -> impl Iterator<Item = Time> + '_ {
+        self.groups.iter().filter_map(|w| match w.phase {
+            GroupPhase::Stopping { deadline, .. } | GroupPhase::Starting { deadline, .. } => {
+                Some(deadline)
+            }
+            _ => None,
+        })
+    }
+
+    pub(super) fn group_tick(&mut self, now: Time, out: &mut Vec<Effect>) {
+        for g in 0..self.groups.len() {
+            match self.groups[g].phase {
+                GroupPhase::Stopping { at, deadline } if now >= deadline => {
+                    let entry = self.group_conf[g].members[at];
+                    self.say(g, GroupEvent::NotStopped { entry }, out);
+                    self.stop_from(g, at, now, out);
+                }
+                GroupPhase::Starting { at, deadline, up } if now >= deadline => {
+                    let entry = self.group_conf[g].members[at];
+                    let timeout = self.group_conf[g].group.start_timeout;
+                    let what = if up { "Up, not ready" } else { "not Up" };
+                    let why = format!("{what} within {}", crate::report::duration(timeout));
+                    self.start_failed(g, entry, why, now, out);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn is_starting(&self, g: usize, id: EntryId) -> bool {
+        matches!(self.groups[g].phase, GroupPhase::Starting { at, .. }
+            if self.group_conf[g].members[at] == id)
+    }
+
+    fn say(&self, g: usize, event: GroupEvent, out: &mut Vec<Effect>) {
+        out.push(Effect::Notice(Notice::Group { group: g, event }));
+    }
+
+    /// Down, not restarted by itself: its group decides.
+    fn settle_down(&mut self, id: EntryId) {
+        let w = &mut self.watches[id.index()];
+        w.state.phase = Phase::Down;
+        self.waiting.remove(&id);
+    }
+
+    /// The group has the member: no policy input until it is started.
+    fn hold(&mut self, id: EntryId, now: Time) {
+        self.settle_down(id);
+        let w = &mut self.watches[id.index()];
+        w.held = true;
+        w.since = now;
+        w.probe.next_at = None;
+        w.probe.failures = 0;
+    }
+
+    fn member_down(&mut self, g: usize, id: EntryId, now: Time, out: &mut Vec<Effect>) {
+        match self.groups[g].phase {
+            GroupPhase::Watching => self.restart(g, id, now, out),
+            GroupPhase::RetryOver => self.settle_down(id),
+            // A member started earlier in this sequence died: it failed.
+            GroupPhase::Stopping { .. } | GroupPhase::Starting { .. } => {
+                self.start_failed(g, id, "died while its group started".into(), now, out)
+            }
+        }
+    }
+
+    fn member_up(&mut self, g: usize, id: EntryId, now: Time, out: &mut Vec<Effect>) {
+        match self.groups[g].phase {
+            GroupPhase::Starting {
+                at,
+                deadline,
+                up: false,
+            } if self.group_conf[g].members[at] == id => {
+                if self.config[id.index()].probe.is_some() {
+                    self.groups[g].phase = GroupPhase::Starting {
+                        at,
+                        deadline,
+                        up: true,
+                    };
+                    // Ask at once rather than after an interval.
+                    self.watches[id.index()].probe.next_at = Some(now);
+                } else {
+                    self.ready(g, now, out);
+                }
+            }
+            GroupPhase::RetryOver => {
+                let all_up = self.group_conf[g]
+                    .members
+                    .iter()
+                    .all(|m| self.watches[m.index()].state.phase == Phase::Up);
+                if all_up {
+                    let w = &mut self.groups[g];
+                    w.phase = GroupPhase::Watching;
+                    w.attempts.clear();
+                    w.failover_sent = false;
+                    self.say(g, GroupEvent::UpAgain, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Begins a group restart because `cause` is down, if the budget allows.
+    fn restart(&mut self, g: usize, cause: EntryId, now: Time, out: &mut Vec<Effect>) {
+        let conf = &self.group_conf[g].group;
+        let (restarts, window) = (conf.restarts, conf.window);
+        let drill = std::mem::take(&mut self.watches[cause.index()].drill);
+        let w = &mut self.groups[g];
+        w.attempts
+            .retain(|t| now.saturating_duration_since(*t) < window);
+        if !drill {
+            if w.attempts.len() as u32 >= restarts {
+                self.retry_over(g, cause, now, out);
+                return;
+            }
+            w.attempts.push(now);
+        }
+        w.began = now;
+        let attempt = w.attempts.len() as u32;
+        self.say(
+            g,
+            GroupEvent::Restarting {
+                cause,
+                attempt,
+                drill,
+            },
+            out,
+        );
+        for id in self.group_conf[g].members.clone() {
+            self.hold(id, now);
+        }
+        self.dirty = true;
+        let last = self.group_conf[g].members.len() - 1;
+        self.stop_from(g, last + 1, now, out);
+    }
+
+    /// Stops the highest running member below `above`; when none runs,
+    /// starts the first.
+    fn stop_from(&mut self, g: usize, above: usize, now: Time, out: &mut Vec<Effect>) {
+        let grace = self.group_conf[g].group.kill_grace;
+        for at in (0..above).rev() {
+            let id = self.group_conf[g].members[at];
+            if self.watches[id.index()].running == 0 {
+                continue;
+            }
+            let pids: Vec<(u32, u64)> = self.watches[id.index()]
+                .members
+                .iter()
+                .filter_map(|tgid| self.members.get(tgid).map(|m| (*tgid, m)))
+                .filter(|(_, m)| m.counts)
+                .map(|(tgid, m)| (tgid, m.start_ticks))
+                .collect();
+            self.groups[g].phase = GroupPhase::Stopping {
+                at,
+                deadline: now + grace + STOP_MARGIN,
+            };
+            let entry = id;
+            let listed = pids.iter().map(|(p, _)| *p).collect();
+            self.say(
+                g,
+                GroupEvent::Stopping {
+                    entry,
+                    pids: listed,
+                },
+                out,
+            );
+            for (tgid, start) in pids {
+                out.push(Effect::Kill { tgid, start, grace });
+            }
+            return;
+        }
+        self.start(g, 0, now, out);
+    }
+
+    /// Starts member `at` (the ones before it are ready); past the last,
+    /// the restart is done.
+    fn start(&mut self, g: usize, at: usize, now: Time, out: &mut Vec<Effect>) {
+        let members = &self.group_conf[g].members;
+        let Some(&id) = members.get(at) else {
+            self.groups[g].phase = GroupPhase::Watching;
+            let took = now.saturating_duration_since(self.groups[g].began);
+            self.say(g, GroupEvent::Restarted { took }, out);
+            return;
+        };
+        self.groups[g].phase = GroupPhase::Starting {
+            at,
+            deadline: now + self.group_conf[g].group.start_timeout,
+            up: false,
+        };
+        let w = &mut self.watches[id.index()];
+        w.held = false;
+        w.since = now;
+        if w.running >= self.config[id.index()].min {
+            // Back by other means (or never stopped): judged as it is.
+            w.state.phase = Phase::Unknown;
+            self.step_running(id, now, out);
+            return;
+        }
+        let Some(command) = self.config[id.index()].restart.clone() else {
+            let why = "it has no restart command".to_string();
+            self.start_failed(g, id, why, now, out);
+            return;
+        };
+        self.watches[id.index()].state.phase = Phase::Restarting;
+        self.waiting.remove(&id);
+        self.say(g, GroupEvent::Starting { entry: id }, out);
+        let mut env = self.base_env(id);
+        env.push(("PSMON_GROUP".into(), self.group_name(g).to_string()));
+        let attempt = self.groups[g].attempts.len().max(1);
+        env.push(("PSMON_ATTEMPT".into(), attempt.to_string()));
+        out.push(Effect::Run(Run {
+            entry: id,
+            path: self.config[id.index()].path.clone(),
+            job: Job::Restart,
+            command,
+            env,
+            timeout: self.config[id.index()].restart_timeout,
+        }));
+    }
+
+    fn ready(&mut self, g: usize, now: Time, out: &mut Vec<Effect>) {
+        let GroupPhase::Starting { at, .. } = self.groups[g].phase else {
+            return;
+        };
+        let entry = self.group_conf[g].members[at];
+        let pid = self.main_instance(entry).map(|(pid, _)| pid);
+        self.say(g, GroupEvent::Ready { entry, pid }, out);
+        self.start(g, at + 1, now, out);
+    }
+
+    /// The sequence stops at `id`: later members are not started, and the
+    /// group tries again while its budget allows.
+    fn start_failed(
+        &mut self,
+        g: usize,
+        id: EntryId,
+        why: String,
+        now: Time,
+        out: &mut Vec<Effect>,
+    ) {
+        let members = &self.group_conf[g].members;
+        let at = members.iter().position(|m| *m == id).unwrap_or(0);
+        let left = members[at + 1..].to_vec();
+        self.say(
+            g,
+            GroupEvent::StartFailed {
+                entry: id,
+                why,
+                left,
+            },
+            out,
+        );
+        self.groups[g].phase = GroupPhase::Watching;
+        self.restart(g, id, now, out);
+    }
+
+    /// The budget is spent: members are left as they are (reported, not
+    /// restarted) and the group's action is taken, once, for `cause`.
+    fn retry_over(&mut self, g: usize, cause: EntryId, now: Time, out: &mut Vec<Effect>) {
+        let conf = self.group_conf[g].group.clone();
+        self.groups[g].phase = GroupPhase::RetryOver;
+        self.dirty = true;
+        self.say(
+            g,
+            GroupEvent::RetryOver {
+                restarts: conf.restarts,
+                window: conf.window,
+            },
+            out,
+        );
+        let members = self.group_conf[g].members.clone();
+        for id in &members {
+            let entry = &self.config[id.index()];
+            let w = &mut self.watches[id.index()];
+            w.held = false;
+            w.since = now;
+            w.state.phase = if w.running >= entry.min {
+                Phase::Up
+            } else {
+                Phase::Down
+            };
+            w.probe.next_at = match (&entry.probe, w.state.phase) {
+                (Some(p), Phase::Up) => Some(now + p.interval),
+                _ => None,
+            };
+            self.waiting.remove(id);
+        }
+        if conf.action != OnRetryOver::Switch || self.groups[g].failover_sent {
+            return;
+        }
+        let first = cause;
+        let command = self.config[first.index()]
+            .failover
+            .clone()
+            .or_else(|| self.settings.failover_command.clone());
+        let Some(command) = command else {
+            self.say(g, GroupEvent::SwitchNotSent, out);
+            return;
+        };
+        self.groups[g].failover_sent = true;
+        let mut env = self.base_env(first);
+        env.push(("PSMON_GROUP".into(), conf.name.clone()));
+        env.push((
+            "PSMON_REASON".into(),
+            format!(
+                "retry over: {} restarts of group '{}' within {} s did not keep it up",
+                conf.restarts,
+                conf.name,
+                conf.window.as_secs()
+            ),
+        ));
+        out.push(Effect::Run(Run {
+            entry: first,
+            path: self.config[first.index()].path.clone(),
+            job: Job::Failover,
+            command,
+            env,
+            timeout: self.config[first.index()].restart_timeout,
+        }));
+    }
+}
