@@ -264,3 +264,49 @@ fn a_member_that_cannot_start_stops_the_sequence_and_retry_over_switches_once() 
         "switch exactly once"
     );
 }
+
+/// A notify member is ready when it says READY=1: `imapd` says so 400 ms
+/// after it starts, and `popd` is not started before.
+#[test]
+fn a_notify_member_that_is_ready_late_delays_the_next() {
+    let probe = "[entry.probe]\nkind = \"notify\"\ntimeout = 5\n";
+    let dir_probe = Store::new("group-notify", "", ["", probe, ""], [None; 3]);
+    // imapd's own command: a notify service, recorded like the others.
+    let imapd = &dir_probe.victims[1];
+    let command = format!(
+        "echo imapd $(date +%s%N) >> {}; {} notify 400 -1 >/dev/null 2>&1 &",
+        dir_probe.dir.0.join("starts").display(),
+        imapd.display()
+    );
+    let file = dir_probe.dir.0.join("conf/store.toml");
+    let toml = std::fs::read_to_string(&file).unwrap();
+    let start = toml.find(&format!("{} serve", imapd.display())).unwrap();
+    let line_start = toml[..start].rfind("restart = \"").unwrap();
+    let line_end = start + toml[start..].find('\n').unwrap();
+    let toml = format!(
+        "{}restart = \"{command}\"{}",
+        &toml[..line_start],
+        &toml[line_end..]
+    );
+    std::fs::write(&file, toml).unwrap();
+    let mut psmon = dir_probe.psmon();
+    psmon.wait("Group 'store': restarted in");
+    assert_eq!(dir_probe.names(), NAMES);
+    let starts = dir_probe.starts();
+    let gap = (starts[2].1 - starts[1].1) / 1_000_000;
+    assert!(
+        gap >= 400,
+        "popd started {gap} ms after imapd, before READY=1"
+    );
+    let ready = psmon
+        .seen
+        .iter()
+        .find(|m| {
+            m["message"]
+                .as_str()
+                .is_some_and(|t| t.contains("imapd") && t.ends_with("ready"))
+        })
+        .cloned()
+        .unwrap();
+    assert!(ready["pid"].is_u64(), "{ready}");
+}

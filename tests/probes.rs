@@ -265,3 +265,61 @@ fn an_http_probe_judges_the_status() {
     kill_all(&good);
     kill_all(&bad);
 }
+
+/// A notify service: psmon starts it with a `NOTIFY_SOCKET` and
+/// `WATCHDOG_USEC`. One that keeps sending WATCHDOG=1 is left alone; one
+/// that stops after three keep-alives is hung once its timeout passes
+/// without one, killed and started again.
+#[test]
+fn a_notify_service_that_stops_its_keepalives_is_hung() {
+    let dir = TempDir::new("probe-notify");
+    std::fs::create_dir_all(dir.0.join("conf")).unwrap();
+    let steady = victim_copy(&dir.0, "steady");
+    let stopper = victim_copy(&dir.0, "stopper");
+    let entry = |exe: &std::path::Path, beats: i32| {
+        format!(
+            "[[entry]]\npath = \"{exe}\"\nrestart = \"{exe} notify 0 {beats} >/dev/null 2>&1 &\"\nstart_secs = 0\n[entry.probe]\nkind = \"notify\"\ntimeout = 0.6\nstart_grace = 0\nkill_grace = 0.2\n",
+            exe = exe.display()
+        )
+    };
+    std::fs::write(
+        dir.0.join("conf/app.toml"),
+        format!(
+            "monitor_interval = 1\n{}{}",
+            entry(&steady, -1),
+            entry(&stopper, 3)
+        ),
+    )
+    .unwrap();
+    let source = if is_root() { "ebpf" } else { "poll" };
+    let mut psmon = Psmon::start(&dir.0.join("conf"), source);
+    // Nothing runs yet: both are started by psmon, with the socket.
+    let first = psmon.wait_for(") Up", |m| m["path"] == stopper.to_str().unwrap());
+    let up_at = std::time::Instant::now();
+    let hung = psmon.wait("hung");
+    let lived = up_at.elapsed();
+    assert_eq!(hung["path"], stopper.to_str().unwrap(), "{hung}");
+    assert_eq!(hung["pid"], first["pid"]);
+    assert!(
+        hung["why"].as_str().unwrap().contains("WATCHDOG=1"),
+        "{hung}"
+    );
+    // Three keep-alives every 0.3 s kept it alive past 0.6 s.
+    assert!(lived >= Duration::from_millis(800), "hung after {lived:?}");
+    let down = psmon.wait_for("Down", |m| m["path"] == stopper.to_str().unwrap());
+    assert_eq!(down["reason"], "hang", "{down}");
+    psmon.wait_for(") Up", |m| {
+        m["path"] == stopper.to_str().unwrap() && m["pid"] != first["pid"]
+    });
+    psmon.collect(Duration::from_millis(1000));
+    assert!(
+        !psmon
+            .seen
+            .iter()
+            .any(|m| m["path"] == steady.to_str().unwrap()
+                && m["message"].as_str().is_some_and(|t| t.contains("hung"))),
+        "the steady one keeps its keep-alives"
+    );
+    kill_all(&steady);
+    kill_all(&stopper);
+}

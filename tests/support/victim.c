@@ -18,10 +18,16 @@
  *                           "+PONG") and a CRLF once it has read something;
  *                           it listens only LISTEN_AFTER_MS after it starts
  *   victim serve-unix PATH  listen on the Unix socket PATH, accept and close
+ *   victim notify READY_MS BEATS
+ *                           the sd_notify protocol on $NOTIFY_SOCKET: READY=1
+ *                           after READY_MS, then WATCHDOG=1 every half
+ *                           $WATCHDOG_USEC, BEATS times (-1: for ever), then
+ *                           silence (a hang) while it keeps running
  *   victim serve-http PORT STATUS
  *                           an HTTP server on 127.0.0.1:PORT answering
  *                           every request with STATUS and an empty body
  */
+#include <stddef.h>
 #include <sys/un.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -158,6 +164,29 @@ int main(int argc, char **argv) {
             int c = accept(s, NULL, NULL);
             if (c >= 0) close(c);
         }
+    } else if (strcmp(argv[1], "notify") == 0 && argc > 3) {
+        long beats = atol(argv[3]);
+        const char *path = getenv("NOTIFY_SOCKET");
+        const char *usec = getenv("WATCHDOG_USEC");
+        struct sockaddr_un a = {0};
+        if (!path || strlen(path) >= sizeof a.sun_path) {
+            fprintf(stderr, "notify: no usable NOTIFY_SOCKET\n");
+            return 70;
+        }
+        a.sun_family = AF_UNIX;
+        size_t len = strlen(path);
+        memcpy(a.sun_path, path, len);
+        if (path[0] == '@') a.sun_path[0] = 0; /* abstract */
+        socklen_t alen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len);
+        int s = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        nap_ms(n);
+        sendto(s, "READY=1", 7, 0, (struct sockaddr *)&a, alen);
+        long period = usec ? atol(usec) / 2000 : 1000;
+        for (long i = 0; beats < 0 || i < beats; i++) {
+            nap_ms(period);
+            sendto(s, "WATCHDOG=1", 10, 0, (struct sockaddr *)&a, alen);
+        }
+        for (;;) pause();
     } else if (strcmp(argv[1], "forks") == 0) {
         for (int i = 0; i < n; i++) {
             pid_t pid = fork();

@@ -166,6 +166,10 @@ pub enum ProbeKind {
     Unix { path: PathBuf },
     /// The command exits 0 (run like a restart command).
     Command { command: String },
+    /// The sd_notify protocol: the commands psmon starts get a
+    /// `NOTIFY_SOCKET`; `READY=1` marks the process ready, and `WATCHDOG=1`
+    /// must come at least every `timeout` (given as `WATCHDOG_USEC`).
+    Notify,
 }
 
 impl Probe {

@@ -507,11 +507,12 @@ fn probe(c: &mut Checker, spanned: &Spanned<ProbeToml>) -> Option<Probe> {
                 None
             }
         },
+        "notify" => Some(ProbeKind::Notify),
         other => {
             c.error(
                 t.kind.span(),
                 format!(
-                    "unknown probe kind `{other}`: expected tcp, send_expect, http, unix or command"
+                    "unknown probe kind `{other}`: expected tcp, send_expect, http, unix, command or notify"
                 ),
             );
             None

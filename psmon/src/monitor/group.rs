@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::{Effect, EntryId, Job, Monitor, Notice, Run};
 use crate::{
     clock::Time,
-    config::{Action as OnRetryOver, Config, Group},
+    config::{Action as OnRetryOver, Config, Group, ProbeKind},
     policy::{Action, Phase},
 };
 
@@ -343,16 +343,23 @@ impl Monitor {
                 deadline,
                 up: false,
             } if self.group_conf[g].members[at] == id => {
-                if self.config[id.index()].probe.is_some() {
-                    self.groups[g].phase = GroupPhase::Starting {
-                        at,
-                        deadline,
-                        up: true,
-                    };
-                    // Ask at once rather than after an interval.
-                    self.watches[id.index()].probe.next_at = Some(now);
-                } else {
-                    self.ready(g, now, out);
+                let probe = self.config[id.index()].probe.as_ref().map(|p| &p.kind);
+                let w = &mut self.watches[id.index()];
+                match probe {
+                    None => self.ready(g, now, out),
+                    // It says when it is ready (perhaps said so already).
+                    Some(ProbeKind::Notify) if w.probe.ready_seen => self.ready(g, now, out),
+                    Some(kind) => {
+                        self.groups[g].phase = GroupPhase::Starting {
+                            at,
+                            deadline,
+                            up: true,
+                        };
+                        if *kind != ProbeKind::Notify {
+                            // Ask at once rather than after an interval.
+                            w.probe.next_at = Some(now);
+                        }
+                    }
                 }
             }
             GroupPhase::RetryOver => {
@@ -474,6 +481,7 @@ impl Monitor {
             return;
         };
         self.watches[id.index()].state.phase = Phase::Restarting;
+        self.watches[id.index()].probe.started_by_us();
         self.waiting.remove(&id);
         self.say(g, GroupEvent::Starting { entry: id }, out);
         let mut env = self.base_env(id);

@@ -150,6 +150,14 @@ pub enum Input {
     /// process group `pgid` (remembered: a psmon that restarts meanwhile
     /// waits for it rather than start another).
     CommandStarted { path: PathBuf, job: Job, pgid: u32 },
+    /// A process of the entry of `path` spoke the sd_notify protocol on
+    /// its socket (the shell made sure `pid` is one of the entry's).
+    Notified {
+        path: PathBuf,
+        pid: u32,
+        ready: bool,
+        watchdog: bool,
+    },
     /// A hang probe of the entry's process `pid` answered in the time given,
     /// or did not (why).
     Probed {
@@ -346,6 +354,24 @@ struct ProbeState {
     failures: u32,
     /// The instance killed because it hung: its Down says so.
     hung: Option<u32>,
+    /// A notify probe's keep-alives are awaited: psmon started the process
+    /// (it has the socket), or it spoke already.
+    #[serde(default)]
+    armed: bool,
+    /// `READY=1` came since the process was last started.
+    #[serde(default)]
+    ready_seen: bool,
+}
+
+/// When a probe is first due after the entry came Up: after its interval;
+/// a notify probe's first keep-alive within its timeout (or start_grace,
+/// if longer), and only when the process can send one.
+fn first_probe_at(probe: &Probe, armed: bool, now: Time) -> Option<Time> {
+    match probe.kind {
+        crate::config::ProbeKind::Notify if !armed => None,
+        crate::config::ProbeKind::Notify => Some(now + probe.timeout.max(probe.start_grace)),
+        _ => Some(now + probe.interval),
+    }
 }
 
 /// What `psmon status` shows of an entry.
@@ -420,6 +446,15 @@ pub struct Monitor {
     /// Something worth saving changed since [`Monitor::take_dirty`].
     #[serde(skip)]
     dirty: bool,
+}
+
+impl ProbeState {
+    /// psmon runs the entry's restart command: a notify process will have
+    /// the socket, and must say READY=1 anew.
+    fn started_by_us(&mut self) {
+        self.armed = true;
+        self.ready_seen = false;
+    }
 }
 
 impl Monitor {
@@ -599,6 +634,12 @@ impl Monitor {
             Input::Probed { entry, pid, result } => {
                 self.on_probed(entry, pid, result, now, &mut out)
             }
+            Input::Notified {
+                path,
+                pid,
+                ready,
+                watchdog,
+            } => self.on_notified(path, pid, ready, watchdog, now, &mut out),
             Input::CommandStarted { path, job, pgid } => {
                 if job == Job::Restart
                     && let Some(i) = self.config.iter().position(|e| e.path == path)
@@ -1028,23 +1069,64 @@ impl Monitor {
             Err(why) => {
                 w.probe.failures += 1;
                 if w.probe.failures >= probe.failures {
-                    w.probe.failures = 0;
-                    w.probe.hung = Some(pid);
-                    w.probe.next_at = None;
-                    out.push(Effect::Notice(Notice::Hung {
-                        entry: id,
-                        pid,
-                        timeout: probe.timeout,
-                        why,
-                    }));
-                    let start = self.members[&pid].start_ticks;
-                    out.push(Effect::Kill {
-                        tgid: pid,
-                        start,
-                        grace: probe.kill_grace,
-                    });
+                    self.hang(id, pid, why, out);
                 }
             }
+        }
+    }
+
+    /// The entry's process `pid` hangs: say so and kill it; its death is
+    /// handled as any other.
+    fn hang(&mut self, id: EntryId, pid: u32, why: String, out: &mut Vec<Effect>) {
+        let Some(probe) = &self.config[id.index()].probe else {
+            return;
+        };
+        let w = &mut self.watches[id.index()];
+        w.probe.failures = 0;
+        w.probe.hung = Some(pid);
+        w.probe.next_at = None;
+        out.push(Effect::Notice(Notice::Hung {
+            entry: id,
+            pid,
+            timeout: probe.timeout,
+            why,
+        }));
+        if let Some(m) = self.members.get(&pid) {
+            out.push(Effect::Kill {
+                tgid: pid,
+                start: m.start_ticks,
+                grace: probe.kill_grace,
+            });
+        }
+    }
+
+    fn on_notified(
+        &mut self,
+        path: PathBuf,
+        pid: u32,
+        ready: bool,
+        watchdog: bool,
+        now: Time,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(i) = self.config.iter().position(|e| e.path == path) else {
+            return;
+        };
+        let id = EntryId(i as u32);
+        let Some(probe) = &self.config[i].probe else {
+            return;
+        };
+        if self.member_entry(pid) != Some(id) {
+            return;
+        }
+        let w = &mut self.watches[i];
+        w.probe.armed = true;
+        w.probe.ready_seen |= ready;
+        if w.state.phase == Phase::Up && !w.paused && (watchdog || ready) {
+            w.probe.next_at = Some(now + probe.timeout);
+        }
+        if ready {
+            self.group_probe_ok(id, now, out);
         }
     }
 
@@ -1057,6 +1139,14 @@ impl Monitor {
             };
             let due = w.probe.next_at.is_some_and(|at| now >= at);
             if !due || w.probe.in_flight || w.paused || w.state.phase != Phase::Up {
+                continue;
+            }
+            if probe.kind == crate::config::ProbeKind::Notify {
+                // No keep-alive within its timeout.
+                if let Some((pid, _)) = self.main_instance(EntryId(i as u32)) {
+                    let why = "no WATCHDOG=1 keep-alive".to_string();
+                    self.hang(EntryId(i as u32), pid, why, out);
+                }
                 continue;
             }
             let main = self.main_instance(EntryId(i as u32));
@@ -1382,7 +1472,7 @@ impl Monitor {
                 w.probe.next_at = match (&self.config[i].probe, w.state.phase) {
                     (Some(probe), Phase::Up) => {
                         w.probe.hung = None;
-                        Some(now + probe.interval)
+                        first_probe_at(probe, w.probe.armed, now)
                     }
                     _ => None,
                 };
@@ -1451,6 +1541,7 @@ impl Monitor {
             Action::Restart { attempt } => {
                 out.push(notice);
                 if let Some(command) = entry.restart.clone() {
+                    self.watches[i].probe.started_by_us();
                     let mut env = self.base_env(id);
                     env.push(("PSMON_ATTEMPT".into(), attempt.to_string()));
                     out.push(run(Job::Restart, command, env));

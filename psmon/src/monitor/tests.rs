@@ -1035,3 +1035,61 @@ fn probes_judge_hangs() {
 }
 
 mod group;
+
+#[test]
+fn a_notify_probe_wants_keepalives_only_from_what_psmon_started() {
+    use crate::config::{Probe, ProbeKind};
+    let mut e = entry("/d");
+    let mut probe = Probe::new(ProbeKind::Notify);
+    probe.timeout = Duration::from_secs(2);
+    probe.start_grace = Duration::ZERO;
+    e.probe = Some(probe);
+    // Running before psmon: it has no socket, so it is not judged.
+    let mut w = World::started(vec![e], true, vec![vec![seen(100, 5)]]);
+    assert_eq!(w.m.next_deadline(w.now), None);
+    w.exit(100, 5, KILLED);
+    w.done("/d", true);
+    w.feed(Input::Execd {
+        tgid: 101,
+        matched: Some((A, seen(101, 6))),
+    });
+    let up = w.now;
+    assert_eq!(w.m.next_deadline(w.now), Some(up + Duration::from_secs(2)));
+    // A keep-alive from another process is not its.
+    w.later(1500);
+    w.feed(Input::Notified {
+        path: "/d".into(),
+        pid: 999,
+        ready: false,
+        watchdog: true,
+    });
+    assert_eq!(w.m.next_deadline(w.now), Some(up + Duration::from_secs(2)));
+    w.feed(Input::Notified {
+        path: "/d".into(),
+        pid: 101,
+        ready: false,
+        watchdog: true,
+    });
+    assert_eq!(
+        w.m.next_deadline(w.now),
+        Some(w.now + Duration::from_secs(2))
+    );
+    w.tick();
+    assert!(
+        w.out.iter().any(|e| matches!(
+            e,
+            Effect::Notice(Notice::Hung { pid: 101, why, .. }) if why.contains("WATCHDOG=1")
+        )),
+        "{:?}",
+        w.out
+    );
+    assert!(
+        w.out
+            .iter()
+            .any(|e| matches!(e, Effect::Kill { tgid: 101, .. }))
+    );
+    assert!(
+        !w.out.iter().any(|e| matches!(e, Effect::Probe { .. })),
+        "a notify probe is never asked"
+    );
+}

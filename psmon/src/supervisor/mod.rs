@@ -40,6 +40,7 @@ use crate::{
 };
 
 mod health;
+mod notify;
 mod ops;
 mod probe;
 
@@ -136,6 +137,10 @@ pub struct Supervisor {
     rescan_all: bool,
     /// systemd's watchdog period (WATCHDOG_USEC), when it asks for one.
     watchdog: Option<Duration>,
+    /// The sd_notify sockets of notify-probed entries.
+    notify: notify::Sockets,
+    notify_tx: mpsc::UnboundedSender<notify::Message>,
+    notify_rx: mpsc::UnboundedReceiver<notify::Message>,
 }
 
 /// More execs than this between two scans: read everything instead.
@@ -172,6 +177,7 @@ impl Supervisor {
         };
         let matcher = Arc::new(Matcher::new(monitor.entries()));
         let (back_tx, back_rx) = mpsc::unbounded_channel();
+        let (notify_tx, notify_rx) = mpsc::unbounded_channel();
         Supervisor {
             monitor,
             config: without_entries(config),
@@ -199,6 +205,9 @@ impl Supervisor {
             execs_at_last_scan: None,
             rescan_all: true,
             watchdog: None,
+            notify: notify::Sockets::default(),
+            notify_tx,
+            notify_rx,
         }
     }
 
@@ -227,6 +236,7 @@ impl Supervisor {
         token: CancellationToken,
     ) {
         self.open_queues();
+        self.open_notify_sockets();
         for effect in std::mem::take(&mut self.pending) {
             self.apply(effect);
         }
@@ -265,6 +275,7 @@ impl Supervisor {
                 _ = token.cancelled() => break,
                 Some(event) = events.recv() => self.on_event(event),
                 Some(back) = self.back_rx.recv() => self.on_back(back),
+                Some(said) = self.notify_rx.recv() => self.on_notify(said),
                 result = async { scan.as_mut().expect("guarded").await }, if scan.is_some() => {
                     scan = None;
                     if let Ok((started, took, found, files, generation)) = result {
@@ -584,6 +595,45 @@ impl Supervisor {
         self.matcher = Arc::new(Matcher::new(self.monitor.entries()));
         self.fill_filter();
         self.open_queues();
+        self.open_notify_sockets();
+    }
+
+    fn open_notify_sockets(&mut self) {
+        let failed = self
+            .notify
+            .sync(self.monitor.entries(), &self.notify_tx, &self.helpers);
+        for why in failed {
+            self.reporter.report(LogLevel::Error, &why, &[]);
+        }
+    }
+
+    /// A notify datagram: fed when its sender is a process of the entry,
+    /// after classifying it when the monitor does not know it yet (it may
+    /// say READY=1 before its exec event is in).
+    fn on_notify(&mut self, said: notify::Message) {
+        let Some(entry) = self.monitor.entries().position(|e| e.path == said.path) else {
+            return;
+        };
+        let input = Input::Notified {
+            path: said.path,
+            pid: said.pid,
+            ready: said.ready,
+            watchdog: said.watchdog,
+        };
+        if self.monitor.member_entry(said.pid) == Some(EntryId(entry as u32)) {
+            self.feed(input);
+            return;
+        }
+        let tgid = said.pid;
+        self.classify(tgid, move |matched| {
+            matched
+                .filter(|(i, _)| *i == entry)
+                .map(|(i, seen)| Input::Execd {
+                    tgid,
+                    matched: Some((EntryId(i as u32), seen)),
+                })
+        });
+        self.feed_after_classification(tgid, input);
     }
 
     /// A restart command a previous psmon started: wait for its process
@@ -626,7 +676,10 @@ impl Supervisor {
         }
     }
 
-    fn run_command(&mut self, run: Run) {
+    fn run_command(&mut self, mut run: Run) {
+        if run.job == crate::monitor::Job::Restart {
+            run.env.extend(self.notify.env(&run.path));
+        }
         let spec = CommandSpec {
             command: run.command,
             env: run.env,
@@ -719,6 +772,7 @@ impl Supervisor {
         for (_, watch) in self.exit_watches.drain() {
             watch.abort();
         }
+        self.notify.close_all();
         self.helpers.close();
         self.commands.close();
         let running = self.commands.len();

@@ -107,6 +107,8 @@ async fn ask(probe: &Probe, umask: Option<u32>) -> Result<(), String> {
             .await
             .map(drop)
             .map_err(|e| format!("connecting to {} failed: {e}", path.display())),
+        // Not asked: the process speaks (see supervisor::notify).
+        ProbeKind::Notify => Ok(()),
         ProbeKind::Command { command } => {
             let spec = crate::exec::CommandSpec {
                 command: command.clone(),

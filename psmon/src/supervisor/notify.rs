@@ -1,0 +1,217 @@
+//! The sd_notify protocol for the processes psmon starts (`kind =
+//! "notify"` probes): each such entry has a datagram socket of psmon's own,
+//! named in the environment of its restart command as `NOTIFY_SOCKET`
+//! (with `WATCHDOG_USEC`, the probe's timeout), so a service written for
+//! systemd's `Type=notify` and watchdog runs under psmon unchanged.
+//!
+//! Sockets are in the abstract namespace (nothing on disk to clean up or
+//! label), named after the entry's path so that a psmon restarted while
+//! the service runs listens where the service still sends. Each datagram
+//! carries its sender's pid (SCM_CREDENTIALS, given by the kernel); the
+//! supervisor accepts it only from a process of the entry.
+
+use std::{
+    collections::HashMap,
+    io::IoSliceMut,
+    os::fd::{AsRawFd, OwnedFd},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use nix::sys::socket::{
+    AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr, bind, recvmsg,
+    setsockopt, socket, sockopt,
+};
+use tokio::{io::unix::AsyncFd, sync::mpsc};
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Entry, ProbeKind};
+
+/// A datagram from a process of a notify entry.
+#[derive(Debug)]
+pub struct Message {
+    pub path: PathBuf,
+    pub pid: u32,
+    pub ready: bool,
+    pub watchdog: bool,
+}
+
+/// The open sockets, by entry path.
+#[derive(Default)]
+pub struct Sockets {
+    open: HashMap<PathBuf, Open>,
+}
+
+struct Open {
+    /// The abstract name, without its leading NUL.
+    name: String,
+    watchdog: Duration,
+    task: tokio::task::AbortHandle,
+}
+
+impl Sockets {
+    /// Opens a socket for each entry with a notify probe (keeping those
+    /// open already) and closes the others. Returns what could not be
+    /// opened, for the operator.
+    pub fn sync<'a>(
+        &mut self,
+        entries: impl Iterator<Item = &'a Entry>,
+        tx: &mpsc::UnboundedSender<Message>,
+        tasks: &TaskTracker,
+    ) -> Vec<String> {
+        let mut wanted: HashMap<PathBuf, Duration> = HashMap::new();
+        for e in entries {
+            if let Some(p) = &e.probe
+                && p.kind == ProbeKind::Notify
+            {
+                wanted.insert(e.path.clone(), p.timeout);
+            }
+        }
+        self.open.retain(|path, open| {
+            let keep = wanted.contains_key(path);
+            if !keep {
+                open.task.abort();
+            }
+            keep
+        });
+        let mut failed = Vec::new();
+        for (path, watchdog) in wanted {
+            if let Some(open) = self.open.get_mut(&path) {
+                open.watchdog = watchdog;
+                continue;
+            }
+            let name = socket_name(&path);
+            match listen(&name) {
+                Ok(fd) => {
+                    let task = tasks.spawn(receive(fd, path.clone(), tx.clone()));
+                    let task = task.abort_handle();
+                    let open = Open {
+                        name,
+                        watchdog,
+                        task,
+                    };
+                    self.open.insert(path, open);
+                }
+                Err(e) => failed.push(format!(
+                    "no notify socket for {} (@{name}): {e}; its READY=1 and WATCHDOG=1 are not heard",
+                    path.display()
+                )),
+            }
+        }
+        failed
+    }
+
+    /// `NOTIFY_SOCKET` and `WATCHDOG_USEC` for a command started for the
+    /// entry of `path`, if it has a notify probe.
+    pub fn env(&self, path: &Path) -> Vec<(String, String)> {
+        match self.open.get(path) {
+            Some(open) => vec![
+                ("NOTIFY_SOCKET".into(), format!("@{}", open.name)),
+                (
+                    "WATCHDOG_USEC".into(),
+                    open.watchdog.as_micros().to_string(),
+                ),
+            ],
+            None => Vec::new(),
+        }
+    }
+
+    pub fn close_all(&mut self) {
+        for open in self.open.values() {
+            open.task.abort();
+        }
+        self.open.clear();
+    }
+}
+
+/// `psmon-notify-` and a hash of the path (FNV-1a): stable across psmon
+/// restarts, different for every entry.
+fn socket_name(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in path.as_os_str().as_bytes() {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("psmon-notify-{hash:016x}")
+}
+
+fn listen(name: &str) -> std::io::Result<AsyncFd<OwnedFd>> {
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    // The kernel then attaches each sender's credentials.
+    setsockopt(&fd, sockopt::PassCred, &true)?;
+    bind(fd.as_raw_fd(), &UnixAddr::new_abstract(name.as_bytes())?)?;
+    // SAFETY: the AsyncFd owns the socket, which stays open and the same
+    // until the AsyncFd is dropped.
+    unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+}
+
+async fn receive(fd: AsyncFd<OwnedFd>, path: PathBuf, tx: mpsc::UnboundedSender<Message>) {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let Ok(mut guard) = fd.readable().await else {
+            return;
+        };
+        let got = guard.try_io(|inner| read_one(inner.get_ref(), &mut buf));
+        let (pid, len) = match got {
+            Ok(Ok(Some(got))) => got,
+            // No credentials (cannot be told apart): dropped.
+            Ok(Ok(None)) => continue,
+            Ok(Err(e)) => {
+                tracing::warn!("notify socket for {}: {e}", path.display());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Err(_would_block) => continue,
+        };
+        let text = String::from_utf8_lossy(&buf[..len]);
+        let said = |field: &str| text.lines().any(|l| l.trim() == field);
+        let message = Message {
+            path: path.clone(),
+            pid,
+            ready: said("READY=1"),
+            watchdog: said("WATCHDOG=1"),
+        };
+        if (message.ready || message.watchdog) && tx.send(message).is_err() {
+            return;
+        }
+    }
+}
+
+/// One datagram: its sender's pid and length.
+fn read_one(fd: &OwnedFd, buf: &mut [u8]) -> std::io::Result<Option<(u32, usize)>> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!(nix::sys::socket::UnixCredentials);
+    let msg = recvmsg::<()>(
+        fd.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    let mut pid = None;
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmCredentials(cred) = c {
+            pid = Some(cred.pid() as u32);
+        }
+    }
+    Ok(pid.map(|pid| (pid, msg.bytes)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_stable_and_differ_by_path() {
+        let a = socket_name(Path::new("/usr/sbin/a"));
+        assert_eq!(a, socket_name(Path::new("/usr/sbin/a")));
+        assert_ne!(a, socket_name(Path::new("/usr/sbin/b")));
+        assert!(a.len() < 108, "fits sun_path");
+    }
+}
