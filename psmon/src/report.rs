@@ -251,8 +251,9 @@ impl Reporter {
                     ("scan_ms", json!(took.as_secs_f64() * 1e3)),
                 ],
             ),
-            Notice::Group { group, event } => {
-                let (level, text, fields) = group_message(monitor, *group, event);
+            Notice::Group { group, event, at } => {
+                let (level, text, mut fields) = group_message(monitor, *group, event);
+                fields.push(("at_ms", json!(at.as_secs_f64() * 1e3)));
                 self.report(level, &text, &fields);
             }
             Notice::Gone { tgid, why } => self.report(

@@ -1,6 +1,8 @@
-//! (g) Hang probes, part of `cargo xtask bench`: how long after a server
-//! freezes psmon says it hangs, against interval + timeout; and psmon's
-//! cost with 1,000 TCP probes a second, with how spread out they start.
+//! (g) Hang probes and restart groups, part of `cargo xtask bench`: how
+//! long after a server freezes psmon says it hangs, against interval +
+//! timeout; psmon's cost with 1,000 TCP probes a second, with how spread
+//! out they start; and what a three-member group restart costs above the
+//! members' own start times.
 
 use std::{
     fmt::Write as _,
@@ -71,7 +73,150 @@ pub fn probes(psmon: &Path, dir: &Path) -> anyhow::Result<String> {
     let mut out = String::from("\n### (g) Hang probes\n\n");
     out.push_str(&detection(psmon, dir, &server)?);
     out.push_str(&thousand(psmon, dir, &server)?);
+    out.push_str(&group_restart(psmon, dir, &server)?);
     Ok(out)
+}
+
+/// A group of three servers; its middle member killed 10 times. From
+/// psmon's own `at_ms` (monotonic, since the restart began) on each step:
+/// the stop phase, each member's start (its command run → it is Up),
+/// and the hand-overs between one member ready and the next started.
+fn group_restart(psmon: &Path, dir: &Path, server: &Path) -> anyhow::Result<String> {
+    const ROUNDS: usize = 10;
+    let conf = dir.join("conf-group");
+    let bins = dir.join("group-bin");
+    std::fs::create_dir_all(&conf)?;
+    std::fs::create_dir_all(&bins)?;
+    let mut toml = String::from("monitor_interval = 10\n");
+    let mut members = Vec::new();
+    for name in ["stored", "imapd", "popd"] {
+        let exe = bins.join(name);
+        std::fs::copy(server, &exe)?;
+        let port = free_port()?;
+        write!(
+            toml,
+            "[[entry]]\npath = \"{e}\"\nrestart = \"{e} {port} >/dev/null 2>&1 &\"\nstart_secs = 0\n",
+            e = exe.display()
+        )?;
+        members.push((exe, port));
+    }
+    let names: Vec<String> = members
+        .iter()
+        .map(|(e, _)| format!("\"{}\"", e.display()))
+        .collect();
+    write!(
+        toml,
+        "[[group]]\nname = \"bench\"\nmembers = [{}]\nrestarts = 1000\nkill_grace = 1\n",
+        names.join(", ")
+    )?;
+    std::fs::write(conf.join("group.toml"), toml)?;
+    // The members' own start, without psmon: spawned as its restart
+    // command would be, until it accepts a connection.
+    let mut by_hand = Vec::new();
+    for (exe, port) in &members {
+        let t = Instant::now();
+        Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!("{} {port} >/dev/null 2>&1 &", exe.display()))
+            .status()?;
+        while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
+            ensure!(
+                t.elapsed() < Duration::from_secs(5),
+                "{} never listened",
+                exe.display()
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        by_hand.push(t.elapsed().as_nanos() as u64);
+        kill_all_named(exe);
+    }
+    let daemon = Daemon::start(psmon, &conf, "ebpf")?;
+    let restarted = |m: &serde_json::Value| {
+        m["message"]
+            .as_str()
+            .is_some_and(|t| t.contains("Group 'bench': restarted in"))
+    };
+    // Nothing runs: psmon starts the group first.
+    daemon.wait_message(restarted, Duration::from_secs(15))?;
+    let (mut totals, mut stops, mut starts, mut handovers) = (vec![], vec![], vec![], vec![]);
+    for round in 0..ROUNDS {
+        std::thread::sleep(Duration::from_millis(300));
+        let pid = pid_running(&members[1].0).with_context(|| format!("round {round}: no imapd"))?;
+        // SAFETY: kill with a pid read from /proc and a valid signal.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let mut steps: Vec<(String, f64)> = Vec::new();
+        loop {
+            let m = daemon.wait_message(|m| m["group"] == "bench", Duration::from_secs(15))?;
+            let text = m["message"].as_str().unwrap_or_default().to_string();
+            let at = m["at_ms"].as_f64().unwrap_or(0.0);
+            let done = restarted(&m);
+            steps.push((text, at));
+            if done {
+                break;
+            }
+        }
+        let at = |what: &str| -> Vec<f64> {
+            steps
+                .iter()
+                .filter(|(t, _)| t.contains(what))
+                .map(|(_, a)| *a)
+                .collect()
+        };
+        let (starting, ready) = (at(": starting"), at(") ready"));
+        ensure!(
+            starting.len() == 3 && ready.len() == 3,
+            "round {round}: {steps:?}"
+        );
+        let ms = |x: f64| (x * 1e6) as u64;
+        totals.push(ms(*at("restarted in").last().unwrap_or(&0.0)));
+        stops.push(ms(starting[0]));
+        starts.push(ms((0..3).map(|i| ready[i] - starting[i]).sum()));
+        handovers.push(ms((1..3).map(|i| starting[i] - ready[i - 1]).sum()));
+    }
+    let _ = daemon.stop();
+    for (exe, _) in &members {
+        kill_all_named(exe);
+    }
+    for v in [&mut totals, &mut stops, &mut starts, &mut handovers] {
+        v.sort_unstable();
+    }
+    let row = |name: &str, v: &[u64]| {
+        format!(
+            "| {name} | {} | {} |\n",
+            fmt_ns(percentile(v, 50.0)),
+            fmt_ns(v.last().copied().unwrap_or(0))
+        )
+    };
+    let hand: u64 = by_hand.iter().sum();
+    Ok(format!(
+        "A group of three servers (no probes: each is ready once Up); its middle member \
+         killed with SIGKILL {ROUNDS} times. Times from psmon's own `at_ms` on each step \
+         (monotonic, from the restart's decision). The members' own start, by hand (spawned \
+         through `sh -c '… &'` until it accepts a connection): {} for the three.\n\n\
+         | group restart, {ROUNDS} rounds | p50 | max |\n|---|---|---|\n{}{}{}{}\n",
+        fmt_ns(hand),
+        row("whole restart (decision → last member ready)", &totals),
+        row(
+            "stop phase (SIGTERM to popd, stored → both exits seen)",
+            &stops
+        ),
+        row("three member starts (command run → Up), summed", &starts),
+        row(
+            "hand-overs (member ready → next command run), summed",
+            &handovers
+        ),
+    ))
+}
+
+/// A process running `exe`, read from /proc.
+fn pid_running(exe: &Path) -> Option<i32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(Result::ok)
+        .find_map(|d| {
+            let pid = d.file_name().to_string_lossy().parse::<i32>().ok()?;
+            (std::fs::read_link(d.path().join("exe")).ok()? == exe).then_some(pid)
+        })
 }
 
 /// A send/expect probe every 1 s with a 1 s timeout; the server is frozen

@@ -284,7 +284,7 @@ impl Monitor {
             match self.groups[g].phase {
                 GroupPhase::Stopping { at, deadline } if now >= deadline => {
                     let entry = self.group_conf[g].members[at];
-                    self.say(g, GroupEvent::NotStopped { entry }, out);
+                    self.say(g, GroupEvent::NotStopped { entry }, now, out);
                     self.stop_from(g, at, now, out);
                 }
                 GroupPhase::Starting { at, deadline, up } if now >= deadline => {
@@ -304,8 +304,14 @@ impl Monitor {
             if self.group_conf[g].members[at] == id)
     }
 
-    fn say(&self, g: usize, event: GroupEvent, out: &mut Vec<Effect>) {
-        out.push(Effect::Notice(Notice::Group { group: g, event }));
+    /// Tells the operator, with the time since the restart began.
+    fn say(&self, g: usize, event: GroupEvent, now: Time, out: &mut Vec<Effect>) {
+        let at = now.saturating_duration_since(self.groups[g].began);
+        out.push(Effect::Notice(Notice::Group {
+            group: g,
+            event,
+            at,
+        }));
     }
 
     /// Down, not restarted by itself: its group decides.
@@ -372,7 +378,7 @@ impl Monitor {
                     w.phase = GroupPhase::Watching;
                     w.attempts.clear();
                     w.failover_sent = false;
-                    self.say(g, GroupEvent::UpAgain, out);
+                    self.say(g, GroupEvent::UpAgain, now, out);
                 }
             }
             _ => {}
@@ -403,6 +409,7 @@ impl Monitor {
                 attempt,
                 drill,
             },
+            now,
             out,
         );
         for id in self.group_conf[g].members.clone() {
@@ -441,6 +448,7 @@ impl Monitor {
                     entry,
                     pids: listed,
                 },
+                now,
                 out,
             );
             for (tgid, start) in pids {
@@ -458,7 +466,7 @@ impl Monitor {
         let Some(&id) = members.get(at) else {
             self.groups[g].phase = GroupPhase::Watching;
             let took = now.saturating_duration_since(self.groups[g].began);
-            self.say(g, GroupEvent::Restarted { took }, out);
+            self.say(g, GroupEvent::Restarted { took }, now, out);
             return;
         };
         self.groups[g].phase = GroupPhase::Starting {
@@ -483,7 +491,7 @@ impl Monitor {
         self.watches[id.index()].state.phase = Phase::Restarting;
         self.watches[id.index()].probe.started_by_us();
         self.waiting.remove(&id);
-        self.say(g, GroupEvent::Starting { entry: id }, out);
+        self.say(g, GroupEvent::Starting { entry: id }, now, out);
         let mut env = self.base_env(id);
         env.push(("PSMON_GROUP".into(), self.group_name(g).to_string()));
         let attempt = self.groups[g].attempts.len().max(1);
@@ -504,7 +512,7 @@ impl Monitor {
         };
         let entry = self.group_conf[g].members[at];
         let pid = self.main_instance(entry).map(|(pid, _)| pid);
-        self.say(g, GroupEvent::Ready { entry, pid }, out);
+        self.say(g, GroupEvent::Ready { entry, pid }, now, out);
         self.start(g, at + 1, now, out);
     }
 
@@ -528,6 +536,7 @@ impl Monitor {
                 why,
                 left,
             },
+            now,
             out,
         );
         self.groups[g].phase = GroupPhase::Watching;
@@ -546,6 +555,7 @@ impl Monitor {
                 restarts: conf.restarts,
                 window: conf.window,
             },
+            now,
             out,
         );
         let members = self.group_conf[g].members.clone();
@@ -574,7 +584,7 @@ impl Monitor {
             .clone()
             .or_else(|| self.settings.failover_command.clone());
         let Some(command) = command else {
-            self.say(g, GroupEvent::SwitchNotSent, out);
+            self.say(g, GroupEvent::SwitchNotSent, now, out);
             return;
         };
         self.groups[g].failover_sent = true;

@@ -291,10 +291,12 @@ pub enum Notice {
         matched: usize,
         took: Duration,
     },
-    /// A restart group's step (`group` indexes the configuration's groups).
+    /// A restart group's step (`group` indexes the configuration's groups),
+    /// `at` this long after its restart began.
     Group {
         group: usize,
         event: GroupEvent,
+        at: Duration,
     },
     /// A member is no longer tracked (debug).
     Gone {
