@@ -205,6 +205,35 @@ fn a_group_starts_in_order_and_a_killed_member_restarts_it_in_reverse_then_in_or
         .collect();
     assert_eq!(downs.len(), 1, "{downs:?}");
     assert_eq!(downs[0]["pid"], pids[1]);
+    // `psmon status` shows the group and its budget spent so far.
+    let out = isolate(
+        &mut std::process::Command::new(env!("CARGO_BIN_EXE_psmon")),
+        &store.dir.0,
+    )
+    .args(["status", "--json"])
+    .output()
+    .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let group = &status["groups"][0];
+    assert_eq!(group["name"], "store", "{status}");
+    assert_eq!(group["state"], "watching");
+    assert_eq!(
+        group["restarts"], 1,
+        "the kill (start-up is not counted): {group}"
+    );
+    assert_eq!(group["allowed"], 2);
+    assert!(
+        status["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["group"] == "store" && e["state"] == "up"),
+        "{status}"
+    );
+    assert_eq!(
+        status["entries"][1]["probe"]["ok"], true,
+        "imapd's probe answered: {status}"
+    );
     // And the old processes are gone, the new ones answer.
     for (v, old) in store.victims.iter().zip(&pids) {
         let now = pids_of(v);
@@ -215,9 +244,9 @@ fn a_group_starts_in_order_and_a_killed_member_restarts_it_in_reverse_then_in_or
 }
 
 /// `imapd` cannot start (its command fails): `popd` is never started and
-/// each attempt fails. Nothing running at start-up is the first failure,
-/// the two failed restarts the second and third: the third within the
-/// window runs the switch command, once.
+/// each attempt fails. The bring-up at start-up is not counted; its
+/// failure is the first, the two failed restarts the second and third:
+/// the third within the window runs the switch command, once.
 #[test]
 fn a_member_that_cannot_start_stops_the_sequence_and_retry_over_switches_once() {
     let dir_marker = "SWITCHED";
@@ -242,7 +271,7 @@ fn a_member_that_cannot_start_stops_the_sequence_and_retry_over_switches_once() 
         .into_iter()
         .filter(|m| m.contains("did not start"))
         .collect();
-    assert_eq!(failed.len(), 2, "{failed:#?}");
+    assert_eq!(failed.len(), 3, "{failed:#?}");
     assert!(
         failed[0].contains("imapd") && failed[0].contains("not started: '"),
         "{failed:?}"
@@ -256,7 +285,7 @@ fn a_member_that_cannot_start_stops_the_sequence_and_retry_over_switches_once() 
         "popd was started: {:?}",
         store.names()
     );
-    assert_eq!(store.names(), ["stored", "stored"]);
+    assert_eq!(store.names(), ["stored", "stored", "stored"]);
     let lines = std::fs::read_to_string(&switched).unwrap();
     assert_eq!(
         lines.lines().collect::<Vec<_>>(),

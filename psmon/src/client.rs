@@ -146,5 +146,23 @@ fn status_table(status: &Value) -> String {
         }
         let _ = writeln!(out, "{}", line.trim_end());
     }
+    for g in status["groups"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "group {}: {}, {}/{} restarts in {} s; members {}",
+            g["name"].as_str().unwrap_or(""),
+            g["state"].as_str().unwrap_or(""),
+            g["restarts"],
+            g["allowed"],
+            g["window_s"],
+            g["members"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     out
 }

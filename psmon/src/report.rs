@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 use crate::{
     config::{Entry, LogLevel},
     logsink,
-    monitor::{EntryId, GroupEvent, Job, Monitor, Notice},
+    monitor::{EntryId, GroupEvent, GroupWhy, Job, Monitor, Notice},
     policy::{Action, SetPidFail},
 };
 
@@ -279,14 +279,14 @@ pub fn group_message(
         GroupEvent::Restarting {
             cause,
             attempt,
-            drill,
+            why,
         } => {
             fields.push(("path", json!(path(*cause))));
             fields.push(("attempt", json!(attempt)));
-            let counted = if *drill {
-                "a drill, not counted".to_string()
-            } else {
-                format!("attempt {attempt}")
+            let counted = match why {
+                GroupWhy::Failure => format!("attempt {attempt}"),
+                GroupWhy::Drill => "a drill, not counted".to_string(),
+                GroupWhy::FirstLook => "found down at start, not counted".to_string(),
             };
             (
                 LogLevel::Warn,

@@ -66,6 +66,29 @@ enum GroupPhase {
     RetryOver,
 }
 
+/// A group as `psmon status` shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupStatus {
+    pub name: String,
+    /// `watching`, `stopping`, `starting`, `retry_over` or `failed_over`.
+    pub state: &'static str,
+    pub members: Vec<EntryId>,
+    /// Group restarts within the window now, of `allowed`.
+    pub restarts: usize,
+    pub allowed: u32,
+    pub window: Duration,
+}
+
+/// Why a group restarts; only a failure counts against its budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Why {
+    Failure,
+    /// The operator's recovery drill killed the member.
+    Drill,
+    /// A member was missing when psmon first looked (start-up, resume).
+    FirstLook,
+}
+
 /// What a group did, for the operator.
 #[derive(Clone, Debug, PartialEq)]
 pub enum GroupEvent {
@@ -73,7 +96,7 @@ pub enum GroupEvent {
     Restarting {
         cause: EntryId,
         attempt: u32,
-        drill: bool,
+        why: Why,
     },
     Stopping {
         entry: EntryId,
@@ -118,6 +141,8 @@ pub(super) struct Said {
     pub failed: Option<String>,
     /// The policy wanted to restart, back off or give up on its own.
     pub own_restart: bool,
+    /// The entry was not yet observed before this step.
+    pub first_look: bool,
 }
 
 impl Said {
@@ -202,6 +227,35 @@ impl Monitor {
         &self.group_conf[g].group.name
     }
 
+    /// What `psmon status` shows of each group.
+    pub fn group_status(&self, now: Time) -> Vec<GroupStatus> {
+        (0..self.groups.len())
+            .map(|g| {
+                let w = &self.groups[g];
+                let conf = &self.group_conf[g];
+                let window = conf.group.window;
+                GroupStatus {
+                    name: conf.group.name.clone(),
+                    state: match w.phase {
+                        GroupPhase::Watching => "watching",
+                        GroupPhase::Stopping { .. } => "stopping",
+                        GroupPhase::Starting { .. } => "starting",
+                        GroupPhase::RetryOver if w.failover_sent => "failed_over",
+                        GroupPhase::RetryOver => "retry_over",
+                    },
+                    members: conf.members.clone(),
+                    restarts: w
+                        .attempts
+                        .iter()
+                        .filter(|t| now.saturating_duration_since(**t) < window)
+                        .count(),
+                    allowed: conf.group.restarts,
+                    window,
+                }
+            })
+            .collect()
+    }
+
     /// A group member's policy spoke (its actions sorted by [`Said::take`]).
     pub(super) fn group_heard(
         &mut self,
@@ -228,7 +282,7 @@ impl Monitor {
                 self.settle_down(id);
             }
         } else if said.down && !said.stopped_on_purpose {
-            self.member_down(g, id, now, &mut out);
+            self.member_down(g, id, said.first_look, now, &mut out);
         }
         if said.up {
             self.member_up(g, id, now, &mut out);
@@ -331,9 +385,16 @@ impl Monitor {
         w.probe.failures = 0;
     }
 
-    fn member_down(&mut self, g: usize, id: EntryId, now: Time, out: &mut Vec<Effect>) {
+    fn member_down(
+        &mut self,
+        g: usize,
+        id: EntryId,
+        first_look: bool,
+        now: Time,
+        out: &mut Vec<Effect>,
+    ) {
         match self.groups[g].phase {
-            GroupPhase::Watching => self.restart(g, id, now, out),
+            GroupPhase::Watching => self.restart(g, id, first_look, now, out),
             GroupPhase::RetryOver => self.settle_down(id),
             // A member started earlier in this sequence died: it failed.
             GroupPhase::Stopping { .. } | GroupPhase::Starting { .. } => {
@@ -385,15 +446,28 @@ impl Monitor {
         }
     }
 
-    /// Begins a group restart because `cause` is down, if the budget allows.
-    fn restart(&mut self, g: usize, cause: EntryId, now: Time, out: &mut Vec<Effect>) {
+    /// Begins a group restart because `cause` is down, if the budget allows
+    /// (`first_look`: it was down when first looked at, which is not counted).
+    fn restart(
+        &mut self,
+        g: usize,
+        cause: EntryId,
+        first_look: bool,
+        now: Time,
+        out: &mut Vec<Effect>,
+    ) {
         let conf = &self.group_conf[g].group;
         let (restarts, window) = (conf.restarts, conf.window);
         let drill = std::mem::take(&mut self.watches[cause.index()].drill);
+        let why = match (drill, first_look) {
+            (true, _) => Why::Drill,
+            (false, true) => Why::FirstLook,
+            (false, false) => Why::Failure,
+        };
         let w = &mut self.groups[g];
         w.attempts
             .retain(|t| now.saturating_duration_since(*t) < window);
-        if !drill {
+        if why == Why::Failure {
             if w.attempts.len() as u32 >= restarts {
                 self.retry_over(g, cause, now, out);
                 return;
@@ -407,7 +481,7 @@ impl Monitor {
             GroupEvent::Restarting {
                 cause,
                 attempt,
-                drill,
+                why,
             },
             now,
             out,
@@ -540,7 +614,7 @@ impl Monitor {
             out,
         );
         self.groups[g].phase = GroupPhase::Watching;
-        self.restart(g, id, now, out);
+        self.restart(g, id, false, now, out);
     }
 
     /// The budget is spent: members are left as they are (reported, not

@@ -42,8 +42,8 @@ mod group;
 #[cfg(test)]
 mod tests;
 
-pub use group::GroupEvent;
 use group::{GroupConf, GroupWatch, Said};
+pub use group::{GroupEvent, GroupStatus, Why as GroupWhy};
 
 /// How often an entry with a pidfile has it re-read while its restarted
 /// process is expected: daemons write it a moment after they start.
@@ -363,6 +363,9 @@ struct ProbeState {
     /// `READY=1` came since the process was last started.
     #[serde(default)]
     ready_seen: bool,
+    /// The last probe's answer: how long it took, or why it failed.
+    #[serde(default)]
+    last: Option<Result<Duration, String>>,
 }
 
 /// When a probe is first due after the entry came Up: after its interval;
@@ -1042,6 +1045,7 @@ impl Monitor {
         let Some(probe) = &self.config[id.index()].probe else {
             return;
         };
+        w.probe.last = Some(result.clone());
         let current = w.state.phase == Phase::Up
             && !w.paused
             && self.members.get(&pid).is_some_and(|m| m.entry == id);
@@ -1178,6 +1182,13 @@ impl Monitor {
             .filter(|(_, _, counts)| *counts)
             .min()
             .map(|(start, tgid, _)| (tgid, start))
+    }
+
+    /// The entry's last probe answer: how long it took, or why it failed.
+    pub fn last_probe(&self, id: EntryId) -> Option<&Result<Duration, String>> {
+        self.watches
+            .get(id.index())
+            .and_then(|w| w.probe.last.as_ref())
     }
 
     /// The instance killed because it hung, if any (its Down says so).
@@ -1497,7 +1508,10 @@ impl Monitor {
                 }
             }
             Some(g) => {
-                let mut said = Said::default();
+                let mut said = Said {
+                    first_look: before.phase == Phase::Unknown,
+                    ..Said::default()
+                };
                 for action in actions {
                     if said.take(&action, &self.config[i]) {
                         self.act(id, action, out);

@@ -123,6 +123,32 @@ impl Supervisor {
                     "retry": e.retry,
                     "last_exit": last_exit,
                     "last_failure": e.last_failure.map(|why| crate::report::failure(entry, why)),
+                    "group": self.monitor.group_of(e.id).map(|g| self.monitor.group_name(g)),
+                    "probe": entry.probe.as_ref().map(|_| match self.monitor.last_probe(e.id) {
+                        Some(Ok(took)) => json!({"ok": true, "ms": took.as_secs_f64() * 1e3}),
+                        Some(Err(why)) => json!({"ok": false, "why": why}),
+                        None => json!(null),
+                    }),
+                })
+            })
+            .collect();
+        let groups: Vec<Value> = self
+            .monitor
+            .group_status(now)
+            .into_iter()
+            .map(|g| {
+                let members: Vec<String> = g
+                    .members
+                    .iter()
+                    .map(|id| self.monitor.entry(*id).path.display().to_string())
+                    .collect();
+                json!({
+                    "name": g.name,
+                    "state": g.state,
+                    "members": members,
+                    "restarts": g.restarts,
+                    "allowed": g.allowed,
+                    "window_s": g.window.as_secs(),
                 })
             })
             .collect();
@@ -131,6 +157,7 @@ impl Supervisor {
             "source": self.source.as_ref().map(|s| s.kind.to_string()),
             "lost_events": self.lost_events,
             "entries": entries,
+            "groups": groups,
         }))
     }
 

@@ -102,7 +102,7 @@ fn a_killed_middle_member_stops_in_reverse_and_starts_in_order() {
         GroupEvent::Restarting {
             cause: B,
             attempt: 1,
-            drill: false
+            why: GroupWhy::Failure
         }
     ));
     assert_eq!(
@@ -352,7 +352,16 @@ fn at_start_up_a_group_with_nothing_running_is_started_in_order() {
         took: Duration::ZERO,
         found: vec![vec![], vec![seen(200, 1)], vec![]],
     });
-    // Partly running: /b is stopped first, then all start in order.
+    // Partly running: /b is stopped first, then all start in order; found
+    // so at start, this restart is not counted.
+    assert!(matches!(
+        events(&w)[0],
+        GroupEvent::Restarting {
+            cause: A,
+            attempt: 0,
+            why: GroupWhy::FirstLook
+        }
+    ));
     assert_eq!(kills(&w), vec![200]);
     w.exit(200, 1, KILLED);
     assert_eq!(run_commands(&w), vec![("start /a".into(), Job::Restart)]);
@@ -365,7 +374,10 @@ fn a_drill_on_a_member_is_not_counted() {
     w.exit(300, 1, KILLED);
     assert!(matches!(
         events(&w)[0],
-        GroupEvent::Restarting { drill: true, .. }
+        GroupEvent::Restarting {
+            why: GroupWhy::Drill,
+            ..
+        }
     ));
     assert_eq!(kills(&w), vec![200]);
     w.exit(200, 1, KILLED);
