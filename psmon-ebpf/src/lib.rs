@@ -21,6 +21,15 @@ pub const KIND_EXEC: u32 = 2;
 /// `RawEvent::kind` for the exit of the last thread of a thread group.
 pub const KIND_EXIT: u32 = 3;
 
+/// [`RawSignal::kind`] for a signal generated for a process: a watched
+/// one when filtering. Signals whose default action is not to terminate
+/// (SIGCHLD, SIGCONT, the stop signals, SIGURG, SIGWINCH) and ignored ones
+/// are not sent.
+pub const KIND_SIGNAL: u32 = 4;
+/// [`RawSignal::kind`] for a process the OOM killer chose (every one: they
+/// are rare); the "sender" is the task whose allocation triggered it.
+pub const KIND_OOM: u32 = 5;
+
 /// `RawEvent::flags`: `path` was cut at `PATH_LEN - 1` bytes.
 pub const FLAG_PATH_TRUNCATED: u32 = 1;
 
@@ -82,6 +91,51 @@ pub struct RawEvent {
     pub path: [u8; PATH_LEN],
 }
 
+/// A signal (or OOM kill) as the kernel program writes it into the same
+/// ring buffer as [`RawEvent`]s; `kind` comes first in both.
+///
+/// Layout (`#[repr(C)]`, 104 bytes):
+/// ```text
+///   0 kind u32          4 cpu u32            8 ktime_ns u64
+///  16 target_tgid u32  20 target_pid u32    24 signal u32     28 code i32
+///  32 sender_tgid u32  36 sender_uid u32    40 parent_tgid u32 44 grandparent_tgid u32
+///  48 sender_comm [u8;16]  64 parent_comm [u8;16]  80 grandparent_comm [u8;16]
+///  96 cgroup_id u64
+/// ```
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RawSignal {
+    /// `KIND_SIGNAL` or `KIND_OOM`.
+    pub kind: u32,
+    pub cpu: u32,
+    /// `bpf_ktime_get_ns()`.
+    pub ktime_ns: u64,
+    /// The thread group the signal is for (for OOM on kernels whose
+    /// `mark_victim` gives only a pid: that pid).
+    pub target_tgid: u32,
+    /// The thread it was generated for.
+    pub target_pid: u32,
+    pub signal: u32,
+    /// `si_code`; [`CODE_UNKNOWN`] when the kernel passed no siginfo.
+    pub code: i32,
+    /// The current task when the signal was generated: its thread group,
+    /// uid, and parent and grandparent (thread group and comm).
+    pub sender_tgid: u32,
+    pub sender_uid: u32,
+    pub parent_tgid: u32,
+    pub grandparent_tgid: u32,
+    pub sender_comm: [u8; COMM_LEN],
+    pub parent_comm: [u8; COMM_LEN],
+    pub grandparent_comm: [u8; COMM_LEN],
+    /// For OOM: the kernfs id (inode number) of the victim's memory
+    /// cgroup directory; 0 when unknown.
+    pub cgroup_id: u64,
+}
+
+/// [`RawSignal::code`] when there was no siginfo to read
+/// (`SEND_SIG_NOINFO`/`SEND_SIG_PRIV`).
+pub const CODE_UNKNOWN: i32 = i32::MIN;
+
 /// Byte offsets of the kernel struct members the programs read, resolved by
 /// userspace from `/sys/kernel/btf/vmlinux` (Rust eBPF has no CO-RE).
 ///
@@ -111,7 +165,15 @@ pub struct KernelOffsets {
     pub signal_group_exit_code: u32,
     /// `linux_binprm.filename` (`const char *`).
     pub binprm_filename: u32,
+    /// The path to a task's memory cgroup's kernfs id: offsets of
+    /// `task_struct.cgroups`, `css_set.subsys`, `cgroup_subsys_state.cgroup`,
+    /// `cgroup.kn`, `kernfs_node.id`, then the `memory_cgrp_id` index
+    /// (`NO_MEMORY_CGROUP`: not available).
+    pub memory_cgroup: [u32; 6],
 }
+
+/// `KernelOffsets::memory_cgroup[5]` when the kernel has no memory cgroup.
+pub const NO_MEMORY_CGROUP: u32 = u32::MAX;
 
 /// Load-time settings of the kernel programs, written into the `CONFIG` global.
 #[repr(C)]

@@ -1,6 +1,8 @@
 //! psmon's kernel programs: three BTF tracepoints (`tp_btf`) that turn
 //! process fork, exec and thread-group exit into [`RawEvent`] records in a
-//! BPF ring buffer.
+//! BPF ring buffer, and two more that say who signalled a watched process
+//! (`signal_generate`) and whom the OOM killer chose (`mark_victim`), as
+//! [`RawSignal`]s in the same ring.
 //!
 //! `tp_btf` needs no tracefs and no kprobes (both may be missing on a server),
 //! only kernel BTF, which psmon needs anyway to resolve the struct offsets in
@@ -20,16 +22,18 @@ fn main() {}
 mod programs {
     use aya_ebpf::{
         helpers::{
-            bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
-            bpf_probe_read_kernel_str_bytes,
+            bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+            bpf_get_current_uid_gid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+            bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
         },
         macros::{btf_tracepoint, map},
         maps::{HashMap, PerCpuArray, RingBuf},
         programs::BtfTracePointContext,
     };
     use psmon_ebpf::{
-        COMM_LEN, Config, DEFAULT_RING_BYTES, FLAG_PATH_TRUNCATED, KIND_EXEC, KIND_EXIT, KIND_FORK,
-        PATH_LEN, RawEvent, WATCH_MAP_ENTRIES,
+        CODE_UNKNOWN, COMM_LEN, Config, DEFAULT_RING_BYTES, FLAG_PATH_TRUNCATED, KIND_EXEC,
+        KIND_EXIT, KIND_FORK, KIND_OOM, KIND_SIGNAL, NO_MEMORY_CGROUP, PATH_LEN, RawEvent,
+        RawSignal, WATCH_MAP_ENTRIES,
     };
 
     /// Written by the loader before the programs are loaded (a `.rodata` global).
@@ -251,6 +255,129 @@ mod programs {
         };
         emit(&fields, None);
         Ok(())
+    }
+
+    /// `signal_generate(int sig, struct kernel_siginfo *info,
+    /// struct task_struct *task, int group, int result)`
+    #[btf_tracepoint(function = "signal_generate")]
+    pub fn signal_generate(ctx: BtfTracePointContext) -> i32 {
+        let _ = try_signal(&ctx);
+        0
+    }
+
+    /// Signals that do not end a process by default.
+    fn harmless(sig: u32) -> bool {
+        // SIGCHLD, SIGCONT, SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU, SIGURG, SIGWINCH
+        matches!(sig, 0 | 17..=23 | 28)
+    }
+
+    fn try_signal(ctx: &BtfTracePointContext) -> Result<(), i32> {
+        let sig: u64 = ctx.arg(0);
+        let sig = sig as u32;
+        // TRACE_SIGNAL_IGNORED: nothing will happen.
+        let result: u64 = ctx.arg(4);
+        if harmless(sig) || result as u32 == 1 {
+            return Ok(());
+        }
+        let cfg = config();
+        let o = &cfg.offsets;
+        let task: *const u8 = ctx.arg(2);
+        let tgid: u32 = read(task, o.task_tgid)?;
+        if cfg.filter != 0 && !watched_tgid(tgid) {
+            return Ok(());
+        }
+        let info: *const u8 = ctx.arg(1);
+        // si_code is the third int of siginfo; NOINFO/PRIV (0 and 1) are
+        // not pointers and fail to read.
+        let code = read::<i32>(info, 8).unwrap_or(CODE_UNKNOWN);
+        emit_signal(KIND_SIGNAL, tgid, read(task, o.task_pid)?, sig, code, 0);
+        Ok(())
+    }
+
+    /// `mark_victim(struct task_struct *task, uid_t uid)` (kernels 6.8 on).
+    #[btf_tracepoint(function = "mark_victim")]
+    pub fn mark_victim_task(ctx: BtfTracePointContext) -> i32 {
+        let o = config().offsets;
+        let task: *const u8 = ctx.arg(0);
+        if let (Ok(tgid), Ok(pid)) = (
+            read::<u32>(task, o.task_tgid),
+            read::<u32>(task, o.task_pid),
+        ) {
+            emit_signal(KIND_OOM, tgid, pid, 9, CODE_UNKNOWN, memory_cgroup_id(task));
+        }
+        0
+    }
+
+    /// `task->cgroups->subsys[memory_cgrp_id]->cgroup->kn->id`: the inode
+    /// number of the task's memory cgroup directory; 0 when unknown.
+    fn memory_cgroup_id(task: *const u8) -> u64 {
+        let [cgroups, subsys, css_cgroup, cgroup_kn, kn_id, index] = config().offsets.memory_cgroup;
+        if index == NO_MEMORY_CGROUP || index > 64 {
+            return 0;
+        }
+        let id = || -> Result<u64, i32> {
+            let set: *const u8 = read(task, cgroups)?;
+            let css: *const u8 = read(set, subsys + 8 * index)?;
+            let cgroup: *const u8 = read(css, css_cgroup)?;
+            let kn: *const u8 = read(cgroup, cgroup_kn)?;
+            read(kn, kn_id)
+        };
+        id().unwrap_or(0)
+    }
+
+    /// `mark_victim(int pid)` (older kernels: 5.14 has this one).
+    #[btf_tracepoint(function = "mark_victim")]
+    pub fn mark_victim_pid(ctx: BtfTracePointContext) -> i32 {
+        let pid: u64 = ctx.arg(0);
+        // Only a pid here: the cgroup is read from /proc by userspace.
+        emit_signal(KIND_OOM, pid as u32, pid as u32, 9, CODE_UNKNOWN, 0);
+        0
+    }
+
+    /// Writes a [`RawSignal`] about `target` with the current task as its
+    /// sender, and the sender's parent and grandparent.
+    #[inline(always)] // six arguments: more than a BPF call may pass
+    fn emit_signal(
+        kind: u32,
+        target_tgid: u32,
+        target_pid: u32,
+        signal: u32,
+        code: i32,
+        cgroup_id: u64,
+    ) {
+        let Some(mut entry) = EVENTS.reserve::<RawSignal>(0) else {
+            if let Some(lost) = LOST.get_ptr_mut(0) {
+                // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+                unsafe { *lost += 1 };
+            }
+            return;
+        };
+        let o = config().offsets;
+        // SAFETY: the helper returns the running task; it is only read
+        // through bpf_probe_read_kernel.
+        let current = unsafe { bpf_get_current_task() } as *const u8;
+        let parent: *const u8 = read(current, o.task_real_parent).unwrap_or(core::ptr::null());
+        let grandparent: *const u8 = read(parent, o.task_real_parent).unwrap_or(core::ptr::null());
+        let ev = entry.as_mut_ptr();
+        // SAFETY: `ev` points at a reserved, exclusively owned record of the right size.
+        unsafe {
+            (*ev).kind = kind;
+            (*ev).cpu = bpf_get_smp_processor_id();
+            (*ev).ktime_ns = bpf_ktime_get_ns();
+            (*ev).target_tgid = target_tgid;
+            (*ev).target_pid = target_pid;
+            (*ev).signal = signal;
+            (*ev).code = code;
+            (*ev).sender_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+            (*ev).sender_uid = bpf_get_current_uid_gid() as u32;
+            (*ev).sender_comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+            (*ev).parent_tgid = read(parent, o.task_tgid).unwrap_or(0);
+            (*ev).parent_comm = read(parent, o.task_comm).unwrap_or([0; COMM_LEN]);
+            (*ev).grandparent_tgid = read(grandparent, o.task_tgid).unwrap_or(0);
+            (*ev).grandparent_comm = read(grandparent, o.task_comm).unwrap_or([0; COMM_LEN]);
+            (*ev).cgroup_id = cgroup_id;
+        }
+        entry.submit(0);
     }
 
     #[cfg(not(test))]

@@ -121,8 +121,28 @@ pub enum EventKind {
         process: Process,
         status: ExitStatus,
     },
+    /// A signal that ends a process by default was generated for process
+    /// `target` (or the OOM killer chose it): the `ebpf` source only.
+    Signal(Signal),
     /// The source missed events; `count` is how many when it can tell.
     Lost { count: Option<u64> },
+}
+
+/// A signal generated for a process, with the process that was running.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Signal {
+    /// Thread group id of the process it is for.
+    pub target: u32,
+    pub signal: i32,
+    /// `si_code`, when the kernel passed a siginfo.
+    pub code: Option<i32>,
+    /// The OOM killer chose `target`; `sender` is the task whose
+    /// allocation set it off.
+    pub oom: bool,
+    pub sender: crate::cause::Sender,
+    /// For OOM: the inode number of the victim's memory cgroup directory,
+    /// when the kernel program could read it.
+    pub cgroup_id: Option<u64>,
 }
 
 /// When and where an event happened and when psmon got it.
@@ -173,7 +193,7 @@ impl ProcEvent {
         match &self.kind {
             EventKind::Fork(p) | EventKind::Exec(p) => Some(p),
             EventKind::Exit { process, .. } => Some(process),
-            EventKind::Lost { .. } => None,
+            EventKind::Signal(_) | EventKind::Lost { .. } => None,
         }
     }
 
@@ -193,6 +213,7 @@ impl ProcEvent {
             EventKind::Fork(_) => "fork",
             EventKind::Exec(_) => "exec",
             EventKind::Exit { .. } => "exit",
+            EventKind::Signal(_) => "signal",
             EventKind::Lost { .. } => "lost",
         }
     }

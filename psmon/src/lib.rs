@@ -5,6 +5,7 @@
 //! `psmon run`) or [`trace`] consumes them. The supervisor applies the pure
 //! restart [`policy`] and has [`exec`] run commands.
 
+pub mod cause;
 pub mod cli;
 pub mod client;
 pub mod clock;

@@ -136,11 +136,10 @@ impl Reporter {
                 let (level, mut message, extra) = policy_message(entry, &path, *action, *running);
                 let mut fields = base;
                 fields.extend(extra);
-                if let Action::ReportDown { pid: Some(pid), .. } = action
-                    && monitor.hung(*id) == Some(*pid)
-                {
-                    message.push_str(" (hang)");
-                    fields.push(("reason", json!("hang")));
+                if let Action::ReportDown { pid, status } = action {
+                    let (text, extra) = down_cause(monitor, *id, *pid, *status);
+                    message.push_str(&text);
+                    fields.extend(extra);
                 }
                 self.report(level, &message, &fields);
             }
@@ -467,6 +466,60 @@ fn policy_message(
             vec![("running", json!(running)), ("max", json!(entry.max))],
         ),
     }
+}
+
+/// What a Down message adds about the cause: ` (hang)`, ` (signal 9 from
+/// pid 4242 'kill' uid 1000, parent 'bash' pid 4100)`, ` (SIGSEGV, core
+/// dumped)`, ` (killed by the OOM killer: …)`, or for a death by a signal
+/// the source could not attribute, ` (signal 9, cause unknown: source
+/// netlink)`; and the same as fields.
+fn down_cause(
+    monitor: &Monitor,
+    id: EntryId,
+    pid: Option<u32>,
+    status: crate::event::ExitStatus,
+) -> (String, Vec<(&'static str, Value)>) {
+    let mut fields = Vec::new();
+    let Some(pid) = pid else {
+        return (String::new(), fields);
+    };
+    if monitor.hung(id) == Some(pid) {
+        fields.push(("reason", json!("hang")));
+        return (" (hang)".to_string(), fields);
+    }
+    if let Some(cause) = monitor.cause(id, pid) {
+        let text = cause.describe(status);
+        fields.push(("cause", json!(cause.kind())));
+        fields.push(("cause_text", json!(text)));
+        if let Some(s) = cause.sender() {
+            fields.push(("killer_pid", json!(s.pid)));
+            fields.push(("killer_comm", json!(s.comm)));
+            fields.push(("killer_uid", json!(s.uid)));
+            fields.push(("killer_parent", json!(s.parent)));
+            fields.push(("killer_grandparent", json!(s.grandparent)));
+        }
+        if let crate::cause::Cause::Oom { cgroup, .. } = cause {
+            fields.push(("cgroup", json!(cgroup)));
+        }
+        return (format!(" ({text})"), fields);
+    }
+    let crate::event::ExitStatus::Signal {
+        signal,
+        core_dumped,
+    } = status
+    else {
+        return (String::new(), fields);
+    };
+    let core = if core_dumped { ", core dumped" } else { "" };
+    let why = monitor.cause_unknown().unwrap_or("its sender was not seen");
+    fields.push(("cause", json!("unknown")));
+    (
+        format!(
+            " ({}{core}, cause unknown: {why})",
+            crate::cause::signal_name(signal)
+        ),
+        fields,
+    )
 }
 
 /// `Process ['P',pid=N] hung (no answer in 10.0 s: why)`.

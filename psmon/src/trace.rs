@@ -28,6 +28,9 @@ pub enum EventFilter {
     Fork,
     Exec,
     Exit,
+    /// Signals that end a process by default, with their sender (ebpf
+    /// source only; shown only when asked for).
+    Signal,
 }
 
 #[derive(Debug, clap::Args)]
@@ -280,6 +283,7 @@ impl Filter {
                     EventFilter::Fork => "fork",
                     EventFilter::Exec => "exec",
                     EventFilter::Exit => "exit",
+                    EventFilter::Signal => "signal",
                 })
                 .collect();
             parts.push(format!("event {}", kinds.join(",")));
@@ -294,6 +298,12 @@ impl Filter {
     fn matches(&mut self, event: &ProcEvent) -> bool {
         let (kind, p) = match &event.kind {
             EventKind::Lost { .. } => return true, // never hidden
+            EventKind::Signal(s) => {
+                let inside = self.roots.is_empty()
+                    || self.roots.contains(&s.target)
+                    || self.tree.contains(&s.target);
+                return inside && self.events.contains(&EventFilter::Signal);
+            }
             EventKind::Fork(p) => (EventFilter::Fork, p),
             EventKind::Exec(p) => (EventFilter::Exec, p),
             EventKind::Exit { process, .. } => (EventFilter::Exit, process),
@@ -379,6 +389,13 @@ fn write_event(out: &mut impl Write, event: &ProcEvent, json: bool) -> anyhow::R
         if let EventKind::Lost { count } = event.kind {
             map.insert("count".into(), json!(count));
         }
+        if let EventKind::Signal(s) = &event.kind {
+            map.insert("pid".into(), json!(s.target));
+            map.insert("signal".into(), json!(s.signal));
+            map.insert("oom".into(), json!(s.oom));
+            map.insert("si_code".into(), json!(s.code));
+            map.insert("sender".into(), json!(s.sender));
+        }
         if let Some(p) = event.process() {
             map.insert("pid".into(), json!(p.tgid));
             map.insert("tid".into(), json!(p.pid));
@@ -417,11 +434,32 @@ fn write_event(out: &mut impl Write, event: &ProcEvent, json: bool) -> anyhow::R
     }
     let clock = &time[11..time.len() - 1]; // HH:MM:SS.uuuuuu of the UTC stamp
     let Some(p) = event.process() else {
-        if let EventKind::Lost { count } = event.kind {
-            match count {
-                Some(n) => writeln!(out, "{clock} LOST   {n} events lost")?,
-                None => writeln!(out, "{clock} LOST   events lost (count follows)")?,
+        match &event.kind {
+            EventKind::Lost { count: Some(n) } => writeln!(out, "{clock} LOST   {n} events lost")?,
+            EventKind::Lost { count: None } => {
+                writeln!(out, "{clock} LOST   events lost (count follows)")?
             }
+            EventKind::Signal(s) => {
+                let what = if s.oom {
+                    "chosen by the OOM killer".to_string()
+                } else {
+                    format!("{} from", signal_name(s.signal))
+                };
+                writeln!(
+                    out,
+                    "{clock} signal {:>7} {what} pid {} '{}' uid {}{}",
+                    s.target,
+                    s.sender.pid,
+                    s.sender.comm,
+                    s.sender.uid,
+                    s.sender
+                        .parent
+                        .as_ref()
+                        .map(|(pid, comm)| format!(", parent '{comm}' pid {pid}"))
+                        .unwrap_or_default()
+                )?
+            }
+            _ => {}
         }
         return Ok(());
     };
@@ -486,6 +524,8 @@ struct Churn {
     /// Execs by executable path; by `[comm]` when the path could not be
     /// read and no exec of that name showed one.
     execs_by_exe: HashMap<String, u64>,
+    /// Fatal-by-default signals by sender, `comm[pid]`.
+    kills_by_sender: HashMap<String, u64>,
     /// Execs of which neither path nor name could be read.
     unknown_execs: u64,
     /// The path last seen for each name, for execs whose path is unknown.
@@ -509,6 +549,7 @@ impl Churn {
             lost: 0,
             lost_unknown: 0,
             execs_by_exe: HashMap::new(),
+            kills_by_sender: HashMap::new(),
             unknown_execs: 0,
             path_of_comm: HashMap::new(),
             resolved: HashMap::new(),
@@ -570,9 +611,31 @@ impl Churn {
                     }
                 }
             }
+            EventKind::Signal(s) => {
+                let who = if s.oom {
+                    "the OOM killer".to_string()
+                } else {
+                    format!("{}[{}]", s.sender.comm, s.sender.pid)
+                };
+                if self.kills_by_sender.len() < 4096 || self.kills_by_sender.contains_key(&who) {
+                    *self.kills_by_sender.entry(who).or_default() += 1;
+                }
+            }
             EventKind::Lost { count: Some(n) } => self.lost += n,
             EventKind::Lost { count: None } => self.lost_unknown += 1,
         }
+    }
+
+    /// Who sent the most fatal-by-default signals.
+    fn top_killers(&self) -> Vec<(&str, u64)> {
+        let mut top: Vec<(&str, u64)> = self
+            .kills_by_sender
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect();
+        top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        top.truncate(Self::TOP);
+        top
     }
 
     fn top_execs(&self) -> Vec<(&str, u64)> {
@@ -601,6 +664,9 @@ impl Churn {
                 "lost": self.lost, "lost_overflows": self.lost_unknown,
                 "top_execs": self.top_execs().iter()
                     .map(|(exe, n)| json!({"path": exe, "execs": n, "per_s": rate(*n)}))
+                    .collect::<Vec<Value>>(),
+                "top_killers": self.top_killers().iter()
+                    .map(|(who, n)| json!({"sender": who, "signals": n}))
                     .collect::<Vec<Value>>(),
                 "shortest_lived": self.shortest.iter()
                     .map(|(d, pid, comm)| json!({"pid": pid, "comm": comm, "lifetime_ms": d.as_secs_f64() * 1e3}))
@@ -631,6 +697,14 @@ impl Churn {
                 .map(|(exe, n)| format!("{exe} {:.1}/s", rate(*n)))
                 .collect();
             writeln!(out, "    top execs: {}", list.join(", "))?;
+        }
+        let killers = self.top_killers();
+        if !killers.is_empty() {
+            let list: Vec<String> = killers
+                .iter()
+                .map(|(who, n)| format!("{who} {n}"))
+                .collect();
+            writeln!(out, "    who kills most: {}", list.join(", "))?;
         }
         if self.unknown_execs > 0 {
             writeln!(

@@ -18,6 +18,9 @@
  *                           "+PONG") and a CRLF once it has read something;
  *                           it listens only LISTEN_AFTER_MS after it starts
  *   victim serve-unix PATH  listen on the Unix socket PATH, accept and close
+ *   victim segv-on-usr1     wait; on SIGUSR1, dereference NULL (SIGSEGV)
+ *   victim hog-on-usr1      wait; on SIGUSR1, allocate and touch memory
+ *                           1 MiB at a time until killed
  *   victim notify READY_MS BEATS
  *                           the sd_notify protocol on $NOTIFY_SOCKET: READY=1
  *                           after READY_MS, then WATCHDOG=1 every half
@@ -27,6 +30,7 @@
  *                           an HTTP server on 127.0.0.1:PORT answering
  *                           every request with STATUS and an empty body
  */
+#include <signal.h>
 #include <stddef.h>
 #include <sys/un.h>
 #include <netinet/in.h>
@@ -42,6 +46,12 @@
 #include <unistd.h>
 
 static int code;
+static volatile sig_atomic_t usr1;
+
+static void on_usr1(int sig) {
+    (void)sig;
+    usr1 = 1;
+}
 
 static void nap_ms(long ms) {
     struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
@@ -163,6 +173,16 @@ int main(int argc, char **argv) {
         for (;;) {
             int c = accept(s, NULL, NULL);
             if (c >= 0) close(c);
+        }
+    } else if (strcmp(argv[1], "segv-on-usr1") == 0 || strcmp(argv[1], "hog-on-usr1") == 0) {
+        signal(SIGUSR1, on_usr1);
+        while (!usr1) pause();
+        if (argv[1][0] == 's') {
+            *(volatile int *)0 = 1;
+        }
+        for (;;) {
+            char *p = malloc(1 << 20);
+            if (p) memset(p, 1, 1 << 20);
         }
     } else if (strcmp(argv[1], "notify") == 0 && argc > 3) {
         long beats = atol(argv[3]);

@@ -30,6 +30,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    cause::Cause,
     clock::Time,
     config::{Config, ConfigErrors, Entry, Match, Probe, Rule},
     event::ExitStatus,
@@ -131,6 +132,8 @@ pub enum Input {
         name: String,
         kernel_filter: bool,
         exit_lag: Duration,
+        /// Why it cannot tell who killed a process (`None`: it can).
+        cause_unknown: Option<String>,
     },
     /// The source stopped; the shell reopens it.
     SourceFailed(String),
@@ -150,6 +153,9 @@ pub enum Input {
     /// process group `pgid` (remembered: a psmon that restarts meanwhile
     /// waits for it rather than start another).
     CommandStarted { path: PathBuf, job: Job, pgid: u32 },
+    /// A signal that may end process `tgid` was generated, or the OOM
+    /// killer chose it: the cause of its death, if it dies of it.
+    Signalled { tgid: u32, cause: Cause },
     /// A process of the entry of `path` spoke the sd_notify protocol on
     /// its socket (the shell made sure `pid` is one of the entry's).
     Notified {
@@ -345,6 +351,9 @@ struct Watch {
     /// Its restart group has it (see [`group`]): no policy input.
     #[serde(default)]
     held: bool,
+    /// Why the last instance that went down died: (its pid, the cause).
+    #[serde(default)]
+    last_cause: Option<(u32, Cause)>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -440,6 +449,12 @@ pub struct Monitor {
     /// How far the source's exit events may trail an exit.
     exit_lag: Duration,
     generation: u64,
+    /// The last signal generated for each member that may end it.
+    #[serde(default)]
+    causes: HashMap<u32, Cause>,
+    /// Why the source cannot tell who killed a process.
+    #[serde(skip)]
+    cause_unknown: Option<String>,
     /// The restart groups' state, in configuration order.
     #[serde(default)]
     groups: Vec<GroupWatch>,
@@ -645,6 +660,11 @@ impl Monitor {
                 ready,
                 watchdog,
             } => self.on_notified(path, pid, ready, watchdog, now, &mut out),
+            Input::Signalled { tgid, cause } => {
+                if self.members.contains_key(&tgid) {
+                    self.causes.insert(tgid, cause);
+                }
+            }
             Input::CommandStarted { path, job, pgid } => {
                 if job == Job::Restart
                     && let Some(i) = self.config.iter().position(|e| e.path == path)
@@ -684,7 +704,9 @@ impl Monitor {
                 name,
                 kernel_filter,
                 exit_lag,
+                cause_unknown,
             } => {
+                self.cause_unknown = cause_unknown;
                 out.push(Effect::Notice(Notice::SourceOpened {
                     name,
                     kernel_filter,
@@ -1191,6 +1213,20 @@ impl Monitor {
             .and_then(|w| w.probe.last.as_ref())
     }
 
+    /// Why instance `pid` of the entry died, if the kernel said.
+    pub fn cause(&self, id: EntryId, pid: u32) -> Option<&Cause> {
+        self.watches
+            .get(id.index())
+            .and_then(|w| w.last_cause.as_ref())
+            .filter(|(p, _)| *p == pid)
+            .map(|(_, c)| c)
+    }
+
+    /// Why the source cannot tell who killed a process, if it cannot.
+    pub fn cause_unknown(&self) -> Option<&str> {
+        self.cause_unknown.as_deref()
+    }
+
     /// The instance killed because it hung, if any (its Down says so).
     pub fn hung(&self, id: EntryId) -> Option<u32> {
         self.watches.get(id.index()).and_then(|w| w.probe.hung)
@@ -1272,6 +1308,7 @@ impl Monitor {
                     command_pgid: None,
                     probe: ProbeState::default(),
                     held: false,
+                    last_cause: None,
                 },
             };
             self.watches.push(w);
@@ -1296,6 +1333,8 @@ impl Monitor {
         for m in self.members.values_mut() {
             m.entry = remap[&m.entry];
         }
+        let members = &self.members;
+        self.causes.retain(|tgid, _| members.contains_key(tgid));
         self.waiting = (0..self.watches.len())
             .map(|i| EntryId(i as u32))
             .filter(|id| {
@@ -1364,6 +1403,7 @@ impl Monitor {
     /// program or stopped matching must stop passing), its membership.
     fn untrack(&mut self, tgid: u32, out: &mut Vec<Effect>) -> Option<Member> {
         let m = self.members.remove(&tgid)?;
+        self.causes.remove(&tgid);
         if m.exit_watched {
             out.push(Effect::UnwatchExit { tgid });
         }
@@ -1381,10 +1421,14 @@ impl Monitor {
         now: Time,
         out: &mut Vec<Effect>,
     ) {
+        let cause = self.causes.remove(&tgid);
         let Some(m) = self.untrack(tgid, out) else {
             return;
         };
         out.push(Effect::Notice(Notice::Gone { tgid, why }));
+        if let Some(cause) = cause.filter(|c| c.explains(status)) {
+            self.watches[m.entry.index()].last_cause = Some((tgid, cause));
+        }
         self.gone.insert(tgid, (m.start_ticks, now));
         let id = m.entry;
         let i = id.index();
@@ -1611,6 +1655,24 @@ impl Monitor {
         };
         env.push(("PSMON_EXIT_CODE".into(), code));
         env.push(("PSMON_SIGNAL".into(), signal));
+        let cause = pid.and_then(|p| w.last_cause.as_ref().filter(|(cp, _)| *cp == p));
+        let sender = cause.and_then(|(_, c)| c.sender());
+        env.push((
+            "PSMON_CAUSE".into(),
+            cause.map(|(_, c)| c.describe(status)).unwrap_or_default(),
+        ));
+        env.push((
+            "PSMON_KILLER_PID".into(),
+            sender.map(|s| s.pid.to_string()).unwrap_or_default(),
+        ));
+        env.push((
+            "PSMON_KILLER_COMM".into(),
+            sender.map(|s| s.comm.clone()).unwrap_or_default(),
+        ));
+        env.push((
+            "PSMON_KILLER_UID".into(),
+            sender.map(|s| s.uid.to_string()).unwrap_or_default(),
+        ));
         env
     }
 }

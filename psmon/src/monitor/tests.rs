@@ -324,6 +324,7 @@ fn a_member_missed_by_a_scan_is_down_after_the_grace() {
         name: "poll".into(),
         kernel_filter: false,
         exit_lag: Duration::from_secs(1),
+        cause_unknown: Some("source poll".into()),
     });
     w.later(10);
     let started = w.now;
@@ -1092,4 +1093,56 @@ fn a_notify_probe_wants_keepalives_only_from_what_psmon_started() {
         !w.out.iter().any(|e| matches!(e, Effect::Probe { .. })),
         "a notify probe is never asked"
     );
+}
+
+#[test]
+fn a_down_carries_the_cause_the_kernel_gave() {
+    use crate::cause::{Cause, Sender};
+    let mut w = World::started(vec![entry("/d")], true, vec![vec![seen(100, 5)]]);
+    let sender = Sender {
+        pid: 4242,
+        uid: 1000,
+        comm: "kill".into(),
+        parent: Some((4100, "bash".into())),
+        grandparent: None,
+    };
+    // A SIGTERM it survived (handled), then the SIGKILL it died of.
+    for signal in [15, 9] {
+        w.feed(Input::Signalled {
+            tgid: 100,
+            cause: Cause::Sent {
+                signal,
+                sender: sender.clone(),
+            },
+        });
+    }
+    // Another process's signal is not remembered.
+    w.feed(Input::Signalled {
+        tgid: 555,
+        cause: Cause::Kernel { signal: 11 },
+    });
+    w.exit(100, 5, KILLED);
+    let cause = w.m.cause(A, 100).expect("a cause");
+    assert_eq!(
+        cause.describe(KILLED),
+        "signal 9 from pid 4242 'kill' uid 1000, parent 'bash' pid 4100"
+    );
+    let env: HashMap<_, _> = w.runs()[0].env.iter().cloned().collect();
+    assert_eq!(env["PSMON_KILLER_PID"], "4242");
+    assert_eq!(env["PSMON_KILLER_COMM"], "kill");
+    assert_eq!(env["PSMON_KILLER_UID"], "1000");
+    assert!(env["PSMON_CAUSE"].starts_with("signal 9 from pid 4242"));
+    assert!(w.m.causes.is_empty(), "forgotten with the member");
+    // A death by another signal than the one seen: no cause claimed.
+    w.done("/d", true);
+    w.feed(Input::Execd {
+        tgid: 101,
+        matched: Some((A, seen(101, 6))),
+    });
+    w.feed(Input::Signalled {
+        tgid: 101,
+        cause: Cause::Sent { signal: 15, sender },
+    });
+    w.exit(101, 6, KILLED);
+    assert_eq!(w.m.cause(A, 101), None);
 }

@@ -9,11 +9,12 @@
 
 use std::{collections::HashMap, path::Path};
 
-use psmon_ebpf::KernelOffsets;
+use psmon_ebpf::{KernelOffsets, NO_MEMORY_CGROUP};
 
 const MAGIC: u16 = 0xeb9f;
 
 const KIND_INT: u32 = 1;
+const KIND_PTR: u32 = 2;
 const KIND_ARRAY: u32 = 3;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
@@ -56,6 +57,10 @@ struct Member {
 struct Type {
     kind: u32,
     name_off: u32,
+    /// Members, parameters or values.
+    vlen: u32,
+    /// An enum's values: (name offset, value).
+    values: Vec<(u32, i64)>,
     /// Referenced type for modifiers and typedefs.
     type_id: u32,
     members: Vec<Member>,
@@ -124,6 +129,15 @@ impl Btf {
             let kind = (info >> 24) & 0x1f;
             let kind_flag = info >> 31 == 1;
             let mut members = Vec::new();
+            let mut values = Vec::new();
+            if kind == KIND_ENUM {
+                for i in 0..vlen {
+                    let v = at + 8 * i;
+                    let name = u32_at(v).ok_or(bad("truncated enum"))?;
+                    let val = u32_at(v + 4).ok_or(bad("truncated enum"))? as i32;
+                    values.push((name, i64::from(val)));
+                }
+            }
             let extra = match kind {
                 KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
                 KIND_ARRAY => 12,
@@ -152,6 +166,8 @@ impl Btf {
             types.push(Type {
                 kind,
                 name_off,
+                vlen: vlen as u32,
+                values,
                 type_id: size_or_type,
                 members,
             });
@@ -180,6 +196,22 @@ impl Btf {
 
     fn get(&self, id: u32) -> Option<&Type> {
         id.checked_sub(1).and_then(|i| self.types.get(i as usize))
+    }
+
+    /// How many arguments tracepoint `name`'s programs get (its
+    /// `btf_trace_NAME` typedef: a pointer to a function whose first
+    /// parameter is the context, not counted). `None` when there is none.
+    pub fn tracepoint_args(&self, name: &str) -> Option<u32> {
+        let wanted = format!("btf_trace_{name}");
+        let typedef = self
+            .types
+            .iter()
+            .find(|t| t.kind == KIND_TYPEDEF && self.name(t.name_off) == wanted)?;
+        let ptr = self.get(typedef.type_id).filter(|t| t.kind == KIND_PTR)?;
+        let proto = self
+            .get(ptr.type_id)
+            .filter(|t| t.kind == KIND_FUNC_PROTO)?;
+        proto.vlen.checked_sub(1)
     }
 
     /// Follows typedefs and qualifiers to the underlying type id.
@@ -238,6 +270,31 @@ impl Btf {
         None
     }
 
+    /// The value of enumerator `name` of any enum.
+    pub fn enum_value(&self, name: &str) -> Option<i64> {
+        self.types
+            .iter()
+            .filter(|t| t.kind == KIND_ENUM)
+            .flat_map(|t| t.values.iter())
+            .find(|(n, _)| self.name(*n) == name)
+            .map(|(_, v)| *v)
+    }
+
+    /// Where a task's memory cgroup id is: `task->cgroups->subsys[memory]
+    /// ->cgroup->kn->id`. `None` (and [`NO_MEMORY_CGROUP`]) when the kernel
+    /// has no memory controller or the members moved.
+    fn memory_cgroup_offsets(&self) -> Option<[u32; 6]> {
+        let id = self.enum_value("memory_cgrp_id")?;
+        Some([
+            self.member_offset("task_struct", "cgroups").ok()?,
+            self.member_offset("css_set", "subsys").ok()?,
+            self.member_offset("cgroup_subsys_state", "cgroup").ok()?,
+            self.member_offset("cgroup", "kn").ok()?,
+            self.member_offset("kernfs_node", "id").ok()?,
+            u32::try_from(id).ok()?,
+        ])
+    }
+
     /// The offsets psmon's kernel programs read.
     pub fn kernel_offsets(&self) -> Result<KernelOffsets, BtfError> {
         let task = |m| self.member_offset("task_struct", m);
@@ -255,6 +312,14 @@ impl Btf {
             signal_live: self.member_offset("signal_struct", "live")?,
             signal_group_exit_code: self.member_offset("signal_struct", "group_exit_code")?,
             binprm_filename: self.member_offset("linux_binprm", "filename")?,
+            memory_cgroup: self.memory_cgroup_offsets().unwrap_or([
+                0,
+                0,
+                0,
+                0,
+                0,
+                NO_MEMORY_CGROUP,
+            ]),
         })
     }
 }
@@ -308,6 +373,19 @@ mod tests {
             btf.member_offset("t", "a"),
             Err(BtfError::NoStruct { .. })
         ));
+    }
+
+    #[test]
+    fn tells_a_tracepoints_arguments_on_this_kernel() {
+        let btf = Btf::from_sys_fs().expect("kernel BTF (psmon's ebpf source needs it)");
+        // sched_process_fork(parent, child)
+        assert_eq!(btf.tracepoint_args("sched_process_fork"), Some(2));
+        assert_eq!(btf.tracepoint_args("signal_generate"), Some(5));
+        assert!(matches!(btf.tracepoint_args("mark_victim"), Some(1 | 2)));
+        assert_eq!(btf.tracepoint_args("no_such_tracepoint"), None);
+        // This kernel has the memory controller (v1 here, v2 on RHEL 9).
+        let o = btf.kernel_offsets().unwrap();
+        assert_ne!(o.memory_cgroup[5], NO_MEMORY_CGROUP, "{o:?}");
     }
 
     #[test]

@@ -19,8 +19,9 @@ use aya::{
     programs::{BtfTracePoint, ProgramError},
 };
 use psmon_ebpf::{
-    COMM_LEN, Config, FLAG_PATH_TRUNCATED, GLOBAL_CONFIG, KIND_EXEC, KIND_EXIT, KIND_FORK,
-    MAP_EVENTS, MAP_EXECS, MAP_LOST, MAP_WATCH_COMMS, MAP_WATCH_TGIDS, RawEvent,
+    CODE_UNKNOWN, COMM_LEN, Config, FLAG_PATH_TRUNCATED, GLOBAL_CONFIG, KIND_EXEC, KIND_EXIT,
+    KIND_FORK, KIND_OOM, KIND_SIGNAL, MAP_EVENTS, MAP_EXECS, MAP_LOST, MAP_WATCH_COMMS,
+    MAP_WATCH_TGIDS, RawEvent, RawSignal,
 };
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -44,6 +45,46 @@ const PROGRAMS: [&str; 3] = [
     "sched_process_exec",
     "sched_process_exit",
 ];
+
+/// Loads program `program` of the embedded object and attaches it to the
+/// BTF tracepoint `tracepoint`.
+fn attach(
+    ebpf: &mut Ebpf,
+    program: &str,
+    tracepoint: &str,
+    kernel_btf: &aya::Btf,
+) -> Result<(), Refusal> {
+    let name = program;
+    let program: &mut BtfTracePoint = ebpf
+        .program_mut(name)
+        .and_then(|p| p.try_into().ok())
+        .ok_or_else(|| Refusal::Kernel {
+            what: format!("finding program `{name}` in the embedded object"),
+            error: "missing".into(),
+        })?;
+    program.load(tracepoint, kernel_btf).map_err(|e| match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            if io_error.raw_os_error() == Some(libc::EPERM) {
+                Refusal::NotPermitted {
+                    what: format!("loading `{name}`"),
+                }
+            } else {
+                Refusal::Verifier {
+                    program: name.into(),
+                    log: format!("{io_error}\n{verifier_log}"),
+                }
+            }
+        }
+        other => refusal(&format!("loading `{name}`"), &other),
+    })?;
+    program
+        .attach()
+        .map_err(|e| refusal(&format!("attaching `{name}`"), &e))?;
+    Ok(())
+}
 
 /// Why the `ebpf` source could not be used.
 #[derive(Debug)]
@@ -173,6 +214,8 @@ pub struct EbpfSource {
     filter: Option<KernelFilter>,
     table: ProcessTable,
     coalesce: Duration,
+    /// What the kernel programs cannot see of a death's cause, and why.
+    pub causes_missing: Option<String>,
 }
 
 impl EbpfSource {
@@ -211,35 +254,26 @@ impl EbpfSource {
             error: e.to_string(),
         })?;
         for name in PROGRAMS {
-            let program: &mut BtfTracePoint = ebpf
-                .program_mut(name)
-                .and_then(|p| p.try_into().ok())
-                .ok_or_else(|| Refusal::Kernel {
-                    what: format!("finding program `{name}` in the embedded object"),
-                    error: "missing".into(),
-                })?;
-            program.load(name, &kernel_btf).map_err(|e| match e {
-                ProgramError::LoadError {
-                    io_error,
-                    verifier_log,
-                } => {
-                    if io_error.raw_os_error() == Some(libc::EPERM) {
-                        Refusal::NotPermitted {
-                            what: format!("loading `{name}`"),
-                        }
-                    } else {
-                        Refusal::Verifier {
-                            program: name.into(),
-                            log: format!("{io_error}\n{verifier_log}"),
-                        }
-                    }
-                }
-                other => refusal(&format!("loading `{name}`"), &other),
-            })?;
-            program
-                .attach()
-                .map_err(|e| refusal(&format!("attaching `{name}`"), &e))?;
+            attach(&mut ebpf, name, name, &kernel_btf)?;
         }
+        // Who killed a process: wanted, not required (the kernel may lack
+        // the tracepoints); without them a death's cause is unknown.
+        let oom = match btf::Btf::from_file(btf_path).map(|b| b.tracepoint_args("mark_victim")) {
+            Ok(Some(1)) => Ok("mark_victim_pid"),
+            Ok(Some(2)) => Ok("mark_victim_task"),
+            Ok(other) => Err(format!("mark_victim has {other:?} arguments here")),
+            Err(e) => Err(e.to_string()),
+        };
+        let mut causes = Vec::new();
+        if let Err(e) = attach(&mut ebpf, "signal_generate", "signal_generate", &kernel_btf) {
+            causes.push(format!("senders of signals: {e}"));
+        }
+        match oom.map(|program| attach(&mut ebpf, program, "mark_victim", &kernel_btf)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => causes.push(format!("OOM kills: {e}")),
+            Err(e) => causes.push(format!("OOM kills: {e}")),
+        }
+        let causes_missing = (!causes.is_empty()).then(|| causes.join("; "));
 
         let ring = take(&mut ebpf, MAP_EVENTS, RingBuf::try_from)?;
         let lost = take(&mut ebpf, MAP_LOST, PerCpuArray::try_from)?;
@@ -253,6 +287,7 @@ impl EbpfSource {
             None
         };
         Ok(EbpfSource {
+            causes_missing,
             _ebpf: ebpf,
             ring,
             lost,
@@ -381,6 +416,10 @@ fn c_str(bytes: &[u8]) -> &[u8] {
 }
 
 fn decode(bytes: &[u8], table: &mut ProcessTable) -> Option<ProcEvent> {
+    let kind = u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?);
+    if kind == KIND_SIGNAL || kind == KIND_OOM {
+        return decode_signal(bytes);
+    }
     if bytes.len() < size_of::<RawEvent>() {
         return None;
     }
@@ -418,6 +457,32 @@ fn decode(bytes: &[u8], table: &mut ProcessTable) -> Option<ProcEvent> {
         _ => return None,
     };
     Some(ProcEvent::new(kind, time))
+}
+
+fn decode_signal(bytes: &[u8]) -> Option<ProcEvent> {
+    if bytes.len() < size_of::<RawSignal>() {
+        return None;
+    }
+    // SAFETY: as for RawEvent: length checked, plain integers, unaligned read.
+    let raw: RawSignal = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let comm = |c: &[u8; COMM_LEN]| String::from_utf8_lossy(c_str(c)).into_owned();
+    let known = |pid: u32, c: &[u8; COMM_LEN]| (pid != 0).then(|| (pid, comm(c)));
+    let signal = crate::event::Signal {
+        target: raw.target_tgid,
+        signal: raw.signal as i32,
+        code: (raw.code != CODE_UNKNOWN).then_some(raw.code),
+        oom: raw.kind == KIND_OOM,
+        cgroup_id: (raw.cgroup_id != 0).then_some(raw.cgroup_id),
+        sender: crate::cause::Sender {
+            pid: raw.sender_tgid,
+            uid: raw.sender_uid,
+            comm: comm(&raw.sender_comm),
+            parent: known(raw.parent_tgid, &raw.parent_comm),
+            grandparent: known(raw.grandparent_tgid, &raw.grandparent_comm),
+        },
+    };
+    let time = EventTime::now(Some(raw.ktime_ns), Some(raw.cpu));
+    Some(ProcEvent::new(EventKind::Signal(signal), time))
 }
 
 /// The `execve` path; relative or truncated ones are replaced by

@@ -159,6 +159,8 @@ pub struct Handle {
     /// Every exec on the system comes as an event (no filter drops any,
     /// and the source sees execs that keep the pid, unlike polling).
     pub reports_every_exec: bool,
+    /// Why this source cannot tell who killed a process; `None` when it can.
+    pub cause_unknown: Option<String>,
 }
 
 impl Source {
@@ -177,11 +179,17 @@ impl Source {
             Source::Netlink(_) => true,
             Source::Poll(_) => false,
         };
+        let cause_unknown = match self {
+            Source::Ebpf(s) => s.causes_missing.clone(),
+            Source::Netlink(_) => Some("source netlink".to_string()),
+            Source::Poll(_) => Some("source poll".to_string()),
+        };
         Handle {
             kind: self.kind(),
             filter,
             exit_lag,
             reports_every_exec,
+            cause_unknown,
         }
     }
 }

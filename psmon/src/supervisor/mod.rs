@@ -274,7 +274,14 @@ impl Supervisor {
             tokio::select! {
                 _ = token.cancelled() => break,
                 Some(event) = events.recv() => self.on_event(event),
-                Some(back) = self.back_rx.recv() => self.on_back(back),
+                Some(back) = self.back_rx.recv() => {
+                    // Events already in are older than what a helper says
+                    // now (a signal's sender before the pidfd's exit).
+                    while let Ok(event) = events.try_recv() {
+                        self.on_event(event);
+                    }
+                    self.on_back(back)
+                }
                 Some(said) = self.notify_rx.recv() => self.on_notify(said),
                 result = async { scan.as_mut().expect("guarded").await }, if scan.is_some() => {
                     scan = None;
@@ -553,6 +560,7 @@ impl Supervisor {
                 };
                 self.feed_after_classification(process.tgid, input);
             }
+            EventKind::Signal(s) => self.on_signal(s),
             EventKind::Lost { count } => {
                 self.rescan_all = true;
                 self.lost_events += count.unwrap_or(1);
@@ -566,10 +574,18 @@ impl Supervisor {
             Control::Reload(config) => self.reconfigure(*config),
             Control::ReloadFailed(errors) => self.feed(Input::ReloadFailed(errors)),
             Control::Source(handle) => {
+                if let Some(why) = &handle.cause_unknown {
+                    self.reporter.report(
+                        LogLevel::Info,
+                        &format!("who kills a watched process cannot be told ({why}): Down messages say `cause unknown`"),
+                        &[],
+                    );
+                }
                 let input = Input::SourceOpened {
                     name: handle.kind.to_string(),
                     kernel_filter: handle.filter.is_some(),
                     exit_lag: handle.exit_lag,
+                    cause_unknown: handle.cause_unknown.clone(),
                 };
                 self.source = Some(handle);
                 self.rescan_all = true;
@@ -605,6 +621,49 @@ impl Supervisor {
         for why in failed {
             self.reporter.report(LogLevel::Error, &why, &[]);
         }
+    }
+
+    /// A signal for a process: remembered by the monitor as the cause of
+    /// the member's death, should it die of it. An OOM victim's memory
+    /// cgroup is read first (its exit waits for that).
+    fn on_signal(&mut self, s: crate::event::Signal) {
+        use crate::cause::Cause;
+        if !s.oom {
+            if self.monitor.member_entry(s.target).is_some() {
+                let me = std::process::id();
+                let cause = Cause::of_signal(s.target, s.signal, s.code, s.sender, me);
+                self.feed(Input::Signalled {
+                    tgid: s.target,
+                    cause,
+                });
+            }
+            return;
+        }
+        let (tgid, trigger, cgroup_id) = (s.target, s.sender, s.cgroup_id);
+        // The directory outlives the victim; its /proc entry may not.
+        let cgroup_of = move |tgid: u32| match cgroup_id {
+            Some(id) => crate::cause::memory_cgroup_by_id(id),
+            None => crate::cause::memory_cgroup(tgid),
+        };
+        if self.monitor.member_entry(tgid).is_none() {
+            // Older kernels may name the victim by one of its threads.
+            self.blocking(None, move || {
+                let tgid = crate::cause::tgid_of(tgid).unwrap_or(tgid);
+                let cgroup = cgroup_of(tgid);
+                Input::Signalled {
+                    tgid,
+                    cause: Cause::Oom { cgroup, trigger },
+                }
+            });
+            return;
+        }
+        self.classify(tgid, move |_| {
+            let cgroup = cgroup_of(tgid);
+            Some(Input::Signalled {
+                tgid,
+                cause: Cause::Oom { cgroup, trigger },
+            })
+        });
     }
 
     /// A notify datagram: fed when its sender is a process of the entry,

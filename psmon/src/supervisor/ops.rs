@@ -108,6 +108,9 @@ impl Supervisor {
                         }
                         ExitStatus::Unknown => v["unknown"] = json!(true),
                     }
+                    if let Some(cause) = pid.and_then(|p| self.monitor.cause(e.id, p)) {
+                        v["cause"] = json!(cause.describe(status));
+                    }
                     v
                 });
                 json!({

@@ -1,0 +1,244 @@
+//! Cause of death end to end, on the ebpf source: who sent the signal
+//! (pid, comm, uid, parent), a kill from a script, the kernel's own
+//! SIGSEGV with a core, the OOM killer in a memory cgroup the test makes,
+//! and a netlink source that says it cannot tell.
+
+mod support;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use serde_json::Value;
+use support::*;
+
+/// A directory with a conf for `exe` (report only: nothing restarts it).
+fn site(tag: &str, exe_name: &str) -> (TempDir, PathBuf) {
+    let dir = TempDir::new(tag);
+    std::fs::create_dir_all(dir.0.join("conf")).unwrap();
+    let exe = victim_copy(&dir.0, exe_name);
+    std::fs::write(
+        dir.0.join("conf/app.toml"),
+        format!(
+            "monitor_interval = 1\n[[entry]]\npath = \"{}\"\n",
+            exe.display()
+        ),
+    )
+    .unwrap();
+    (dir, exe)
+}
+
+fn down_of(psmon: &mut Psmon, pid: u32) -> Value {
+    psmon.wait_for("Down", |m| m["pid"] == pid)
+}
+
+fn message(v: &Value) -> &str {
+    v["message"].as_str().unwrap_or_default()
+}
+
+#[test]
+fn a_down_names_the_sender_its_uid_and_parent() {
+    if !needs_root("setpriv and the ebpf source") {
+        return;
+    }
+    let (dir, exe) = site("cause-sender", "victimd");
+    // Both run as nobody: a user may kill only its own processes.
+    let as_nobody = |c: &mut Command| {
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+    };
+    let mut victim = Command::new("setpriv");
+    as_nobody(&mut victim);
+    let pid = reap_later(spawn_fresh(victim.arg(&exe).arg("sleep")));
+    let mut psmon = Psmon::start(&dir.0.join("conf"), "ebpf");
+    psmon.wait_for(") Up", |m| m["pid"] == pid);
+    let mut killer = Command::new("setpriv");
+    as_nobody(&mut killer);
+    let killer = killer
+        .args(["/bin/kill", "-9", &pid.to_string()])
+        .spawn()
+        .unwrap();
+    let killer_pid = reap_later(killer);
+    let down = down_of(&mut psmon, pid);
+    assert_eq!(down["cause"], "signal", "{down}");
+    assert_eq!(down["killer_pid"], killer_pid, "{down}");
+    assert_eq!(down["killer_comm"], "kill");
+    assert_eq!(down["killer_uid"], 65534);
+    // setpriv exec'd kill: its parent is this test.
+    assert_eq!(down["killer_parent"][0], std::process::id(), "{down}");
+    assert!(
+        message(&down).ends_with(&format!(
+            "Down (signal 9 from pid {killer_pid} 'kill' uid 65534, parent '{}' pid {})",
+            down["killer_parent"][1].as_str().unwrap(),
+            std::process::id()
+        )),
+        "{down}"
+    );
+}
+
+#[test]
+fn a_kill_from_a_script_names_the_script() {
+    if !needs_root("the ebpf source") {
+        return;
+    }
+    let (dir, exe) = site("cause-script", "victimd");
+    let script = dir.0.join("rotate-logs");
+    std::fs::write(&script, "#!/bin/sh\n/bin/kill -TERM \"$1\"\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let pid = reap_later(spawn_fresh(Command::new(&exe).arg("sleep")));
+    let mut psmon = Psmon::start(&dir.0.join("conf"), "ebpf");
+    psmon.wait_for(") Up", |m| m["pid"] == pid);
+    let status = Command::new(&script).arg(pid.to_string()).status().unwrap();
+    assert!(status.success());
+    let down = down_of(&mut psmon, pid);
+    assert_eq!(down["killer_comm"], "kill", "{down}");
+    assert_eq!(down["killer_parent"][1], "rotate-logs", "{down}");
+    assert!(message(&down).contains("signal 15 from pid"), "{down}");
+}
+
+#[test]
+fn a_segfault_is_the_kernels_with_its_core() {
+    if !needs_root("the ebpf source") {
+        return;
+    }
+    let (dir, exe) = site("cause-segv", "victimd");
+    // core_pattern here is `core`: the core goes to its working directory.
+    let mut victim = Command::new("/bin/sh");
+    victim
+        .arg("-c")
+        .arg(format!(
+            "ulimit -c unlimited; exec {} segv-on-usr1",
+            exe.display()
+        ))
+        .current_dir(&dir.0);
+    let pid = reap_later(spawn_fresh(&mut victim));
+    let mut psmon = Psmon::start(&dir.0.join("conf"), "ebpf");
+    psmon.wait_for(") Up", |m| m["pid"] == pid);
+    kill_with(pid, nix::sys::signal::Signal::SIGUSR1);
+    let down = down_of(&mut psmon, pid);
+    assert_eq!(down["cause"], "kernel", "{down}");
+    assert!(
+        message(&down).ends_with("Down (SIGSEGV, core dumped)"),
+        "{down}"
+    );
+    assert_eq!(down["core_dumped"], true);
+}
+
+#[test]
+fn the_oom_killer_is_named_with_the_memory_cgroup() {
+    if !needs_root("cgroups and the ebpf source") {
+        return;
+    }
+    let (dir, exe) = site("cause-oom", "hogd");
+    let cgroup = MemoryCgroup::new(&format!("psmon-test-oom-{}", std::process::id()));
+    let pid = reap_later(spawn_fresh(Command::new(&exe).arg("hog-on-usr1")));
+    cgroup.add(pid);
+    let mut psmon = Psmon::start(&dir.0.join("conf"), "ebpf");
+    psmon.wait_for(") Up", |m| m["pid"] == pid);
+    kill_with(pid, nix::sys::signal::Signal::SIGUSR1);
+    let down = down_of(&mut psmon, pid);
+    assert_eq!(down["cause"], "oom", "{down}");
+    assert_eq!(down["cgroup"], cgroup.name.as_str(), "{down}");
+    assert!(
+        message(&down).ends_with(&format!(
+            "Down (killed by the OOM killer: memory cgroup {})",
+            cgroup.name
+        )),
+        "{down}"
+    );
+}
+
+#[test]
+fn netlink_says_the_cause_is_unknown() {
+    if !needs_root("the netlink source") {
+        return;
+    }
+    let (dir, exe) = site("cause-netlink", "victimd");
+    let pid = reap_later(spawn_fresh(Command::new(&exe).arg("sleep")));
+    let mut psmon = Psmon::start(&dir.0.join("conf"), "netlink");
+    psmon.wait_for(") Up", |m| m["pid"] == pid);
+    kill9_pid(pid);
+    let down = down_of(&mut psmon, pid);
+    assert!(
+        message(&down).ends_with("Down (SIGKILL, cause unknown: source netlink)"),
+        "{down}"
+    );
+    assert_eq!(down["cause"], "unknown");
+}
+
+fn kill_with(pid: u32, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).unwrap();
+}
+
+/// A memory cgroup of 32 MiB made for a test, on whichever hierarchy has
+/// the memory controller (v1 here, v2 on RHEL 9), found from mountinfo;
+/// removed when dropped.
+struct MemoryCgroup {
+    dir: PathBuf,
+    /// Its path as `/proc/PID/cgroup` shows it.
+    name: String,
+    v2: bool,
+}
+
+impl MemoryCgroup {
+    fn new(leaf: &str) -> MemoryCgroup {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let mut v1 = None;
+        let mut v2 = None;
+        for line in mountinfo.lines() {
+            let (left, right) = line.split_once(" - ").unwrap();
+            let mount = left.split(' ').nth(4).unwrap();
+            let mut fs = right.split(' ');
+            let (kind, opts) = (fs.next().unwrap(), fs.nth(1).unwrap_or(""));
+            if kind == "cgroup" && opts.split(',').any(|o| o == "memory") {
+                v1 = Some(PathBuf::from(mount));
+            }
+            if kind == "cgroup2" {
+                v2 = Some(PathBuf::from(mount));
+            }
+        }
+        let v2_has_memory = v2.as_ref().is_some_and(|m| {
+            std::fs::read_to_string(m.join("cgroup.controllers"))
+                .is_ok_and(|c| c.split_whitespace().any(|c| c == "memory"))
+        });
+        let (root, v2) = match (v1, v2) {
+            (_, Some(m)) if v2_has_memory => (m, true),
+            (Some(m), _) => (m, false),
+            _ => panic!("no memory cgroup controller mounted"),
+        };
+        let dir = root.join(leaf);
+        std::fs::create_dir_all(&dir).unwrap();
+        let limit = (32u64 << 20).to_string();
+        if v2 {
+            std::fs::write(dir.join("memory.max"), &limit).unwrap();
+            let _ = std::fs::write(dir.join("memory.swap.max"), "0");
+        } else {
+            std::fs::write(dir.join("memory.limit_in_bytes"), &limit).unwrap();
+            let _ = std::fs::write(dir.join("memory.memsw.limit_in_bytes"), &limit);
+        }
+        MemoryCgroup {
+            dir,
+            name: format!("/{leaf}"),
+            v2,
+        }
+    }
+
+    fn add(&self, pid: u32) {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        // Empty once its process is gone; retry while it is being reaped.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.v2;
+        eprintln!("left behind: {}", Path::new(&self.dir).display());
+    }
+}
