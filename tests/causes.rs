@@ -242,3 +242,61 @@ impl Drop for MemoryCgroup {
         eprintln!("left behind: {}", Path::new(&self.dir).display());
     }
 }
+
+/// The flight recorder: a service (a script) that runs a failing helper
+/// three times and then exits; its Down is followed by the block of what
+/// its tree did, in order.
+#[test]
+fn the_flight_recorder_shows_what_the_tree_did_before_the_death() {
+    if !needs_root("the ebpf source") {
+        return;
+    }
+    let dir = TempDir::new("cause-recorder");
+    std::fs::create_dir_all(dir.0.join("conf")).unwrap();
+    let fifo = dir.0.join("go");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let script = dir.0.join("batchd");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nread go < \"$1\"\nfor i in 1 2 3; do /bin/sh -c 'exit 7'; done\nexit 3\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(
+        dir.0.join("conf/app.toml"),
+        format!(
+            "monitor_interval = 1\n[[entry]]\npath = \"{}\"\n",
+            script.display()
+        ),
+    )
+    .unwrap();
+    let pid = reap_later(spawn_fresh(Command::new(&script).arg(&fifo)));
+    let mut psmon = Psmon::start(&dir.0.join("conf"), "ebpf");
+    psmon.wait_for(") Up", |m| m["pid"] == pid);
+    std::fs::write(&fifo, "go\n").unwrap();
+    let down = down_of(&mut psmon, pid);
+    assert_eq!(down["exit_code"], 3, "{down}");
+    let block = psmon.wait("flight recorder of");
+    let events: Vec<&str> = block["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    let helpers: Vec<&&str> = events
+        .iter()
+        .filter(|e| e.contains("exit code 7"))
+        .collect();
+    assert_eq!(helpers.len(), 3, "{events:#?}");
+    // Each helper: forked, exec'd, exited, in that order.
+    let first = events.iter().position(|e| e.contains("fork")).unwrap();
+    assert!(events[first + 1].contains("exec") && events[first + 1].contains("/bin/sh"));
+    assert!(events[first + 2].contains("exit code 7"), "{events:#?}");
+    assert!(
+        events
+            .last()
+            .unwrap()
+            .contains(&format!("exit   pid {pid}")),
+        "the death itself ends the block: {events:#?}"
+    );
+}

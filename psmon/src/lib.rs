@@ -19,6 +19,7 @@ pub mod logsink;
 pub mod monitor;
 pub mod policy;
 pub mod procfs;
+pub mod recorder;
 pub mod report;
 pub mod scan;
 pub mod shm;

@@ -34,6 +34,11 @@ pub struct Agent {
     pub log_dir: PathBuf,
     /// Members of this group may use the control socket as root does.
     pub control_group: Option<String>,
+    /// The flight recorder keeps, per entry, at most this many recent
+    /// events of the watched process's tree …
+    pub recorder_events: usize,
+    /// … and none older than this.
+    pub recorder_window: Duration,
 }
 
 impl Default for Agent {
@@ -46,11 +51,15 @@ impl Default for Agent {
             failover_command: None,
             log_dir: PathBuf::from("/var/opt/HA/PS/log"),
             control_group: None,
+            recorder_events: 64,
+            recorder_window: Duration::from_secs(60),
         }
     }
 }
 
-const AGENT_KEYS: [&str; 7] = [
+const AGENT_KEYS: [&str; 9] = [
+    "FLIGHT_RECORDER_EVENTS",
+    "FLIGHT_RECORDER_SECONDS",
     "CONTROL_GROUP",
     "LOG_LEVEL",
     "EVENT_QUEUE_SIZE",
@@ -114,6 +123,16 @@ pub(super) fn parse_agent(file: &Path, text: &str, errors: &mut Vec<Diagnostic>)
                     r.error(n, vc, format!("CONTROL_GROUP `{v}` is not a group name"));
                 } else {
                     agent.control_group = Some(v.to_string());
+                }
+            }
+            "FLIGHTRECORDEREVENTS" => {
+                if let Some(n) = r.number("FLIGHT_RECORDER_EVENTS", v, n, vc, 0, 4096) {
+                    agent.recorder_events = n as usize;
+                }
+            }
+            "FLIGHTRECORDERSECONDS" => {
+                if let Some(s) = r.number("FLIGHT_RECORDER_SECONDS", v, n, vc, 1, 3600) {
+                    agent.recorder_window = Duration::from_secs(s);
                 }
             }
             "LOGDIR" => {

@@ -92,6 +92,13 @@ impl Supervisor {
         }
     }
 
+    /// Adds a message to a pfile's health queue, if it has one.
+    pub(super) fn queue_text(&mut self, pfile: &str, text: &str) {
+        if self.queues.contains_key(pfile) {
+            self.write_queue(pfile, Some(text));
+        }
+    }
+
     fn write_queue(&mut self, pfile: &str, event: Option<&str>) {
         if !self.queues.contains_key(pfile) {
             return;

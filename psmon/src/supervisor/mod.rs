@@ -31,8 +31,9 @@ use crate::{
     control::{Asked, Reply},
     event::{EventKind, ProcEvent},
     exec::{self, CommandSpec},
-    monitor::{Effect, EntryId, Input, Monitor, Run},
+    monitor::{Effect, EntryId, Input, Monitor, Notice, Run},
     procfs,
+    recorder::Recorder,
     report::Reporter,
     scan::{Matcher, ScanState, Seen, Unchanged, comm_key, read_pidfile},
     source::Handle,
@@ -137,6 +138,8 @@ pub struct Supervisor {
     rescan_all: bool,
     /// systemd's watchdog period (WATCHDOG_USEC), when it asks for one.
     watchdog: Option<Duration>,
+    /// Recent process events of each entry's trees.
+    recorder: Recorder,
     /// The sd_notify sockets of notify-probed entries.
     notify: notify::Sockets,
     notify_tx: mpsc::UnboundedSender<notify::Message>,
@@ -157,6 +160,7 @@ impl Supervisor {
             store,
         } = setup;
         reporter.set_level(config.agent.log_level);
+        let config_recorder = (config.agent.recorder_events, config.agent.recorder_window);
         let scan_every = scan_interval(&config);
         let umask = config.env.umask;
         let pidfds = procfs::pidfds_available();
@@ -205,6 +209,7 @@ impl Supervisor {
             execs_at_last_scan: None,
             rescan_all: true,
             watchdog: None,
+            recorder: Recorder::new(config_recorder.0, config_recorder.1),
             notify: notify::Sockets::default(),
             notify_tx,
             notify_rx,
@@ -371,6 +376,14 @@ impl Supervisor {
         match effect {
             Effect::Notice(notice) => {
                 self.reporter.notice(&self.monitor, &notice);
+                if let Notice::Policy {
+                    entry,
+                    action: crate::policy::Action::ReportDown { pid, .. },
+                    ..
+                } = &notice
+                {
+                    self.flight_record(*entry, *pid);
+                }
                 if !self.drills.is_empty() {
                     self.drill_notice(&notice);
                 }
@@ -505,6 +518,12 @@ impl Supervisor {
     }
 
     fn on_event(&mut self, event: ProcEvent) {
+        let monitor = &self.monitor;
+        self.recorder.record(&event, |tgid| {
+            monitor
+                .member_entry(tgid)
+                .map(|id| monitor.entry(id).path.clone())
+        });
         match event.kind {
             EventKind::Fork(p) => {
                 let (Some(entry), Some(start)) = (self.monitor.member_entry(p.ppid), p.start)
@@ -612,6 +631,13 @@ impl Supervisor {
         self.fill_filter();
         self.open_queues();
         self.open_notify_sockets();
+        self.recorder.set_limits(
+            self.config.agent.recorder_events,
+            self.config.agent.recorder_window,
+        );
+        let monitor = &self.monitor;
+        self.recorder
+            .retain(|p| monitor.entries().any(|e| e.path == p));
     }
 
     fn open_notify_sockets(&mut self) {
@@ -621,6 +647,36 @@ impl Supervisor {
         for why in failed {
             self.reporter.report(LogLevel::Error, &why, &[]);
         }
+    }
+
+    /// After a Down: the recent events of the entry's trees, to the log
+    /// (INFO) and its pfile's health queue (so the dump has them too).
+    fn flight_record(&mut self, id: EntryId, pid: Option<u32>) {
+        let path = self.monitor.entry(id).path.clone();
+        let recent = self.recorder.recent(&path, crate::event::boottime_ns());
+        if recent.is_empty() {
+            return;
+        }
+        let who = match pid {
+            Some(pid) => format!("('{}',pid={pid})", path.display()),
+            None => format!("('{}')", path.display()),
+        };
+        let head = format!(
+            "flight recorder of {who}: the last {} process events of its tree",
+            recent.len()
+        );
+        self.reporter.report(
+            LogLevel::Info,
+            &head,
+            &[
+                ("path", json!(path)),
+                ("pid", json!(pid)),
+                ("events", json!(recent)),
+            ],
+        );
+        let pfile = self.monitor.pfile(id).to_string();
+        let block = format!("{head}\n  {}", recent.join("\n  "));
+        self.queue_text(&pfile, &block);
     }
 
     /// A signal for a process: remembered by the monitor as the cause of
