@@ -211,6 +211,7 @@ fn a_server_whose_socket_is_gone_is_hung() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+    drop(psmon); // else it restarts what is killed next
     kill_all(&victim);
 }
 
@@ -262,6 +263,7 @@ fn an_http_probe_judges_the_status() {
                 && m["message"].as_str().is_some_and(|t| t.contains("hung"))),
         "the 200 server is fine"
     );
+    drop(psmon); // else it restarts what is killed next
     kill_all(&good);
     kill_all(&bad);
 }
@@ -320,6 +322,7 @@ fn a_notify_service_that_stops_its_keepalives_is_hung() {
                 && m["message"].as_str().is_some_and(|t| t.contains("hung"))),
         "the steady one keeps its keep-alives"
     );
+    drop(psmon); // else it restarts what is killed next
     kill_all(&steady);
     kill_all(&stopper);
 }

@@ -41,7 +41,8 @@ pub struct Options {
     #[arg(long, default_value_t = 10_000)]
     scale: usize,
     /// Run only these parts (a: latency, b: exec storm CPU, c: loss,
-    /// d: restart latency, e: scale, f: idle cost, g: hang probes); default all.
+    /// d: restart latency, e: scale, f: idle cost, g: hang probes and groups,
+    /// h: cause of death); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<char>,
 }
@@ -287,6 +288,9 @@ impl Bench {
         }
         if wanted('g') {
             out.push_str(&crate::bench_probes::probes(&self.psmon, &self.dir)?);
+        }
+        if wanted('h') {
+            out.push_str(&crate::bench_causes::causes(&self.psmon, &self.dir)?);
         }
         if wanted('f') {
             out.push_str(&crate::bench_monitor::idle(&self.psmon, &self.dir)?);

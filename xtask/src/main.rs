@@ -2,6 +2,7 @@
 //! run the test suite with the kernel programs required, run benchmarks.
 
 mod bench;
+mod bench_causes;
 mod bench_monitor;
 mod bench_probes;
 mod kernels;
