@@ -30,6 +30,16 @@ fn site(tag: &str, exe_name: &str) -> (TempDir, PathBuf) {
     (dir, exe)
 }
 
+/// Waits until `pid` is Up and the source is open: before that, the
+/// kernel filter does not yet let its signals through.
+fn watching(psmon: &mut Psmon, pid: u32) {
+    psmon.wait_for(") Up", |m| m["pid"] == pid);
+    let open = |m: &Value| message(m).starts_with("watching process events");
+    if !psmon.seen.iter().any(open) {
+        psmon.wait("watching process events");
+    }
+}
+
 fn down_of(psmon: &mut Psmon, pid: u32) -> Value {
     psmon.wait_for("Down", |m| m["pid"] == pid)
 }
@@ -52,7 +62,7 @@ fn a_down_names_the_sender_its_uid_and_parent() {
     as_nobody(&mut victim);
     let pid = reap_later(spawn_fresh(victim.arg(&exe).arg("sleep")));
     let mut psmon = Psmon::start(&dir.0.join("conf"), "ebpf");
-    psmon.wait_for(") Up", |m| m["pid"] == pid);
+    watching(&mut psmon, pid);
     let mut killer = Command::new("setpriv");
     as_nobody(&mut killer);
     let killer = killer
@@ -88,11 +98,11 @@ fn a_kill_from_a_script_names_the_script() {
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let pid = reap_later(spawn_fresh(Command::new(&exe).arg("sleep")));
     let mut psmon = Psmon::start(&dir.0.join("conf"), "ebpf");
-    psmon.wait_for(") Up", |m| m["pid"] == pid);
+    watching(&mut psmon, pid);
     let status = Command::new(&script).arg(pid.to_string()).status().unwrap();
     assert!(status.success());
     let down = down_of(&mut psmon, pid);
-    assert_eq!(down["killer_comm"], "kill", "{down}");
+    assert_eq!(down["killer_comm"], "kill", "{:#?}", psmon.seen);
     assert_eq!(down["killer_parent"][1], "rotate-logs", "{down}");
     assert!(message(&down).contains("signal 15 from pid"), "{down}");
 }
@@ -114,10 +124,10 @@ fn a_segfault_is_the_kernels_with_its_core() {
         .current_dir(&dir.0);
     let pid = reap_later(spawn_fresh(&mut victim));
     let mut psmon = Psmon::start(&dir.0.join("conf"), "ebpf");
-    psmon.wait_for(") Up", |m| m["pid"] == pid);
+    watching(&mut psmon, pid);
     kill_with(pid, nix::sys::signal::Signal::SIGUSR1);
     let down = down_of(&mut psmon, pid);
-    assert_eq!(down["cause"], "kernel", "{down}");
+    assert_eq!(down["cause"], "kernel", "{:#?}", psmon.seen);
     assert!(
         message(&down).ends_with("Down (SIGSEGV, core dumped)"),
         "{down}"
@@ -135,7 +145,7 @@ fn the_oom_killer_is_named_with_the_memory_cgroup() {
     let pid = reap_later(spawn_fresh(Command::new(&exe).arg("hog-on-usr1")));
     cgroup.add(pid);
     let mut psmon = Psmon::start(&dir.0.join("conf"), "ebpf");
-    psmon.wait_for(") Up", |m| m["pid"] == pid);
+    watching(&mut psmon, pid);
     kill_with(pid, nix::sys::signal::Signal::SIGUSR1);
     let down = down_of(&mut psmon, pid);
     assert_eq!(down["cause"], "oom", "{down}");
@@ -157,7 +167,7 @@ fn netlink_says_the_cause_is_unknown() {
     let (dir, exe) = site("cause-netlink", "victimd");
     let pid = reap_later(spawn_fresh(Command::new(&exe).arg("sleep")));
     let mut psmon = Psmon::start(&dir.0.join("conf"), "netlink");
-    psmon.wait_for(") Up", |m| m["pid"] == pid);
+    watching(&mut psmon, pid);
     kill9_pid(pid);
     let down = down_of(&mut psmon, pid);
     assert!(
@@ -272,7 +282,7 @@ fn the_flight_recorder_shows_what_the_tree_did_before_the_death() {
     .unwrap();
     let pid = reap_later(spawn_fresh(Command::new(&script).arg(&fifo)));
     let mut psmon = Psmon::start(&dir.0.join("conf"), "ebpf");
-    psmon.wait_for(") Up", |m| m["pid"] == pid);
+    watching(&mut psmon, pid);
     std::fs::write(&fifo, "go\n").unwrap();
     let down = down_of(&mut psmon, pid);
     assert_eq!(down["exit_code"], 3, "{down}");

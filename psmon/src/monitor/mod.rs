@@ -455,6 +455,9 @@ pub struct Monitor {
     /// Why the source cannot tell who killed a process.
     #[serde(skip)]
     cause_unknown: Option<String>,
+    /// An open source tells who killed a process.
+    #[serde(skip)]
+    sees_causes: bool,
     /// The restart groups' state, in configuration order.
     #[serde(default)]
     groups: Vec<GroupWatch>,
@@ -571,6 +574,10 @@ impl Monitor {
                 {
                     return out;
                 }
+                // Killed, and the source tells senders but this one's
+                // signal is not in yet: its exit event, right behind it in
+                // the kernel's order, brings both.
+                let zombie = zombie.filter(|status| !self.awaits_cause(tgid, *status));
                 match zombie {
                     Some(status) => {
                         self.missed.remove(&tgid);
@@ -706,6 +713,7 @@ impl Monitor {
                 exit_lag,
                 cause_unknown,
             } => {
+                self.sees_causes = cause_unknown.is_none();
                 self.cause_unknown = cause_unknown;
                 out.push(Effect::Notice(Notice::SourceOpened {
                     name,
@@ -1220,6 +1228,14 @@ impl Monitor {
             .and_then(|w| w.last_cause.as_ref())
             .filter(|(p, _)| *p == pid)
             .map(|(_, c)| c)
+    }
+
+    /// Whether a death of `tgid` by a signal should wait for its cause: the
+    /// source sees senders and none explaining `status` has come.
+    fn awaits_cause(&self, tgid: u32, status: ExitStatus) -> bool {
+        matches!(status, ExitStatus::Signal { .. })
+            && self.sees_causes
+            && !self.causes.get(&tgid).is_some_and(|c| c.explains(status))
     }
 
     /// Why the source cannot tell who killed a process, if it cannot.

@@ -1146,3 +1146,31 @@ fn a_down_carries_the_cause_the_kernel_gave() {
     w.exit(101, 6, KILLED);
     assert_eq!(w.m.cause(A, 101), None);
 }
+
+#[test]
+fn a_pidfd_exit_waits_for_the_cause_when_the_source_tells_senders() {
+    let mut w = World::started(vec![entry("/d")], true, vec![vec![seen(100, 5)]]);
+    w.feed(Input::SourceOpened {
+        name: "ebpf".into(),
+        kernel_filter: true,
+        exit_lag: Duration::ZERO,
+        cause_unknown: None,
+    });
+    // The pidfd wins the race with the ring: its status alone is held back.
+    w.feed(Input::ExitSeen {
+        tgid: 100,
+        start: 5,
+        zombie: Some(KILLED),
+    });
+    assert!(w.actions().is_empty(), "{:?}", w.out);
+    w.feed(Input::Signalled {
+        tgid: 100,
+        cause: crate::cause::Cause::Kernel { signal: 9 },
+    });
+    let actions = w.exit(100, 5, KILLED);
+    assert!(
+        matches!(actions[0], Action::ReportDown { .. }),
+        "{actions:?}"
+    );
+    assert!(w.m.cause(A, 100).is_some());
+}

@@ -126,6 +126,12 @@ pub struct Supervisor {
     /// Processes whose classification is under way: how many, and the
     /// inputs about them held until it is in.
     held: HashMap<u32, (u32, Vec<Input>)>,
+    /// When each process's classification began (a count of them), and
+    /// when deferred exits arrived: an exit waits only for those begun
+    /// before it, so a storm of new ones cannot hold it for ever.
+    classifications: u64,
+    held_since: HashMap<u32, u64>,
+    exit_arrived: HashMap<u32, u64>,
     scan_requested: bool,
     /// Processes that exec'd since the last scan began (sources that
     /// report every exec).
@@ -204,6 +210,9 @@ impl Supervisor {
             back_tx,
             back_rx,
             held: HashMap::new(),
+            classifications: 0,
+            held_since: HashMap::new(),
+            exit_arrived: HashMap::new(),
             scan_requested: true,
             execd: Vec::new(),
             execs_at_last_scan: None,
@@ -450,7 +459,11 @@ impl Supervisor {
         match back {
             Back::Input { input, generation } => {
                 if generation.is_none_or(|g| g == self.monitor.generation()) {
-                    self.feed(input);
+                    match input {
+                        // A pidfd's word on an exit: in order, as an event's.
+                        Input::ExitSeen { tgid, .. } => self.feed_exit(tgid, input),
+                        other => self.feed(other),
+                    }
                 }
             }
             Back::Reloaded {
@@ -476,10 +489,45 @@ impl Supervisor {
                     None => false,
                 };
                 if done && let Some((_, inputs)) = self.held.remove(&tgid) {
+                    self.held_since.remove(&tgid);
                     for input in inputs {
-                        self.feed(input);
+                        match input {
+                            Input::Exited { tgid, .. } | Input::ExitSeen { tgid, .. } => {
+                                self.feed_exit(tgid, input)
+                            }
+                            other => self.feed(other),
+                        }
                     }
                 }
+            }
+        }
+    }
+
+    /// Feeds the exit of `tgid` now, or behind a classification under way:
+    /// its own, or that of another member of its entry (a forked child that
+    /// exec'd before this exit must be known not to be an instance first,
+    /// or it would keep the entry up in its place). Fed again through here
+    /// once that one is in, so it waits for all of them.
+    fn feed_exit(&mut self, tgid: u32, input: Input) {
+        let arrived = *self
+            .exit_arrived
+            .entry(tgid)
+            .or_insert(self.classifications);
+        let behind = if self.held.contains_key(&tgid) {
+            Some(tgid)
+        } else {
+            self.monitor.member_entry(tgid).and_then(|e| {
+                self.held.keys().copied().find(|t| {
+                    self.held_since.get(t).is_some_and(|s| *s < arrived)
+                        && self.monitor.member_entry(*t) == Some(e)
+                })
+            })
+        };
+        match behind.and_then(|t| self.held.get_mut(&t)) {
+            Some((_, inputs)) => inputs.push(input),
+            None => {
+                self.exit_arrived.remove(&tgid);
+                self.feed(input)
             }
         }
     }
@@ -501,6 +549,10 @@ impl Supervisor {
         decide: impl FnOnce(Option<(usize, Seen)>) -> Option<Input> + Send + 'static,
     ) {
         self.held.entry(tgid).or_default().0 += 1;
+        self.classifications += 1;
+        self.held_since
+            .entry(tgid)
+            .or_insert(self.classifications - 1);
         let matcher = self.matcher.clone();
         let generation = self.monitor.generation();
         let tx = self.back_tx.clone();
@@ -572,12 +624,13 @@ impl Supervisor {
                 }
             }
             EventKind::Exit { process, status } => {
+                let tgid = process.tgid;
                 let input = Input::Exited {
-                    tgid: process.tgid,
+                    tgid,
                     start: process.start.map(|s| s.ticks()),
                     status,
                 };
-                self.feed_after_classification(process.tgid, input);
+                self.feed_exit(tgid, input);
             }
             EventKind::Signal(s) => self.on_signal(s),
             EventKind::Lost { count } => {
@@ -596,7 +649,7 @@ impl Supervisor {
                 if let Some(why) = &handle.cause_unknown {
                     self.reporter.report(
                         LogLevel::Info,
-                        &format!("who kills a watched process cannot be told ({why}): Down messages say `cause unknown`"),
+                        &format!("senders of signals cannot be seen ({why}): causes of death will read `cause unknown`"),
                         &[],
                     );
                 }
