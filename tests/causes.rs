@@ -310,3 +310,50 @@ fn the_flight_recorder_shows_what_the_tree_did_before_the_death() {
         "the death itself ends the block: {events:#?}"
     );
 }
+
+/// Signals between unwatched processes are counted in the kernel and never
+/// reach psmon; a watched process's do.
+#[test]
+fn unwatched_signals_stay_in_the_kernel() {
+    if !needs_root("the ebpf source") {
+        return;
+    }
+    // A name of its own: the kernel filter passes processes by name too, and
+    // other tests' `victimd`s are signalled meanwhile.
+    let (dir, exe) = site("cause-storm", "stormd");
+    let pid = reap_later(spawn_fresh(Command::new(&exe).arg("sleep")));
+    let mut psmon = Psmon::start(&dir.0.join("conf"), "ebpf");
+    watching(&mut psmon, pid);
+    let status = || -> Value {
+        let out = isolate(&mut Command::new(env!("CARGO_BIN_EXE_psmon")), &dir.0)
+            .args(["status", "--json"])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let before = status();
+    // An unwatched process with a SIGUSR2 handler, signalled 5,000 times.
+    let other = reap_later(spawn_fresh(Command::new(victim()).arg("catch")));
+    std::thread::sleep(Duration::from_millis(100));
+    let unwatched = nix::unistd::Pid::from_raw(other as i32);
+    for _ in 0..5000 {
+        let _ = nix::sys::signal::kill(unwatched, nix::sys::signal::Signal::SIGUSR2);
+    }
+    kill9_pid(other);
+    std::thread::sleep(Duration::from_millis(300));
+    let after = status();
+    let kernel = |v: &Value| v["signals"]["kernel"].as_u64().expect("a kernel count");
+    assert!(
+        kernel(&after) - kernel(&before) >= 5000,
+        "the kernel saw them: {before} → {after}"
+    );
+    assert_eq!(
+        after["signals"]["received"], before["signals"]["received"],
+        "none reached psmon"
+    );
+    // The watched one's does.
+    kill_with(pid, nix::sys::signal::Signal::SIGTERM);
+    let down = down_of(&mut psmon, pid);
+    assert_eq!(down["cause"], "signal", "{down}");
+    assert!(status()["signals"]["received"].as_u64().unwrap() > 0);
+}

@@ -395,3 +395,33 @@ fn stats_name_the_executable_ebpf() {
 fn stats_name_the_executable_netlink() {
     stats_name_the_executable("netlink");
 }
+
+/// `--event signal` (ebpf): a signal with its sender.
+#[test]
+fn trace_shows_who_sent_a_signal() {
+    if !needs_root("the ebpf source") {
+        return;
+    }
+    let victim = spawn_fresh(Command::new(support::victim()).arg("sleep"));
+    let pid = victim.id();
+    let pid_arg = pid.to_string();
+    let (trace, out) = start_trace("ebpf", &["--event", "signal", "--pid", &pid_arg]);
+    let killer = Command::new("/bin/kill")
+        .args(["-TERM", &pid_arg])
+        .spawn()
+        .unwrap();
+    let killer_pid = reap_later(killer);
+    reap_later(victim);
+    let event = next_json(&out, "the signal", |v| v["event"] == "signal");
+    assert_eq!(event["pid"], pid, "{event}");
+    assert_eq!(event["signal"], 15);
+    assert_eq!(event["sender"]["pid"], killer_pid, "{event}");
+    assert_eq!(event["sender"]["comm"], "kill");
+    let events = finish(trace, out);
+    assert!(
+        events
+            .iter()
+            .all(|v| !["fork", "exec", "exit"].contains(&v["event"].as_str().unwrap_or(""))),
+        "only signals were asked for: {events:?}"
+    );
+}

@@ -40,6 +40,9 @@ pub const MAP_LOST: &str = "LOST";
 /// Name of the per-CPU `u64` array (one slot) counting every exec since
 /// load, filtered or not: while it stands still no process changed program.
 pub const MAP_EXECS: &str = "EXECS";
+/// Name of the per-CPU `u64` array (one slot) counting every signal that may
+/// end a process since load, whether the filter passed it or not.
+pub const MAP_SIGNALS: &str = "SIGNALS";
 /// Name of the hash map `[u8; COMM_LEN] -> u8` of watched executable names.
 pub const MAP_WATCH_COMMS: &str = "WATCH_COMMS";
 /// Name of the hash map `u32 tgid -> u8` of watched thread groups.

@@ -51,6 +51,11 @@ mod programs {
     #[map]
     static EXECS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+    /// Slot 0: signals that may end a process, on this CPU since load,
+    /// whether the filter passed them or not.
+    #[map]
+    static SIGNALS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
     #[map]
     static WATCH_COMMS: HashMap<[u8; COMM_LEN], u8> =
         HashMap::with_max_entries(WATCH_MAP_ENTRIES, 0);
@@ -278,6 +283,10 @@ mod programs {
         let result: u64 = ctx.arg(4);
         if harmless(sig) || result as u32 == 1 {
             return Ok(());
+        }
+        if let Some(n) = SIGNALS.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+            unsafe { *n += 1 };
         }
         let cfg = config();
         let o = &cfg.offsets;

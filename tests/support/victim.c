@@ -19,6 +19,7 @@
  *                           it listens only LISTEN_AFTER_MS after it starts
  *   victim serve-unix PATH  listen on the Unix socket PATH, accept and close
  *   victim segv-on-usr1     wait; on SIGUSR1, dereference NULL (SIGSEGV)
+ *   victim catch            catch SIGUSR2 (and do nothing) for ever
  *   victim hog-on-usr1      wait; on SIGUSR1, allocate and touch memory
  *                           1 MiB at a time until killed
  *   victim notify READY_MS BEATS
@@ -184,6 +185,9 @@ int main(int argc, char **argv) {
             char *p = malloc(1 << 20);
             if (p) memset(p, 1, 1 << 20);
         }
+    } else if (strcmp(argv[1], "catch") == 0) {
+        signal(SIGUSR2, on_usr1);
+        for (;;) pause();
     } else if (strcmp(argv[1], "notify") == 0 && argc > 3) {
         long beats = atol(argv[3]);
         const char *path = getenv("NOTIFY_SOCKET");

@@ -20,8 +20,8 @@ use aya::{
 };
 use psmon_ebpf::{
     CODE_UNKNOWN, COMM_LEN, Config, FLAG_PATH_TRUNCATED, GLOBAL_CONFIG, KIND_EXEC, KIND_EXIT,
-    KIND_FORK, KIND_OOM, KIND_SIGNAL, MAP_EVENTS, MAP_EXECS, MAP_LOST, MAP_WATCH_COMMS,
-    MAP_WATCH_TGIDS, RawEvent, RawSignal,
+    KIND_FORK, KIND_OOM, KIND_SIGNAL, MAP_EVENTS, MAP_EXECS, MAP_LOST, MAP_SIGNALS,
+    MAP_WATCH_COMMS, MAP_WATCH_TGIDS, RawEvent, RawSignal,
 };
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -153,6 +153,7 @@ pub struct KernelFilter {
     comms: BpfHashMap<MapData, [u8; COMM_LEN], u8>,
     tgids: BpfHashMap<MapData, u32, u8>,
     execs: PerCpuArray<MapData, u64>,
+    signals: Option<PerCpuArray<MapData, u64>>,
 }
 
 impl KernelFilter {
@@ -194,6 +195,11 @@ impl super::Filter for KernelFilter {
 
     fn execs_seen(&self) -> Option<u64> {
         self.execs.get(&0, 0).ok().map(|v| v.iter().sum())
+    }
+
+    fn signals_seen(&self) -> Option<u64> {
+        let signals = self.signals.as_ref()?;
+        signals.get(&0, 0).ok().map(|v| v.iter().sum())
     }
 }
 
@@ -282,6 +288,7 @@ impl EbpfSource {
                 comms: take(&mut ebpf, MAP_WATCH_COMMS, BpfHashMap::try_from)?,
                 tgids: take(&mut ebpf, MAP_WATCH_TGIDS, BpfHashMap::try_from)?,
                 execs: take(&mut ebpf, MAP_EXECS, PerCpuArray::try_from)?,
+                signals: take(&mut ebpf, MAP_SIGNALS, PerCpuArray::try_from).ok(),
             })
         } else {
             None

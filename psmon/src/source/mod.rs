@@ -146,6 +146,9 @@ pub trait Filter: Send {
     /// How many execs the kernel has seen since the filter was loaded,
     /// passed or not: while it stands still, no process changed program.
     fn execs_seen(&self) -> Option<u64>;
+    /// How many signals that may end a process the kernel has seen since
+    /// the filter was loaded, passed or not.
+    fn signals_seen(&self) -> Option<u64>;
 }
 
 /// What a consumer of a source's events may rely on, handed over when the

@@ -146,6 +146,11 @@ pub struct Supervisor {
     watchdog: Option<Duration>,
     /// Recent process events of each entry's trees.
     recorder: Recorder,
+    /// Signal records the source delivered (the kernel filter keeps the
+    /// signals of unwatched processes from psmon).
+    signal_events: u64,
+    /// OOM kills the source reported, of any process.
+    oom_events: u64,
     /// The sd_notify sockets of notify-probed entries.
     notify: notify::Sockets,
     notify_tx: mpsc::UnboundedSender<notify::Message>,
@@ -218,6 +223,8 @@ impl Supervisor {
             execs_at_last_scan: None,
             rescan_all: true,
             watchdog: None,
+            signal_events: 0,
+            oom_events: 0,
             recorder: Recorder::new(config_recorder.0, config_recorder.1),
             notify: notify::Sockets::default(),
             notify_tx,
@@ -737,6 +744,11 @@ impl Supervisor {
     /// cgroup is read first (its exit waits for that).
     fn on_signal(&mut self, s: crate::event::Signal) {
         use crate::cause::Cause;
+        // OOM kills come unfiltered (they are rare): counted apart.
+        match s.oom {
+            true => self.oom_events += 1,
+            false => self.signal_events += 1,
+        }
         if !s.oom {
             if self.monitor.member_entry(s.target).is_some() {
                 let me = std::process::id();

@@ -159,6 +159,11 @@ impl Supervisor {
             "pid": std::process::id(),
             "source": self.source.as_ref().map(|s| s.kind.to_string()),
             "lost_events": self.lost_events,
+            "signals": {
+                "kernel": self.source.as_ref().and_then(|s| s.filter.as_ref()).and_then(|f| f.signals_seen()),
+                "received": self.signal_events,
+                "oom_kills": self.oom_events,
+            },
             "entries": entries,
             "groups": groups,
         }))
