@@ -511,6 +511,14 @@ fn format_duration(d: Duration) -> String {
     }
 }
 
+/// The largest counts, most first (ties by name).
+fn top(counts: &HashMap<String, u64>) -> Vec<(&str, u64)> {
+    let mut top: Vec<(&str, u64)> = counts.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    top.truncate(Churn::TOP);
+    top
+}
+
 /// Churn statistics over a window of time.
 struct Churn {
     /// What the filters select (the summary counts only that).
@@ -628,25 +636,11 @@ impl Churn {
 
     /// Who sent the most fatal-by-default signals.
     fn top_killers(&self) -> Vec<(&str, u64)> {
-        let mut top: Vec<(&str, u64)> = self
-            .kills_by_sender
-            .iter()
-            .map(|(k, v)| (k.as_str(), *v))
-            .collect();
-        top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        top.truncate(Self::TOP);
-        top
+        top(&self.kills_by_sender)
     }
 
     fn top_execs(&self) -> Vec<(&str, u64)> {
-        let mut top: Vec<(&str, u64)> = self
-            .execs_by_exe
-            .iter()
-            .map(|(k, v)| (k.as_str(), *v))
-            .collect();
-        top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        top.truncate(Self::TOP);
-        top
+        top(&self.execs_by_exe)
     }
 
     fn print(&self, out: &mut impl Write, json: bool, label: &str) -> anyhow::Result<()> {

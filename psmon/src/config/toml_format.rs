@@ -174,6 +174,23 @@ impl Checker<'_> {
         }
     }
 
+    /// `continue` (the default) or `switch`.
+    fn action(&mut self, v: &Option<Spanned<String>>) -> Action {
+        let Some(a) = v else {
+            return Action::Continue;
+        };
+        parse_action(a.get_ref()).unwrap_or_else(|| {
+            self.error(
+                a.span(),
+                format!(
+                    "unknown action `{}`: expected `continue` or `switch`",
+                    a.get_ref()
+                ),
+            );
+            Action::Continue
+        })
+    }
+
     /// Seconds, fractions allowed.
     fn secs_f(
         &mut self,
@@ -297,19 +314,7 @@ fn entry(c: &mut Checker, spanned: &Spanned<EntryToml>) -> Option<Entry> {
     let retry = c
         .int("retry", &t.retry, 0, 1000)
         .unwrap_or(if restart.is_some() { 3 } else { 0 });
-    let action = match &t.action {
-        None => Action::Continue,
-        Some(a) => parse_action(a.get_ref()).unwrap_or_else(|| {
-            c.error(
-                a.span(),
-                format!(
-                    "unknown action `{}`: expected `continue` or `switch`",
-                    a.get_ref()
-                ),
-            );
-            Action::Continue
-        }),
-    };
+    let action = c.action(&t.action);
     let mut e = Entry::new(path.into(), restart, grace as u64, retry as u32, action);
     if let Some(pattern) = &t.cmdline {
         match glob::Pattern::new(pattern.get_ref()) {
@@ -607,19 +612,7 @@ fn group(c: &mut Checker, spanned: &Spanned<GroupToml>) -> Option<Group> {
             "a group needs members = [\"/path\", …]".into(),
         );
     }
-    let action = match &t.action {
-        None => Action::Continue,
-        Some(a) => parse_action(a.get_ref()).unwrap_or_else(|| {
-            c.error(
-                a.span(),
-                format!(
-                    "unknown action `{}`: expected `continue` or `switch`",
-                    a.get_ref()
-                ),
-            );
-            Action::Continue
-        }),
-    };
+    let action = c.action(&t.action);
     let g = Group {
         name: name.to_string(),
         members,

@@ -503,13 +503,7 @@ impl Monitor {
             if self.watches[id.index()].running == 0 {
                 continue;
             }
-            let pids: Vec<(u32, u64)> = self.watches[id.index()]
-                .members
-                .iter()
-                .filter_map(|tgid| self.members.get(tgid).map(|m| (*tgid, m)))
-                .filter(|(_, m)| m.counts)
-                .map(|(tgid, m)| (tgid, m.start_ticks))
-                .collect();
+            let pids = self.instances(id);
             self.groups[g].phase = GroupPhase::Stopping {
                 at,
                 deadline: now + grace + STOP_MARGIN,

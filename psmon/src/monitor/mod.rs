@@ -813,13 +813,7 @@ impl Monitor {
                         _ => "restarting",
                     }
                 };
-                let mut instances: Vec<(u32, u64)> = w
-                    .members
-                    .iter()
-                    .filter_map(|tgid| self.members.get(tgid).map(|m| (*tgid, m)))
-                    .filter(|(_, m)| m.counts)
-                    .map(|(tgid, m)| (tgid, m.start_ticks))
-                    .collect();
+                let mut instances = self.instances(EntryId(i as u32));
                 instances.sort_by_key(|(tgid, start)| (*start, *tgid));
                 EntryStatus {
                     id: EntryId(i as u32),
@@ -1197,6 +1191,17 @@ impl Monitor {
                 });
             }
         }
+    }
+
+    /// The entry's instances: (tgid, start ticks).
+    fn instances(&self, id: EntryId) -> Vec<(u32, u64)> {
+        self.watches[id.index()]
+            .members
+            .iter()
+            .filter_map(|tgid| self.members.get(tgid).map(|m| (*tgid, m)))
+            .filter(|(_, m)| m.counts)
+            .map(|(tgid, m)| (tgid, m.start_ticks))
+            .collect()
     }
 
     /// The entry's main instance, its oldest: (tgid, start ticks).
