@@ -305,7 +305,9 @@ fn more_instances_than_expected_after_a_restart_are_warned() {
     std::fs::write(
         conf.join("pfile_app"),
         format!(
-            "##### PENT #####\n{v} : {v} sleep >/dev/null 2>&1 & {v} sleep >/dev/null 2>&1 & : 86400 : 3 : continue\n",
+            // Both started before the command ends, so the scan after it
+            // sees both (a poll source finds processes only by scanning).
+            "##### PENT #####\n{v} : {v} sleep >/dev/null 2>&1 & {v} sleep >/dev/null 2>&1 & sleep 0.2 : 86400 : 3 : continue\n",
             v = victim.display()
         ),
     )

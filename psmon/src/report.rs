@@ -346,6 +346,17 @@ pub fn group_message(
                 window.as_secs()
             ),
         ),
+        GroupEvent::NotRestarted { cause, paused } => {
+            fields.push(("path", json!(path(*cause))));
+            (
+                LogLevel::Warn,
+                format!(
+                    "('{}') is down; not restarted while ('{}') is paused",
+                    path(*cause),
+                    path(*paused)
+                ),
+            )
+        }
         GroupEvent::SwitchNotSent => (
             LogLevel::Error,
             "switch request not sent: no FAILOVER_COMMAND in psagent.conf and no failover for the member that failed".to_string(),

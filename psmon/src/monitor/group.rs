@@ -128,6 +128,11 @@ pub enum GroupEvent {
     },
     /// The failover command was due but there is none.
     SwitchNotSent,
+    /// `cause` is down, but member `paused` is paused: nothing is done.
+    NotRestarted {
+        cause: EntryId,
+        paused: EntryId,
+    },
     /// Every member is Up again after a retry-over: the budget is re-armed.
     UpAgain,
 }
@@ -456,6 +461,17 @@ impl Monitor {
         now: Time,
         out: &mut Vec<Effect>,
     ) {
+        // An operator paused a member: the group is not touched until resume.
+        let paused = self.group_conf[g]
+            .members
+            .iter()
+            .copied()
+            .find(|m| self.watches[m.index()].paused);
+        if let Some(paused) = paused {
+            self.settle_down(cause);
+            self.say(g, GroupEvent::NotRestarted { cause, paused }, now, out);
+            return;
+        }
         let conf = &self.group_conf[g].group;
         let (restarts, window) = (conf.restarts, conf.window);
         let drill = std::mem::take(&mut self.watches[cause.index()].drill);

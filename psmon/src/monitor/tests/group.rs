@@ -401,3 +401,40 @@ fn groups_round_trip_and_are_config_errors_when_wrong() {
     let back: Monitor = serde_json::from_str(&json).unwrap();
     assert_eq!(back.groups.len(), 1);
 }
+
+#[test]
+fn a_group_with_a_paused_member_is_left_alone() {
+    let mut c = config(vec![entry("/a")]);
+    let mut other = c.pfiles[0].clone();
+    other.name = "b".into();
+    other.entries = vec![entry("/b"), entry("/c")];
+    c.pfiles.push(other);
+    c.pfiles[0].groups.push(group(2, OnRetryOver::Continue));
+    let (m, out) = Monitor::new(c, true);
+    let mut w = World {
+        m,
+        now: Time::from_secs(1_000),
+        out,
+    };
+    let started = w.now;
+    w.later(5);
+    w.feed(Input::Scanned {
+        started,
+        took: Duration::ZERO,
+        found: vec![vec![seen(100, 1)], vec![seen(200, 1)], vec![seen(300, 1)]],
+    });
+    w.feed(Input::Pause {
+        pfile: "app".into(),
+    });
+    w.exit(300, 1, KILLED);
+    assert_eq!(
+        events(&w),
+        vec![GroupEvent::NotRestarted {
+            cause: C,
+            paused: A
+        }]
+    );
+    assert!(kills(&w).is_empty() && w.runs().is_empty(), "{:?}", w.out);
+    assert_eq!(w.m.status(w.now)[2].state, "down");
+    assert_eq!(w.m.next_deadline(w.now), None);
+}
