@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Effect, EntryId, Job, Monitor, Notice, Run};
+use super::{Effect, EntryId, Job, Monitor, Notice};
 use crate::{
     clock::Time,
     config::{Action as OnRetryOver, Config, Group, ProbeKind},
@@ -580,14 +580,7 @@ impl Monitor {
         env.push(("PSMON_GROUP".into(), self.group_name(g).to_string()));
         let attempt = self.groups[g].attempts.len().max(1);
         env.push(("PSMON_ATTEMPT".into(), attempt.to_string()));
-        out.push(Effect::Run(Run {
-            entry: id,
-            path: self.config[id.index()].path.clone(),
-            job: Job::Restart,
-            command,
-            env,
-            timeout: self.config[id.index()].restart_timeout,
-        }));
+        out.push(self.run(id, Job::Restart, command, env));
     }
 
     fn ready(&mut self, g: usize, now: Time, out: &mut Vec<Effect>) {
@@ -662,17 +655,12 @@ impl Monitor {
         if conf.action != OnRetryOver::Switch || self.groups[g].failover_sent {
             return;
         }
-        let first = cause;
-        let command = self.config[first.index()]
-            .failover
-            .clone()
-            .or_else(|| self.settings.failover_command.clone());
-        let Some(command) = command else {
+        let Some(command) = self.failover_command(cause) else {
             self.say(g, GroupEvent::SwitchNotSent, now, out);
             return;
         };
         self.groups[g].failover_sent = true;
-        let mut env = self.base_env(first);
+        let mut env = self.base_env(cause);
         env.push(("PSMON_GROUP".into(), conf.name.clone()));
         env.push((
             "PSMON_REASON".into(),
@@ -683,13 +671,6 @@ impl Monitor {
                 conf.window.as_secs()
             ),
         ));
-        out.push(Effect::Run(Run {
-            entry: first,
-            path: self.config[first.index()].path.clone(),
-            job: Job::Failover,
-            command,
-            env,
-            timeout: self.config[first.index()].restart_timeout,
-        }));
+        out.push(self.run(cause, Job::Failover, command, env));
     }
 }

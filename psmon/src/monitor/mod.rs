@@ -1603,16 +1603,6 @@ impl Monitor {
             _ => {}
         }
         let entry = &self.config[i];
-        let run = |job, command: String, env| {
-            Effect::Run(Run {
-                entry: id,
-                path: entry.path.clone(),
-                job,
-                command,
-                env,
-                timeout: entry.restart_timeout,
-            })
-        };
         let notice = Effect::Notice(Notice::Policy {
             entry: id,
             action,
@@ -1625,15 +1615,11 @@ impl Monitor {
                     self.watches[i].probe.started_by_us();
                     let mut env = self.base_env(id);
                     env.push(("PSMON_ATTEMPT".into(), attempt.to_string()));
-                    out.push(run(Job::Restart, command, env));
+                    out.push(self.run(id, Job::Restart, command, env));
                 }
             }
             Action::Failover => {
-                let command = entry
-                    .failover
-                    .clone()
-                    .or_else(|| self.settings.failover_command.clone());
-                let Some(command) = command else {
+                let Some(command) = self.failover_command(id) else {
                     out.push(Effect::Notice(Notice::SwitchNotSent { entry: id }));
                     return;
                 };
@@ -1652,10 +1638,31 @@ impl Monitor {
                         entry.path.display()
                     ),
                 ));
-                out.push(run(Job::Failover, command, env));
+                out.push(self.run(id, Job::Failover, command, env));
             }
             _ => out.push(notice),
         }
+    }
+
+    /// Running `command` for the entry, within its restart_timeout.
+    fn run(&self, id: EntryId, job: Job, command: String, env: Vec<(String, String)>) -> Effect {
+        let entry = &self.config[id.index()];
+        Effect::Run(Run {
+            entry: id,
+            path: entry.path.clone(),
+            job,
+            command,
+            env,
+            timeout: entry.restart_timeout,
+        })
+    }
+
+    /// The entry's failover command, else psagent.conf's FAILOVER_COMMAND.
+    fn failover_command(&self, id: EntryId) -> Option<String> {
+        self.config[id.index()]
+            .failover
+            .clone()
+            .or_else(|| self.settings.failover_command.clone())
     }
 
     /// psenv's variables and what is known of the entry and its last death.

@@ -65,8 +65,8 @@ struct World {
 }
 
 impl World {
-    fn new(entries: Vec<Entry>, pidfds: bool) -> World {
-        let (m, out) = Monitor::new(config(entries), pidfds);
+    fn with(config: Config, pidfds: bool) -> World {
+        let (m, out) = Monitor::new(config, pidfds);
         World {
             m,
             now: Time::from_secs(1_000),
@@ -76,7 +76,11 @@ impl World {
 
     /// Starts it with `found` running: the first scan.
     fn started(entries: Vec<Entry>, pidfds: bool, found: Vec<Vec<Seen>>) -> World {
-        let mut w = World::new(entries, pidfds);
+        World::started_with(config(entries), pidfds, found)
+    }
+
+    fn started_with(config: Config, pidfds: bool, found: Vec<Vec<Seen>>) -> World {
+        let mut w = World::with(config, pidfds);
         let started = w.now;
         w.later(5);
         w.feed(Input::Scanned {

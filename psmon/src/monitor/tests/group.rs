@@ -24,20 +24,12 @@ fn store(g: Group, entries: Vec<Entry>) -> World {
     let mut config = config(entries);
     config.pfiles[0].groups.push(g);
     config.agent.failover_command = Some("move-away".into());
-    let (m, out) = Monitor::new(config, true);
-    let mut w = World {
-        m,
-        now: Time::from_secs(1_000),
-        out,
-    };
-    let started = w.now;
-    w.later(5);
-    w.feed(Input::Scanned {
-        started,
-        took: Duration::ZERO,
-        found: vec![vec![seen(100, 1)], vec![seen(200, 1)], vec![seen(300, 1)]],
-    });
-    w
+    World::started_with(config, true, running())
+}
+
+/// /a /b /c running as 100, 200, 300.
+fn running() -> Vec<Vec<Seen>> {
+    vec![vec![seen(100, 1)], vec![seen(200, 1)], vec![seen(300, 1)]]
 }
 
 fn three() -> Vec<Entry> {
@@ -340,18 +332,7 @@ fn at_start_up_a_group_with_nothing_running_is_started_in_order() {
     config.pfiles[0]
         .groups
         .push(group(2, OnRetryOver::Continue));
-    let (m, out) = Monitor::new(config, true);
-    let mut w = World {
-        m,
-        now: Time::from_secs(1_000),
-        out,
-    };
-    let started = w.now;
-    w.feed(Input::Scanned {
-        started,
-        took: Duration::ZERO,
-        found: vec![vec![], vec![seen(200, 1)], vec![]],
-    });
+    let mut w = World::started_with(config, true, vec![vec![], vec![seen(200, 1)], vec![]]);
     // Partly running: /b is stopped first, then all start in order; found
     // so at start, this restart is not counted.
     assert!(matches!(
@@ -410,19 +391,7 @@ fn a_group_with_a_paused_member_is_left_alone() {
     other.entries = vec![entry("/b"), entry("/c")];
     c.pfiles.push(other);
     c.pfiles[0].groups.push(group(2, OnRetryOver::Continue));
-    let (m, out) = Monitor::new(c, true);
-    let mut w = World {
-        m,
-        now: Time::from_secs(1_000),
-        out,
-    };
-    let started = w.now;
-    w.later(5);
-    w.feed(Input::Scanned {
-        started,
-        took: Duration::ZERO,
-        found: vec![vec![seen(100, 1)], vec![seen(200, 1)], vec![seen(300, 1)]],
-    });
+    let mut w = World::started_with(c, true, running());
     w.feed(Input::Pause {
         pfile: "app".into(),
     });
