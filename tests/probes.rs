@@ -326,3 +326,55 @@ fn a_notify_service_that_stops_its_keepalives_is_hung() {
     kill_all(&steady);
     kill_all(&stopper);
 }
+
+/// Any local process can send to a notify socket: a stranger (this test)
+/// flooding it with WATCHDOG=1 keeps nothing alive — a service that said
+/// READY=1 and then went silent is still hung on time — and psmon still
+/// answers meanwhile.
+#[test]
+fn a_strangers_keepalives_do_not_count() {
+    let dir = TempDir::new("probe-notify-flood");
+    std::fs::create_dir_all(dir.0.join("conf")).unwrap();
+    let quiet = victim_copy(&dir.0, "quietd");
+    let socket_file = dir.0.join("socket");
+    std::fs::write(
+        dir.0.join("conf/app.toml"),
+        format!(
+            "monitor_interval = 1\n[[entry]]\npath = \"{q}\"\nrestart = \"echo $NOTIFY_SOCKET > {s}; {q} notify 0 0 >/dev/null 2>&1 &\"\nstart_secs = 0\n[entry.probe]\nkind = \"notify\"\ntimeout = 1\nstart_grace = 0\nkill_grace = 0.2\n",
+            q = quiet.display(),
+            s = socket_file.display()
+        ),
+    )
+    .unwrap();
+    let source = if is_root() { "ebpf" } else { "poll" };
+    let mut psmon = Psmon::start(&dir.0.join("conf"), source);
+    let up = psmon.wait(") Up");
+    let name = std::fs::read_to_string(&socket_file).unwrap();
+    let name = name.trim().strip_prefix('@').expect("an abstract socket");
+    let addr =
+        <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(
+            name,
+        )
+        .unwrap();
+    let stranger = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    let flood = std::thread::spawn(move || {
+        let until = std::time::Instant::now() + Duration::from_millis(1500);
+        let mut sent = 0u64;
+        while std::time::Instant::now() < until {
+            if stranger.send_to_addr(b"READY=1\nWATCHDOG=1", &addr).is_ok() {
+                sent += 1;
+            }
+        }
+        sent
+    });
+    let hung = psmon.wait("hung");
+    assert_eq!(hung["pid"], up["pid"], "{hung}");
+    assert!(flood.join().unwrap() > 1000, "the flood was sent");
+    let out = isolate(&mut Command::new(env!("CARGO_BIN_EXE_psmon")), &dir.0)
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "psmon still answers: {out:?}");
+    drop(psmon);
+    kill_all(&quiet);
+}

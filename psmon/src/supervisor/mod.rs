@@ -153,8 +153,8 @@ pub struct Supervisor {
     oom_events: u64,
     /// The sd_notify sockets of notify-probed entries.
     notify: notify::Sockets,
-    notify_tx: mpsc::UnboundedSender<notify::Message>,
-    notify_rx: mpsc::UnboundedReceiver<notify::Message>,
+    notify_tx: mpsc::Sender<notify::Message>,
+    notify_rx: mpsc::Receiver<notify::Message>,
 }
 
 /// More execs than this between two scans: read everything instead.
@@ -192,7 +192,7 @@ impl Supervisor {
         };
         let matcher = Arc::new(Matcher::new(monitor.entries()));
         let (back_tx, back_rx) = mpsc::unbounded_channel();
-        let (notify_tx, notify_rx) = mpsc::unbounded_channel();
+        let (notify_tx, notify_rx) = mpsc::channel(notify::QUEUE);
         Supervisor {
             monitor,
             config: without_entries(config),
@@ -805,6 +805,14 @@ impl Supervisor {
             return;
         }
         let tgid = said.pid;
+        if let Some((_, inputs)) = self.held.get_mut(&tgid) {
+            // Already being classified: its messages wait behind, a few at
+            // most (a stranger's flood must not grow psmon).
+            if inputs.len() < 16 {
+                inputs.push(input);
+            }
+            return;
+        }
         self.classify(tgid, move |matched| {
             matched
                 .filter(|(i, _)| *i == entry)

@@ -56,7 +56,7 @@ impl Sockets {
     pub fn sync<'a>(
         &mut self,
         entries: impl Iterator<Item = &'a Entry>,
-        tx: &mpsc::UnboundedSender<Message>,
+        tx: &mpsc::Sender<Message>,
         tasks: &TaskTracker,
     ) -> Vec<String> {
         let mut wanted: HashMap<PathBuf, Duration> = HashMap::new();
@@ -152,7 +152,12 @@ fn listen(name: &str) -> std::io::Result<AsyncFd<OwnedFd>> {
         .map_err(|e| e.into_parts().1)
 }
 
-async fn receive(fd: AsyncFd<OwnedFd>, path: PathBuf, tx: mpsc::UnboundedSender<Message>) {
+/// Datagrams waiting for the supervisor at most; past that they are
+/// dropped (any local process can send to the socket: a flood must not
+/// grow psmon, and keep-alives say the same thing again soon).
+pub const QUEUE: usize = 256;
+
+async fn receive(fd: AsyncFd<OwnedFd>, path: PathBuf, tx: mpsc::Sender<Message>) {
     let mut buf = vec![0u8; 4096];
     loop {
         let Ok(mut guard) = fd.readable().await else {
@@ -178,7 +183,10 @@ async fn receive(fd: AsyncFd<OwnedFd>, path: PathBuf, tx: mpsc::UnboundedSender<
             ready: said("READY=1"),
             watchdog: said("WATCHDOG=1"),
         };
-        if (message.ready || message.watchdog) && tx.send(message).is_err() {
+        if !(message.ready || message.watchdog) {
+            continue;
+        }
+        if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(message) {
             return;
         }
     }
