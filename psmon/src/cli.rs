@@ -86,6 +86,10 @@ pub enum Command {
         #[arg(long)]
         insecure_config: bool,
     },
+    /// Remove the location constraints (`cli-ban-…`, `cli-prefer-…`) that
+    /// psmon's Pacemaker failover requests left, so the resource may run on
+    /// this node again: those of one pfile, or all (`psmon status` lists them).
+    ClearFailover { pfile: Option<String> },
     /// The recovery drill (ProcessSaver's `pcheck -k`): kill the watched
     /// process, wait for psmon to bring it back, and print how long
     /// detection and recovery took. Exit 0 when it recovered, 1 when it did

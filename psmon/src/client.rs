@@ -1,5 +1,6 @@
 //! The operator's commands that talk to a running `psmon run` over the
-//! control socket: `status`, `pause`, `resume`, `reload`, `test`.
+//! control socket: `status`, `pause`, `resume`, `reload`, `test`,
+//! `clear-failover`.
 
 use std::{fmt::Write as _, path::Path, time::Duration};
 
@@ -66,6 +67,17 @@ pub fn run(socket: &Path, command: Command, json: bool) -> Result<Done, ClientEr
             result["pid"],
             ms(&result["recovery_ms"]),
         ),
+        (Command::ClearFailover { .. }, _) => {
+            let cleared: Vec<&str> = result["cleared"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            if cleared.is_empty() {
+                "no failover constraints to clear\n".to_string()
+            } else {
+                format!("cleared: {}\n", cleared.join(", "))
+            }
+        }
         (Command::Ping, _) => format!("psmon pid {}\n", result["pid"]),
     };
     Ok(Done { out, code: 0 })
@@ -162,6 +174,19 @@ fn status_table(status: &Value) -> String {
                 .filter_map(Value::as_str)
                 .collect::<Vec<_>>()
                 .join(", ")
+        );
+    }
+    for c in status["failover_constraints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let _ = writeln!(
+            out,
+            "failover constraint {} on resource {} (pfile {}): clear with `psmon clear-failover`",
+            c["id"].as_str().unwrap_or(""),
+            c["resource"].as_str().unwrap_or(""),
+            c["pfile"].as_str().unwrap_or(""),
         );
     }
     out

@@ -64,6 +64,12 @@ pub enum Command {
         #[serde(default = "default_signal")]
         signal: i32,
     },
+    /// Remove the location constraints failover requests left in the
+    /// cluster (all, or the pfile's).
+    ClearFailover {
+        #[serde(default)]
+        pfile: Option<String>,
+    },
 }
 
 fn default_signal() -> i32 {

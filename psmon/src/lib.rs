@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod error;
 pub mod event;
 pub mod exec;
+pub mod failover;
 pub mod logsink;
 pub mod monitor;
 pub mod policy;

@@ -61,6 +61,13 @@ fn main() -> ExitCode {
                 false,
             );
         }
+        Command::ClearFailover { pfile } => {
+            return client(
+                &cli.socket,
+                psmon::control::Command::ClearFailover { pfile },
+                false,
+            );
+        }
         Command::Test {
             pfile,
             path,

@@ -180,6 +180,30 @@ impl Reporter {
                     &base,
                 );
             }
+            Notice::Switched {
+                entry,
+                group,
+                ok,
+                said,
+                elapsed,
+            } => {
+                let (_, path, mut fields) = about(*entry);
+                fields.push(("elapsed_ms", json!(elapsed.as_secs_f64() * 1e3)));
+                fields.push(("switched", json!(ok)));
+                if let Some(g) = group {
+                    fields.push(("group", json!(g)));
+                }
+                let (level, how) = if *ok {
+                    (LogLevel::Info, "")
+                } else {
+                    (LogLevel::Error, "failed: ")
+                };
+                self.report(
+                    level,
+                    &format!("Switch request ('{path}') → {how}{said}"),
+                    &fields,
+                );
+            }
             Notice::CommandDone {
                 entry,
                 job,

@@ -5,7 +5,7 @@
 use std::{path::Path, path::PathBuf, time::Duration};
 
 use super::{
-    Diagnostic, hint,
+    Diagnostic, FailoverDriver, FailoverMode, hint,
     pfile::{Reporter, col, key_value, normalize_key, strip_comment},
 };
 
@@ -30,6 +30,13 @@ pub struct Agent {
     pub retry_interval: Duration,
     /// Run for `switch` entries when their retries are over.
     pub failover_command: Option<String>,
+    /// How `switch` asks for failover.
+    pub failover_driver: FailoverDriver,
+    /// The cluster's resource or group; `None`: the pfile's (or group's) name.
+    pub failover_resource: Option<String>,
+    pub failover_mode: FailoverMode,
+    /// How long a cluster driver tries, and waits for the resource to start elsewhere.
+    pub failover_timeout: Duration,
     /// Where psmon writes its log file.
     pub log_dir: PathBuf,
     /// Members of this group may use the control socket as root does.
@@ -49,6 +56,10 @@ impl Default for Agent {
             heartbeat_port: 65000,
             retry_interval: Duration::from_secs(15),
             failover_command: None,
+            failover_driver: FailoverDriver::Command,
+            failover_resource: None,
+            failover_mode: FailoverMode::Move,
+            failover_timeout: Duration::from_secs(60),
             log_dir: PathBuf::from("/var/opt/HA/PS/log"),
             control_group: None,
             recorder_events: 64,
@@ -57,7 +68,11 @@ impl Default for Agent {
     }
 }
 
-const AGENT_KEYS: [&str; 9] = [
+const AGENT_KEYS: [&str; 13] = [
+    "FAILOVER_DRIVER",
+    "FAILOVER_RESOURCE",
+    "FAILOVER_MODE",
+    "FAILOVER_TIMEOUT",
     "FLIGHT_RECORDER_EVENTS",
     "FLIGHT_RECORDER_SECONDS",
     "CONTROL_GROUP",
@@ -116,6 +131,30 @@ pub(super) fn parse_agent(file: &Path, text: &str, errors: &mut Vec<Diagnostic>)
                     r.error(n, vc, "FAILOVER_COMMAND is empty");
                 } else {
                     agent.failover_command = Some(v.to_string());
+                }
+            }
+            "FAILOVERDRIVER" => match FailoverDriver::parse(v) {
+                Ok(d) => agent.failover_driver = d,
+                Err(e) => r.error(n, vc, e),
+            },
+            "FAILOVERRESOURCE" => {
+                if v.is_empty() || v.contains(char::is_whitespace) {
+                    r.error(
+                        n,
+                        vc,
+                        format!("FAILOVER_RESOURCE `{v}` is not a resource name"),
+                    );
+                } else {
+                    agent.failover_resource = Some(v.to_string());
+                }
+            }
+            "FAILOVERMODE" => match FailoverMode::parse(v) {
+                Ok(m) => agent.failover_mode = m,
+                Err(e) => r.error(n, vc, e),
+            },
+            "FAILOVERTIMEOUT" => {
+                if let Some(s) = r.number("FAILOVER_TIMEOUT", v, n, vc, 1, 3600) {
+                    agent.failover_timeout = Duration::from_secs(s);
                 }
             }
             "CONTROLGROUP" => {
@@ -247,6 +286,40 @@ mod tests {
         let got: Vec<_> = errors.iter().map(|d| (d.line, d.col)).collect();
         assert_eq!(got, vec![(1, 13), (2, 18), (3, 1)]);
         assert!(errors[2].message.contains("did you mean `LOG_LEVEL`"));
+    }
+
+    #[test]
+    fn failover_driver_settings() {
+        let mut errors = Vec::new();
+        let agent = parse_agent(
+            Path::new("psagent.conf"),
+            "FAILOVER_DRIVER = pacemaker\nFAILOVER_RESOURCE = web\nFAILOVER_MODE = ban\nFAILOVER_TIMEOUT = 20\n",
+            &mut errors,
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(agent.failover_driver, FailoverDriver::Pacemaker);
+        assert_eq!(agent.failover_resource.as_deref(), Some("web"));
+        assert_eq!(agent.failover_mode, FailoverMode::Ban);
+        assert_eq!(agent.failover_timeout, Duration::from_secs(20));
+
+        let mut errors = Vec::new();
+        parse_agent(
+            Path::new("psagent.conf"),
+            "FAILOVER_DRIVER = pacemker\nFAILOVER_MODE = sideways\nFAILOVER_TIMEOUT = 0\n",
+            &mut errors,
+        );
+        let got: Vec<_> = errors.iter().map(|d| (d.line, d.col)).collect();
+        assert_eq!(got, vec![(1, 19), (2, 17), (3, 20)]);
+        assert!(
+            errors[0].message.contains("did you mean `pacemaker`"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[1]
+                .message
+                .contains("expected one of move, ban, fail"),
+            "{errors:?}"
+        );
     }
 
     #[test]

@@ -80,6 +80,75 @@ pub enum Action {
     Switch,
 }
 
+/// How `switch` asks for failover (psagent.conf's FAILOVER_DRIVER).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailoverDriver {
+    /// Run the failover command (FAILOVER_COMMAND or the entry's `failover`).
+    #[default]
+    Command,
+    /// Move a Pacemaker resource away from this node, and check it started elsewhere.
+    Pacemaker,
+    /// Move a CLUSTERPRO X failover group with `clpgrp`.
+    Clusterpro,
+}
+
+/// How the Pacemaker driver asks (psagent.conf's FAILOVER_MODE).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailoverMode {
+    /// `crm_resource --move`: the cluster bans the resource from this node.
+    #[default]
+    Move,
+    /// `crm_resource --ban --node THIS`.
+    Ban,
+    /// `crm_resource --fail --node THIS`: the resource's own
+    /// migration-threshold decides whether it moves.
+    Fail,
+}
+
+impl FailoverDriver {
+    pub const NAMES: [&str; 3] = ["command", "pacemaker", "clusterpro"];
+
+    /// Parses a driver name; the error says what is expected.
+    pub fn parse(v: &str) -> Result<FailoverDriver, String> {
+        match v.to_ascii_lowercase().as_str() {
+            "command" => Ok(FailoverDriver::Command),
+            "pacemaker" => Ok(FailoverDriver::Pacemaker),
+            "clusterpro" => Ok(FailoverDriver::Clusterpro),
+            _ => Err(format!(
+                "unknown failover driver `{v}`{}",
+                hint(v, &Self::NAMES)
+            )),
+        }
+    }
+}
+
+impl FailoverMode {
+    pub const NAMES: [&str; 3] = ["move", "ban", "fail"];
+
+    pub fn parse(v: &str) -> Result<FailoverMode, String> {
+        match v.to_ascii_lowercase().as_str() {
+            "move" => Ok(FailoverMode::Move),
+            "ban" => Ok(FailoverMode::Ban),
+            "fail" => Ok(FailoverMode::Fail),
+            _ => Err(format!(
+                "unknown failover mode `{v}`{}",
+                hint(v, &Self::NAMES)
+            )),
+        }
+    }
+}
+
+/// An entry's or group's own choice of failover, over psagent.conf's.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FailoverChoice {
+    pub driver: Option<FailoverDriver>,
+    /// The cluster's resource (Pacemaker) or failover group (CLUSTERPRO).
+    pub resource: Option<String>,
+    pub mode: Option<FailoverMode>,
+}
+
 /// How a process is recognised as an instance of an entry.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Match {
@@ -114,6 +183,8 @@ pub struct Entry {
     pub start_wait: Duration,
     /// Failover command for `switch`, overriding psagent.conf's.
     pub failover: Option<String>,
+    /// Failover driver, resource and mode, overriding psagent.conf's.
+    pub failover_choice: FailoverChoice,
     /// Which matching processes count as instances.
     pub rule: Rule,
     /// A restarted process must live this long before it is Up; one that
@@ -204,6 +275,8 @@ pub struct Group {
     pub start_timeout: Duration,
     /// SIGTERM to a member being stopped, then SIGKILL after this.
     pub kill_grace: Duration,
+    /// Failover driver, resource (default: the group's name) and mode.
+    pub failover_choice: FailoverChoice,
     /// Where it was defined, for messages.
     pub line: usize,
     /// `members[i]`'s position in its array, for messages.
@@ -278,6 +351,7 @@ impl Entry {
             restart_timeout: Self::DEFAULT_RESTART_TIMEOUT,
             start_wait: Self::DEFAULT_START_WAIT,
             failover: None,
+            failover_choice: FailoverChoice::default(),
             rule: Rule::All,
             start_secs: Self::DEFAULT_START_SECS,
             restart_backoff: Self::DEFAULT_RESTART_BACKOFF,

@@ -9,8 +9,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    Action, Diagnostic, Entry, Group, Match, Pfile, Probe, ProbeKind, Rule, hint,
-    pfile::parse_action,
+    Action, Diagnostic, Entry, FailoverChoice, FailoverDriver, FailoverMode, Group, Match, Pfile,
+    Probe, ProbeKind, Rule, hint, pfile::parse_action,
 };
 
 #[derive(Deserialize)]
@@ -36,6 +36,9 @@ struct GroupToml {
     action: Option<Spanned<String>>,
     start_timeout: Option<Spanned<f64>>,
     kill_grace: Option<Spanned<f64>>,
+    failover_driver: Option<Spanned<String>>,
+    failover_resource: Option<Spanned<String>>,
+    failover_mode: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -53,6 +56,9 @@ struct EntryToml {
     restart_timeout: Option<Spanned<i64>>,
     start_wait: Option<Spanned<i64>>,
     failover: Option<Spanned<String>>,
+    failover_driver: Option<Spanned<String>>,
+    failover_resource: Option<Spanned<String>>,
+    failover_mode: Option<Spanned<String>>,
     pidfile: Option<Spanned<String>>,
     main_only: Option<Spanned<bool>>,
     start_secs: Option<Spanned<f64>>,
@@ -88,7 +94,10 @@ const FILE_KEYS: [&str; 6] = [
     "entry",
     "group",
 ];
-const GROUP_KEYS: [&str; 7] = [
+const GROUP_KEYS: [&str; 10] = [
+    "failover_driver",
+    "failover_resource",
+    "failover_mode",
     "name",
     "members",
     "restarts",
@@ -114,7 +123,10 @@ const PROBE_KEYS: [&str; 15] = [
     "start_grace",
     "kill_grace",
 ];
-const ENTRY_KEYS: [&str; 17] = [
+const ENTRY_KEYS: [&str; 20] = [
+    "failover_driver",
+    "failover_resource",
+    "failover_mode",
     "probe",
     "path",
     "restart",
@@ -189,6 +201,40 @@ impl Checker<'_> {
             );
             Action::Continue
         })
+    }
+
+    /// `failover_driver`, `failover_resource` and `failover_mode`.
+    fn failover_choice(
+        &mut self,
+        driver: &Option<Spanned<String>>,
+        resource: &Option<Spanned<String>>,
+        mode: &Option<Spanned<String>>,
+    ) -> FailoverChoice {
+        let mut choice = FailoverChoice::default();
+        if let Some(d) = driver {
+            match FailoverDriver::parse(d.get_ref()) {
+                Ok(d) => choice.driver = Some(d),
+                Err(e) => self.error(d.span(), e),
+            }
+        }
+        if let Some(r) = resource {
+            let name = r.get_ref();
+            if name.is_empty() || name.contains(char::is_whitespace) {
+                self.error(
+                    r.span(),
+                    format!("failover_resource `{name}` is not a resource name"),
+                );
+            } else {
+                choice.resource = Some(name.clone());
+            }
+        }
+        if let Some(m) = mode {
+            match FailoverMode::parse(m.get_ref()) {
+                Ok(m) => choice.mode = Some(m),
+                Err(e) => self.error(m.span(), e),
+            }
+        }
+        choice
     }
 
     /// Seconds, fractions allowed.
@@ -352,6 +398,8 @@ fn entry(c: &mut Checker, spanned: &Spanned<EntryToml>) -> Option<Entry> {
         e.start_wait = d;
     }
     e.failover = t.failover.as_ref().map(|f| f.get_ref().clone());
+    e.failover_choice =
+        c.failover_choice(&t.failover_driver, &t.failover_resource, &t.failover_mode);
     if let Some(d) = c.secs_f("start_secs", &t.start_secs, 0.0, 3600.0) {
         e.start_secs = d;
     }
@@ -629,6 +677,11 @@ fn group(c: &mut Checker, spanned: &Spanned<GroupToml>) -> Option<Group> {
         kill_grace: c
             .secs_f("kill_grace", &t.kill_grace, 0.0, 3600.0)
             .unwrap_or(Group::DEFAULT_KILL_GRACE),
+        failover_choice: c.failover_choice(
+            &t.failover_driver,
+            &t.failover_resource,
+            &t.failover_mode,
+        ),
         line: position(c.text, spanned.span().start).0,
         member_cols,
     };

@@ -655,11 +655,6 @@ impl Monitor {
         if conf.action != OnRetryOver::Switch || self.groups[g].failover_sent {
             return;
         }
-        let Some(command) = self.failover_command(cause) else {
-            self.say(g, GroupEvent::SwitchNotSent, now, out);
-            return;
-        };
-        self.groups[g].failover_sent = true;
         let mut env = self.base_env(cause);
         env.push(("PSMON_GROUP".into(), conf.name.clone()));
         env.push((
@@ -671,6 +666,11 @@ impl Monitor {
                 conf.window.as_secs()
             ),
         ));
-        out.push(self.run(cause, Job::Failover, command, env));
+        let Some(run) = self.failover_run(cause, Some(g), env) else {
+            self.say(g, GroupEvent::SwitchNotSent, now, out);
+            return;
+        };
+        self.groups[g].failover_sent = true;
+        out.push(run);
     }
 }

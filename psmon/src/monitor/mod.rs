@@ -39,9 +39,12 @@ use crate::{
     scan::{Known, KnownMember, Seen},
 };
 
+mod failover;
 mod group;
 #[cfg(test)]
 mod tests;
+
+pub use failover::LeftConstraint;
 
 use group::{GroupConf, GroupWatch, Said};
 pub use group::{GroupEvent, GroupStatus, Why as GroupWhy};
@@ -171,6 +174,13 @@ pub enum Input {
         pid: u32,
         result: Result<Duration, String>,
     },
+    /// A cluster driver's failover request for the entry of `path` ended.
+    Switched {
+        path: PathBuf,
+        outcome: crate::failover::Outcome,
+    },
+    /// An operator cleared the constraints failover left on these resources.
+    FailoverCleared { resources: Vec<String> },
 }
 
 /// What the shell must do, in order.
@@ -239,6 +249,9 @@ pub struct Run {
     /// psenv's variables, then the PSMON_* details.
     pub env: Vec<(String, String)>,
     pub timeout: Duration,
+    /// Failover through a cluster driver instead of `command` (which then
+    /// only describes it).
+    pub cluster: Option<crate::failover::Request>,
 }
 
 /// Something to tell the operator. The wording is [`crate::report`]'s.
@@ -253,6 +266,15 @@ pub enum Notice {
     /// Failover was due, but there is no command to send it with.
     SwitchNotSent {
         entry: EntryId,
+    },
+    /// A cluster driver's failover request ended: the resource runs
+    /// elsewhere (`ok`), or why not; for the entry's group, if it has one.
+    Switched {
+        entry: EntryId,
+        group: Option<String>,
+        ok: bool,
+        said: String,
+        elapsed: Duration,
     },
     CommandDone {
         entry: EntryId,
@@ -423,7 +445,6 @@ struct Member {
 /// Settings taken from the configuration that are not per entry.
 #[derive(Clone, Debug, Default)]
 struct Settings {
-    failover_command: Option<String>,
     env: Vec<(String, String)>,
 }
 
@@ -435,6 +456,11 @@ pub struct Monitor {
     config: Vec<Entry>,
     #[serde(skip)]
     settings: Settings,
+    #[serde(skip)]
+    failover: failover::Settings,
+    /// Location constraints failover requests left in the cluster.
+    #[serde(default)]
+    constraints: Vec<LeftConstraint>,
     watches: Vec<Watch>,
     members: HashMap<u32, Member>,
     /// tgid → (start ticks, when its exit was applied).
@@ -672,6 +698,8 @@ impl Monitor {
                     self.causes.insert(tgid, cause);
                 }
             }
+            Input::Switched { path, outcome } => self.on_switched(&path, outcome, &mut out),
+            Input::FailoverCleared { resources } => self.on_failover_cleared(&resources),
             Input::CommandStarted { path, job, pgid } => {
                 if job == Job::Restart
                     && let Some(i) = self.config.iter().position(|e| e.path == path)
@@ -1367,9 +1395,9 @@ impl Monitor {
             })
             .collect();
         self.settings = Settings {
-            failover_command: config.agent.failover_command.clone(),
             env: config.env.vars.clone(),
         };
+        self.failover = failover::Settings::new(&config);
         self.apply_groups(&config);
         self.generation += 1;
         out.push(Effect::Scan);
@@ -1619,12 +1647,6 @@ impl Monitor {
                 }
             }
             Action::Failover => {
-                let Some(command) = self.failover_command(id) else {
-                    out.push(Effect::Notice(Notice::SwitchNotSent { entry: id }));
-                    return;
-                };
-                out.push(notice);
-                self.watches[i].failover_sent = true;
                 let entry = &self.config[i];
                 let mut env = self.base_env(id);
                 let grace = entry
@@ -1638,7 +1660,13 @@ impl Monitor {
                         entry.path.display()
                     ),
                 ));
-                out.push(self.run(id, Job::Failover, command, env));
+                let Some(run) = self.failover_run(id, None, env) else {
+                    out.push(Effect::Notice(Notice::SwitchNotSent { entry: id }));
+                    return;
+                };
+                out.push(notice);
+                self.watches[i].failover_sent = true;
+                out.push(run);
             }
             _ => out.push(notice),
         }
@@ -1654,15 +1682,8 @@ impl Monitor {
             command,
             env,
             timeout: entry.restart_timeout,
+            cluster: None,
         })
-    }
-
-    /// The entry's failover command, else psagent.conf's FAILOVER_COMMAND.
-    fn failover_command(&self, id: EntryId) -> Option<String> {
-        self.config[id.index()]
-            .failover
-            .clone()
-            .or_else(|| self.settings.failover_command.clone())
     }
 
     /// psenv's variables and what is known of the entry and its last death.

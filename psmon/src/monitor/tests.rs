@@ -1039,6 +1039,7 @@ fn probes_judge_hangs() {
     assert!(!w.out.iter().any(|e| matches!(e, Effect::Probe { .. })));
 }
 
+mod failover;
 mod group;
 
 #[test]

@@ -40,6 +40,7 @@ use crate::{
     state::Store,
 };
 
+mod failover;
 mod health;
 mod notify;
 mod ops;
@@ -365,14 +366,15 @@ impl Supervisor {
         }
     }
 
-    /// Gives the monitor an input and carries out what it says: commands
-    /// first (a restart waits for nothing), then the rest in order.
+    /// Gives the monitor an input and carries out what it says: restart
+    /// commands first (a restart waits for nothing), then the rest in
+    /// order (a failover after the retry-over's message and dump).
     fn feed(&mut self, input: Input) {
         let (runs, rest): (Vec<Effect>, Vec<Effect>) = self
             .monitor
             .handle(input, Time::now())
             .into_iter()
-            .partition(|e| matches!(e, Effect::Run(_)));
+            .partition(|e| matches!(e, Effect::Run(r) if r.job == crate::monitor::Job::Restart));
         for effect in runs.into_iter().chain(rest) {
             self.apply(effect);
         }
@@ -865,6 +867,9 @@ impl Supervisor {
     }
 
     fn run_command(&mut self, mut run: Run) {
+        if let Some(request) = run.cluster.take() {
+            return self.send_failover(run.path, request);
+        }
         if run.job == crate::monitor::Job::Restart {
             run.env.extend(self.notify.env(&run.path));
         }
@@ -900,6 +905,28 @@ impl Supervisor {
             let input = Input::CommandDone { path, job, outcome };
             let _ = tx.send(Back::Input {
                 input,
+                generation: None,
+            });
+        });
+    }
+
+    /// Carries out a cluster driver's failover request; its outcome comes
+    /// back as [`Input::Switched`].
+    fn send_failover(&mut self, path: std::path::PathBuf, request: crate::failover::Request) {
+        self.reporter.report(
+            LogLevel::Info,
+            &format!(
+                "Switch request ('{}') sent: {}",
+                path.display(),
+                request.describe()
+            ),
+            &[("path", json!(path.display().to_string()))],
+        );
+        let tx = self.back_tx.clone();
+        self.commands.spawn(async move {
+            let outcome = crate::failover::send(&request).await;
+            let _ = tx.send(Back::Input {
+                input: Input::Switched { path, outcome },
                 generation: None,
             });
         });
@@ -986,7 +1013,7 @@ impl Supervisor {
             // Their outcomes, for the log; nothing new is started now.
             while let Ok(back) = self.back_rx.try_recv() {
                 if let Back::Input {
-                    input: input @ Input::CommandDone { .. },
+                    input: input @ (Input::CommandDone { .. } | Input::Switched { .. }),
                     ..
                 } = back
                 {

@@ -30,7 +30,7 @@ pub(super) struct Drill {
 
 /// A refusal whose client should exit 2 (the request cannot be carried
 /// out as asked), not 1.
-fn usage(why: String) -> Reply {
+pub(super) fn usage(why: String) -> Reply {
     Err(format!("usage: {why}"))
 }
 
@@ -48,12 +48,15 @@ impl Supervisor {
                 path,
                 signal,
             } => return self.drill(&pfile, path.as_deref(), signal, reply),
+            Command::ClearFailover { pfile } => {
+                return self.clear_failover(pfile.as_deref(), reply);
+            }
         };
         let _ = reply.send(answer);
     }
 
     /// The configured pfile an operator means ([`Config::pfile_named`]).
-    fn pfile_named(&self, name: &str) -> Result<&Pfile, String> {
+    pub(super) fn pfile_named(&self, name: &str) -> Result<&Pfile, String> {
         self.config.pfile_named(name).ok_or_else(|| {
             let known: Vec<&str> = self.config.pfiles.iter().map(|p| p.name.as_str()).collect();
             format!(
@@ -166,6 +169,7 @@ impl Supervisor {
             },
             "entries": entries,
             "groups": groups,
+            "failover_constraints": self.constraints_json(only.as_deref()),
         }))
     }
 
