@@ -274,3 +274,37 @@ fn check_live_shows_what_matches_now() {
     assert!(stderr.contains("when started as `other-name`"), "{stderr}");
     assert!(stderr.contains("no process matches"), "{stderr}");
 }
+
+/// A `switch` whose failover driver's tool is not installed is warned
+/// about; psenv's PATH is where it is looked up.
+#[test]
+fn check_warns_of_a_missing_cluster_tool() {
+    let dir = TempDir::new("cluster-tool");
+    let me = std::env::current_exe().unwrap();
+    std::fs::write(
+        dir.0.join("app.toml"),
+        format!(
+            "[[entry]]\npath = \"{}\"\naction = \"switch\"\nfailover_driver = \"clusterpro\"\n",
+            me.display()
+        ),
+    )
+    .unwrap();
+    let check = || {
+        let out = psmon(&["check", "--insecure-config", dir.0.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let stderr = check();
+    assert!(
+        stderr.contains(
+            "failover driver clusterpro needs clpgrp (from CLUSTERPRO X), not found on PATH"
+        ),
+        "{stderr}"
+    );
+    let bin = dir.0.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::write(bin.join("clpgrp"), "#!/bin/sh\n").unwrap();
+    std::fs::write(dir.0.join("psenv"), format!("PATH={}\n", bin.display())).unwrap();
+    let stderr = check();
+    assert!(!stderr.contains("needs clpgrp"), "{stderr}");
+}

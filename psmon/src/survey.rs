@@ -9,7 +9,7 @@
 use std::{cell::OnceCell, fmt::Write as _, os::unix::fs::PermissionsExt, path::Path};
 
 use crate::{
-    config::{Action, Config, Match, Rule},
+    config::{Action, Config, FailoverDriver, Match, Rule},
     scan::{Known, Matcher, ScanState, Seen, Unchanged, Why, read_pidfile, resolve},
 };
 
@@ -88,8 +88,49 @@ impl Survey<'_> {
                     e.path.display()
                 ));
             }
+            if e.action == Action::Switch
+                && let Some(why) = self.missing_cluster_tool(e.failover_choice.driver)
+            {
+                warn(why);
+            }
         }
         out
+    }
+
+    /// The cluster tool a `switch` with this driver needs that is not
+    /// installed (looked up in psenv's PATH, else psmon's).
+    fn missing_cluster_tool(&self, driver: Option<FailoverDriver>) -> Option<String> {
+        let driver = driver.unwrap_or(self.config.agent.failover_driver);
+        let (name, tools, package): (&str, &[&str], &str) = match driver {
+            FailoverDriver::Command => return None,
+            FailoverDriver::Pacemaker => (
+                "pacemaker",
+                &["crm_resource", "crm_mon"],
+                "pacemaker-cli-utils",
+            ),
+            FailoverDriver::Clusterpro => ("clusterpro", &["clpgrp"], "CLUSTERPRO X"),
+        };
+        let path = self
+            .config
+            .env
+            .vars
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone())
+            .or_else(|| std::env::var("PATH").ok())
+            .unwrap_or_default();
+        let missing: Vec<&str> = tools
+            .iter()
+            .copied()
+            .filter(|t| !std::env::split_paths(&path).any(|d| d.join(t).is_file()))
+            .collect();
+        (!missing.is_empty()).then(|| {
+            format!(
+                "failover driver {name} needs {} (from {package}), not found on PATH: switch will fail until it is installed",
+                missing.join(" and ")
+            )
+        })
     }
 }
 

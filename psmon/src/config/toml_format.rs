@@ -869,6 +869,40 @@ failover = "crm resource move app"
     }
 
     #[test]
+    fn failover_choices_of_entries_and_groups() {
+        let p = parse_text(
+            "[[entry]]\npath = \"/a\"\nfailover_driver = \"pacemaker\"\nfailover_resource = \"web\"\nfailover_mode = \"fail\"\n\
+             [[group]]\nname = \"g\"\nmembers = [\"/a\"]\nfailover_driver = \"clusterpro\"\n",
+        )
+        .unwrap();
+        let e = &p.entries[0].failover_choice;
+        assert_eq!(e.driver, Some(FailoverDriver::Pacemaker));
+        assert_eq!(e.resource.as_deref(), Some("web"));
+        assert_eq!(e.mode, Some(FailoverMode::Fail));
+        assert_eq!(
+            p.groups[0].failover_choice.driver,
+            Some(FailoverDriver::Clusterpro)
+        );
+        assert_eq!(
+            parse_text(
+                "[[entry]]\npath = \"/a\"\nfailover_driver = \"pacemkr\"\nfailover_resource = \"a b\"\n"
+            ),
+            Err(vec![
+                (
+                    3,
+                    19,
+                    "unknown failover driver `pacemkr`; did you mean `pacemaker`?".into()
+                ),
+                (
+                    4,
+                    21,
+                    "failover_resource `a b` is not a resource name".into()
+                ),
+            ])
+        );
+    }
+
+    #[test]
     fn probes_are_checked_with_positions() {
         let ok = "[[entry]]\npath = \"/usr/bin/redis-server\"\n[entry.probe]\nkind = \"send_expect\"\naddress = \"127.0.0.1:6379\"\nsend = \"PING\\r\\n\\x00\"\nexpect = \"+PONG\"\ninterval = 0.5\n";
         let p = parse_text(ok).unwrap();
