@@ -42,7 +42,7 @@ pub struct Options {
     scale: usize,
     /// Run only these parts (a: latency, b: exec storm CPU, c: loss,
     /// d: restart latency, e: scale, f: idle cost, g: hang probes and groups,
-    /// h: cause of death); default all.
+    /// h: cause of death, i: failover to a Pacemaker cluster); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<char>,
 }
@@ -156,6 +156,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     ensure!(status.success(), "building psmon failed");
     let dir = tempdir()?;
     let bench = Bench {
+        root: root.clone(),
         psmon: root.join("target/release/psmon"),
         exec_program: static_true(&dir),
         dir,
@@ -211,6 +212,8 @@ fn write_report(path: &Path, report: &str) -> anyhow::Result<()> {
 }
 
 struct Bench {
+    /// The workspace.
+    root: PathBuf,
     psmon: PathBuf,
     dir: PathBuf,
     opts: Options,
@@ -291,6 +294,13 @@ impl Bench {
         }
         if wanted('h') {
             out.push_str(&crate::bench_causes::causes(&self.psmon, &self.dir)?);
+        }
+        if wanted('i') {
+            out.push_str(&crate::bench_cluster::failover(
+                &self.root,
+                &self.psmon,
+                &self.dir,
+            )?);
         }
         if wanted('f') {
             out.push_str(&crate::bench_monitor::idle(&self.psmon, &self.dir)?);

@@ -51,7 +51,7 @@ int main(int argc, char **argv) {
 }
 "#;
 
-const PAUSER: &str = "#include <unistd.h>\nint main(void) { for (;;) pause(); }\n";
+pub(crate) const PAUSER: &str = "#include <unistd.h>\nint main(void) { for (;;) pause(); }\n";
 
 pub(crate) fn compile(dir: &Path, name: &str, source: &str) -> anyhow::Result<PathBuf> {
     let src = dir.join(format!("{name}.c"));
@@ -90,7 +90,26 @@ impl Daemon {
         source: &str,
         extra: &[&str],
     ) -> anyhow::Result<Daemon> {
-        let mut child = Command::new(psmon)
+        Self::start_in(&[], psmon, conf, source, extra)
+    }
+
+    /// Started through `wrapper` (e.g. `nsenter` into a cluster node).
+    pub(crate) fn start_in(
+        wrapper: &[String],
+        psmon: &Path,
+        conf: &Path,
+        source: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Daemon> {
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(psmon);
+                c
+            }
+            None => Command::new(psmon),
+        };
+        let mut child = command
             .args([
                 "run",
                 "--insecure-config",
@@ -126,7 +145,7 @@ impl Daemon {
         Ok(Daemon { child, messages })
     }
 
-    fn wait_up(&self, pid: u32, timeout: Duration) -> anyhow::Result<()> {
+    pub(crate) fn wait_up(&self, pid: u32, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         let mut seen = Vec::new();
         loop {
