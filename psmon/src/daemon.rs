@@ -3,7 +3,7 @@
 //! reloads on SIGHUP and stops on SIGTERM/SIGINT, leaving watched processes
 //! running. Only start-up errors are fatal.
 
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use tokio::{
@@ -141,6 +141,51 @@ pub async fn run(
         }
     };
     let retry_interval = config.agent.retry_interval;
+    let telemetry = Arc::new(crate::endpoint::Telemetry::default());
+    let push = match &config.agent.push_url {
+        Some(url) => {
+            match crate::push::start(
+                url.clone(),
+                &opts.state_dir,
+                retry_interval,
+                reporter.sibling(),
+            ) {
+                Ok(started) => Some(started),
+                Err(e) => {
+                    reporter.report(
+                        crate::config::LogLevel::Error,
+                        &format!(
+                            "event push is off: cannot open its queue in {}: {e}; monitoring goes on",
+                            opts.state_dir.join("push").display()
+                        ),
+                        &[],
+                    );
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    {
+        let telemetry = Arc::clone(&telemetry);
+        let push = push.as_ref().map(|(p, _)| Arc::clone(p));
+        let log_level = config.agent.log_level;
+        reporter.set_tap(Arc::new(move |kind, message| {
+            if let Some(push) = &push {
+                push.event(kind, message);
+            }
+            let level = message["level"].as_str().unwrap_or("INFO");
+            let shown = match level {
+                "DEBUG" => log_level <= crate::config::LogLevel::Debug,
+                _ => true,
+            };
+            if shown {
+                telemetry.said(message.clone());
+            }
+        }));
+    }
+    let endpoint_reporter = reporter.sibling();
+    let (config_agent, config_tls) = (config.agent.clone(), config.tls.clone());
     let (event_tx, event_rx) = mpsc::channel::<ProcEvent>(config.agent.event_queue_size);
     let supervisor = Supervisor::new(Setup {
         config,
@@ -149,6 +194,7 @@ pub async fn run(
         load,
         saved,
         store,
+        telemetry: Arc::clone(&telemetry),
     });
     let source_options = SourceOptions {
         poll_interval: supervisor.scan_interval(),
@@ -175,6 +221,14 @@ pub async fn run(
     ));
     tasks.spawn(reload_on_sighup(hup, dir, load, control_tx, token.clone()));
     let (asked_tx, asked_rx) = mpsc::channel::<control::Asked>(64);
+    start_endpoint(
+        &config_agent,
+        config_tls.as_ref(),
+        telemetry,
+        asked_tx.clone(),
+        endpoint_reporter,
+        token.clone(),
+    );
     tasks.spawn(control::serve(
         listener,
         socket,
@@ -200,8 +254,72 @@ pub async fn run(
     {
         tracing::warn!("the event source did not stop within 2 s");
     }
+    // The push thread writes what it still holds to its queue and stops
+    // once the supervisor's reporter (and with it the last sender) is gone.
+    if let Some((push, thread)) = push {
+        drop(push);
+        let joined = tokio::task::spawn_blocking(move || thread.join());
+        if tokio::time::timeout(Duration::from_secs(3), joined)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the event push did not stop within 3 s; its queue on disk keeps the rest"
+            );
+        }
+    }
     notify_systemd(libsystemd::daemon::NotifyState::Stopping);
     Ok(())
+}
+
+/// Starts the HTTP endpoint when HEARTBEAT_PORT asks for one. A TLS
+/// configuration that does not load keeps it off, with the reason;
+/// monitoring runs on either way.
+fn start_endpoint(
+    agent: &crate::config::Agent,
+    tls: Option<&crate::config::Tls>,
+    telemetry: Arc<crate::endpoint::Telemetry>,
+    asked: mpsc::Sender<control::Asked>,
+    reporter: Reporter,
+    token: CancellationToken,
+) {
+    if agent.heartbeat_port == 0 {
+        return;
+    }
+    let reporter = std::sync::Mutex::new(reporter);
+    let say = move |ok: bool, message: String| {
+        let level = if ok {
+            crate::config::LogLevel::Info
+        } else {
+            crate::config::LogLevel::Error
+        };
+        if let Ok(mut r) = reporter.lock() {
+            r.report(level, &message, &[]);
+        }
+    };
+    let tls = match tls.map(|t| t.server_config()) {
+        None => None,
+        Some(Ok(config)) => Some(config),
+        Some(Err(d)) => {
+            say(
+                false,
+                format!(
+                    "the HTTP endpoint stays off: {d}; monitoring goes on (fix ps_ssl.conf, then restart psmon)"
+                ),
+            );
+            return;
+        }
+    };
+    let setup = crate::endpoint::Setup {
+        address: std::net::SocketAddr::new(agent.heartbeat_address, agent.heartbeat_port),
+        tls,
+        telemetry,
+        asked,
+        say: Box::new(say),
+    };
+    if let Err(e) = crate::endpoint::start(setup, token) {
+        tracing::error!("the HTTP endpoint is off: cannot start its thread: {e}");
+    }
 }
 
 /// Runs the source; when it fails, says so and reopens it every

@@ -147,6 +147,13 @@ where
 
 fn check(paths: &[std::path::PathBuf], insecure: bool, live: bool) -> anyhow::Result<()> {
     let config = Config::load_paths(paths, LoadOptions { insecure })?;
+    // The endpoint's certificate and key: at run time a bad one only keeps
+    // the endpoint off, so check says it here.
+    if let Some(tls) = &config.tls
+        && let Err(d) = tls.server_config()
+    {
+        return Err(psmon::config::ConfigErrors(vec![d]).into());
+    }
     let survey = psmon::survey::Survey::new(&config);
     for warning in survey.warnings() {
         eprintln!("{warning}");

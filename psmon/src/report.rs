@@ -26,9 +26,17 @@ pub enum LogFormat {
     Json,
 }
 
+/// Sees every message written, as JSON, with the kind of event it tells
+/// of (`down`, `up`, `restart`, `restart_failed`, `retry_over`,
+/// `failover`, `hung`, `group`), if any.
+pub type Tap = std::sync::Arc<dyn Fn(Option<&'static str>, &Value) + Send + Sync>;
+
 pub struct Reporter {
     level: LogLevel,
     format: LogFormat,
+    tap: Option<Tap>,
+    /// The kind of the notice being said.
+    kind: Option<&'static str>,
 }
 
 impl Reporter {
@@ -56,7 +64,27 @@ impl Reporter {
             }
         });
         logsink::set_file(file);
-        Reporter { level, format }
+        Reporter {
+            level,
+            format,
+            tap: None,
+            kind: None,
+        }
+    }
+
+    /// Another reporter to the same sinks (for another thread), without a tap.
+    pub fn sibling(&self) -> Reporter {
+        Reporter {
+            level: self.level,
+            format: self.format,
+            tap: None,
+            kind: None,
+        }
+    }
+
+    /// Shows every message to `tap` from now on.
+    pub fn set_tap(&mut self, tap: Tap) {
+        self.tap = Some(tap);
     }
 
     pub fn set_level(&mut self, level: LogLevel) {
@@ -65,7 +93,8 @@ impl Reporter {
 
     /// Writes `message` with structured `fields` to every sink.
     pub fn report(&mut self, level: LogLevel, message: &str, fields: &[(&str, Value)]) {
-        if level < self.level {
+        // The tap sees events whatever LOG_LEVEL keeps from the log.
+        if level < self.level && (self.tap.is_none() || self.kind.is_none()) {
             return;
         }
         let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
@@ -75,17 +104,24 @@ impl Reporter {
             LogLevel::Warn => "WARN",
             LogLevel::Error => "ERROR",
         };
-        let mut line = match self.format {
-            LogFormat::Json => {
-                let mut obj = Map::new();
-                obj.insert("time".into(), json!(time));
-                obj.insert("level".into(), json!(name));
-                obj.insert("message".into(), json!(message));
-                for (k, v) in fields {
-                    obj.insert((*k).into(), v.clone());
-                }
-                Value::Object(obj).to_string()
+        let as_json = || {
+            let mut obj = Map::new();
+            obj.insert("time".into(), json!(time));
+            obj.insert("level".into(), json!(name));
+            obj.insert("message".into(), json!(message));
+            for (k, v) in fields {
+                obj.insert((*k).into(), v.clone());
             }
+            Value::Object(obj)
+        };
+        if let Some(tap) = &self.tap {
+            tap(self.kind, &as_json());
+        }
+        if level < self.level {
+            return;
+        }
+        let mut line = match self.format {
+            LogFormat::Json => as_json().to_string(),
             LogFormat::Text => {
                 let mut line = format!("{time} {name:<5} {message}");
                 for (k, v) in fields {
@@ -115,10 +151,38 @@ impl Reporter {
     }
 }
 
+/// The kind of event a notice tells of, for those pushed and counted.
+fn event_kind(notice: &Notice) -> Option<&'static str> {
+    Some(match notice {
+        Notice::Policy { action, .. } => match action {
+            Action::ReportDown { .. } => "down",
+            Action::ReportUp { .. } => "up",
+            Action::Restart { .. } => "restart",
+            Action::ReportSetPidFail { .. } => "restart_failed",
+            Action::ReportRetryOver { .. } => "retry_over",
+            Action::Failover => "failover",
+            _ => return None,
+        },
+        Notice::SwitchNotSent { .. } | Notice::Switched { .. } => "failover",
+        Notice::CommandDone {
+            job: Job::Failover, ..
+        } => "failover",
+        Notice::Hung { .. } => "hung",
+        Notice::Group { .. } => "group",
+        _ => return None,
+    })
+}
+
 impl Reporter {
     /// Says what the monitor has to say, in ProcessSaver's wording where
     /// ProcessSaver had a message: the one place each message is written.
     pub fn notice(&mut self, monitor: &Monitor, notice: &Notice) {
+        self.kind = event_kind(notice);
+        self.say_notice(monitor, notice);
+        self.kind = None;
+    }
+
+    fn say_notice(&mut self, monitor: &Monitor, notice: &Notice) {
         let about = |id: EntryId| {
             let entry = monitor.entry(id);
             let path = entry.path.display().to_string();

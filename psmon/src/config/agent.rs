@@ -24,8 +24,13 @@ pub struct Agent {
     pub log_level: LogLevel,
     /// Bound of the internal event queue; overflow = lost events = resync.
     pub event_queue_size: usize,
-    /// Port of the health endpoint (not served yet).
+    /// Port of the HTTP endpoint (/healthz, /status, /metrics, the status
+    /// page); 0 = off.
     pub heartbeat_port: u16,
+    /// Address the endpoint listens on.
+    pub heartbeat_address: std::net::IpAddr,
+    /// Where events are POSTed (http or https); `None` = no push.
+    pub push_url: Option<String>,
     /// Seconds between re-attach attempts of anything external.
     pub retry_interval: Duration,
     /// Run for `switch` entries when their retries are over.
@@ -53,7 +58,9 @@ impl Default for Agent {
         Agent {
             log_level: LogLevel::Info,
             event_queue_size: 2048,
-            heartbeat_port: 65000,
+            heartbeat_port: 0,
+            heartbeat_address: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            push_url: None,
             retry_interval: Duration::from_secs(15),
             failover_command: None,
             failover_driver: FailoverDriver::Command,
@@ -68,7 +75,9 @@ impl Default for Agent {
     }
 }
 
-const AGENT_KEYS: [&str; 13] = [
+const AGENT_KEYS: [&str; 15] = [
+    "HEARTBEAT_ADDRESS",
+    "PUSH_URL",
     "FAILOVER_DRIVER",
     "FAILOVER_RESOURCE",
     "FAILOVER_MODE",
@@ -117,8 +126,28 @@ pub(super) fn parse_agent(file: &Path, text: &str, errors: &mut Vec<Diagnostic>)
                 }
             }
             "HEARTBEATPORT" => {
-                if let Some(p) = r.number("HEARTBEAT_PORT", v, n, vc, 1, 65535) {
+                if let Some(p) = r.number("HEARTBEAT_PORT", v, n, vc, 0, 65535) {
                     agent.heartbeat_port = p as u16;
+                }
+            }
+            "HEARTBEATADDRESS" => match v.parse() {
+                Ok(a) => agent.heartbeat_address = a,
+                Err(_) => r.error(
+                    n,
+                    vc,
+                    format!("HEARTBEAT_ADDRESS `{v}` is not an IP address (such as 127.0.0.1, 0.0.0.0 or ::)"),
+                ),
+            },
+            "PUSHURL" => {
+                let scheme_ok = v.starts_with("http://") || v.starts_with("https://");
+                if !scheme_ok || v.len() <= "https://".len() || v.contains(char::is_whitespace) {
+                    r.error(
+                        n,
+                        vc,
+                        format!("PUSH_URL `{v}` is not an http:// or https:// URL"),
+                    );
+                } else {
+                    agent.push_url = Some(v.to_string());
                 }
             }
             "RETRYINTERVAL" => {

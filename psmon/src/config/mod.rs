@@ -10,6 +10,7 @@ mod files;
 #[cfg(test)]
 mod fuzz;
 mod pfile;
+mod tls;
 mod toml_format;
 
 use std::{
@@ -21,6 +22,7 @@ use std::{
 
 pub use agent::{Agent, Env, LogLevel};
 pub use files::{MAX_ERRORS_PER_FILE, MAX_FILE_BYTES};
+pub use tls::Tls;
 pub use toml_format::to_toml;
 
 /// One problem found in a configuration file.
@@ -394,6 +396,8 @@ pub struct Config {
     pub pfiles: Vec<Pfile>,
     pub agent: Agent,
     pub env: Env,
+    /// ps_ssl.conf: TLS for the HTTP endpoint.
+    pub tls: Option<Tls>,
 }
 
 /// How strictly files are checked beyond their content.
@@ -516,6 +520,10 @@ impl Config {
                     config.env = agent::parse_env(file, &text, &mut errors);
                     None
                 }
+                Kind::Tls => {
+                    config.tls = tls::parse(file, &text, &mut errors);
+                    None
+                }
             };
             files::bound_errors(&mut errors, before, file);
             if let Some(mut p) = parsed {
@@ -570,6 +578,7 @@ enum Kind {
     Toml,
     Agent,
     Env,
+    Tls,
 }
 
 fn kind_of(path: &Path) -> Option<Kind> {
@@ -582,6 +591,8 @@ fn kind_of(path: &Path) -> Option<Kind> {
         Some(Kind::Agent)
     } else if name == "psenv" {
         Some(Kind::Env)
+    } else if name == "ps_ssl.conf" {
+        Some(Kind::Tls)
     } else {
         None
     }

@@ -45,6 +45,7 @@ fn config(entries: Vec<Entry>) -> Config {
         }],
         agent: Agent::default(),
         env: Env::default(),
+        tls: None,
     }
 }
 

@@ -41,6 +41,7 @@ use crate::{
 };
 
 mod failover;
+mod fleet;
 mod health;
 mod notify;
 mod ops;
@@ -94,6 +95,8 @@ pub struct Setup {
     pub saved: Option<Monitor>,
     /// Where state is saved; `None`: nowhere.
     pub store: Option<Store>,
+    /// What the HTTP endpoint reads (metrics, recent messages).
+    pub telemetry: Arc<crate::endpoint::Telemetry>,
 }
 
 /// A finished scan: when it started, how long it took, what it found, what
@@ -156,6 +159,14 @@ pub struct Supervisor {
     notify: notify::Sockets,
     notify_tx: mpsc::Sender<notify::Message>,
     notify_rx: mpsc::Receiver<notify::Message>,
+    /// What the HTTP endpoint reads; updated without waiting.
+    telemetry: Arc<crate::endpoint::Telemetry>,
+    /// The open source's event counters.
+    source_cells: Option<Arc<crate::endpoint::metrics::SourceCells>>,
+    /// Why no source is open, since it failed.
+    source_down: Option<String>,
+    /// While an exit event is fed: its kernel timestamp (monotonic ns).
+    exit_stamp: Option<u64>,
 }
 
 /// More execs than this between two scans: read everything instead.
@@ -170,6 +181,7 @@ impl Supervisor {
             load,
             saved,
             store,
+            telemetry,
         } = setup;
         reporter.set_level(config.agent.log_level);
         let config_recorder = (config.agent.recorder_events, config.agent.recorder_window);
@@ -192,6 +204,7 @@ impl Supervisor {
             None => Monitor::new(config.clone(), pidfds),
         };
         let matcher = Arc::new(Matcher::new(monitor.entries()));
+        telemetry.metrics.set_entries(&monitor, Time::now());
         let (back_tx, back_rx) = mpsc::unbounded_channel();
         let (notify_tx, notify_rx) = mpsc::channel(notify::QUEUE);
         Supervisor {
@@ -230,6 +243,10 @@ impl Supervisor {
             notify: notify::Sockets::default(),
             notify_tx,
             notify_rx,
+            telemetry,
+            source_cells: None,
+            source_down: None,
+            exit_stamp: None,
         }
     }
 
@@ -376,7 +393,11 @@ impl Supervisor {
             .into_iter()
             .partition(|e| matches!(e, Effect::Run(r) if r.job == crate::monitor::Job::Restart));
         for effect in runs.into_iter().chain(rest) {
+            let timed = self.exit_stamp.zip(Self::timed(&effect));
             self.apply(effect);
+            if let Some((stamp, what)) = timed {
+                self.observe_since_exit(stamp, what);
+            }
         }
         self.persist();
     }
@@ -394,6 +415,9 @@ impl Supervisor {
         match effect {
             Effect::Notice(notice) => {
                 self.reporter.notice(&self.monitor, &notice);
+                self.telemetry
+                    .metrics
+                    .notice(&self.monitor, &notice, Time::now());
                 if let Notice::Policy {
                     entry,
                     action: crate::policy::Action::ReportDown { pid, .. },
@@ -579,6 +603,11 @@ impl Supervisor {
     }
 
     fn on_event(&mut self, event: ProcEvent) {
+        if let Some(cells) = &self.source_cells {
+            cells
+                .events
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let monitor = &self.monitor;
         self.recorder.record(&event, |tgid| {
             monitor
@@ -639,12 +668,20 @@ impl Supervisor {
                     start: process.start.map(|s| s.ticks()),
                     status,
                 };
+                // For the detection and restart histograms.
+                self.exit_stamp = event.time.kernel_ns;
                 self.feed_exit(tgid, input);
+                self.exit_stamp = None;
             }
             EventKind::Signal(s) => self.on_signal(s),
             EventKind::Lost { count } => {
                 self.rescan_all = true;
                 self.lost_events += count.unwrap_or(1);
+                if let Some(cells) = &self.source_cells {
+                    cells
+                        .lost
+                        .fetch_add(count.unwrap_or(1), std::sync::atomic::Ordering::Relaxed);
+                }
                 self.feed(Input::Lost { count });
             }
         }
@@ -668,6 +705,8 @@ impl Supervisor {
                     exit_lag: handle.exit_lag,
                     cause_unknown: handle.cause_unknown.clone(),
                 };
+                self.source_cells = Some(self.telemetry.metrics.source(&handle.kind.to_string()));
+                self.source_down = None;
                 self.source = Some(handle);
                 self.rescan_all = true;
                 self.execs_at_last_scan = None;
@@ -676,6 +715,9 @@ impl Supervisor {
             }
             Control::SourceFailed(why) => {
                 self.source = None;
+                self.source_cells = None;
+                self.telemetry.metrics.source_closed();
+                self.source_down = Some(why.clone());
                 self.feed(Input::SourceFailed(why));
             }
         }
@@ -689,6 +731,9 @@ impl Supervisor {
         self.rescan_all = true;
         self.config = without_entries(config.clone());
         self.feed(Input::Reload(Box::new(config)));
+        self.telemetry
+            .metrics
+            .set_entries(&self.monitor, Time::now());
         self.matcher = Arc::new(Matcher::new(self.monitor.entries()));
         self.fill_filter();
         self.open_queues();

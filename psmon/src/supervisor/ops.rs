@@ -38,7 +38,11 @@ impl Supervisor {
     pub(super) fn on_asked(&mut self, asked: Asked) {
         let Asked { command, reply } = asked;
         let answer = match command {
-            Command::Ping => Ok(json!({"pid": std::process::id()})),
+            Command::Ping => Ok(json!({
+                "pid": std::process::id(),
+                "source": self.source.as_ref().map(|s| s.kind.to_string()),
+                "source_down": self.source_down,
+            })),
             Command::Status { pfile } => self.status(pfile.as_deref()),
             Command::Pause { pfile } => self.pause(&pfile, true),
             Command::Resume { pfile } => self.pause(&pfile, false),
