@@ -57,7 +57,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Push {
     tx: mpsc::SyncSender<Value>,
     host: String,
-    dropped: std::sync::atomic::AtomicU64,
+    /// Events dropped because the pushing thread fell behind.
+    dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Push {
@@ -105,10 +106,11 @@ pub fn start(
     let queue = Queue::open(&state_dir.join("push"))?;
     let (tx, rx) = mpsc::sync_channel(MAX_IN_FLIGHT);
     let host = crate::failover::hostname();
+    let dropped = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let push = std::sync::Arc::new(Push {
         tx,
         host,
-        dropped: Default::default(),
+        dropped: std::sync::Arc::clone(&dropped),
     });
     let thread = std::thread::Builder::new()
         .name("psmon-push".into())
@@ -120,6 +122,8 @@ pub fn start(
                 rx,
                 reporter,
                 failing: None,
+                behind: dropped,
+                behind_said: 0,
             }
             .run()
         })?;
@@ -278,6 +282,10 @@ struct Pusher {
     reporter: Reporter,
     /// Since when sending fails, and why (said once per outage).
     failing: Option<String>,
+    /// Events the supervisor could not hand over (this thread behind),
+    /// and how many of them were said.
+    behind: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    behind_said: u64,
 }
 
 impl Pusher {
@@ -311,6 +319,17 @@ impl Pusher {
             }
             while let Ok(e) = self.rx.try_recv() {
                 batch.push(e);
+            }
+            let behind = self.behind.load(std::sync::atomic::Ordering::Relaxed);
+            if behind > self.behind_said {
+                self.say(
+                    LogLevel::Warn,
+                    format!(
+                        "event push fell behind: {} event(s) dropped before reaching its queue",
+                        behind - self.behind_said
+                    ),
+                );
+                self.behind_said = behind;
             }
             if !batch.is_empty() {
                 let dropped = self.queue.dropped;

@@ -42,7 +42,8 @@ pub struct Options {
     scale: usize,
     /// Run only these parts (a: latency, b: exec storm CPU, c: loss,
     /// d: restart latency, e: scale, f: idle cost, g: hang probes and groups,
-    /// h: cause of death, i: failover to a Pacemaker cluster); default all.
+    /// h: cause of death, i: failover to a Pacemaker cluster, j: the fleet
+    /// endpoint and event push); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<char>,
 }
@@ -300,6 +301,13 @@ impl Bench {
                 &self.root,
                 &self.psmon,
                 &self.dir,
+            )?);
+        }
+        if wanted('j') {
+            out.push_str(&crate::bench_fleet::fleet(
+                &self.psmon,
+                &self.dir,
+                self.opts.scale,
             )?);
         }
         if wanted('f') {

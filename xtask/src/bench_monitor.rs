@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use crate::bench::{cpu_ns, cpu_seconds, latency_row, monotonic_ns, percentile};
 
-const STAMPER: &str = r#"
+pub(crate) const STAMPER: &str = r#"
 #include <stdio.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -451,7 +451,7 @@ fn start_storm(program: &Path, rate: u32) -> anyhow::Result<Storm> {
 }
 
 /// Line `n` (1-based) of the stamps file, waiting up to 10 s for it.
-fn wait_stamp(path: &Path, n: usize) -> anyhow::Result<(u64, u32)> {
+pub(crate) fn wait_stamp(path: &Path, n: usize) -> anyhow::Result<(u64, u32)> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Ok(s) = last_stamp(path, n) {
@@ -467,7 +467,7 @@ fn wait_stamp(path: &Path, n: usize) -> anyhow::Result<(u64, u32)> {
 }
 
 /// Line `n` (1-based) of the stamps file, when it is there.
-fn last_stamp(path: &Path, n: usize) -> anyhow::Result<(u64, u32)> {
+pub(crate) fn last_stamp(path: &Path, n: usize) -> anyhow::Result<(u64, u32)> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let line = text.lines().nth(n - 1).context("not yet")?;
     let mut f = line.split_whitespace();

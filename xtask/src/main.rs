@@ -4,6 +4,7 @@
 mod bench;
 mod bench_causes;
 mod bench_cluster;
+mod bench_fleet;
 mod bench_monitor;
 mod bench_probes;
 mod kernels;
