@@ -493,7 +493,27 @@ fn systemd_notify_over_an_abstract_socket() {
             .unwrap_or_else(|e| panic!("no notification ({e}); had {said:?}"));
         said.push(String::from_utf8_lossy(&buf[..n]).into_owned());
     }
-    assert!(said[0].contains("READY=1"), "{said:?}");
+    let ready = said.iter().position(|s| s.contains("READY=1"));
+    assert!(ready.is_some(), "{said:?}");
+    assert!(
+        said[ready.unwrap()].contains("STATUS=source poll; "),
+        "{said:?}"
+    );
+    // A reload is framed by RELOADING=1 and READY=1.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(psmon.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    let mut framed = Vec::new();
+    while !framed.iter().any(|s: &String| s.contains("READY=1")) {
+        let n = listener.recv(&mut buf).expect("READY=1 after the reload");
+        let s = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if s.contains("RELOADING=1") || s.contains("READY=1") {
+            framed.push(s);
+        }
+    }
+    assert!(framed[0].contains("RELOADING=1"), "{framed:?}");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(psmon.id() as i32),
         nix::sys::signal::Signal::SIGTERM,

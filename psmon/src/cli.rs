@@ -86,6 +86,16 @@ pub enum Command {
         #[arg(long)]
         insecure_config: bool,
     },
+    /// Write man pages and shell completions (for packaging).
+    #[command(hide = true)]
+    Generate {
+        /// Where psmon.8 and psmon-COMMAND.8 go.
+        #[arg(long, value_name = "DIR")]
+        man: Option<std::path::PathBuf>,
+        /// Where the bash, zsh and fish completions go.
+        #[arg(long, value_name = "DIR")]
+        completions: Option<std::path::PathBuf>,
+    },
     /// Remove the location constraints (`cli-ban-…`, `cli-prefer-…`) that
     /// psmon's Pacemaker failover requests left, so the resource may run on
     /// this node again: those of one pfile, or all (`psmon status` lists them).

@@ -240,7 +240,6 @@ pub async fn run(
     if let Some(period) = libsystemd::daemon::watchdog_enabled(false) {
         supervisor.keep_watchdog_alive(period);
     }
-    notify_systemd(libsystemd::daemon::NotifyState::Ready);
     supervisor
         .run(event_rx, control_rx, asked_rx, token.clone())
         .await;
@@ -376,6 +375,12 @@ async fn reload_on_sighup(
             _ = token.cancelled() => return,
             _ = hup.recv() => {}
         }
+        // READY=1 follows once the supervisor has the new configuration
+        // (or has refused it).
+        notify_systemd(libsystemd::daemon::NotifyState::Reloading);
+        // After a rotation that did not rename (copy elsewhere, then
+        // truncate, or a new file put in place), SIGHUP opens it anew.
+        crate::logsink::reopen();
         let d = dir.clone();
         let loaded = tokio::task::spawn_blocking(move || {
             let loaded = Config::load_dir(&d, load);

@@ -7,20 +7,29 @@
 //! keep up they are dropped and counted, and the count is written as soon
 //! as it can be.
 //!
+//! The log file survives rotation: it is opened for appending (so a
+//! `copytruncate` leaves no hole), and reopened by path when it was renamed
+//! or removed (looked at no more than once a second, one stat) or when
+//! asked ([`reopen`], on SIGHUP).
+//!
 //! It owns the sinks and the queue; what a line says is `report`'s.
 
 use std::{
     collections::VecDeque,
     fs::File,
     io::Write,
-    os::unix::net::UnixDatagram,
+    os::unix::{fs::MetadataExt, net::UnixDatagram},
+    path::{Path, PathBuf},
     sync::{
         Condvar, Mutex, OnceLock,
         atomic::{AtomicU64, Ordering},
         mpsc::{SyncSender, sync_channel},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
+
+/// How often the log file's path is looked at for a rotation.
+const ROTATION_CHECK: Duration = Duration::from_secs(1);
 
 /// Bytes of lines that may wait for the writer; past this they are dropped.
 pub const QUEUE_BYTES: usize = 8 << 20;
@@ -31,7 +40,8 @@ enum Msg {
         to_file: bool,
         syslog: Option<Vec<u8>>,
     },
-    SetFile(Option<File>),
+    SetFile(Option<(File, PathBuf)>),
+    Reopen,
     Flush(SyncSender<()>),
 }
 
@@ -117,9 +127,60 @@ pub fn line(text: Vec<u8>, to_file: bool, syslog: Option<Vec<u8>>) {
     });
 }
 
-/// From now on, lines `to_file` also go to `file`.
-pub fn set_file(file: Option<File>) {
+/// From now on, lines `to_file` also go to `file`, opened from `path`.
+pub fn set_file(file: Option<(File, PathBuf)>) {
     send(Msg::SetFile(file));
+}
+
+/// Opens the log file again by its path (after a rotation).
+pub fn reopen() {
+    send(Msg::Reopen);
+}
+
+/// Opens `path` as psmon opens its log: appending, created 0640.
+pub fn open_log(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // It holds restart commands' output: not for every user.
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
+}
+
+/// The log file and what it was opened as.
+struct LogFile {
+    file: File,
+    path: PathBuf,
+    id: (u64, u64),
+    checked: Instant,
+}
+
+impl LogFile {
+    fn new(file: File, path: PathBuf) -> LogFile {
+        let id = file.metadata().map_or((0, 0), |m| (m.dev(), m.ino()));
+        LogFile {
+            file,
+            path,
+            id,
+            checked: Instant::now(),
+        }
+    }
+
+    /// Renamed or removed since it was opened: open the path anew.
+    fn follow_rotation(&mut self, now: Instant, force: bool) {
+        if !force && now.duration_since(self.checked) < ROTATION_CHECK {
+            return;
+        }
+        self.checked = now;
+        let same = std::fs::metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.id);
+        if same && !force {
+            return;
+        }
+        if let Ok(file) = open_log(&self.path) {
+            *self = LogFile::new(file, std::mem::take(&mut self.path));
+        }
+    }
 }
 
 /// Waits until what was queued before is written, at most `limit` (at exit,
@@ -145,7 +206,7 @@ impl Write for Tracing {
 }
 
 fn writer() {
-    let mut file: Option<File> = None;
+    let mut file: Option<LogFile> = None;
     // Non-blocking: a stuck syslog daemon gets no datagram rather than a wait.
     let syslog = UnixDatagram::unbound()
         .ok()
@@ -159,7 +220,7 @@ fn writer() {
             );
             let _ = stderr.lock().write_all(notice.as_bytes());
             if let Some(f) = &mut file {
-                let _ = f.write_all(notice.as_bytes());
+                let _ = f.file.write_all(notice.as_bytes());
             }
         }
         match msg {
@@ -170,13 +231,19 @@ fn writer() {
             } => {
                 let _ = stderr.lock().write_all(&text);
                 if to_file && let Some(f) = &mut file {
-                    let _ = f.write_all(&text);
+                    f.follow_rotation(Instant::now(), false);
+                    let _ = f.file.write_all(&text);
                 }
                 if let (Some(s), Some(d)) = (&syslog, datagram) {
                     let _ = s.send(&d);
                 }
             }
-            Msg::SetFile(f) => file = f,
+            Msg::SetFile(f) => file = f.map(|(f, path)| LogFile::new(f, path)),
+            Msg::Reopen => {
+                if let Some(f) = &mut file {
+                    f.follow_rotation(Instant::now(), true);
+                }
+            }
             Msg::Flush(done) => {
                 let _ = done.try_send(());
             }

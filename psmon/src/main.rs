@@ -61,6 +61,7 @@ fn main() -> ExitCode {
                 false,
             );
         }
+        Command::Generate { man, completions } => generate(man, completions),
         Command::ClearFailover { pfile } => {
             return client(
                 &cli.socket,
@@ -166,6 +167,44 @@ fn check(paths: &[std::path::PathBuf], insecure: bool, live: bool) -> anyhow::Re
         config.pfiles.len(),
         config.entries().count()
     );
+    Ok(())
+}
+
+/// Man pages from the clap definition (psmon.8, and psmon-COMMAND.8 for
+/// each command), and completions for bash, zsh and fish.
+fn generate(
+    man: Option<std::path::PathBuf>,
+    completions: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    let cmd = psmon::cli::Cli::command();
+    if let Some(dir) = man {
+        std::fs::create_dir_all(&dir)?;
+        let page = |cmd: clap::Command, file: &str| -> anyhow::Result<()> {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(cmd)
+                .section("8")
+                .manual("psmon")
+                .render(&mut out)?;
+            std::fs::write(dir.join(file), out)?;
+            Ok(())
+        };
+        page(cmd.clone(), "psmon.8")?;
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            let name = format!("psmon-{}", sub.get_name());
+            page(sub.clone().name(name.clone()), &format!("{name}.8"))?;
+        }
+    }
+    if let Some(dir) = completions {
+        std::fs::create_dir_all(&dir)?;
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            clap_complete::generate_to(shell, &mut cmd.clone(), "psmon", &dir)?;
+        }
+    }
     Ok(())
 }
 

@@ -46,17 +46,9 @@ impl Reporter {
     pub fn new(level: LogLevel, format: LogFormat, log_dir: Option<&Path>) -> Self {
         let file = log_dir.and_then(|dir| {
             let path: PathBuf = dir.join("psmon.log");
-            let opened = std::fs::create_dir_all(dir).and_then(|()| {
-                use std::os::unix::fs::OpenOptionsExt;
-                // It holds restart commands' output: not for every user.
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .mode(0o640)
-                    .open(&path)
-            });
+            let opened = std::fs::create_dir_all(dir).and_then(|()| logsink::open_log(&path));
             match opened {
-                Ok(f) => Some(f),
+                Ok(f) => Some((f, path)),
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "cannot open the log file; logging to stderr and syslog only");
                     None

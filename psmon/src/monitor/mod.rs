@@ -859,6 +859,16 @@ impl Monitor {
             .collect()
     }
 
+    /// How many entries are Up, of how many (cheap: for systemd's STATUS=).
+    pub fn up_count(&self) -> (usize, usize) {
+        let up = self
+            .watches
+            .iter()
+            .filter(|w| w.state.phase == Phase::Up && !w.paused)
+            .count();
+        (up, self.watches.len())
+    }
+
     /// Every member's tgid.
     pub fn member_tgids(&self) -> impl Iterator<Item = u32> + '_ {
         self.members.keys().copied()

@@ -46,6 +46,7 @@ mod health;
 mod notify;
 mod ops;
 mod probe;
+mod systemd;
 
 /// How long shutdown waits for restart and failover commands still running.
 pub const COMMAND_GRACE: Duration = Duration::from_secs(5);
@@ -148,6 +149,8 @@ pub struct Supervisor {
     rescan_all: bool,
     /// systemd's watchdog period (WATCHDOG_USEC), when it asks for one.
     watchdog: Option<Duration>,
+    /// READY=1 was sent (after the first scan).
+    ready_sent: bool,
     /// Recent process events of each entry's trees.
     recorder: Recorder,
     /// Signal records the source delivered (the kernel filter keeps the
@@ -237,6 +240,7 @@ impl Supervisor {
             execs_at_last_scan: None,
             rescan_all: true,
             watchdog: None,
+            ready_sent: false,
             signal_events: 0,
             oom_events: 0,
             recorder: Recorder::new(config_recorder.0, config_recorder.1),
@@ -328,6 +332,12 @@ impl Supervisor {
                         stat_files = Some(files);
                         if generation == self.monitor.generation() {
                             self.feed(Input::Scanned { started, took, found });
+                            if !self.ready_sent {
+                                // Ready once the source is open and the first
+                                // scan has found what runs.
+                                self.ready_sent = true;
+                                self.tell_systemd(true);
+                            }
 
                         } else {
                             self.scan_requested = true;
@@ -344,7 +354,7 @@ impl Supervisor {
                 _ = tick(&mut keepalive), if keepalive.is_some() => {
                     if let Err(e) = libsystemd::daemon::notify(
                         false,
-                        &[libsystemd::daemon::NotifyState::Watchdog],
+                        &[libsystemd::daemon::NotifyState::Watchdog, self.systemd_status()],
                     ) {
                         tracing::warn!("cannot send the watchdog keep-alive to systemd: {e}");
                     }
@@ -689,8 +699,14 @@ impl Supervisor {
 
     fn on_control(&mut self, msg: Control) {
         match msg {
-            Control::Reload(config) => self.reconfigure(*config),
-            Control::ReloadFailed(errors) => self.feed(Input::ReloadFailed(errors)),
+            Control::Reload(config) => {
+                self.reconfigure(*config);
+                self.tell_systemd(self.ready_sent);
+            }
+            Control::ReloadFailed(errors) => {
+                self.feed(Input::ReloadFailed(errors));
+                self.tell_systemd(self.ready_sent);
+            }
             Control::Source(handle) => {
                 if let Some(why) = &handle.cause_unknown {
                     self.reporter.report(
