@@ -180,7 +180,7 @@ fn the_log_survives_logrotate_under_load() {
         .unwrap();
         let socket = socket_in(&dir.0);
         let say = |n: usize| {
-            let cmd = if n % 2 == 0 { "pause" } else { "resume" };
+            let cmd = if n.is_multiple_of(2) { "pause" } else { "resume" };
             let out = Command::new(PSMON)
                 .env("PSMON_SOCKET", &socket)
                 .args([cmd, "app"])
