@@ -180,7 +180,11 @@ fn the_log_survives_logrotate_under_load() {
         .unwrap();
         let socket = socket_in(&dir.0);
         let say = |n: usize| {
-            let cmd = if n.is_multiple_of(2) { "pause" } else { "resume" };
+            let cmd = if n.is_multiple_of(2) {
+                "pause"
+            } else {
+                "resume"
+            };
             let out = Command::new(PSMON)
                 .env("PSMON_SOCKET", &socket)
                 .args([cmd, "app"])
@@ -248,4 +252,93 @@ fn the_log_survives_logrotate_under_load() {
         }
         kill_all(&victim);
     }
+}
+
+/// packaging/rpm.sh (what `cargo xtask rpm` runs on the release build),
+/// here on the binary under test: the RPM is inspected with rpm, installed
+/// into a scratch root with `rpm --root`, and the installed psmon checks
+/// the installed samples.
+#[test]
+fn the_rpm_installs_and_its_samples_check() {
+    if !needs_root("installing an RPM into a scratch root")
+        || !needs("/usr/bin/rpmbuild", "rpm")
+        || !needs("/usr/share/selinux/devel/Makefile", "selinux-policy-dev")
+    {
+        return;
+    }
+    let dir = TempDir::new("rpm");
+    let out = Command::new(root().join("packaging/rpm.sh"))
+        .arg(PSMON)
+        .arg(dir.0.join("out"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("selinux module: yes"), "{said}");
+    let rpm = said.lines().last().unwrap().to_string();
+    assert!(rpm.ends_with(".x86_64.rpm"), "{said}");
+    let q = |args: &[&str]| {
+        let out = Command::new("rpm").args(args).arg(&rpm).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let info = q(&["-qip"]);
+    assert!(info.contains("Name        : psmon"), "{info}");
+    let files = q(&["-qlp"]);
+    for f in [
+        "/usr/sbin/psmon",
+        "/etc/psmon/psagent.conf",
+        "/usr/lib/systemd/system/psmon.service",
+        "/usr/share/man/man8/psmon.8.gz",
+        "/usr/share/man/man5/psmon-pfile.5.gz",
+        "/usr/share/man/man5/psmon.toml.5.gz",
+        "/usr/share/bash-completion/completions/psmon",
+        "/usr/share/zsh/site-functions/_psmon",
+        "/usr/share/fish/vendor_completions.d/psmon.fish",
+        "/etc/logrotate.d/psmon",
+        "/usr/share/selinux/packages/psmon.pp",
+        "/usr/lib/ocf/resource.d/psmon/psmon",
+    ] {
+        assert!(files.lines().any(|l| l == f), "{f} not in\n{files}");
+    }
+    let config = q(&["-qp", "--configfiles"]);
+    assert!(config.contains("/etc/psmon/psagent.conf"), "{config}");
+    let scripts = q(&["-qp", "--scripts"]);
+    assert!(scripts.contains("systemctl daemon-reload"), "{scripts}");
+    assert!(scripts.contains("semodule -i"), "{scripts}");
+
+    let scratch = dir.0.join("root");
+    std::fs::create_dir_all(&scratch).unwrap();
+    for args in [
+        vec!["--root", scratch.to_str().unwrap(), "--initdb"],
+        vec![
+            "--root",
+            scratch.to_str().unwrap(),
+            "-i",
+            "--nodeps",
+            "--noscripts",
+            &rpm,
+        ],
+    ] {
+        let out = Command::new("rpm").args(&args).output().unwrap();
+        assert!(out.status.success(), "rpm {args:?}: {out:?}");
+    }
+    let out = Command::new(scratch.join("usr/sbin/psmon"))
+        .arg("check")
+        .arg(scratch.join("etc/psmon"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("ok: 1 pfile(s)"),
+        "{out:?}"
+    );
 }

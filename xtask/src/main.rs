@@ -31,6 +31,8 @@ enum Command {
     Bench(bench::Options),
     /// Run psmon's sources on Linux 6.1 and 5.10 under qemu (needs root).
     Kernels,
+    /// Build the RPM (release build) under target/rpm/; prints its path last.
+    Rpm,
     /// Internal: one process of a fork or exec storm, used by `bench`.
     #[command(hide = true)]
     StormWorker(bench::StormWorker),
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
         Command::Test => setup::run().and_then(|()| test()),
         Command::Bench(opts) => bench::run(opts),
         Command::Kernels => kernels::run(),
+        Command::Rpm => setup::run().and_then(|()| rpm()),
         Command::StormWorker(worker) => worker.run(),
         Command::Poller => bench_monitor::poller(),
     };
@@ -57,6 +60,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `packaging/rpm.sh` on the release build.
+fn rpm() -> anyhow::Result<()> {
+    let root = workspace_root();
+    let status = std::process::Command::new(env!("CARGO"))
+        .current_dir(&root)
+        .args(["build", "--release", "--package", "psmon"])
+        .env("PSMON_REQUIRE_EBPF", "1")
+        .status()?;
+    anyhow::ensure!(status.success(), "building psmon failed");
+    let status = std::process::Command::new(root.join("packaging/rpm.sh"))
+        .arg(root.join("target/release/psmon"))
+        .arg(root.join("target/rpm"))
+        .status()?;
+    anyhow::ensure!(status.success(), "packaging/rpm.sh failed");
+    Ok(())
 }
 
 fn workspace_root() -> PathBuf {
