@@ -30,7 +30,9 @@ const INSECURE: LoadOptions = LoadOptions { insecure: true };
 fn every_sample_in_conf_loads() {
     let config = Config::load_dir(&conf_dir(), INSECURE).unwrap();
     assert_eq!(config.pfiles.len(), 2);
-    assert_eq!(config.entries().count(), 14);
+    assert_eq!(config.entries().count(), 16);
+    let matchers: Vec<&psmon::config::Match> = config.entries().map(|(_, e)| &e.matcher).collect();
+    assert!(matchers.contains(&&psmon::config::Match::Unit("chronyd.service".into())));
     assert_eq!(config.groups().count(), 1, "the sample group loads");
     assert!(
         config.entries().any(|(_, e)| e.probe.is_some()),

@@ -172,6 +172,27 @@ pub fn zombie_status(tgid: u32, start_ticks: u64) -> Option<crate::event::ExitSt
 }
 
 /// `/proc/TGID/exe`, when it can be read (not for zombies or kernel threads).
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup` on RHEL 9,
+/// `/sys/fs/cgroup/unified` on a hybrid host), from `/proc/self/mountinfo`.
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|line| {
+        let (before, after) = line.split_once(" - ")?;
+        (after.split_whitespace().next()? == "cgroup2")
+            .then(|| before.split_whitespace().nth(4).map(PathBuf::from))
+            .flatten()
+    })
+}
+
+/// The process's cgroup in the v2 hierarchy (`0::/system.slice/sshd.service`
+/// → `/system.slice/sshd.service`).
+pub fn cgroup_v2(tgid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{tgid}/cgroup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_string)
+}
+
 pub fn exe(tgid: u32) -> Option<PathBuf> {
     std::fs::read_link(format!("/proc/{tgid}/exe")).ok()
 }

@@ -52,6 +52,8 @@ pub enum Why {
     Script,
     /// Its command line matches the entry's `cmdline` glob.
     Cmdline,
+    /// It is in the entry's unit's or cgroup's cgroup.
+    Cgroup,
 }
 
 impl std::fmt::Display for Why {
@@ -61,6 +63,7 @@ impl std::fmt::Display for Why {
             Why::StartedAs => "it runs the file the path links to, started under the path's name",
             Why::Script => "an interpreter runs the path as its script",
             Why::Cmdline => "its command line matches the cmdline pattern",
+            Why::Cgroup => "it runs in the unit's or cgroup's cgroup",
         })
     }
 }
@@ -128,6 +131,11 @@ pub struct Matcher {
     /// Scripts (`#!` files) → entry; their processes are interpreters.
     by_script: HashMap<PathBuf, usize>,
     by_cmdline: Vec<(usize, glob::Pattern)>,
+    /// Cgroups (as `/proc/PID/cgroup`'s v2 line names them) → entry; their
+    /// processes and those of the cgroups below belong to it.
+    by_cgroup: Vec<(usize, String)>,
+    /// Unit and cgroup entries that cannot be found (why), for warnings.
+    unresolved: Vec<(usize, String)>,
     /// `comm` values (first 15 bytes of file names) that watched processes
     /// are exec'd with: the in-kernel filter's keys.
     comms: HashSet<Vec<u8>>,
@@ -217,16 +225,25 @@ impl Matcher {
                         .push(ExeTarget { entry: i, alias });
                 }
                 Match::Cmdline(p) => m.by_cmdline.push((i, p.clone())),
+                Match::Unit(_) | Match::Cgroup(_) => match cgroup_of(&e.matcher) {
+                    Ok(cgroup) => m.by_cgroup.push((i, cgroup)),
+                    Err(why) => m.unresolved.push((i, why)),
+                },
             }
         }
         m
+    }
+
+    /// Unit and cgroup entries whose cgroup cannot be known, and why.
+    pub fn unresolved(&self) -> &[(usize, String)] {
+        &self.unresolved
     }
 
     /// Every comm that may belong to an entry, for the in-kernel filter;
     /// `None` when comm cannot tell (command-line patterns, scripts run by
     /// an interpreter), and every exec must be looked at.
     pub fn kernel_comms(&self) -> Option<Vec<String>> {
-        if !self.by_cmdline.is_empty() || !self.by_script.is_empty() {
+        if !self.by_cmdline.is_empty() || !self.by_script.is_empty() || !self.by_cgroup.is_empty() {
             return None;
         }
         Some(
@@ -243,6 +260,7 @@ impl Matcher {
     pub fn may_match(&self, comm: &str, path: Option<&Path>) -> bool {
         !self.by_cmdline.is_empty()
             || !self.by_script.is_empty()
+            || !self.by_cgroup.is_empty()
             || self.comms.contains(comm.as_bytes())
             || path.is_some_and(|p| self.by_exe.contains_key(p.as_os_str().as_bytes()))
     }
@@ -253,6 +271,7 @@ impl Matcher {
         self.by_exe.contains_key(strip_deleted(exe))
             || (!self.by_script.is_empty() && is_interpreter(exe))
             || !self.by_cmdline.is_empty()
+            || !self.by_cgroup.is_empty()
     }
 
     /// The entry process `tgid` belongs to, with its identity; `None` for
@@ -280,8 +299,17 @@ impl Matcher {
                 pick_target(targets, stat.comm, argv)?
             }
             None => {
-                let argv = argv.get_or_insert_with(|| procfs::cmdline(tgid).unwrap_or_default());
-                self.match_argv(exe, argv)?
+                let by_argv = (!self.by_script.is_empty() || !self.by_cmdline.is_empty())
+                    .then(|| {
+                        let argv =
+                            argv.get_or_insert_with(|| procfs::cmdline(tgid).unwrap_or_default());
+                        self.match_argv(exe, argv)
+                    })
+                    .flatten();
+                match by_argv {
+                    Some(found) => found,
+                    None => (self.match_cgroup(tgid)?, Why::Cgroup),
+                }
             }
         };
         Some((
@@ -294,6 +322,21 @@ impl Matcher {
             },
             why,
         ))
+    }
+
+    /// The unit or cgroup entry whose cgroup (or one below it) the process is in.
+    fn match_cgroup(&self, tgid: u32) -> Option<usize> {
+        if self.by_cgroup.is_empty() {
+            return None;
+        }
+        let mine = procfs::cgroup_v2(tgid)?;
+        self.by_cgroup
+            .iter()
+            .find(|(_, c)| {
+                mine == *c
+                    || (mine.starts_with(c.as_str()) && mine.as_bytes().get(c.len()) == Some(&b'/'))
+            })
+            .map(|(i, _)| *i)
     }
 
     /// Script and command-line rules (the executable matched no entry).
@@ -351,7 +394,12 @@ impl Matcher {
         unchanged: &Unchanged,
     ) -> Vec<Vec<Seen>> {
         let files = &mut *state;
-        if !unchanged.cleared_still_hold || !self.by_cmdline.is_empty() {
+        // A process may retitle itself into a cmdline pattern, or be moved
+        // into a cgroup, without an exec.
+        if !unchanged.cleared_still_hold
+            || !self.by_cmdline.is_empty()
+            || !self.by_cgroup.is_empty()
+        {
             files.cleared.clear();
         }
         for tgid in &unchanged.execd {
@@ -447,6 +495,44 @@ impl Matcher {
         // Only processes still there: a pid that comes back is a new process.
         files.cleared = cleared;
         found
+    }
+}
+
+/// The v2 cgroup (as `/proc/PID/cgroup` names it) of a unit or cgroup
+/// entry: a unit's is systemd's ControlGroup when systemd runs, else
+/// `/system.slice/UNIT`; a cgroup directory must be under the v2 mount.
+fn cgroup_of(target: &Match) -> Result<String, String> {
+    let mount = procfs::cgroup2_mount()
+        .ok_or("no cgroup v2 hierarchy is mounted (see /proc/self/mountinfo)")?;
+    match target {
+        Match::Cgroup(dir) => {
+            let rel = dir.strip_prefix(&mount).map_err(|_| {
+                format!(
+                    "{} is not under the cgroup v2 mount {}",
+                    dir.display(),
+                    mount.display()
+                )
+            })?;
+            let rel = rel.to_string_lossy();
+            let rel = rel.trim_end_matches('/');
+            Ok(format!("/{rel}"))
+        }
+        Match::Unit(unit) => {
+            let from_systemd = Path::new("/run/systemd/system")
+                .exists()
+                .then(|| {
+                    std::process::Command::new("systemctl")
+                        .args(["show", "--property=ControlGroup", "--value", unit])
+                        .output()
+                        .ok()
+                        .filter(|o| o.status.success())
+                        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                        .filter(|c| c.starts_with('/'))
+                })
+                .flatten();
+            Ok(from_systemd.unwrap_or_else(|| format!("/system.slice/{unit}")))
+        }
+        _ => Err("not a unit or cgroup entry".into()),
     }
 }
 

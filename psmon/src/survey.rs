@@ -80,6 +80,16 @@ impl Survey<'_> {
                     warn(message);
                 }
             }
+            if let Some((_, why)) = self.matcher.unresolved().iter().find(|(j, _)| *j == i) {
+                warn(format!("{}: nothing can match it: {why}", e.path.display()));
+            } else if let Match::Cgroup(dir) = &e.matcher
+                && !dir.join("cgroup.procs").exists()
+            {
+                warn(format!(
+                    "cgroup {} does not exist (yet): nothing matches it until it does",
+                    dir.display()
+                ));
+            }
             if e.action == Action::Switch && self.found()[i].is_empty() {
                 warn(format!(
                     "no process matches {} now: started like this, psmon would restart it and, \

@@ -158,6 +158,18 @@ pub enum Match {
     Path,
     /// The command line (arguments joined by spaces) matches this glob.
     Cmdline(glob::Pattern),
+    /// Every process of this systemd unit (found through its cgroup); the
+    /// entry's `path` is the unit's name.
+    Unit(String),
+    /// Every process of this cgroup v2 directory (the entry's `path`).
+    Cgroup(PathBuf),
+}
+
+impl Match {
+    /// Membership in a cgroup decides, not the executable.
+    pub fn by_cgroup(&self) -> bool {
+        matches!(self, Match::Unit(_) | Match::Cgroup(_))
+    }
 }
 
 /// One watched process (a PENT line, or a TOML `[[entry]]`).

@@ -44,7 +44,9 @@ struct GroupToml {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EntryToml {
-    path: Spanned<String>,
+    path: Option<Spanned<String>>,
+    unit: Option<Spanned<String>>,
+    cgroup: Option<Spanned<String>>,
     restart: Option<Spanned<String>>,
     grace: Option<Spanned<i64>>,
     retry: Option<Spanned<i64>>,
@@ -123,7 +125,9 @@ const PROBE_KEYS: [&str; 15] = [
     "start_grace",
     "kill_grace",
 ];
-const ENTRY_KEYS: [&str; 20] = [
+const ENTRY_KEYS: [&str; 22] = [
+    "unit",
+    "cgroup",
     "failover_driver",
     "failover_resource",
     "failover_mode",
@@ -338,14 +342,51 @@ pub(super) fn parse(file: &Path, text: &str, errors: &mut Vec<Diagnostic>) -> Op
 fn entry(c: &mut Checker, spanned: &Spanned<EntryToml>) -> Option<Entry> {
     let t = spanned.get_ref();
     let before = c.errors.len();
-    let path = t.path.get_ref();
-    if !path.starts_with('/') {
-        c.error(
-            t.path.span(),
-            format!("process path `{path}` must be absolute"),
-        );
-    }
+    let (path, target) = match (&t.path, &t.unit, &t.cgroup) {
+        (Some(p), None, None) => {
+            if !p.get_ref().starts_with('/') {
+                c.error(
+                    p.span(),
+                    format!("process path `{}` must be absolute", p.get_ref()),
+                );
+            }
+            (p.get_ref().clone(), Match::Path)
+        }
+        (None, Some(u), None) => {
+            let unit = u.get_ref();
+            let valid = !unit.is_empty()
+                && !unit.contains('/')
+                && !unit.contains(char::is_whitespace)
+                && unit.contains('.');
+            if !valid {
+                c.error(
+                    u.span(),
+                    format!("unit `{unit}` is not a systemd unit name such as sshd.service"),
+                );
+            }
+            (unit.clone(), Match::Unit(unit.clone()))
+        }
+        (None, None, Some(g)) => {
+            let dir = g.get_ref();
+            if !dir.starts_with('/') {
+                c.error(
+                    g.span(),
+                    format!("cgroup `{dir}` must be the absolute path of a cgroup directory"),
+                );
+            }
+            (dir.clone(), Match::Cgroup(dir.into()))
+        }
+        _ => {
+            c.error(
+                spanned.span(),
+                "an entry names what it watches with exactly one of path, unit or cgroup".into(),
+            );
+            return None;
+        }
+    };
     let restart = match t.restart.as_ref().map(|r| (r.get_ref().trim(), r.span())) {
+        // A unit is restarted by systemd unless a command is given.
+        None if matches!(target, Match::Unit(_)) => Some(format!("systemctl restart '{path}'")),
         None | Some(("-", _)) => None,
         Some(("", span)) => {
             c.error(
@@ -362,7 +403,13 @@ fn entry(c: &mut Checker, spanned: &Spanned<EntryToml>) -> Option<Entry> {
         .unwrap_or(if restart.is_some() { 3 } else { 0 });
     let action = c.action(&t.action);
     let mut e = Entry::new(path.into(), restart, grace as u64, retry as u32, action);
-    if let Some(pattern) = &t.cmdline {
+    e.matcher = target;
+    if let (Some(pattern), true) = (&t.cmdline, e.matcher.by_cgroup()) {
+        c.error(
+            pattern.span(),
+            "cmdline goes with a path rule: a unit's or cgroup's processes are all its own".into(),
+        );
+    } else if let Some(pattern) = &t.cmdline {
         match glob::Pattern::new(pattern.get_ref()) {
             Ok(p) => e.matcher = Match::Cmdline(p),
             Err(err) => c.error(
@@ -422,7 +469,7 @@ fn entry(c: &mut Checker, spanned: &Spanned<EntryToml>) -> Option<Entry> {
             "main_only goes with a path rule; a cmdline pattern already names the main process"
                 .into(),
         ),
-        (None, true, Match::Path) => e.rule = Rule::MainOnly,
+        (None, true, Match::Path | Match::Unit(_) | Match::Cgroup(_)) => e.rule = Rule::MainOnly,
         (None, false, _) => {}
     }
     if let Some(p) = &t.probe {
@@ -899,6 +946,46 @@ failover = "crm resource move app"
                     "failover_resource `a b` is not a resource name".into()
                 ),
             ])
+        );
+    }
+
+    #[test]
+    fn units_and_cgroups_are_targets() {
+        let p = parse_text(
+            "[[entry]]\nunit = \"sshd.service\"\n[[entry]]\ncgroup = \"/sys/fs/cgroup/app\"\nrestart = \"/opt/app/start\"\n",
+        )
+        .unwrap();
+        assert_eq!(p.entries[0].matcher, Match::Unit("sshd.service".into()));
+        assert_eq!(p.entries[0].path, Path::new("sshd.service"));
+        // systemd restarts a unit unless a command is given.
+        assert_eq!(
+            p.entries[0].restart.as_deref(),
+            Some("systemctl restart 'sshd.service'")
+        );
+        assert_eq!(
+            p.entries[1].matcher,
+            Match::Cgroup("/sys/fs/cgroup/app".into())
+        );
+        let errors = parse_text(
+            "[[entry]]\npath = \"/a\"\nunit = \"a.service\"\n[[entry]]\ncgroup = \"app\"\n[[entry]]\nunit = \"a b\"\ncmdline = \"x*\"\n",
+        )
+        .unwrap_err();
+        let messages: Vec<&str> = errors.iter().map(|e| e.2.as_str()).collect();
+        assert!(
+            messages[0].contains("exactly one of path, unit or cgroup"),
+            "{messages:?}"
+        );
+        assert!(
+            messages[1].contains("must be the absolute path of a cgroup directory"),
+            "{messages:?}"
+        );
+        assert!(
+            messages[2].contains("is not a systemd unit name"),
+            "{messages:?}"
+        );
+        assert!(
+            messages[3].contains("cmdline goes with a path rule"),
+            "{messages:?}"
         );
     }
 
