@@ -524,6 +524,15 @@ fn the_ocf_agent_passes_ocf_tester() {
         return;
     }
     let s = Setup::new("ocf", "");
+    // ocf-tester runs meta-data as `nobody` too: the agent must be where
+    // anyone can reach it (a checkout may be in a private directory).
+    let agent_path = s.dir.0.join("psmon-agent");
+    std::fs::copy(AGENT, &agent_path).unwrap();
+    std::fs::set_permissions(
+        &agent_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let params = |socket: &str| {
         vec![
             format!("binary={PSMON}"),
@@ -543,12 +552,12 @@ fn the_ocf_agent_passes_ocf_tester() {
     for p in params("ocf.sock") {
         tester_cmd.arg("-o").arg(p);
     }
-    let out = run(tester_cmd.arg(AGENT));
+    let out = run(tester_cmd.arg(&agent_path));
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("passed all tests"), "{}", text(&out));
 
     let agent = |action: &str, env: &[(&str, String)]| -> i32 {
-        let mut c = Command::new(AGENT);
+        let mut c = Command::new(&agent_path);
         c.arg(action).env("OCF_ROOT", "/usr/lib/ocf");
         for p in params("codes.sock") {
             let (k, v) = p.split_once('=').unwrap();
