@@ -281,6 +281,75 @@ fn pacemaker_moves_the_resource_and_runs_psmon() {
         ("Started", ["node1".to_string()].as_slice())
     );
 
+    // FAILOVER_MODE = ban: the same ban, asked for this node by name.
+    let s = Setup::new(
+        "pcmk-ban",
+        "FAILOVER_DRIVER = pacemaker\nFAILOVER_RESOURCE = R\nFAILOVER_MODE = ban\nRETRY_INTERVAL = 1\nFAILOVER_TIMEOUT = 20\n",
+    );
+    let (pid, mut psmon) = s.watch(&node1);
+    support::kill9_pid(pid);
+    psmon.wait("sent: pacemaker (ban) of resource 'R'");
+    cluster.wait_started_on("R", "node2", Duration::from_secs(5));
+    let said = psmon.wait("→");
+    assert!(
+        said["message"]
+            .as_str()
+            .unwrap()
+            .contains("→ resource 'R' started on node2"),
+        "{said}"
+    );
+    assert_eq!(
+        s.status()["failover_constraints"][0]["id"],
+        "cli-ban-R-on-node1"
+    );
+    assert!(s.client(&["clear-failover", "app"]).status.success());
+    cluster.wait_started_on("R", "node1", Duration::from_secs(20));
+    drop(psmon);
+
+    // FAILOVER_MODE = fail: a failure of R on this node; with a
+    // migration-threshold of 1 the cluster moves it, and leaves no constraint.
+    let out = cluster.on(
+        1,
+        &[
+            "crm_resource",
+            "--resource",
+            "R",
+            "--meta",
+            "--set-parameter",
+            "migration-threshold",
+            "--parameter-value",
+            "1",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let s = Setup::new(
+        "pcmk-fail",
+        "FAILOVER_DRIVER = pacemaker\nFAILOVER_RESOURCE = R\nFAILOVER_MODE = fail\nRETRY_INTERVAL = 1\nFAILOVER_TIMEOUT = 20\n",
+    );
+    let (pid, mut psmon) = s.watch(&node1);
+    support::kill9_pid(pid);
+    psmon.wait("sent: pacemaker (fail) of resource 'R'");
+    cluster.wait_started_on("R", "node2", Duration::from_secs(10));
+    let said = psmon.wait("→");
+    assert!(
+        said["message"]
+            .as_str()
+            .unwrap()
+            .contains("→ resource 'R' started on node2"),
+        "{said}"
+    );
+    assert_eq!(s.status()["failover_constraints"], serde_json::json!([]));
+    assert!(
+        !cluster.constraints().contains("cli-"),
+        "{}",
+        cluster.constraints()
+    );
+    drop(psmon);
+    // The failure cleaned up, R goes home.
+    let out = cluster.on(1, &["crm_resource", "--resource", "R", "--cleanup"]);
+    assert!(out.status.success(), "{}", text(&out));
+    cluster.wait_started_on("R", "node1", Duration::from_secs(20));
+
     // Pacemaker runs psmon: start, monitor, stop through ocf:psmon:psmon.
     ocf_agent_under_the_cluster(&cluster);
 }
