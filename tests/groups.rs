@@ -257,6 +257,19 @@ fn a_member_that_cannot_start_stops_the_sequence_and_retry_over_switches_once() 
         [None, Some("echo cannot start >&2; exit 3"), None],
     );
     let switched = store.dir.0.join("switched");
+    // A health queue and dump: the group's retry over goes there too.
+    let dump = store.dir.0.join("dump");
+    let toml_file = store.dir.0.join("conf/store.toml");
+    let toml = std::fs::read_to_string(&toml_file).unwrap();
+    std::fs::write(
+        &toml_file,
+        format!(
+            "ipckey = {}\nshm_dump_file = \"{}\"\n{toml}",
+            0x7d00_0000u32 + std::process::id() % 0x10000,
+            dump.display()
+        ),
+    )
+    .unwrap();
     std::fs::write(
         store.dir.0.join("conf/psagent.conf"),
         format!(
@@ -291,6 +304,11 @@ fn a_member_that_cannot_start_stops_the_sequence_and_retry_over_switches_once() 
         lines.lines().collect::<Vec<_>>(),
         [dir_marker],
         "switch exactly once"
+    );
+    let dumped = std::fs::read_to_string(&dump).unwrap_or_default();
+    assert!(
+        dumped.contains("Group 'store': retry over"),
+        "the dump has the group's retry over: {dumped}"
     );
 }
 

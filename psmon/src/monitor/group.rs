@@ -232,6 +232,11 @@ impl Monitor {
         &self.group_conf[g].group.name
     }
 
+    /// The group's members, in start order.
+    pub fn group_members(&self, g: usize) -> &[EntryId] {
+        &self.group_conf[g].members
+    }
+
     /// What `psmon status` shows of each group.
     pub fn group_status(&self, now: Time) -> Vec<GroupStatus> {
         (0..self.groups.len())

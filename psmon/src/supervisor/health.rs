@@ -84,6 +84,28 @@ impl Supervisor {
                 format!("Command execute. [{what}] pfile='{pfile}'"),
                 false,
             ),
+            // A group's retry over goes into the queue (and dump) of every
+            // pfile with a member, before any failover is asked for.
+            Notice::Group {
+                group,
+                event: event @ crate::monitor::GroupEvent::RetryOver { .. },
+                ..
+            } => {
+                let (_, text, _) = crate::report::group_message(&self.monitor, *group, event);
+                let mut pfiles: Vec<String> = self
+                    .monitor
+                    .group_members(*group)
+                    .iter()
+                    .map(|id| self.monitor.pfile(*id).to_string())
+                    .collect();
+                pfiles.sort();
+                pfiles.dedup();
+                for pfile in pfiles {
+                    self.write_queue(&pfile, Some(&text));
+                    self.write_dump_file(&pfile);
+                }
+                return;
+            }
             _ => return,
         };
         self.write_queue(&pfile, Some(&text));
