@@ -686,4 +686,10 @@ fn pushed_events_survive_a_down_receiver_and_a_psmon_restart() {
         );
         assert_eq!(e["path"], f.victim.display().to_string());
     }
+    // What this psmon delivered (the five from before its restart among
+    // them) and that nothing waits, in /metrics.
+    let m = scrape(f.address());
+    assert!(m["psmon_push_delivered_events_total{}"] >= 5.0, "{m:?}");
+    assert_eq!(m["psmon_push_waiting_events{}"], 0.0, "{m:?}");
+    assert_eq!(m["psmon_push_dropped_events_total{}"], 0.0, "{m:?}");
 }

@@ -149,6 +149,7 @@ pub async fn run(
                 &opts.state_dir,
                 retry_interval,
                 reporter.sibling(),
+                telemetry.metrics.pushing(),
             ) {
                 Ok(started) => Some(started),
                 Err(e) => {

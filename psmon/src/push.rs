@@ -34,7 +34,9 @@ use std::{
 
 use serde_json::{Map, Value};
 
-use crate::{config::LogLevel, report::Reporter};
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::{config::LogLevel, endpoint::metrics::PushCells, report::Reporter};
 
 /// The kinds of event pushed.
 pub const KINDS: [&str; 7] = [
@@ -102,6 +104,7 @@ pub fn start(
     state_dir: &Path,
     retry: Duration,
     reporter: Reporter,
+    cells: std::sync::Arc<PushCells>,
 ) -> std::io::Result<(std::sync::Arc<Push>, std::thread::JoinHandle<()>)> {
     let queue = Queue::open(&state_dir.join("push"))?;
     let (tx, rx) = mpsc::sync_channel(MAX_IN_FLIGHT);
@@ -124,6 +127,7 @@ pub fn start(
                 failing: None,
                 behind: dropped,
                 behind_said: 0,
+                cells,
             }
             .run()
         })?;
@@ -286,6 +290,8 @@ struct Pusher {
     /// and how many of them were said.
     behind: std::sync::Arc<std::sync::atomic::AtomicU64>,
     behind_said: u64,
+    /// What `/metrics` shows of the push.
+    cells: std::sync::Arc<PushCells>,
 }
 
 impl Pusher {
@@ -322,6 +328,9 @@ impl Pusher {
             }
             let behind = self.behind.load(std::sync::atomic::Ordering::Relaxed);
             if behind > self.behind_said {
+                self.cells
+                    .dropped
+                    .fetch_add(behind - self.behind_said, Relaxed);
                 self.say(
                     LogLevel::Warn,
                     format!(
@@ -344,6 +353,9 @@ impl Pusher {
                     );
                 }
                 if self.queue.dropped > dropped {
+                    self.cells
+                        .dropped
+                        .fetch_add(self.queue.dropped - dropped, Relaxed);
                     self.say(
                         LogLevel::Warn,
                         format!(
@@ -384,6 +396,8 @@ impl Pusher {
                     Err(e) => Some(e.to_string()),
                 };
                 if let Some(why) = why {
+                    self.cells.failed_requests.fetch_add(1, Relaxed);
+                    self.count_waiting();
                     if self.failing.is_none() {
                         let waiting = self.waiting_events();
                         self.say(
@@ -404,6 +418,9 @@ impl Pusher {
                 self.say(LogLevel::Error, format!("cannot record pushed events: {e}"));
                 return;
             }
+            if !event.is_null() {
+                self.cells.delivered.fetch_add(1, Relaxed);
+            }
             if self.failing.take().is_some() {
                 self.say(
                     LogLevel::Info,
@@ -412,6 +429,17 @@ impl Pusher {
             }
         }
         let _ = self.queue.compact();
+        self.count_waiting();
+    }
+
+    /// Events on disk not yet delivered, for `/metrics`.
+    fn count_waiting(&self) {
+        let n = if self.queue.waiting() {
+            self.waiting_events() as u64
+        } else {
+            0
+        };
+        self.cells.waiting.store(n, Relaxed);
     }
 
     fn waiting_events(&self) -> usize {

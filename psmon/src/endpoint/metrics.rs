@@ -80,6 +80,18 @@ impl EntryCells {
     }
 }
 
+/// The event push's counts (all zero without PUSH_URL).
+#[derive(Debug, Default)]
+pub struct PushCells {
+    /// Events waiting on disk for the receiver.
+    pub waiting: AtomicU64,
+    pub delivered: AtomicU64,
+    /// Dropped: the queue full, or the pushing thread behind.
+    pub dropped: AtomicU64,
+    /// Requests the receiver did not accept (each retried).
+    pub failed_requests: AtomicU64,
+}
+
 /// Events and losses of one event source.
 #[derive(Debug, Default)]
 pub struct SourceCells {
@@ -98,6 +110,9 @@ pub struct Metrics {
     detection: Histogram,
     /// Exit (kernel timestamp) → the restart command started.
     restart_start: Histogram,
+    /// The event push, when PUSH_URL is set.
+    pub push: Arc<PushCells>,
+    pushing: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Metrics {
@@ -108,6 +123,8 @@ impl Default for Metrics {
             current: Mutex::default(),
             detection: Histogram::new(BUCKETS),
             restart_start: Histogram::new(BUCKETS),
+            push: Arc::default(),
+            pushing: Default::default(),
         }
     }
 }
@@ -183,6 +200,12 @@ impl Metrics {
         let cells = Arc::new(SourceCells::default());
         sources.push((name.to_string(), Arc::clone(&cells)));
         cells
+    }
+
+    /// Event push is configured: its metrics are shown.
+    pub fn pushing(&self) -> Arc<PushCells> {
+        self.pushing.store(true, Relaxed);
+        Arc::clone(&self.push)
     }
 
     /// The source stopped.
@@ -337,6 +360,39 @@ impl Collector for Encoder {
                 let v = if lost { &cells.lost } else { &cells.events };
                 e.encode_family(&[("source", name.as_str())])?
                     .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(
+                    &v.load(Relaxed),
+                    None,
+                )?;
+            }
+        }
+        if m.pushing.load(Relaxed) {
+            let p = &m.push;
+            let mut e = encoder.encode_descriptor(
+                "psmon_push_waiting_events",
+                "Events on disk waiting for the receiver",
+                None,
+                MetricType::Gauge,
+            )?;
+            e.encode_gauge(&(p.waiting.load(Relaxed) as i64))?;
+            for (name, help, v) in [
+                (
+                    "psmon_push_delivered_events",
+                    "Events the receiver accepted (2xx)",
+                    &p.delivered,
+                ),
+                (
+                    "psmon_push_dropped_events",
+                    "Events dropped: the queue full or the pushing thread behind",
+                    &p.dropped,
+                ),
+                (
+                    "psmon_push_failed_requests",
+                    "Requests the receiver did not accept (retried)",
+                    &p.failed_requests,
+                ),
+            ] {
+                let mut e = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+                e.encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(
                     &v.load(Relaxed),
                     None,
                 )?;
