@@ -22,14 +22,18 @@ use crate::workspace_root;
 
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
+# Under emulation a source takes seconds to open (BTF is parsed): wait
+# until the trace says it is watching, at most 30 s.
+ready() { i=0; while [ $i -lt 300 ] && ! grep -q 'tracing process events' "$1"; do sleep 0.1; i=$((i+1)); done; }
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mount -t tmpfs tmpfs /tmp
 echo "KERNEL $(uname -r)"
 for src in ebpf netlink poll; do
-  /psmon trace --source $src --json --poll-interval 200 --coalesce-ms 0 --duration 4 > /tmp/$src.out 2>/tmp/$src.err &
-  sleep 1.5
+  /psmon trace --source $src --json --poll-interval 200 --coalesce-ms 0 --duration 6 > /tmp/$src.out 2>/tmp/$src.err &
+  ready /tmp/$src.err
+  sleep 0.5
   sh -c 'exit 7' &
   E=$!
   sleep 100 &
@@ -37,7 +41,7 @@ for src in ebpf netlink poll; do
   sleep 0.5
   kill -9 $P
   wait
-    e=0; k=0; g=0
+  e=0; k=0; g=0
   grep '"event":"exit"' /tmp/$src.out | grep "\"pid\":$E," | grep -q '"exit_code":7' && e=1
   grep '"event":"exit"' /tmp/$src.out | grep "\"pid\":$P," | grep -q '"signal":9' && k=1
   grep '"event":"exit"' /tmp/$src.out | grep -q "\"pid\":$P," && g=1
@@ -46,8 +50,10 @@ for src in ebpf netlink poll; do
 done
 for src in ebpf netlink; do
   # A process with threads (psmon itself) killed: one exit, of the group, signal 9.
-  /psmon trace --source $src --json --coalesce-ms 0 --duration 4 > /tmp/t$src.out 2>/dev/null &
-  sleep 1.5
+  /psmon trace --source $src --json --coalesce-ms 0 --duration 6 > /tmp/t$src.out 2>/tmp/t$src.err &
+  TR=$!
+  ready /tmp/t$src.err
+  sleep 0.5
   /psmon trace --source poll --duration 60 > /dev/null 2>&1 &
   T=$!
   sleep 0.5
@@ -57,15 +63,16 @@ for src in ebpf netlink; do
   X=$!
   sleep 0.3
   kill -9 $T
-  sleep 2.5
+  wait $T 2>/dev/null
+  wait $TR
   c=$(grep '"event":"exit"' /tmp/t$src.out | grep "\"pid\":$T," | grep -c '"signal":9')
   ok=0; [ "$n" -ge 2 ] && [ "$c" = 1 ] && ok=1
   echo "RESULT threads-$src ok=$ok threads=$n exits=$c"
   p=0; grep '"event":"exec"' /tmp/t$src.out | grep "\"pid\":$X," | grep -q '"path":"/psmon"' && p=1
   [ $src = ebpf ] && echo "RESULT exec-path-$src ok=$p"
   # A tiny buffer read once a second under a fork storm: the loss is reported.
-  /psmon trace --source $src --json --ring-kib 4 --rcvbuf-kib 4 --queue 16 --coalesce-ms 1000 --duration 3 > /tmp/l$src.out 2>/dev/null &
-  sleep 1
+  /psmon trace --source $src --json --ring-kib 4 --rcvbuf-kib 4 --queue 16 --coalesce-ms 1000 --duration 4 > /tmp/l$src.out 2>/tmp/l$src.err &
+  ready /tmp/l$src.err
   i=0; while [ $i -lt 1500 ]; do true & i=$((i+1)); done
   wait
   l=0; grep -q '"event":"lost"' /tmp/l$src.out && l=1
