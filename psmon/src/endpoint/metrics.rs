@@ -149,15 +149,20 @@ impl Metrics {
                     .unwrap_or_else(|| Arc::new(EntryCells::new(&s.pfile, &path)))
             })
             .collect();
-        *self.entries.lock().unwrap() = Arc::new(cells);
-        let ids: Vec<EntryId> = status.iter().map(|s| s.id).collect();
-        self.refresh(monitor, &ids, now);
+        let cells = Arc::new(cells);
+        *self.entries.lock().unwrap() = Arc::clone(&cells);
+        Self::store(&cells, &status);
     }
 
     /// Reads these entries' state, instances and attempts again.
     pub fn refresh(&self, monitor: &Monitor, ids: &[EntryId], now: Time) {
         let cells = self.entries.lock().unwrap().clone();
-        for s in monitor.status_of(ids, now) {
+        Self::store(&cells, &monitor.status_of(ids, now));
+    }
+
+    /// Puts what a status says into the entries' cells.
+    fn store(cells: &[Arc<EntryCells>], status: &[crate::monitor::EntryStatus]) {
+        for s in status {
             let Some(c) = cells.get(s.id.index()) else {
                 continue;
             };
