@@ -6,7 +6,7 @@ use std::{path::Path, path::PathBuf, time::Duration};
 
 use super::{
     Diagnostic, FailoverDriver, FailoverMode, hint,
-    pfile::{Reporter, col, key_value, normalize_key, strip_comment},
+    pfile::{Reporter, col, key_value_lines, normalize_key},
 };
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -96,17 +96,7 @@ const AGENT_KEYS: [&str; 15] = [
 pub(super) fn parse_agent(file: &Path, text: &str, errors: &mut Vec<Diagnostic>) -> Agent {
     let mut r = Reporter::new(file, errors);
     let mut agent = Agent::default();
-    for (i, raw) in text.lines().enumerate() {
-        let n = i + 1;
-        let line = strip_comment(raw);
-        if line.trim().is_empty() {
-            continue;
-        }
-        let Some(kv) = key_value(line) else {
-            let c = col(line, line.len() - line.trim_start().len());
-            r.error(n, c, "expected `KEY = value`");
-            continue;
-        };
+    for (n, kv) in key_value_lines(&mut r, text) {
         let (v, vc) = (kv.value, kv.value_col);
         match normalize_key(kv.key).as_str() {
             "LOGLEVEL" => match v.to_ascii_uppercase().as_str() {

@@ -54,6 +54,32 @@ pub(super) fn col(line: &str, at: usize) -> usize {
     line[..at].chars().count() + 1
 }
 
+/// [`key_value`] of line `n`, reporting a line that is not one.
+pub(super) fn key_value_at<'a>(r: &mut Reporter, line: &'a str, n: usize) -> Option<KeyValue<'a>> {
+    let kv = key_value(line);
+    if kv.is_none() {
+        let c = col(line, line.len() - line.trim_start().len());
+        r.error(n, c, "expected `KEY = value`");
+    }
+    kv
+}
+
+/// The `KEY = value` lines of a file made of nothing else (psagent.conf,
+/// ps_ssl.conf), with their line numbers; comments and blank lines are
+/// skipped, anything else is reported.
+pub(super) fn key_value_lines<'a>(r: &mut Reporter, text: &'a str) -> Vec<(usize, KeyValue<'a>)> {
+    text.lines()
+        .enumerate()
+        .filter_map(|(i, raw)| {
+            let line = strip_comment(raw);
+            if line.trim().is_empty() {
+                return None;
+            }
+            key_value_at(r, line, i + 1).map(|kv| (i + 1, kv))
+        })
+        .collect()
+}
+
 /// Parses `KEY = value`, `KEY= value` or `KEY value` (comment already cut).
 pub(super) fn key_value(line: &str) -> Option<KeyValue<'_>> {
     let start = line.len() - line.trim_start().len();
@@ -269,9 +295,7 @@ pub(super) fn parse(file: &Path, text: &str, errors: &mut Vec<Diagnostic>) -> Op
 }
 
 fn param(r: &mut Reporter, pfile: &mut Pfile, line: &str, n: usize) {
-    let Some(kv) = key_value(line) else {
-        let c = col(line, line.len() - line.trim_start().len());
-        r.error(n, c, "expected `KEY = value`");
+    let Some(kv) = key_value_at(r, line, n) else {
         return;
     };
     let secs = |r: &mut Reporter, what| {

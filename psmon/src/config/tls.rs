@@ -13,7 +13,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
 use super::{
     Diagnostic, hint,
-    pfile::{Reporter, col, key_value, normalize_key, strip_comment},
+    pfile::{Reporter, key_value_lines, normalize_key},
 };
 
 /// What ps_ssl.conf says, and where, for messages.
@@ -30,17 +30,7 @@ const KEYS: [&str; 3] = ["CERTIFICATE", "KEY", "CLIENT_CA"];
 pub(super) fn parse(file: &Path, text: &str, errors: &mut Vec<Diagnostic>) -> Option<Tls> {
     let mut r = Reporter::new(file, errors);
     let (mut certificate, mut key, mut client_ca) = (None, None, None);
-    for (i, raw) in text.lines().enumerate() {
-        let n = i + 1;
-        let line = strip_comment(raw);
-        if line.trim().is_empty() {
-            continue;
-        }
-        let Some(kv) = key_value(line) else {
-            let c = col(line, line.len() - line.trim_start().len());
-            r.error(n, c, "expected `KEY = value`");
-            continue;
-        };
+    for (n, kv) in key_value_lines(&mut r, text) {
         let slot = match normalize_key(kv.key).as_str() {
             "CERTIFICATE" => &mut certificate,
             "KEY" | "PRIVATEKEY" => &mut key,
