@@ -14,7 +14,7 @@ use std::{
 };
 
 use serde_json::Value;
-use support::{Psmon, TempDir, kill_all, needs_root, socket_in, spawn_fresh, victim_copy};
+use support::{Psmon, TempDir, kill_all, needs, needs_root, socket_in, spawn_fresh, victim_copy};
 
 const CLUSTER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/pacemaker/cluster.sh");
 const AGENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../conf/ocf/psmon");
@@ -25,15 +25,8 @@ fn has_pacemaker() -> bool {
     if !needs_root("a Pacemaker cluster") {
         return false;
     }
-    if Path::new("/usr/sbin/pacemakerd").exists() && Path::new("/usr/sbin/crm_resource").exists() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI must install pacemaker, corosync and pacemaker-cli-utils (.ci/run does)"
-    );
-    eprintln!("skipped: needs Debian's pacemaker, corosync and pacemaker-cli-utils");
-    false
+    needs("/usr/sbin/pacemakerd", "pacemaker and corosync")
+        && needs("/usr/sbin/crm_resource", "pacemaker-cli-utils")
 }
 
 fn run(command: &mut Command) -> Output {
@@ -584,12 +577,7 @@ fn the_ocf_agent_passes_ocf_tester() {
         return;
     }
     let tester = Path::new("/usr/sbin/ocf-tester");
-    if !tester.exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must install resource-agents (.ci/run does)"
-        );
-        eprintln!("skipped: needs ocf-tester from Debian's resource-agents");
+    if !needs("/usr/sbin/ocf-tester", "resource-agents") {
         return;
     }
     let s = Setup::new("ocf", "");

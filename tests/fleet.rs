@@ -401,15 +401,9 @@ fn the_status_page_in_a_real_browser() {
     if !needs_root("watching processes with the ebpf source") {
         return;
     }
-    for tool in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
-        if !Path::new(tool).exists() {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI must install chromium and chromium-driver (.ci/run does)"
-            );
-            eprintln!("skipped: needs {tool} (Debian's chromium and chromium-driver)");
-            return;
-        }
+    if !needs("/usr/bin/chromium", "chromium") || !needs("/usr/bin/chromedriver", "chromium-driver")
+    {
+        return;
     }
     let f = Fleet::new("page", "");
     let (pid, mut psmon) = f.start();

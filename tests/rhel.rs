@@ -18,18 +18,6 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn needs(tool: &str, package: &str) -> bool {
-    if Path::new(tool).exists() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI must install {package} (.ci/run does)"
-    );
-    eprintln!("skipped: needs {tool} ({package})");
-    false
-}
-
 /// `systemd-analyze verify` accepts the unit (its ExecStart pointed at
 /// the binary under test; man pages are checked below), and `security`
 /// rates it.

@@ -53,6 +53,21 @@ pub fn needs_root(what: &str) -> bool {
     true
 }
 
+/// True when `tool` (from Debian's `package`) is installed; prints why the
+/// test is skipped otherwise. CI installs every such package (.ci/run), so
+/// there a missing one fails the test rather than skips it.
+pub fn needs(tool: &str, package: &str) -> bool {
+    if Path::new(tool).exists() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must install {package} (.ci/run does)"
+    );
+    eprintln!("skipped: needs {tool} ({package})");
+    false
+}
+
 /// `/proc/PID/stat` field 22: start time in clock ticks since boot.
 pub fn proc_start_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
