@@ -193,13 +193,7 @@ fn pacemaker_moves_the_resource_and_runs_psmon() {
     let node1 = cluster.wrapper(1);
     let node1: Vec<&str> = node1.iter().map(String::as_str).collect();
 
-    let s = Setup::new(
-        "pcmk-move",
-        "FAILOVER_DRIVER = pacemaker\nFAILOVER_RESOURCE = R\nRETRY_INTERVAL = 1\nFAILOVER_TIMEOUT = 20\n",
-    );
-    let (pid, mut psmon) = s.watch(&node1);
-    support::kill9_pid(pid);
-    let over = psmon.wait("Retry over");
+    let (s, mut psmon, over) = retry_over_on(&node1, "pcmk-move", "R", "move");
     let over_at = Instant::now();
     psmon.wait("Switch request ('");
     let sent = psmon.wait("sent: pacemaker");
@@ -252,13 +246,7 @@ fn pacemaker_moves_the_resource_and_runs_psmon() {
     drop(psmon);
 
     // A resource the cluster does not know: said at once, never retried.
-    let s = Setup::new(
-        "pcmk-unknown",
-        "FAILOVER_DRIVER = pacemaker\nFAILOVER_RESOURCE = NoSuchResource\nRETRY_INTERVAL = 1\nFAILOVER_TIMEOUT = 20\n",
-    );
-    let (pid, mut psmon) = s.watch(&node1);
-    support::kill9_pid(pid);
-    psmon.wait("Retry over");
+    let (_, mut psmon, _) = retry_over_on(&node1, "pcmk-unknown", "NoSuchResource", "move");
     let said = psmon.wait("→");
     let message = said["message"].as_str().unwrap();
     assert!(
@@ -275,22 +263,10 @@ fn pacemaker_moves_the_resource_and_runs_psmon() {
     );
 
     // FAILOVER_MODE = ban: the same ban, asked for this node by name.
-    let s = Setup::new(
-        "pcmk-ban",
-        "FAILOVER_DRIVER = pacemaker\nFAILOVER_RESOURCE = R\nFAILOVER_MODE = ban\nRETRY_INTERVAL = 1\nFAILOVER_TIMEOUT = 20\n",
-    );
-    let (pid, mut psmon) = s.watch(&node1);
-    support::kill9_pid(pid);
+    let (s, mut psmon, _) = retry_over_on(&node1, "pcmk-ban", "R", "ban");
     psmon.wait("sent: pacemaker (ban) of resource 'R'");
     cluster.wait_started_on("R", "node2", Duration::from_secs(5));
-    let said = psmon.wait("→");
-    assert!(
-        said["message"]
-            .as_str()
-            .unwrap()
-            .contains("→ resource 'R' started on node2"),
-        "{said}"
-    );
+    said_started_on_node2(&mut psmon);
     assert_eq!(
         s.status()["failover_constraints"][0]["id"],
         "cli-ban-R-on-node1"
@@ -315,22 +291,10 @@ fn pacemaker_moves_the_resource_and_runs_psmon() {
         ],
     );
     assert!(out.status.success(), "{}", text(&out));
-    let s = Setup::new(
-        "pcmk-fail",
-        "FAILOVER_DRIVER = pacemaker\nFAILOVER_RESOURCE = R\nFAILOVER_MODE = fail\nRETRY_INTERVAL = 1\nFAILOVER_TIMEOUT = 20\n",
-    );
-    let (pid, mut psmon) = s.watch(&node1);
-    support::kill9_pid(pid);
+    let (s, mut psmon, _) = retry_over_on(&node1, "pcmk-fail", "R", "fail");
     psmon.wait("sent: pacemaker (fail) of resource 'R'");
     cluster.wait_started_on("R", "node2", Duration::from_secs(10));
-    let said = psmon.wait("→");
-    assert!(
-        said["message"]
-            .as_str()
-            .unwrap()
-            .contains("→ resource 'R' started on node2"),
-        "{said}"
-    );
+    said_started_on_node2(&mut psmon);
     assert_eq!(s.status()["failover_constraints"], serde_json::json!([]));
     assert!(
         !cluster.constraints().contains("cli-"),
@@ -345,6 +309,33 @@ fn pacemaker_moves_the_resource_and_runs_psmon() {
 
     // Pacemaker runs psmon: start, monitor, stop through ocf:psmon:psmon.
     ocf_agent_under_the_cluster(&cluster);
+}
+
+/// psmon on node1 failing over `resource` in `mode`, its watched process
+/// killed (its restart fails): the setup, psmon, and its `Retry over`.
+fn retry_over_on(node1: &[&str], tag: &str, resource: &str, mode: &str) -> (Setup, Psmon, Value) {
+    let s = Setup::new(
+        tag,
+        &format!(
+            "FAILOVER_DRIVER = pacemaker\nFAILOVER_RESOURCE = {resource}\nFAILOVER_MODE = {mode}\nRETRY_INTERVAL = 1\nFAILOVER_TIMEOUT = 20\n"
+        ),
+    );
+    let (pid, mut psmon) = s.watch(node1);
+    support::kill9_pid(pid);
+    let over = psmon.wait("Retry over");
+    (s, psmon, over)
+}
+
+/// psmon's outcome of the request: R started on node2.
+fn said_started_on_node2(psmon: &mut Psmon) {
+    let said = psmon.wait("→");
+    assert!(
+        said["message"]
+            .as_str()
+            .unwrap()
+            .contains("→ resource 'R' started on node2"),
+        "{said}"
+    );
 }
 
 fn ocf_agent_under_the_cluster(cluster: &Cluster) {
