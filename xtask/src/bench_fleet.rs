@@ -7,8 +7,7 @@ use std::{
     fmt::Write as _,
     io::{BufRead, BufReader, Read, Write},
     net::{TcpListener, TcpStream},
-    path::Path,
-    process::{Child, Command, Stdio},
+    path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -19,7 +18,7 @@ use std::{
 use anyhow::ensure;
 
 use crate::bench::{fmt_ns, monotonic_ns, percentile};
-use crate::bench_monitor::{Daemon, PAUSER, STAMPER, compile, last_stamp, wait_stamp};
+use crate::bench_monitor::{Daemon, PAUSER, STAMPER, ScaleWorld, compile, last_stamp, wait_stamp};
 
 fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -47,32 +46,33 @@ pub(crate) fn fleet(psmon: &Path, dir: &Path, n: usize) -> anyhow::Result<String
     Ok(out)
 }
 
+/// One entry whose restart command is the stamper (as in (d): it notes when
+/// it started, then runs the victim as a daemon), with `psagent`:
+/// the configuration directory and the stamps file.
+fn stamped_entry(dir: &Path, tag: &str, psagent: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let stamper = compile(dir, &format!("{tag}stamper"), STAMPER)?;
+    let victim = compile(dir, &format!("{tag}victim"), PAUSER)?;
+    let conf = dir.join(format!("conf-{tag}-stamped"));
+    std::fs::create_dir_all(&conf)?;
+    let stamps = conf.join("stamps");
+    std::fs::write(
+        conf.join("bench.toml"),
+        format!(
+            "[[entry]]\npath = \"{v}\"\nrestart = \"{s} {st} {v}\"\ngrace = 1\nretry = 1000\nstart_secs = 0\n",
+            v = victim.display(),
+            s = stamper.display(),
+            st = stamps.display()
+        ),
+    )?;
+    std::fs::write(conf.join("psagent.conf"), psagent)?;
+    Ok((conf, stamps))
+}
+
 /// `/metrics` and `/status` through the endpoint with `n` entries Up.
 fn scrape_at_scale(psmon: &Path, dir: &Path, n: usize, out: &mut String) -> anyhow::Result<()> {
-    let pauser = compile(dir, "fleetpauser", PAUSER)?;
-    let bins = dir.join("fleet-bin");
-    let conf = dir.join("conf-fleet-scale");
-    std::fs::create_dir_all(&bins)?;
-    std::fs::create_dir_all(&conf)?;
-    let mut pfile = String::from("##### PARAM #####\nMONITOR_INTERVAL = 10\n##### PENT #####\n");
-    let mut paths = Vec::with_capacity(n);
-    for i in 0..n {
-        let p = bins.join(format!("f{i:05}"));
-        std::fs::hard_link(&pauser, &p)?;
-        writeln!(pfile, "{} : - : 0 : 0 : continue", p.display())?;
-        paths.push(p);
-    }
-    std::fs::write(conf.join("pfile_scale"), pfile)?;
     let port = free_port()?;
-    std::fs::write(
-        conf.join("psagent.conf"),
-        format!("HEARTBEAT_PORT = {port}\n"),
-    )?;
-    println!("xtask: starting {n} processes for the scrape benchmark");
-    let mut children: Vec<Child> = Vec::with_capacity(n);
-    for p in &paths {
-        children.push(Command::new(p).stdin(Stdio::null()).spawn()?);
-    }
+    let world = ScaleWorld::start(dir, "fleet", n, &format!("HEARTBEAT_PORT = {port}\n"))?;
+    let conf = world.conf.clone();
     let measured = (|| -> anyhow::Result<(Vec<u64>, usize, Vec<u64>, usize)> {
         let daemon = Daemon::start(psmon, &conf, "ebpf")?;
         let mut up = 0;
@@ -101,12 +101,7 @@ fn scrape_at_scale(psmon: &Path, dir: &Path, n: usize, out: &mut String) -> anyh
         daemon.stop();
         Ok((metrics, metrics_bytes, status, status_bytes))
     })();
-    for c in &mut children {
-        let _ = c.kill();
-    }
-    for c in &mut children {
-        let _ = c.wait();
-    }
+    drop(world);
     let (mut metrics, metrics_bytes, mut status, status_bytes) = measured?;
     metrics.sort_unstable();
     status.sort_unstable();
@@ -133,25 +128,8 @@ fn scrape_at_scale(psmon: &Path, dir: &Path, n: usize, out: &mut String) -> anyh
 fn restart_under_scrapes(psmon: &Path, dir: &Path, out: &mut String) -> anyhow::Result<()> {
     const BLOCK: usize = 50;
     const BLOCKS: usize = 10;
-    let stamper = compile(dir, "fleetstamper", STAMPER)?;
-    let victim = compile(dir, "fleetvictim", PAUSER)?;
-    let conf = dir.join("conf-fleet-restart");
-    std::fs::create_dir_all(&conf)?;
-    let stamps = conf.join("stamps");
     let port = free_port()?;
-    std::fs::write(
-        conf.join("bench.toml"),
-        format!(
-            "[[entry]]\npath = \"{v}\"\nrestart = \"{s} {st} {v}\"\ngrace = 1\nretry = 1000\nstart_secs = 0\n",
-            v = victim.display(),
-            s = stamper.display(),
-            st = stamps.display()
-        ),
-    )?;
-    std::fs::write(
-        conf.join("psagent.conf"),
-        format!("HEARTBEAT_PORT = {port}\n"),
-    )?;
+    let (conf, stamps) = stamped_entry(dir, "fleet", &format!("HEARTBEAT_PORT = {port}\n"))?;
     let daemon = Daemon::start(psmon, &conf, "ebpf")?;
     let mut quiet = Vec::new();
     let mut scraped = Vec::new();
@@ -282,24 +260,11 @@ fn receiver(listener: TcpListener, got: Arc<Mutex<Vec<(u64, serde_json::Value)>>
 fn push(psmon: &Path, dir: &Path, out: &mut String) -> anyhow::Result<()> {
     const QUEUED_KILLS: usize = 200;
     const TIMED_KILLS: usize = 50;
-    let stamper = compile(dir, "pushstamper", STAMPER)?;
-    let victim = compile(dir, "pushvictim", PAUSER)?;
-    let conf = dir.join("conf-fleet-push");
-    std::fs::create_dir_all(&conf)?;
-    let stamps = conf.join("stamps");
     let port = free_port()?;
-    std::fs::write(
-        conf.join("bench.toml"),
-        format!(
-            "[[entry]]\npath = \"{v}\"\nrestart = \"{s} {st} {v}\"\ngrace = 1\nretry = 1000\nstart_secs = 0\n",
-            v = victim.display(),
-            s = stamper.display(),
-            st = stamps.display()
-        ),
-    )?;
-    std::fs::write(
-        conf.join("psagent.conf"),
-        format!("PUSH_URL = http://127.0.0.1:{port}/events\nRETRY_INTERVAL = 1\n"),
+    let (conf, stamps) = stamped_entry(
+        dir,
+        "push",
+        &format!("PUSH_URL = http://127.0.0.1:{port}/events\nRETRY_INTERVAL = 1\n"),
     )?;
     let daemon = Daemon::start(psmon, &conf, "ebpf")?;
     let mut lines = 1;

@@ -478,34 +478,62 @@ pub(crate) fn last_stamp(path: &Path, n: usize) -> anyhow::Result<(u64, u32)> {
 }
 
 /// (e) 10,000 entries, 10,000 processes.
+/// `n` live processes, each running its own hard link of a pausing
+/// program, and in `conf` a pfile with a report-only PENT line for each;
+/// the processes are killed and reaped on drop.
+pub(crate) struct ScaleWorld {
+    pub conf: PathBuf,
+    children: Vec<Child>,
+}
+
+impl ScaleWorld {
+    /// Under `dir`, its files named after `tag`, with `psagent` as psagent.conf.
+    pub(crate) fn start(dir: &Path, tag: &str, n: usize, psagent: &str) -> anyhow::Result<Self> {
+        let pauser = compile(dir, &format!("{tag}pauser"), PAUSER)?;
+        let bins = dir.join(format!("{tag}-bin"));
+        let conf = dir.join(format!("conf-{tag}"));
+        std::fs::create_dir_all(&bins)?;
+        std::fs::create_dir_all(&conf)?;
+        let mut pfile =
+            String::from("##### PARAM #####\nMONITOR_INTERVAL = 10\n##### PENT #####\n");
+        let mut paths = Vec::with_capacity(n);
+        for i in 0..n {
+            let p = bins.join(format!("p{i:05}"));
+            std::fs::hard_link(&pauser, &p)?;
+            writeln!(pfile, "{} : - : 0 : 0 : continue", p.display())?;
+            paths.push(p);
+        }
+        std::fs::write(conf.join("pfile_scale"), pfile)?;
+        std::fs::write(conf.join("psagent.conf"), psagent)?;
+        println!("xtask: starting {n} processes");
+        let mut world = ScaleWorld {
+            conf,
+            children: Vec::with_capacity(n),
+        };
+        for p in &paths {
+            world
+                .children
+                .push(Command::new(p).stdin(Stdio::null()).spawn()?);
+        }
+        Ok(world)
+    }
+}
+
+impl Drop for ScaleWorld {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+        }
+        for c in &mut self.children {
+            let _ = c.wait();
+        }
+    }
+}
+
 pub fn scale(psmon: &Path, dir: &Path, n: usize) -> anyhow::Result<String> {
-    let pauser = compile(dir, "pauser", PAUSER)?;
-    let bins = dir.join("scale-bin");
-    let conf = dir.join("conf-scale");
-    std::fs::create_dir_all(&bins)?;
-    std::fs::create_dir_all(&conf)?;
-    let mut pfile = String::from("##### PARAM #####\nMONITOR_INTERVAL = 10\n##### PENT #####\n");
-    let mut paths = Vec::with_capacity(n);
-    for i in 0..n {
-        let p = bins.join(format!("p{i:05}"));
-        std::fs::hard_link(&pauser, &p)?;
-        writeln!(pfile, "{} : - : 0 : 0 : continue", p.display())?;
-        paths.push(p);
-    }
-    std::fs::write(conf.join("pfile_scale"), pfile)?;
-    std::fs::write(conf.join("psagent.conf"), "LOG_LEVEL = DEBUG\n")?;
-    println!("xtask: starting {n} processes");
-    let mut children: Vec<Child> = Vec::with_capacity(n);
-    for p in &paths {
-        children.push(Command::new(p).stdin(Stdio::null()).spawn()?);
-    }
-    let result = measure_scale(psmon, &conf, n);
-    for c in &mut children {
-        let _ = c.kill();
-    }
-    for c in &mut children {
-        let _ = c.wait();
-    }
+    let world = ScaleWorld::start(dir, "scale", n, "LOG_LEVEL = DEBUG\n")?;
+    let result = measure_scale(psmon, &world.conf, n);
+    drop(world);
     let (rss, scans, cpu, idle_secs, up_secs, status) = result?;
     let mut out = String::new();
     let mut sorted = scans.clone();
