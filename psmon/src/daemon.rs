@@ -167,8 +167,11 @@ pub async fn run(
         }
         None => None,
     };
-    {
-        let telemetry = Arc::clone(&telemetry);
+    // Messages are built as JSON for the endpoint's /events and the push
+    // only when one of them is on: otherwise no message costs more.
+    let endpoint_on = config.agent.heartbeat_port != 0;
+    if endpoint_on || push.is_some() {
+        let telemetry = endpoint_on.then(|| Arc::clone(&telemetry));
         let push = push.as_ref().map(|(p, _)| Arc::clone(p));
         let log_level = config.agent.log_level;
         reporter.set_tap(Arc::new(move |kind, message| {
@@ -180,7 +183,7 @@ pub async fn run(
                 "DEBUG" => log_level <= crate::config::LogLevel::Debug,
                 _ => true,
             };
-            if shown {
+            if shown && let Some(telemetry) = &telemetry {
                 telemetry.said(message.clone());
             }
         }));
