@@ -88,15 +88,27 @@ impl Tls {
             col: 1,
             message,
         };
-        let (cert_path, cert_line) = &self.certificate;
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
-            .and_then(|it| it.collect::<Result<_, _>>())
-            .map_err(|e| {
+        // Read as configuration is: a FIFO, a device or a huge file is
+        // refused rather than waited on.
+        let pem = |path: &Path, line: usize, what: &str| {
+            super::files::read(path, super::LoadOptions { insecure: true }).map_err(|d| {
                 at(
-                    *cert_line,
-                    format!("cannot read certificate {}: {e}", cert_path.display()),
+                    line,
+                    format!("cannot read {what} {}: {}", path.display(), d.message),
                 )
-            })?;
+            })
+        };
+        let (cert_path, cert_line) = &self.certificate;
+        let cert_pem = pem(cert_path, *cert_line, "certificate")?;
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| {
+                    at(
+                        *cert_line,
+                        format!("cannot read certificate {}: {e}", cert_path.display()),
+                    )
+                })?;
         if certs.is_empty() {
             return Err(at(
                 *cert_line,
@@ -104,7 +116,8 @@ impl Tls {
             ));
         }
         let (key_path, key_line) = &self.key;
-        let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| {
+        let key_pem = pem(key_path, *key_line, "private key")?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| {
             at(
                 *key_line,
                 format!("cannot read private key {}: {e}", key_path.display()),
@@ -118,8 +131,9 @@ impl Tls {
             None => builder.with_no_client_auth(),
             Some((ca_path, ca_line)) => {
                 let mut roots = rustls::RootCertStore::empty();
-                let cas = CertificateDer::pem_file_iter(ca_path)
-                    .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                let ca_pem = pem(ca_path, *ca_line, "CA")?;
+                let cas = CertificateDer::pem_slice_iter(ca_pem.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| {
                         at(
                             *ca_line,
@@ -215,5 +229,24 @@ mod tests {
                 .contains("cannot read certificate /nonexistent/server.crt"),
             "{e}"
         );
+    }
+
+    /// A FIFO named as the certificate is refused at once, not waited on.
+    #[test]
+    fn a_fifo_is_refused_not_read() {
+        let dir = std::env::temp_dir().join(format!("psmon-tls-fifo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("server.crt");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let tls = Tls {
+            file: "ps_ssl.conf".into(),
+            certificate: (fifo.clone(), 1),
+            key: (fifo.clone(), 2),
+            client_ca: None,
+        };
+        let e = tls.server_config().unwrap_err();
+        assert!(e.message.contains("a FIFO"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
