@@ -290,8 +290,8 @@ fn min_two_instances(source: &str) {
     b.wait().unwrap();
 }
 
-/// Kills the victim, then makes an unrelated process take its pid (through
-/// `ns_last_pid`), and expects Down all the same.
+/// Kills the victim, then starts an unrelated process as its pid (clone3's
+/// `set_tid`), and expects Down all the same.
 fn reused_pid_is_still_down(source: &str) {
     if !needs_root("steering pid allocation") {
         return;
@@ -301,29 +301,21 @@ fn reused_pid_is_still_down(source: &str) {
     let (mut victim, pid, mut psmon) = w.watch_running(source);
     kill9(pid);
     victim.wait().unwrap();
-    // One test at a time steers pid allocation (the three sources' runs of
-    // this test would take each other's pid otherwise).
-    static STEERING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _steering = STEERING.lock().unwrap_or_else(|e| e.into_inner());
-    let mut impostor = None;
-    for _ in 0..1000 {
-        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
-        let child = Command::new("sleep").arg("30").spawn().unwrap();
-        if child.id() == pid {
-            impostor = Some(child);
-            break;
-        }
-        let mut child = child;
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    let mut impostor = impostor.expect("could not get the victim's pid reused");
+    // The impostor is given the pid itself (clone3 set_tid); a fork
+    // elsewhere may hold it for a moment, so it is asked for until free.
+    let impostor = (0..500)
+        .find_map(|_| {
+            sleep_as_pid(pid, 30).or_else(|| {
+                std::thread::sleep(Duration::from_millis(10));
+                None
+            })
+        })
+        .expect("the victim's pid stayed taken for 5 s");
     psmon.wait(&format!(
         "Process ['{}',pid={pid}] Down",
         w.victim.display()
     ));
-    let _ = impostor.kill();
-    let _ = impostor.wait();
+    kill_and_reap(impostor);
 }
 
 fn broken_reload_keeps_monitoring(source: &str) {

@@ -328,3 +328,70 @@ pub fn spawn_fresh(command: &mut Command) -> Child {
     }
     panic!("{command:?} stayed busy (ETXTBSY)");
 }
+
+/// Starts `sleep SECONDS` as exactly `pid`, through clone3's `set_tid`
+/// (Linux 5.5, root), and returns it; `None` while the pid is taken. Unlike
+/// steering `ns_last_pid`, no other test's fork can take the pid between the
+/// write and the clone.
+pub fn sleep_as_pid(pid: u32, seconds: u32) -> Option<u32> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    // Everything the child touches is made before the clone: between clone
+    // and exec it may only make system calls.
+    let program = c"/bin/sleep";
+    let seconds = std::ffi::CString::new(seconds.to_string()).unwrap();
+    let argv = [program.as_ptr(), seconds.as_ptr(), std::ptr::null()];
+    let tid = [pid as libc::pid_t];
+    let args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: tid.as_ptr() as u64,
+        set_tid_size: 1,
+        ..CloneArgs::default()
+    };
+    // SAFETY: clone3 without CLONE_VM is a fork; the child only calls execv
+    // and _exit on memory prepared above.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match ret {
+        // SAFETY: in the child; execv's arguments were built before the
+        // clone and stay alive, and _exit runs no destructors.
+        0 => unsafe {
+            libc::execv(program.as_ptr(), argv.as_ptr());
+            libc::_exit(127)
+        },
+        -1 => {
+            let e = std::io::Error::last_os_error();
+            assert_eq!(
+                e.raw_os_error(),
+                Some(libc::EEXIST),
+                "clone3 set_tid={pid}: {e}"
+            );
+            None
+        }
+        child => Some(child as u32),
+    }
+}
+
+/// Kills and reaps a process this test started outside `std::process`.
+pub fn kill_and_reap(pid: u32) {
+    kill9_pid(pid);
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
+}
