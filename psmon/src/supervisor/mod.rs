@@ -40,6 +40,7 @@ use crate::{
     state::Store,
 };
 
+mod exits;
 mod failover;
 mod fleet;
 mod health;
@@ -126,6 +127,8 @@ pub struct Supervisor {
     commands: TaskTracker,
     helpers: TaskTracker,
     exit_watches: HashMap<u32, tokio::task::AbortHandle>,
+    /// Batches the /proc reads of the exit watches (made at the first).
+    stat_reads: Option<exits::StatReads>,
     back_tx: mpsc::UnboundedSender<Back>,
     back_rx: mpsc::UnboundedReceiver<Back>,
     /// Processes whose classification is under way: how many, and the
@@ -229,6 +232,7 @@ impl Supervisor {
             commands: TaskTracker::new(),
             helpers: TaskTracker::new(),
             exit_watches: HashMap::new(),
+            stat_reads: None,
             back_tx,
             back_rx,
             held: HashMap::new(),
@@ -991,57 +995,6 @@ impl Supervisor {
                 generation: None,
             });
         });
-    }
-
-    /// Waits on a pidfd for the exit of (tgid, start): the kernel's word,
-    /// whatever the event source does. While the process is a zombie its
-    /// wait status is still in `/proc`; it is read at once.
-    fn watch_exit(&mut self, tgid: u32, start: u64) {
-        let tx = self.back_tx.clone();
-        let seen = move |zombie| {
-            let input = Input::ExitSeen {
-                tgid,
-                start,
-                zombie,
-            };
-            let _ = tx.send(Back::Input {
-                input,
-                generation: None,
-            });
-        };
-        let Ok(fd) = procfs::pidfd_open(tgid) else {
-            seen(None); // gone already
-            return;
-        };
-        let task = self.helpers.spawn(async move {
-            // The pid may have been reused between matching and pidfd_open.
-            let same = tokio::task::spawn_blocking(move || procfs::is_alive(tgid, start))
-                .await
-                .unwrap_or(false);
-            if same {
-                // SAFETY: the AsyncFd owns the pidfd, which stays open and
-                // the same until the AsyncFd is dropped.
-                let registered = unsafe {
-                    tokio::io::unix::AsyncFd::register_with_interest(
-                        fd,
-                        tokio::io::Interest::READABLE,
-                    )
-                };
-                let Ok(afd) = registered else {
-                    return;
-                };
-                // A pidfd turns readable when the process has exited.
-                let _ = afd.readable().await;
-            }
-            let zombie = tokio::task::spawn_blocking(move || procfs::zombie_status(tgid, start))
-                .await
-                .ok()
-                .flatten();
-            seen(zombie);
-        });
-        if let Some(old) = self.exit_watches.insert(tgid, task.abort_handle()) {
-            old.abort();
-        }
     }
 
     async fn shut_down(mut self) {
