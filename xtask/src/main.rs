@@ -98,9 +98,20 @@ fn test() -> anyhow::Result<()> {
         .env("PSMON_REQUIRE_EBPF", "1")
         .stdout(std::process::Stdio::piped())
         .spawn()?;
+    // Read on a thread of its own: a process that a failed test left
+    // running keeps the pipe open after cargo is done, and reading to its
+    // end would wait for that process (CI's whole time limit).
+    let out = child.stdout.take().expect("piped");
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
     let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
-    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
-        let line = line?;
+    let mut take = |line: String| {
         println!("{line}");
         if let Some(rest) = line.strip_prefix("test result: ") {
             let count = |what: &str| {
@@ -118,8 +129,36 @@ fn test() -> anyhow::Result<()> {
             failed += count(" failed");
             ignored += count(" ignored");
         }
-    }
-    let status = child.wait()?;
+    };
+    let status = loop {
+        match lines.recv_timeout(std::time::Duration::from_millis(200)) {
+            Ok(line) => take(line),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break child.wait()?,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if let Some(status) = child.try_wait()? {
+                    // What cargo wrote last is still in the pipe.
+                    let mut open = true;
+                    loop {
+                        match lines.recv_timeout(std::time::Duration::from_millis(500)) {
+                            Ok(line) => take(line),
+                            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                                open = false;
+                                break;
+                            }
+                            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
+                        }
+                    }
+                    if open {
+                        println!(
+                            "xtask: a process the tests left running still holds their output \
+                             open; not waited for"
+                        );
+                    }
+                    break status;
+                }
+            }
+        }
+    };
     println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
     anyhow::ensure!(status.success(), "the tests failed ({status})");
     Ok(())
