@@ -301,9 +301,16 @@ async fn ask(asked: &mpsc::Sender<Asked>, command: Command) -> String {
     }
     match answer.await {
         Ok(Ok(result)) => {
-            let mut line = json!({"v": PROTOCOL, "ok": true, "result": result}).to_string();
-            line.push('\n');
-            line
+            // A status of 10,000 entries is megabytes: written (and freed)
+            // off the thread that handles events.
+            let written = tokio::task::spawn_blocking(move || {
+                let mut line = json!({"v": PROTOCOL, "ok": true, "result": result}).to_string();
+                line.push('\n');
+                line
+            });
+            written
+                .await
+                .unwrap_or_else(|_| error_reply("psmon is stopping"))
         }
         Ok(Err(why)) => error_reply(&why),
         Err(_) => error_reply("psmon is stopping"),

@@ -47,6 +47,7 @@ mod health;
 mod notify;
 mod ops;
 mod probe;
+mod status;
 mod systemd;
 
 /// How long shutdown waits for restart and failover commands still running.
@@ -428,10 +429,12 @@ impl Supervisor {
     fn apply(&mut self, effect: Effect) {
         match effect {
             Effect::Notice(notice) => {
-                self.reporter.notice(&self.monitor, &notice);
+                // Metrics first: whoever reads the message and then asks
+                // /metrics finds what it says already counted.
                 self.telemetry
                     .metrics
                     .notice(&self.monitor, &notice, Time::now());
+                self.reporter.notice(&self.monitor, &notice);
                 if let Notice::Policy {
                     entry,
                     action: crate::policy::Action::ReportDown { pid, .. },

@@ -3,7 +3,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::oneshot;
 
 use super::{Back, Supervisor};
@@ -11,7 +11,6 @@ use crate::{
     clock::Time,
     config::{Config, Pfile},
     control::{Asked, Command, Reply},
-    event::ExitStatus,
     monitor::{EntryId, Input, Notice},
     policy::Action,
 };
@@ -43,7 +42,7 @@ impl Supervisor {
                 "source": self.source.as_ref().map(|s| s.kind.to_string()),
                 "source_down": self.source_down,
             })),
-            Command::Status { pfile } => self.status(pfile.as_deref()),
+            Command::Status { pfile } => return self.reply_status(pfile.as_deref(), reply),
             Command::Pause { pfile } => self.pause(&pfile, true),
             Command::Resume { pfile } => self.pause(&pfile, false),
             Command::Reload { pfile } => return self.reload(pfile.as_deref(), reply),
@@ -68,113 +67,6 @@ impl Supervisor {
                 known.join(", ")
             )
         })
-    }
-
-    fn status(&self, pfile: Option<&str>) -> Reply {
-        let only = match pfile {
-            Some(name) => Some(
-                self.pfile_named(name)
-                    .map_err(|e| format!("usage: {e}"))?
-                    .name
-                    .clone(),
-            ),
-            None => None,
-        };
-        let now = Time::now();
-        let wall = |t: Time| {
-            (t != Time::default()).then(|| {
-                let ago = now.saturating_duration_since(t);
-                let at = std::time::SystemTime::now() - ago;
-                humantime::format_rfc3339_millis(at).to_string()
-            })
-        };
-        let boot = crate::procfs::boot_time();
-        let started = |ticks: u64| {
-            boot.map(|b| {
-                let at = b + crate::event::StartTime::from_ticks(ticks).duration();
-                humantime::format_rfc3339_millis(at).to_string()
-            })
-        };
-        let entries: Vec<Value> = self
-            .monitor
-            .status(now)
-            .into_iter()
-            .filter(|e| only.as_ref().is_none_or(|p| *p == e.pfile))
-            .map(|e| {
-                let entry = self.monitor.entry(e.id);
-                let last_exit = e.last_down.map(|(pid, status)| {
-                    let mut v = json!({"pid": pid});
-                    match status {
-                        ExitStatus::Code(c) => v["code"] = json!(c),
-                        ExitStatus::Signal {
-                            signal,
-                            core_dumped,
-                        } => {
-                            v["signal"] = json!(signal);
-                            v["core_dumped"] = json!(core_dumped);
-                        }
-                        ExitStatus::Unknown => v["unknown"] = json!(true),
-                    }
-                    if let Some(cause) = pid.and_then(|p| self.monitor.cause(e.id, p)) {
-                        v["cause"] = json!(cause.describe(status));
-                    }
-                    v
-                });
-                json!({
-                    "pfile": e.pfile,
-                    "path": e.path,
-                    "state": e.state,
-                    "pids": e.instances.iter().map(|(pid, ticks)| json!({
-                        "pid": pid,
-                        "started": started(*ticks),
-                    })).collect::<Vec<_>>(),
-                    "since": wall(e.since),
-                    "attempts": e.attempts,
-                    "retry": e.retry,
-                    "last_exit": last_exit,
-                    "last_failure": e.last_failure.map(|why| crate::report::failure(entry, why)),
-                    "group": self.monitor.group_of(e.id).map(|g| self.monitor.group_name(g)),
-                    "probe": entry.probe.as_ref().map(|_| match self.monitor.last_probe(e.id) {
-                        Some(Ok(took)) => json!({"ok": true, "ms": took.as_secs_f64() * 1e3}),
-                        Some(Err(why)) => json!({"ok": false, "why": why}),
-                        None => json!(null),
-                    }),
-                })
-            })
-            .collect();
-        let groups: Vec<Value> = self
-            .monitor
-            .group_status(now)
-            .into_iter()
-            .map(|g| {
-                let members: Vec<String> = g
-                    .members
-                    .iter()
-                    .map(|id| self.monitor.entry(*id).path.display().to_string())
-                    .collect();
-                json!({
-                    "name": g.name,
-                    "state": g.state,
-                    "members": members,
-                    "restarts": g.restarts,
-                    "allowed": g.allowed,
-                    "window_s": g.window.as_secs(),
-                })
-            })
-            .collect();
-        Ok(json!({
-            "pid": std::process::id(),
-            "source": self.source.as_ref().map(|s| s.kind.to_string()),
-            "lost_events": self.lost_events,
-            "signals": {
-                "kernel": self.source.as_ref().and_then(|s| s.filter.as_ref()).and_then(|f| f.signals_seen()),
-                "received": self.signal_events,
-                "oom_kills": self.oom_events,
-            },
-            "entries": entries,
-            "groups": groups,
-            "failover_constraints": self.constraints_json(only.as_deref()),
-        }))
     }
 
     fn pause(&mut self, name: &str, pause: bool) -> Reply {
