@@ -257,6 +257,8 @@ fn reload_of_one_pfile_keeps_the_others_budgets() {
         text(&out.stderr)
     );
     assert_eq!(entry(&site.status(), &other)["retry"], 7);
+    // psmon first: it would restart what is killed under it.
+    drop(psmon);
     kill_all(&other);
 }
 
