@@ -1,5 +1,6 @@
 //! (j) The fleet view, part of `cargo xtask bench`: what a `/metrics`
-//! scrape costs with 10,000 entries; whether a scraper hitting `/metrics`
+//! scrape costs with 10,000 entries, and whether `status` asked back to
+//! back there moves kill → restart; whether a scraper hitting `/metrics`
 //! 100 times a second moves kill → restart; how fast queued events are
 //! pushed, and how long an event takes to reach its receiver.
 
@@ -18,7 +19,9 @@ use std::{
 use anyhow::ensure;
 
 use crate::bench::{fmt_ns, monotonic_ns, percentile};
-use crate::bench_monitor::{Daemon, PAUSER, STAMPER, ScaleWorld, compile, last_stamp, wait_stamp};
+use crate::bench_monitor::{
+    Daemon, PAUSER, STAMPER, ScaleWorld, compile, last_stamp, status_round_trips, wait_stamp,
+};
 
 fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -50,10 +53,17 @@ pub(crate) fn fleet(psmon: &Path, dir: &Path, n: usize) -> anyhow::Result<String
 /// it started, then runs the victim as a daemon), with `psagent`:
 /// the configuration directory and the stamps file.
 fn stamped_entry(dir: &Path, tag: &str, psagent: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
-    let stamper = compile(dir, &format!("{tag}stamper"), STAMPER)?;
-    let victim = compile(dir, &format!("{tag}victim"), PAUSER)?;
     let conf = dir.join(format!("conf-{tag}-stamped"));
     std::fs::create_dir_all(&conf)?;
+    std::fs::write(conf.join("psagent.conf"), psagent)?;
+    let stamps = stamped_entry_in(&conf, dir, tag)?;
+    Ok((conf, stamps))
+}
+
+/// The stamped entry, written into `conf` (as `bench.toml`): the stamps file.
+fn stamped_entry_in(conf: &Path, dir: &Path, tag: &str) -> anyhow::Result<PathBuf> {
+    let stamper = compile(dir, &format!("{tag}stamper"), STAMPER)?;
+    let victim = compile(dir, &format!("{tag}victim"), PAUSER)?;
     let stamps = conf.join("stamps");
     std::fs::write(
         conf.join("bench.toml"),
@@ -64,63 +74,157 @@ fn stamped_entry(dir: &Path, tag: &str, psagent: &str) -> anyhow::Result<(PathBu
             st = stamps.display()
         ),
     )?;
-    std::fs::write(conf.join("psagent.conf"), psagent)?;
-    Ok((conf, stamps))
+    Ok(stamps)
+}
+
+/// Waits for stamp `lines` and for its process to be reported Up (unless
+/// `seen_up` already), kills that process, and returns SIGKILL → its
+/// restart command started (ns); `lines` then counts the new stamp.
+fn kill_and_time(
+    daemon: &Daemon,
+    stamps: &Path,
+    lines: &mut usize,
+    seen_up: bool,
+) -> anyhow::Result<u64> {
+    let pid = wait_stamp(stamps, *lines)?.1;
+    if !seen_up {
+        daemon.wait_up(pid, Duration::from_secs(10))?;
+    }
+    let killed_at = monotonic_ns();
+    // SAFETY: kill with a pid we read and a valid signal.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    *lines += 1;
+    let (stamp, _) = wait_stamp(stamps, *lines)?;
+    Ok(stamp.saturating_sub(killed_at))
+}
+
+/// Kills the stamped entry's last process (left running by the bench).
+fn kill_last(stamps: &Path, lines: usize) {
+    if let Ok((_, pid)) = last_stamp(stamps, lines) {
+        // SAFETY: kill with a pid we read and a valid signal.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
 }
 
 /// `/metrics` and `/status` through the endpoint with `n` entries Up.
 fn scrape_at_scale(psmon: &Path, dir: &Path, n: usize, out: &mut String) -> anyhow::Result<()> {
+    const KILLS: usize = 30;
     let port = free_port()?;
     let world = ScaleWorld::start(dir, "fleet", n, &format!("HEARTBEAT_PORT = {port}\n"))?;
     let conf = world.conf.clone();
-    let measured = (|| -> anyhow::Result<(Vec<u64>, usize, Vec<u64>, usize)> {
+    let stamps = stamped_entry_in(&conf, dir, "fleetscale")?;
+    let mut lines = 1;
+    let measured = (|| -> anyhow::Result<Scale> {
         let daemon = Daemon::start(psmon, &conf, "ebpf")?;
-        let mut up = 0;
+        let (mut up, mut stamped_up) = (0, false);
+        // The n processes, and the stamped entry's (pfile `bench`) if it
+        // comes first.
         while up < n {
             let m = daemon.wait_message(|_| true, Duration::from_secs(60))?;
             if m["message"].as_str().is_some_and(|s| s.ends_with(") Up")) {
-                up += 1;
+                if m["pfile"] == "bench" {
+                    stamped_up = true;
+                } else {
+                    up += 1;
+                }
             }
         }
-        let mut metrics = Vec::new();
-        let mut metrics_bytes = 0;
+        let mut r = Scale::default();
         for _ in 0..20 {
             let t = Instant::now();
-            metrics_bytes = get(port, "/metrics")?;
-            metrics.push(t.elapsed().as_nanos() as u64);
+            r.metrics_bytes = get(port, "/metrics")?;
+            r.metrics.push(t.elapsed().as_nanos() as u64);
         }
-        let mut status = Vec::new();
-        let mut status_bytes = 0;
         for _ in 0..5 {
             // Past the endpoint's one-second cache: each one asks psmon.
             std::thread::sleep(Duration::from_millis(1100));
             let t = Instant::now();
-            status_bytes = get(port, "/status")?;
-            status.push(t.elapsed().as_nanos() as u64);
+            r.status_bytes = get(port, "/status")?;
+            r.status.push(t.elapsed().as_nanos() as u64);
         }
+        for i in 0..KILLS {
+            r.quiet.push(kill_and_time(
+                &daemon,
+                &stamps,
+                &mut lines,
+                i == 0 && stamped_up,
+            )?);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // `psmon status` on the control socket, one after another.
+        let stop = Arc::new(AtomicBool::new(false));
+        let asker = {
+            let stop = Arc::clone(&stop);
+            let socket = conf.join("psmon.sock");
+            std::thread::spawn(move || {
+                let mut n = 0usize;
+                while !stop.load(Ordering::Relaxed) && status_round_trips(&socket, 1).is_ok() {
+                    n += 1;
+                }
+                n
+            })
+        };
+        for _ in 0..KILLS {
+            r.asked
+                .push(kill_and_time(&daemon, &stamps, &mut lines, false)?);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        stop.store(true, Ordering::Relaxed);
+        r.answered = asker.join().unwrap_or(0);
         daemon.stop();
-        Ok((metrics, metrics_bytes, status, status_bytes))
+        Ok(r)
     })();
+    kill_last(&stamps, lines);
     drop(world);
-    let (mut metrics, metrics_bytes, mut status, status_bytes) = measured?;
-    metrics.sort_unstable();
-    status.sort_unstable();
+    let mut r = measured?;
+    for v in [&mut r.metrics, &mut r.status, &mut r.quiet, &mut r.asked] {
+        v.sort_unstable();
+    }
     writeln!(
         out,
         "{n} entries Up (one pfile, report only; `--source ebpf`), scraped over loopback:\n\n\
          | request | body | n | median | max |\n|---|---|---|---|---|\n\
          | `GET /metrics` | {} KB | {} | {} | {} |\n\
-         | `GET /status` (asks the supervisor) | {} KB | {} | {} | {} |\n",
-        metrics_bytes / 1024,
-        metrics.len(),
-        fmt_ns(percentile(&metrics, 50.0)),
-        fmt_ns(*metrics.last().unwrap_or(&0)),
-        status_bytes / 1024,
-        status.len(),
-        fmt_ns(percentile(&status, 50.0)),
-        fmt_ns(*status.last().unwrap_or(&0)),
+         | `GET /status` (asks the supervisor) | {} KB | {} | {} | {} |\n\n\
+         In the same daemon, one more entry whose restart command is the stamper: SIGKILL → \
+         restart command started, {KILLS} kills 50 ms apart, then {KILLS} more while a client \
+         asks `psmon status` (all {n} entries) on the control socket one request after another \
+         ({} answered meanwhile):\n\n\
+         | case | kills | p50 | p99 | max |\n|---|---|---|---|---|\n\
+         | nobody asking | {} | {} | {} | {} |\n\
+         | `status` back to back | {} | {} | {} | {} |\n",
+        r.metrics_bytes / 1024,
+        r.metrics.len(),
+        fmt_ns(percentile(&r.metrics, 50.0)),
+        fmt_ns(*r.metrics.last().unwrap_or(&0)),
+        r.status_bytes / 1024,
+        r.status.len(),
+        fmt_ns(percentile(&r.status, 50.0)),
+        fmt_ns(*r.status.last().unwrap_or(&0)),
+        r.answered,
+        r.quiet.len(),
+        fmt_ns(percentile(&r.quiet, 50.0)),
+        fmt_ns(percentile(&r.quiet, 99.0)),
+        fmt_ns(*r.quiet.last().unwrap_or(&0)),
+        r.asked.len(),
+        fmt_ns(percentile(&r.asked, 50.0)),
+        fmt_ns(percentile(&r.asked, 99.0)),
+        fmt_ns(*r.asked.last().unwrap_or(&0)),
     )?;
     Ok(())
+}
+
+/// What [`scrape_at_scale`] measured (times in ns).
+#[derive(Default)]
+struct Scale {
+    metrics: Vec<u64>,
+    metrics_bytes: usize,
+    status: Vec<u64>,
+    status_bytes: usize,
+    /// Kill → restart started, with nobody asking and with `status` asked.
+    quiet: Vec<u64>,
+    asked: Vec<u64>,
+    answered: usize,
 }
 
 /// SIGKILL → restart command started, in alternating blocks without and
@@ -154,14 +258,7 @@ fn restart_under_scrapes(psmon: &Path, dir: &Path, out: &mut String) -> anyhow::
             })
         });
         for _ in 0..BLOCK {
-            let pid = wait_stamp(&stamps, lines)?.1;
-            daemon.wait_up(pid, Duration::from_secs(10))?;
-            let killed_at = monotonic_ns();
-            // SAFETY: kill with a pid we read and a valid signal.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            lines += 1;
-            let (stamp, _) = wait_stamp(&stamps, lines)?;
-            let took = stamp.saturating_sub(killed_at);
+            let took = kill_and_time(&daemon, &stamps, &mut lines, false)?;
             // Kills spaced out so that the scraper runs all through.
             std::thread::sleep(Duration::from_millis(20));
             if with_scraper {
@@ -176,10 +273,7 @@ fn restart_under_scrapes(psmon: &Path, dir: &Path, out: &mut String) -> anyhow::
         }
     }
     daemon.stop();
-    if let Ok((_, pid)) = last_stamp(&stamps, lines) {
-        // SAFETY: as above.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    }
+    kill_last(&stamps, lines);
     quiet.sort_unstable();
     scraped.sort_unstable();
     let (q, s) = (percentile(&quiet, 50.0), percentile(&scraped, 50.0));

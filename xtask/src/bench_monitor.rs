@@ -590,7 +590,7 @@ struct ScaleResult {
 
 /// `psmon status --json`'s request on the control socket, answered: the
 /// reply's size and each round trip's time.
-fn status_round_trips(socket: &Path, times: usize) -> anyhow::Result<(usize, Vec<u64>)> {
+pub(crate) fn status_round_trips(socket: &Path, times: usize) -> anyhow::Result<(usize, Vec<u64>)> {
     use std::io::{BufRead, Write};
     let mut samples = Vec::with_capacity(times);
     let mut size = 0;
