@@ -337,9 +337,13 @@ impl Supervisor {
                         stat_files = Some(files);
                         if generation == self.monitor.generation() {
                             self.feed(Input::Scanned { started, took, found });
-                            if !self.ready_sent {
-                                // Ready once the source is open and the first
-                                // scan has found what runs.
+                            // Ready once the source is open (or failed for
+                            // good) and a scan has found what runs. A scan
+                            // done before the source opened is not enough:
+                            // the opening asks for another.
+                            if !self.ready_sent
+                                && (self.source.is_some() || self.source_down.is_some())
+                            {
                                 self.ready_sent = true;
                                 self.tell_systemd(true);
                             }
