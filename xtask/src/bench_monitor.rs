@@ -196,6 +196,17 @@ impl Daemon {
     }
 }
 
+/// A bench that fails half-way leaves no psmon running.
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            // SAFETY: kill with our child's pid and a valid signal.
+            unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
