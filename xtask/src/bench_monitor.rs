@@ -189,16 +189,12 @@ impl Daemon {
 
     /// Stops psmon; returns what it said from now to its exit.
     pub(crate) fn stop(mut self) -> Vec<Value> {
-        // SAFETY: kill with our child's pid and a valid signal.
-        unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
+        self.terminate();
         self.messages.iter().collect()
     }
-}
 
-/// A bench that fails half-way leaves no psmon running.
-impl Drop for Daemon {
-    fn drop(&mut self) {
+    /// SIGTERM and wait, unless psmon has exited already.
+    fn terminate(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
             // SAFETY: kill with our child's pid and a valid signal.
             unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
@@ -207,13 +203,29 @@ impl Drop for Daemon {
     }
 }
 
+/// A bench that fails half-way leaves no psmon running.
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    status_field(pid, "VmRSS")
+}
+
+/// The number in field `name` of `/proc/PID/status` (`VmRSS:  123 kB`).
+fn status_field(pid: u32, name: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
+    let value = status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .context("VmRSS")?;
-    Ok(line.split_whitespace().nth(1).context("VmRSS")?.parse()?)
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .with_context(|| format!("no {name} in /proc/{pid}/status"))?;
+    Ok(value
+        .split_whitespace()
+        .next()
+        .with_context(|| format!("{name} is empty"))?
+        .parse()?)
 }
 
 /// One row of (d).
@@ -678,12 +690,7 @@ fn measure_scale(psmon: &Path, conf: &Path, n: usize) -> anyhow::Result<ScaleRes
 
 /// The number of threads of `pid`.
 fn threads(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("Threads:"))
-        .context("Threads")?;
-    Ok(line.split_whitespace().nth(1).context("Threads")?.parse()?)
+    status_field(pid, "Threads")
 }
 
 /// How long (f) measures each contender.
