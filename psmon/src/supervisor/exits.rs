@@ -89,10 +89,7 @@ impl Supervisor {
             seen(None); // gone already
             return;
         };
-        let reads = self
-            .stat_reads
-            .get_or_insert_with(|| StatReads::start(&self.helpers))
-            .clone();
+        let reads = self.stat_reads.clone();
         let task = self.helpers.spawn(async move {
             // The pid may have been reused between matching and pidfd_open.
             if reads.alive(tgid, start).await {

@@ -128,8 +128,8 @@ pub struct Supervisor {
     commands: TaskTracker,
     helpers: TaskTracker,
     exit_watches: HashMap<u32, tokio::task::AbortHandle>,
-    /// Batches the /proc reads of the exit watches (made at the first).
-    stat_reads: Option<exits::StatReads>,
+    /// Batches the /proc reads of the exit watches.
+    stat_reads: exits::StatReads,
     back_tx: mpsc::UnboundedSender<Back>,
     back_rx: mpsc::UnboundedReceiver<Back>,
     /// Processes whose classification is under way: how many, and the
@@ -213,6 +213,7 @@ impl Supervisor {
         let matcher = Arc::new(Matcher::new(monitor.entries()));
         telemetry.metrics.set_entries(&monitor, Time::now());
         let (back_tx, back_rx) = mpsc::unbounded_channel();
+        let helpers = TaskTracker::new();
         let (notify_tx, notify_rx) = mpsc::channel(notify::QUEUE);
         Supervisor {
             monitor,
@@ -231,9 +232,9 @@ impl Supervisor {
             umask,
             pending,
             commands: TaskTracker::new(),
-            helpers: TaskTracker::new(),
+            stat_reads: exits::StatReads::start(&helpers),
+            helpers,
             exit_watches: HashMap::new(),
-            stat_reads: None,
             back_tx,
             back_rx,
             held: HashMap::new(),
