@@ -222,6 +222,35 @@ fn metrics_count_what_happened() {
 /// A hundred connections held open and a client reading a byte a second
 /// do not keep psmon from restarting a killed process, nor from answering
 /// once they are gone.
+/// A watched path with a quote, a backslash and a newline in it: the
+/// scrape stays valid and the label says the path as it is.
+#[test]
+fn label_values_are_escaped() {
+    let dir = TempDir::new_in(Path::new("/tmp"), "labels");
+    let conf = dir.0.join("conf");
+    std::fs::create_dir_all(&conf).unwrap();
+    let victim = victim_copy(&dir.0, "we\"ird\\d\nx");
+    let port = free_port();
+    // A TOML basic string: the path's quote, backslash and newline escaped.
+    let quoted = serde_json::to_string(victim.to_str().unwrap()).unwrap();
+    std::fs::write(
+        conf.join("app.toml"),
+        format!("[[entry]]\npath = {quoted}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        conf.join("psagent.conf"),
+        format!("HEARTBEAT_PORT = {port}\n"),
+    )
+    .unwrap();
+    let mut psmon = Psmon::start(&conf, "poll");
+    saw_or_wait(&mut psmon, "HTTP endpoint listening");
+    let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let samples = scrape(address);
+    let key = format!("psmon_entry_up{{path={},pfile=app}}", victim.display());
+    assert_eq!(samples.get(&key), Some(&0.0), "{key} in {samples:?}");
+}
+
 #[test]
 fn slow_and_many_clients_do_not_delay_a_restart() {
     if !needs_root("watching processes with the ebpf source") {
@@ -572,6 +601,16 @@ impl Receiver {
 }
 
 fn serve_posts(stream: TcpStream, keep: &Mutex<Vec<Value>>) {
+    serve(
+        stream,
+        keep,
+        |_| "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    );
+}
+
+/// Reads requests from `stream`: each body that is JSON goes to `keep`;
+/// each request is answered with `answer(request line)`.
+fn serve(stream: TcpStream, keep: &Mutex<Vec<Value>>, answer: impl Fn(&str) -> &'static str) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut writer = stream;
     loop {
@@ -602,13 +641,51 @@ fn serve_posts(stream: TcpStream, keep: &Mutex<Vec<Value>>) {
         if let Ok(v) = serde_json::from_slice::<Value>(&body) {
             keep.lock().unwrap().push(v);
         }
-        if writer
-            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-            .is_err()
-        {
+        if writer.write_all(answer(&line).as_bytes()).is_err() {
             return;
         }
     }
+}
+
+/// A receiver that moved (301 to another path, which would answer a GET
+/// with 200): no event counts as delivered, every one stays queued, and
+/// the operator is told why.
+#[test]
+fn a_redirecting_receiver_delivers_nothing() {
+    let receiver_port = free_port();
+    let listener = TcpListener::bind(("127.0.0.1", receiver_port)).unwrap();
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let keep = Arc::clone(&requests);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let keep = Arc::clone(&keep);
+            std::thread::spawn(move || {
+                serve(stream, &keep, |line| {
+                    if line.starts_with("POST /old") {
+                        "HTTP/1.1 301 Moved Permanently\r\nLocation: /new\r\nContent-Length: 0\r\n\r\n"
+                    } else {
+                        "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+                    }
+                })
+            });
+        }
+    });
+    let f = Fleet::new(
+        "redirect",
+        &format!("PUSH_URL = http://127.0.0.1:{receiver_port}/old\n"),
+    );
+    let (_pid, mut psmon) = f.start();
+    let failed = psmon.wait("event push to");
+    let said = failed["message"].as_str().unwrap();
+    assert!(said.contains("301") && said.contains("/new"), "{said}");
+    let m = scrape(f.address());
+    assert_eq!(m["psmon_push_delivered_events_total{}"], 0.0, "{m:?}");
+    assert!(m["psmon_push_waiting_events{}"] >= 1.0, "{m:?}");
+    assert!(
+        !requests.lock().unwrap().is_empty(),
+        "the POST carried the event"
+    );
 }
 
 /// The receiver is down while five events happen; psmon is restarted;

@@ -32,6 +32,8 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 pub const DEFAULT_SOCKET: &str = "/run/psmon/psmon.sock";
 /// How long a client may take to send its request.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to read a reply.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections served at once; more wait in the listen queue.
 const MAX_CLIENTS: usize = 128;
 
@@ -216,7 +218,7 @@ async fn connection(
             Ok(Err(e)) => return Err(e),
             Err(_) => {
                 let reply = error_reply("no request within 10 s; closing");
-                write.write_all(reply.as_bytes()).await?;
+                send(&mut write, &reply).await?;
                 return Ok(());
             }
         };
@@ -225,7 +227,7 @@ async fn connection(
         }
         if line.len() > MAX_REQUEST {
             let reply = error_reply(&format!("request longer than {MAX_REQUEST} bytes; closing"));
-            write.write_all(reply.as_bytes()).await?;
+            send(&mut write, &reply).await?;
             return Ok(());
         }
         let reply = match parse(&line) {
@@ -235,7 +237,20 @@ async fn connection(
                 Ok(()) => ask(asked, command).await,
             },
         };
-        write.write_all(reply.as_bytes()).await?;
+        send(&mut write, &reply).await?;
+    }
+}
+
+/// Writes one reply, within [`WRITE_TIMEOUT`]: a client that sends and
+/// never reads must not keep its slot (and with 128 of them, every other
+/// caller out) for ever.
+async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &str) -> std::io::Result<()> {
+    match tokio::time::timeout(WRITE_TIMEOUT, write.write_all(reply.as_bytes())).await {
+        Ok(done) => done,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the client did not read its reply",
+        )),
     }
 }
 

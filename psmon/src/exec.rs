@@ -76,11 +76,33 @@ impl Outcome {
     }
 }
 
-/// Runs the command to its end (or its time limit).
+/// Runs the command to its end (or its time limit). Dropped before that
+/// (a caller's own deadline, shutdown), it kills the command's process
+/// group: a probe that hangs must not leave a process behind each time.
 pub async fn run(spec: &CommandSpec) -> Outcome {
     match start(spec) {
-        Ok(running) => running.finish().await,
+        Ok(running) => {
+            let mut guard = KillGroupOnDrop(running.pgid);
+            let outcome = running.finish().await;
+            guard.0 = None;
+            outcome
+        }
         Err(failed) => failed,
+    }
+}
+
+/// Kills a process group when dropped, unless disarmed (`None`). Only
+/// while its leader is not reaped, so the group id is still the command's.
+struct KillGroupOnDrop(Option<u32>);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 }
 
@@ -192,6 +214,16 @@ impl Running {
             output_tail: tail(self.output),
         }
     }
+}
+
+/// Whether process `pgid` still runs (not a zombie) and leads its process
+/// group: a command psmon started and then lost (psmon restarted) is still
+/// running. Its pid cannot be another process's while the group exists.
+pub fn leads_its_group(pgid: u32) -> bool {
+    let pid = nix::unistd::Pid::from_raw(pgid as i32);
+    let leads = nix::unistd::getpgid(Some(pid)).is_ok_and(|g| g == pid);
+    let mut buf = Vec::new();
+    leads && crate::procfs::read_stat(pgid, &mut buf).is_some_and(|s| !s.is_dead())
 }
 
 /// Characters that make a command need a shell.

@@ -140,6 +140,9 @@ struct Queue {
     file: File,
     len: u64,
     sent: u64,
+    /// Events in the file past `sent`: kept, so that counting them never
+    /// reads the file again.
+    waiting: usize,
     /// Events dropped because the queue was full.
     dropped: u64,
 }
@@ -163,11 +166,13 @@ impl Queue {
             file,
             len,
             sent,
+            waiting: 0,
             dropped: 0,
         };
         // A line cut short by a crash mid-append is not an event.
         q.drop_torn_tail()?;
         q.compact_if_done()?;
+        q.waiting = q.count_from_sent()?;
         Ok(q)
     }
 
@@ -189,22 +194,58 @@ impl Queue {
         Ok(())
     }
 
-    /// Appends events (one fsync for all of them), dropping the oldest
-    /// unsent ones if the bound would be passed.
+    /// Events in the file past `sent` (read once, at open).
+    fn count_from_sent(&self) -> std::io::Result<usize> {
+        let mut f = &self.file;
+        f.seek(SeekFrom::Start(self.sent))?;
+        let mut count = 0;
+        for line in BufReader::new(f).split(b'\n') {
+            line?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// Appends events (one fsync for all of them), never reading what is
+    /// queued. The file itself stays within [`MAX_QUEUE_BYTES`]: past it,
+    /// what was sent is cut from it first, then the oldest unsent events
+    /// are dropped (while the receiver fails, nothing else would ever cut
+    /// the file).
     fn append(&mut self, events: &[Value]) -> std::io::Result<()> {
         let mut bytes = Vec::new();
         for e in events {
             bytes.extend_from_slice(e.to_string().as_bytes());
             bytes.push(b'\n');
         }
-        while self.len - self.sent + bytes.len() as u64 > MAX_QUEUE_BYTES && self.sent < self.len {
-            let line = self.next()?.map_or(0, |(_, n)| n);
-            self.set_sent(self.sent + line.max(1))?;
-            self.dropped += 1;
+        let fits = |q: &Queue| q.len + bytes.len() as u64 <= MAX_QUEUE_BYTES;
+        if !fits(self) && self.sent > 0 {
+            self.cut_sent()?;
+        }
+        if !fits(self) {
+            // Drop the oldest whole lines until the new ones fit, in one
+            // pass over the file's head, then cut them off.
+            let mut f = &self.file;
+            f.seek(SeekFrom::Start(self.sent))?;
+            let mut reader = BufReader::new(f);
+            let mut line = Vec::new();
+            let mut offset = self.sent;
+            while self.len - offset + bytes.len() as u64 > MAX_QUEUE_BYTES {
+                line.clear();
+                let n = reader.read_until(b'\n', &mut line)? as u64;
+                if n == 0 {
+                    break;
+                }
+                offset += n;
+                self.waiting = self.waiting.saturating_sub(1);
+                self.dropped += 1;
+            }
+            self.set_sent(offset)?;
+            self.cut_sent()?;
         }
         self.file.write_all(&bytes)?;
         self.file.sync_data()?;
         self.len += bytes.len() as u64;
+        self.waiting += events.len();
         Ok(())
     }
 
@@ -227,6 +268,12 @@ impl Queue {
         )))
     }
 
+    /// The first unsent event was acknowledged (or skipped): `n` bytes.
+    fn sent_one(&mut self, n: u64) -> std::io::Result<()> {
+        self.waiting = self.waiting.saturating_sub(1);
+        self.set_sent(self.sent + n)
+    }
+
     /// Records that everything before `offset` was acknowledged.
     fn set_sent(&mut self, offset: u64) -> std::io::Result<()> {
         self.sent = offset.min(self.len);
@@ -242,6 +289,14 @@ impl Queue {
     /// else (rewriting the rest) once the sent part is large.
     fn compact(&mut self) -> std::io::Result<()> {
         if self.sent < (1 << 20) || self.sent == self.len || self.sent < self.len / 2 {
+            return self.compact_if_done();
+        }
+        self.cut_sent()
+    }
+
+    /// Rewrites the file without its sent part.
+    fn cut_sent(&mut self) -> std::io::Result<()> {
+        if self.sent == self.len {
             return self.compact_if_done();
         }
         let path = self.dir.join("queue.jsonl");
@@ -299,6 +354,9 @@ impl Pusher {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(REQUEST_TIMEOUT))
             .http_status_as_error(false)
+            // A redirect is not a delivery: followed, the POST would turn
+            // into a GET without the event and count as sent.
+            .max_redirects(0)
             .build()
             .into();
         let mut open = true;
@@ -392,6 +450,14 @@ impl Pusher {
                     .send(event.to_string());
                 let why = match result {
                     Ok(r) if r.status().is_success() => None,
+                    Ok(r) if r.status().is_redirection() => Some(format!(
+                        "the receiver answered {} to {}: redirects are not followed, set PUSH_URL to the address that accepts the POST",
+                        r.status(),
+                        r.headers()
+                            .get("location")
+                            .and_then(|l| l.to_str().ok())
+                            .unwrap_or("another address")
+                    )),
                     Ok(r) => Some(format!("the receiver answered {}", r.status())),
                     Err(e) => Some(e.to_string()),
                 };
@@ -413,8 +479,7 @@ impl Pusher {
                     return;
                 }
             }
-            let offset = self.queue.sent + n;
-            if let Err(e) = self.queue.set_sent(offset) {
+            if let Err(e) = self.queue.sent_one(n) {
                 self.say(LogLevel::Error, format!("cannot record pushed events: {e}"));
                 return;
             }
@@ -434,20 +499,11 @@ impl Pusher {
 
     /// Events on disk not yet delivered, for `/metrics`.
     fn count_waiting(&self) {
-        let n = if self.queue.waiting() {
-            self.waiting_events() as u64
-        } else {
-            0
-        };
-        self.cells.waiting.store(n, Relaxed);
+        self.cells.waiting.store(self.queue.waiting as u64, Relaxed);
     }
 
     fn waiting_events(&self) -> usize {
-        let mut f = &self.queue.file;
-        if f.seek(SeekFrom::Start(self.queue.sent)).is_err() {
-            return 0;
-        }
-        BufReader::new(f).lines().count()
+        self.queue.waiting
     }
 
     fn say(&mut self, level: LogLevel, message: String) {
@@ -522,6 +578,32 @@ mod tests {
         assert!(q.dropped >= 4, "{}", q.dropped);
         let (oldest, _) = q.next().unwrap().unwrap();
         assert_eq!(oldest["n"], q.dropped);
+        assert_eq!(q.waiting as u64, 20 - q.dropped);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// While the receiver fails nothing is sent: the file itself, not only
+    /// its unsent part, stays within the bound, and the count of waiting
+    /// events is kept without reading the file.
+    #[test]
+    fn the_file_stays_bounded_while_nothing_is_sent() {
+        let d = dir("bounded");
+        let mut q = Queue::open(&d).unwrap();
+        let pad = "y".repeat(64 << 10);
+        for i in 0..600 {
+            q.append(&[json!({"n": i, "pad": pad})]).unwrap();
+            let on_disk = std::fs::metadata(d.join("queue.jsonl")).unwrap().len();
+            assert!(on_disk <= MAX_QUEUE_BYTES, "{on_disk} bytes after {i}");
+        }
+        assert_eq!(q.waiting as u64 + q.dropped, 600);
+        let (oldest, n) = q.next().unwrap().unwrap();
+        assert_eq!(oldest["n"], q.dropped);
+        q.sent_one(n).unwrap();
+        let dropped = q.dropped;
+        drop(q);
+        let q = Queue::open(&d).unwrap();
+        assert_eq!(q.next().unwrap().unwrap().0["n"], dropped + 1);
+        assert_eq!(q.waiting as u64, 600 - dropped - 1);
         let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -115,11 +115,11 @@ impl Reporter {
         let mut line = match self.format {
             LogFormat::Json => as_json().to_string(),
             LogFormat::Text => {
-                let mut line = format!("{time} {name:<5} {message}");
+                let mut line = format!("{time} {name:<5} {}", escape_controls(message));
                 for (k, v) in fields {
                     match v {
                         Value::Null => {}
-                        Value::String(s) => line.push_str(&format!(" {k}={s}")),
+                        Value::String(s) => line.push_str(&format!(" {k}={}", escape_controls(s))),
                         other => line.push_str(&format!(" {k}={other}")),
                     }
                 }
@@ -135,12 +135,34 @@ impl Reporter {
             LogLevel::Error => 3,
         };
         let packet = format!(
-            "<{}>psmon[{}]: {message}",
+            "<{}>psmon[{}]: {}",
             3 * 8 + severity,
-            std::process::id()
+            std::process::id(),
+            escape_controls(message)
         );
         logsink::line(line.into_bytes(), true, Some(packet.into_bytes()));
     }
+}
+
+/// `text` with every control character written as an escape (`\n`,
+/// `\x1b`, …): process names, command lines and paths come from whoever
+/// runs the process, and a newline in one must not start a forged log line
+/// (nor an escape sequence repaint the operator's terminal).
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// The kind of event a notice tells of, for those pushed and counted.
@@ -714,6 +736,24 @@ mod tests {
         assert_eq!(v["message"], "Process ['/usr/sbin/sshd',pid=812] Down");
         assert_eq!(v["level"], "WARN");
         assert_eq!(v["pid"], 812);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A process name with a newline (a killer's comm) stays on its line.
+    #[test]
+    fn control_characters_cannot_forge_a_text_log_line() {
+        let dir = std::env::temp_dir().join(format!("psmon-report-ctl-{}", std::process::id()));
+        let mut r = Reporter::new(LogLevel::Info, LogFormat::Text, Some(&dir));
+        r.report(
+            LogLevel::Warn,
+            "Down (signal 9 from pid 7 'x\nERROR FAKE\x1b[2J')",
+            &[("killer_comm", json!("x\nERROR FAKE"))],
+        );
+        logsink::flush(std::time::Duration::from_secs(5));
+        let text = std::fs::read_to_string(dir.join("psmon.log")).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains("'x\\nERROR FAKE\\x1b[2J'"), "{text}");
+        assert!(text.contains("killer_comm=x\\nERROR FAKE"), "{text}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

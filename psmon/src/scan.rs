@@ -597,12 +597,23 @@ pub fn read_pidfile(path: &Path) -> Option<u32> {
 }
 
 /// A script starts with `#!`; its processes are interpreters running it.
+/// Only a regular file is read, opened without blocking: anyone who can
+/// replace a watched file with a FIFO would otherwise stop the thread that
+/// resolves paths (and with it all monitoring) until a writer came.
 fn is_script(path: &Path) -> bool {
-    use std::io::Read;
+    use std::{io::Read, os::unix::fs::OpenOptionsExt};
+    let Ok(file) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+    else {
+        return false;
+    };
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return false;
+    }
     let mut head = [0u8; 2];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut head))
-        .is_ok_and(|()| &head == b"#!")
+    (&file).read_exact(&mut head).is_ok_and(|()| &head == b"#!")
 }
 
 #[cfg(test)]

@@ -51,6 +51,9 @@ const BUCKETS: [f64; 17] = [
 struct EntryCells {
     pfile: String,
     path: String,
+    /// `pfile` and `path` escaped as label values.
+    pfile_label: String,
+    path_label: String,
     state: AtomicU8,
     instances: AtomicU32,
     attempts: AtomicU32,
@@ -67,6 +70,8 @@ impl EntryCells {
         EntryCells {
             pfile: pfile.to_string(),
             path: path.to_string(),
+            pfile_label: label_value(pfile),
+            path_label: label_value(path),
             state: AtomicU8::new(0),
             instances: AtomicU32::new(0),
             attempts: AtomicU32::new(0),
@@ -78,6 +83,22 @@ impl EntryCells {
             failovers: AtomicU64::new(0),
         }
     }
+}
+
+/// A label value as both exposition formats write it: `\`, `"` and
+/// newline escaped (the encoder writes values as they are, and a path or
+/// pfile name may hold any of them).
+fn label_value(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The event push's counts (all zero without PUSH_URL).
@@ -256,7 +277,12 @@ impl Collector for Encoder {
         let entries = m.entries.lock().unwrap().clone();
         let labels: Vec<Labels> = entries
             .iter()
-            .map(|c| [("pfile", c.pfile.as_str()), ("path", c.path.as_str())])
+            .map(|c| {
+                [
+                    ("pfile", c.pfile_label.as_str()),
+                    ("path", c.path_label.as_str()),
+                ]
+            })
             .collect();
         let gauges: [(&str, &str, GaugeOf); 4] = [
             (
@@ -295,8 +321,8 @@ impl Collector for Encoder {
         for c in entries.iter() {
             let state = STATES[usize::from(c.state.load(Relaxed)).min(STATES.len() - 1)];
             let l = [
-                ("pfile", c.pfile.as_str()),
-                ("path", c.path.as_str()),
+                ("pfile", c.pfile_label.as_str()),
+                ("path", c.path_label.as_str()),
                 ("state", state),
             ];
             e.encode_family(&l)?.encode_gauge(&1i64)?;

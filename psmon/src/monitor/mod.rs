@@ -231,11 +231,14 @@ pub enum Effect {
         grace: Duration,
     },
     /// A restart command a previous psmon started may still run in
-    /// process group `pgid`: answer [`Input::CommandDone`] once the group is
-    /// gone (or after `timeout`), without running it again.
+    /// process group `pgid` (its leader's pid): answer
+    /// [`Input::CommandDone`] once the leader has ended, without running it
+    /// again; still running `timeout` after `since` (when the restart
+    /// began), its group is killed, as psmon kills a command it started.
     AwaitCommand {
         path: PathBuf,
         pgid: u32,
+        since: Time,
         timeout: Duration,
     },
 }
@@ -550,6 +553,7 @@ impl Monitor {
                 Some(pgid) => out.push(Effect::AwaitCommand {
                     path: w.path.clone(),
                     pgid,
+                    since: w.since,
                     timeout: saved.config[i].restart_timeout,
                 }),
                 // Decided, but psmon died before the command started.

@@ -458,8 +458,12 @@ impl Supervisor {
             Effect::AwaitCommand {
                 path,
                 pgid,
+                since,
                 timeout,
-            } => self.await_command(path, pgid, timeout),
+            } => {
+                let left = timeout.saturating_sub(Time::now().saturating_duration_since(since));
+                self.await_command(path, pgid, left)
+            }
             Effect::Run(run) => self.run_command(run),
             Effect::WatchExit { tgid, start } => self.watch_exit(tgid, start),
             Effect::UnwatchExit { tgid } => {
@@ -899,18 +903,31 @@ impl Supervisor {
         self.feed_after_classification(tgid, input);
     }
 
-    /// A restart command a previous psmon started: wait for its process
-    /// group to be gone (polling: it is not our child), then say it ended.
-    fn await_command(&mut self, path: std::path::PathBuf, pgid: u32, timeout: Duration) {
+    /// A restart command a previous psmon started: wait for its leader
+    /// (the shell, or the program run directly) to end, polling since it
+    /// is not our child, then say it ended. What it started in the
+    /// background (a daemon) may stay in its group: that is the service,
+    /// not the command. Past the time `left`, the group is killed, as a
+    /// command psmon started would be.
+    fn await_command(&mut self, path: std::path::PathBuf, pgid: u32, left: Duration) {
         let tx = self.back_tx.clone();
         self.commands.spawn(async move {
             let begun = std::time::Instant::now();
-            let group = nix::unistd::Pid::from_raw(-(pgid as i32));
-            while nix::sys::signal::kill(group, None).is_ok() && begun.elapsed() < timeout {
+            let leads = move || exec::leads_its_group(pgid);
+            let mut ending = exec::Ending::Adopted;
+            while tokio::task::spawn_blocking(leads).await.unwrap_or(false) {
+                if begun.elapsed() >= left {
+                    let _ = nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(pgid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    ending = exec::Ending::TimedOut;
+                    break;
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             let outcome = exec::Outcome {
-                ending: exec::Ending::Adopted,
+                ending,
                 elapsed: begun.elapsed(),
                 output_tail: String::new(),
             };

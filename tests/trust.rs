@@ -1,0 +1,191 @@
+//! A local user cannot blind, fool or steer psmon, and nothing psmon starts
+//! outlives its purpose: a FIFO planted at a watched path, clients that
+//! never read their replies, a restart command left running by a psmon
+//! that was killed, hung command probes. Each test would fail on the fault
+//! it names.
+
+mod support;
+
+use std::{
+    io::Write,
+    os::unix::net::UnixStream,
+    path::Path,
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+use support::*;
+
+/// `psmon ARGS` as a client of the daemon isolated under `dir`, stopped
+/// after `limit` (a client that hangs is the fault under test).
+fn client(dir: &Path, args: &[&str], limit: Duration) -> Output {
+    let mut command = Command::new("timeout");
+    command
+        .arg("--signal=KILL")
+        .arg(format!("{}", limit.as_secs()))
+        .arg(env!("CARGO_BIN_EXE_psmon"));
+    isolate(&mut command, dir).args(args).output().unwrap()
+}
+
+/// A TOML entry for `path`, restarted by running `restart` in the
+/// background.
+fn entry(path: &Path, restart: &str) -> String {
+    format!(
+        "[[entry]]\npath = \"{}\"\nrestart = \"{restart} >/dev/null 2>&1 &\"\nretry = 20\ngrace = 600\nstart_secs = 0\n",
+        path.display()
+    )
+}
+
+/// Waits until `cond` holds, for at most [`TIMEOUT`].
+fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not within {TIMEOUT:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Anyone who can replace a watched binary (a service's own user, in a
+/// directory it owns) puts a FIFO there, and psmon reloads: reading the
+/// path must not wait for a writer. Every other entry is still restarted
+/// and `status` still answers.
+#[test]
+fn a_fifo_at_a_watched_path_does_not_stop_monitoring() {
+    let dir = TempDir::new("fifo-path");
+    let conf = dir.0.join("conf");
+    std::fs::create_dir_all(&conf).unwrap();
+    let kept = victim_copy(&dir.0, "keptd");
+    let planted = victim_copy(&dir.0, "plantd");
+    let text = entry(&kept, &format!("{} sleep", kept.display()))
+        + &entry(&planted, &format!("{} sleep", planted.display()));
+    std::fs::write(conf.join("app.toml"), text).unwrap();
+    let mut psmon = Psmon::start(&conf, "auto");
+    let first = psmon.wait_for(") Up", |m| m["path"] == kept.display().to_string())["pid"]
+        .as_u64()
+        .unwrap() as u32;
+    psmon.wait_for(") Up", |m| m["path"] == planted.display().to_string());
+
+    std::fs::remove_file(&planted).unwrap();
+    nix::unistd::mkfifo(&planted, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    psmon.signal(nix::sys::signal::Signal::SIGHUP);
+    psmon.wait("configuration reloaded");
+    kill9_pid(first);
+    psmon.wait_for(") Up", |m| {
+        m["path"] == kept.display().to_string() && m["pid"] != first
+    });
+    let out = client(&dir.0, &["status", "--json"], Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    drop(psmon);
+    let _ = std::fs::remove_file(&planted);
+    kill_all(&kept);
+    kill_all(&planted);
+}
+
+/// 130 clients pipeline requests and never read a reply: each holds a
+/// slot only until its reply cannot be written, and then a real client is
+/// answered.
+#[test]
+fn clients_that_never_read_do_not_keep_their_slots() {
+    let dir = TempDir::new("never-read");
+    let conf = dir.0.join("conf");
+    std::fs::create_dir_all(&conf).unwrap();
+    let victim = victim_copy(&dir.0, "slotd");
+    std::fs::write(
+        conf.join("app.toml"),
+        entry(&victim, &format!("{} sleep", victim.display())),
+    )
+    .unwrap();
+    let mut psmon = Psmon::start(&conf, "auto");
+    psmon.wait(") Up");
+    let socket = socket_in(&dir.0);
+    let requests = "{\"v\":1,\"cmd\":\"status\"}\n".repeat(1500);
+    let mut hogs = Vec::new();
+    for _ in 0..130 {
+        let mut s = UnixStream::connect(&socket).unwrap();
+        s.set_nonblocking(true).unwrap();
+        // As much as fits; the rest does not matter.
+        let _ = s.write_all(requests.as_bytes());
+        hogs.push(s);
+    }
+    let out = client(&dir.0, &["status", "--json"], Duration::from_secs(20));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "status not answered while 130 clients do not read: {out:?}"
+    );
+    drop(hogs);
+    drop(psmon);
+    kill_all(&victim);
+}
+
+/// psmon is killed -9 while a restart command hangs; the next psmon takes
+/// the command over and, at the entry's time limit, kills its group as it
+/// would have killed a command it started itself.
+#[test]
+fn a_taken_over_restart_command_keeps_its_time_limit() {
+    let dir = TempDir::new("adopted");
+    let conf = dir.0.join("conf");
+    std::fs::create_dir_all(&conf).unwrap();
+    let victim = victim_copy(&dir.0, "adoptd");
+    let hang = victim_copy(&dir.0, "hangcmd");
+    std::fs::write(
+        conf.join("app.toml"),
+        format!(
+            "[[entry]]\npath = \"{}\"\nrestart = \"{} sleep\"\nrestart_timeout = 4\nretry = 1\ngrace = 600\n",
+            victim.display(),
+            hang.display()
+        ),
+    )
+    .unwrap();
+    let mut psmon = Psmon::start(&conf, "auto");
+    psmon.wait("Try to restart");
+    until("the restart command runs", || pids_of(&hang).len() == 1);
+    let saved = format!("\"command_pgid\":{}", pids_of(&hang)[0]);
+    until("the command's group is saved", || {
+        std::fs::read_to_string(dir.0.join("state/psmon.state")).is_ok_and(|s| s.contains(&saved))
+    });
+    psmon.signal(nix::sys::signal::Signal::SIGKILL);
+    drop(psmon);
+
+    let mut psmon = Psmon::start(&conf, "auto");
+    psmon.wait("state of the previous psmon taken over");
+    let ended = psmon.wait("restart command for");
+    let said = ended["message"].as_str().unwrap();
+    assert!(said.contains("timed out"), "{ended}");
+    psmon.wait("Set pid fail");
+    until("the hung command is killed", || pids_of(&hang).is_empty());
+    drop(psmon);
+    kill_all(&hang);
+}
+
+/// A command probe that hangs is killed with its process group at its
+/// time limit, every time: none piles up.
+#[test]
+fn hung_command_probes_leave_no_process() {
+    let dir = TempDir::new("hangprobe");
+    let conf = dir.0.join("conf");
+    std::fs::create_dir_all(&conf).unwrap();
+    let victim = victim_copy(&dir.0, "probed");
+    let probe = victim_copy(&dir.0, "hangprobe");
+    std::fs::write(
+        conf.join("app.toml"),
+        entry(&victim, &format!("{} sleep", victim.display()))
+            + &format!(
+                "[entry.probe]\nkind = \"command\"\ncommand = \"{} sleep\"\ninterval = 0.2\ntimeout = 0.3\nwarn = 0.1\nfailures = 100\nstart_grace = 0\n",
+                probe.display()
+            ),
+    )
+    .unwrap();
+    let mut psmon = Psmon::start(&conf, "auto");
+    psmon.wait(") Up");
+    let mut most = 0;
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < deadline {
+        most = most.max(pids_of(&probe).len());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(most <= 1, "{most} hung probes at once");
+    drop(psmon);
+    until("the last probe is killed", || pids_of(&probe).is_empty());
+    kill_all(&victim);
+}
