@@ -189,3 +189,56 @@ fn hung_command_probes_leave_no_process() {
     until("the last probe is killed", || pids_of(&probe).is_empty());
     kill_all(&victim);
 }
+
+/// A restart command that leaves a chatty process behind (`chatty &`):
+/// the output file it inherited does not grow without bound.
+#[test]
+fn output_of_what_a_restart_command_leaves_running_is_bounded() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = TempDir::new("chatty");
+    let conf = dir.0.join("conf");
+    std::fs::create_dir_all(&conf).unwrap();
+    let victim = victim_copy(&dir.0, "chattyd");
+    let chatty = dir.0.join("chatty");
+    let pidfile = dir.0.join("chatty.pid");
+    std::fs::write(
+        &chatty,
+        format!(
+            "#!/bin/sh\necho $$ > {}\nwhile :; do head -c 65536 /dev/zero; sleep 0.01; done\n",
+            pidfile.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&chatty, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        conf.join("app.toml"),
+        format!(
+            "[[entry]]\npath = \"{v}\"\nrestart = \"{c} & {v} sleep >/dev/null 2>&1 &\"\nretry = 1\ngrace = 600\n",
+            v = victim.display(),
+            c = chatty.display()
+        ),
+    )
+    .unwrap();
+    let mut psmon = Psmon::start(&conf, "auto");
+    psmon.wait(") Up");
+    until("chatty runs", || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|p| p.trim().parse::<u32>().is_ok())
+    });
+    let pid: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let meta = std::fs::metadata(format!("/proc/{pid}/fd/1")).unwrap();
+    let held = meta.blocks() * 512;
+    let written = meta.len();
+    kill_and_reap(pid);
+    drop(psmon);
+    kill_all(&victim);
+    assert!(written > 8 << 20, "chatty wrote only {written} bytes");
+    assert!(
+        held <= 4 << 20,
+        "{held} bytes held of the {written} chatty wrote"
+    );
+}

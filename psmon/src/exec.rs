@@ -26,6 +26,11 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 /// Bytes of the command's output kept for the log.
 const TAIL_BYTES: u64 = 2048;
 
+/// Output file space a daemon the command left running may fill before it
+/// is given back; how often that is looked at.
+const LEFTOVER_BYTES: u64 = 1 << 20;
+const LEFTOVER_CHECK: Duration = Duration::from_millis(250);
+
 #[derive(Clone, Debug)]
 pub struct CommandSpec {
     pub command: String,
@@ -208,12 +213,69 @@ impl Running {
                 Ending::TimedOut
             }
         };
+        let output_tail = tail(&mut self.output);
+        bound_leftover_output(self.output);
         Outcome {
             ending,
             elapsed: self.begun.elapsed(),
-            output_tail: tail(self.output),
+            output_tail,
         }
     }
+}
+
+/// The command has ended, but what it started in the background (`daemon
+/// &`) may still write to its output file, for as long as it runs: an
+/// unnamed file nobody reads, growing in /tmp (RAM where that is tmpfs).
+/// While anyone else has it open for writing, its space is given back past
+/// [`LEFTOVER_BYTES`] (a hole punched; the writer never notices, and never
+/// gets the SIGPIPE a pipe with no reader would give it). psmon's own
+/// handle is a second open file, so that a write lease (granted only when
+/// nobody else writes the file) tells when the writers are gone.
+fn bound_leftover_output(shared: std::fs::File) {
+    use std::os::fd::AsRawFd;
+    let Ok(mine) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/proc/self/fd/{}", shared.as_raw_fd()))
+    else {
+        return;
+    };
+    drop(shared);
+    if !others_write(&mine) || tokio::runtime::Handle::try_current().is_err() {
+        return;
+    }
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(LEFTOVER_CHECK).await;
+            let Ok(meta) = mine.metadata() else { return };
+            if std::os::unix::fs::MetadataExt::blocks(&meta) * 512 > LEFTOVER_BYTES {
+                let _ = nix::fcntl::fallocate(
+                    &mine,
+                    nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+                        | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                    0,
+                    meta.len() as libc::off_t,
+                );
+            }
+            if !others_write(&mine) {
+                return;
+            }
+        }
+    });
+}
+
+/// Whether another open file writes `file`'s inode: a write lease is
+/// refused (EAGAIN) exactly then. Other errors (leases disabled): assumed
+/// so, which only keeps the file watched.
+fn others_write(file: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl on a descriptor this function borrows, integer arguments.
+    let leased = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_WRLCK) } == 0;
+    if leased {
+        // SAFETY: as above.
+        unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) };
+    }
+    !leased
 }
 
 /// Whether process `pgid` still runs (not a zombie) and leads its process
@@ -290,7 +352,8 @@ fn spawn_failed(started: Instant, why: String) -> Outcome {
 }
 
 /// An unnamed temporary file: daemons the command starts may keep writing
-/// to it without ever getting SIGPIPE, and it vanishes when they close it.
+/// to it without ever getting SIGPIPE, it vanishes when they close it, and
+/// [`bound_leftover_output`] keeps what it holds small meanwhile.
 fn output_file() -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
@@ -300,7 +363,7 @@ fn output_file() -> std::io::Result<std::fs::File> {
         .open(std::env::temp_dir())
 }
 
-fn tail(mut file: std::fs::File) -> String {
+fn tail(file: &mut std::fs::File) -> String {
     let len = file.seek(SeekFrom::End(0)).unwrap_or(0);
     let _ = file.seek(SeekFrom::Start(len.saturating_sub(TAIL_BYTES)));
     let mut bytes = Vec::new();
