@@ -242,3 +242,92 @@ fn output_of_what_a_restart_command_leaves_running_is_bounded() {
         "{held} bytes held of the {written} chatty wrote"
     );
 }
+
+/// A directory under /tmp that `nobody` can enter, with a copy of the
+/// victim anyone may run.
+fn open_dir(tag: &str, name: &str) -> (TempDir, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new_in(Path::new("/tmp"), tag);
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir_all(dir.0.join("conf")).unwrap();
+    let victim = victim_copy(&dir.0, name);
+    (dir, victim)
+}
+
+/// `nobody` runs its own copy of root's watched program; root's instance
+/// is killed: Down and restarted, whatever the copy does.
+#[test]
+fn another_users_copy_does_not_mask_a_death() {
+    use std::os::unix::process::CommandExt;
+    if !needs_root("starting a process as nobody") {
+        return;
+    }
+    let (dir, victim) = open_dir("owner", "ownerd");
+    let conf = dir.0.join("conf");
+    std::fs::write(
+        conf.join("app.toml"),
+        entry(&victim, &format!("{} sleep", victim.display())),
+    )
+    .unwrap();
+    let root = reap_later(spawn_fresh(Command::new(&victim).arg("sleep")));
+    let mut psmon = Psmon::start(&conf, "auto");
+    psmon.wait_for(") Up", |m| m["pid"] == root);
+    let copy = reap_later(spawn_fresh(
+        Command::new(&victim).arg("sleep").uid(65534).gid(65534),
+    ));
+    // Its exec is seen, and refused, before root's instance dies.
+    std::thread::sleep(Duration::from_millis(300));
+    kill9_pid(root);
+    psmon.wait_for("Down", |m| m["pid"] == root);
+    let up = psmon.wait_for(") Up", |m| m["pid"] != root);
+    assert_ne!(up["pid"], copy, "{up}");
+    kill_and_reap(copy);
+    drop(psmon);
+    kill_all(&victim);
+}
+
+/// A state file that names a bystander (its real pid and start time) as
+/// the entry's instance: at take-over it is found not to be one, the entry
+/// is restarted, and the bystander is left alone.
+#[test]
+fn a_doctored_state_file_is_not_trusted() {
+    let dir = TempDir::new("doctored");
+    let conf = dir.0.join("conf");
+    std::fs::create_dir_all(&conf).unwrap();
+    let victim = victim_copy(&dir.0, "doctord");
+    let bystander_exe = victim_copy(&dir.0, "bystander");
+    std::fs::write(
+        conf.join("app.toml"),
+        entry(&victim, &format!("{} sleep", victim.display())),
+    )
+    .unwrap();
+    let pid = reap_later(spawn_fresh(Command::new(&victim).arg("sleep")));
+    let mut psmon = Psmon::start(&conf, "auto");
+    psmon.wait_for(") Up", |m| m["pid"] == pid);
+    drop(psmon);
+
+    let bystander = reap_later(spawn_fresh(Command::new(&bystander_exe).arg("sleep")));
+    let path = dir.0.join("state/psmon.state");
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let monitor = &mut state["monitor"];
+    let mut member = monitor["members"][pid.to_string()].take();
+    assert!(member.is_object(), "{monitor}");
+    member["start_ticks"] = proc_start_ticks(bystander).into();
+    monitor["members"] = serde_json::json!({ bystander.to_string(): member });
+    monitor["watches"][0]["members"] = serde_json::json!([bystander]);
+    std::fs::write(&path, state.to_string()).unwrap();
+    kill_and_reap(pid);
+
+    let mut psmon = Psmon::start(&conf, "auto");
+    psmon.wait("state of the previous psmon taken over");
+    psmon.wait_for("Down", |m| m["pid"] == bystander);
+    psmon.wait_for(") Up", |m| m["pid"] != bystander);
+    assert!(
+        std::path::Path::new(&format!("/proc/{bystander}")).exists(),
+        "the bystander was signalled"
+    );
+    drop(psmon);
+    kill_and_reap(bystander);
+    kill_all(&victim);
+}

@@ -85,6 +85,20 @@ pub fn parse_stat(buf: &[u8]) -> Option<Stat<'_>> {
     })
 }
 
+/// The effective uid of process `tgid` (`/proc/TGID/status`, `Uid:`'s
+/// second field). Not the owner of `/proc/TGID`: a process that made itself
+/// non-dumpable shows root there.
+pub fn euid(tgid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{tgid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// Reads `/proc/TGID/stat` into `buf` (reused across processes).
 pub fn read_stat(tgid: u32, buf: &mut Vec<u8>) -> Option<Stat<'_>> {
     buf.clear();

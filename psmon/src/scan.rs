@@ -38,6 +38,10 @@ pub struct Seen {
     pub comm: [u8; 16],
     /// Thread group id of the parent when it was matched.
     pub ppid: u32,
+    /// Effective uid when it was matched (0 where it was not read: a
+    /// member confirmed alive, whose uid the monitor already has).
+    #[serde(default)]
+    pub uid: u32,
 }
 
 /// Why a process matched its entry (shown by `psmon check --live`).
@@ -319,6 +323,7 @@ impl Matcher {
                 start_ticks: stat.start_ticks,
                 comm: comm_key(stat.comm),
                 ppid: stat.ppid,
+                uid: procfs::euid(tgid)?,
             },
             why,
         ))
@@ -424,6 +429,7 @@ impl Matcher {
                         start_ticks: *start,
                         comm: *comm,
                         ppid: 0,
+                        uid: 0,
                     });
                 }
                 continue;
@@ -447,6 +453,7 @@ impl Matcher {
                         start_ticks: *start,
                         comm: *comm,
                         ppid: stat.ppid,
+                        uid: 0,
                     });
                 }
             } else if same {

@@ -37,6 +37,11 @@ struct Saved {
     monitor: Monitor,
 }
 
+/// A state file larger than this is not read: 10,000 entries and as many
+/// processes save about 5 MB, and parsing a planted 100 MB file would cost
+/// gigabytes of memory.
+const MAX_STATE_BYTES: u64 = 32 << 20;
+
 /// This boot's id (`/proc/sys/kernel/random/boot_id`).
 fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
@@ -90,11 +95,25 @@ fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)?;
-    if !file.metadata()?.is_file() {
+    let meta = file.metadata()?;
+    if !meta.is_file() {
         return Err(std::io::Error::other("not a regular file"));
     }
+    if meta.len() > MAX_STATE_BYTES {
+        return Err(std::io::Error::other(format!(
+            "{} bytes, more than the {} MiB a state file may have",
+            meta.len(),
+            MAX_STATE_BYTES >> 20
+        )));
+    }
     let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)?;
+    // Bounded again: the file may grow between the check and the read.
+    (&mut file)
+        .take(MAX_STATE_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_STATE_BYTES {
+        return Err(std::io::Error::other("it grew past its limit while read"));
+    }
     Ok(bytes)
 }
 

@@ -210,8 +210,26 @@ pub struct Entry {
     pub backoff_max: Duration,
     /// How to tell that the process hangs (TOML `[entry.probe]`).
     pub probe: Option<Probe>,
+    /// Which user an instance must run as (TOML `user`).
+    pub owner: Owner,
     /// Where it was defined, for messages.
     pub line: usize,
+}
+
+/// Which user a matching process must run as (its effective uid) to be one
+/// of the entry's: a local user who runs its own copy of a watched program
+/// must not keep root's service "up" after it died. Processes of root
+/// always may (whatever root runs is the administrator's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Owner {
+    /// The user of the first instance psmon sees, or of the one it starts
+    /// when none runs (the default).
+    #[default]
+    Learned,
+    /// This uid (TOML `user = "name"` or a number).
+    Uid(u32),
+    /// Anyone (TOML `user = "any"`).
+    Any,
 }
 
 /// A hang probe: asked every `interval`, a process that gives no good
@@ -371,6 +389,7 @@ impl Entry {
             restart_backoff: Self::DEFAULT_RESTART_BACKOFF,
             backoff_max: Pfile::DEFAULT_MONITOR_INTERVAL,
             probe: None,
+            owner: Owner::Learned,
             line: 0,
         }
     }

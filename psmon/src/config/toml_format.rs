@@ -9,8 +9,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    Action, Diagnostic, Entry, FailoverChoice, FailoverDriver, FailoverMode, Group, Match, Pfile,
-    Probe, ProbeKind, Rule, hint, pfile::parse_action,
+    Action, Diagnostic, Entry, FailoverChoice, FailoverDriver, FailoverMode, Group, Match, Owner,
+    Pfile, Probe, ProbeKind, Rule, hint, pfile::parse_action,
 };
 
 #[derive(Deserialize)]
@@ -66,6 +66,15 @@ struct EntryToml {
     start_secs: Option<Spanned<f64>>,
     restart_backoff: Option<Spanned<f64>>,
     probe: Option<Spanned<ProbeToml>>,
+    user: Option<Spanned<UserToml>>,
+}
+
+/// `user = "name"`, `user = "any"` or `user = 1000`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum UserToml {
+    Id(i64),
+    Name(String),
 }
 
 #[derive(Deserialize)]
@@ -125,7 +134,8 @@ const PROBE_KEYS: [&str; 15] = [
     "start_grace",
     "kill_grace",
 ];
-const ENTRY_KEYS: [&str; 22] = [
+const ENTRY_KEYS: [&str; 23] = [
+    "user",
     "unit",
     "cgroup",
     "failover_driver",
@@ -474,6 +484,24 @@ fn entry(c: &mut Checker, spanned: &Spanned<EntryToml>) -> Option<Entry> {
     }
     if let Some(p) = &t.probe {
         e.probe = probe(c, p);
+    }
+    if let Some(user) = &t.user {
+        match user.get_ref() {
+            UserToml::Name(any) if any == "any" => e.owner = Owner::Any,
+            UserToml::Name(name) => match nix::unistd::User::from_name(name) {
+                Ok(Some(u)) => e.owner = Owner::Uid(u.uid.as_raw()),
+                _ => c.error(
+                    user.span(),
+                    format!(
+                        "no user `{name}` on this host: name an existing user, a uid, or \"any\""
+                    ),
+                ),
+            },
+            UserToml::Id(uid) => match u32::try_from(*uid) {
+                Ok(uid) => e.owner = Owner::Uid(uid),
+                Err(_) => c.error(user.span(), format!("uid {uid} is out of range")),
+            },
+        }
     }
     e.line = position(c.text, spanned.span().start).0;
     (c.errors.len() == before).then_some(e)

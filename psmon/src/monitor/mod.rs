@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     cause::Cause,
     clock::Time,
-    config::{Config, ConfigErrors, Entry, Match, Probe, Rule},
+    config::{Config, ConfigErrors, Entry, Match, Owner, Probe, Rule},
     event::ExitStatus,
     exec::Outcome,
     policy::{self, Action, EntryState, Phase, SetPidFail},
@@ -61,6 +61,17 @@ pub const MISSED_GRACE: Duration = Duration::from_millis(300);
 /// How long an exit is remembered, so that a scan begun before it does
 /// not bring the process back.
 const GONE_MEMORY: Duration = Duration::from_secs(120);
+
+/// At most this many exits are remembered (a churning host exits
+/// thousands of members a second; pid_max may be four million).
+const MAX_GONE: usize = 65_536;
+
+/// How a process came to be classified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Came {
+    Exec,
+    Scan,
+}
 
 /// An entry: its place in the configuration's order (pfiles by name, then
 /// lines). A reload renumbers entries; [`Monitor::generation`] tells ids of
@@ -117,6 +128,11 @@ pub enum Input {
     Pidfile { entry: EntryId, pid: Option<u32> },
     /// These members of a command-line entry no longer match it.
     Rechecked { entry: EntryId, stale: Vec<u32> },
+    /// What saved members ([`Effect::Verify`]) match now: each tgid with
+    /// its entry and identity, or `None`.
+    Verified {
+        found: Vec<(u32, Option<(EntryId, Seen)>)>,
+    },
     /// A restart or failover command for the entry of `path` finished.
     CommandDone {
         path: PathBuf,
@@ -216,6 +232,11 @@ pub enum Effect {
     },
     /// Run a reconciliation scan soon, answered by [`Input::Scanned`].
     Scan,
+    /// Classify these members afresh (taken over from saved state, which
+    /// is trusted for nothing); answered by [`Input::Verified`].
+    Verify {
+        tgids: Vec<u32>,
+    },
     /// Ask process `pid` whether it answers; answered by [`Input::Probed`]
     /// within the probe's timeout.
     Probe {
@@ -376,6 +397,9 @@ struct Watch {
     /// Its restart group has it (see [`group`]): no policy input.
     #[serde(default)]
     held: bool,
+    /// The uid its instances run as, learned (see [`Owner::Learned`]).
+    #[serde(default)]
+    owner: Option<u32>,
     /// Why the last instance that went down died: (its pid, the cause).
     #[serde(default)]
     last_cause: Option<(u32, Cause)>,
@@ -438,6 +462,9 @@ struct Member {
     start_ticks: u64,
     comm: [u8; 16],
     ppid: u32,
+    /// Effective uid when it was matched (a forked worker: its parent's).
+    #[serde(default)]
+    uid: u32,
     /// An instance under the entry's rule (see [`Monitor::recount`]).
     counts: bool,
     added: Time,
@@ -531,6 +558,12 @@ impl Monitor {
         let mut out = Vec::new();
         saved.pidfds = pidfds;
         saved.apply_config(config, &mut out);
+        saved.cap_gone();
+        if !saved.members.is_empty() {
+            out.push(Effect::Verify {
+                tgids: saved.members.keys().copied().collect(),
+            });
+        }
         for (tgid, m) in saved.members.iter_mut() {
             m.exit_watched = pidfds;
             out.push(Effect::FilterTgid {
@@ -570,7 +603,10 @@ impl Monitor {
     pub fn handle(&mut self, input: Input, now: Time) -> Vec<Effect> {
         let mut out = Vec::new();
         match input {
-            Input::Forked { entry, child } => {
+            Input::Forked { entry, mut child } => {
+                if let Some(parent) = self.members.get(&child.ppid) {
+                    child.uid = parent.uid;
+                }
                 if entry.index() < self.watches.len() && !self.is_gone(&child) {
                     self.add(entry, child, now, &mut out);
                     self.step_running(entry, now, &mut out);
@@ -644,6 +680,7 @@ impl Monitor {
                 }
             }
             Input::Rechecked { entry, stale } => self.on_rechecked(entry, stale, now, &mut out),
+            Input::Verified { found } => self.on_verified(found, now, &mut out),
             Input::CommandDone { path, job, outcome } => {
                 self.on_command_done(path, job, outcome, now, &mut out)
             }
@@ -934,8 +971,11 @@ impl Monitor {
     ) {
         // A classification can come back after the process's exit was
         // applied (it ran on another thread): a dead process stays gone.
-        let matched =
-            matched.filter(|(id, seen)| id.index() < self.watches.len() && !self.is_gone(seen));
+        let matched = matched.filter(|(id, seen)| {
+            id.index() < self.watches.len()
+                && !self.is_gone(seen)
+                && self.admits(*id, seen.uid, Came::Exec)
+        });
         let before = self.member_entry(tgid);
         if let Some(b) = before
             && matched.is_none_or(|(i, _)| i != b)
@@ -987,6 +1027,9 @@ impl Monitor {
                 {
                     continue; // exited after the scan saw it
                 }
+                if !self.admits(id, s.uid, Came::Scan) {
+                    continue;
+                }
                 if known.is_some() {
                     self.remove(s.tgid, ExitStatus::Unknown, "pid reused", now, out);
                 }
@@ -1028,6 +1071,35 @@ impl Monitor {
         for i in 0..self.watches.len() {
             if self.watches[i].state.phase == Phase::Unknown {
                 self.step_running(EntryId(i as u32), now, out);
+            }
+        }
+    }
+
+    /// Saved members that are not what they were said to be (another
+    /// program now, another process with that pid, another user's) are no
+    /// instances: removed, as an exit (the entry may be Down).
+    fn on_verified(
+        &mut self,
+        found: Vec<(u32, Option<(EntryId, Seen)>)>,
+        now: Time,
+        out: &mut Vec<Effect>,
+    ) {
+        for (tgid, matched) in found {
+            let Some(m) = self.members.get(&tgid) else {
+                continue;
+            };
+            let (entry, start) = (m.entry, m.start_ticks);
+            let still = matched.is_some_and(|(id, seen)| {
+                id == entry && seen.start_ticks == start && self.admits(id, seen.uid, Came::Scan)
+            });
+            if !still {
+                self.remove(
+                    tgid,
+                    ExitStatus::Unknown,
+                    "no longer matches its entry",
+                    now,
+                    out,
+                );
             }
         }
     }
@@ -1371,6 +1443,7 @@ impl Monitor {
                     command_pgid: None,
                     probe: ProbeState::default(),
                     held: false,
+                    owner: None,
                     last_cause: None,
                 },
             };
@@ -1419,6 +1492,18 @@ impl Monitor {
 
     // --- Members -------------------------------------------------------
 
+    /// Keeps at most [`MAX_GONE`] remembered exits, the newest.
+    fn cap_gone(&mut self) {
+        if self.gone.len() <= MAX_GONE {
+            return;
+        }
+        let mut at: Vec<Time> = self.gone.values().map(|(_, t)| *t).collect();
+        let cut = at.len() - MAX_GONE / 2;
+        at.select_nth_unstable(cut);
+        let oldest_kept = at[cut];
+        self.gone.retain(|_, (_, t)| *t >= oldest_kept);
+    }
+
     /// Whether this process's exit has been applied already.
     fn is_gone(&self, seen: &Seen) -> bool {
         self.gone
@@ -1426,13 +1511,38 @@ impl Monitor {
             .is_some_and(|(start, _)| *start == seen.start_ticks)
     }
 
+    /// Whether a matching process running as `uid` may be one of the
+    /// entry's (see [`Owner`]). With a learned owner, a process exec'd
+    /// while psmon restarts the entry (none of its instances running) may
+    /// run as another user: the one psmon started; it is learned anew.
+    fn admits(&self, id: EntryId, uid: u32, came: Came) -> bool {
+        let i = id.index();
+        match self.config[i].owner {
+            _ if uid == 0 => true,
+            Owner::Any => true,
+            Owner::Uid(owner) => owner == uid,
+            Owner::Learned => {
+                let w = &self.watches[i];
+                w.owner.is_none_or(|o| o == uid)
+                    || (came == Came::Exec && w.state.phase == Phase::Restarting && w.running == 0)
+            }
+        }
+    }
+
     fn add(&mut self, entry: EntryId, seen: Seen, now: Time, out: &mut Vec<Effect>) {
         let tgid = seen.tgid;
+        let w = &mut self.watches[entry.index()];
+        if self.config[entry.index()].owner == Owner::Learned
+            && (w.owner.is_none() || (w.running == 0 && seen.uid != 0))
+        {
+            w.owner = Some(seen.uid);
+        }
         let member = Member {
             entry,
             start_ticks: seen.start_ticks,
             comm: seen.comm,
             ppid: seen.ppid,
+            uid: seen.uid,
             counts: false,
             added: now,
             exit_watched: self.pidfds,
@@ -1493,6 +1603,9 @@ impl Monitor {
             self.watches[m.entry.index()].last_cause = Some((tgid, cause));
         }
         self.gone.insert(tgid, (m.start_ticks, now));
+        if self.gone.len() > MAX_GONE {
+            self.cap_gone();
+        }
         let id = m.entry;
         let i = id.index();
         if let Rule::Pidfile(path) = &self.config[i].rule {

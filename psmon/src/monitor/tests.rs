@@ -55,6 +55,7 @@ fn seen(tgid: u32, start_ticks: u64) -> Seen {
         start_ticks,
         comm: crate::scan::comm_key(b"d"),
         ppid: 1,
+        uid: 0,
     }
 }
 
@@ -1179,4 +1180,116 @@ fn a_pidfd_exit_waits_for_the_cause_when_the_source_tells_senders() {
         "{actions:?}"
     );
     assert!(w.m.cause(A, 100).is_some());
+}
+
+fn seen_as(tgid: u32, start_ticks: u64, uid: u32) -> Seen {
+    Seen {
+        uid,
+        ..seen(tgid, start_ticks)
+    }
+}
+
+/// Another user's copy of the program is no instance: root's instance
+/// dies → Down, whatever the copy does.
+#[test]
+fn another_users_copy_does_not_keep_the_entry_up() {
+    let mut w = World::started(vec![entry("/d")], true, vec![vec![seen_as(100, 5, 0)]]);
+    assert_eq!(w.actions(), vec![up(100)]);
+    w.later(10);
+    w.feed(Input::Execd {
+        tgid: 200,
+        matched: Some((EntryId(0), seen_as(200, 9, 65534))),
+    });
+    assert_eq!(w.m.running(EntryId(0)), 1, "the copy is not counted");
+    assert!(w.m.member_entry(200).is_none());
+    let actions = w.exit(100, 5, KILLED);
+    assert!(
+        matches!(actions.first(), Some(Action::ReportDown { .. })),
+        "{actions:?}"
+    );
+    // A later scan while it is down does not take the copy either.
+    let started = w.now;
+    w.later(5);
+    w.feed(Input::Scanned {
+        started,
+        took: Duration::ZERO,
+        found: vec![vec![seen_as(200, 9, 65534)]],
+    });
+    assert!(w.m.member_entry(200).is_none());
+}
+
+/// A service running as its own user: the user is learned from it, root
+/// processes always count, and `user = "any"` / a uid say it outright.
+#[test]
+fn the_owner_is_learned_or_configured() {
+    let mut w = World::started(vec![entry("/d")], true, vec![vec![seen_as(100, 5, 998)]]);
+    w.feed(Input::Execd {
+        tgid: 101,
+        matched: Some((EntryId(0), seen_as(101, 6, 998))),
+    });
+    w.feed(Input::Execd {
+        tgid: 102,
+        matched: Some((EntryId(0), seen_as(102, 7, 0))),
+    });
+    w.feed(Input::Execd {
+        tgid: 103,
+        matched: Some((EntryId(0), seen_as(103, 8, 1000))),
+    });
+    assert_eq!(w.m.running(EntryId(0)), 3);
+
+    let mut any = entry("/d");
+    any.owner = crate::config::Owner::Any;
+    let mut pinned = entry("/e");
+    pinned.owner = crate::config::Owner::Uid(1000);
+    let w = World::started(
+        vec![any, pinned],
+        true,
+        vec![
+            vec![seen_as(100, 5, 998), seen_as(101, 5, 1000)],
+            vec![seen_as(200, 5, 998), seen_as(201, 5, 1000)],
+        ],
+    );
+    assert_eq!(w.m.running(EntryId(0)), 2);
+    assert_eq!(w.m.running(EntryId(1)), 1);
+    assert!(w.m.member_entry(200).is_none());
+}
+
+/// Saved members are classified afresh at take-over: one that exec'd
+/// another program, or a bystander whose pid was written into the state,
+/// is no instance (the entry is Down and restarted), and one still right
+/// stays without a restart.
+#[test]
+fn saved_members_are_verified_at_take_over() {
+    let w = World::started(
+        vec![entry("/a"), entry("/b")],
+        true,
+        vec![vec![seen(100, 5)], vec![seen(200, 6)]],
+    );
+    let saved: Monitor = serde_json::from_str(&serde_json::to_string(&w.m).unwrap()).unwrap();
+    let (m, out) = Monitor::restore(saved, config(vec![entry("/a"), entry("/b")]), true);
+    let asked = out.iter().find_map(|e| match e {
+        Effect::Verify { tgids } => Some(tgids.clone()),
+        _ => None,
+    });
+    let mut asked = asked.expect("the saved members are verified");
+    asked.sort_unstable();
+    assert_eq!(asked, vec![100, 200]);
+    let mut w = World { m, now: w.now, out };
+    w.later(10);
+    w.feed(Input::Verified {
+        found: vec![(100, Some((EntryId(0), seen(100, 5)))), (200, None)],
+    });
+    let actions = w.actions();
+    assert!(
+        matches!(
+            actions.as_slice(),
+            [
+                Action::ReportDown { pid: Some(200), .. },
+                Action::Restart { .. }
+            ]
+        ),
+        "{actions:?}"
+    );
+    assert_eq!(w.m.member_entry(100), Some(EntryId(0)));
+    assert!(w.m.member_entry(200).is_none());
 }

@@ -499,6 +499,21 @@ impl Supervisor {
                 });
             }
             Effect::Scan => self.scan_requested = true,
+            Effect::Verify { tgids } => {
+                let matcher = self.matcher.clone();
+                let generation = Some(self.monitor.generation());
+                self.blocking(generation, move || Input::Verified {
+                    found: tgids
+                        .into_iter()
+                        .map(|tgid| {
+                            let matched = matcher
+                                .classify(tgid)
+                                .map(|(i, seen)| (EntryId(i as u32), seen));
+                            (tgid, matched)
+                        })
+                        .collect(),
+                });
+            }
             Effect::Probe { entry, pid, probe } => self.probe(entry, pid, probe),
             Effect::Kill { tgid, start, grace } => self.kill_gracefully(tgid, start, grace),
         }
@@ -661,6 +676,8 @@ impl Supervisor {
                         start_ticks: start.ticks(),
                         comm: comm_key(p.comm.as_bytes()),
                         ppid: p.ppid,
+                        // The parent's, which the monitor has.
+                        uid: 0,
                     };
                     self.feed(Input::Forked { entry, child });
                 }

@@ -41,18 +41,30 @@ impl Supervisor {
         });
     }
 
-    /// SIGTERM now, SIGKILL after `grace` if the same process still lives.
+    /// SIGTERM now, SIGKILL after `grace` if the same process still lives
+    /// and still matches an entry: a process that is not what psmon took it
+    /// for (a pid from a doctored state file, a program exec'd since) is
+    /// never signalled.
     pub(super) fn kill_gracefully(&mut self, tgid: u32, start: u64, grace: Duration) {
+        let matcher = self.matcher.clone();
         self.helpers.spawn(async move {
             let pid = nix::unistd::Pid::from_raw(tgid as i32);
-            let same = move || crate::procfs::is_alive(tgid, start);
-            let alive = tokio::task::spawn_blocking(same).await.unwrap_or(false);
+            let same = move || {
+                let matcher = matcher.clone();
+                move || {
+                    crate::procfs::is_alive(tgid, start)
+                        && matcher
+                            .classify(tgid)
+                            .is_some_and(|(_, seen)| seen.start_ticks == start)
+                }
+            };
+            let alive = tokio::task::spawn_blocking(same()).await.unwrap_or(false);
             if !alive {
                 return;
             }
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
             tokio::time::sleep(grace).await;
-            if tokio::task::spawn_blocking(same).await.unwrap_or(false) {
+            if tokio::task::spawn_blocking(same()).await.unwrap_or(false) {
                 let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
             }
         });
