@@ -60,10 +60,18 @@ fn a_fifo_at_a_watched_path_does_not_stop_monitoring() {
         + &entry(&planted, &format!("{} sleep", planted.display()));
     std::fs::write(conf.join("app.toml"), text).unwrap();
     let mut psmon = Psmon::start(&conf, "auto");
-    let first = psmon.wait_for(") Up", |m| m["path"] == kept.display().to_string())["pid"]
-        .as_u64()
-        .unwrap() as u32;
-    psmon.wait_for(") Up", |m| m["path"] == planted.display().to_string());
+    // Both Up, in whichever order.
+    let a = psmon.wait(") Up");
+    let b = psmon.wait(") Up");
+    let pid_of = |path: &Path| {
+        [&a, &b]
+            .into_iter()
+            .find(|m| m["path"] == path.display().to_string())
+            .expect("both entries came up")["pid"]
+            .as_u64()
+            .unwrap() as u32
+    };
+    let (first, planted_pid) = (pid_of(&kept), pid_of(&planted));
 
     std::fs::remove_file(&planted).unwrap();
     nix::unistd::mkfifo(&planted, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
@@ -78,7 +86,8 @@ fn a_fifo_at_a_watched_path_does_not_stop_monitoring() {
     drop(psmon);
     let _ = std::fs::remove_file(&planted);
     kill_all(&kept);
-    kill_all(&planted);
+    // Its executable is gone from the path: killed by pid.
+    kill9_pid(planted_pid);
 }
 
 /// 130 clients pipeline requests and never read a reply: each holds a
@@ -304,10 +313,14 @@ fn a_doctored_state_file_is_not_trusted() {
     let pid = reap_later(spawn_fresh(Command::new(&victim).arg("sleep")));
     let mut psmon = Psmon::start(&conf, "auto");
     psmon.wait_for(") Up", |m| m["pid"] == pid);
+    let path = dir.0.join("state/psmon.state");
+    let saved = format!("\"{pid}\"");
+    until("the instance is saved", || {
+        std::fs::read_to_string(&path).is_ok_and(|s| s.contains(&saved))
+    });
     drop(psmon);
 
     let bystander = reap_later(spawn_fresh(Command::new(&bystander_exe).arg("sleep")));
-    let path = dir.0.join("state/psmon.state");
     let mut state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let monitor = &mut state["monitor"];
@@ -330,4 +343,214 @@ fn a_doctored_state_file_is_not_trusted() {
     drop(psmon);
     kill_and_reap(bystander);
     kill_all(&victim);
+}
+
+/// A notify entry's socket: a file only root may send to, in a directory
+/// only psmon writes. `nobody` can neither send a keep-alive (or a flood)
+/// nor take the socket's name while psmon is down.
+#[test]
+fn a_notify_socket_is_psmons_alone() {
+    use std::os::unix::{fs::MetadataExt, process::CommandExt};
+    if !needs_root("sending as nobody") {
+        return;
+    }
+    let (dir, victim) = open_dir("notify-own", "notifyd");
+    let conf = dir.0.join("conf");
+    std::fs::write(
+        conf.join("app.toml"),
+        format!(
+            "[[entry]]\npath = \"{v}\"\nrestart = \"{v} notify 0 -1 >/dev/null 2>&1 &\"\nstart_secs = 0\n[entry.probe]\nkind = \"notify\"\ntimeout = 1\nstart_grace = 0\nkill_grace = 0.2\n",
+            v = victim.display()
+        ),
+    )
+    .unwrap();
+    let mut psmon = Psmon::start(&conf, "auto");
+    let up = psmon.wait(") Up");
+    let pid = up["pid"].as_u64().unwrap();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let socket = environ
+        .split(|b| *b == 0)
+        .find_map(|v| v.strip_prefix(b"NOTIFY_SOCKET="))
+        .map(|v| std::path::PathBuf::from(String::from_utf8_lossy(v).into_owned()))
+        .expect("the service was given NOTIFY_SOCKET");
+    assert!(socket.is_absolute(), "{}", socket.display());
+    let meta = std::fs::symlink_metadata(&socket).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o600));
+    let send = |as_nobody: bool| {
+        let mut c = Command::new("/usr/bin/python3");
+        c.args([
+            "-c",
+            "import socket, sys\ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\ns.sendto(b'WATCHDOG=1', sys.argv[1])",
+        ])
+        .arg(&socket);
+        if as_nobody {
+            c.uid(65534).gid(65534);
+        }
+        c.output().unwrap()
+    };
+    let refused = send(true);
+    assert!(!refused.status.success(), "nobody could send");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("Permission denied"),
+        "{refused:?}"
+    );
+    assert!(send(false).status.success(), "root sends");
+    // The service keeps sending: never judged hung.
+    let said = psmon.collect(Duration::from_millis(2500));
+    assert!(
+        !said
+            .iter()
+            .any(|m| m["message"].as_str().is_some_and(|t| t.contains("hung"))),
+        "{said:?}"
+    );
+    drop(psmon);
+    kill_all(&victim);
+}
+
+/// When the socket cannot be made (a file is where its directory goes),
+/// the service is given no channel, and is never judged on one: a service
+/// that never speaks stays up.
+#[test]
+fn a_service_without_a_notify_channel_is_not_judged() {
+    let dir = TempDir::new("notify-none");
+    let conf = dir.0.join("conf");
+    std::fs::create_dir_all(&conf).unwrap();
+    let victim = victim_copy(&dir.0, "mute");
+    std::fs::write(dir.0.join("notify"), "in the way").unwrap();
+    std::fs::write(
+        conf.join("app.toml"),
+        format!(
+            "[[entry]]\npath = \"{v}\"\nrestart = \"{v} sleep >/dev/null 2>&1 &\"\nstart_secs = 0\n[entry.probe]\nkind = \"notify\"\ntimeout = 0.5\nstart_grace = 0\nkill_grace = 0.2\n",
+            v = victim.display()
+        ),
+    )
+    .unwrap();
+    let mut psmon = Psmon::start(&conf, "auto");
+    psmon.wait("no notify socket for");
+    psmon.wait(") Up");
+    let said = psmon.collect(Duration::from_millis(2000));
+    assert!(
+        !said
+            .iter()
+            .any(|m| m["message"].as_str().is_some_and(|t| t.contains("hung"))),
+        "{said:?}"
+    );
+    drop(psmon);
+    kill_all(&victim);
+}
+
+/// `psmon run` with `dir` as its world: control socket and state as given.
+fn run_with(dir: &Path, socket: &Path, state: &Path) -> Command {
+    // Bounded: a psmon that does not refuse would run for ever.
+    let mut c = Command::new("timeout");
+    c.args(["--signal=KILL", "10", env!("CARGO_BIN_EXE_psmon")])
+        .env("PSMON_SOCKET", socket)
+        .env("PSMON_STATE_DIR", state)
+        .args(["run", "--insecure-config", "--source", "poll", "--conf"])
+        .arg(dir.join("conf"));
+    c
+}
+
+/// A socket directory another user owns is refused at start (with what to
+/// do); so is a regular file where the socket goes, which is left alone.
+#[test]
+fn a_socket_place_another_user_controls_is_refused() {
+    let (dir, victim) = open_dir("sockdir", "sockd");
+    std::fs::write(
+        dir.0.join("conf/app.toml"),
+        entry(&victim, &format!("{} sleep", victim.display())),
+    )
+    .unwrap();
+    let theirs = dir.0.join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    nix::unistd::chown(&theirs, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    let out = run_with(&dir.0, &theirs.join("psmon.sock"), &dir.0.join("state"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("owned by uid 65534"), "{err}");
+
+    let file = dir.0.join("psmon.sock");
+    std::fs::write(&file, "precious").unwrap();
+    let out = run_with(&dir.0, &file, &dir.0.join("state"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("is not a socket"), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious");
+}
+
+/// A state directory another user owns: nothing is read from it or written
+/// to it (it would say which pids are the services'), and monitoring runs.
+#[test]
+fn a_state_directory_another_user_owns_is_not_used() {
+    let (dir, victim) = open_dir("statedir", "stated");
+    std::fs::write(
+        dir.0.join("conf/app.toml"),
+        entry(&victim, &format!("{} sleep", victim.display())),
+    )
+    .unwrap();
+    let state = dir.0.join("state");
+    std::fs::create_dir(&state).unwrap();
+    nix::unistd::chown(&state, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    let target = dir.0.join("root-owned");
+    std::fs::write(&target, "keep").unwrap();
+    std::os::unix::fs::symlink(&target, state.join("psmon.tmp")).unwrap();
+    let mut psmon = Psmon::start(&dir.0.join("conf"), "auto");
+    let refused = psmon.wait("the state directory is refused");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("owned by uid 65534"),
+        "{refused}"
+    );
+    psmon.wait(") Up");
+    drop(psmon);
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+    assert!(!state.join("psmon.state").exists());
+    kill_all(&victim);
+}
+
+/// Another user listening where root's client looks for psmon: the client
+/// does not believe it.
+#[test]
+fn an_impostor_socket_is_not_believed() {
+    use std::os::unix::process::CommandExt;
+    if !needs_root("listening as nobody") {
+        return;
+    }
+    let (dir, _victim) = open_dir("impostor", "impd");
+    let theirs = dir.0.join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    nix::unistd::chown(&theirs, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    let socket = theirs.join("psmon.sock");
+    let server = "import socket, sys\ns = socket.socket(socket.AF_UNIX)\ns.bind(sys.argv[1])\ns.listen()\nprint('ready', flush=True)\nwhile True:\n    c, _ = s.accept()\n    c.recv(4096)\n    c.sendall(b'{\"v\":1,\"ok\":true,\"result\":{\"entries\":[],\"fake\":true}}\\n')\n    c.close()\n";
+    let mut impostor = Command::new("/usr/bin/python3")
+        .args(["-c", server])
+        .arg(&socket)
+        .uid(65534)
+        .gid(65534)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(impostor.stdout.take().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_psmon"))
+        .env("PSMON_SOCKET", &socket)
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    let _ = impostor.kill();
+    let _ = impostor.wait();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("served by uid 65534"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("fake"));
 }

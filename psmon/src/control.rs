@@ -108,33 +108,28 @@ pub struct Access {
     pub group: Option<(String, u32)>,
 }
 
-/// Opens the socket: its directory is created (0755), a stale socket file
-/// of a psmon that died is replaced, and a live psmon on it is an error.
-pub fn bind(path: &Path, access: &Access) -> anyhow::Result<UnixListener> {
+/// Opens the socket: its directory is created (0755) and must be one
+/// nobody else can write (see [`crate::secure_dir`]; its parents too with
+/// `ancestors`), a stale socket file of a psmon that died is replaced
+/// (nothing else at the path is), and a live psmon on it is an error.
+pub fn bind(path: &Path, access: &Access, ancestors: bool) -> anyhow::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt;
     let hint = "run as root, or give another place with --socket PATH";
-    if let Some(dir) = path.parent()
-        && !dir.exists()
-    {
-        std::fs::create_dir_all(dir)
-            .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)))
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot create the control socket's directory {}: {e}; {hint}",
-                    dir.display()
-                )
-            })?;
-    }
-    if path.exists() {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    crate::secure_dir::ensure(dir, 0o755, ancestors)
+        .map_err(|e| anyhow::anyhow!("the control socket's directory is refused: {e}; {hint}"))?;
+    if std::fs::symlink_metadata(path).is_ok() {
         match ping_blocking(path) {
             Some(pid) => anyhow::bail!(
                 "psmon is already running (pid {pid}) on {}; stop it first, or give this one \
                  another --socket",
                 path.display()
             ),
-            None => std::fs::remove_file(path).map_err(|e| {
-                anyhow::anyhow!("cannot replace the stale socket {}: {e}", path.display())
-            })?,
+            None => crate::secure_dir::remove_socket(path)
+                .map_err(|e| anyhow::anyhow!("cannot replace the stale socket: {e}"))?,
         }
     }
     let listener = UnixListener::bind(path)
@@ -352,6 +347,24 @@ pub fn request(path: &Path, command: &Command, timeout: Duration) -> Result<Valu
         )),
         _ => ClientError::Io(format!("cannot connect to {}: {e}", path.display())),
     })?;
+    // The daemon runs as root or as this user: anyone else listening there
+    // (an impostor that took the path) is not asked, nor believed.
+    let server = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+        .map_err(|e| {
+            ClientError::Io(format!(
+                "cannot tell who listens on {}: {e}",
+                path.display()
+            ))
+        })?;
+    let me = nix::unistd::geteuid().as_raw();
+    if server.uid() != 0 && server.uid() != me {
+        return Err(ClientError::Refused(format!(
+            "{} is served by uid {} (pid {}), neither root nor you: not psmon's; remove it or give the right --socket",
+            path.display(),
+            server.uid(),
+            server.pid()
+        )));
+    }
     stream
         .set_read_timeout(Some(timeout))
         .map_err(|e| ClientError::Io(e.to_string()))?;

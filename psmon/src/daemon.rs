@@ -100,7 +100,7 @@ pub async fn run(
         None => control::Access::default(),
     };
     // Before anything is watched: a second psmon must not start at all.
-    let listener = control::bind(&socket, &access)?;
+    let listener = control::bind(&socket, &access, !opts.insecure_config)?;
     reporter.report(
         crate::config::LogLevel::Info,
         &format!(
@@ -113,7 +113,23 @@ pub async fn run(
     for warning in crate::survey::Survey::new(&config).warnings() {
         reporter.report(crate::config::LogLevel::Warn, &warning.to_string(), &[]);
     }
-    let saved = if opts.no_state {
+    // State another user could write is no state: it says which pids are
+    // the services' and which commands run.
+    let no_state = opts.no_state
+        || match crate::secure_dir::ensure(&opts.state_dir, 0o700, !opts.insecure_config) {
+            Ok(()) => false,
+            Err(e) => {
+                reporter.report(
+                    crate::config::LogLevel::Error,
+                    &format!(
+                        "the state directory is refused: {e}; psmon keeps no state and pushes no events (a restarted psmon starts afresh)"
+                    ),
+                    &[],
+                );
+                true
+            }
+        };
+    let saved = if no_state {
         Ok(None)
     } else {
         crate::state::load(&opts.state_dir)
@@ -126,7 +142,7 @@ pub async fn run(
         }
     };
     let store = match crate::state::Store::open(&opts.state_dir) {
-        _ if opts.no_state => None,
+        _ if no_state => None,
         Ok(store) => Some(store),
         Err(e) => {
             reporter.report(
@@ -143,6 +159,7 @@ pub async fn run(
     let retry_interval = config.agent.retry_interval;
     let telemetry = Arc::new(crate::endpoint::Telemetry::default());
     let push = match &config.agent.push_url {
+        Some(_) if no_state => None,
         Some(url) => {
             match crate::push::start(
                 url.clone(),
@@ -199,6 +216,11 @@ pub async fn run(
         saved,
         store,
         telemetry: Arc::clone(&telemetry),
+        runtime_dir: socket
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."))
+            .to_path_buf(),
     });
     let source_options = SourceOptions {
         poll_interval: supervisor.scan_interval(),

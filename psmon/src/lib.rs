@@ -25,6 +25,7 @@ pub mod push;
 pub mod recorder;
 pub mod report;
 pub mod scan;
+pub mod secure_dir;
 pub mod shm;
 pub mod signals;
 pub mod source;

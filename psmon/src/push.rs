@@ -27,6 +27,7 @@
 use std::{
     fs::{File, OpenOptions},
     io::{BufRead, BufReader, Seek, SeekFrom, Write},
+    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
     sync::mpsc,
     time::Duration,
@@ -149,11 +150,18 @@ struct Queue {
 
 impl Queue {
     fn open(dir: &Path) -> std::io::Result<Queue> {
-        std::fs::create_dir_all(dir)?;
+        // Inside the state directory, which was checked: created 0700.
+        if !dir.exists() {
+            std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+                .create(dir)?;
+        }
+        crate::secure_dir::check(dir, false).map_err(std::io::Error::other)?;
         let file = OpenOptions::new()
             .create(true)
             .read(true)
             .append(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(dir.join("queue.jsonl"))?;
         let len = file.metadata()?.len();
         let sent = std::fs::read_to_string(dir.join("sent"))
@@ -278,7 +286,7 @@ impl Queue {
     fn set_sent(&mut self, offset: u64) -> std::io::Result<()> {
         self.sent = offset.min(self.len);
         let tmp = self.dir.join("sent.tmp");
-        let mut f = File::create(&tmp)?;
+        let mut f = crate::secure_dir::create_new(&tmp, 0o600)?;
         writeln!(f, "{}", self.sent)?;
         f.sync_data()?;
         std::fs::rename(&tmp, self.dir.join("sent"))?;
@@ -305,14 +313,18 @@ impl Queue {
         let mut f = &self.file;
         f.seek(SeekFrom::Start(self.sent))?;
         std::io::Read::read_to_end(&mut f, &mut rest)?;
-        let mut out = File::create(&tmp)?;
+        let mut out = crate::secure_dir::create_new(&tmp, 0o600)?;
         out.write_all(&rest)?;
         out.sync_data()?;
         // The offset is zeroed before the file changes: a crash between
         // the two would send the rest again (the ids tell), never skip it.
         self.set_sent(0)?;
         std::fs::rename(&tmp, &path)?;
-        self.file = OpenOptions::new().read(true).append(true).open(&path)?;
+        self.file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)?;
         self.len = rest.len() as u64;
         Ok(())
     }

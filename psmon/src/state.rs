@@ -228,16 +228,8 @@ fn write_loop(path: &Path, shared: &(Mutex<Pending>, Condvar)) {
 
 /// Write, fsync, rename: a reader sees the old file or the new one, whole.
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        // A FIFO planted at the temporary path fails instead of waiting.
-        .custom_flags(libc::O_NONBLOCK)
-        .open(&tmp)?;
+    let mut file = crate::secure_dir::create_new(&tmp, 0o600)?;
     file.write_all(bytes)?;
     file.sync_all()?;
     std::fs::rename(&tmp, path)?;

@@ -425,7 +425,11 @@ impl Monitor {
                 match probe {
                     None => self.ready(g, now, out),
                     // It says when it is ready (perhaps said so already).
-                    Some(ProbeKind::Notify) if w.probe.ready_seen => self.ready(g, now, out),
+                    // It says when it is ready (perhaps said so already),
+                    // unless it cannot speak: then Up is ready.
+                    Some(ProbeKind::Notify) if w.probe.ready_seen || !w.probe.armed => {
+                        self.ready(g, now, out)
+                    }
                     Some(kind) => {
                         self.groups[g].phase = GroupPhase::Starting {
                             at,
@@ -578,7 +582,8 @@ impl Monitor {
             return;
         };
         self.watches[id.index()].state.phase = Phase::Restarting;
-        self.watches[id.index()].probe.started_by_us();
+        let heard = !self.unheard.contains(&self.watches[id.index()].path);
+        self.watches[id.index()].probe.started_by_us(heard);
         self.waiting.remove(&id);
         self.say(g, GroupEvent::Starting { entry: id }, now, out);
         let mut env = self.base_env(id);

@@ -525,13 +525,17 @@ pub struct Monitor {
     /// Something worth saving changed since [`Monitor::take_dirty`].
     #[serde(skip)]
     dirty: bool,
+    /// Entries (by path) with a notify probe whose socket could not be
+    /// opened: what psmon starts gets no channel, so is never judged.
+    #[serde(skip)]
+    unheard: std::collections::HashSet<PathBuf>,
 }
 
 impl ProbeState {
     /// psmon runs the entry's restart command: a notify process will have
-    /// the socket, and must say READY=1 anew.
-    fn started_by_us(&mut self) {
-        self.armed = true;
+    /// the socket (when it was `heard`: opened), and must say READY=1 anew.
+    fn started_by_us(&mut self, heard: bool) {
+        self.armed = heard;
         self.ready_seen = false;
     }
 }
@@ -803,6 +807,11 @@ impl Monitor {
 
     /// Changes with every reload: [`EntryId`]s of one generation mean
     /// nothing in another.
+    /// The entries (by path) whose notify socket could not be opened.
+    pub fn set_unheard(&mut self, paths: std::collections::HashSet<PathBuf>) {
+        self.unheard = paths;
+    }
+
     pub fn generation(&self) -> u64 {
         self.generation
     }
@@ -1767,7 +1776,8 @@ impl Monitor {
             Action::Restart { attempt } => {
                 out.push(notice);
                 if let Some(command) = entry.restart.clone() {
-                    self.watches[i].probe.started_by_us();
+                    let heard = !self.unheard.contains(&self.watches[i].path);
+                    self.watches[i].probe.started_by_us(heard);
                     let mut env = self.base_env(id);
                     env.push(("PSMON_ATTEMPT".into(), attempt.to_string()));
                     out.push(self.run(id, Job::Restart, command, env));

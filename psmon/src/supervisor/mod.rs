@@ -100,6 +100,8 @@ pub struct Setup {
     pub store: Option<Store>,
     /// What the HTTP endpoint reads (metrics, recent messages).
     pub telemetry: Arc<crate::endpoint::Telemetry>,
+    /// The control socket's directory (checked): notify sockets go there.
+    pub runtime_dir: std::path::PathBuf,
 }
 
 /// A finished scan: when it started, how long it took, what it found, what
@@ -189,6 +191,7 @@ impl Supervisor {
             saved,
             store,
             telemetry,
+            runtime_dir,
         } = setup;
         reporter.set_level(config.agent.log_level);
         let config_recorder = (config.agent.recorder_events, config.agent.recorder_window);
@@ -250,7 +253,7 @@ impl Supervisor {
             signal_events: 0,
             oom_events: 0,
             recorder: Recorder::new(config_recorder.0, config_recorder.1),
-            notify: notify::Sockets::default(),
+            notify: notify::Sockets::new(&runtime_dir),
             notify_tx,
             notify_rx,
             telemetry,
@@ -800,9 +803,11 @@ impl Supervisor {
         let failed = self
             .notify
             .sync(self.monitor.entries(), &self.notify_tx, &self.helpers);
-        for why in failed {
-            self.reporter.report(LogLevel::Error, &why, &[]);
+        for (_, why) in &failed {
+            self.reporter.report(LogLevel::Error, why, &[]);
         }
+        self.monitor
+            .set_unheard(failed.into_iter().map(|(path, _)| path).collect());
     }
 
     /// After a Down: the recent events of the entry's trees, to the log

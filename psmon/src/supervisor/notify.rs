@@ -4,11 +4,16 @@
 //! (with `WATCHDOG_USEC`, the probe's timeout), so a service written for
 //! systemd's `Type=notify` and watchdog runs under psmon unchanged.
 //!
-//! Sockets are in the abstract namespace (nothing on disk to clean up or
-//! label), named after the entry's path so that a psmon restarted while
-//! the service runs listens where the service still sends. Each datagram
-//! carries its sender's pid (SCM_CREDENTIALS, given by the kernel); the
-//! supervisor accepts it only from a process of the entry.
+//! Sockets are files in `notify/` beside the control socket (a directory
+//! only psmon can write, 0711), each 0600 and owned by root, or by the
+//! entry's `user` when it names one: no other user can send to one, flood
+//! it or take its name (an abstract socket's name anyone can bind or send
+//! to). A socket is named after the entry's path so that a psmon
+//! restarted while the service runs listens where the service still
+//! sends. Each datagram carries its sender's pid (SCM_CREDENTIALS, given by
+//! the kernel); the supervisor accepts it only from a process of the entry.
+//! An entry whose socket cannot be opened is never judged by its probe:
+//! its service was given no channel to speak on.
 
 use std::{
     collections::HashMap,
@@ -25,7 +30,7 @@ use nix::sys::socket::{
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Entry, ProbeKind};
+use crate::config::{Entry, Owner, ProbeKind};
 
 /// A datagram from a process of a notify entry.
 #[derive(Debug)]
@@ -37,65 +42,90 @@ pub struct Message {
 }
 
 /// The open sockets, by entry path.
-#[derive(Default)]
 pub struct Sockets {
+    /// Where they are: `notify/` beside the control socket.
+    dir: PathBuf,
     open: HashMap<PathBuf, Open>,
 }
 
 struct Open {
-    /// The abstract name, without its leading NUL.
-    name: String,
+    /// The socket file.
+    at: PathBuf,
+    owner: Owner,
     watchdog: Duration,
     task: tokio::task::AbortHandle,
 }
 
 impl Sockets {
+    /// Sockets in `runtime/notify`, `runtime` being the control socket's
+    /// directory (checked already).
+    pub fn new(runtime: &Path) -> Sockets {
+        Sockets {
+            dir: runtime.join("notify"),
+            open: HashMap::new(),
+        }
+    }
+
     /// Opens a socket for each entry with a notify probe (keeping those
-    /// open already) and closes the others. Returns what could not be
-    /// opened, for the operator.
+    /// open already) and closes the others. Returns the paths of entries
+    /// whose socket could not be opened, and why, for the operator.
     pub fn sync<'a>(
         &mut self,
         entries: impl Iterator<Item = &'a Entry>,
         tx: &mpsc::Sender<Message>,
         tasks: &TaskTracker,
-    ) -> Vec<String> {
-        let mut wanted: HashMap<PathBuf, Duration> = HashMap::new();
+    ) -> Vec<(PathBuf, String)> {
+        let mut wanted: HashMap<PathBuf, (Duration, Owner)> = HashMap::new();
         for e in entries {
             if let Some(p) = &e.probe
                 && p.kind == ProbeKind::Notify
             {
-                wanted.insert(e.path.clone(), p.timeout);
+                wanted.insert(e.path.clone(), (p.timeout, e.owner));
             }
         }
         self.open.retain(|path, open| {
-            let keep = wanted.contains_key(path);
+            let keep = wanted.get(path).is_some_and(|(_, o)| *o == open.owner);
             if !keep {
                 open.task.abort();
+                let _ = crate::secure_dir::remove_socket(&open.at);
             }
             keep
         });
         let mut failed = Vec::new();
-        for (path, watchdog) in wanted {
+        let mut made = None;
+        for (path, (watchdog, owner)) in wanted {
             if let Some(open) = self.open.get_mut(&path) {
                 open.watchdog = watchdog;
                 continue;
             }
-            let name = socket_name(&path);
-            match listen(&name) {
+            let made = made.get_or_insert_with(|| {
+                crate::secure_dir::ensure(&self.dir, 0o711, false).map_err(|e| e.to_string())
+            });
+            let at = self.dir.join(socket_name(&path));
+            let listening = match made {
+                Ok(()) => listen(&at, owner).map_err(|e| e.to_string()),
+                Err(e) => Err(e.clone()),
+            };
+            match listening {
                 Ok(fd) => {
                     let task = tasks.spawn(receive(fd, path.clone(), tx.clone()));
                     let task = task.abort_handle();
                     let open = Open {
-                        name,
+                        at,
+                        owner,
                         watchdog,
                         task,
                     };
                     self.open.insert(path, open);
                 }
-                Err(e) => failed.push(format!(
-                    "no notify socket for {} (@{name}): {e}; its READY=1 and WATCHDOG=1 are not heard",
-                    path.display()
-                )),
+                Err(e) => {
+                    let why = format!(
+                        "no notify socket for {} ({}): {e}; its READY=1 and WATCHDOG=1 cannot be heard, so its probe judges nothing",
+                        path.display(),
+                        at.display()
+                    );
+                    failed.push((path, why));
+                }
             }
         }
         failed
@@ -106,7 +136,7 @@ impl Sockets {
     pub fn env(&self, path: &Path) -> Vec<(String, String)> {
         match self.open.get(path) {
             Some(open) => vec![
-                ("NOTIFY_SOCKET".into(), format!("@{}", open.name)),
+                ("NOTIFY_SOCKET".into(), open.at.display().to_string()),
                 (
                     "WATCHDOG_USEC".into(),
                     open.watchdog.as_micros().to_string(),
@@ -124,8 +154,8 @@ impl Sockets {
     }
 }
 
-/// `psmon-notify-` and a hash of the path (FNV-1a): stable across psmon
-/// restarts, different for every entry.
+/// A hash of the path (FNV-1a): stable across psmon restarts, different
+/// for every entry, short enough for `sun_path` under a long directory.
 fn socket_name(path: &Path) -> String {
     use std::os::unix::ffi::OsStrExt;
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -133,10 +163,15 @@ fn socket_name(path: &Path) -> String {
         hash ^= u64::from(*b);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
-    format!("psmon-notify-{hash:016x}")
+    format!("{hash:016x}")
 }
 
-fn listen(name: &str) -> std::io::Result<AsyncFd<OwnedFd>> {
+/// Binds the socket file `at` (replacing a socket left there by a psmon
+/// that stopped; anything else there is refused), 0600, owned by the
+/// entry's user when it names one. The directory is psmon's alone, so
+/// nothing can be swapped under the chmod and chown.
+fn listen(at: &Path, owner: Owner) -> anyhow::Result<AsyncFd<OwnedFd>> {
+    use std::os::unix::fs::PermissionsExt;
     let fd = socket(
         AddressFamily::Unix,
         SockType::Datagram,
@@ -145,11 +180,18 @@ fn listen(name: &str) -> std::io::Result<AsyncFd<OwnedFd>> {
     )?;
     // The kernel then attaches each sender's credentials.
     setsockopt(&fd, sockopt::PassCred, &true)?;
-    bind(fd.as_raw_fd(), &UnixAddr::new_abstract(name.as_bytes())?)?;
+    if std::fs::symlink_metadata(at).is_ok() {
+        crate::secure_dir::remove_socket(at)?;
+    }
+    bind(fd.as_raw_fd(), &UnixAddr::new(at)?)?;
+    std::fs::set_permissions(at, std::fs::Permissions::from_mode(0o600))?;
+    if let Owner::Uid(uid) = owner {
+        nix::unistd::chown(at, Some(nix::unistd::Uid::from_raw(uid)), None)?;
+    }
     // SAFETY: the AsyncFd owns the socket, which stays open and the same
     // until the AsyncFd is dropped.
-    unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
-        .map_err(|e| e.into_parts().1)
+    let registered = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) };
+    Ok(registered.map_err(|e| e.into_parts().1)?)
 }
 
 /// Datagrams waiting for the supervisor at most; past that they are
@@ -220,6 +262,6 @@ mod tests {
         let a = socket_name(Path::new("/usr/sbin/a"));
         assert_eq!(a, socket_name(Path::new("/usr/sbin/a")));
         assert_ne!(a, socket_name(Path::new("/usr/sbin/b")));
-        assert!(a.len() < 108, "fits sun_path");
+        assert_eq!(a.len(), 16);
     }
 }
