@@ -43,7 +43,7 @@ pub struct Options {
     /// Run only these parts (a: latency, b: exec storm CPU, c: loss,
     /// d: restart latency, e: scale, f: idle cost, g: hang probes and groups,
     /// h: cause of death, i: failover to a Pacemaker cluster, j: the fleet
-    /// endpoint and event push); default all.
+    /// endpoint and event push, k: cost under churn); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<char>,
 }
@@ -312,6 +312,9 @@ impl Bench {
         }
         if wanted('f') {
             out.push_str(&crate::bench_monitor::idle(&self.psmon, &self.dir)?);
+        }
+        if wanted('k') {
+            out.push_str(&crate::bench_churn::churn(&self.psmon, &self.dir)?);
         }
         if wanted('e') {
             out.push_str(&crate::bench_monitor::scale(

@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_causes;
+mod bench_churn;
 mod bench_cluster;
 mod bench_fleet;
 mod bench_monitor;
