@@ -611,7 +611,8 @@ impl Monitor {
                 if let Some(parent) = self.members.get(&child.ppid) {
                     child.uid = parent.uid;
                 }
-                if entry.index() < self.watches.len() && !self.is_gone(&child) {
+                let known = self.member_entry(child.tgid) == Some(entry);
+                if entry.index() < self.watches.len() && !self.is_gone(&child) && !known {
                     self.add(entry, child, now, &mut out);
                     self.step_running(entry, now, &mut out);
                 }

@@ -49,6 +49,7 @@ mod ops;
 mod probe;
 mod status;
 mod systemd;
+mod young;
 
 /// How long shutdown waits for restart and failover commands still running.
 pub const COMMAND_GRACE: Duration = Duration::from_secs(5);
@@ -143,6 +144,8 @@ pub struct Supervisor {
     classifications: u64,
     held_since: HashMap<u32, u64>,
     exit_arrived: HashMap<u32, u64>,
+    /// Children of members not yet handed to the monitor.
+    young: young::Young,
     scan_requested: bool,
     /// Processes that exec'd since the last scan began (sources that
     /// report every exec).
@@ -244,6 +247,7 @@ impl Supervisor {
             classifications: 0,
             held_since: HashMap::new(),
             exit_arrived: HashMap::new(),
+            young: young::Young::default(),
             scan_requested: true,
             execd: Vec::new(),
             execs_at_last_scan: None,
@@ -323,6 +327,7 @@ impl Supervisor {
             .flatten()
             .min()
             .map(to_tokio);
+            let young_due = self.young.next_due().map(tokio::time::Instant::from_std);
             tokio::select! {
                 _ = token.cancelled() => break,
                 Some(event) = events.recv() => self.on_event(event),
@@ -358,6 +363,11 @@ impl Supervisor {
                     }
                 }
                 _ = scan_tick.tick() => self.scan_requested = true,
+                _ = sleep_until(young_due), if young_due.is_some() => {
+                    for (entry, child) in self.young.grown(std::time::Instant::now()) {
+                        self.feed(Input::Forked { entry, child });
+                    }
+                }
                 // Idle (nothing waiting for a time) means no wake-ups.
                 _ = sleep_until(wake), if wake.is_some() => {
                     self.feed(Input::Tick);
@@ -586,6 +596,13 @@ impl Supervisor {
     /// or it would keep the entry up in its place). Fed again through here
     /// once that one is in, so it waits for all of them.
     fn feed_exit(&mut self, tgid: u32, input: Input) {
+        if !self.young.is_empty() && self.monitor.member_entry(tgid).is_some() {
+            // A member's exit: a child it leaves running may be what keeps
+            // its entry up, so every waiting child is a member first.
+            for (entry, child) in self.young.all() {
+                self.feed(Input::Forked { entry, child });
+            }
+        }
         let arrived = *self
             .exit_arrived
             .entry(tgid)
@@ -682,11 +699,16 @@ impl Supervisor {
                         // The parent's, which the monitor has.
                         uid: 0,
                     };
-                    self.feed(Input::Forked { entry, child });
+                    let now = std::time::Instant::now();
+                    for (entry, child) in self.young.born(entry, child, now) {
+                        self.feed(Input::Forked { entry, child });
+                    }
                 }
             }
             EventKind::Exec(p) => {
                 let tgid = p.tgid;
+                // Another program now: classified afresh, not as a child.
+                self.young.gone(tgid);
                 if self.execd.len() < MAX_EXECD {
                     self.execd.push(tgid);
                 } else {
@@ -709,6 +731,10 @@ impl Supervisor {
             }
             EventKind::Exit { process, status } => {
                 let tgid = process.tgid;
+                if self.young.gone(tgid) && self.monitor.member_entry(tgid).is_none() {
+                    // A child that never became a member: nothing to say.
+                    return;
+                }
                 let input = Input::Exited {
                     tgid,
                     start: process.start.map(|s| s.ticks()),
