@@ -43,7 +43,7 @@ pub fn churn(psmon: &Path, dir: &Path) -> anyhow::Result<String> {
         std::fs::create_dir_all(&conf)?;
         let pidfile = conf.join("churnd.pid");
         let secs = (WINDOW + Duration::from_secs(8)).as_secs().to_string();
-        let mut instance = Command::new(&forker)
+        let instance = Command::new(&forker)
             .args(["storm-worker", "--mode", "fork", "--seconds", &secs])
             .args(["--rate", &RATE.to_string()])
             .stdout(Stdio::piped())

@@ -328,6 +328,13 @@ impl EbpfSource {
         let mut table = self.table;
         let lost = self.lost;
         let mut fd = fd;
+        // Reading the loss counter is a bpf(2) call: after a drain large
+        // enough that the ring may have filled, else at most every
+        // LOST_CHECK (a watched process forking thousands of children a
+        // second would otherwise pay one per wake-up).
+        let mut unchecked = false;
+        let mut checked_at = std::time::Instant::now();
+        let mut drained_at = checked_at;
         loop {
             let mut drained = 0;
             tokio::select! {
@@ -349,24 +356,53 @@ impl EbpfSource {
                 // which wakes this loop: only a `Lost` the channel had no
                 // room for needs a timer.
                 _ = tokio::time::sleep(super::FLUSH_INTERVAL), if sink.pending() => {}
+                _ = tokio::time::sleep(LOST_CHECK), if unchecked => {}
                 entries = seed.ready(), if seed.pending() => table.seed(entries),
             }
-            let total = lost_total(&lost);
-            if total > lost_seen {
-                if !sink.send(ProcEvent::lost(Some(total - lost_seen))) {
-                    return Ok(());
+            unchecked |= drained > 0;
+            if unchecked && (drained >= LOST_CHECK_DRAIN || checked_at.elapsed() >= LOST_CHECK) {
+                unchecked = false;
+                checked_at = std::time::Instant::now();
+                let total = lost_total(&lost);
+                if total > lost_seen {
+                    if !sink.send(ProcEvent::lost(Some(total - lost_seen))) {
+                        return Ok(());
+                    }
+                    lost_seen = total;
                 }
-                lost_seen = total;
             }
             if !sink.flush() {
                 return Ok(());
             }
-            if drained > 0 && !super::pause(self.coalesce, &token).await {
+            // Under a storm (a drain right after the last one), events are
+            // taken in batches: half a millisecond of waiting spares a
+            // wake-up of the source and of the supervisor per event. A
+            // lone event, the common case, is never held back.
+            let storm = drained > 0 && drained_at.elapsed() < STORM_GAP;
+            if drained > 0 {
+                drained_at = std::time::Instant::now();
+            }
+            let pause = if storm {
+                self.coalesce.max(STORM_BATCH)
+            } else {
+                self.coalesce
+            };
+            if drained > 0 && !super::pause(pause, &token).await {
                 return Ok(());
             }
         }
     }
 }
+
+/// Drains closer together than this are a storm …
+const STORM_GAP: std::time::Duration = std::time::Duration::from_millis(1);
+/// … whose events are then taken in batches this far apart.
+const STORM_BATCH: std::time::Duration = std::time::Duration::from_micros(500);
+
+/// A drain at least this large reads the loss counter at once.
+const LOST_CHECK_DRAIN: usize = 64;
+/// Otherwise it is read at most this often, and this soon after events.
+const LOST_CHECK: std::time::Duration = std::time::Duration::from_millis(50);
 
 fn lost_total(lost: &PerCpuArray<MapData, u64>) -> u64 {
     lost.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
