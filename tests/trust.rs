@@ -36,6 +36,15 @@ fn entry(path: &Path, restart: &str) -> String {
     )
 }
 
+/// A test's directory with `conf/` and a private copy of the victim.
+fn world(tag: &str, name: &str) -> (TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = TempDir::new(tag);
+    let conf = dir.0.join("conf");
+    std::fs::create_dir_all(&conf).unwrap();
+    let victim = victim_copy(&dir.0, name);
+    (dir, conf, victim)
+}
+
 /// Waits until `cond` holds, for at most [`TIMEOUT`].
 fn until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + TIMEOUT;
@@ -51,10 +60,7 @@ fn until(what: &str, mut cond: impl FnMut() -> bool) {
 /// and `status` still answers.
 #[test]
 fn a_fifo_at_a_watched_path_does_not_stop_monitoring() {
-    let dir = TempDir::new("fifo-path");
-    let conf = dir.0.join("conf");
-    std::fs::create_dir_all(&conf).unwrap();
-    let kept = victim_copy(&dir.0, "keptd");
+    let (dir, conf, kept) = world("fifo-path", "keptd");
     let planted = victim_copy(&dir.0, "plantd");
     let text = entry(&kept, &format!("{} sleep", kept.display()))
         + &entry(&planted, &format!("{} sleep", planted.display()));
@@ -95,10 +101,7 @@ fn a_fifo_at_a_watched_path_does_not_stop_monitoring() {
 /// answered.
 #[test]
 fn clients_that_never_read_do_not_keep_their_slots() {
-    let dir = TempDir::new("never-read");
-    let conf = dir.0.join("conf");
-    std::fs::create_dir_all(&conf).unwrap();
-    let victim = victim_copy(&dir.0, "slotd");
+    let (dir, conf, victim) = world("never-read", "slotd");
     std::fs::write(
         conf.join("app.toml"),
         entry(&victim, &format!("{} sleep", victim.display())),
@@ -132,10 +135,7 @@ fn clients_that_never_read_do_not_keep_their_slots() {
 /// would have killed a command it started itself.
 #[test]
 fn a_taken_over_restart_command_keeps_its_time_limit() {
-    let dir = TempDir::new("adopted");
-    let conf = dir.0.join("conf");
-    std::fs::create_dir_all(&conf).unwrap();
-    let victim = victim_copy(&dir.0, "adoptd");
+    let (dir, conf, victim) = world("adopted", "adoptd");
     let hang = victim_copy(&dir.0, "hangcmd");
     std::fs::write(
         conf.join("app.toml"),
@@ -171,10 +171,7 @@ fn a_taken_over_restart_command_keeps_its_time_limit() {
 /// time limit, every time: none piles up.
 #[test]
 fn hung_command_probes_leave_no_process() {
-    let dir = TempDir::new("hangprobe");
-    let conf = dir.0.join("conf");
-    std::fs::create_dir_all(&conf).unwrap();
-    let victim = victim_copy(&dir.0, "probed");
+    let (dir, conf, victim) = world("hangprobe", "probed");
     let probe = victim_copy(&dir.0, "hangprobe");
     std::fs::write(
         conf.join("app.toml"),
@@ -204,10 +201,7 @@ fn hung_command_probes_leave_no_process() {
 #[test]
 fn output_of_what_a_restart_command_leaves_running_is_bounded() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let dir = TempDir::new("chatty");
-    let conf = dir.0.join("conf");
-    std::fs::create_dir_all(&conf).unwrap();
-    let victim = victim_copy(&dir.0, "chattyd");
+    let (dir, conf, victim) = world("chatty", "chattyd");
     let chatty = dir.0.join("chatty");
     let pidfile = dir.0.join("chatty.pid");
     std::fs::write(
@@ -284,6 +278,19 @@ fn another_users_copy_does_not_mask_a_death() {
     let copy = reap_later(spawn_fresh(
         Command::new(&victim).arg("sleep").uid(65534).gid(65534),
     ));
+    // `check --live` says why the copy is none of the entry's.
+    let live = Command::new(env!("CARGO_BIN_EXE_psmon"))
+        .args(["check", "--insecure-config", "--live"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    let live = String::from_utf8_lossy(&live.stdout);
+    assert!(
+        live.contains(&format!("pid {copy} ppid"))
+            && live
+                .contains("uid 65534 [not counted: runs as uid 65534, the entry's user is uid 0]"),
+        "{live}"
+    );
     // Its exec is seen, and refused, before root's instance dies.
     std::thread::sleep(Duration::from_millis(300));
     kill9_pid(root);
@@ -300,10 +307,7 @@ fn another_users_copy_does_not_mask_a_death() {
 /// is restarted, and the bystander is left alone.
 #[test]
 fn a_doctored_state_file_is_not_trusted() {
-    let dir = TempDir::new("doctored");
-    let conf = dir.0.join("conf");
-    std::fs::create_dir_all(&conf).unwrap();
-    let victim = victim_copy(&dir.0, "doctord");
+    let (dir, conf, victim) = world("doctored", "doctord");
     let bystander_exe = victim_copy(&dir.0, "bystander");
     std::fs::write(
         conf.join("app.toml"),
@@ -412,10 +416,7 @@ fn a_notify_socket_is_psmons_alone() {
 /// that never speaks stays up.
 #[test]
 fn a_service_without_a_notify_channel_is_not_judged() {
-    let dir = TempDir::new("notify-none");
-    let conf = dir.0.join("conf");
-    std::fs::create_dir_all(&conf).unwrap();
-    let victim = victim_copy(&dir.0, "mute");
+    let (dir, conf, victim) = world("notify-none", "mute");
     std::fs::write(dir.0.join("notify"), "in the way").unwrap();
     std::fs::write(
         conf.join("app.toml"),

@@ -207,7 +207,22 @@ impl Survey<'_> {
                 e.line,
                 e.min
             );
-            let members: Vec<u32> = found[i].iter().map(|p| p.tgid).collect();
+            // The user instances must run as (see `Owner`): as said, or
+            // as the oldest process found runs (the first psmon would see).
+            let owner = match e.owner {
+                crate::config::Owner::Uid(uid) => Some(uid),
+                crate::config::Owner::Any => None,
+                crate::config::Owner::Learned => found[i]
+                    .iter()
+                    .min_by_key(|p| (p.start_ticks, p.tgid))
+                    .map(|p| p.uid),
+            };
+            let admitted = |uid: u32| uid == 0 || owner.is_none_or(|o| o == uid);
+            let members: Vec<u32> = found[i]
+                .iter()
+                .filter(|p| admitted(p.uid))
+                .map(|p| p.tgid)
+                .collect();
             let pidfile_pid = match &e.rule {
                 crate::config::Rule::Pidfile(path) => read_pidfile(path),
                 _ => None,
@@ -218,7 +233,8 @@ impl Survey<'_> {
             let mut counted = 0;
             for inst in &found[i] {
                 let is_member = |pid| members.contains(&pid);
-                let counts = e.rule.counts(inst.tgid, inst.ppid, is_member, pidfile_pid);
+                let counts = admitted(inst.uid)
+                    && e.rule.counts(inst.tgid, inst.ppid, is_member, pidfile_pid);
                 counted += u32::from(counts);
                 let why = matcher
                     .classify_why(inst.tgid)
@@ -234,16 +250,18 @@ impl Survey<'_> {
                             .replace('\0', " ")
                     })
                     .unwrap_or_default();
+                let mark = match owner {
+                    _ if counts => " [instance]".to_string(),
+                    Some(o) if !admitted(inst.uid) => format!(
+                        " [not counted: runs as uid {}, the entry's user is uid {o}]",
+                        inst.uid
+                    ),
+                    _ => " [not counted]".to_string(),
+                };
                 let _ = writeln!(
                     out,
-                    "  pid {} ppid {}{}: exe {exe}; cmdline {cmdline:?}; {why}",
-                    inst.tgid,
-                    inst.ppid,
-                    if counts {
-                        " [instance]"
-                    } else {
-                        " [not counted]"
-                    },
+                    "  pid {} ppid {} uid {}{mark}: exe {exe}; cmdline {cmdline:?}; {why}",
+                    inst.tgid, inst.ppid, inst.uid,
                 );
             }
             let _ = writeln!(
