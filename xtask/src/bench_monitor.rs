@@ -236,6 +236,9 @@ struct RestartCase {
     shell: bool,
     /// While unwatched processes exec at this rate (0: none).
     storm_rate: u32,
+    /// While another watched process forks short-lived children at this
+    /// rate (0: none): the ebpf source then takes events in batches.
+    churn_rate: u32,
     /// psmon saves its state on every change (`--no-state` otherwise).
     state: bool,
 }
@@ -246,6 +249,7 @@ const RESTART_CASES: &[RestartCase] = &[
         source: "ebpf",
         shell: false,
         storm_rate: 0,
+        churn_rate: 0,
         state: true,
     },
     RestartCase {
@@ -253,6 +257,7 @@ const RESTART_CASES: &[RestartCase] = &[
         source: "ebpf",
         shell: false,
         storm_rate: 0,
+        churn_rate: 0,
         state: false,
     },
     RestartCase {
@@ -260,6 +265,7 @@ const RESTART_CASES: &[RestartCase] = &[
         source: "ebpf",
         shell: true,
         storm_rate: 0,
+        churn_rate: 0,
         state: true,
     },
     RestartCase {
@@ -267,6 +273,15 @@ const RESTART_CASES: &[RestartCase] = &[
         source: "ebpf",
         shell: false,
         storm_rate: 2000,
+        churn_rate: 0,
+        state: true,
+    },
+    RestartCase {
+        label: "ebpf, direct, a watched process forking 5,000 children/s",
+        source: "ebpf",
+        shell: false,
+        storm_rate: 0,
+        churn_rate: 5000,
         state: true,
     },
     RestartCase {
@@ -274,6 +289,7 @@ const RESTART_CASES: &[RestartCase] = &[
         source: "netlink",
         shell: false,
         storm_rate: 0,
+        churn_rate: 0,
         state: true,
     },
     RestartCase {
@@ -281,6 +297,7 @@ const RESTART_CASES: &[RestartCase] = &[
         source: "netlink",
         shell: true,
         storm_rate: 0,
+        churn_rate: 0,
         state: true,
     },
     RestartCase {
@@ -288,6 +305,7 @@ const RESTART_CASES: &[RestartCase] = &[
         source: "poll",
         shell: false,
         storm_rate: 0,
+        churn_rate: 0,
         state: true,
     },
 ];
@@ -310,7 +328,9 @@ pub fn restart_latency(
          shell syntax) or through `/bin/sh -c` (`exec \"stamper\" OUT VICTIM`, quoted). `psmon run` \
          with one entry; poll uses MONITOR_INTERVAL = 1 s. The storm row runs two processes that \
          spawn and reap a do-nothing program at 2,000 exec/s in all, which the in-kernel filter \
-         keeps from psmon.\n\n\
+         keeps from psmon. The churn row watches a second process, a copy of `xtask \
+         storm-worker` forking 5,000 children a second that exit at once: their events reach \
+         psmon, whose ebpf source then takes events in batches 0.5 ms apart.\n\n\
          | case | kills | p50 | p99 | max | mean |\n|---|---|---|---|---|---|\n",
     );
     let mut costs = Vec::new();
@@ -340,6 +360,25 @@ pub fn restart_latency(
                 victim.display()
             )
         };
+        // The churning process: a copy of this program, forking.
+        let mut churn = None;
+        let mut churn_entry = String::new();
+        if case.churn_rate > 0 {
+            let forker = conf.join("churnd");
+            std::fs::copy(std::env::current_exe()?, &forker)?;
+            let rate = case.churn_rate.to_string();
+            churn = Some(Storm(vec![
+                Command::new(&forker)
+                    .args(["storm-worker", "--mode", "fork", "--seconds", "3600"])
+                    .args(["--rate", &rate])
+                    .stdout(Stdio::null())
+                    .spawn()?,
+            ]));
+            churn_entry = format!(
+                "[[entry]]\npath = \"{}\"\nrestart = \"/bin/true\"\nretry = 0\n",
+                forker.display()
+            );
+        }
         std::fs::write(
             conf.join("bench.toml"),
             // start_secs = 0: Up as soon as the restarted process runs, so
@@ -347,7 +386,7 @@ pub fn restart_latency(
             // between kills costs the VM about a millisecond of wake-up,
             // which is not psmon's).
             format!(
-                "monitor_interval = 1\nipckey = {key}\n[[entry]]\npath = \"{v}\"\nrestart = \"{restart}\"\ngrace = 1\nretry = 1000\nstart_secs = 0\n",
+                "monitor_interval = 1\nipckey = {key}\n[[entry]]\npath = \"{v}\"\nrestart = \"{restart}\"\ngrace = 1\nretry = 1000\nstart_secs = 0\n{churn_entry}",
                 v = victim.display(),
                 key = 0x7c00_0000 + n,
             ),
@@ -380,6 +419,7 @@ pub fn restart_latency(
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
         drop(storm);
+        drop(churn);
         latency_row(&mut out, case.label, &mut samples);
         if n == 0 {
             costs = said;
