@@ -360,7 +360,7 @@ impl Entry {
     pub const DEFAULT_RESTART_TIMEOUT: Duration = Duration::from_secs(60);
     pub const DEFAULT_START_WAIT: Duration = Duration::from_secs(10);
     pub const DEFAULT_START_SECS: Duration = Duration::from_secs(1);
-    pub const DEFAULT_RESTART_BACKOFF: Duration = Duration::from_millis(100);
+    pub const DEFAULT_RESTART_BACKOFF: Duration = Duration::from_secs(1);
 
     /// A PENT line's worth of settings with every extra at its default.
     pub fn new(
