@@ -89,6 +89,16 @@ impl Reporter {
         if level < self.level && (self.tap.is_none() || self.kind.is_none()) {
             return;
         }
+        // Fractional numbers (milliseconds, microseconds) to three places:
+        // `elapsed_ms=5.818`, not the float's `5.817588000000001`.
+        let rounded: Vec<(&str, Value)> = fields
+            .iter()
+            .map(|(k, v)| match v.as_f64() {
+                Some(x) if v.is_f64() => (*k, json!((x * 1000.0).round() / 1000.0)),
+                _ => (*k, v.clone()),
+            })
+            .collect();
+        let fields = rounded.as_slice();
         let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
         let name = match level {
             LogLevel::Debug => "DEBUG",
@@ -736,6 +746,22 @@ mod tests {
         assert_eq!(v["message"], "Process ['/usr/sbin/sshd',pid=812] Down");
         assert_eq!(v["level"], "WARN");
         assert_eq!(v["pid"], 812);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Fractional fields are written to three places.
+    #[test]
+    fn fractions_are_rounded_in_log_fields() {
+        let dir = std::env::temp_dir().join(format!("psmon-report-round-{}", std::process::id()));
+        let mut r = Reporter::new(LogLevel::Info, LogFormat::Text, Some(&dir));
+        r.report(
+            LogLevel::Info,
+            "restart command ended",
+            &[("elapsed_ms", json!(5.817588000000001)), ("pid", json!(7))],
+        );
+        logsink::flush(std::time::Duration::from_secs(5));
+        let text = std::fs::read_to_string(dir.join("psmon.log")).unwrap();
+        assert!(text.contains(" elapsed_ms=5.818 pid=7"), "{text}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
