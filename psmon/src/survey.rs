@@ -150,7 +150,7 @@ fn path_findings(path: &Path) -> Vec<String> {
     let r = resolve(path);
     if !r.exists {
         out.push(format!(
-            "{} does not exist on this host: nothing matches it until it does (then reload psmon)",
+            "{} does not exist on this host yet: it is reported Down and restarted as configured, and a process running it is matched once it is installed at that path (should it be a symlink or a `#!` script, reload psmon after installing it)",
             path.display()
         ));
         return out;
