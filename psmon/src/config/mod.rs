@@ -309,6 +309,9 @@ pub struct Group {
     pub kill_grace: Duration,
     /// Failover driver, resource (default: the group's name) and mode.
     pub failover_choice: FailoverChoice,
+    /// Failover command, overriding psagent.conf's (as an entry's
+    /// `failover` does).
+    pub failover: Option<String>,
     /// Where it was defined, for messages.
     pub line: usize,
     /// `members[i]`'s position in its array, for messages.

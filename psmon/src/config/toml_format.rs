@@ -39,6 +39,7 @@ struct GroupToml {
     failover_driver: Option<Spanned<String>>,
     failover_resource: Option<Spanned<String>>,
     failover_mode: Option<Spanned<String>>,
+    failover: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -105,7 +106,8 @@ const FILE_KEYS: [&str; 6] = [
     "entry",
     "group",
 ];
-const GROUP_KEYS: [&str; 10] = [
+const GROUP_KEYS: [&str; 11] = [
+    "failover",
     "failover_driver",
     "failover_resource",
     "failover_mode",
@@ -757,6 +759,7 @@ fn group(c: &mut Checker, spanned: &Spanned<GroupToml>) -> Option<Group> {
             &t.failover_resource,
             &t.failover_mode,
         ),
+        failover: t.failover.as_ref().map(|f| f.get_ref().clone()),
         line: position(c.text, spanned.span().start).0,
         member_cols,
     };

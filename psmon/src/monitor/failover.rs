@@ -56,17 +56,26 @@ impl Monitor {
         env: Vec<(String, String)>,
     ) -> Option<Effect> {
         let entry = &self.config[id.index()];
-        let (choice, name): (&FailoverChoice, &str) = match group {
+        let (choice, name, own): (&FailoverChoice, &str, &Option<String>) = match group {
             Some(g) => {
                 let conf = &self.group_conf[g].group;
-                (&conf.failover_choice, &conf.name)
+                (&conf.failover_choice, &conf.name, &conf.failover)
             }
-            None => (&entry.failover_choice, &self.watches[id.index()].pfile),
+            None => (
+                &entry.failover_choice,
+                &self.watches[id.index()].pfile,
+                &entry.failover,
+            ),
         };
         let s = &self.failover;
         let cluster = match choice.driver.unwrap_or(s.driver) {
             FailoverDriver::Command => {
-                let command = entry.failover.clone().or_else(|| s.command.clone())?;
+                // A group's own command, else the failed member's, else
+                // psagent.conf's.
+                let command = own
+                    .clone()
+                    .or_else(|| entry.failover.clone())
+                    .or_else(|| s.command.clone())?;
                 return Some(self.run(id, Job::Failover, command, env));
             }
             FailoverDriver::Pacemaker => Cluster::Pacemaker(choice.mode.unwrap_or(s.mode)),

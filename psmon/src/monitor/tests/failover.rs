@@ -115,6 +115,7 @@ fn a_groups_request_names_the_group() {
             mode: Some(FailoverMode::Fail),
             ..Default::default()
         },
+        failover: None,
         line: 1,
         member_cols: vec![(1, 1); 2],
     });
@@ -167,4 +168,42 @@ fn constraints_are_kept_until_cleared() {
         w.now,
     );
     assert!(back.failover_constraints().is_empty());
+}
+
+/// The command driver: a group's own `failover` command, else the failed
+/// member's, else FAILOVER_COMMAND.
+#[test]
+fn a_groups_own_failover_command_comes_first() {
+    let mut b = entry("/b");
+    b.failover = Some("member-away".into());
+    let mut config = config(vec![entry("/a"), b]);
+    config.agent.failover_command = Some("agent-away".into());
+    let mut group = Group {
+        name: "store".into(),
+        members: vec!["/a".into(), "/b".into()],
+        restarts: 0,
+        window: Duration::from_secs(600),
+        action: OnRetryOver::Switch,
+        start_timeout: Duration::from_secs(60),
+        kill_grace: Duration::from_secs(5),
+        failover_choice: FailoverChoice::default(),
+        failover: None,
+        line: 1,
+        member_cols: vec![(1, 1); 2],
+    };
+    let running = || vec![vec![seen(100, 1)], vec![seen(200, 1)]];
+    let command = |w: &World, id: EntryId| match w.m.failover_run(id, Some(0), Vec::new()) {
+        Some(Effect::Run(run)) => run.command,
+        other => panic!("{other:?}"),
+    };
+    let mut with = config.clone();
+    with.pfiles[0].groups.push(group.clone());
+    let w = World::started_with(with, true, running());
+    assert_eq!(command(&w, A), "agent-away");
+    assert_eq!(command(&w, EntryId(1)), "member-away");
+    group.failover = Some("group-away".into());
+    config.pfiles[0].groups.push(group);
+    let w = World::started_with(config, true, running());
+    assert_eq!(command(&w, A), "group-away");
+    assert_eq!(command(&w, EntryId(1)), "group-away");
 }

@@ -15,6 +15,7 @@ fn group(restarts: u32, action: OnRetryOver) -> Group {
         start_timeout: Duration::from_secs(60),
         kill_grace: Duration::from_secs(5),
         failover_choice: Default::default(),
+        failover: None,
         line: 1,
         member_cols: vec![(1, 1); 3],
     }
