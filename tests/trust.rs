@@ -440,6 +440,14 @@ fn a_service_without_a_notify_channel_is_not_judged() {
     kill_all(&victim);
 }
 
+/// A directory `theirs` in `dir`, owned by nobody.
+fn nobodys_dir(dir: &Path) -> std::path::PathBuf {
+    let theirs = dir.join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    nix::unistd::chown(&theirs, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    theirs
+}
+
 /// `psmon run` with `dir` as its world: control socket and state as given.
 fn run_with(dir: &Path, socket: &Path, state: &Path) -> Command {
     // Bounded: a psmon that does not refuse would run for ever.
@@ -462,9 +470,7 @@ fn a_socket_place_another_user_controls_is_refused() {
         entry(&victim, &format!("{} sleep", victim.display())),
     )
     .unwrap();
-    let theirs = dir.0.join("theirs");
-    std::fs::create_dir(&theirs).unwrap();
-    nix::unistd::chown(&theirs, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    let theirs = nobodys_dir(&dir.0);
     let out = run_with(&dir.0, &theirs.join("psmon.sock"), &dir.0.join("state"))
         .output()
         .unwrap();
@@ -524,9 +530,7 @@ fn an_impostor_socket_is_not_believed() {
         return;
     }
     let (dir, _victim) = open_dir("impostor", "impd");
-    let theirs = dir.0.join("theirs");
-    std::fs::create_dir(&theirs).unwrap();
-    nix::unistd::chown(&theirs, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    let theirs = nobodys_dir(&dir.0);
     let socket = theirs.join("psmon.sock");
     let server = "import socket, sys\ns = socket.socket(socket.AF_UNIX)\ns.bind(sys.argv[1])\ns.listen()\nprint('ready', flush=True)\nwhile True:\n    c, _ = s.accept()\n    c.recv(4096)\n    c.sendall(b'{\"v\":1,\"ok\":true,\"result\":{\"entries\":[],\"fake\":true}}\\n')\n    c.close()\n";
     let mut impostor = Command::new("/usr/bin/python3")

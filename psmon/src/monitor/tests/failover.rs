@@ -99,11 +99,9 @@ fn an_entrys_choice_overrides_psagent_conf() {
     assert_eq!(sent[0].resource, "failover1");
 }
 
-/// A group's request names the group unless it says otherwise.
-#[test]
-fn a_groups_request_names_the_group() {
-    let mut config = pacemaker_config(vec![entry("/a"), entry("/b")]);
-    config.pfiles[0].groups.push(Group {
+/// A switching group of /a and /b, named "store", spent at once.
+fn store_of_two() -> Group {
+    Group {
         name: "store".into(),
         members: vec!["/a".into(), "/b".into()],
         restarts: 0,
@@ -111,13 +109,23 @@ fn a_groups_request_names_the_group() {
         action: OnRetryOver::Switch,
         start_timeout: Duration::from_secs(60),
         kill_grace: Duration::from_secs(5),
+        failover_choice: FailoverChoice::default(),
+        failover: None,
+        line: 1,
+        member_cols: vec![(1, 1); 2],
+    }
+}
+
+/// A group's request names the group unless it says otherwise.
+#[test]
+fn a_groups_request_names_the_group() {
+    let mut config = pacemaker_config(vec![entry("/a"), entry("/b")]);
+    config.pfiles[0].groups.push(Group {
         failover_choice: FailoverChoice {
             mode: Some(FailoverMode::Fail),
             ..Default::default()
         },
-        failover: None,
-        line: 1,
-        member_cols: vec![(1, 1); 2],
+        ..store_of_two()
     });
     let w = World::started_with(config, true, vec![vec![seen(100, 1)], vec![seen(200, 1)]]);
     let Some(Effect::Run(run)) = w.m.failover_run(A, Some(0), Vec::new()) else {
@@ -178,19 +186,7 @@ fn a_groups_own_failover_command_comes_first() {
     b.failover = Some("member-away".into());
     let mut config = config(vec![entry("/a"), b]);
     config.agent.failover_command = Some("agent-away".into());
-    let mut group = Group {
-        name: "store".into(),
-        members: vec!["/a".into(), "/b".into()],
-        restarts: 0,
-        window: Duration::from_secs(600),
-        action: OnRetryOver::Switch,
-        start_timeout: Duration::from_secs(60),
-        kill_grace: Duration::from_secs(5),
-        failover_choice: FailoverChoice::default(),
-        failover: None,
-        line: 1,
-        member_cols: vec![(1, 1); 2],
-    };
+    let mut group = store_of_two();
     let running = || vec![vec![seen(100, 1)], vec![seen(200, 1)]];
     let command = |w: &World, id: EntryId| match w.m.failover_run(id, Some(0), Vec::new()) {
         Some(Effect::Run(run)) => run.command,
