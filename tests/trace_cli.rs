@@ -307,7 +307,10 @@ fn netlink_lifetimes_agree_with_the_kernels() {
     }
     let dir = TempDir::new("lifetimes");
     let napper = victim_copy(&dir.0, "napper");
-    let args = ["--comm", "napper", "--event", "exit"];
+    // Not filtered by name: netlink learns a name from /proc after the
+    // exec, and a 1 ms napper may be gone by then (one run in ten on a
+    // loaded CI machine had no exit for it). Its lifetime needs no name.
+    let args = ["--event", "exit"];
     let (ebpf, ebpf_out) = start_trace("ebpf", &args);
     let (netlink, netlink_out) = start_trace("netlink", &args);
     let mut pids = Vec::new();
@@ -322,12 +325,23 @@ fn netlink_lifetimes_agree_with_the_kernels() {
     let lifetime = |events: &[Value], pid: u32| -> f64 {
         events
             .iter()
-            .find(|v| v["event"] == "exit" && v["pid"] == pid)
+            .find(|v| {
+                v["event"] == "exit"
+                    && v["pid"] == pid
+                    && (v["comm"] == "napper" || v["comm"].is_null())
+            })
             .and_then(|v| v["lifetime_ms"].as_f64())
             .unwrap_or_else(|| panic!("no exit with a lifetime for {pid}"))
     };
-    // Nine in ten agree within a millisecond; one may be off by up to a
-    // clock tick (seen about once in eight runs, on this code and before it:
+    // The two sources stamp at different points of the kernel: the
+    // connector's fork after the child's start time, its exit later in
+    // do_exit than the tracepoint. On an idle host they agree within a
+    // millisecond; on a loaded one (the test suite running beside, or two
+    // CPU hogs: seen 4 of 10 off by 2.4–2.8 ms) the gap is the time slice
+    // the exiting task waited. What must hold is that netlink's lifetimes
+    // are the kernel's, not /proc's start time in clock ticks (which is off
+    // by up to 10 ms): every one within a tick, and all but one within half
+    // of it (one may be off by up to a tick, seen about once in eight runs:
     // its start was not refined by the fork event; not yet understood).
     let mut off = Vec::new();
     for (pid, ms) in pids {
@@ -338,7 +352,7 @@ fn netlink_lifetimes_agree_with_the_kernels() {
             (n - e).abs() < 10.0,
             "pid {pid}: netlink {n} ms, ebpf {e} ms"
         );
-        if (n - e).abs() >= 1.0 {
+        if (n - e).abs() >= 5.0 {
             off.push(format!("pid {pid}: netlink {n} ms, ebpf {e} ms"));
         }
     }
