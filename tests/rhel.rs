@@ -184,6 +184,18 @@ fn the_log_survives_logrotate_under_load() {
         for n in 0..LINES / 2 {
             say(n);
         }
+        // copytruncate loses what is written between its copy and its
+        // truncation, whoever writes: rotate once the first half is out.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("Command execute.")
+            .count()
+            < LINES / 2
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let out = Command::new("/usr/sbin/logrotate")
             .arg("--force")
             .arg("--state")
