@@ -2,7 +2,9 @@
 //! nginx) and on the shapes that fooled it before: a symlinked multi-call
 //! binary, a forking master with workers, a pidfile, a process that renamed
 //! itself, a binary replaced while it runs, restarts that fail at first or
-//! die at once. `.ci/run` installs redis-server, nginx-light and psmisc.
+//! die at once, a daemon that detaches, sshd with users logged in.
+//! `.ci/run` installs redis-server, nginx-light, psmisc, openssh-server and
+//! -client, dovecot-core and -imapd.
 
 mod support;
 
@@ -386,6 +388,372 @@ fn nginx_plain_path(source: &str) {
     assert_eq!(pid_of(&down), master, "{down}");
 }
 
+/// Debian's sshd on a private port, run from a copy of its binary (every
+/// sshd on the host is `/usr/sbin/sshd`, and the entry would count a host's
+/// own): the listener forks a process per connection, which re-executes the
+/// binary, so every logged-in session runs the watched file too.
+struct Sshd {
+    dir: TempDir,
+    port: u16,
+    exe: PathBuf,
+    conf: PathBuf,
+    pidfile: PathBuf,
+}
+
+impl Sshd {
+    fn new() -> Sshd {
+        installed("/usr/sbin/sshd", "openssh-server");
+        installed("/usr/bin/ssh", "openssh-client");
+        let dir = TempDir::new("sshd");
+        std::fs::create_dir_all(dir.0.join("conf")).unwrap();
+        // The privilege-separation directory the package's unit makes.
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let exe = dir.0.join("sshd");
+        std::fs::copy("/usr/sbin/sshd", &exe).unwrap();
+        for key in ["host_key", "user_key"] {
+            let out = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(dir.0.join(key))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+        }
+        std::fs::copy(dir.0.join("user_key.pub"), dir.0.join("authorized_keys")).unwrap();
+        let port = free_port();
+        let conf = dir.0.join("sshd_config");
+        let pidfile = dir.0.join("sshd.pid");
+        let d = dir.0.display();
+        std::fs::write(
+            &conf,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {}\n\
+                 AuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin prohibit-password\n\
+                 StrictModes no\nUsePAM no\nPasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\n",
+                pidfile.display()
+            ),
+        )
+        .unwrap();
+        Sshd {
+            dir,
+            port,
+            exe,
+            conf,
+            pidfile,
+        }
+    }
+
+    /// Starts sshd the usual way (it detaches) and returns the listener.
+    fn command(&self) -> String {
+        format!("{} -f {}", self.exe.display(), self.conf.display())
+    }
+
+    fn start(&self) -> u32 {
+        let status = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(self.command())
+            .status()
+            .unwrap();
+        assert!(status.success(), "sshd did not start");
+        wait_answer(self.port, b"", "SSH-2.0");
+        self.listener()
+    }
+
+    fn listener(&self) -> u32 {
+        std::fs::read_to_string(&self.pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    fn ssh(&self, command: &str) -> Command {
+        let mut c = Command::new("ssh");
+        c.arg("-i")
+            .arg(self.dir.0.join("user_key"))
+            .args(["-p", &self.port.to_string()])
+            .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"])
+            .args(["-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
+            .args(["root@127.0.0.1", command])
+            .stdin(std::process::Stdio::null());
+        c
+    }
+
+    /// A logged-in session that stays: returns the ssh client once the
+    /// session's processes are there.
+    fn session(&self) -> Child {
+        let before = pids_of(&self.exe);
+        let mut client = self
+            .ssh("echo in; exec sleep 600")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = [0u8; 3];
+        client
+            .stdout
+            .as_mut()
+            .unwrap()
+            .read_exact(&mut line)
+            .unwrap();
+        assert_eq!(&line, b"in\n");
+        assert!(
+            pids_of(&self.exe).iter().any(|p| !before.contains(p)),
+            "no session process"
+        );
+        client
+    }
+
+    /// Whether a new session can log in and run a command.
+    fn logs_in(&self) -> bool {
+        self.ssh("true").status().is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        kill_all(&self.exe);
+    }
+}
+
+/// The seed's own `/usr/sbin/sshd` line, as a plain path entry, while users
+/// are logged in (one session from before psmon started, one after): each
+/// session's sshd is a worker of the listener, not an instance, so killing
+/// a session is nothing, and killing the listener is a death although the
+/// sessions live on. The restarted sshd detaches: its first process exits
+/// 0 and hands over to its child, which is Up (no failed start).
+fn sshd_listener_death_is_seen_while_users_are_logged_in(source: &str) {
+    if !needs_root(&format!("the {source} source")) {
+        return;
+    }
+    let _one = exclusive();
+    let sshd = Sshd::new();
+    std::fs::write(
+        sshd.dir.0.join("conf/sshd.toml"),
+        format!(
+            "monitor_interval = 1\n[[entry]]\npath = \"{}\"\nrestart = \"{}\"\nretry = 2\n",
+            sshd.exe.display(),
+            sshd.command()
+        ),
+    )
+    .unwrap();
+    let listener = sshd.start();
+    let mut old_session = sshd.session();
+    let mut psmon = Psmon::start(&sshd.dir.0.join("conf"), source);
+    let up = psmon.wait(") Up");
+    assert_eq!(pid_of(&up), listener, "{up}");
+    assert_eq!(up["running"], 1, "sessions are not instances: {up}");
+
+    let mut new_session = sshd.session();
+    psmon.collect(Duration::from_millis(200));
+    // Kill the newest session's processes: nothing to say.
+    let children: Vec<u32> = pids_of(&sshd.exe)
+        .into_iter()
+        .filter(|p| proc_ppid(*p) == Some(listener))
+        .collect();
+    let newest = children
+        .iter()
+        .copied()
+        .max_by_key(|p| proc_start_ticks(*p))
+        .expect("a session");
+    kill_pid(newest);
+    let _ = new_session.wait();
+    let after = psmon.collect(Duration::from_millis(1500));
+    assert!(
+        messages_containing(&after, "Down").is_empty(),
+        "a session's end is not a death: {after:?}"
+    );
+
+    kill_pid(listener);
+    let down = psmon.wait("Down");
+    assert_eq!(pid_of(&down), listener, "{down}");
+    assert_eq!(down["signal"], 9, "{down}");
+    let up = psmon.wait_for(") Up", |m| m["pid"] != listener);
+    assert_eq!(pid_of(&up), sshd.listener(), "the new listener is Up: {up}");
+    assert!(sshd.logs_in(), "no new session after the restart");
+    psmon.collect(Duration::from_millis(1200));
+    assert!(
+        messages_containing(&psmon.seen, "Set pid fail").is_empty(),
+        "sshd detaching is not a failed start: {:?}",
+        psmon.seen
+    );
+    assert_eq!(up["running"], 1, "one listener: {up}");
+    assert_eq!(
+        messages_containing(&psmon.seen, "Try to restart").len(),
+        1,
+        "{:?}",
+        psmon.seen
+    );
+    let _ = old_session.kill();
+    let _ = old_session.wait();
+}
+
+/// Debian's dovecot (IMAP only, no TLS) on a private port and directory.
+/// Started, it detaches: its first process forks the master and exits 0.
+struct Dovecot {
+    dir: TempDir,
+    port: u16,
+    conf: PathBuf,
+}
+
+impl Dovecot {
+    fn new() -> Dovecot {
+        installed("/usr/sbin/dovecot", "dovecot-core");
+        installed("/usr/lib/dovecot/imap-login", "dovecot-imapd");
+        let dir = TempDir::new("dovecot");
+        std::fs::create_dir_all(dir.0.join("conf")).unwrap();
+        std::fs::create_dir_all(dir.0.join("state")).unwrap();
+        let port = free_port();
+        let conf = dir.0.join("dovecot.conf");
+        let d = dir.0.display();
+        std::fs::write(
+            &conf,
+            format!(
+                "base_dir = {d}/run\nstate_dir = {d}/state\nlog_path = {d}/dovecot.log\n\
+                 protocols = imap\nlisten = 127.0.0.1\nssl = no\n\
+                 default_internal_user = dovecot\ndefault_login_user = dovenull\n\
+                 service imap-login {{\n  inet_listener imap {{\n    port = {port}\n  }}\n\
+                   inet_listener imaps {{\n    port = 0\n  }}\n}}\n\
+                 passdb {{\n  driver = static\n  args = nopassword=y\n}}\n\
+                 userdb {{\n  driver = static\n  args = uid=nobody gid=nogroup home={d}/home\n}}\n"
+            ),
+        )
+        .unwrap();
+        Dovecot { dir, port, conf }
+    }
+
+    fn command(&self) -> String {
+        format!("/usr/sbin/dovecot -c {}", self.conf.display())
+    }
+
+    fn start(&self) -> u32 {
+        let status = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(self.command())
+            .status()
+            .unwrap();
+        assert!(status.success(), "dovecot did not start");
+        self.wait_greeting();
+        self.master()
+    }
+
+    fn wait_greeting(&self) {
+        wait_answer(self.port, b"", "* OK");
+    }
+
+    fn master(&self) -> u32 {
+        std::fs::read_to_string(self.dir.0.join("run/master.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for Dovecot {
+    fn drop(&mut self) {
+        for master in pids_with_cmdline(&self.conf.display().to_string()) {
+            for pid in pids_with_cmdline("dovecot/") {
+                if proc_ppid(pid) == Some(master) {
+                    kill_pid(pid);
+                }
+            }
+            kill_pid(master);
+        }
+    }
+}
+
+/// dovecot as a one-member `switch` group with an IMAP probe, the
+/// watcher's own use: each kill of its master is one group restart that
+/// succeeds (the detaching start hands over to the master it forks), and
+/// the group never fails over a service that answers.
+fn dovecot_switch_group_never_fails_over_a_working_service(source: &str) {
+    if !needs_root(&format!("the {source} source")) {
+        return;
+    }
+    let _one = exclusive();
+    let dv = Dovecot::new();
+    let failed_over = dv.dir.0.join("failed-over");
+    std::fs::write(
+        dv.dir.0.join("conf/mail.toml"),
+        format!(
+            "monitor_interval = 1\n\
+             [[entry]]\npath = \"/usr/sbin/dovecot\"\nrestart = \"{}\"\n\
+             [entry.probe]\nkind = \"send_expect\"\naddress = \"127.0.0.1:{}\"\nexpect = \"* OK\"\n\
+             interval = 1\ntimeout = 2\n\
+             [[group]]\nname = \"mail\"\nmembers = [\"/usr/sbin/dovecot\"]\nrestarts = 20\n\
+             action = \"switch\"\nfailover = \"touch {}\"\n",
+            dv.command(),
+            dv.port,
+            failed_over.display()
+        ),
+    )
+    .unwrap();
+    let mut master = dv.start();
+    let mut psmon = Psmon::start(&dv.dir.0.join("conf"), source);
+    let up = psmon.wait(") Up");
+    assert_eq!(pid_of(&up), master, "{up}");
+    const KILLS: usize = 8;
+    for kill in 1..=KILLS {
+        let from = psmon.seen.len();
+        kill_pid(master);
+        let down = psmon.wait("Down");
+        assert_eq!(pid_of(&down), master, "kill {kill}: {down}");
+        let up = psmon.wait_for(") Up", |m| m["pid"] != master);
+        psmon.wait("Group 'mail': restarted in");
+        dv.wait_greeting();
+        // Past start_secs, so the next kill is a death, not a failed start.
+        psmon.collect(Duration::from_millis(1200));
+        let this = &psmon.seen[from..];
+        // Where the killed master's parent reaps it late (this host's PID
+        // 1 takes ~1.6 s), dovecot refuses to start while its pidfile
+        // names the zombie: that attempt fails, and the next waits for the
+        // reaping. No other attempt fails.
+        let attempts = messages_containing(this, "Group 'mail': restarting").len();
+        assert!((1..=2).contains(&attempts), "kill {kill}: {this:?}");
+        for failed in messages_containing(this, "restart command for")
+            .into_iter()
+            .filter(|m| m["level"] == "ERROR")
+        {
+            let zombie = format!("already running with PID {master} ");
+            assert!(
+                failed["output"]
+                    .as_str()
+                    .is_some_and(|o| o.contains(&zombie)),
+                "kill {kill}: only the zombie stops a start: {failed}"
+            );
+        }
+        master = dv.master();
+        assert_eq!(
+            pid_of(&up),
+            master,
+            "kill {kill}: the new master is Up: {up}"
+        );
+    }
+    // Attempts never overlap: each starts after the last one's command.
+    let mut running = 0;
+    for m in &psmon.seen {
+        let text = m["message"].as_str().unwrap_or_default();
+        if text.contains("Group 'mail': starting") {
+            running += 1;
+        } else if text.starts_with("restart command for") {
+            running -= 1;
+        }
+        assert!(
+            running <= 1,
+            "two restart commands at once: {:?}",
+            psmon.seen
+        );
+    }
+    for bad in ["retry over", "failover command"] {
+        assert!(
+            messages_containing(&psmon.seen, bad).is_empty(),
+            "{bad}: {:?}",
+            psmon.seen
+        );
+    }
+    assert!(!failed_over.exists(), "failed over a working dovecot");
+}
+
 /// A test directory with a victim copy and a TOML entry for it.
 struct Victim {
     dir: TempDir,
@@ -596,4 +964,6 @@ on_sources!(
     identity_survives_links_renames_and_updates: ebpf, netlink, poll;
     failed_first_restart_backs_off: ebpf, netlink, poll;
     quick_death_is_never_up: ebpf, netlink;
+    sshd_listener_death_is_seen_while_users_are_logged_in: ebpf, netlink;
+    dovecot_switch_group_never_fails_over_a_working_service: ebpf, netlink;
 );

@@ -351,7 +351,7 @@ fn died_early(
 }
 
 /// The wait before the next attempt after `failures` failed ones in a row.
-fn backoff(entry: &Entry, failures: u32) -> Duration {
+pub fn backoff(entry: &Entry, failures: u32) -> Duration {
     if failures == 0 {
         return Duration::ZERO;
     }

@@ -185,6 +185,12 @@ pub fn zombie_status(tgid: u32, start_ticks: u64) -> Option<crate::event::ExitSt
         .map(|c| crate::event::ExitStatus::from_wait_status(c as u32))
 }
 
+/// Whether `tgid` is a zombie now: dead, its parent's wait pending.
+pub fn is_zombie(tgid: u32) -> bool {
+    let mut buf = Vec::with_capacity(512);
+    read_stat(tgid, &mut buf).is_some_and(|s| s.is_dead())
+}
+
 /// `/proc/TGID/exe`, when it can be read (not for zombies or kernel threads).
 /// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup` on RHEL 9,
 /// `/sys/fs/cgroup/unified` on a hybrid host), from `/proc/self/mountinfo`.

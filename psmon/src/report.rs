@@ -458,6 +458,13 @@ pub fn group_message(
                 window.as_secs()
             ),
         ),
+        GroupEvent::Backoff { delay } => (
+            LogLevel::Warn,
+            format!(
+                "next attempt in {}, once the last one's restart commands have finished",
+                duration(*delay)
+            ),
+        ),
         GroupEvent::NotRestarted { cause, paused } => {
             fields.push(("path", json!(path(*cause))));
             (

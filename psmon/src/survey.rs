@@ -195,7 +195,10 @@ impl Survey<'_> {
         let mut out = String::new();
         for (i, (pfile, e)) in self.config.entries().enumerate() {
             let rule = match &e.rule {
-                Rule::All => "every matching process counts".to_string(),
+                Rule::Lineage => {
+                    "what was started counts, not what it forked (workers)".to_string()
+                }
+                Rule::All => "count = all: every matching process counts".to_string(),
                 Rule::MainOnly => "main_only: processes whose parent does not match".to_string(),
                 Rule::Pidfile(p) => format!("pidfile {}", p.display()),
             };
@@ -233,8 +236,12 @@ impl Survey<'_> {
             let mut counted = 0;
             for inst in &found[i] {
                 let is_member = |pid| members.contains(&pid);
+                // Forked by another of them: a worker (one orphaned before
+                // psmon looked cannot be told apart).
+                let worker = found[i].iter().any(|p| p.tgid == inst.ppid);
                 let counts = admitted(inst.uid)
-                    && e.rule.counts(inst.tgid, inst.ppid, is_member, pidfile_pid);
+                    && e.rule
+                        .counts(inst.tgid, inst.ppid, worker, is_member, pidfile_pid);
                 counted += u32::from(counts);
                 let why = matcher
                     .classify_why(inst.tgid)
@@ -256,6 +263,9 @@ impl Survey<'_> {
                         " [not counted: runs as uid {}, the entry's user is uid {o}]",
                         inst.uid
                     ),
+                    _ if worker && !matches!(e.rule, Rule::Pidfile(_)) => {
+                        format!(" [worker: forked by pid {}]", inst.ppid)
+                    }
                     _ => " [not counted]".to_string(),
                 };
                 let _ = writeln!(

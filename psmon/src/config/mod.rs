@@ -329,11 +329,17 @@ impl Group {
 /// Which of the processes that match an entry are its instances.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub enum Rule {
-    /// Every matching process (a pfile's way: what `ps` would show).
+    /// The processes psmon or anyone else started from the path, not what
+    /// they forked: a process forked (at any depth) by one of the entry's
+    /// processes is a worker, orphaned or not, unless it took over from a
+    /// parent that daemonized (exited 0 within `start_secs`). The default.
     #[default]
+    Lineage,
+    /// Every matching process (`count = "all"`: what `ps` would show).
     All,
     /// Only processes whose parent is not itself a matching process: a
-    /// forking daemon's main process, not its workers.
+    /// forking daemon's main process, not its workers (orphaned workers
+    /// are workers still).
     MainOnly,
     /// Only the process whose pid the file holds (re-read when it may have
     /// changed), and only while it matches.
@@ -341,19 +347,22 @@ pub enum Rule {
 }
 
 impl Rule {
-    /// Whether process `tgid` (child of `ppid`), one of the entry's
-    /// matching processes, is an instance; `is_member` says whether a pid is
-    /// another of them, `pidfile_pid` what the pidfile holds now.
+    /// Whether process `tgid` (child of `ppid`; `worker` when forked by
+    /// another of them), one of the entry's matching processes, is an
+    /// instance; `is_member` says whether a pid is another of them,
+    /// `pidfile_pid` what the pidfile holds now.
     pub fn counts(
         &self,
         tgid: u32,
         ppid: u32,
+        worker: bool,
         is_member: impl Fn(u32) -> bool,
         pidfile_pid: Option<u32>,
     ) -> bool {
         match self {
+            Rule::Lineage => !worker,
             Rule::All => true,
-            Rule::MainOnly => !is_member(ppid),
+            Rule::MainOnly => !worker && !is_member(ppid),
             Rule::Pidfile(_) => pidfile_pid == Some(tgid),
         }
     }
@@ -387,7 +396,7 @@ impl Entry {
             start_wait: Self::DEFAULT_START_WAIT,
             failover: None,
             failover_choice: FailoverChoice::default(),
-            rule: Rule::All,
+            rule: Rule::Lineage,
             start_secs: Self::DEFAULT_START_SECS,
             restart_backoff: Self::DEFAULT_RESTART_BACKOFF,
             backoff_max: Pfile::DEFAULT_MONITOR_INTERVAL,

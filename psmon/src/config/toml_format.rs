@@ -64,6 +64,7 @@ struct EntryToml {
     failover_mode: Option<Spanned<String>>,
     pidfile: Option<Spanned<String>>,
     main_only: Option<Spanned<bool>>,
+    count: Option<Spanned<String>>,
     start_secs: Option<Spanned<f64>>,
     restart_backoff: Option<Spanned<f64>>,
     probe: Option<Spanned<ProbeToml>>,
@@ -136,7 +137,7 @@ const PROBE_KEYS: [&str; 15] = [
     "start_grace",
     "kill_grace",
 ];
-const ENTRY_KEYS: [&str; 23] = [
+const ENTRY_KEYS: [&str; 24] = [
     "user",
     "unit",
     "cgroup",
@@ -158,6 +159,7 @@ const ENTRY_KEYS: [&str; 23] = [
     "failover",
     "pidfile",
     "main_only",
+    "count",
     "start_secs",
     "restart_backoff",
 ];
@@ -483,6 +485,23 @@ fn entry(c: &mut Checker, spanned: &Spanned<EntryToml>) -> Option<Entry> {
         ),
         (None, true, Match::Path | Match::Unit(_) | Match::Cgroup(_)) => e.rule = Rule::MainOnly,
         (None, false, _) => {}
+    }
+    if let Some(count) = &t.count {
+        match (count.get_ref().as_str(), &e.rule) {
+            ("all", Rule::Lineage) => e.rule = Rule::All,
+            ("all", _) => c.error(
+                count.span(),
+                "count = \"all\" and pidfile or main_only all say which process counts: keep one"
+                    .into(),
+            ),
+            ("started", _) => {}
+            (other, _) => c.error(
+                count.span(),
+                format!(
+                    "count = \"{other}\" is not known: \"started\" (the default: what was started, not what it forked) or \"all\" (every matching process)"
+                ),
+            ),
+        }
     }
     if let Some(p) = &t.probe {
         e.probe = probe(c, p);
@@ -845,7 +864,10 @@ pub fn to_toml(p: &Pfile) -> String {
             let _ = writeln!(out, "failover = {}", quote(f));
         }
         match &e.rule {
-            Rule::All => {}
+            Rule::Lineage => {}
+            Rule::All => {
+                let _ = writeln!(out, "count = \"all\"");
+            }
             Rule::MainOnly => {
                 let _ = writeln!(out, "main_only = true");
             }

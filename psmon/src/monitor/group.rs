@@ -6,6 +6,11 @@
 //! `start_timeout`. A member that does not start stops the sequence and the
 //! attempt counts as failed. At most `restarts` group restarts within
 //! `window`; the next failure is the group's retry-over and its action.
+//! Attempts never overlap: the next one starts once the last one's restart
+//! commands have finished, after the back-off of the member that failed
+//! (its `restart_backoff`, doubled with each failure in a row) — and not at
+//! all when every member turns out to be Up by then (a daemon that was slow
+//! to show it had started).
 //!
 //! A member's own policy still says when it is Up or Down; its own budget,
 //! back-off and restarts do not apply. While the group is stopping or
@@ -50,6 +55,9 @@ pub(super) struct GroupWatch {
     began: Time,
     /// The failover command was run for the budget spent now.
     failover_sent: bool,
+    /// Failed attempts in a row (the back-off doubles with each).
+    #[serde(default)]
+    failures: u32,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -61,6 +69,9 @@ enum GroupPhase {
     /// Starting member `at` (those below it are Up and ready); `up` once it
     /// is Up and only its readiness is awaited.
     Starting { at: usize, deadline: Time, up: bool },
+    /// An attempt failed at `cause`: the next begins at `until`, once no
+    /// member's restart command runs and its dead instance is reaped.
+    Backoff { cause: EntryId, until: Time },
     /// The budget is spent: members are reported, not restarted, until all
     /// are Up again.
     RetryOver,
@@ -70,7 +81,8 @@ enum GroupPhase {
 #[derive(Clone, Debug, PartialEq)]
 pub struct GroupStatus {
     pub name: String,
-    /// `watching`, `stopping`, `starting`, `retry_over` or `failed_over`.
+    /// `watching`, `stopping`, `starting`, `backoff`, `retry_over` or
+    /// `failed_over`.
     pub state: &'static str,
     pub members: Vec<EntryId>,
     /// Group restarts within the window now, of `allowed`.
@@ -125,6 +137,10 @@ pub enum GroupEvent {
     RetryOver {
         restarts: u32,
         window: Duration,
+    },
+    /// The next attempt waits this long (and for the last one's commands).
+    Backoff {
+        delay: Duration,
     },
     /// The failover command was due but there is none.
     SwitchNotSent,
@@ -204,7 +220,9 @@ impl Monitor {
             };
             if matches!(
                 watch.phase,
-                GroupPhase::Stopping { .. } | GroupPhase::Starting { .. }
+                GroupPhase::Stopping { .. }
+                    | GroupPhase::Starting { .. }
+                    | GroupPhase::Backoff { .. }
             ) {
                 watch.phase = GroupPhase::Watching;
             }
@@ -250,6 +268,7 @@ impl Monitor {
                         GroupPhase::Watching => "watching",
                         GroupPhase::Stopping { .. } => "stopping",
                         GroupPhase::Starting { .. } => "starting",
+                        GroupPhase::Backoff { .. } => "backoff",
                         GroupPhase::RetryOver if w.failover_sent => "failed_over",
                         GroupPhase::RetryOver => "retry_over",
                     },
@@ -333,14 +352,62 @@ impl Monitor {
         })
     }
 
-    /// Groups' deadlines: a stop or a start that takes too long.
+    /// Groups' deadlines: a stop or a start that takes too long, the end
+    /// of a back-off (unless a command is awaited: its end is an input).
     pub(super) fn group_deadlines(&self) -> impl Iterator<Item = Time> + '_ {
-        self.groups.iter().filter_map(|w| match w.phase {
+        (0..self.groups.len()).filter_map(|g| match self.groups[g].phase {
             GroupPhase::Stopping { deadline, .. } | GroupPhase::Starting { deadline, .. } => {
                 Some(deadline)
             }
+            GroupPhase::Backoff { until, .. } if !self.commands_run(g) => Some(until),
             _ => None,
         })
+    }
+
+    /// A member's restart command finished, or its dead instance was
+    /// reaped: a back-off may be over.
+    pub(super) fn group_command_done(&mut self, id: EntryId, now: Time, out: &mut Vec<Effect>) {
+        if let Some(g) = self.group_of(id) {
+            self.try_again(g, now, out);
+        }
+    }
+
+    /// Whether a member's restart command runs, or a member's dead
+    /// instance is not yet reaped.
+    fn commands_run(&self, g: usize) -> bool {
+        self.group_conf[g]
+            .members
+            .iter()
+            .any(|m| self.watches[m.index()].attempt_blocked())
+    }
+
+    /// After a back-off: the next attempt, unless every member is Up by
+    /// now (then the group is back without one).
+    fn try_again(&mut self, g: usize, now: Time, out: &mut Vec<Effect>) {
+        let GroupPhase::Backoff { cause, until } = self.groups[g].phase else {
+            return;
+        };
+        if now < until || self.commands_run(g) {
+            return;
+        }
+        self.groups[g].phase = GroupPhase::Watching;
+        let members = self.group_conf[g].members.clone();
+        let all_up = members
+            .iter()
+            .all(|m| self.watches[m.index()].running >= self.config[m.index()].min.max(1));
+        if !all_up {
+            self.restart(g, cause, false, now, out);
+            return;
+        }
+        self.groups[g].failures = 0;
+        for id in members {
+            let w = &mut self.watches[id.index()];
+            w.held = false;
+            w.state.phase = Phase::Unknown;
+            self.step_running(id, now, out);
+        }
+        let took = now.saturating_duration_since(self.groups[g].began);
+        self.say(g, GroupEvent::Restarted { took }, now, out);
     }
 
     pub(super) fn group_tick(&mut self, now: Time, out: &mut Vec<Effect>) {
@@ -358,6 +425,7 @@ impl Monitor {
                     let why = format!("{what} within {}", crate::report::duration(timeout));
                     self.start_failed(g, entry, why, now, out);
                 }
+                GroupPhase::Backoff { .. } => self.try_again(g, now, out),
                 _ => {}
             }
         }
@@ -405,7 +473,8 @@ impl Monitor {
     ) {
         match self.groups[g].phase {
             GroupPhase::Watching => self.restart(g, id, first_look, now, out),
-            GroupPhase::RetryOver => self.settle_down(id),
+            // The next attempt restarts it.
+            GroupPhase::RetryOver | GroupPhase::Backoff { .. } => self.settle_down(id),
             // A member started earlier in this sequence died: it failed.
             GroupPhase::Stopping { .. } | GroupPhase::Starting { .. } => {
                 self.start_failed(g, id, "died while its group started".into(), now, out)
@@ -452,6 +521,7 @@ impl Monitor {
                     let w = &mut self.groups[g];
                     w.phase = GroupPhase::Watching;
                     w.attempts.clear();
+                    w.failures = 0;
                     w.failover_sent = false;
                     self.say(g, GroupEvent::UpAgain, now, out);
                 }
@@ -558,6 +628,7 @@ impl Monitor {
         let members = &self.group_conf[g].members;
         let Some(&id) = members.get(at) else {
             self.groups[g].phase = GroupPhase::Watching;
+            self.groups[g].failures = 0;
             let took = now.saturating_duration_since(self.groups[g].began);
             self.say(g, GroupEvent::Restarted { took }, now, out);
             return;
@@ -590,6 +661,7 @@ impl Monitor {
         env.push(("PSMON_GROUP".into(), self.group_name(g).to_string()));
         let attempt = self.groups[g].attempts.len().max(1);
         env.push(("PSMON_ATTEMPT".into(), attempt.to_string()));
+        self.watches[id.index()].restart_running = true;
         out.push(self.run(id, Job::Restart, command, env));
     }
 
@@ -626,8 +698,18 @@ impl Monitor {
             now,
             out,
         );
-        self.groups[g].phase = GroupPhase::Watching;
-        self.restart(g, id, false, now, out);
+        let w = &mut self.groups[g];
+        w.failures += 1;
+        let delay = crate::policy::backoff(&self.config[id.index()], w.failures);
+        w.phase = GroupPhase::Backoff {
+            cause: id,
+            until: now + delay,
+        };
+        self.dirty = true;
+        if !delay.is_zero() || self.commands_run(g) {
+            self.say(g, GroupEvent::Backoff { delay }, now, out);
+        }
+        self.try_again(g, now, out);
     }
 
     /// The budget is spent: members are left as they are (reported, not

@@ -126,6 +126,8 @@ pub enum Input {
     },
     /// What entry's pidfile names now.
     Pidfile { entry: EntryId, pid: Option<u32> },
+    /// The entry's dead instance is reaped (or waited for long enough).
+    Reaped { path: PathBuf },
     /// These members of a command-line entry no longer match it.
     Rechecked { entry: EntryId, stale: Vec<u32> },
     /// What saved members ([`Effect::Verify`]) match now: each tgid with
@@ -218,6 +220,12 @@ pub enum Effect {
     FilterTgid {
         tgid: u32,
         watch: bool,
+    },
+    /// Wait until `tgid` (the instance that died) is no zombie, at most
+    /// [`REAP_WAIT`]; answered by [`Input::Reaped`].
+    AwaitReaped {
+        path: PathBuf,
+        tgid: u32,
     },
     /// Answered by [`Input::Pidfile`].
     ReadPidfile {
@@ -357,6 +365,9 @@ pub enum Notice {
     },
 }
 
+/// How long the next attempt waits at most for a dead instance's reaping.
+pub const REAP_WAIT: Duration = Duration::from_secs(10);
+
 /// What the monitor keeps of each entry.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Watch {
@@ -391,6 +402,15 @@ struct Watch {
     /// The process group of the restart command running now.
     #[serde(default)]
     command_pgid: Option<u32>,
+    /// A restart command was started and has not finished: no other
+    /// attempt starts until it has (two `postfix start` at once).
+    #[serde(default)]
+    restart_running: bool,
+    /// An attempt failed while the instance that died may still be a
+    /// zombie (a daemon whose pidfile names it refuses to start): the next
+    /// waits until it is reaped ([`Effect::AwaitReaped`]).
+    #[serde(skip)]
+    reaping: bool,
     /// The hang probe's bookkeeping.
     #[serde(default)]
     probe: ProbeState,
@@ -403,6 +423,14 @@ struct Watch {
     /// Why the last instance that went down died: (its pid, the cause).
     #[serde(default)]
     last_cause: Option<(u32, Cause)>,
+}
+
+impl Watch {
+    /// The next attempt waits: the last one's restart command runs, or the
+    /// instance that died is not yet reaped.
+    fn attempt_blocked(&self) -> bool {
+        self.restart_running || self.reaping
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -465,6 +493,11 @@ struct Member {
     /// Effective uid when it was matched (a forked worker: its parent's).
     #[serde(default)]
     uid: u32,
+    /// Forked (at any depth) by another of the entry's processes: not an
+    /// instance under [`Rule::Lineage`], orphaned or not, unless its
+    /// parent daemonized (see [`Monitor::hand_over`]).
+    #[serde(default)]
+    worker: bool,
     /// An instance under the entry's rule (see [`Monitor::recount`]).
     counts: bool,
     added: Time,
@@ -582,6 +615,9 @@ impl Monitor {
             }
         }
         for i in 0..saved.watches.len() {
+            // Only a command psmon can still await is still running.
+            let w = &mut saved.watches[i];
+            w.restart_running = w.command_pgid.is_some() && w.state.phase == Phase::Restarting;
             let w = &saved.watches[i];
             if w.state.phase != Phase::Restarting {
                 continue;
@@ -613,7 +649,7 @@ impl Monitor {
                 }
                 let known = self.member_entry(child.tgid) == Some(entry);
                 if entry.index() < self.watches.len() && !self.is_gone(&child) && !known {
-                    self.add(entry, child, now, &mut out);
+                    self.add(entry, child, true, now, &mut out);
                     self.step_running(entry, now, &mut out);
                 }
             }
@@ -678,6 +714,12 @@ impl Monitor {
                 took,
                 found,
             } => self.on_scan(started, took, found, now, &mut out),
+            Input::Reaped { path } => {
+                if let Some(i) = self.config.iter().position(|e| e.path == path) {
+                    self.watches[i].reaping = false;
+                    self.attempt_unblocked(EntryId(i as u32), now, &mut out);
+                }
+            }
             Input::Pidfile { entry, pid } => {
                 if let Some(w) = self.watches.get_mut(entry.index()) {
                     w.pidfile = Some(pid);
@@ -946,10 +988,13 @@ impl Monitor {
     /// inputs wake the monitor.
     pub fn next_deadline(&self, now: Time) -> Option<Time> {
         let phases = self.waiting.iter().filter_map(|id| {
-            self.watches[id.index()]
-                .state
-                .phase
-                .deadline(&self.config[id.index()])
+            let w = &self.watches[id.index()];
+            if w.attempt_blocked() && matches!(w.state.phase, Phase::Backoff { .. }) {
+                // The next attempt waits for the last one's command, or
+                // for the dead instance's reaping: inputs say when.
+                return None;
+            }
+            w.state.phase.deadline(&self.config[id.index()])
         });
         let missed = self.missed.values().map(|(_, until)| *until);
         let pidfile = self
@@ -987,6 +1032,14 @@ impl Monitor {
                 && self.admits(*id, seen.uid, Came::Exec)
         });
         let before = self.member_entry(tgid);
+        if before.is_some() && matched.is_none() && self.in_transit(tgid, now) {
+            // Just started, it exec'd a program that is not the entry's: a
+            // wrapper that execs its service (`exec python3 -m …`), or a
+            // daemon that reads its configuration through a helper that
+            // execs it back (dovecot → doveconf → dovecot). Still the
+            // instance started, followed until it exits.
+            return;
+        }
         if let Some(b) = before
             && matched.is_none_or(|(i, _)| i != b)
         {
@@ -1002,7 +1055,10 @@ impl Monitor {
         if let Some((i, seen)) = matched
             && before.is_none_or(|b| b != i)
         {
-            self.add(i, seen, now, out);
+            // Exec'd by a child of one of the entry's processes (sshd
+            // re-executes itself for each connection): a worker.
+            let worker = self.member_entry(seen.ppid) == Some(i);
+            self.add(i, seen, worker, now, out);
             self.step_running(i, now, out);
         }
     }
@@ -1024,6 +1080,7 @@ impl Monitor {
         // Additions first, so a replaced member never looks like a shortage.
         for (i, list) in found.iter().enumerate().take(self.watches.len()) {
             let id = EntryId(i as u32);
+            let tgids: std::collections::HashSet<u32> = list.iter().map(|s| s.tgid).collect();
             for s in list {
                 seen.insert(s.tgid);
                 let known = self.members.get(&s.tgid).map(|m| (m.start_ticks, m.entry));
@@ -1043,7 +1100,10 @@ impl Monitor {
                 if known.is_some() {
                     self.remove(s.tgid, ExitStatus::Unknown, "pid reused", now, out);
                 }
-                self.add(id, *s, now, out);
+                // Its parent is another of them: a worker (one orphaned
+                // before psmon looked cannot be told from an instance).
+                let worker = tgids.contains(&s.ppid) || self.member_entry(s.ppid) == Some(id);
+                self.add(id, *s, worker, now, out);
                 touched.insert(id);
             }
         }
@@ -1159,6 +1219,7 @@ impl Monitor {
         let id = EntryId(i as u32);
         if job == Job::Restart {
             self.watches[i].command_pgid = None;
+            self.watches[i].restart_running = false;
         }
         let ok = outcome.ok();
         out.push(Effect::Notice(Notice::CommandDone {
@@ -1175,7 +1236,18 @@ impl Monitor {
                 // Catch the new process even if its exec event was filtered or lost.
                 out.push(Effect::Scan);
             }
+            self.attempt_unblocked(id, now, out);
         }
+    }
+
+    /// A restart command finished, or a dead instance was reaped: an
+    /// attempt may have waited for it.
+    fn attempt_unblocked(&mut self, id: EntryId, now: Time, out: &mut Vec<Effect>) {
+        let w = &self.watches[id.index()];
+        if !w.attempt_blocked() && matches!(w.state.phase, Phase::Backoff { .. }) {
+            self.step(id, policy::Input::Tick, now, out);
+        }
+        self.group_command_done(id, now, out);
     }
 
     fn on_probed(
@@ -1413,6 +1485,10 @@ impl Monitor {
             // The count and main pid as they are now (a daemon that forked
             // and let its parent exit).
             self.step_running(id, now, out);
+            let w = &self.watches[id.index()];
+            if w.attempt_blocked() && matches!(w.state.phase, Phase::Backoff { .. }) {
+                continue;
+            }
             self.step(id, policy::Input::Tick, now, out);
         }
     }
@@ -1451,6 +1527,8 @@ impl Monitor {
                     failover_sent: false,
                     drill: false,
                     command_pgid: None,
+                    restart_running: false,
+                    reaping: false,
                     probe: ProbeState::default(),
                     held: false,
                     owner: None,
@@ -1539,7 +1617,7 @@ impl Monitor {
         }
     }
 
-    fn add(&mut self, entry: EntryId, seen: Seen, now: Time, out: &mut Vec<Effect>) {
+    fn add(&mut self, entry: EntryId, seen: Seen, worker: bool, now: Time, out: &mut Vec<Effect>) {
         let tgid = seen.tgid;
         let w = &mut self.watches[entry.index()];
         if self.config[entry.index()].owner == Owner::Learned
@@ -1553,6 +1631,7 @@ impl Monitor {
             comm: seen.comm,
             ppid: seen.ppid,
             uid: seen.uid,
+            worker,
             counts: false,
             added: now,
             exit_watched: self.pidfds,
@@ -1618,6 +1697,7 @@ impl Monitor {
         }
         let id = m.entry;
         let i = id.index();
+        self.hand_over(tgid, &m, status, now);
         if let Rule::Pidfile(path) = &self.config[i].rule {
             out.push(Effect::ReadPidfile {
                 entry: id,
@@ -1645,8 +1725,49 @@ impl Monitor {
                 now,
                 out,
             );
+            if running >= self.config[i].min && running > 0 {
+                // Another took over (a daemon's child): it is the main
+                // instance now, the pid reported Up.
+                self.step_running(id, now, out);
+            }
         } else if running != before {
             self.step_running(id, now, out);
+        }
+    }
+
+    /// Whether member `tgid` is an instance started a moment ago (within
+    /// the hand-over window, see [`Monitor::hand_over`]), not a worker.
+    fn in_transit(&self, tgid: u32, now: Time) -> bool {
+        self.members.get(&tgid).is_some_and(|m| {
+            let window = self.config[m.entry.index()]
+                .start_secs
+                .max(crate::config::Entry::DEFAULT_START_SECS);
+            !m.worker && m.counts && now.saturating_duration_since(m.added) <= window
+        })
+    }
+
+    /// Member `tgid` (`m`) is gone with `status`: its member children are
+    /// its parent's now (lineage is kept across orphaning), and if it was
+    /// an instance that daemonized (exited 0, or with a status unknown,
+    /// within `start_secs` of being seen) they take over as instances.
+    fn hand_over(&mut self, tgid: u32, m: &Member, status: ExitStatus, now: Time) {
+        let window = self.config[m.entry.index()]
+            .start_secs
+            .max(crate::config::Entry::DEFAULT_START_SECS);
+        // Unknown: a process that lived a moment may be reaped before its
+        // status is read (a restart command's own process, exec'd by sh).
+        let daemonized = !m.worker
+            && matches!(status, ExitStatus::Code(0) | ExitStatus::Unknown)
+            && now.saturating_duration_since(m.added) <= window;
+        for other in &self.watches[m.entry.index()].members {
+            if let Some(child) = self.members.get_mut(other)
+                && child.ppid == tgid
+            {
+                child.ppid = m.ppid;
+                if daemonized {
+                    child.worker = false;
+                }
+            }
         }
     }
 
@@ -1663,7 +1784,7 @@ impl Monitor {
             .filter_map(|tgid| {
                 let m = self.members.get(tgid)?;
                 let is_member = |pid| w.members.contains(&pid);
-                let counts = rule.counts(*tgid, m.ppid, is_member, pidfile_pid);
+                let counts = rule.counts(*tgid, m.ppid, m.worker, is_member, pidfile_pid);
                 Some((*tgid, counts, m.start_ticks))
             })
             .collect();
@@ -1758,7 +1879,18 @@ impl Monitor {
         let w = &mut self.watches[i];
         match action {
             Action::ReportDown { pid, status } => w.last_down = Some((pid, status)),
-            Action::ReportSetPidFail { why } => w.last_failure = Some(why),
+            Action::ReportSetPidFail { why } => {
+                w.last_failure = Some(why);
+                if let Some((Some(pid), _)) = w.last_down
+                    && !w.reaping
+                {
+                    w.reaping = true;
+                    out.push(Effect::AwaitReaped {
+                        path: w.path.clone(),
+                        tgid: pid,
+                    });
+                }
+            }
             Action::ReportUp { rearmed: true, .. } => w.failover_sent = false,
             Action::Restart { .. } if w.drill => {
                 // The drill's own kill: its restart is not counted.
@@ -1781,6 +1913,7 @@ impl Monitor {
                     self.watches[i].probe.started_by_us(heard);
                     let mut env = self.base_env(id);
                     env.push(("PSMON_ATTEMPT".into(), attempt.to_string()));
+                    self.watches[i].restart_running = true;
                     out.push(self.run(id, Job::Restart, command, env));
                 }
             }

@@ -464,7 +464,9 @@ fn a_reexec_into_another_watched_path_moves_the_process() {
         )
     );
     assert!(notices.contains(&(B, up(100))), "{notices:?}");
-    // Exec'ing something nobody watches: it is gone from B too.
+    // Exec'ing something nobody watches, past its first moments (see
+    // a_wrapper_that_execs_its_service_is_followed): it is gone from B too.
+    w.later(1_500);
     w.feed(Input::Execd {
         tgid: 100,
         matched: None,
@@ -631,6 +633,8 @@ fn a_starting_pidfile_entry_polls_its_file() {
 fn a_retitled_worker_does_not_keep_a_cmdline_entry_up() {
     let mut e = entry("/usr/sbin/nginx");
     e.matcher = Match::Cmdline(glob::Pattern::new("nginx: master*").unwrap());
+    // Every matching process counts, forked ones too.
+    e.rule = Rule::All;
     let mut w = World::started(vec![e], true, vec![vec![seen(100, 5)]]);
     // A worker forked before it retitled: it matched then.
     w.feed(Input::Forked {
@@ -707,10 +711,45 @@ fn a_restart_that_dies_early_backs_off_then_tries_again() {
             delay: Duration::from_millis(200)
         }
     );
+    // The next attempt waits for the dead instance's reaping too.
+    assert!(w.out.contains(&Effect::AwaitReaped {
+        path: "/d".into(),
+        tgid: 100
+    }));
+    assert_eq!(w.m.next_deadline(w.now), None);
+    w.feed(Input::Reaped { path: "/d".into() });
+    assert!(w.actions().is_empty(), "not before the back-off");
     let before = w.now;
     w.tick();
     assert_eq!(w.now, before + Duration::from_millis(200));
     assert_eq!(w.actions(), vec![Action::Restart { attempt: 2 }]);
+}
+
+/// A zombie the dead instance's parent reaps late (a daemon whose pidfile
+/// still names it refuses to start) holds the next attempt past the
+/// back-off, until it is reaped; so does the last attempt's command.
+#[test]
+fn the_next_attempt_waits_for_the_reaping_and_the_last_command() {
+    let mut e = entry("/d");
+    e.start_secs = Duration::from_secs(1);
+    e.restart_backoff = Duration::from_millis(200);
+    let mut w = World::started(vec![e], true, vec![vec![seen(100, 5)]]);
+    w.exit(100, 5, KILLED);
+    w.feed(Input::Execd {
+        tgid: 101,
+        matched: Some((A, seen(101, 6))),
+    });
+    w.later(10);
+    w.exit(101, 6, ExitStatus::Code(89));
+    w.later(500);
+    w.feed(Input::Tick);
+    assert!(w.actions().is_empty(), "the zombie is not reaped yet");
+    w.feed(Input::Reaped { path: "/d".into() });
+    assert!(w.actions().is_empty(), "its restart command still runs");
+    w.later(10);
+    w.done("/d", false);
+    assert_eq!(w.actions(), vec![Action::Restart { attempt: 2 }]);
+    assert_eq!(w.runs().len(), 1);
 }
 
 /// Failover with no command anywhere is said, not attempted.
@@ -1292,4 +1331,164 @@ fn saved_members_are_verified_at_take_over() {
     );
     assert_eq!(w.m.member_entry(100), Some(EntryId(0)));
     assert!(w.m.member_entry(200).is_none());
+}
+
+fn child_of(parent: u32, tgid: u32, start_ticks: u64) -> Seen {
+    Seen {
+        ppid: parent,
+        ..seen(tgid, start_ticks)
+    }
+}
+
+/// A process an instance forks is a worker: it never keeps the entry up,
+/// orphaned or not (sshd's logged-in sessions, a master's workers).
+#[test]
+fn a_forked_worker_does_not_keep_the_entry_up() {
+    let mut w = World::started(vec![entry("/d")], true, vec![vec![seen(100, 5)]]);
+    w.feed(Input::Forked {
+        entry: A,
+        child: child_of(100, 101, 6),
+    });
+    // A worker's worker, forked after its parent was orphaned.
+    w.feed(Input::Forked {
+        entry: A,
+        child: child_of(101, 102, 7),
+    });
+    assert_eq!(w.m.running(A), 1);
+    assert!(
+        w.exit(101, 6, KILLED).is_empty(),
+        "a worker's end is nothing"
+    );
+    assert_eq!(
+        w.exit(100, 5, KILLED),
+        vec![
+            Action::ReportDown {
+                pid: Some(100),
+                status: KILLED
+            },
+            Action::Restart { attempt: 1 }
+        ]
+    );
+    assert_eq!(w.m.member_entry(102), Some(A), "still watched, as a worker");
+    assert_eq!(w.m.running(A), 0);
+}
+
+/// Found at start, a process whose parent is another of them is a worker.
+#[test]
+fn a_worker_found_at_start_is_judged_by_its_ancestry() {
+    let found = vec![vec![child_of(100, 101, 6), seen(100, 5)]];
+    let mut w = World::started(vec![entry("/d")], true, found);
+    assert_eq!(w.actions(), vec![up(100)]);
+    assert_eq!(w.m.running(A), 1);
+    assert_eq!(w.exit(100, 5, KILLED)[0], {
+        Action::ReportDown {
+            pid: Some(100),
+            status: KILLED,
+        }
+    });
+}
+
+/// `count = "all"`: every matching process counts, workers too.
+#[test]
+fn count_all_counts_workers() {
+    let mut e = entry("/d");
+    e.rule = Rule::All;
+    let found = vec![vec![seen(100, 5), child_of(100, 101, 6)]];
+    let mut w = World::started(vec![e], true, found);
+    assert_eq!(w.m.running(A), 2);
+    assert!(w.exit(100, 5, KILLED).is_empty(), "the worker keeps it up");
+}
+
+/// A daemon that detaches: the process the restart started forks the
+/// real one and exits 0 within start_secs. That is no failed start: the
+/// child takes over, and is the one reported Up.
+#[test]
+fn a_detaching_daemon_hands_over_to_its_child() {
+    let mut e = entry("/d");
+    e.start_secs = Duration::from_secs(1);
+    let mut w = World::started(vec![e], true, vec![vec![seen(100, 5)]]);
+    w.exit(100, 5, KILLED);
+    w.later(5);
+    w.feed(Input::Execd {
+        tgid: 200,
+        matched: Some((A, seen(200, 7))),
+    });
+    assert_eq!(w.actions(), vec![Action::ReportStarted { pid: Some(200) }]);
+    w.later(2);
+    w.feed(Input::Forked {
+        entry: A,
+        child: child_of(200, 201, 8),
+    });
+    // Its own worker, forked before the hand-over.
+    w.feed(Input::Forked {
+        entry: A,
+        child: child_of(201, 202, 9),
+    });
+    w.later(1);
+    w.feed(Input::Exited {
+        tgid: 200,
+        start: Some(7),
+        status: ExitStatus::Code(0),
+    });
+    assert!(
+        !w.actions()
+            .iter()
+            .any(|a| matches!(a, Action::ReportSetPidFail { .. })),
+        "{:?}",
+        w.out
+    );
+    w.done("/d", true);
+    assert_eq!(w.m.running(A), 1);
+    w.later(1_100);
+    w.feed(Input::Tick);
+    assert_eq!(w.actions(), vec![up(201)]);
+    assert_eq!(w.m.running(A), 1, "its worker is not an instance");
+}
+
+/// A process that exits 0 long after it started did not detach: the
+/// children it leaves are workers, and its end is a death.
+#[test]
+fn a_late_clean_exit_is_no_hand_over() {
+    let mut w = World::started(vec![entry("/d")], true, vec![vec![seen(100, 5)]]);
+    w.feed(Input::Forked {
+        entry: A,
+        child: child_of(100, 101, 6),
+    });
+    w.later(5_000);
+    let actions = w.exit(100, 5, ExitStatus::Code(0));
+    assert!(
+        matches!(actions[0], Action::ReportDown { pid: Some(100), .. }),
+        "{actions:?}"
+    );
+}
+
+/// Just started, an instance that execs a program that is not the entry's
+/// (a wrapper's `exec python3 -m http.server`, dovecot's exec through
+/// doveconf and back) is still the instance: followed until it exits.
+#[test]
+fn a_wrapper_that_execs_its_service_is_followed() {
+    let mut e = entry("/d");
+    e.start_secs = Duration::from_secs(1);
+    let mut w = World::started(vec![e], true, vec![vec![seen(100, 5)]]);
+    w.exit(100, 5, KILLED);
+    w.feed(Input::Execd {
+        tgid: 200,
+        matched: Some((A, seen(200, 7))),
+    });
+    w.later(3);
+    w.feed(Input::Execd {
+        tgid: 200,
+        matched: None,
+    });
+    assert!(w.actions().is_empty(), "{:?}", w.out);
+    assert_eq!(w.m.member_entry(200), Some(A));
+    w.done("/d", true);
+    w.later(1_100);
+    w.feed(Input::Tick);
+    assert_eq!(w.actions(), vec![up(200)]);
+    let actions = w.exit(200, 7, KILLED);
+    assert!(
+        matches!(actions[0], Action::ReportDown { pid: Some(200), .. }),
+        "{actions:?}"
+    );
 }

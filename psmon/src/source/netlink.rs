@@ -313,6 +313,10 @@ impl Decoder {
                     return; // a new thread
                 }
                 let mut p = describe(tgid, pid, ptgid, procfs::read_entry(tgid));
+                // The event's parent, not /proc's: a daemon's parent exits
+                // right after the fork, and by the time /proc is read the
+                // child may be init's (its lineage would be lost).
+                p.ppid = ptgid;
                 // /proc has the start in ticks (10 ms); the event's own
                 // timestamp, taken just after the fork, makes it precise.
                 p.start = Some(match p.start {

@@ -54,6 +54,10 @@ mod young;
 /// How long shutdown waits for restart and failover commands still running.
 pub const COMMAND_GRACE: Duration = Duration::from_secs(5);
 
+/// How often a dead instance's zombie is looked at while an attempt waits
+/// for its reaping.
+const REAP_POLL: Duration = Duration::from_millis(20);
+
 /// Messages from the rest of the daemon.
 pub enum Control {
     /// SIGHUP with a valid new configuration.
@@ -144,6 +148,10 @@ pub struct Supervisor {
     classifications: u64,
     held_since: HashMap<u32, u64>,
     exit_arrived: HashMap<u32, u64>,
+    /// Forks by processes whose exec is being classified: replayed once
+    /// it is in (a daemon forks its real master a moment after its exec,
+    /// and that child is what stays when it exits).
+    forks_behind: HashMap<u32, Vec<crate::event::Process>>,
     /// Children of members not yet handed to the monitor.
     young: young::Young,
     scan_requested: bool,
@@ -247,6 +255,7 @@ impl Supervisor {
             classifications: 0,
             held_since: HashMap::new(),
             exit_arrived: HashMap::new(),
+            forks_behind: HashMap::new(),
             young: young::Young::default(),
             scan_requested: true,
             execd: Vec::new(),
@@ -493,6 +502,21 @@ impl Supervisor {
                     }
                 }
             }
+            Effect::AwaitReaped { path, tgid } => {
+                let tx = self.back_tx.clone();
+                self.helpers.spawn(async move {
+                    let until = tokio::time::Instant::now() + crate::monitor::REAP_WAIT;
+                    while crate::procfs::is_zombie(tgid) && tokio::time::Instant::now() < until {
+                        tokio::time::sleep(REAP_POLL).await;
+                    }
+                    // By path: a reload meanwhile renumbers entries.
+                    let input = Input::Reaped { path };
+                    let _ = tx.send(Back::Input {
+                        input,
+                        generation: None,
+                    });
+                });
+            }
             Effect::ReadPidfile { entry, path } => {
                 let generation = Some(self.monitor.generation());
                 self.blocking(generation, move || Input::Pidfile {
@@ -577,6 +601,9 @@ impl Supervisor {
                 };
                 if done && let Some((_, inputs)) = self.held.remove(&tgid) {
                     self.held_since.remove(&tgid);
+                    for child in self.forks_behind.remove(&tgid).unwrap_or_default() {
+                        self.on_fork(child);
+                    }
                     for input in inputs {
                         match input {
                             Input::Exited { tgid, .. } | Input::ExitSeen { tgid, .. } => {
@@ -676,35 +703,7 @@ impl Supervisor {
                 .map(|id| monitor.entry(id).path.clone())
         });
         match event.kind {
-            EventKind::Fork(p) => {
-                let (Some(entry), Some(start)) = (self.monitor.member_entry(p.ppid), p.start)
-                else {
-                    return;
-                };
-                if self.matcher.by_cmdline(entry.index()) {
-                    // A forked child runs its parent's executable; with a
-                    // command-line rule it must match that too.
-                    self.classify(p.tgid, move |found| match found {
-                        Some((i, child)) if i == entry.index() => {
-                            Some(Input::Forked { entry, child })
-                        }
-                        _ => None,
-                    });
-                } else {
-                    let child = Seen {
-                        tgid: p.tgid,
-                        start_ticks: start.ticks(),
-                        comm: comm_key(p.comm.as_bytes()),
-                        ppid: p.ppid,
-                        // The parent's, which the monitor has.
-                        uid: 0,
-                    };
-                    let now = std::time::Instant::now();
-                    for (entry, child) in self.young.born(entry, child, now) {
-                        self.feed(Input::Forked { entry, child });
-                    }
-                }
-            }
+            EventKind::Fork(p) => self.on_fork(p),
             EventKind::Exec(p) => {
                 let tgid = p.tgid;
                 // Another program now: classified afresh, not as a child.
@@ -755,6 +754,56 @@ impl Supervisor {
                         .fetch_add(count.unwrap_or(1), std::sync::atomic::Ordering::Relaxed);
                 }
                 self.feed(Input::Lost { count });
+            }
+        }
+    }
+
+    /// A process forked `p`: a member's child (or a child of one of those
+    /// waiting to be members) waits in [`young`] to become one; a child of
+    /// a process whose exec is being classified waits for that.
+    fn on_fork(&mut self, p: crate::event::Process) {
+        let Some(start) = p.start else {
+            return;
+        };
+        let entry = match self.monitor.member_entry(p.ppid) {
+            Some(entry) => entry,
+            None => {
+                if self.held.contains_key(&p.ppid) {
+                    let behind = self.forks_behind.entry(p.ppid).or_default();
+                    // A fork bomb behind one exec stays bounded: a scan
+                    // finds what was dropped.
+                    if behind.len() < 64 {
+                        behind.push(p);
+                    } else {
+                        self.rescan_all = true;
+                    }
+                    return;
+                }
+                match self.young.entry_of(p.ppid) {
+                    Some(entry) => entry,
+                    None => return,
+                }
+            }
+        };
+        if self.matcher.by_cmdline(entry.index()) {
+            // A forked child runs its parent's executable; with a
+            // command-line rule it must match that too.
+            self.classify(p.tgid, move |found| match found {
+                Some((i, child)) if i == entry.index() => Some(Input::Forked { entry, child }),
+                _ => None,
+            });
+        } else {
+            let child = Seen {
+                tgid: p.tgid,
+                start_ticks: start.ticks(),
+                comm: comm_key(p.comm.as_bytes()),
+                ppid: p.ppid,
+                // The parent's, which the monitor has.
+                uid: 0,
+            };
+            let now = std::time::Instant::now();
+            for (entry, child) in self.young.born(entry, child, now) {
+                self.feed(Input::Forked { entry, child });
             }
         }
     }

@@ -10,7 +10,7 @@
 //! It owns the waiting children; what they mean is the monitor's.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     time::{Duration, Instant},
 };
 
@@ -27,12 +27,19 @@ pub struct Young {
     /// skipped when they come up.
     born: VecDeque<(u32, u64, Instant)>,
     waiting: HashMap<u32, (EntryId, Seen)>,
+    /// Waiting children that have forked waiting children themselves (a
+    /// daemon's second fork): when one goes, its children are its
+    /// parent's, so lineage survives it.
+    parents: HashSet<u32>,
 }
 
 impl Young {
     /// A member forked `child` (of `entry`) at `now`; returns the children
     /// to hand over at once (the oldest, past [`MOST`]).
     pub fn born(&mut self, entry: EntryId, child: Seen, now: Instant) -> Vec<(EntryId, Seen)> {
+        if self.waiting.contains_key(&child.ppid) {
+            self.parents.insert(child.ppid);
+        }
         self.waiting.insert(child.tgid, (entry, child));
         self.born.push_back((child.tgid, child.start_ticks, now));
         let mut over = Vec::new();
@@ -48,7 +55,23 @@ impl Young {
     /// `tgid` exited, or exec'd another program: if it was waiting, it is
     /// forgotten (it never was a member), and true is returned.
     pub fn gone(&mut self, tgid: u32) -> bool {
-        self.waiting.remove(&tgid).is_some()
+        let Some((_, seen)) = self.waiting.remove(&tgid) else {
+            return false;
+        };
+        if self.parents.remove(&tgid) {
+            for (_, child) in self.waiting.values_mut() {
+                if child.ppid == tgid {
+                    child.ppid = seen.ppid;
+                }
+            }
+        }
+        true
+    }
+
+    /// The entry of `tgid` if it is waiting: its own children are the
+    /// entry's too (a daemon's second fork).
+    pub fn entry_of(&self, tgid: u32) -> Option<EntryId> {
+        self.waiting.get(&tgid).map(|(entry, _)| *entry)
     }
 
     /// When the oldest waiting child is due.
@@ -87,6 +110,8 @@ impl Young {
                 .get(&tgid)
                 .is_some_and(|(_, s)| s.start_ticks == start)
             {
+                // A member now: its children's lineage is the monitor's.
+                self.parents.remove(&tgid);
                 return self.waiting.remove(&tgid);
             }
         }
@@ -136,6 +161,26 @@ mod tests {
         assert_eq!(grown.iter().map(|(_, s)| s.tgid).collect::<Vec<_>>(), [11]);
         assert!(y.is_empty());
         assert_eq!(y.next_due(), None);
+    }
+
+    #[test]
+    fn a_waiting_child_that_goes_leaves_its_children_to_its_parent() {
+        let mut y = Young::default();
+        let t0 = Instant::now();
+        y.born(EntryId(0), child(10), t0);
+        y.born(
+            EntryId(0),
+            Seen {
+                ppid: 10,
+                ..child(11)
+            },
+            t0,
+        );
+        assert_eq!(y.entry_of(10), Some(EntryId(0)));
+        assert!(y.gone(10));
+        let all = y.all();
+        assert_eq!(all.len(), 1);
+        assert_eq!((all[0].1.tgid, all[0].1.ppid), (11, 1));
     }
 
     #[test]
