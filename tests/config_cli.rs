@@ -310,3 +310,29 @@ fn check_warns_of_a_missing_cluster_tool() {
     let stderr = check();
     assert!(!stderr.contains("needs clpgrp"), "{stderr}");
 }
+
+/// A restart command through systemctl on a host where systemd is not
+/// init (a container, this CI machine) can only fail: check says so, and
+/// only then.
+#[test]
+fn check_warns_of_systemctl_without_systemd() {
+    let dir = TempDir::new("systemctl");
+    let me = std::env::current_exe().unwrap();
+    std::fs::write(
+        dir.0.join("app.toml"),
+        format!(
+            "[[entry]]\npath = \"{}\"\nrestart = \"/usr/bin/systemctl restart app\"\n\
+             [[entry]]\npath = \"/bin/sh\"\nrestart = \"echo systemctl-free\"\n",
+            me.display()
+        ),
+    )
+    .unwrap();
+    let out = psmon(&["check", "--insecure-config", dir.0.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let warned = stderr
+        .matches("uses systemctl, but systemd is not running")
+        .count();
+    let systemd = std::path::Path::new("/run/systemd/system").is_dir();
+    assert_eq!(warned, usize::from(!systemd), "{stderr}");
+}

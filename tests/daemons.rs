@@ -726,7 +726,7 @@ fn dovecot_switch_group_never_fails_over_a_working_service(source: &str) {
         assert_eq!(
             pid_of(&up),
             master,
-            "kill {kill}: the new master is Up: {up}"
+            "kill {kill}: the new master is Up: {this:?}"
         );
     }
     // Attempts never overlap: each starts after the last one's command.
@@ -752,6 +752,211 @@ fn dovecot_switch_group_never_fails_over_a_working_service(source: &str) {
         );
     }
     assert!(!failed_over.exists(), "failed over a working dovecot");
+}
+
+/// Debian's apache2 on a private port and directory, workers as www-data.
+struct Apache {
+    dir: TempDir,
+    port: u16,
+    conf: PathBuf,
+    pidfile: PathBuf,
+}
+
+impl Apache {
+    fn new() -> Apache {
+        installed("/usr/sbin/apache2", "apache2");
+        installed("/usr/bin/fuser", "psmisc");
+        let dir = TempDir::new("apache");
+        std::fs::create_dir_all(dir.0.join("conf")).unwrap();
+        std::fs::create_dir_all(dir.0.join("www")).unwrap();
+        std::fs::write(dir.0.join("www/index.html"), "ok\n").unwrap();
+        let port = free_port();
+        let conf = dir.0.join("apache2.conf");
+        let pidfile = dir.0.join("apache2.pid");
+        let d = dir.0.display();
+        std::fs::write(
+            &conf,
+            format!(
+                "LoadModule mpm_event_module /usr/lib/apache2/modules/mod_mpm_event.so\n\
+                 LoadModule authz_core_module /usr/lib/apache2/modules/mod_authz_core.so\n\
+                 ServerName localhost\nListen 127.0.0.1:{port}\nPidFile {}\n\
+                 ErrorLog {d}/error.log\nDefaultRuntimeDir {d}\nMutex file:{d} default\n\
+                 DocumentRoot {d}/www\nUser www-data\nGroup www-data\n\
+                 <Directory {d}/www>\n  Require all granted\n</Directory>\n",
+                pidfile.display()
+            ),
+        )
+        .unwrap();
+        Apache {
+            dir,
+            port,
+            conf,
+            pidfile,
+        }
+    }
+
+    fn command(&self) -> String {
+        format!("/usr/sbin/apache2 -f {} -k start", self.conf.display())
+    }
+
+    fn start(&self) -> u32 {
+        let status = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(self.command())
+            .status()
+            .unwrap();
+        assert!(status.success(), "apache2 did not start");
+        wait_answer(self.port, b"GET /index.html HTTP/1.0\r\n\r\n", "200");
+        self.master()
+    }
+
+    fn master(&self) -> u32 {
+        std::fs::read_to_string(&self.pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for Apache {
+    fn drop(&mut self) {
+        let _ = Command::new("fuser")
+            .args(["-k", "-s", &format!("{}/tcp", self.port)])
+            .stderr(std::process::Stdio::null())
+            .status();
+        for pid in pids_with_cmdline(&self.conf.display().to_string()) {
+            kill_pid(pid);
+        }
+    }
+}
+
+/// Debian's apache2 watched by its plain path, as the seed would: its
+/// master is the instance (its workers are www-data's and forked by it);
+/// a worker's death is nothing; the master's is Down, and the restart
+/// (freeing the port from the workers it left) answers HTTP 200 again, the
+/// detaching start handing over to the new master.
+fn apache_plain_path(source: &str) {
+    if !needs_root(&format!("the {source} source")) {
+        return;
+    }
+    let _one = exclusive();
+    let a = Apache::new();
+    std::fs::write(
+        a.dir.0.join("conf/apache.toml"),
+        format!(
+            "monitor_interval = 1\n[[entry]]\npath = \"/usr/sbin/apache2\"\n\
+             restart = \"fuser -k {}/tcp; {}\"\nretry = 3\n",
+            a.port,
+            a.command()
+        ),
+    )
+    .unwrap();
+    let master = a.start();
+    let mut psmon = Psmon::start(&a.dir.0.join("conf"), source);
+    let up = psmon.wait(") Up");
+    assert_eq!(pid_of(&up), master, "{up}");
+    assert_eq!(up["running"], 1, "{up}");
+
+    let worker = pids_with_cmdline(&a.conf.display().to_string())
+        .into_iter()
+        .find(|p| proc_ppid(*p) == Some(master))
+        .expect("a worker");
+    kill_pid(worker);
+    let after = psmon.collect(Duration::from_millis(1500));
+    assert!(
+        messages_containing(&after, "Down").is_empty(),
+        "a worker's death is nothing: {after:?}"
+    );
+
+    kill_pid(master);
+    let down = psmon.wait("Down");
+    assert_eq!(pid_of(&down), master, "{down}");
+    let up = psmon.wait_for(") Up", |m| m["pid"] != master);
+    wait_answer(a.port, b"GET /index.html HTTP/1.0\r\n\r\n", "200");
+    assert_eq!(pid_of(&up), a.master(), "the new master is Up: {up}");
+    psmon.collect(Duration::from_millis(1200));
+    assert!(
+        messages_containing(&psmon.seen, "Retry over").is_empty(),
+        "{:?}",
+        psmon.seen
+    );
+}
+
+/// A service started through a `#!` wrapper that execs its program (here
+/// `exec python3 -m http.server`), watched by the wrapper's path: the
+/// process the restart started is followed through the exec, so it is Up
+/// while it serves, and its death is one restart; never two servers.
+fn wrapper_that_execs_its_service(source: &str) {
+    if !needs_root(&format!("the {source} source")) {
+        return;
+    }
+    installed("/usr/bin/python3", "python3");
+    let dir = TempDir::new("wrapper");
+    std::fs::create_dir_all(dir.0.join("conf")).unwrap();
+    let port = free_port();
+    let script = dir.0.join("serve");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncd {}\nexec python3 -m http.server {port} --bind 127.0.0.1\n",
+            dir.0.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let _cleanup = KillOnDrop(format!("http.server {port}"));
+    std::fs::write(
+        dir.0.join("conf/serve.toml"),
+        format!(
+            "monitor_interval = 1\n[[entry]]\npath = \"{}\"\n\
+             restart = \"{} >/dev/null 2>&1 &\"\nretry = 3\n",
+            script.display(),
+            script.display()
+        ),
+    )
+    .unwrap();
+    let servers = || pids_with_cmdline(&format!("http.server {port}"));
+    let mut psmon = Psmon::start(&dir.0.join("conf"), source);
+    let up = psmon.wait(") Up");
+    wait_answer(port, b"GET / HTTP/1.0\r\n\r\n", "200");
+    let server = servers();
+    assert_eq!(
+        server,
+        vec![pid_of(&up)],
+        "the server is the instance: {up}"
+    );
+    for _ in 0..10 {
+        assert_eq!(servers().len(), 1, "{:?}", psmon.seen);
+        psmon.collect(Duration::from_millis(100));
+    }
+    kill_pid(server[0]);
+    let down = psmon.wait("Down");
+    assert_eq!(pid_of(&down), server[0], "{down}");
+    let up = psmon.wait_for(") Up", |m| m["pid"] != server[0]);
+    wait_answer(port, b"GET / HTTP/1.0\r\n\r\n", "200");
+    for _ in 0..15 {
+        assert_eq!(servers(), vec![pid_of(&up)], "{:?}", psmon.seen);
+        psmon.collect(Duration::from_millis(100));
+    }
+    assert_eq!(
+        messages_containing(&psmon.seen, "Try to restart").len(),
+        2,
+        "found down at start, then the kill: {:?}",
+        psmon.seen
+    );
+    assert!(messages_containing(&psmon.seen, "Set pid fail").is_empty());
+}
+
+/// Kills the processes whose command line holds this, when dropped.
+struct KillOnDrop(String);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for pid in pids_with_cmdline(&self.0) {
+            kill_pid(pid);
+        }
+    }
 }
 
 /// A test directory with a victim copy and a TOML entry for it.
@@ -966,4 +1171,8 @@ on_sources!(
     quick_death_is_never_up: ebpf, netlink;
     sshd_listener_death_is_seen_while_users_are_logged_in: ebpf, netlink;
     dovecot_switch_group_never_fails_over_a_working_service: ebpf, netlink;
+    apache_plain_path: ebpf, netlink;
+    // Not on netlink: its exec event names no file, and by the time /proc
+    // is read the wrapper may run python already (README, Limits).
+    wrapper_that_execs_its_service: ebpf;
 );

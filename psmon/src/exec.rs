@@ -363,17 +363,46 @@ fn output_file() -> std::io::Result<std::fs::File> {
         .open(std::env::temp_dir())
 }
 
+/// The last [`TAIL_BYTES`] of the output, starting at a line (or, in one
+/// long line, a word) rather than in the middle of one.
 fn tail(file: &mut std::fs::File) -> String {
     let len = file.seek(SeekFrom::End(0)).unwrap_or(0);
     let _ = file.seek(SeekFrom::Start(len.saturating_sub(TAIL_BYTES)));
     let mut bytes = Vec::new();
     let _ = file.take(TAIL_BYTES).read_to_end(&mut bytes);
-    String::from_utf8_lossy(&bytes).trim().to_string()
+    String::from_utf8_lossy(cut_to_start(&bytes, len > TAIL_BYTES))
+        .trim()
+        .to_string()
+}
+
+/// `bytes` from its first whole line or word, when `cut` (it is the end of
+/// something longer).
+fn cut_to_start(bytes: &[u8], cut: bool) -> &[u8] {
+    if !cut {
+        return bytes;
+    }
+    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    let at = body
+        .iter()
+        .position(|b| *b == b'\n')
+        .or_else(|| body.iter().position(|b| b.is_ascii_whitespace()));
+    match at {
+        Some(i) => &bytes[i + 1..],
+        None => bytes,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cut_tail_starts_at_a_line_or_a_word() {
+        assert_eq!(cut_to_start(b"ng line\nlast line\n", true), b"last line\n");
+        assert_eq!(cut_to_start(b"rd and more words", true), b"and more words");
+        assert_eq!(cut_to_start(b"whole\n", false), b"whole\n");
+        assert_eq!(cut_to_start(b"onewordonly", true), b"onewordonly");
+    }
 
     #[test]
     fn plain_words_run_directly_and_shell_syntax_goes_to_the_shell() {

@@ -195,8 +195,11 @@ pub fn step(entry: &Entry, state: &mut EntryState, input: Input, now: Time) -> V
                             running,
                         }
                     }
-                    // Ours: it must prove itself first.
-                    Phase::Restarting | Phase::Starting { .. } if !entry.start_secs.is_zero() => {
+                    // Ours (or, backing off, the last attempt's, seen
+                    // late): it must prove itself first.
+                    Phase::Restarting | Phase::Starting { .. } | Phase::Backoff { .. }
+                        if !entry.start_secs.is_zero() =>
+                    {
                         state.phase = Phase::Started {
                             since: now,
                             pid,

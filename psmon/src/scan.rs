@@ -146,6 +146,21 @@ pub struct Matcher {
 }
 
 /// Executables that run a script named on their command line.
+/// What an exec was of, as the kernel's exec event names it (bprm's
+/// filename) when only `/proc` can say: the script an interpreter was
+/// started on, else the executable.
+pub fn exec_target(tgid: u32, exe: PathBuf) -> PathBuf {
+    if !is_interpreter(exe.as_os_str().as_bytes()) {
+        return exe;
+    }
+    let argv = procfs::cmdline(tgid).unwrap_or_default();
+    argv.iter()
+        .skip(1)
+        .find(|a| !a.starts_with(b"-"))
+        .filter(|s| s.starts_with(b"/"))
+        .map_or(exe, |s| PathBuf::from(OsStr::from_bytes(s)))
+}
+
 fn is_interpreter(exe: &[u8]) -> bool {
     let name = exe.rsplit(|b| *b == b'/').next().unwrap_or(exe);
     let Ok(name) = std::str::from_utf8(name) else {
@@ -282,6 +297,32 @@ impl Matcher {
     /// other processes, zombies and processes already gone.
     pub fn classify(&self, tgid: u32) -> Option<(usize, Seen)> {
         self.classify_why(tgid).map(|(i, inst, _)| (i, inst))
+    }
+
+    /// [`Matcher::classify`] for a process the kernel says exec'd `path`:
+    /// a watched script that has already exec'd onward (a wrapper's `exec
+    /// python3 …`, a moment after its interpreter started) is the script's
+    /// still, though `/proc` shows what it runs now.
+    pub fn classify_exec(&self, tgid: u32, path: Option<&Path>) -> Option<(usize, Seen)> {
+        if let Some(found) = self.classify(tgid) {
+            return Some(found);
+        }
+        let &idx = self.by_script.get(path?)?;
+        let mut buf = Vec::with_capacity(512);
+        let stat = read_stat(tgid, &mut buf)?;
+        if stat.is_dead() {
+            return None;
+        }
+        Some((
+            idx,
+            Seen {
+                tgid,
+                start_ticks: stat.start_ticks,
+                comm: comm_key(stat.comm),
+                ppid: stat.ppid,
+                uid: procfs::euid(tgid)?,
+            },
+        ))
     }
 
     /// [`Matcher::classify`], and why it matched.

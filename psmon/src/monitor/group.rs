@@ -403,8 +403,10 @@ impl Monitor {
         for id in members {
             let w = &mut self.watches[id.index()];
             w.held = false;
-            w.state.phase = Phase::Unknown;
-            self.step_running(id, now, out);
+            if w.state.phase != Phase::Up {
+                w.state.phase = Phase::Unknown;
+                self.step_running(id, now, out);
+            }
         }
         let took = now.saturating_duration_since(self.groups[g].began);
         self.say(g, GroupEvent::Restarted { took }, now, out);
@@ -698,6 +700,9 @@ impl Monitor {
             now,
             out,
         );
+        // Until the next attempt the group has it: a process of the failed
+        // attempt classified late is no Up (nor its end a Down).
+        self.hold(id, now);
         let w = &mut self.groups[g];
         w.failures += 1;
         let delay = crate::policy::backoff(&self.config[id.index()], w.failures);

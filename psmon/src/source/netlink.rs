@@ -331,7 +331,9 @@ impl Decoder {
                     return;
                 };
                 let mut p = describe(tgid, pid, 0, procfs::read_entry(tgid));
-                p.path = procfs::exe(tgid);
+                // A script's path, as the kernel's own exec event says:
+                // a wrapper may exec onward before it is classified.
+                p.path = procfs::exe(tgid).map(|exe| crate::scan::exec_target(tgid, exe));
                 self.table.exec(&mut p);
                 EventKind::Exec(p)
             }

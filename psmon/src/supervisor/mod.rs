@@ -669,6 +669,16 @@ impl Supervisor {
         tgid: u32,
         decide: impl FnOnce(Option<(usize, Seen)>) -> Option<Input> + Send + 'static,
     ) {
+        self.classify_with(tgid, None, decide);
+    }
+
+    /// [`Supervisor::classify`] of an exec the kernel says was of `path`.
+    fn classify_with(
+        &mut self,
+        tgid: u32,
+        path: Option<std::path::PathBuf>,
+        decide: impl FnOnce(Option<(usize, Seen)>) -> Option<Input> + Send + 'static,
+    ) {
         self.held.entry(tgid).or_default().0 += 1;
         self.classifications += 1;
         self.held_since
@@ -678,10 +688,12 @@ impl Supervisor {
         let generation = self.monitor.generation();
         let tx = self.back_tx.clone();
         self.helpers.spawn(async move {
-            let input = tokio::task::spawn_blocking(move || decide(matcher.classify(tgid)))
-                .await
-                .ok()
-                .flatten();
+            let input = tokio::task::spawn_blocking(move || {
+                decide(matcher.classify_exec(tgid, path.as_deref()))
+            })
+            .await
+            .ok()
+            .flatten();
             let _ = tx.send(Back::Classified {
                 tgid,
                 input,
@@ -714,7 +726,8 @@ impl Supervisor {
                     self.rescan_all = true;
                 }
                 if self.matcher.may_match(&p.comm, p.path.as_deref()) {
-                    self.classify(tgid, move |found| {
+                    let path = p.path.clone();
+                    self.classify_with(tgid, path, move |found| {
                         Some(Input::Execd {
                             tgid,
                             matched: found.map(|(i, seen)| (EntryId(i as u32), seen)),
