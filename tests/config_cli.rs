@@ -40,7 +40,12 @@ fn every_sample_in_conf_loads() {
     );
     let rules: Vec<&psmon::config::Rule> = config.entries().map(|(_, e)| &e.rule).collect();
     assert!(rules.contains(&&psmon::config::Rule::Pidfile("/run/nginx.pid".into())));
-    assert!(rules.contains(&&psmon::config::Rule::MainOnly));
+    assert!(rules.contains(&&psmon::config::Rule::Pidfile(
+        "/var/spool/postfix/pid/master.pid".into()
+    )));
+    // By default, what was started counts (apache2, the pfiles' lines).
+    assert!(rules.contains(&&psmon::config::Rule::Lineage));
+    assert!(!rules.contains(&&psmon::config::Rule::All));
     assert_eq!(
         config.agent.failover_command.as_deref(),
         Some("clpgrp -m failover-app")

@@ -260,6 +260,15 @@ impl Reporter {
                     &fields,
                 );
             }
+            Notice::LeftoversStopped { entry, pgid } => {
+                let (_, path, mut base) = about(*entry);
+                base.push(("pgid", json!(pgid)));
+                self.report(
+                    LogLevel::Warn,
+                    &format!("restart command for ('{path}') left processes running after its attempt failed (process group {pgid}): stopped before the next attempt"),
+                    &base,
+                );
+            }
             Notice::SwitchNotSent { entry } => {
                 let (_, path, base) = about(*entry);
                 self.report(

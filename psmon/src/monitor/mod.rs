@@ -126,8 +126,10 @@ pub enum Input {
     },
     /// What entry's pidfile names now.
     Pidfile { entry: EntryId, pid: Option<u32> },
-    /// The entry's dead instance is reaped (or waited for long enough).
-    Reaped { path: PathBuf },
+    /// The entry's dead instance is reaped (or waited for long enough);
+    /// `stopped`: the last attempt's leftovers in this process group were
+    /// stopped.
+    Reaped { path: PathBuf, stopped: Option<u32> },
     /// These members of a command-line entry no longer match it.
     Rechecked { entry: EntryId, stale: Vec<u32> },
     /// What saved members ([`Effect::Verify`]) match now: each tgid with
@@ -221,11 +223,15 @@ pub enum Effect {
         tgid: u32,
         watch: bool,
     },
-    /// Wait until `tgid` (the instance that died) is no zombie, at most
-    /// [`REAP_WAIT`]; answered by [`Input::Reaped`].
+    /// An attempt failed: wait until `tgid` (the instance that died) is no
+    /// zombie (at most [`REAP_WAIT`]) and nothing the last restart command
+    /// (process group `pgid`) left is running — what it left once it has
+    /// finished is stopped (SIGTERM, SIGKILL after [`LEFTOVER_GRACE`]), so
+    /// the next attempt never runs beside it. Answered by [`Input::Reaped`].
     AwaitReaped {
         path: PathBuf,
-        tgid: u32,
+        tgid: Option<u32>,
+        pgid: Option<u32>,
     },
     /// Answered by [`Input::Pidfile`].
     ReadPidfile {
@@ -289,6 +295,12 @@ pub struct Run {
 /// Something to tell the operator. The wording is [`crate::report`]'s.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Notice {
+    /// What a failed restart attempt left in its process group was
+    /// stopped before the next attempt.
+    LeftoversStopped {
+        entry: EntryId,
+        pgid: u32,
+    },
     /// A restart decision about an entry; `running` instances now.
     Policy {
         entry: EntryId,
@@ -368,6 +380,10 @@ pub enum Notice {
 /// How long the next attempt waits at most for a dead instance's reaping.
 pub const REAP_WAIT: Duration = Duration::from_secs(10);
 
+/// What a failed attempt's command left running gets this long after
+/// SIGTERM before SIGKILL.
+pub const LEFTOVER_GRACE: Duration = Duration::from_secs(2);
+
 /// What the monitor keeps of each entry.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Watch {
@@ -411,6 +427,9 @@ struct Watch {
     /// waits until it is reaped ([`Effect::AwaitReaped`]).
     #[serde(skip)]
     reaping: bool,
+    /// The process group of the last restart command (running or not).
+    #[serde(default)]
+    last_pgid: Option<u32>,
     /// The hang probe's bookkeeping.
     #[serde(default)]
     probe: ProbeState,
@@ -714,9 +733,15 @@ impl Monitor {
                 took,
                 found,
             } => self.on_scan(started, took, found, now, &mut out),
-            Input::Reaped { path } => {
+            Input::Reaped { path, stopped } => {
                 if let Some(i) = self.config.iter().position(|e| e.path == path) {
                     self.watches[i].reaping = false;
+                    if let Some(pgid) = stopped {
+                        out.push(Effect::Notice(Notice::LeftoversStopped {
+                            entry: EntryId(i as u32),
+                            pgid,
+                        }));
+                    }
                     self.attempt_unblocked(EntryId(i as u32), now, &mut out);
                 }
             }
@@ -793,6 +818,7 @@ impl Monitor {
                     && let Some(i) = self.config.iter().position(|e| e.path == path)
                 {
                     self.watches[i].command_pgid = Some(pgid);
+                    self.watches[i].last_pgid = Some(pgid);
                     self.dirty = true;
                 }
             }
@@ -1529,6 +1555,7 @@ impl Monitor {
                     command_pgid: None,
                     restart_running: false,
                     reaping: false,
+                    last_pgid: None,
                     probe: ProbeState::default(),
                     held: false,
                     owner: None,
@@ -1881,13 +1908,13 @@ impl Monitor {
             Action::ReportDown { pid, status } => w.last_down = Some((pid, status)),
             Action::ReportSetPidFail { why } => {
                 w.last_failure = Some(why);
-                if let Some((Some(pid), _)) = w.last_down
-                    && !w.reaping
-                {
+                let tgid = w.last_down.and_then(|(pid, _)| pid);
+                if (tgid.is_some() || w.last_pgid.is_some()) && !w.reaping {
                     w.reaping = true;
                     out.push(Effect::AwaitReaped {
                         path: w.path.clone(),
-                        tgid: pid,
+                        tgid,
+                        pgid: w.last_pgid,
                     });
                 }
             }

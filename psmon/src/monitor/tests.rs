@@ -714,10 +714,14 @@ fn a_restart_that_dies_early_backs_off_then_tries_again() {
     // The next attempt waits for the dead instance's reaping too.
     assert!(w.out.contains(&Effect::AwaitReaped {
         path: "/d".into(),
-        tgid: 100
+        tgid: Some(100),
+        pgid: None,
     }));
     assert_eq!(w.m.next_deadline(w.now), None);
-    w.feed(Input::Reaped { path: "/d".into() });
+    w.feed(Input::Reaped {
+        path: "/d".into(),
+        stopped: None,
+    });
     assert!(w.actions().is_empty(), "not before the back-off");
     let before = w.now;
     w.tick();
@@ -744,7 +748,10 @@ fn the_next_attempt_waits_for_the_reaping_and_the_last_command() {
     w.later(500);
     w.feed(Input::Tick);
     assert!(w.actions().is_empty(), "the zombie is not reaped yet");
-    w.feed(Input::Reaped { path: "/d".into() });
+    w.feed(Input::Reaped {
+        path: "/d".into(),
+        stopped: None,
+    });
     assert!(w.actions().is_empty(), "its restart command still runs");
     w.later(10);
     w.done("/d", false);

@@ -44,6 +44,7 @@ mod exits;
 mod failover;
 mod fleet;
 mod health;
+mod leftovers;
 mod notify;
 mod ops;
 mod probe;
@@ -502,15 +503,21 @@ impl Supervisor {
                     }
                 }
             }
-            Effect::AwaitReaped { path, tgid } => {
+            Effect::AwaitReaped { path, tgid, pgid } => {
                 let tx = self.back_tx.clone();
                 self.helpers.spawn(async move {
                     let until = tokio::time::Instant::now() + crate::monitor::REAP_WAIT;
-                    while crate::procfs::is_zombie(tgid) && tokio::time::Instant::now() < until {
+                    while tgid.is_some_and(crate::procfs::is_zombie)
+                        && tokio::time::Instant::now() < until
+                    {
                         tokio::time::sleep(REAP_POLL).await;
                     }
+                    let stopped = match pgid {
+                        Some(pgid) => leftovers::stop(pgid).await.then_some(pgid),
+                        None => None,
+                    };
                     // By path: a reload meanwhile renumbers entries.
-                    let input = Input::Reaped { path };
+                    let input = Input::Reaped { path, stopped };
                     let _ = tx.send(Back::Input {
                         input,
                         generation: None,
