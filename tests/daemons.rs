@@ -4,7 +4,7 @@
 //! itself, a binary replaced while it runs, restarts that fail at first or
 //! die at once, a daemon that detaches, sshd with users logged in.
 //! `.ci/run` installs redis-server, nginx-light, psmisc, openssh-server and
-//! -client, dovecot-core and -imapd, apache2, rsyslog.
+//! -client, dovecot-core and -imapd, apache2, rsyslog, postfix.
 
 mod support;
 
@@ -1055,6 +1055,212 @@ fn rsyslogd_under_an_init_that_reaps_late(source: &str) {
     assert!((1..=2).contains(&attempts), "{this:?}");
 }
 
+/// A subreaper that reaps at once, as systemd does on the users' hosts:
+/// psmon runs under it, and so do the daemons it starts.
+const PROMPT_REAPER: &str = r#"
+import ctypes, os, sys, time
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+child = os.fork()
+if child == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+while True:
+    pid, _ = os.wait()
+    if pid == child:
+        sys.exit(0)
+"#;
+
+/// Debian's postfix as a private instance: its own configuration, queue
+/// and port; the master's pid in the queue's `pid/master.pid`.
+struct Postfix {
+    dir: TempDir,
+    port: u16,
+    etc: PathBuf,
+    pidfile: PathBuf,
+}
+
+impl Postfix {
+    fn new() -> Postfix {
+        installed("/usr/lib/postfix/sbin/master", "postfix");
+        let dir = TempDir::new("postfix");
+        let etc = dir.0.join("etc");
+        for sub in ["etc", "spool", "data"] {
+            std::fs::create_dir_all(dir.0.join(sub)).unwrap();
+        }
+        let status = Command::new("chown")
+            .arg("postfix")
+            .arg(dir.0.join("data"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let port = free_port();
+        let d = dir.0.display();
+        std::fs::write(
+            etc.join("main.cf"),
+            format!(
+                "compatibility_level = 3.6\nqueue_directory = {d}/spool\ndata_directory = {d}/data\n\
+                 mail_owner = postfix\nsetgid_group = postdrop\ninet_interfaces = 127.0.0.1\n\
+                 inet_protocols = ipv4\nmyhostname = localhost.localdomain\nmydestination =\n\
+                 maillog_file = {d}/maillog\nmaillog_file_prefixes = {d}\n"
+            ),
+        )
+        .unwrap();
+        let mut master = format!("127.0.0.1:{port} inet n - n - - smtpd\n");
+        for (name, kind, private, limit) in [
+            ("pickup", "unix", "n", "1"),
+            ("cleanup", "unix", "n", "0"),
+            ("qmgr", "unix", "n", "1"),
+            ("rewrite", "unix", "-", "-"),
+            ("bounce", "unix", "-", "0"),
+            ("defer", "unix", "-", "0"),
+            ("trace", "unix", "-", "0"),
+            ("proxymap", "unix", "-", "-"),
+            ("anvil", "unix", "-", "1"),
+            ("scache", "unix", "-", "1"),
+            ("postlog", "unix-dgram", "n", "1"),
+        ] {
+            let program = match name {
+                "rewrite" => "trivial-rewrite",
+                "defer" | "trace" => "bounce",
+                "postlog" => "postlogd",
+                other => other,
+            };
+            master.push_str(&format!(
+                "{name} {kind} {private} - n - {limit} {program}\n"
+            ));
+        }
+        std::fs::write(etc.join("master.cf"), master).unwrap();
+        let pidfile = dir.0.join("spool/pid/master.pid");
+        Postfix {
+            dir,
+            port,
+            etc,
+            pidfile,
+        }
+    }
+
+    fn command(&self) -> String {
+        format!("/usr/sbin/postfix -c {} start", self.etc.display())
+    }
+
+    fn master(&self) -> u32 {
+        std::fs::read_to_string(&self.pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    fn wait_greeting(&self) {
+        wait_answer(self.port, b"", "220 ");
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        let _ = Command::new("/usr/sbin/postfix")
+            .arg("-c")
+            .arg(&self.etc)
+            .arg("abort")
+            .output();
+        if let Ok(master) = std::fs::read_to_string(&self.pidfile) {
+            if let Ok(master) = master.trim().parse::<u32>() {
+                for pid in pids_with_cmdline("-t unix")
+                    .into_iter()
+                    .chain(pids_with_cmdline(&format!("{}", self.port)))
+                {
+                    if proc_ppid(pid) == Some(master) {
+                        kill_pid(pid);
+                    }
+                }
+                kill_pid(master);
+            }
+        }
+    }
+}
+
+/// The watcher's own use: postfix and dovecot as one `[[group]]` with
+/// SMTP `220` and IMAP `* OK` probes, postfix by its pidfile as
+/// example.toml says, under an init that reaps at once (as systemd does).
+/// Each master killed (twice each) is one group restart that brings both
+/// back answering: no failed start, no retry over, no failover.
+fn mail_group_restarts_postfix_and_dovecot(source: &str) {
+    if !needs_root(&format!("the {source} source")) {
+        return;
+    }
+    let _one = exclusive();
+    installed("/usr/bin/python3", "python3");
+    let dv = Dovecot::new();
+    let pf = Postfix::new();
+    let conf = dv.dir.0.join("conf");
+    let failed_over = dv.dir.0.join("failed-over");
+    std::fs::write(
+        conf.join("mail.toml"),
+        format!(
+            "monitor_interval = 1\n\
+             [[entry]]\npath = \"/usr/sbin/dovecot\"\nrestart = \"{}\"\n\
+             [entry.probe]\nkind = \"send_expect\"\naddress = \"127.0.0.1:{}\"\nexpect = \"* OK\"\n\
+             interval = 1\ntimeout = 2\n\
+             [[entry]]\npath = \"/usr/lib/postfix/sbin/master\"\nrestart = \"{}\"\npidfile = \"{}\"\n\
+             [entry.probe]\nkind = \"send_expect\"\naddress = \"127.0.0.1:{}\"\nexpect = \"220 \"\n\
+             interval = 1\ntimeout = 2\n\
+             [[group]]\nname = \"mail\"\nmembers = [\"/usr/sbin/dovecot\", \"/usr/lib/postfix/sbin/master\"]\n\
+             restarts = 4\naction = \"switch\"\nfailover = \"touch {}\"\n",
+            dv.command(),
+            dv.port,
+            pf.command(),
+            pf.pidfile.display(),
+            pf.port,
+            failed_over.display()
+        ),
+    )
+    .unwrap();
+    let reaper = dv.dir.0.join("prompt-reaper.py");
+    std::fs::write(&reaper, PROMPT_REAPER).unwrap();
+    let reaper = reaper.display().to_string();
+    let mut psmon = Psmon::start_in(&["/usr/bin/python3", &reaper], &conf, source);
+    // Both down at start: the group starts them (not counted).
+    psmon.wait("Group 'mail': restarted in");
+    dv.wait_greeting();
+    pf.wait_greeting();
+    psmon.collect(Duration::from_millis(1500));
+    let from = psmon.seen.len();
+    let mut kills = 0;
+    for round in 0..2 {
+        for which in ["dovecot", "postfix"] {
+            let master = if which == "dovecot" {
+                dv.master()
+            } else {
+                pf.master()
+            };
+            kill_pid(master);
+            kills += 1;
+            let down = psmon.wait("Down");
+            assert_eq!(pid_of(&down), master, "{which} round {round}: {down}");
+            psmon.wait("Group 'mail': restarted in");
+            dv.wait_greeting();
+            pf.wait_greeting();
+            assert_ne!(dv.master(), 0);
+            // Past start_secs and a probe or two.
+            psmon.collect(Duration::from_millis(1500));
+        }
+    }
+    let this = &psmon.seen[from..];
+    for bad in [
+        "did not start",
+        "retry over",
+        "Set pid fail",
+        "failover command",
+    ] {
+        assert!(messages_containing(this, bad).is_empty(), "{bad}: {this:?}");
+    }
+    assert_eq!(
+        messages_containing(this, "Group 'mail': restarting").len(),
+        kills,
+        "one group restart per kill: {this:?}"
+    );
+    assert!(!failed_over.exists(), "failed over a working mail stack");
+}
+
 /// A test directory with a victim copy and a TOML entry for it.
 struct Victim {
     dir: TempDir,
@@ -1272,4 +1478,5 @@ on_sources!(
     // is read the wrapper may run python already (README, Limits).
     wrapper_that_execs_its_service: ebpf;
     rsyslogd_under_an_init_that_reaps_late: ebpf, netlink;
+    mail_group_restarts_postfix_and_dovecot: ebpf, netlink;
 );
