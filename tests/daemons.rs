@@ -1070,9 +1070,10 @@ while True:
 "#;
 
 /// Debian's postfix as a private instance: its own configuration, queue
-/// and port; the master's pid in the queue's `pid/master.pid`.
+/// and port (all in `_dir`); the master's pid in the queue's
+/// `pid/master.pid`.
 struct Postfix {
-    dir: TempDir,
+    _dir: TempDir,
     port: u16,
     etc: PathBuf,
     pidfile: PathBuf,
@@ -1131,7 +1132,7 @@ impl Postfix {
         std::fs::write(etc.join("master.cf"), master).unwrap();
         let pidfile = dir.0.join("spool/pid/master.pid");
         Postfix {
-            dir,
+            _dir: dir,
             port,
             etc,
             pidfile,
@@ -1162,18 +1163,19 @@ impl Drop for Postfix {
             .arg(&self.etc)
             .arg("abort")
             .output();
-        if let Ok(master) = std::fs::read_to_string(&self.pidfile) {
-            if let Ok(master) = master.trim().parse::<u32>() {
-                for pid in pids_with_cmdline("-t unix")
-                    .into_iter()
-                    .chain(pids_with_cmdline(&format!("{}", self.port)))
-                {
-                    if proc_ppid(pid) == Some(master) {
-                        kill_pid(pid);
-                    }
+        let master = std::fs::read_to_string(&self.pidfile)
+            .ok()
+            .and_then(|m| m.trim().parse::<u32>().ok());
+        if let Some(master) = master {
+            for pid in pids_with_cmdline("-t unix")
+                .into_iter()
+                .chain(pids_with_cmdline(&format!("{}", self.port)))
+            {
+                if proc_ppid(pid) == Some(master) {
+                    kill_pid(pid);
                 }
-                kill_pid(master);
             }
+            kill_pid(master);
         }
     }
 }
