@@ -766,7 +766,9 @@ impl Apache {
     fn new() -> Apache {
         installed("/usr/sbin/apache2", "apache2");
         installed("/usr/bin/fuser", "psmisc");
-        let dir = TempDir::new("apache");
+        // Under /tmp: its workers (www-data) must reach the document root
+        // wherever the checkout is.
+        let dir = TempDir::new_in(Path::new("/tmp"), "apache");
         std::fs::create_dir_all(dir.0.join("conf")).unwrap();
         std::fs::create_dir_all(dir.0.join("www")).unwrap();
         std::fs::write(dir.0.join("www/index.html"), "ok\n").unwrap();
@@ -1082,7 +1084,9 @@ struct Postfix {
 impl Postfix {
     fn new() -> Postfix {
         installed("/usr/lib/postfix/sbin/master", "postfix");
-        let dir = TempDir::new("postfix");
+        // Under /tmp: its daemons run as postfix and must reach the queue
+        // wherever the checkout is.
+        let dir = TempDir::new_in(Path::new("/tmp"), "postfix");
         let etc = dir.0.join("etc");
         for sub in ["etc", "spool", "data"] {
             std::fs::create_dir_all(dir.0.join(sub)).unwrap();
