@@ -146,6 +146,20 @@ pub struct Matcher {
 }
 
 /// Executables that run a script named on their command line.
+/// A live process's identity, from its stat (and euid).
+fn seen_of(tgid: u32, stat: &Stat) -> Option<Seen> {
+    if stat.is_dead() {
+        return None;
+    }
+    Some(Seen {
+        tgid,
+        start_ticks: stat.start_ticks,
+        comm: comm_key(stat.comm),
+        ppid: stat.ppid,
+        uid: procfs::euid(tgid)?,
+    })
+}
+
 /// What an exec was of, as the kernel's exec event names it (bprm's
 /// filename) when only `/proc` can say: the script an interpreter was
 /// started on, else the executable.
@@ -304,25 +318,15 @@ impl Matcher {
     /// python3 …`, a moment after its interpreter started) is the script's
     /// still, though `/proc` shows what it runs now.
     pub fn classify_exec(&self, tgid: u32, path: Option<&Path>) -> Option<(usize, Seen)> {
-        if let Some(found) = self.classify(tgid) {
-            return Some(found);
-        }
-        let &idx = self.by_script.get(path?)?;
         let mut buf = Vec::with_capacity(512);
         let stat = read_stat(tgid, &mut buf)?;
-        if stat.is_dead() {
-            return None;
+        let found = procfs::exe(tgid)
+            .and_then(|exe| self.classify_stat(tgid, &stat, exe.as_os_str().as_bytes()));
+        if let Some((idx, seen, _)) = found {
+            return Some((idx, seen));
         }
-        Some((
-            idx,
-            Seen {
-                tgid,
-                start_ticks: stat.start_ticks,
-                comm: comm_key(stat.comm),
-                ppid: stat.ppid,
-                uid: procfs::euid(tgid)?,
-            },
-        ))
+        let &idx = self.by_script.get(path?)?;
+        Some((idx, seen_of(tgid, &stat)?))
     }
 
     /// [`Matcher::classify`], and why it matched.
@@ -357,17 +361,7 @@ impl Matcher {
                 }
             }
         };
-        Some((
-            idx,
-            Seen {
-                tgid,
-                start_ticks: stat.start_ticks,
-                comm: comm_key(stat.comm),
-                ppid: stat.ppid,
-                uid: procfs::euid(tgid)?,
-            },
-            why,
-        ))
+        Some((idx, seen_of(tgid, stat)?, why))
     }
 
     /// The unit or cgroup entry whose cgroup (or one below it) the process is in.
@@ -566,8 +560,7 @@ fn cgroup_of(target: &Match) -> Result<String, String> {
             Ok(format!("/{rel}"))
         }
         Match::Unit(unit) => {
-            let from_systemd = Path::new("/run/systemd/system")
-                .exists()
+            let from_systemd = libsystemd::daemon::booted()
                 .then(|| {
                     std::process::Command::new("systemctl")
                         .args(["show", "--property=ControlGroup", "--value", unit])

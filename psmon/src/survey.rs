@@ -105,7 +105,7 @@ impl Survey<'_> {
             }
             if let Some(command) = &e.restart
                 && uses_systemctl(command)
-                && !systemd_runs()
+                && !libsystemd::daemon::booted()
             {
                 warn(format!(
                     "the restart command `{command}` uses systemctl, but systemd is not running on this host (no /run/systemd/system): it will fail; start the daemon directly"
@@ -157,12 +157,6 @@ fn uses_systemctl(command: &str) -> bool {
     command
         .split(|c: char| c.is_whitespace() || matches!(c, ';' | '&' | '|' | '(' | ')'))
         .any(|word| word.rsplit('/').next() == Some("systemctl"))
-}
-
-/// Whether systemd is this host's init (sd_booted(3): its runtime
-/// directory exists).
-fn systemd_runs() -> bool {
-    Path::new("/run/systemd/system").is_dir()
 }
 
 /// What is worth saying about a path rule's file.

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Effect, EntryId, Job, Monitor, Notice};
+use super::{Effect, EntryId, Monitor, Notice};
 use crate::{
     clock::Time,
     config::{Action as OnRetryOver, Config, Group, ProbeKind},
@@ -359,22 +359,22 @@ impl Monitor {
             GroupPhase::Stopping { deadline, .. } | GroupPhase::Starting { deadline, .. } => {
                 Some(deadline)
             }
-            GroupPhase::Backoff { until, .. } if !self.commands_run(g) => Some(until),
+            GroupPhase::Backoff { until, .. } if !self.attempt_blocked(g) => Some(until),
             _ => None,
         })
     }
 
     /// A member's restart command finished, or its dead instance was
     /// reaped: a back-off may be over.
-    pub(super) fn group_command_done(&mut self, id: EntryId, now: Time, out: &mut Vec<Effect>) {
+    pub(super) fn group_unblocked(&mut self, id: EntryId, now: Time, out: &mut Vec<Effect>) {
         if let Some(g) = self.group_of(id) {
             self.try_again(g, now, out);
         }
     }
 
     /// Whether a member's restart command runs, or a member's dead
-    /// instance is not yet reaped.
-    fn commands_run(&self, g: usize) -> bool {
+    /// instance is not yet reaped: the next attempt waits.
+    fn attempt_blocked(&self, g: usize) -> bool {
         self.group_conf[g]
             .members
             .iter()
@@ -387,7 +387,7 @@ impl Monitor {
         let GroupPhase::Backoff { cause, until } = self.groups[g].phase else {
             return;
         };
-        if now < until || self.commands_run(g) {
+        if now < until || self.attempt_blocked(g) {
             return;
         }
         self.groups[g].phase = GroupPhase::Watching;
@@ -663,8 +663,7 @@ impl Monitor {
         env.push(("PSMON_GROUP".into(), self.group_name(g).to_string()));
         let attempt = self.groups[g].attempts.len().max(1);
         env.push(("PSMON_ATTEMPT".into(), attempt.to_string()));
-        self.watches[id.index()].restart_running = true;
-        out.push(self.run(id, Job::Restart, command, env));
+        out.push(self.run_restart(id, command, env));
     }
 
     fn ready(&mut self, g: usize, now: Time, out: &mut Vec<Effect>) {
@@ -711,7 +710,7 @@ impl Monitor {
             until: now + delay,
         };
         self.dirty = true;
-        if !delay.is_zero() || self.commands_run(g) {
+        if !delay.is_zero() || self.attempt_blocked(g) {
             self.say(g, GroupEvent::Backoff { delay }, now, out);
         }
         self.try_again(g, now, out);

@@ -450,6 +450,12 @@ impl Watch {
     fn attempt_blocked(&self) -> bool {
         self.restart_running || self.reaping
     }
+
+    /// Backing off, and past the back-off only once an input says the
+    /// attempt is no longer blocked (no deadline, no tick moves it).
+    fn backoff_held(&self) -> bool {
+        self.attempt_blocked() && matches!(self.state.phase, Phase::Backoff { .. })
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -1015,7 +1021,7 @@ impl Monitor {
     pub fn next_deadline(&self, now: Time) -> Option<Time> {
         let phases = self.waiting.iter().filter_map(|id| {
             let w = &self.watches[id.index()];
-            if w.attempt_blocked() && matches!(w.state.phase, Phase::Backoff { .. }) {
+            if w.backoff_held() {
                 // The next attempt waits for the last one's command, or
                 // for the dead instance's reaping: inputs say when.
                 return None;
@@ -1273,7 +1279,7 @@ impl Monitor {
         if !w.attempt_blocked() && matches!(w.state.phase, Phase::Backoff { .. }) {
             self.step(id, policy::Input::Tick, now, out);
         }
-        self.group_command_done(id, now, out);
+        self.group_unblocked(id, now, out);
     }
 
     fn on_probed(
@@ -1511,8 +1517,7 @@ impl Monitor {
             // The count and main pid as they are now (a daemon that forked
             // and let its parent exit).
             self.step_running(id, now, out);
-            let w = &self.watches[id.index()];
-            if w.attempt_blocked() && matches!(w.state.phase, Phase::Backoff { .. }) {
+            if self.watches[id.index()].backoff_held() {
                 continue;
             }
             self.step(id, policy::Input::Tick, now, out);
@@ -1765,12 +1770,18 @@ impl Monitor {
     /// Whether member `tgid` is an instance started a moment ago (within
     /// the hand-over window, see [`Monitor::hand_over`]), not a worker.
     fn in_transit(&self, tgid: u32, now: Time) -> bool {
-        self.members.get(&tgid).is_some_and(|m| {
-            let window = self.config[m.entry.index()]
-                .start_secs
-                .max(crate::config::Entry::DEFAULT_START_SECS);
-            !m.worker && m.counts && now.saturating_duration_since(m.added) <= window
-        })
+        self.members
+            .get(&tgid)
+            .is_some_and(|m| !m.worker && m.counts && self.just_started(m, now))
+    }
+
+    /// Whether member `m` was seen within its entry's hand-over window:
+    /// `start_secs`, at least a second.
+    fn just_started(&self, m: &Member, now: Time) -> bool {
+        let window = self.config[m.entry.index()]
+            .start_secs
+            .max(crate::config::Entry::DEFAULT_START_SECS);
+        now.saturating_duration_since(m.added) <= window
     }
 
     /// Member `tgid` (`m`) is gone with `status`: its member children are
@@ -1778,14 +1789,11 @@ impl Monitor {
     /// an instance that daemonized (exited 0, or with a status unknown,
     /// within `start_secs` of being seen) they take over as instances.
     fn hand_over(&mut self, tgid: u32, m: &Member, status: ExitStatus, now: Time) {
-        let window = self.config[m.entry.index()]
-            .start_secs
-            .max(crate::config::Entry::DEFAULT_START_SECS);
         // Unknown: a process that lived a moment may be reaped before its
         // status is read (a restart command's own process, exec'd by sh).
         let daemonized = !m.worker
             && matches!(status, ExitStatus::Code(0) | ExitStatus::Unknown)
-            && now.saturating_duration_since(m.added) <= window;
+            && self.just_started(m, now);
         for other in &self.watches[m.entry.index()].members {
             if let Some(child) = self.members.get_mut(other)
                 && child.ppid == tgid
@@ -1940,8 +1948,7 @@ impl Monitor {
                     self.watches[i].probe.started_by_us(heard);
                     let mut env = self.base_env(id);
                     env.push(("PSMON_ATTEMPT".into(), attempt.to_string()));
-                    self.watches[i].restart_running = true;
-                    out.push(self.run(id, Job::Restart, command, env));
+                    out.push(self.run_restart(id, command, env));
                 }
             }
             Action::Failover => {
@@ -1971,6 +1978,13 @@ impl Monitor {
     }
 
     /// Running `command` for the entry, within its restart_timeout.
+    /// The entry's restart command, to run now: no other attempt starts
+    /// until it has finished.
+    fn run_restart(&mut self, id: EntryId, command: String, env: Vec<(String, String)>) -> Effect {
+        self.watches[id.index()].restart_running = true;
+        self.run(id, Job::Restart, command, env)
+    }
+
     fn run(&self, id: EntryId, job: Job, command: String, env: Vec<(String, String)>) -> Effect {
         let entry = &self.config[id.index()];
         Effect::Run(Run {

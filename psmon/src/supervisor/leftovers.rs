@@ -1,9 +1,12 @@
-//! What a failed restart attempt left running. Each restart command runs in
-//! a process group of its own; once the command has finished, whatever is
-//! still in that group (a server a wrapper started that psmon never saw as
-//! the entry's, a helper that hangs) belongs to the attempt that failed,
-//! and the next attempt must never run beside it: it is stopped. A daemon
-//! that detached properly has left the group (setsid) and is not touched.
+//! What a failed restart attempt leaves behind, settled before the next
+//! attempt: the instance that died may still be a zombie (a daemon whose
+//! pidfile names it refuses to start), waited for until it is reaped; and
+//! each restart command runs in a process group of its own, so once the
+//! command has finished, whatever is still in that group (a server a
+//! wrapper started that psmon never saw as the entry's, a helper that
+//! hangs) belongs to the attempt that failed and must never run beside
+//! the next one: it is stopped. A daemon that detached properly has left
+//! the group (setsid) and is not touched.
 
 use std::time::Duration;
 
@@ -13,18 +16,36 @@ use nix::{
 };
 use tokio::time::{Instant, sleep};
 
-use crate::{monitor::LEFTOVER_GRACE, procfs};
+use crate::{
+    monitor::{LEFTOVER_GRACE, REAP_WAIT},
+    procfs,
+};
 
+/// How often a zombie or a group is looked at.
 const POLL: Duration = Duration::from_millis(20);
 
 /// How long the command itself (the group's leader) is waited for; its
 /// own time limit normally ends it much sooner.
 const COMMAND_WAIT: Duration = Duration::from_secs(3600);
 
+/// Waits until `tgid` (the instance that died) is no zombie, at most
+/// [`REAP_WAIT`], then [`stop`]s what group `pgid` holds; returns `pgid`
+/// if anything was stopped.
+pub async fn settle(tgid: Option<u32>, pgid: Option<u32>) -> Option<u32> {
+    let until = Instant::now() + REAP_WAIT;
+    while tgid.is_some_and(procfs::is_zombie) && Instant::now() < until {
+        sleep(POLL).await;
+    }
+    match pgid {
+        Some(pgid) => stop(pgid).await.then_some(pgid),
+        None => None,
+    }
+}
+
 /// Waits for the command that leads group `pgid` to finish, then stops
 /// what it left in the group (SIGTERM, SIGKILL after [`LEFTOVER_GRACE`]).
 /// Returns whether anything was left.
-pub async fn stop(pgid: u32) -> bool {
+async fn stop(pgid: u32) -> bool {
     let group = Pid::from_raw(pgid as i32);
     let waited = Instant::now();
     let mut buf = Vec::with_capacity(512);

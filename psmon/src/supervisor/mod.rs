@@ -55,10 +55,6 @@ mod young;
 /// How long shutdown waits for restart and failover commands still running.
 pub const COMMAND_GRACE: Duration = Duration::from_secs(5);
 
-/// How often a dead instance's zombie is looked at while an attempt waits
-/// for its reaping.
-const REAP_POLL: Duration = Duration::from_millis(20);
-
 /// Messages from the rest of the daemon.
 pub enum Control {
     /// SIGHUP with a valid new configuration.
@@ -506,16 +502,7 @@ impl Supervisor {
             Effect::AwaitReaped { path, tgid, pgid } => {
                 let tx = self.back_tx.clone();
                 self.helpers.spawn(async move {
-                    let until = tokio::time::Instant::now() + crate::monitor::REAP_WAIT;
-                    while tgid.is_some_and(crate::procfs::is_zombie)
-                        && tokio::time::Instant::now() < until
-                    {
-                        tokio::time::sleep(REAP_POLL).await;
-                    }
-                    let stopped = match pgid {
-                        Some(pgid) => leftovers::stop(pgid).await.then_some(pgid),
-                        None => None,
-                    };
+                    let stopped = leftovers::settle(tgid, pgid).await;
                     // By path: a reload meanwhile renumbers entries.
                     let input = Input::Reaped { path, stopped };
                     let _ = tx.send(Back::Input {
