@@ -82,10 +82,40 @@ fn kill_pid(pid: u32) {
     );
 }
 
+/// Kills a daemon's master and the children it has (a cleanup).
+fn kill_with_children(master: u32) {
+    for pid in pids_with_cmdline("") {
+        if proc_ppid(pid) == Some(master) {
+            kill_pid(pid);
+        }
+    }
+    kill_pid(master);
+}
+
 fn messages_containing<'a>(seen: &'a [Value], text: &str) -> Vec<&'a Value> {
     seen.iter()
         .filter(|m| m["message"].as_str().is_some_and(|s| s.contains(text)))
         .collect()
+}
+
+/// Runs a daemon's usual start command (it detaches); fails the test if
+/// the command does.
+fn start_daemon(command: &str, what: &str) {
+    let status = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(command)
+        .status()
+        .unwrap();
+    assert!(status.success(), "{what} did not start");
+}
+
+/// The pid a daemon's pidfile holds.
+fn read_pid(pidfile: impl AsRef<Path>) -> u32 {
+    std::fs::read_to_string(pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 fn pid_of(m: &Value) -> u32 {
@@ -247,22 +277,13 @@ impl Nginx {
     }
 
     fn start(&self) -> u32 {
-        let status = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(self.command())
-            .status()
-            .unwrap();
-        assert!(status.success(), "nginx did not start");
+        start_daemon(&self.command(), "nginx");
         wait_answer(self.port, b"GET / HTTP/1.0\r\n\r\n", "200");
         self.master()
     }
 
     fn master(&self) -> u32 {
-        std::fs::read_to_string(&self.pidfile)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
+        read_pid(&self.pidfile)
     }
 
     fn workers(&self, master: u32) -> Vec<u32> {
@@ -449,22 +470,13 @@ impl Sshd {
     }
 
     fn start(&self) -> u32 {
-        let status = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(self.command())
-            .status()
-            .unwrap();
-        assert!(status.success(), "sshd did not start");
+        start_daemon(&self.command(), "sshd");
         wait_answer(self.port, b"", "SSH-2.0");
         self.listener()
     }
 
     fn listener(&self) -> u32 {
-        std::fs::read_to_string(&self.pidfile)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
+        read_pid(&self.pidfile)
     }
 
     fn ssh(&self, command: &str) -> Command {
@@ -626,12 +638,7 @@ impl Dovecot {
     }
 
     fn start(&self) -> u32 {
-        let status = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(self.command())
-            .status()
-            .unwrap();
-        assert!(status.success(), "dovecot did not start");
+        start_daemon(&self.command(), "dovecot");
         self.wait_greeting();
         self.master()
     }
@@ -641,23 +648,14 @@ impl Dovecot {
     }
 
     fn master(&self) -> u32 {
-        std::fs::read_to_string(self.dir.0.join("run/master.pid"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
+        read_pid(self.dir.0.join("run/master.pid"))
     }
 }
 
 impl Drop for Dovecot {
     fn drop(&mut self) {
         for master in pids_with_cmdline(&self.conf.display().to_string()) {
-            for pid in pids_with_cmdline("dovecot/") {
-                if proc_ppid(pid) == Some(master) {
-                    kill_pid(pid);
-                }
-            }
-            kill_pid(master);
+            kill_with_children(master);
         }
     }
 }
@@ -802,22 +800,13 @@ impl Apache {
     }
 
     fn start(&self) -> u32 {
-        let status = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(self.command())
-            .status()
-            .unwrap();
-        assert!(status.success(), "apache2 did not start");
+        start_daemon(&self.command(), "apache2");
         wait_answer(self.port, b"GET /index.html HTTP/1.0\r\n\r\n", "200");
         self.master()
     }
 
     fn master(&self) -> u32 {
-        std::fs::read_to_string(&self.pidfile)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
+        read_pid(&self.pidfile)
     }
 }
 
@@ -961,27 +950,40 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// A subreaper that reaps its orphans only every 1.5 s, as this VM's init
-/// and many containers' do: a daemon psmon restarted under it stays a
-/// zombie that long after it dies.
-const LATE_REAPER: &str = r#"
+/// psmon started under a child subreaper (as PID 1 is on a host) that
+/// reaps its orphans every `every` seconds, or at once when 0 (as systemd
+/// does); the daemons psmon starts are its orphans too.
+fn psmon_under_reaper(dir: &Path, every: f64, source: &str) -> Psmon {
+    const REAPER: &str = r#"
 import ctypes, os, sys, time
 ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+every = float(sys.argv[1])
 child = os.fork()
 if child == 0:
-    os.execv(sys.argv[1], sys.argv[1:])
+    os.execv(sys.argv[2], sys.argv[2:])
 while True:
-    time.sleep(1.5)
+    if every > 0:
+        time.sleep(every)
     try:
         while True:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-            if pid == 0:
-                break
+            pid, _ = os.waitpid(-1, os.WNOHANG if every > 0 else 0)
             if pid == child:
                 sys.exit(0)
+            if pid == 0:
+                break
     except ChildProcessError:
         sys.exit(0)
 "#;
+    let reaper = dir.join("reaper.py");
+    std::fs::write(&reaper, REAPER).unwrap();
+    let reaper = reaper.display().to_string();
+    let every = every.to_string();
+    Psmon::start_in(
+        &["/usr/bin/python3", &reaper, &every],
+        &dir.join("conf"),
+        source,
+    )
+}
 
 /// Debian's rsyslogd, which refuses to start while its pidfile names a
 /// live pid, under an init that reaps late: the attempt right after the
@@ -1023,10 +1025,8 @@ fn rsyslogd_under_an_init_that_reaps_late(source: &str) {
         ),
     )
     .unwrap();
-    let reaper = dir.0.join("late-reaper.py");
-    std::fs::write(&reaper, LATE_REAPER).unwrap();
-    let reaper = reaper.display().to_string();
-    let mut psmon = Psmon::start_in(&["/usr/bin/python3", &reaper], &dir.0.join("conf"), source);
+    // Reaping every 1.5 s, as this VM's init and many containers' do.
+    let mut psmon = psmon_under_reaper(&dir.0, 1.5, source);
     // Found down at start: psmon starts it, and it detaches to the reaper.
     let up = psmon.wait(") Up");
     let first = pid_of(&up);
@@ -1041,12 +1041,7 @@ fn rsyslogd_under_an_init_that_reaps_late(source: &str) {
     let down = psmon.wait("Down");
     assert_eq!(pid_of(&down), first, "{down}");
     let up = psmon.wait_for(") Up", |m| m["pid"] != first);
-    let again: u32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert_eq!(pid_of(&up), again, "{up}");
+    assert_eq!(pid_of(&up), read_pid(&pidfile), "{up}");
     psmon.collect(Duration::from_millis(1200));
     let this = &psmon.seen[from..];
     assert!(
@@ -1056,20 +1051,6 @@ fn rsyslogd_under_an_init_that_reaps_late(source: &str) {
     let attempts = messages_containing(this, "Try to restart").len();
     assert!((1..=2).contains(&attempts), "{this:?}");
 }
-
-/// A subreaper that reaps at once, as systemd does on the users' hosts:
-/// psmon runs under it, and so do the daemons it starts.
-const PROMPT_REAPER: &str = r#"
-import ctypes, os, sys, time
-ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-child = os.fork()
-if child == 0:
-    os.execv(sys.argv[1], sys.argv[1:])
-while True:
-    pid, _ = os.wait()
-    if pid == child:
-        sys.exit(0)
-"#;
 
 /// Debian's postfix as a private instance: its own configuration, queue
 /// and port (all in `_dir`); the master's pid in the queue's
@@ -1148,11 +1129,7 @@ impl Postfix {
     }
 
     fn master(&self) -> u32 {
-        std::fs::read_to_string(&self.pidfile)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
+        read_pid(&self.pidfile)
     }
 
     fn wait_greeting(&self) {
@@ -1171,15 +1148,7 @@ impl Drop for Postfix {
             .ok()
             .and_then(|m| m.trim().parse::<u32>().ok());
         if let Some(master) = master {
-            for pid in pids_with_cmdline("-t unix")
-                .into_iter()
-                .chain(pids_with_cmdline(&format!("{}", self.port)))
-            {
-                if proc_ppid(pid) == Some(master) {
-                    kill_pid(pid);
-                }
-            }
-            kill_pid(master);
+            kill_with_children(master);
         }
     }
 }
@@ -1220,10 +1189,7 @@ fn mail_group_restarts_postfix_and_dovecot(source: &str) {
         ),
     )
     .unwrap();
-    let reaper = dv.dir.0.join("prompt-reaper.py");
-    std::fs::write(&reaper, PROMPT_REAPER).unwrap();
-    let reaper = reaper.display().to_string();
-    let mut psmon = Psmon::start_in(&["/usr/bin/python3", &reaper], &conf, source);
+    let mut psmon = psmon_under_reaper(&dv.dir.0, 0.0, source);
     // Both down at start: the group starts them (not counted).
     psmon.wait("Group 'mail': restarted in");
     dv.wait_greeting();
