@@ -1,6 +1,7 @@
 #!/bin/bash
 # Builds psmon's RPM from a built binary: packaging/rpm.sh PSMON_BINARY OUTDIR
-# (`cargo xtask rpm` runs it on the release build). Prints the RPM's path last.
+# (`cargo xtask rpm` runs it on the static release build). Prints the RPM's
+# path last. PSMON_RPM_RELEASE sets the package's release (1 by default).
 #
 # Needs rpmbuild (Debian's or RHEL's `rpm` package). The SELinux module is
 # compiled and shipped when the SELinux policy development files are there
@@ -11,6 +12,7 @@ binary=$(realpath "${1:?usage: rpm.sh PSMON_BINARY OUTDIR}")
 out=${2:?usage: rpm.sh PSMON_BINARY OUTDIR}
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
+release=${PSMON_RPM_RELEASE:-1}
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/psmon/Cargo.toml" | head -n 1)
 
 mkdir -p "$out"
@@ -52,7 +54,8 @@ if [ -f /usr/share/selinux/devel/Makefile ]; then
     install -D -m 0644 "$root/packaging/selinux/psmon.if" "$stage/usr/share/selinux/devel/include/contrib/psmon.if"
     selinux=yes
 fi
-mkdir -p "$stage/var/lib/psmon" "$stage/var/log/psmon"
+# The shipped psagent.conf logs where ProcessSaver did (LOG_DIR).
+mkdir -p "$stage/var/lib/psmon" "$stage/var/log/psmon" "$stage/var/opt/HA/PS/log"
 
 # The file list: configuration kept when edited, the rest as shipped.
 files=$work/files
@@ -62,6 +65,7 @@ files=$work/files
     echo "%config(noreplace) /etc/logrotate.d/psmon"
     echo "%dir /var/lib/psmon"
     echo "%dir /var/log/psmon"
+    echo "%dir /var/opt/HA/PS/log"
     (cd "$stage" && find . -type f ! -path './etc/*' | sed 's|^\.||' | sort)
 } > "$files"
 
@@ -70,7 +74,7 @@ cat > "$work/psmon.spec" <<SPEC
 %define __os_install_post %{nil}
 Name:           psmon
 Version:        $version
-Release:        1
+Release:        $release
 Summary:        Process monitor: restarts and fails over watched processes
 License:        MIT OR Apache-2.0
 BuildArch:      x86_64
@@ -92,7 +96,7 @@ cp -a $stage/. %{buildroot}/
 systemctl daemon-reload >/dev/null 2>&1 || :
 if [ -x /usr/sbin/semodule ] && [ -f /usr/share/selinux/packages/psmon.pp ] && /usr/sbin/selinuxenabled 2>/dev/null; then
     /usr/sbin/semodule -i /usr/share/selinux/packages/psmon.pp || :
-    /usr/sbin/restorecon -R /usr/sbin/psmon /etc/psmon /var/lib/psmon /var/log/psmon >/dev/null 2>&1 || :
+    /usr/sbin/restorecon -R /usr/sbin/psmon /etc/psmon /var/lib/psmon /var/log/psmon /var/opt/HA/PS/log >/dev/null 2>&1 || :
 fi
 
 %preun
@@ -117,7 +121,7 @@ rpmbuild -bb --quiet --nodeps \
     --define "_rpmdir $out" \
     --define "_build_id_links none" \
     "$work/psmon.spec" >"$work/rpmbuild.log" 2>&1 || { cat "$work/rpmbuild.log" >&2; exit 1; }
-rpm=$(find "$out" -name "psmon-$version-1.*.rpm" -newer "$work/psmon.spec" | head -n 1)
+rpm=$(find "$out" -name "psmon-$version-$release.*.rpm" -newer "$work/psmon.spec" | head -n 1)
 [ -n "$rpm" ] || { echo "rpmbuild made no RPM" >&2; cat "$work/rpmbuild.log" >&2; exit 1; }
 echo "selinux module: $selinux"
 echo "$rpm"

@@ -12,6 +12,12 @@
 //! or removed (looked at no more than once a second, one stat) or when
 //! asked ([`reopen`], on SIGHUP).
 //!
+//! Under systemd, with stderr connected to the journal (`JOURNAL_STREAM`),
+//! operator messages go to the journal natively instead of to stderr and
+//! syslog: one record each, with its priority and its fields
+//! (`PSMON_PFILE`, `PSMON_PATH`, `PSMON_PID`, …) that `journalctl
+//! PSMON_PFILE=os` selects; the log file is written as ever.
+//!
 //! It owns the sinks and the queue; what a line says is `report`'s.
 
 use std::{
@@ -38,7 +44,7 @@ enum Msg {
     Line {
         text: Vec<u8>,
         to_file: bool,
-        syslog: Option<Vec<u8>>,
+        record: Option<Vec<u8>>,
     },
     SetFile(Option<(File, PathBuf)>),
     Reopen,
@@ -48,7 +54,7 @@ enum Msg {
 impl Msg {
     fn bytes(&self) -> usize {
         match self {
-            Msg::Line { text, syslog, .. } => text.len() + syslog.as_ref().map_or(0, Vec::len) + 64,
+            Msg::Line { text, record, .. } => text.len() + record.as_ref().map_or(0, Vec::len) + 64,
             _ => 64,
         }
     }
@@ -118,13 +124,76 @@ fn next() -> Option<Msg> {
 }
 
 /// Queues `text` (one whole line, newline included) for stderr, and for
-/// the log file when `to_file`; `syslog` is a datagram for `/dev/log`.
-pub fn line(text: Vec<u8>, to_file: bool, syslog: Option<Vec<u8>>) {
+/// the log file when `to_file`; `record` is the same message for syslog
+/// or the journal ([`syslog_record`], [`journal_record`], as [`to_journal`]
+/// says), and replaces the stderr line when it is a journal record.
+pub fn line(text: Vec<u8>, to_file: bool, record: Option<Vec<u8>>) {
     send(Msg::Line {
         text,
         to_file,
-        syslog,
+        record,
     });
+}
+
+/// The journal's native socket.
+const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+
+/// Whether messages go to the journal natively: psmon's stderr is the
+/// journal stream systemd gave it, and the journal's socket is there.
+pub fn to_journal() -> bool {
+    static TO_JOURNAL: OnceLock<bool> = OnceLock::new();
+    *TO_JOURNAL.get_or_init(|| {
+        libsystemd::logging::connected_to_journal() && Path::new(JOURNAL_SOCKET).exists()
+    })
+}
+
+/// A message for `/dev/log`: RFC 3164 framing, facility daemon (3).
+pub fn syslog_record(severity: u8, message: &str) -> Vec<u8> {
+    format!(
+        "<{}>psmon[{}]: {message}",
+        3 * 8 + severity,
+        std::process::id()
+    )
+    .into_bytes()
+}
+
+/// A message for the journal's native protocol: `MESSAGE`, `PRIORITY`, the
+/// syslog identifier and facility, and each field as `PSMON_<NAME>` (upper
+/// case; characters a field name may not hold become `_`). A value with a
+/// newline is written in the protocol's length-prefixed form.
+pub fn journal_record(severity: u8, message: &str, fields: &[(&str, String)]) -> Vec<u8> {
+    fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+        out.extend_from_slice(name);
+        if value.contains(&b'\n') {
+            out.push(b'\n');
+            out.extend_from_slice(&(value.len() as u64).to_le_bytes());
+        } else {
+            out.push(b'=');
+        }
+        out.extend_from_slice(value);
+        out.push(b'\n');
+    }
+    let mut out = Vec::with_capacity(128 + message.len());
+    field(&mut out, b"MESSAGE", message.as_bytes());
+    field(&mut out, b"PRIORITY", severity.to_string().as_bytes());
+    field(&mut out, b"SYSLOG_IDENTIFIER", b"psmon");
+    field(&mut out, b"SYSLOG_FACILITY", b"3");
+    for (name, value) in fields {
+        let name: String = name
+            .chars()
+            .map(|c| match c {
+                'a'..='z' => c.to_ascii_uppercase(),
+                'A'..='Z' | '0'..='9' => c,
+                _ => '_',
+            })
+            .collect();
+        field(
+            &mut out,
+            format!("PSMON_{name}").as_bytes(),
+            value.as_bytes(),
+        );
+    }
+    out
 }
 
 /// From now on, lines `to_file` also go to `file`, opened from `path`.
@@ -207,10 +276,13 @@ impl Write for Tracing {
 
 fn writer() {
     let mut file: Option<LogFile> = None;
-    // Non-blocking: a stuck syslog daemon gets no datagram rather than a wait.
-    let syslog = UnixDatagram::unbound()
+    // Non-blocking: a stuck syslog daemon or journal gets no datagram
+    // rather than a wait.
+    let journal = to_journal();
+    let remote = if journal { JOURNAL_SOCKET } else { "/dev/log" };
+    let remote = UnixDatagram::unbound()
         .ok()
-        .filter(|s| s.connect("/dev/log").is_ok() && s.set_nonblocking(true).is_ok());
+        .filter(|s| s.connect(remote).is_ok() && s.set_nonblocking(true).is_ok());
     let stderr = std::io::stderr();
     while let Some(msg) = next() {
         let dropped = sink().dropped.swap(0, Ordering::Relaxed);
@@ -227,14 +299,19 @@ fn writer() {
             Msg::Line {
                 text,
                 to_file,
-                syslog: datagram,
+                record,
             } => {
-                let _ = stderr.lock().write_all(&text);
+                // In the journal the record is the message; on stderr it
+                // would be there twice.
+                let recorded = journal && record.is_some() && remote.is_some();
+                if !recorded {
+                    let _ = stderr.lock().write_all(&text);
+                }
                 if to_file && let Some(f) = &mut file {
                     f.follow_rotation(Instant::now(), false);
                     let _ = f.file.write_all(&text);
                 }
-                if let (Some(s), Some(d)) = (&syslog, datagram) {
+                if let (Some(s), Some(d)) = (&remote, record) {
                     let _ = s.send(&d);
                 }
             }
@@ -248,5 +325,32 @@ fn writer() {
                 let _ = done.try_send(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_journal_record_carries_the_message_its_priority_and_fields() {
+        let record = journal_record(
+            4,
+            "Process ['/usr/sbin/sshd',pid=812] Down",
+            &[("pfile", "os".into()), ("pid", "812".into())],
+        );
+        let text = String::from_utf8(record).unwrap();
+        assert_eq!(
+            text,
+            "MESSAGE=Process ['/usr/sbin/sshd',pid=812] Down\nPRIORITY=4\n\
+             SYSLOG_IDENTIFIER=psmon\nSYSLOG_FACILITY=3\nPSMON_PFILE=os\nPSMON_PID=812\n"
+        );
+    }
+
+    #[test]
+    fn a_journal_field_with_a_newline_is_length_prefixed_and_names_are_made_valid() {
+        let record = journal_record(3, "m", &[("last-output", "a\nb".into())]);
+        let tail = b"PSMON_LAST_OUTPUT\n\x03\0\0\0\0\0\0\0a\nb\n";
+        assert!(record.ends_with(tail), "{record:?}");
     }
 }

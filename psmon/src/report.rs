@@ -1,8 +1,10 @@
 //! Operator messages: what happened to watched processes, in ProcessSaver's
 //! wording (so existing log watchers keep matching), written to stderr, to
 //! `psmon.log` in the log directory, and to syslog (`/dev/log`, which
-//! journald also serves). `LOG_LEVEL` applies to all three; `--log-format
-//! json` makes stderr and the file structured with the same fields.
+//! journald also serves) — or, under systemd, to the journal natively with
+//! their fields instead of stderr and syslog. `LOG_LEVEL` applies to all
+//! three; `--log-format json` makes stderr and the file structured with the
+//! same fields.
 //!
 //! psmon's own diagnostics (start-up, source selection) go through `tracing`.
 
@@ -137,20 +139,27 @@ impl Reporter {
             }
         };
         line.push('\n');
-        // RFC 3164 framing; facility daemon (3).
         let severity = match level {
             LogLevel::Debug => 7,
             LogLevel::Info => 6,
             LogLevel::Warn => 4,
             LogLevel::Error => 3,
         };
-        let packet = format!(
-            "<{}>psmon[{}]: {}",
-            3 * 8 + severity,
-            std::process::id(),
-            escape_controls(message)
-        );
-        logsink::line(line.into_bytes(), true, Some(packet.into_bytes()));
+        let message = escape_controls(message);
+        let record = if logsink::to_journal() {
+            let fields: Vec<(&str, String)> = fields
+                .iter()
+                .filter_map(|(k, v)| match v {
+                    Value::Null => None,
+                    Value::String(s) => Some((*k, escape_controls(s).into_owned())),
+                    other => Some((*k, other.to_string())),
+                })
+                .collect();
+            logsink::journal_record(severity, &message, &fields)
+        } else {
+            logsink::syslog_record(severity, &message)
+        };
+        logsink::line(line.into_bytes(), true, Some(record));
     }
 }
 

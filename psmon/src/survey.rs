@@ -111,6 +111,24 @@ impl Survey<'_> {
                     "the restart command `{command}` uses systemctl, but systemd is not running on this host (no /run/systemd/system): it will fail; start the daemon directly"
                 ));
             }
+            if let Some(command) = &e.restart
+                && let Some(unit) = systemctl_restart_unit(command)
+                && libsystemd::daemon::booted()
+                && let Some(policy) = unit_restart_policy(&unit)
+            {
+                warn(format!(
+                    "the restart command `{command}` restarts {unit}, which systemd also restarts itself (Restart={policy}): the restart stops the start systemd has begun, and a few deaths run the unit into its start limit and leave it dead; use `systemctl start {unit}`, which waits for systemd's restart instead"
+                ));
+            }
+            if let Some(command) = &e.restart
+                && !uses_systemctl(command)
+                && let Some(entrypoint) = selinux_entrypoint(&e.path)
+            {
+                warn(format!(
+                    "SELinux is enabled and {} is a daemon's entry point ({entrypoint}): started by `{command}` it runs in the domain of psmon's restart commands (unconfined_t), not in its own as when systemd starts it; restart it with `systemctl restart UNIT` to keep its domain",
+                    e.path.display()
+                ));
+            }
         }
         out
     }
@@ -150,6 +168,59 @@ impl Survey<'_> {
             )
         })
     }
+}
+
+/// The unit of a plain `systemctl restart UNIT` command.
+fn systemctl_restart_unit(command: &str) -> Option<String> {
+    let words: Vec<&str> = command.split_whitespace().collect();
+    match words.as_slice() {
+        [systemctl, "restart", unit] if systemctl.rsplit('/').next() == Some("systemctl") => {
+            Some(unit.trim_matches('\'').to_string())
+        }
+        _ => None,
+    }
+}
+
+/// systemd's own `Restart=` of `unit`, when it restarts the unit itself.
+fn unit_restart_policy(unit: &str) -> Option<String> {
+    let out = std::process::Command::new("systemctl")
+        .args(["show", "-p", "Restart", "--value", unit])
+        .output()
+        .ok()?;
+    let policy = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !policy.is_empty() && policy != "no").then_some(policy)
+}
+
+/// The SELinux type of `path` when SELinux is enabled and the file is a
+/// daemon's entry point (`…_exec_t`, other than the plain `bin_t` family
+/// a shell would run in its own domain).
+fn selinux_entrypoint(path: &Path) -> Option<String> {
+    if !Path::new("/sys/fs/selinux/enforce").exists() {
+        return None;
+    }
+    let label = xattr_selinux(&std::fs::canonicalize(path).ok()?)?;
+    let kind = label.split(':').nth(2)?.to_string();
+    (kind.ends_with("_exec_t") && !matches!(kind.as_str(), "shell_exec_t" | "bin_t"))
+        .then_some(kind)
+}
+
+/// The `security.selinux` attribute of a file.
+fn xattr_selinux(path: &Path) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut buf = [0u8; 256];
+    // SAFETY: both strings are NUL-terminated and `buf` is writable for its length.
+    let n = unsafe {
+        libc::getxattr(
+            name.as_ptr(),
+            c"security.selinux".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    let n = usize::try_from(n).ok()?;
+    let text = std::str::from_utf8(&buf[..n]).ok()?;
+    Some(text.trim_end_matches('\0').to_string())
 }
 
 /// Whether a shell command runs `systemctl` (as a word, not inside one).

@@ -18,8 +18,6 @@ use std::{
 
 use anyhow::{Context, bail, ensure};
 
-use crate::workspace_root;
-
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 # Under emulation a source takes seconds to open (BTF is parsed): wait
@@ -103,7 +101,7 @@ pub fn run() -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let result = (|| {
         install_tools()?;
-        let psmon = build_static()?;
+        let psmon = crate::static_build()?;
         let initrd = initramfs(&dir, &psmon)?;
         let kernels = [
             fetch_kernel(
@@ -173,30 +171,6 @@ fn install_tools() -> anyhow::Result<()> {
         "apt-get install",
     )?;
     Ok(())
-}
-
-fn build_static() -> anyhow::Result<PathBuf> {
-    let target = "x86_64-unknown-linux-musl";
-    sh(
-        Command::new("rustup").args(["target", "add", target]),
-        "rustup target add",
-    )?;
-    println!("xtask: building a static psmon");
-    let status = Command::new(env!("CARGO"))
-        .current_dir(workspace_root())
-        .args([
-            "build",
-            "--release",
-            "--package",
-            "psmon",
-            "--target",
-            target,
-        ])
-        .env("PSMON_REQUIRE_EBPF", "1")
-        .env("CC_x86_64_unknown_linux_musl", "musl-gcc")
-        .status()?;
-    ensure!(status.success(), "building the static psmon failed");
-    Ok(workspace_root().join(format!("target/{target}/release/psmon")))
 }
 
 fn initramfs(dir: &Path, psmon: &Path) -> anyhow::Result<PathBuf> {

@@ -8,6 +8,7 @@ mod bench_cluster;
 mod bench_fleet;
 mod bench_monitor;
 mod bench_probes;
+mod host;
 mod kernels;
 mod setup;
 
@@ -32,8 +33,12 @@ enum Command {
     Bench(bench::Options),
     /// Run psmon's sources on Linux 6.1 and 5.10 under qemu (needs root).
     Kernels,
-    /// Build the RPM (release build) under target/rpm/; prints its path last.
+    /// Build the RPM (static release build) under target/rpm/; prints its path last.
     Rpm,
+    /// Boot a Debian 12 guest (systemd 252, SELinux enforcing) under qemu,
+    /// install the RPM with its scriptlets and run the host scenario, or
+    /// `--run SCRIPT`, as root inside (needs root).
+    Host(host::Options),
     /// Internal: one process of a fork or exec storm, used by `bench`.
     #[command(hide = true)]
     StormWorker(bench::StormWorker),
@@ -50,7 +55,8 @@ fn main() -> ExitCode {
         Command::Test => setup::run().and_then(|()| test()),
         Command::Bench(opts) => bench::run(opts),
         Command::Kernels => kernels::run(),
-        Command::Rpm => setup::run().and_then(|()| rpm()),
+        Command::Rpm => setup::run().and_then(|()| rpm_builds(&["1"]).map(drop)),
+        Command::Host(opts) => setup::run().and_then(|()| host::run(opts)),
         Command::StormWorker(worker) => worker.run(),
         Command::Poller => bench_monitor::poller(),
     };
@@ -63,21 +69,66 @@ fn main() -> ExitCode {
     }
 }
 
-/// `packaging/rpm.sh` on the release build.
-fn rpm() -> anyhow::Result<()> {
-    let root = workspace_root();
+/// The static (musl) release build of psmon: one binary for every glibc,
+/// RHEL 9's 2.34 as well as the newer one of the machine that built it.
+fn static_build() -> anyhow::Result<PathBuf> {
+    let target = "x86_64-unknown-linux-musl";
+    if !std::path::Path::new("/usr/bin/musl-gcc").exists() {
+        println!("xtask: installing musl-tools");
+        let status = std::process::Command::new("apt-get")
+            .args(["install", "-y", "-qq", "musl-tools"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()?;
+        anyhow::ensure!(status.success(), "apt-get install musl-tools failed");
+    }
+    let status = std::process::Command::new("rustup")
+        .args(["target", "add", target])
+        .status()?;
+    anyhow::ensure!(status.success(), "rustup target add {target} failed");
+    println!("xtask: building a static psmon");
     let status = std::process::Command::new(env!("CARGO"))
-        .current_dir(&root)
-        .args(["build", "--release", "--package", "psmon"])
+        .current_dir(workspace_root())
+        .args([
+            "build",
+            "--release",
+            "--package",
+            "psmon",
+            "--target",
+            target,
+        ])
         .env("PSMON_REQUIRE_EBPF", "1")
+        // ring (TLS) compiles C: with musl's wrapper (Debian's musl-tools).
+        .env("CC_x86_64_unknown_linux_musl", "musl-gcc")
         .status()?;
-    anyhow::ensure!(status.success(), "building psmon failed");
-    let status = std::process::Command::new(root.join("packaging/rpm.sh"))
-        .arg(root.join("target/release/psmon"))
-        .arg(root.join("target/rpm"))
-        .status()?;
-    anyhow::ensure!(status.success(), "packaging/rpm.sh failed");
-    Ok(())
+    anyhow::ensure!(status.success(), "building the static psmon failed");
+    Ok(workspace_root().join(format!("target/{target}/release/psmon")))
+}
+
+/// `packaging/rpm.sh` on the static release build, once for each release
+/// number given; the RPMs' paths, in that order.
+fn rpm_builds(releases: &[&str]) -> anyhow::Result<Vec<PathBuf>> {
+    let root = workspace_root();
+    let binary = static_build()?;
+    let mut rpms = Vec::new();
+    for release in releases {
+        let out = std::process::Command::new(root.join("packaging/rpm.sh"))
+            .arg(&binary)
+            .arg(root.join("target/rpm"))
+            .env("PSMON_RPM_RELEASE", release)
+            .stderr(std::process::Stdio::inherit())
+            .output()?;
+        anyhow::ensure!(out.status.success(), "packaging/rpm.sh failed");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        print!("{stdout}");
+        let rpm = stdout
+            .lines()
+            .last()
+            .map(PathBuf::from)
+            .filter(|p| p.is_file())
+            .ok_or_else(|| anyhow::anyhow!("packaging/rpm.sh printed no RPM"))?;
+        rpms.push(rpm);
+    }
+    Ok(rpms)
 }
 
 fn workspace_root() -> PathBuf {

@@ -400,7 +400,7 @@ fn entry(c: &mut Checker, spanned: &Spanned<EntryToml>) -> Option<Entry> {
     };
     let restart = match t.restart.as_ref().map(|r| (r.get_ref().trim(), r.span())) {
         // A unit is restarted by systemd unless a command is given.
-        None if matches!(target, Match::Unit(_)) => Some(format!("systemctl restart '{path}'")),
+        None if matches!(target, Match::Unit(_)) => Some(unit_restart(&path)),
         None | Some(("-", _)) => None,
         Some(("", span)) => {
             c.error(
@@ -879,6 +879,19 @@ pub fn to_toml(p: &Pfile) -> String {
     out
 }
 
+/// The restart command of a `unit =` entry that names none: a unit with
+/// systemd's own `Restart=` is *started* — the start job waits for
+/// systemd's pending restart (or finds the unit started), so the unit is
+/// started once; a restart job would stop the start systemd has begun and
+/// start it again, and a few kills would run it into its start limit. A
+/// unit without `Restart=` is restarted, which also clears what is left of
+/// it. The unit's setting is read when the command runs.
+pub fn unit_restart(unit: &str) -> String {
+    format!(
+        "if [ \"$(systemctl show -p Restart --value '{unit}')\" = no ]; then systemctl restart '{unit}'; else systemctl start '{unit}'; fi"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1003,6 +1016,20 @@ failover = "crm resource move app"
     }
 
     #[test]
+    fn a_unit_with_restart_of_its_own_is_started_not_restarted() {
+        let command = unit_restart("ssh.service");
+        assert!(
+            command.contains("systemctl start 'ssh.service'"),
+            "{command}"
+        );
+        assert!(
+            command.contains("systemctl restart 'ssh.service'"),
+            "{command}"
+        );
+        assert!(command.contains("-p Restart"), "{command}");
+    }
+
+    #[test]
     fn units_and_cgroups_are_targets() {
         let p = parse_text(
             "[[entry]]\nunit = \"sshd.service\"\n[[entry]]\ncgroup = \"/sys/fs/cgroup/app\"\nrestart = \"/opt/app/start\"\n",
@@ -1013,7 +1040,7 @@ failover = "crm resource move app"
         // systemd restarts a unit unless a command is given.
         assert_eq!(
             p.entries[0].restart.as_deref(),
-            Some("systemctl restart 'sshd.service'")
+            Some(unit_restart("sshd.service").as_str())
         );
         assert_eq!(
             p.entries[1].matcher,
