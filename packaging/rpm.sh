@@ -95,7 +95,12 @@ cp -a $stage/. %{buildroot}/
 %post
 systemctl daemon-reload >/dev/null 2>&1 || :
 if [ -x /usr/sbin/semodule ] && [ -f /usr/share/selinux/packages/psmon.pp ] && /usr/sbin/selinuxenabled 2>/dev/null; then
-    /usr/sbin/semodule -i /usr/share/selinux/packages/psmon.pp || :
+    # Loading a module rebuilds the whole policy (a minute on a slow host):
+    # an upgrade that ships the same module leaves the loaded one.
+    sum=\$(sha256sum < /usr/share/selinux/packages/psmon.pp)
+    if [ "\$sum" != "\$(cat /var/lib/psmon/selinux-module.sha256 2>/dev/null)" ] || ! /usr/sbin/semodule -l | grep -qx psmon; then
+        /usr/sbin/semodule -i /usr/share/selinux/packages/psmon.pp && echo "\$sum" > /var/lib/psmon/selinux-module.sha256 || :
+    fi
     /usr/sbin/restorecon -R /usr/sbin/psmon /etc/psmon /var/lib/psmon /var/log/psmon /var/opt/HA/PS/log >/dev/null 2>&1 || :
 fi
 
@@ -111,6 +116,7 @@ if [ \$1 -ge 1 ]; then
 fi
 if [ \$1 -eq 0 ] && [ -x /usr/sbin/semodule ] && /usr/sbin/selinuxenabled 2>/dev/null; then
     /usr/sbin/semodule -r psmon >/dev/null 2>&1 || :
+    rm -f /var/lib/psmon/selinux-module.sha256
 fi
 
 %files -f $files

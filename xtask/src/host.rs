@@ -264,8 +264,11 @@ fn payload(dir: &Path, rpms: &[PathBuf], script: Option<&Path>) -> anyhow::Resul
 
 /// Boots the guest on an overlay of its disk with the payload; streams
 /// what the script writes (the guest's second serial port) and returns its
-/// exit status. The guest's console goes to a file, shown when the guest
-/// ends without saying how the script did.
+/// exit status. A guest that reboots (the scenario asks for one) is booted
+/// again by a new qemu on the same disk: a cold boot, as fast as the first
+/// (a reset qemu emulates the rebooted guest many times slower). The
+/// guest's console goes to a file, shown when the guest ends without saying
+/// how the script did.
 fn boot(dir: &Path, guest: &Guest, payload: &Path) -> anyhow::Result<i32> {
     let overlay = dir.join("root.qcow2");
     sh(
@@ -276,13 +279,54 @@ fn boot(dir: &Path, guest: &Guest, payload: &Path) -> anyhow::Result<i32> {
         "qemu-img create",
     )?;
     let console = dir.join("console.log");
+    let started = Instant::now();
+    for _ in 0..3 {
+        match run_qemu(guest, &overlay, payload, &console, started)? {
+            Ended::Exit(code) => {
+                println!(
+                    "xtask: the guest ran {:.0} s",
+                    started.elapsed().as_secs_f64()
+                );
+                return Ok(code);
+            }
+            Ended::Reboot => println!("xtask: the guest rebooted; booting it again"),
+            Ended::Unknown => break,
+        }
+    }
+    let text = std::fs::read_to_string(&console).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(80).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    bail!(
+        "the guest ended without its script's exit status after {:.0} s; the last of its console:\n{}",
+        started.elapsed().as_secs_f64(),
+        tail.join("\n")
+    )
+}
+
+/// How one run of qemu ended.
+enum Ended {
+    /// The script's exit status.
+    Exit(i32),
+    /// The guest rebooted (qemu runs with -no-reboot, so it stopped).
+    Reboot,
+    /// Neither: the guest died, hung or ran out of time.
+    Unknown,
+}
+
+fn run_qemu(
+    guest: &Guest,
+    overlay: &Path,
+    payload: &Path,
+    console: &Path,
+    started: Instant,
+) -> anyhow::Result<Ended> {
     let drive =
         |path: &Path, format: &str| format!("file={},if=virtio,format={format}", path.display());
     // KVM is present but hangs at boot on these machines: emulate.
     let mut qemu = Command::new("qemu-system-x86_64")
         .args(["-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "2"])
         .args(["-nodefaults", "-no-user-config", "-display", "none"])
-        .args(["-monitor", "none", "-net", "none"])
+        .args(["-monitor", "none", "-net", "none", "-no-reboot"])
         .arg("-kernel")
         .arg(&guest.kernel)
         .arg("-initrd")
@@ -292,7 +336,7 @@ fn boot(dir: &Path, guest: &Guest, payload: &Path) -> anyhow::Result<i32> {
             "root=/dev/vda rw console=ttyS0 selinux=1 security=selinux enforcing=1 panic=-1",
         ])
         .arg("-drive")
-        .arg(drive(&overlay, "qcow2"))
+        .arg(drive(overlay, "qcow2"))
         .arg("-drive")
         .arg(drive(payload, "raw"))
         .arg("-serial")
@@ -312,14 +356,17 @@ fn boot(dir: &Path, guest: &Guest, payload: &Path) -> anyhow::Result<i32> {
             }
         }
     });
-    let started = Instant::now();
-    let mut code = None;
+    let mut ended = Ended::Unknown;
     loop {
         match lines.recv_timeout(Duration::from_secs(1)) {
             Ok(line) => {
                 println!("guest: {line}");
                 if let Some(n) = line.strip_prefix("PSMON-HOST-EXIT ") {
-                    code = n.trim().parse::<i32>().ok();
+                    if let Ok(code) = n.trim().parse::<i32>() {
+                        ended = Ended::Exit(code);
+                    }
+                } else if line == "psmon-host: rebooting" {
+                    ended = Ended::Reboot;
                 }
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
@@ -327,26 +374,12 @@ fn boot(dir: &Path, guest: &Guest, payload: &Path) -> anyhow::Result<i32> {
                 if started.elapsed() > TIME_LIMIT {
                     let _ = qemu.kill();
                     println!("xtask: the guest ran {TIME_LIMIT:?}; stopped");
+                    ended = Ended::Unknown;
                     break;
                 }
             }
         }
     }
     let _ = qemu.wait();
-    println!(
-        "xtask: the guest ran {:.0} s",
-        started.elapsed().as_secs_f64()
-    );
-    match code {
-        Some(code) => Ok(code),
-        None => {
-            let text = std::fs::read_to_string(&console).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(80).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            bail!(
-                "the guest ended without its script's exit status; the last of its console:\n{}",
-                tail.join("\n")
-            )
-        }
-    }
+    Ok(ended)
 }
