@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::{Context, bail, ensure};
 
-use crate::workspace_root;
+use crate::{file_starting_with, sh, workspace_root};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -97,19 +97,6 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let code = result?;
     ensure!(code == 0, "the guest's script exited with {code}");
     Ok(())
-}
-
-fn sh(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run: {what}"))?;
-    ensure!(
-        out.status.success(),
-        "{what} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn install_tools() -> anyhow::Result<()> {
@@ -188,12 +175,7 @@ fn guest() -> anyhow::Result<Guest> {
     )?;
     // Labelled here with the guest's own policy, so that its first boot is
     // already enforcing (no relabelling boot).
-    let policy = std::fs::read_dir(root.join("etc/selinux/default/policy"))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("policy."))
-        })
+    let policy = file_starting_with(&root.join("etc/selinux/default/policy"), "policy.")
         .context("the guest has no compiled SELinux policy")?;
     sh(
         Command::new("setfiles")
@@ -205,17 +187,15 @@ fn guest() -> anyhow::Result<Guest> {
             .arg(&root),
         "setfiles",
     )?;
-    let boot_file = |prefix: &str| -> anyhow::Result<PathBuf> {
-        std::fs::read_dir(root.join("boot"))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
-            })
-            .with_context(|| format!("no {prefix}* in the guest's /boot"))
-    };
-    std::fs::copy(boot_file("vmlinuz-")?, building.join("vmlinuz"))?;
-    std::fs::copy(boot_file("initrd.img-")?, building.join("initrd.img"))?;
+    let boot = root.join("boot");
+    std::fs::copy(
+        file_starting_with(&boot, "vmlinuz-")?,
+        building.join("vmlinuz"),
+    )?;
+    std::fs::copy(
+        file_starting_with(&boot, "initrd.img-")?,
+        building.join("initrd.img"),
+    )?;
     // mke2fs copies the files with their extended attributes (the labels).
     sh(
         Command::new("mkfs.ext4")

@@ -18,6 +18,8 @@ use std::{
 
 use anyhow::{Context, bail, ensure};
 
+use crate::{file_starting_with, sh};
+
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 # Under emulation a source takes seconds to open (BTF is parsed): wait
@@ -129,18 +131,6 @@ pub fn run() -> anyhow::Result<()> {
     })();
     let _ = std::fs::remove_dir_all(&dir);
     result
-}
-
-fn sh(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run: {what}"))?;
-    ensure!(
-        out.status.success(),
-        "{what} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn install_tools() -> anyhow::Result<()> {
@@ -290,13 +280,8 @@ fn fetch_kernel(
             .arg(into.join("x")),
         "dpkg-deb",
     )?;
-    let vmlinuz = std::fs::read_dir(into.join("x/boot"))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz"))
-        })
-        .context("no vmlinuz in the package")?;
+    let vmlinuz =
+        file_starting_with(&into.join("x/boot"), "vmlinuz").context("no vmlinuz in the package")?;
     let keep = Path::new(KERNEL_CACHE).join(name);
     let kept =
         std::fs::create_dir_all(&keep).and_then(|()| std::fs::copy(&vmlinuz, keep.join("vmlinuz")));

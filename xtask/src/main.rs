@@ -131,6 +131,33 @@ fn rpm_builds(releases: &[&str]) -> anyhow::Result<Vec<PathBuf>> {
     Ok(rpms)
 }
 
+/// Runs `cmd` to the end; its stdout, or an error naming `what` with what
+/// it printed.
+fn sh(cmd: &mut std::process::Command, what: &str) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run: {what}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The first file in `dir` whose name starts with `prefix`.
+fn file_starting_with(dir: &std::path::Path, prefix: &str) -> anyhow::Result<PathBuf> {
+    std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+        })
+        .ok_or_else(|| anyhow::anyhow!("no {prefix}* in {}", dir.display()))
+}
+
 fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
