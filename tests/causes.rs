@@ -128,10 +128,12 @@ fn a_segfault_is_the_kernels_with_its_core() {
     kill_with(pid, nix::sys::signal::Signal::SIGUSR1);
     let down = down_of(&mut psmon, pid);
     assert_eq!(down["cause"], "kernel", "{:#?}", psmon.seen);
+    // The message names where the dump went.
     assert!(
-        message(&down).ends_with("Down (SIGSEGV, core dumped)"),
+        message(&down).ends_with("Down (SIGSEGV, core dumped: core_pattern core)"),
         "{down}"
     );
+    assert_eq!(down["core"], "core_pattern core", "{down}");
     assert_eq!(down["core_dumped"], true);
 }
 

@@ -636,7 +636,7 @@ fn down_cause(
         return (" (hang)".to_string(), fields);
     }
     if let Some(cause) = monitor.cause(id, pid) {
-        let text = cause.describe(status);
+        let text = with_dump(cause.describe(status), pid, &mut fields);
         fields.push(("cause", json!(cause.kind())));
         fields.push(("cause_text", json!(text)));
         if let Some(s) = cause.sender() {
@@ -661,13 +661,51 @@ fn down_cause(
     let core = if core_dumped { ", core dumped" } else { "" };
     let why = monitor.cause_unknown().unwrap_or("its sender was not seen");
     fields.push(("cause", json!("unknown")));
-    (
-        format!(
-            " ({}{core}, cause unknown: {why})",
-            crate::cause::signal_name(signal)
-        ),
-        fields,
-    )
+    let text = with_dump(
+        format!("{}{core}", crate::cause::signal_name(signal)),
+        pid,
+        &mut fields,
+    );
+    (format!(" ({text}, cause unknown: {why})"), fields)
+}
+
+/// `text` (a cause that may end in `core dumped`) naming where the dump
+/// went: `core dumped: coredumpctl info 4242` when systemd-coredump takes
+/// the kernel's dumps, `core dumped: core_pattern core.%p` otherwise; and
+/// the same as the field `core`. The dump itself is not waited for: the
+/// kernel has handed it over before the process's exit is seen.
+fn with_dump(text: String, pid: u32, fields: &mut Vec<(&'static str, Value)>) -> String {
+    let Some(head) = text.strip_suffix("core dumped") else {
+        return text;
+    };
+    let Some(dump) = name_dump(core_pattern(), pid) else {
+        return text;
+    };
+    fields.push(("core", json!(dump)));
+    format!("{head}core dumped: {dump}")
+}
+
+/// Where the dump of `pid` went, by the kernel's `core_pattern`.
+fn name_dump(pattern: Option<&str>, pid: u32) -> Option<String> {
+    match pattern? {
+        p if p.starts_with('|') && p.contains("systemd-coredump") => {
+            Some(format!("coredumpctl info {pid}"))
+        }
+        p => Some(format!("core_pattern {}", escape_controls(p))),
+    }
+}
+
+/// The kernel's `core_pattern`, read once.
+fn core_pattern() -> Option<&'static str> {
+    static PATTERN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    PATTERN
+        .get_or_init(|| {
+            std::fs::read_to_string("/proc/sys/kernel/core_pattern")
+                .ok()
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+        })
+        .as_deref()
 }
 
 /// `Process ['P',pid=N] hung (no answer in 10.0 s: why)`.
@@ -806,5 +844,19 @@ mod tests {
         assert!(text.contains("'x\\nERROR FAKE\\x1b[2J'"), "{text}");
         assert!(text.contains("killer_comm=x\\nERROR FAKE"), "{text}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_dump_is_named_where_it_went() {
+        let coredump = "|/lib/systemd/systemd-coredump %P %u %g %s %t 9223372036854775808 %h";
+        assert_eq!(
+            name_dump(Some(coredump), 4242).as_deref(),
+            Some("coredumpctl info 4242")
+        );
+        assert_eq!(
+            name_dump(Some("core.%p"), 7).as_deref(),
+            Some("core_pattern core.%p")
+        );
+        assert_eq!(name_dump(None, 7), None);
     }
 }

@@ -95,8 +95,14 @@ restart = "/usr/local/bin/victim 100000 >/dev/null 2>&1 &"
 retry = 1
 action = "switch"
 failover = "touch /run/psmon-host-failed-over"
+[[entry]]
+path = "/usr/local/bin/crasher"
+restart = "/usr/local/bin/crasher 100000 >/dev/null 2>&1 &"
+retry = 3
 TOML
     /usr/local/bin/victim 100000 >/dev/null 2>&1 &
+    cp /usr/bin/sleep /usr/local/bin/crasher
+    (ulimit -c unlimited && exec /usr/local/bin/crasher 100000 >/dev/null 2>&1) &
     for u in $units redis-server; do
         eval "before_${u//-/_}=\$(domain \$(main_pid $u))"
     done
@@ -175,6 +181,24 @@ TOML
     pkill -9 -x victim
     check "victim: the failover command ran" wait_for 10 test -e /run/psmon-host-failed-over
     check "victim: Retry over in psmon's log" grep -q "Retry over ('/usr/local/bin/victim')" "$log"
+
+    echo "# a crash with a core, taken by systemd-coredump"
+    local crashed
+    crashed=$(pgrep -x crasher)
+    kill -SEGV "$crashed"
+    check "crasher: Down names the dump" \
+        wait_for 30 grep -q "Process \['/usr/local/bin/crasher',pid=$crashed\] Down (SIGSEGV, core dumped: coredumpctl info $crashed" "$log"
+    check "crasher: restarted" wait_for 30 sh -c "pgrep -x crasher | grep -vqx $crashed"
+    check "coredumpctl has the dump" wait_for 120 sh -c "coredumpctl -q info $crashed | grep -q 'Signal: 11'"
+    local restarted dumped
+    restarted=$(journalctl -u psmon -o short-unix --no-pager | grep -m1 "Try to restart ('/usr/local/bin/crasher')" | cut -d' ' -f1)
+    dumped=$(journalctl -o short-unix --no-pager | grep -m1 "Process $crashed (crasher) of user 0 dumped core" | cut -d' ' -f1)
+    if [ -n "$restarted" ] && [ -n "$dumped" ] && awk -v r="$restarted" -v d="$dumped" 'BEGIN {exit !(r <= d)}'; then
+        ok "crasher: restarted before the dump was written"
+        number "restart-before-dump-written $(awk -v r="$restarted" -v d="$dumped" 'BEGIN {printf "%d", (d - r) * 1000}') ms"
+    else
+        not_ok "crasher: restart at ${restarted:-?}, dump written at ${dumped:-?}"
+    fi
 
     echo "# the journal"
     check "journalctl -u psmon -p warning has the Down messages (warning)" \
