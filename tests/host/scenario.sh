@@ -97,12 +97,14 @@ action = "switch"
 failover = "touch /run/psmon-host-failed-over"
 [[entry]]
 path = "/usr/local/bin/crasher"
-restart = "/usr/local/bin/crasher 100000 >/dev/null 2>&1 &"
+restart = "/usr/local/bin/crasher -c 'import time; time.sleep(100000)' >/dev/null 2>&1 &"
 retry = 3
 TOML
     /usr/local/bin/victim 100000 >/dev/null 2>&1 &
-    cp /usr/bin/sleep /usr/local/bin/crasher
-    (ulimit -c unlimited && exec /usr/local/bin/crasher 100000 >/dev/null 2>&1) &
+    # A python with 200 MB of its own memory: a core big enough that
+    # systemd-coredump takes a while over it.
+    cp "$(readlink -f /usr/bin/python3)" /usr/local/bin/crasher
+    (ulimit -c unlimited && exec /usr/local/bin/crasher -c "b = bytearray(b'x') * (200 << 20); import time; time.sleep(100000)" >/dev/null 2>&1) &
     for u in $units redis-server; do
         eval "before_${u//-/_}=\$(domain \$(main_pid $u))"
     done
@@ -185,11 +187,12 @@ TOML
     echo "# a crash with a core, taken by systemd-coredump"
     local crashed
     crashed=$(pgrep -x crasher)
+    wait_for 60 sh -c "[ \$(awk '/VmRSS/ {print \$2}' /proc/$crashed/status) -gt 200000 ]"
     kill -SEGV "$crashed"
     check "crasher: Down names the dump" \
-        wait_for 30 grep -q "Process \['/usr/local/bin/crasher',pid=$crashed\] Down (SIGSEGV, core dumped: coredumpctl info $crashed" "$log"
+        wait_for 60 grep -q "Process \['/usr/local/bin/crasher',pid=$crashed\] Down (.*core dumped: coredumpctl info $crashed" "$log"
     check "crasher: restarted" wait_for 30 sh -c "pgrep -x crasher | grep -vqx $crashed"
-    check "coredumpctl has the dump" wait_for 120 sh -c "coredumpctl -q info $crashed | grep -q 'Signal: 11'"
+    check "coredumpctl has the dump" wait_for 180 sh -c "coredumpctl -q info $crashed | grep -q 'Signal: 11'"
     local restarted dumped
     restarted=$(journalctl -u psmon -o short-unix --no-pager | grep -m1 "Try to restart ('/usr/local/bin/crasher')" | cut -d' ' -f1)
     dumped=$(journalctl -o short-unix --no-pager | grep -m1 "Process $crashed (crasher) of user 0 dumped core" | cut -d' ' -f1)
@@ -305,6 +308,37 @@ boot2() {
         check "$u started once at boot" sh -c "[ \$(journalctl -b -u $u -o cat | grep -c '^Started ') = 1 ]"
     done
     check "psmon started the victim, which nothing else starts" wait_for 30 pgrep -x victim
+    denials_check
+
+    echo "# the shipped pfile_os lines, by path, with Debian's names (ssh, cron)"
+    rm /etc/psmon/units.toml
+    sed -i '/^\/usr\/bin\/redis-server /d' /etc/psmon/pfile_os
+    cat >>/etc/psmon/pfile_os <<'PFILE'
+/usr/sbin/rsyslogd        :systemctl start rsyslog   :86400:3 :continue
+/usr/sbin/cron            :systemctl start cron      :86400:3 :continue
+/usr/sbin/sshd            :systemctl start ssh       :86400:3 :continue
+/usr/bin/redis-server     :systemctl start redis-server :86400:3 :continue
+PFILE
+    cp /etc/psmon/pfile_os /var/lib/psmon-host/pfile_os.edited
+    check "psmon reload takes the pfile" psmon reload
+    # Someone is logged in: the session's sshd runs /usr/sbin/sshd too.
+    mkdir -p /root/.ssh && chmod 700 /root/.ssh
+    ssh-keygen -q -t ed25519 -N '' -f /root/.ssh/id_ed25519
+    cat /root/.ssh/id_ed25519.pub >>/root/.ssh/authorized_keys
+    restorecon -R /root/.ssh
+    ssh -o StrictHostKeyChecking=no -o BatchMode=yes root@127.0.0.1 sleep 600 >/dev/null 2>&1 &
+    check "a session is open" wait_for 60 sh -c "[ \$(pgrep -c -x sshd) -ge 2 ]"
+    for d in sshd:ssh cron:cron rsyslogd:rsyslog; do
+        local path=/usr/sbin/${d%%:*} unit=${d#*:} old
+        old=$(main_pid "$unit")
+        kill -9 "$old"
+        check "$path: Down (for sshd while a session runs the same file)" \
+            wait_for 30 grep -q "Process \['$path',pid=$old\] Down" "$log"
+        check "$unit: active again with a new MainPID" \
+            wait_for 60 sh -c "systemctl is-active -q $unit && [ \$(systemctl show -p MainPID --value $unit) != $old ]"
+        check "$path: Up again" wait_for 30 grep -q "('$path',pid=$(main_pid "$unit")) Up" "$log"
+    done
+    check "the session survived the listener's death" sh -c "pgrep -f 'sleep 600' >/dev/null"
     denials_check
 
     echo "# rpm -U to a newer build"

@@ -122,7 +122,7 @@ fn install_tools() -> anyhow::Result<()> {
     )?;
     sh(
         Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(["install", "-y", "-qq"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
         "apt-get install",
