@@ -125,7 +125,7 @@ impl Survey<'_> {
                 && let Some(entrypoint) = selinux_entrypoint(&e.path)
             {
                 warn(format!(
-                    "SELinux is enabled and {} is a daemon's entry point ({entrypoint}): started by `{command}` it runs in the domain of psmon's restart commands (unconfined_t), not in its own as when systemd starts it; restart it with `systemctl restart UNIT` to keep its domain",
+                    "SELinux is enabled and {} is a daemon's entry point ({entrypoint}): started by `{command}` it runs in the domain of psmon's restart commands (unconfined_t), not in its own as when systemd starts it; restart it through systemd to keep its domain (`systemctl start UNIT` for a unit that restarts itself, `systemctl restart UNIT` for one that does not)",
                     e.path.display()
                 ));
             }
@@ -192,16 +192,14 @@ fn unit_restart_policy(unit: &str) -> Option<String> {
 }
 
 /// The SELinux type of `path` when SELinux is enabled and the file is a
-/// daemon's entry point (`…_exec_t`, other than the plain `bin_t` family
-/// a shell would run in its own domain).
+/// daemon's entry point (`…_exec_t`, other than the shell's).
 fn selinux_entrypoint(path: &Path) -> Option<String> {
     if !Path::new("/sys/fs/selinux/enforce").exists() {
         return None;
     }
     let label = xattr_selinux(&std::fs::canonicalize(path).ok()?)?;
     let kind = label.split(':').nth(2)?.to_string();
-    (kind.ends_with("_exec_t") && !matches!(kind.as_str(), "shell_exec_t" | "bin_t"))
-        .then_some(kind)
+    (kind.ends_with("_exec_t") && kind != "shell_exec_t").then_some(kind)
 }
 
 /// The `security.selinux` attribute of a file.
@@ -367,5 +365,25 @@ impl Survey<'_> {
             );
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plain_systemctl_restart_names_its_unit() {
+        assert_eq!(
+            systemctl_restart_unit("systemctl restart sshd").as_deref(),
+            Some("sshd")
+        );
+        assert_eq!(
+            systemctl_restart_unit("/usr/bin/systemctl restart 'ssh.service'").as_deref(),
+            Some("ssh.service")
+        );
+        assert_eq!(systemctl_restart_unit("systemctl start sshd"), None);
+        assert_eq!(systemctl_restart_unit("systemctl restart a b"), None);
+        assert_eq!(systemctl_restart_unit("/opt/app/restart"), None);
     }
 }
