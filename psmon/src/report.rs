@@ -129,10 +129,8 @@ impl Reporter {
             LogFormat::Text => {
                 let mut line = format!("{time} {name:<5} {}", escape_controls(message));
                 for (k, v) in fields {
-                    match v {
-                        Value::Null => {}
-                        Value::String(s) => line.push_str(&format!(" {k}={}", escape_controls(s))),
-                        other => line.push_str(&format!(" {k}={other}")),
+                    if let Some(text) = field_text(v) {
+                        line.push_str(&format!(" {k}={text}"));
                     }
                 }
                 line
@@ -149,17 +147,23 @@ impl Reporter {
         let record = if logsink::to_journal() {
             let fields: Vec<(&str, String)> = fields
                 .iter()
-                .filter_map(|(k, v)| match v {
-                    Value::Null => None,
-                    Value::String(s) => Some((*k, escape_controls(s).into_owned())),
-                    other => Some((*k, other.to_string())),
-                })
+                .filter_map(|(k, v)| Some((*k, field_text(v)?.into_owned())))
                 .collect();
             logsink::journal_record(severity, &message, &fields)
         } else {
             logsink::syslog_record(severity, &message)
         };
         logsink::line(line.into_bytes(), true, Some(record));
+    }
+}
+
+/// A field's value as a log line and the journal show it: strings with
+/// their control characters escaped, other values as JSON, nothing for null.
+fn field_text(value: &Value) -> Option<std::borrow::Cow<'_, str>> {
+    match value {
+        Value::Null => None,
+        Value::String(s) => Some(escape_controls(s)),
+        other => Some(std::borrow::Cow::Owned(other.to_string())),
     }
 }
 
