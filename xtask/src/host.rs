@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::{Context, bail, ensure};
 
-use crate::{file_starting_with, sh, workspace_root};
+use crate::{file_starting_with, install_missing, sh, workspace_root};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -100,34 +100,13 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
 }
 
 fn install_tools() -> anyhow::Result<()> {
-    let tools = [
+    install_missing(&[
         ("/usr/bin/qemu-system-x86_64", "qemu-system-x86"),
         ("/usr/bin/qemu-img", "qemu-utils"),
         ("/usr/bin/mmdebstrap", "mmdebstrap"),
         ("/usr/sbin/setfiles", "policycoreutils"),
         ("/usr/sbin/mkfs.ext4", "e2fsprogs"),
-    ];
-    let missing: Vec<&str> = tools
-        .iter()
-        .filter(|(path, _)| !Path::new(path).exists())
-        .map(|(_, package)| *package)
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    println!("xtask: installing {}", missing.join(" "));
-    sh(
-        Command::new("apt-get").args(["update", "-qq"]),
-        "apt-get update",
-    )?;
-    sh(
-        Command::new("apt-get")
-            .args(["install", "-y", "-qq"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-        "apt-get install",
-    )?;
-    Ok(())
+    ])
 }
 
 /// The files the guest is made from, besides its packages.

@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{Context, bail, ensure};
 
-use crate::{file_starting_with, sh};
+use crate::{file_starting_with, install_missing, sh};
 
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -134,33 +134,13 @@ pub fn run() -> anyhow::Result<()> {
 }
 
 fn install_tools() -> anyhow::Result<()> {
-    let have = |p: &str| Path::new(p).exists();
-    if have("/usr/bin/qemu-system-x86_64")
-        && have("/bin/busybox")
-        && have("/usr/bin/cpio")
-        && have("/usr/bin/musl-gcc")
-    {
-        return Ok(());
-    }
-    println!("xtask: installing qemu, busybox-static, cpio and musl-tools");
-    sh(
-        Command::new("apt-get").args(["update", "-qq"]),
-        "apt-get update",
-    )?;
-    sh(
-        Command::new("apt-get").args([
-            "install",
-            "-y",
-            "-qq",
-            "qemu-system-x86",
-            "busybox-static",
-            "cpio",
-            // ring (TLS) compiles C for the static musl build.
-            "musl-tools",
-        ]),
-        "apt-get install",
-    )?;
-    Ok(())
+    install_missing(&[
+        ("/usr/bin/qemu-system-x86_64", "qemu-system-x86"),
+        ("/bin/busybox", "busybox-static"),
+        ("/usr/bin/cpio", "cpio"),
+        // ring (TLS) compiles C for the static musl build.
+        ("/usr/bin/musl-gcc", "musl-tools"),
+    ])
 }
 
 fn initramfs(dir: &Path, psmon: &Path) -> anyhow::Result<PathBuf> {

@@ -73,14 +73,8 @@ fn main() -> ExitCode {
 /// RHEL 9's 2.34 as well as the newer one of the machine that built it.
 fn static_build() -> anyhow::Result<PathBuf> {
     let target = "x86_64-unknown-linux-musl";
-    if !std::path::Path::new("/usr/bin/musl-gcc").exists() {
-        println!("xtask: installing musl-tools");
-        let status = std::process::Command::new("apt-get")
-            .args(["install", "-y", "-qq", "musl-tools"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()?;
-        anyhow::ensure!(status.success(), "apt-get install musl-tools failed");
-    }
+    // ring (TLS) compiles C: with musl's wrapper.
+    install_missing(&[("/usr/bin/musl-gcc", "musl-tools")])?;
     let status = std::process::Command::new("rustup")
         .args(["target", "add", target])
         .status()?;
@@ -145,6 +139,32 @@ fn sh(cmd: &mut std::process::Command, what: &str) -> anyhow::Result<String> {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Installs, from Debian's packages, each package whose file is missing
+/// (`(file, package)` pairs); a no-op when every file is there.
+fn install_missing(tools: &[(&str, &str)]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = tools
+        .iter()
+        .filter(|(path, _)| !std::path::Path::new(path).exists())
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("xtask: installing {}", missing.join(" "));
+    sh(
+        std::process::Command::new("apt-get").args(["update", "-qq"]),
+        "apt-get update",
+    )?;
+    sh(
+        std::process::Command::new("apt-get")
+            .args(["install", "-y", "-qq"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        "apt-get install",
+    )?;
+    Ok(())
 }
 
 /// The first file in `dir` whose name starts with `prefix`.
