@@ -185,10 +185,14 @@ pub fn zombie_status(tgid: u32, start_ticks: u64) -> Option<crate::event::ExitSt
         .map(|c| crate::event::ExitStatus::from_wait_status(c as u32))
 }
 
-/// Whether `tgid` is a zombie now: dead, its parent's wait pending.
-pub fn is_zombie(tgid: u32) -> bool {
+/// `tgid` has exited or is exiting and is not yet reaped: a zombie, or
+/// its leader is inside `do_exit` (the proc connector reports an exit
+/// before the task becomes a zombie). Until it is reaped, `kill(pid, 0)`
+/// still succeeds, so a daemon whose pidfile names it refuses to start.
+/// A pid reused by a new process is not exiting.
+pub fn is_going(tgid: u32) -> bool {
     let mut buf = Vec::with_capacity(512);
-    read_stat(tgid, &mut buf).is_some_and(|s| s.is_dead())
+    read_stat(tgid, &mut buf).is_some_and(|s| s.is_dead() || s.flags & PF_EXITING != 0)
 }
 
 /// `/proc/TGID/exe`, when it can be read (not for zombies or kernel threads).
@@ -377,5 +381,23 @@ mod tests {
             super::exe(me.tgid).map(|p| p.into_os_string().into_encoded_bytes())
         );
         assert!(snapshot().iter().any(|e| e.tgid == me.tgid));
+    }
+
+    #[test]
+    fn a_child_is_going_from_its_death_until_it_is_reaped() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        assert!(!is_going(pid), "alive");
+        child.kill().unwrap();
+        let mut buf = Vec::new();
+        while !read_stat(pid, &mut buf).is_some_and(|s| s.is_dead()) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(is_going(pid), "a zombie");
+        child.wait().unwrap();
+        assert!(!is_going(pid), "reaped");
     }
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Effect, EntryId, Monitor, Notice};
+use super::{Effect, EntryId, Monitor, Notice, REAP_WAIT};
 use crate::{
     clock::Time,
     config::{Action as OnRetryOver, Config, Group, ProbeKind},
@@ -58,6 +58,10 @@ pub(super) struct GroupWatch {
     /// Failed attempts in a row (the back-off doubles with each).
     #[serde(default)]
     failures: u32,
+    /// The instances the current restart saw die or stopped: awaited until
+    /// reaped before the first member starts.
+    #[serde(default)]
+    stopped: Vec<u32>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -66,6 +70,11 @@ enum GroupPhase {
     Watching,
     /// Stopping member `at` (members above it are stopped already).
     Stopping { at: usize, deadline: Time },
+    /// Every member is stopped; the instances that died or were stopped
+    /// are awaited until reaped (a daemon whose pidfile names a zombie
+    /// refuses to start), at most until `deadline`. `entry` is the member
+    /// whose [`Input::Reaped`](super::Input::Reaped) ends the wait.
+    Reaping { entry: EntryId, deadline: Time },
     /// Starting member `at` (those below it are Up and ready); `up` once it
     /// is Up and only its readiness is awaited.
     Starting { at: usize, deadline: Time, up: bool },
@@ -221,6 +230,7 @@ impl Monitor {
             if matches!(
                 watch.phase,
                 GroupPhase::Stopping { .. }
+                    | GroupPhase::Reaping { .. }
                     | GroupPhase::Starting { .. }
                     | GroupPhase::Backoff { .. }
             ) {
@@ -266,7 +276,7 @@ impl Monitor {
                     name: conf.group.name.clone(),
                     state: match w.phase {
                         GroupPhase::Watching => "watching",
-                        GroupPhase::Stopping { .. } => "stopping",
+                        GroupPhase::Stopping { .. } | GroupPhase::Reaping { .. } => "stopping",
                         GroupPhase::Starting { .. } => "starting",
                         GroupPhase::Backoff { .. } => "backoff",
                         GroupPhase::RetryOver if w.failover_sent => "failed_over",
@@ -356,19 +366,27 @@ impl Monitor {
     /// of a back-off (unless a command is awaited: its end is an input).
     pub(super) fn group_deadlines(&self) -> impl Iterator<Item = Time> + '_ {
         (0..self.groups.len()).filter_map(|g| match self.groups[g].phase {
-            GroupPhase::Stopping { deadline, .. } | GroupPhase::Starting { deadline, .. } => {
-                Some(deadline)
-            }
+            GroupPhase::Stopping { deadline, .. }
+            | GroupPhase::Reaping { deadline, .. }
+            | GroupPhase::Starting { deadline, .. } => Some(deadline),
             GroupPhase::Backoff { until, .. } if !self.attempt_blocked(g) => Some(until),
             _ => None,
         })
     }
 
     /// A member's restart command finished, or its dead instance was
-    /// reaped: a back-off may be over.
+    /// reaped: a back-off may be over, or the first member may start.
     pub(super) fn group_unblocked(&mut self, id: EntryId, now: Time, out: &mut Vec<Effect>) {
-        if let Some(g) = self.group_of(id) {
-            self.try_again(g, now, out);
+        let Some(g) = self.group_of(id) else {
+            return;
+        };
+        match self.groups[g].phase {
+            GroupPhase::Reaping { entry, .. }
+                if entry == id && !self.watches[id.index()].reaping =>
+            {
+                self.start(g, 0, now, out)
+            }
+            _ => self.try_again(g, now, out),
         }
     }
 
@@ -396,6 +414,8 @@ impl Monitor {
             .iter()
             .all(|m| self.watches[m.index()].running >= self.config[m.index()].min.max(1));
         if !all_up {
+            // The failed attempt's dead instances were awaited already.
+            self.groups[g].stopped.clear();
             self.restart(g, cause, false, now, out);
             return;
         }
@@ -419,6 +439,10 @@ impl Monitor {
                     let entry = self.group_conf[g].members[at];
                     self.say(g, GroupEvent::NotStopped { entry }, now, out);
                     self.stop_from(g, at, now, out);
+                }
+                // Not reaped within REAP_WAIT: the first member starts anyway.
+                GroupPhase::Reaping { deadline, .. } if now >= deadline => {
+                    self.start(g, 0, now, out)
                 }
                 GroupPhase::Starting { at, deadline, up } if now >= deadline => {
                     let entry = self.group_conf[g].members[at];
@@ -474,11 +498,19 @@ impl Monitor {
         out: &mut Vec<Effect>,
     ) {
         match self.groups[g].phase {
-            GroupPhase::Watching => self.restart(g, id, first_look, now, out),
+            GroupPhase::Watching => {
+                // The instance that died is awaited with those the restart
+                // stops.
+                let dead = self.watches[id.index()].last_down.and_then(|(pid, _)| pid);
+                self.groups[g].stopped = dead.filter(|_| !first_look).into_iter().collect();
+                self.restart(g, id, first_look, now, out)
+            }
             // The next attempt restarts it.
             GroupPhase::RetryOver | GroupPhase::Backoff { .. } => self.settle_down(id),
             // A member started earlier in this sequence died: it failed.
-            GroupPhase::Stopping { .. } | GroupPhase::Starting { .. } => {
+            GroupPhase::Stopping { .. }
+            | GroupPhase::Reaping { .. }
+            | GroupPhase::Starting { .. } => {
                 self.start_failed(g, id, "died while its group started".into(), now, out)
             }
         }
@@ -592,7 +624,8 @@ impl Monitor {
     }
 
     /// Stops the highest running member below `above`; when none runs,
-    /// starts the first.
+    /// awaits the reaping of what died or was stopped, then starts the
+    /// first.
     fn stop_from(&mut self, g: usize, above: usize, now: Time, out: &mut Vec<Effect>) {
         let grace = self.group_conf[g].group.kill_grace;
         for at in (0..above).rev() {
@@ -617,11 +650,30 @@ impl Monitor {
                 out,
             );
             for (tgid, start) in pids {
+                self.groups[g].stopped.push(tgid);
                 out.push(Effect::Kill { tgid, start, grace });
             }
             return;
         }
-        self.start(g, 0, now, out);
+        let tgids = std::mem::take(&mut self.groups[g].stopped);
+        let Some(&entry) = self.group_conf[g].members.first() else {
+            return;
+        };
+        if tgids.is_empty() {
+            self.start(g, 0, now, out);
+            return;
+        }
+        self.groups[g].phase = GroupPhase::Reaping {
+            entry,
+            deadline: now + REAP_WAIT + STOP_MARGIN,
+        };
+        let w = &mut self.watches[entry.index()];
+        w.reaping = true;
+        out.push(Effect::AwaitReaped {
+            path: w.path.clone(),
+            tgids,
+            pgid: None,
+        });
     }
 
     /// Starts member `at` (the ones before it are ready); past the last,

@@ -223,14 +223,14 @@ pub enum Effect {
         tgid: u32,
         watch: bool,
     },
-    /// An attempt failed: wait until `tgid` (the instance that died) is no
-    /// zombie (at most [`REAP_WAIT`]) and nothing the last restart command
+    /// An attempt failed: wait until `tgids` (the instances that died) are
+    /// reaped (at most [`REAP_WAIT`]) and nothing the last restart command
     /// (process group `pgid`) left is running — what it left once it has
     /// finished is stopped (SIGTERM, SIGKILL after [`LEFTOVER_GRACE`]), so
     /// the next attempt never runs beside it. Answered by [`Input::Reaped`].
     AwaitReaped {
         path: PathBuf,
-        tgid: Option<u32>,
+        tgids: Vec<u32>,
         pgid: Option<u32>,
     },
     /// Answered by [`Input::Pidfile`].
@@ -1921,7 +1921,7 @@ impl Monitor {
                     w.reaping = true;
                     out.push(Effect::AwaitReaped {
                         path: w.path.clone(),
-                        tgid,
+                        tgids: tgid.into_iter().collect(),
                         pgid: w.last_pgid,
                     });
                 }

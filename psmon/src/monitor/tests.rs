@@ -714,7 +714,7 @@ fn a_restart_that_dies_early_backs_off_then_tries_again() {
     // The next attempt waits for the dead instance's reaping too.
     assert!(w.out.contains(&Effect::AwaitReaped {
         path: "/d".into(),
-        tgid: Some(100),
+        tgids: vec![100],
         pgid: None,
     }));
     assert_eq!(w.m.next_deadline(w.now), None);

@@ -28,12 +28,12 @@ const POLL: Duration = Duration::from_millis(20);
 /// own time limit normally ends it much sooner.
 const COMMAND_WAIT: Duration = Duration::from_secs(3600);
 
-/// Waits until `tgid` (the instance that died) is no zombie, at most
+/// Waits until `tgids` (the instances that died) are reaped, at most
 /// [`REAP_WAIT`], then [`stop`]s what group `pgid` holds; returns `pgid`
 /// if anything was stopped.
-pub async fn settle(tgid: Option<u32>, pgid: Option<u32>) -> Option<u32> {
+pub async fn settle(tgids: &[u32], pgid: Option<u32>) -> Option<u32> {
     let until = Instant::now() + REAP_WAIT;
-    while tgid.is_some_and(procfs::is_zombie) && Instant::now() < until {
+    while tgids.iter().any(|&tgid| procfs::is_going(tgid)) && Instant::now() < until {
         sleep(POLL).await;
     }
     match pgid {

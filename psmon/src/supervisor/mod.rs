@@ -499,10 +499,10 @@ impl Supervisor {
                     }
                 }
             }
-            Effect::AwaitReaped { path, tgid, pgid } => {
+            Effect::AwaitReaped { path, tgids, pgid } => {
                 let tx = self.back_tx.clone();
                 self.helpers.spawn(async move {
-                    let stopped = leftovers::settle(tgid, pgid).await;
+                    let stopped = leftovers::settle(&tgids, pgid).await;
                     // By path: a reload meanwhile renumbers entries.
                     let input = Input::Reaped { path, stopped };
                     let _ = tx.send(Back::Input {

@@ -65,6 +65,25 @@ fn run_commands(w: &World) -> Vec<(String, Job)> {
         .collect()
 }
 
+/// Every member is stopped: the group awaits the reaping of `tgids` (the
+/// one that died, then those it stopped) before the first starts.
+fn reaped(w: &mut World, tgids: &[u32]) {
+    assert!(w.runs().is_empty(), "nothing starts before the reaping");
+    assert!(
+        w.out.contains(&Effect::AwaitReaped {
+            path: "/a".into(),
+            tgids: tgids.to_vec(),
+            pgid: None,
+        }),
+        "{:?}",
+        w.out
+    );
+    w.feed(Input::Reaped {
+        path: "/a".into(),
+        stopped: None,
+    });
+}
+
 /// The member's process appears after its restart command.
 fn appears(w: &mut World, id: EntryId, tgid: u32) {
     w.feed(Input::Execd {
@@ -115,6 +134,7 @@ fn a_killed_middle_member_stops_in_reverse_and_starts_in_order() {
     assert!(w.actions().is_empty(), "a held member is not reported");
     assert_eq!(kills(&w), vec![100], "then the first (the second is down)");
     w.exit(100, 1, KILLED);
+    reaped(&mut w, &[200, 300, 100]);
     assert_eq!(
         events(&w),
         vec![GroupEvent::Starting { entry: A }],
@@ -168,6 +188,7 @@ fn a_member_that_does_not_start_leaves_later_ones_unstarted() {
     w.exit(100, 1, KILLED);
     w.exit(300, 1, KILLED);
     w.exit(200, 1, KILLED);
+    reaped(&mut w, &[100, 300, 200]);
     assert_eq!(run_commands(&w), vec![("start /a".into(), Job::Restart)]);
     w.done("/a", true);
     appears(&mut w, A, 101);
@@ -206,6 +227,7 @@ fn a_start_that_times_out_fails_the_attempt_and_tries_again() {
     w.exit(100, 1, KILLED);
     w.exit(300, 1, KILLED);
     w.exit(200, 1, KILLED);
+    reaped(&mut w, &[100, 300, 200]);
     w.done("/a", true);
     // /a never appears: its group gives up on it after start_timeout.
     w.tick();
@@ -254,12 +276,14 @@ fn the_third_failure_in_the_window_switches_once() {
             assert_eq!(events(&w), vec![GroupEvent::UpAgain]);
             break;
         }
-        for (id, path) in [(B, "/b"), (A, "/a")] {
+        let mut dead = vec![c];
+        for id in [B, A] {
             let (tgid, start) = w.m.main_instance(id).unwrap();
             assert_eq!(kills(&w), vec![tgid], "round {round}");
             w.exit(tgid, start, KILLED);
-            let _ = path;
+            dead.push(tgid);
         }
+        reaped(&mut w, &dead);
         for (id, path) in [(A, "/a"), (B, "/b"), (C, "/c")] {
             w.done(path, true);
             pid += 1;
@@ -286,6 +310,7 @@ fn a_member_with_a_probe_is_ready_when_it_answers() {
     w.exit(100, 1, KILLED);
     w.exit(300, 1, KILLED);
     w.exit(200, 1, KILLED);
+    reaped(&mut w, &[100, 300, 200]);
     w.done("/a", true);
     appears(&mut w, A, 101);
     assert!(events(&w).is_empty(), "Up, not yet ready: {:?}", w.out);
@@ -347,6 +372,7 @@ fn at_start_up_a_group_with_nothing_running_is_started_in_order() {
     ));
     assert_eq!(kills(&w), vec![200]);
     w.exit(200, 1, KILLED);
+    reaped(&mut w, &[200]);
     assert_eq!(run_commands(&w), vec![("start /a".into(), Job::Restart)]);
 }
 
@@ -365,6 +391,7 @@ fn a_drill_on_a_member_is_not_counted() {
     assert_eq!(kills(&w), vec![200]);
     w.exit(200, 1, KILLED);
     w.exit(100, 1, KILLED);
+    reaped(&mut w, &[300, 200, 100]);
     for (id, path, pid) in [(A, "/a", 101), (B, "/b", 201), (C, "/c", 301)] {
         w.done(path, true);
         appears(&mut w, id, pid);
@@ -408,4 +435,39 @@ fn a_group_with_a_paused_member_is_left_alone() {
     assert!(kills(&w).is_empty() && w.runs().is_empty(), "{:?}", w.out);
     assert_eq!(w.m.status(w.now)[2].state, "down");
     assert_eq!(w.m.next_deadline(w.now), None);
+}
+
+#[test]
+fn a_group_starts_once_what_died_and_what_it_stopped_is_reaped() {
+    // A daemon whose pidfile still names its zombie refuses to start
+    // ("already running"): the first member waits for the reaping.
+    let mut w = store(group(2, OnRetryOver::Continue), three());
+    w.exit(300, 1, KILLED);
+    w.exit(200, 1, KILLED);
+    let stopped_at = w.now;
+    w.exit(100, 1, KILLED);
+    assert!(w.runs().is_empty());
+    assert!(w.out.contains(&Effect::AwaitReaped {
+        path: "/a".into(),
+        tgids: vec![300, 200, 100],
+        pgid: None,
+    }));
+    assert_eq!(w.m.group_status(w.now)[0].state, "stopping");
+    // Another member's reaping is not this one.
+    w.feed(Input::Reaped {
+        path: "/b".into(),
+        stopped: None,
+    });
+    assert!(w.runs().is_empty());
+    // Never reaped (a subreaper that does not reap): the group goes on
+    // after REAP_WAIT rather than for ever.
+    w.tick();
+    assert!(w.now >= stopped_at + REAP_WAIT, "{:?}", w.now);
+    assert_eq!(run_commands(&w), vec![("start /a".into(), Job::Restart)]);
+    // The late answer starts nothing twice.
+    w.feed(Input::Reaped {
+        path: "/a".into(),
+        stopped: None,
+    });
+    assert!(w.runs().is_empty());
 }
