@@ -46,6 +46,10 @@ pub struct Options {
     /// endpoint and event push, k: cost under churn); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<char>,
+    /// In (d), run only the rows whose label contains this text (e.g.
+    /// `sleeping`).
+    #[arg(long)]
+    rows: Option<String>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -288,6 +292,7 @@ impl Bench {
                 &self.dir,
                 kills,
                 &self.exec_program,
+                self.opts.rows.as_deref(),
             )?);
         }
         if wanted('g') {

@@ -228,12 +228,26 @@ fn status_field(pid: u32, name: &str) -> anyhow::Result<u64> {
         .parse()?)
 }
 
+/// How a row's restart command starts the stamper.
+#[derive(Clone, Copy, PartialEq)]
+enum Via {
+    /// `stamper OUT VICTIM`, no shell syntax: psmon spawns it.
+    Direct,
+    /// Through `/bin/sh -c` (the quotes make psmon use a shell).
+    Shell,
+    /// A bash script whose first line runs the stamper as its child (a
+    /// fork, as a restart script's first command is).
+    Script,
+}
+
 /// One row of (d).
 struct RestartCase {
     label: &'static str,
+    /// `none`: no psmon; the bench starts the stamper itself, at the same
+    /// pace, so the host's own start-up cost is beside psmon's.
     source: &'static str,
-    /// Through `/bin/sh -c` (the quotes make psmon use a shell).
-    shell: bool,
+    /// How the stamper is started.
+    via: Via,
     /// While unwatched processes exec at this rate (0: none).
     storm_rate: u32,
     /// While another watched process forks short-lived children at this
@@ -241,72 +255,155 @@ struct RestartCase {
     churn_rate: u32,
     /// psmon saves its state on every change (`--no-state` otherwise).
     state: bool,
+    /// Unwatched processes sleeping on the host meanwhile (0: none): each
+    /// reconciliation scan reads them all.
+    sleepers: u32,
 }
 
 const RESTART_CASES: &[RestartCase] = &[
     RestartCase {
         label: "ebpf, direct",
         source: "ebpf",
-        shell: false,
+        via: Via::Direct,
         storm_rate: 0,
         churn_rate: 0,
         state: true,
+        sleepers: 0,
     },
     RestartCase {
         label: "ebpf, direct, no state saved",
         source: "ebpf",
-        shell: false,
+        via: Via::Direct,
         storm_rate: 0,
         churn_rate: 0,
         state: false,
+        sleepers: 0,
     },
     RestartCase {
         label: "ebpf, through /bin/sh",
         source: "ebpf",
-        shell: true,
+        via: Via::Shell,
         storm_rate: 0,
         churn_rate: 0,
         state: true,
+        sleepers: 0,
     },
     RestartCase {
         label: "ebpf, direct, 2,000 unwatched exec/s",
         source: "ebpf",
-        shell: false,
+        via: Via::Direct,
         storm_rate: 2000,
         churn_rate: 0,
         state: true,
+        sleepers: 0,
     },
     RestartCase {
         label: "ebpf, direct, a watched process forking 5,000 children/s",
         source: "ebpf",
-        shell: false,
+        via: Via::Direct,
         storm_rate: 0,
         churn_rate: 5000,
         state: true,
+        sleepers: 0,
+    },
+    RestartCase {
+        label: "no psmon: the stamper started by the bench, quiet host",
+        source: "none",
+        via: Via::Direct,
+        storm_rate: 0,
+        churn_rate: 0,
+        state: true,
+        sleepers: 0,
+    },
+    RestartCase {
+        label: "no psmon: the stamper started by the bench, 10,000 unwatched sleeping processes",
+        source: "none",
+        via: Via::Direct,
+        storm_rate: 0,
+        churn_rate: 0,
+        state: true,
+        sleepers: 10_000,
+    },
+    RestartCase {
+        label: "no psmon: a bash script forking the stamper, started by the bench, quiet host",
+        source: "none",
+        via: Via::Script,
+        storm_rate: 0,
+        churn_rate: 0,
+        state: true,
+        sleepers: 0,
+    },
+    RestartCase {
+        label: "no psmon: a bash script forking the stamper, started by the bench, 10,000 unwatched sleeping processes",
+        source: "none",
+        via: Via::Script,
+        storm_rate: 0,
+        churn_rate: 0,
+        state: true,
+        sleepers: 10_000,
+    },
+    RestartCase {
+        label: "ebpf, a bash script forking the stamper, quiet host",
+        source: "ebpf",
+        via: Via::Script,
+        storm_rate: 0,
+        churn_rate: 0,
+        state: true,
+        sleepers: 0,
+    },
+    RestartCase {
+        label: "ebpf, a bash script forking the stamper, 10,000 unwatched sleeping processes",
+        source: "ebpf",
+        via: Via::Script,
+        storm_rate: 0,
+        churn_rate: 0,
+        state: true,
+        sleepers: 10_000,
+    },
+    RestartCase {
+        label: "ebpf, direct, 10,000 unwatched sleeping processes",
+        source: "ebpf",
+        via: Via::Direct,
+        storm_rate: 0,
+        churn_rate: 0,
+        state: true,
+        sleepers: 10_000,
+    },
+    RestartCase {
+        label: "netlink, direct, 10,000 unwatched sleeping processes",
+        source: "netlink",
+        via: Via::Direct,
+        storm_rate: 0,
+        churn_rate: 0,
+        state: true,
+        sleepers: 10_000,
     },
     RestartCase {
         label: "netlink, direct",
         source: "netlink",
-        shell: false,
+        via: Via::Direct,
         storm_rate: 0,
         churn_rate: 0,
         state: true,
+        sleepers: 0,
     },
     RestartCase {
         label: "netlink, through /bin/sh",
         source: "netlink",
-        shell: true,
+        via: Via::Shell,
         storm_rate: 0,
         churn_rate: 0,
         state: true,
+        sleepers: 0,
     },
     RestartCase {
         label: "poll, direct",
         source: "poll",
-        shell: false,
+        via: Via::Direct,
         storm_rate: 0,
         churn_rate: 0,
         state: true,
+        sleepers: 0,
     },
 ];
 
@@ -317,9 +414,11 @@ pub fn restart_latency(
     dir: &Path,
     kills: usize,
     exec_program: &Path,
+    rows: Option<&str>,
 ) -> anyhow::Result<String> {
     let stamper = compile(dir, "stamper", STAMPER)?;
     let victim = compile(dir, "benchvictim", PAUSER)?;
+    let sleeper = compile(dir, "benchsleeper", PAUSER)?;
     let mut out = String::from(
         "\n### (d) Death to restart\n\nSIGKILL of a watched process (timestamp taken by the killer \
          just before kill(2)) to its restart command starting: the command is the stamper, a \
@@ -330,11 +429,18 @@ pub fn restart_latency(
          spawn and reap a do-nothing program at 2,000 exec/s in all, which the in-kernel filter \
          keeps from psmon. The churn row watches a second process, a copy of `xtask \
          storm-worker` forking 5,000 children a second that exit at once: their events reach \
-         psmon, whose ebpf source then takes events in batches 0.5 ms apart.\n\n\
+         psmon, whose ebpf source then takes events in batches 0.5 ms apart. The sleeping rows \
+         keep 10,000 unwatched processes alive meanwhile (each reconciliation scan, every \
+         second, reads them all) and wait 0–99 ms before each kill; the `no psmon` rows start \
+         the stamper from the bench itself at that pace, the host's own cost of starting a \
+         program.\n\n\
          | case | kills | p50 | p99 | max | mean |\n|---|---|---|---|---|---|\n",
     );
     let mut costs = Vec::new();
     for (n, case) in RESTART_CASES.iter().enumerate() {
+        if rows.is_some_and(|r| !case.label.contains(r)) {
+            continue;
+        }
         // Each poll kill waits for a scan (about a second): 200 is the floor asked for.
         let kills = if case.source == "poll" {
             kills.min(200)
@@ -345,20 +451,31 @@ pub fn restart_latency(
         let _ = std::fs::remove_dir_all(&conf);
         std::fs::create_dir_all(&conf)?;
         let stamps = conf.join("stamps");
-        let restart = if case.shell {
+        let script = conf.join("restart.sh");
+        std::fs::write(
+            &script,
             format!(
+                "#!/bin/bash\n{} {} {}\n",
+                stamper.display(),
+                stamps.display(),
+                victim.display()
+            ),
+        )?;
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        let restart = match case.via {
+            Via::Shell => format!(
                 "exec \\\"{}\\\" {} {}",
                 stamper.display(),
                 stamps.display(),
                 victim.display()
-            )
-        } else {
-            format!(
+            ),
+            Via::Direct => format!(
                 "{} {} {}",
                 stamper.display(),
                 stamps.display(),
                 victim.display()
-            )
+            ),
+            Via::Script => script.display().to_string(),
         };
         // The churning process: a copy of this program, forking.
         let mut churn = None;
@@ -394,6 +511,20 @@ pub fn restart_latency(
         let storm = (case.storm_rate > 0)
             .then(|| start_storm(exec_program, case.storm_rate))
             .transpose()?;
+        let mut sleepers = Storm(Vec::with_capacity(case.sleepers as usize));
+        for _ in 0..case.sleepers {
+            sleepers.0.push(Command::new(&sleeper).spawn()?);
+        }
+        if case.source == "none" {
+            let program = match case.via {
+                Via::Script => script.clone(),
+                _ => stamper.clone(),
+            };
+            let mut samples = started_by_the_bench(&program, &stamps, &victim, kills)?;
+            drop(sleepers);
+            latency_row(&mut out, case.label, &mut samples);
+            continue;
+        }
         let extra: &[&str] = if case.state { &[] } else { &["--no-state"] };
         let daemon = Daemon::start_with(psmon, &conf, case.source, extra)?;
         // Not running at start: psmon starts the first one.
@@ -404,6 +535,9 @@ pub fn restart_latency(
             // Kill only what psmon has seen Up (a process killed before that
             // is a restart that failed, a different story).
             daemon.wait_up(pid, Duration::from_secs(10))?;
+            if case.sleepers > 0 || case.via == Via::Script {
+                std::thread::sleep(pace(samples.len()));
+            }
             let killed_at = monotonic_ns();
             // SAFETY: kill with a pid we read and a valid signal.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
@@ -420,6 +554,7 @@ pub fn restart_latency(
         }
         drop(storm);
         drop(churn);
+        drop(sleepers);
         latency_row(&mut out, case.label, &mut samples);
         if n == 0 {
             costs = said;
@@ -485,6 +620,42 @@ impl Drop for Storm {
             let _ = worker.wait();
         }
     }
+}
+
+/// Before each kill on a busy host: 0 to 99 ms, spread evenly, so the
+/// kills fall anywhere in whatever the host does periodically rather than
+/// in one burst.
+fn pace(i: usize) -> Duration {
+    Duration::from_millis((i * 37 % 100) as u64)
+}
+
+/// The baseline rows: `n` times, at the pace of the busy rows, the bench
+/// itself starts the stamper (posix_spawn, as psmon does) and the sample
+/// is the stamper's first clock reading less the moment before the spawn.
+/// `program` is the stamper (given OUT and `victim`) or the script that
+/// runs it; the victims it starts are killed at once.
+fn started_by_the_bench(
+    program: &Path,
+    stamps: &Path,
+    victim: &Path,
+    n: usize,
+) -> anyhow::Result<Vec<u64>> {
+    let _ = std::fs::remove_file(stamps);
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        std::thread::sleep(pace(i));
+        let before = monotonic_ns();
+        let mut command = Command::new(program);
+        if program.extension().is_none_or(|e| e != "sh") {
+            command.arg(stamps).arg(victim);
+        }
+        command.status()?;
+        let (stamp, pid) = wait_stamp(stamps, i + 1)?;
+        // SAFETY: kill with a pid the stamper wrote and a valid signal.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        samples.push(stamp.saturating_sub(before));
+    }
+    Ok(samples)
 }
 
 /// Two storm processes spawning `program` at `rate` exec/s in all, until killed.
