@@ -1,5 +1,6 @@
 //! The fleet view end to end: the HTTP endpoint of a real `psmon run`
-//! (metrics read by Prometheus' own Python parser, /healthz, /status, the
+//! (metrics read by Prometheus' own Python parser, linted by promtool and
+//! scraped by a real Prometheus, /healthz, /status, the
 //! status page in Debian's Chromium driven over WebDriver, TLS with test
 //! certificates made by openssl, slow and many clients) and the durable
 //! event push to a receiver that is down, then up.
@@ -93,11 +94,16 @@ fn saw_or_wait(psmon: &mut Psmon, text: &str) -> Value {
 
 /// One plain HTTP GET: (status, body).
 fn get(address: SocketAddr, path: &str) -> (u16, String) {
+    get_with(address, path, "")
+}
+
+/// One HTTP GET with these header lines (each ending in CRLF).
+fn get_with(address: SocketAddr, path: &str, headers: &str) -> (u16, String) {
     let mut s = TcpStream::connect(address).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: t\r\n{headers}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut out = Vec::new();
@@ -115,10 +121,14 @@ fn get(address: SocketAddr, path: &str) -> (u16, String) {
     (code, body)
 }
 
+/// What Prometheus 2.42 sends: OpenMetrics first, the text format after.
+const PROMETHEUS_ACCEPT: &str = "Accept: application/openmetrics-text;version=1.0.0,\
+    application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1\r\n";
+
 /// `/metrics` as Prometheus' OpenMetrics parser (python3-prometheus-client)
 /// reads it: sample name + labels → value.
 fn scrape(address: SocketAddr) -> HashMap<String, f64> {
-    let (code, text) = get(address, "/metrics");
+    let (code, text) = get_with(address, "/metrics", PROMETHEUS_ACCEPT);
     assert_eq!(code, 200, "{text}");
     let parser = r#"
 import json, sys
@@ -217,6 +227,108 @@ fn metrics_count_what_happened() {
     let status: Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["pid"], psmon.child.id());
     assert_eq!(status["entries"][0]["state"], "up");
+}
+
+/// `promtool check metrics` (Debian's prometheus package) reads what a
+/// client that does not ask for OpenMetrics gets, and finds nothing to say;
+/// a real Prometheus scraping psmon sees the restart a kill caused.
+#[test]
+fn promtool_lints_the_text_format_and_a_real_prometheus_scrapes_it() {
+    if !needs_root("watching processes with the ebpf source") {
+        return;
+    }
+    for tool in ["/usr/bin/promtool", "/usr/bin/prometheus"] {
+        assert!(
+            Path::new(tool).exists(),
+            "{tool} is missing: install the Debian package prometheus (.ci/run does)"
+        );
+    }
+    let f = Fleet::new("promtool", "");
+    let (pid, mut psmon) = f.start();
+    f.kill_and_wait_back(pid, &mut psmon);
+
+    let (code, text) = get(f.address(), "/metrics");
+    assert_eq!(code, 200);
+    let mut lint = Command::new("/usr/bin/promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    lint.stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = lint.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool: {said}\n{text}"
+    );
+    assert!(
+        text.contains("# TYPE psmon_entry_restarts_total counter"),
+        "{text}"
+    );
+
+    // A real Prometheus, scraping every second.
+    let port = free_port();
+    let config = f.dir.0.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: psmon\n    static_configs:\n      - targets: ['{}']\n",
+            f.address()
+        ),
+    )
+    .unwrap();
+    let prometheus = Command::new("/usr/bin/prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            f.dir.0.join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _prometheus = KillOnDrop(prometheus);
+    let query = format!(
+        "http://127.0.0.1:{port}/api/v1/query?query=psmon_entry_restarts_total%7Bpath%3D%22{}%22%7D",
+        f.victim.display().to_string().replace('/', "%2F")
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    let value = loop {
+        if let Ok(answer) = http_json("GET", &query, None) {
+            if let Some(v) = answer["data"]["result"][0]["value"][1].as_str() {
+                break v.to_string();
+            }
+            last = answer.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never had the sample: {last}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(value, "1", "one restart, as Prometheus scraped it");
+}
+
+/// A child killed and reaped when the test ends, passed or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// A hundred connections held open and a client reading a byte a second

@@ -28,12 +28,15 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 /// One GET; the body's length.
+/// Asks as Prometheus does (OpenMetrics first), the format it scrapes.
 fn get(port: u16, path: &str) -> anyhow::Result<usize> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: b\r\n\
+         Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n\
+         Connection: close\r\n\r\n"
     )?;
     let mut out = Vec::new();
     s.read_to_end(&mut out)?;

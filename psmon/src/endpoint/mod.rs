@@ -12,6 +12,7 @@
 //! and fit in 16 KiB, and no connection lives past [`CONNECTION_TIMEOUT`].
 
 pub mod metrics;
+mod text_format;
 
 use std::{
     collections::VecDeque,
@@ -249,11 +250,21 @@ async fn answer(request: Request<Incoming>, shared: &Shared) -> Response<Full<By
             let registry = shared
                 .registry
                 .get_or_init(|| shared.telemetry.metrics.registry());
-            reply(
-                StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                metrics::encode(registry),
-            )
+            let openmetrics = metrics::encode(registry);
+            let accept = request.headers().get(header::ACCEPT);
+            if text_format::wants_openmetrics(accept.and_then(|a| a.to_str().ok())) {
+                reply(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    openmetrics,
+                )
+            } else {
+                reply(
+                    StatusCode::OK,
+                    text_format::CONTENT_TYPE,
+                    text_format::from_openmetrics(&openmetrics),
+                )
+            }
         }
         _ => reply(
             StatusCode::NOT_FOUND,

@@ -141,14 +141,27 @@ fn serves_the_page_metrics_and_refuses_the_rest() {
     for external in ["src=\"http", "href=\"http", "src=\"//", "@import", "url("] {
         assert!(!page.contains(external), "{external}");
     }
-    let (code, metrics) = get_path(r.address, "/metrics");
+    // OpenMetrics to a client that asks for it (as Prometheus does), the
+    // text format 0.0.4 to one that does not.
+    let (code, metrics) = get(
+        r.address,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\nConnection: close\r\n\r\n",
+    );
     assert_eq!(code, 200);
     assert!(metrics.contains("psmon_build_info{version="), "{metrics}");
+    assert!(metrics.contains("# TYPE psmon_build info"), "{metrics}");
     assert!(
         metrics.contains("process_resident_memory_bytes"),
         "{metrics}"
     );
     assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
+    let (code, text) = get_path(r.address, "/metrics");
+    assert_eq!(code, 200);
+    assert!(text.contains("# TYPE psmon_build_info gauge"), "{text}");
+    assert!(
+        !text.contains("# EOF") && !text.contains("# UNIT"),
+        "{text}"
+    );
     assert_eq!(get_path(r.address, "/status").0, 200);
     assert_eq!(get_path(r.address, "/nothing").0, 404);
     let (code, _) = get(
