@@ -243,12 +243,27 @@ fn promtool_lints_the_text_format_and_a_real_prometheus_scrapes_it() {
             "{tool} is missing: install the Debian package prometheus (.ci/run does)"
         );
     }
-    let f = Fleet::new("promtool", "");
+    // A push receiver that is not there: the push metrics are exposed too.
+    let f = Fleet::new("promtool", "PUSH_URL = http://127.0.0.1:9/\n");
     let (pid, mut psmon) = f.start();
     f.kill_and_wait_back(pid, &mut psmon);
 
     let (code, text) = get(f.address(), "/metrics");
     assert_eq!(code, 200);
+    // The shipped alert rules speak of metrics psmon has.
+    let rules = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf/prometheus/psmon.rules.yml"),
+    )
+    .unwrap();
+    for name in rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("psmon_"))
+    {
+        assert!(
+            text.contains(&format!("\n{name}{{")) || text.contains(&format!("\n{name} ")),
+            "the alert rules use {name}, which /metrics does not have:\n{text}"
+        );
+    }
     let mut lint = Command::new("/usr/bin/promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -319,6 +334,29 @@ fn promtool_lints_the_text_format_and_a_real_prometheus_scrapes_it() {
         std::thread::sleep(Duration::from_millis(500));
     };
     assert_eq!(value, "1", "one restart, as Prometheus scraped it");
+}
+
+/// The shipped alert rules load, and their unit tests pass
+/// (`promtool check rules`, `promtool test rules`).
+#[test]
+fn the_shipped_alert_rules_pass_their_tests() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf/prometheus");
+    for args in [
+        &["check", "rules", "psmon.rules.yml"][..],
+        &["test", "rules", "psmon.rules.test.yml"][..],
+    ] {
+        let out = Command::new("/usr/bin/promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool: install the Debian package prometheus (.ci/run does)");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// A child killed and reaped when the test ends, passed or not.

@@ -302,6 +302,8 @@ fn the_rpm_installs_and_its_samples_check() {
         "/etc/logrotate.d/psmon",
         "/usr/share/selinux/packages/psmon.pp",
         "/usr/lib/ocf/resource.d/psmon/psmon",
+        "/usr/share/doc/psmon/psmon.rules.yml",
+        "/usr/share/doc/psmon/psmon.rules.test.yml",
     ] {
         assert!(files.lines().any(|l| l == f), "{f} not in\n{files}");
     }
