@@ -184,18 +184,26 @@ fn grace_expiry_rearms(source: &str) {
     // second) of the second death below.
     w.pfile(None, 4, 1, "continue");
     let mut psmon = Psmon::start(&w.conf(), source);
-    // Not running at start: the one attempt of the window starts it.
-    psmon.wait("Try to restart");
+    // Not running at start: started, and not counted.
+    let start = psmon.wait("Try to restart");
+    assert_eq!(start["attempt"], 0, "{start}");
     let first = psmon.wait(") Up")["pid"].as_u64().unwrap() as u32;
-    std::thread::sleep(Duration::from_millis(3500)); // the window slides past that attempt
+    // The window's one attempt.
     kill9(first);
-    let again = psmon.wait("Try to restart");
-    assert_eq!(again["attempt"], 1, "{again}");
+    let spent = psmon.wait("Try to restart");
+    assert_eq!(spent["attempt"], 1, "{spent}");
     let second = psmon.wait_for(") Up", |m| m["pid"] != first)["pid"]
         .as_u64()
         .unwrap() as u32;
-    // Within the window now: no attempt left.
+    std::thread::sleep(Duration::from_millis(3500)); // the window slides past that attempt
     kill9(second);
+    let again = psmon.wait("Try to restart");
+    assert_eq!(again["attempt"], 1, "re-armed: {again}");
+    let third = psmon.wait_for(") Up", |m| m["pid"] != second)["pid"]
+        .as_u64()
+        .unwrap() as u32;
+    // Within the window now: no attempt left.
+    kill9(third);
     psmon.wait("Retry over");
 }
 

@@ -124,6 +124,16 @@ pub enum Input {
     Tick,
 }
 
+/// Why a restart does not count against the entry's budget (groups say
+/// the same of theirs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Uncounted {
+    /// Missing when psmon first looked (start-up, resume, a new entry).
+    FoundDown,
+    /// The operator's recovery drill killed it.
+    Drill,
+}
+
 /// What the supervisor must do, in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -136,6 +146,8 @@ pub enum Action {
     ReportStopped { pid: u32, code: i32 },
     /// `Try to restart ('PATH')`, then run the restart command.
     Restart { attempt: u32 },
+    /// The same, not counted against the budget: why.
+    RestartUncounted { why: Uncounted },
     /// A failed attempt: the next one waits `delay`.
     ReportBackoff { delay: Duration },
     /// A restarted process appeared; it is not Up until it has lived `start_secs`.
@@ -215,12 +227,28 @@ pub fn step(entry: &Entry, state: &mut EntryState, input: Input, now: Time) -> V
                 }
             } else {
                 match state.phase {
-                    Phase::Up | Phase::Unknown => {
+                    Phase::Up => {
                         out.push(Action::ReportDown {
                             pid: None,
                             status: ExitStatus::Unknown,
                         });
                         try_restart(entry, state, now, &mut out);
+                    }
+                    // Found so when first looked at: started, not counted,
+                    // as a group's start-up bring-up is.
+                    Phase::Unknown => {
+                        out.push(Action::ReportDown {
+                            pid: None,
+                            status: ExitStatus::Unknown,
+                        });
+                        if entry.restarts() {
+                            state.phase = Phase::Restarting;
+                            out.push(Action::RestartUncounted {
+                                why: Uncounted::FoundDown,
+                            });
+                        } else {
+                            state.phase = Phase::Down;
+                        }
                     }
                     Phase::Started { since, pid, .. } => {
                         died_early(entry, state, now, since, pid, ExitStatus::Unknown, &mut out);
@@ -614,7 +642,7 @@ mod tests {
                 ],
             ),
             (
-                "not running at start: down and restart",
+                "not running at start: down and restart, not counted",
                 entry(3, 86400, Continue),
                 vec![(
                     0,
@@ -628,7 +656,9 @@ mod tests {
                         pid: None,
                         status: ExitStatus::Unknown,
                     },
-                    Restart { attempt: 1 },
+                    RestartUncounted {
+                        why: Uncounted::FoundDown,
+                    },
                 ]],
             ),
         ];
@@ -636,6 +666,38 @@ mod tests {
             let (got, _) = run(&entry, &steps);
             assert_eq!(got, want, "case: {name}");
         }
+    }
+
+    /// `retry 1`: the start-up restart is not counted, so one counted
+    /// attempt is left after it fails — as a group's start-up bring-up.
+    #[test]
+    fn found_down_at_start_leaves_the_whole_budget() {
+        use Action::*;
+        let e = entry(1, 86400, Continue);
+        let steps = [
+            (
+                0,
+                Input::Running {
+                    running: 0,
+                    pid: None,
+                },
+            ),
+            (1, Input::RestartDone { ok: false }),
+            (2, Input::RestartDone { ok: false }),
+        ];
+        let (got, _) = run(&e, &steps);
+        assert_eq!(
+            got[0][1],
+            RestartUncounted {
+                why: Uncounted::FoundDown
+            }
+        );
+        assert!(got[1].contains(&Restart { attempt: 1 }), "{:?}", got[1]);
+        assert!(
+            got[2].contains(&ReportRetryOver { attempts: 1 }),
+            "{:?}",
+            got[2]
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::{
     config::{Entry, LogLevel},
     logsink,
     monitor::{EntryId, GroupEvent, GroupWhy, Job, Monitor, Notice},
-    policy::{Action, SetPidFail},
+    policy::{Action, SetPidFail, Uncounted},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -194,7 +194,7 @@ fn event_kind(notice: &Notice) -> Option<&'static str> {
         Notice::Policy { action, .. } => match action {
             Action::ReportDown { .. } => "down",
             Action::ReportUp { .. } => "up",
-            Action::Restart { .. } => "restart",
+            Action::Restart { .. } | Action::RestartUncounted { .. } => "restart",
             Action::ReportSetPidFail { .. } => "restart_failed",
             Action::ReportRetryOver { .. } => "retry_over",
             Action::Failover => "failover",
@@ -418,8 +418,8 @@ pub fn group_message(
             fields.push(("attempt", json!(attempt)));
             let counted = match why {
                 GroupWhy::Failure => format!("attempt {attempt}"),
-                GroupWhy::Drill => "a drill, not counted".to_string(),
-                GroupWhy::FirstLook => "found down at start, not counted".to_string(),
+                GroupWhy::Drill => uncounted(Uncounted::Drill).to_string(),
+                GroupWhy::FirstLook => uncounted(Uncounted::FoundDown).to_string(),
             };
             (
                 LogLevel::Warn,
@@ -538,6 +538,11 @@ fn policy_message(
             LogLevel::Info,
             format!("Try to restart ('{path}')"),
             vec![("attempt", json!(attempt)), ("retry", json!(entry.retry))],
+        ),
+        Action::RestartUncounted { why } => (
+            LogLevel::Info,
+            format!("Try to restart ('{path}') ({})", uncounted(why)),
+            vec![("attempt", json!(0)), ("retry", json!(entry.retry))],
         ),
         Action::ReportUp { pid, rearmed } => {
             let message = match pid {
@@ -782,6 +787,14 @@ pub fn status(status: crate::event::ExitStatus) -> String {
             if core_dumped { ", core dumped" } else { "" }
         ),
         ExitStatus::Unknown => "exit status unknown".into(),
+    }
+}
+
+/// Why a restart is not counted, as entries and groups both say it.
+fn uncounted(why: Uncounted) -> &'static str {
+    match why {
+        Uncounted::FoundDown => "found down at start, not counted",
+        Uncounted::Drill => "a drill, not counted",
     }
 }
 

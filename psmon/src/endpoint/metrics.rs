@@ -203,7 +203,7 @@ impl Metrics {
         if let Some(c) = self.entries.lock().unwrap().get(entry.index()) {
             let counter = match action {
                 Action::ReportDown { .. } => Some(&c.downs),
-                Action::Restart { .. } => Some(&c.restarts),
+                Action::Restart { .. } | Action::RestartUncounted { .. } => Some(&c.restarts),
                 Action::ReportSetPidFail { .. } => Some(&c.restart_failures),
                 Action::ReportRetryOver { .. } => Some(&c.retry_overs),
                 Action::Failover => Some(&c.failovers),

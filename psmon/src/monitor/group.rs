@@ -187,6 +187,7 @@ impl Said {
                 self.failed = Some(crate::report::failure(entry, *why))
             }
             Action::Restart { .. }
+            | Action::RestartUncounted { .. }
             | Action::ReportBackoff { .. }
             | Action::ReportRetryOver { .. }
             | Action::Failover => {

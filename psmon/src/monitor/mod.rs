@@ -1927,13 +1927,21 @@ impl Monitor {
                 }
             }
             Action::ReportUp { rearmed: true, .. } => w.failover_sent = false,
-            Action::Restart { .. } if w.drill => {
-                // The drill's own kill: its restart is not counted.
-                w.state.forget_last_attempt();
-                w.drill = false;
-            }
             _ => {}
         }
+        let action = match action {
+            Action::Restart { .. } | Action::RestartUncounted { .. } if w.drill => {
+                // The drill's own kill: its restart is not counted.
+                if matches!(action, Action::Restart { .. }) {
+                    w.state.forget_last_attempt();
+                }
+                w.drill = false;
+                Action::RestartUncounted {
+                    why: policy::Uncounted::Drill,
+                }
+            }
+            other => other,
+        };
         let entry = &self.config[i];
         let notice = Effect::Notice(Notice::Policy {
             entry: id,
@@ -1941,7 +1949,11 @@ impl Monitor {
             running: self.watches[i].running,
         });
         match action {
-            Action::Restart { attempt } => {
+            Action::Restart { .. } | Action::RestartUncounted { .. } => {
+                let attempt = match action {
+                    Action::Restart { attempt } => attempt,
+                    _ => 0,
+                };
                 out.push(notice);
                 if let Some(command) = entry.restart.clone() {
                     let heard = !self.unheard.contains(&self.watches[i].path);

@@ -7,7 +7,7 @@ use super::*;
 use crate::{
     config::{Action as OnRetryOver, Agent, Env, Pfile},
     exec::Ending,
-    policy::SetPidFail,
+    policy::{SetPidFail, Uncounted},
 };
 
 const KILLED: ExitStatus = ExitStatus::Signal {
@@ -850,7 +850,9 @@ fn pause_holds_everything_and_resume_looks_again() {
                 pid: None,
                 status: ExitStatus::Unknown
             },
-            Action::Restart { attempt: 1 }
+            Action::RestartUncounted {
+                why: Uncounted::FoundDown
+            }
         ]
     );
     assert_eq!(w.runs().len(), 1);
