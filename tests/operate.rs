@@ -489,6 +489,30 @@ fn the_health_queue_outlives_the_daemon() {
         said.contains(&format!("{}  up", site.victim.display())),
         "{said}"
     );
+    // Without --conf (the configuration may be anywhere): found by its
+    // header, naming its pfile and file.
+    let found = Command::new(env!("CARGO_BIN_EXE_psmon"))
+        .args(["dump", "pfile_app"])
+        .output()
+        .unwrap();
+    assert_eq!(found.status.code(), Some(0), "{}", text(&found.stderr));
+    let found = text(&found.stdout);
+    let ours = format!(
+        "health queue {key:#x} of pfile 'app' ({})",
+        site.conf().join("pfile_app").display()
+    );
+    assert!(found.contains(&ours), "{ours} in {found}");
+    assert!(found.contains(&format!("pid={pid}] Down")), "{found}");
+    let none = Command::new(env!("CARGO_BIN_EXE_psmon"))
+        .args(["dump", "no-such-pfile"])
+        .output()
+        .unwrap();
+    assert_eq!(none.status.code(), Some(2), "{}", text(&none.stderr));
+    assert!(
+        text(&none.stderr).contains("ipcs -m"),
+        "{}",
+        text(&none.stderr)
+    );
     // Someone else's bytes where the header should be.
     // SAFETY: attaching the test's own segment and writing its first bytes.
     unsafe {

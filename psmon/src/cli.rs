@@ -79,7 +79,9 @@ pub enum Command {
         /// Write to FILE instead of standard output.
         #[arg(long, value_name = "FILE")]
         out: Option<std::path::PathBuf>,
-        /// Configuration directory, to find the pfiles' IPCKEYs.
+        /// Configuration directory, to find the pfiles' IPCKEYs; without it,
+        /// every segment on the host that carries psmon's header (ipcs -m),
+        /// each naming its pfile.
         #[arg(long, value_name = "DIR")]
         conf: Option<std::path::PathBuf>,
         /// Accept configuration files not owned by root (tests only).

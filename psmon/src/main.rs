@@ -214,7 +214,10 @@ fn dump(
     conf: Option<std::path::PathBuf>,
     insecure: bool,
 ) -> anyhow::Result<()> {
-    let dir = psmon::daemon::conf_dir(conf);
+    let Some(conf) = conf else {
+        return dump_found(pfile, out);
+    };
+    let dir = psmon::daemon::conf_dir(Some(conf));
     let config = Config::load_dir(&dir, LoadOptions { insecure })?;
     let pfiles: Vec<_> = match pfile {
         Some(name) => vec![config.pfile_named(name).ok_or_else(|| {
@@ -238,6 +241,46 @@ fn dump(
         match psmon::shm::dump(key) {
             Ok(t) => text.push_str(&format!("pfile '{}'\n{t}\n", p.name)),
             Err(e) => failed.push(format!("pfile '{}': {e}", p.name)),
+        }
+    }
+    match out {
+        Some(file) => std::fs::write(file, &text)?,
+        None => print!("{text}"),
+    }
+    anyhow::ensure!(failed.is_empty(), "{}", failed.join("\n"));
+    Ok(())
+}
+
+/// Without `--conf`: psmon's segments found by their header (the daemon
+/// may be gone and its configuration anywhere), each saying its pfile.
+fn dump_found(pfile: Option<&str>, out: Option<&std::path::Path>) -> anyhow::Result<()> {
+    // `app`, `pfile_app`, `/etc/psmon/pfile_app` and `app.toml` name one pfile.
+    let wanted = pfile.map(|p| {
+        let base = std::path::Path::new(p)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or(p);
+        let base = base.strip_prefix("pfile_").unwrap_or(base);
+        base.strip_suffix(".toml").unwrap_or(base).to_string()
+    });
+    let keys: Vec<u32> = psmon::shm::segments()
+        .into_iter()
+        .filter(|&key| wanted.is_none() || psmon::shm::pfile_of(key) == wanted)
+        .collect();
+    if keys.is_empty() {
+        let whose = pfile.map_or(String::new(), |p| format!(" of pfile '{p}'"));
+        return Err(UsageError::new(format!(
+            "no health queue{whose} on this host (`ipcs -m` lists the segments): psmon has not \
+             run with an IPCKEY since boot, or give --conf DIR to look up a pfile's IPCKEY"
+        ))
+        .into());
+    }
+    let mut text = String::new();
+    let mut failed = Vec::new();
+    for key in keys {
+        match psmon::shm::dump(key) {
+            Ok(t) => text.push_str(&format!("{t}\n")),
+            Err(e) => failed.push(e),
         }
     }
     match out {

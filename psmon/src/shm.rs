@@ -7,7 +7,8 @@
 //! the pfile's `SHM_DUMP_FILE`.
 //!
 //! The segment starts with a header: a magic, the layout version, its size,
-//! the writer's pid and start time, and a sequence number that is odd while
+//! the pfile's name and file, the writer's pid and start time, and a
+//! sequence number that is odd while
 //! a write is under way (a seqlock). A reader copies the segment and checks
 //! the sequence did not move; a foreign segment, another layout or a write
 //! caught half-way is reported as such, never trusted.
@@ -16,8 +17,9 @@ use std::{fmt::Write as _, path::Path};
 
 /// `PSMONHQ` and a NUL: a segment that starts otherwise is not psmon's.
 pub const MAGIC: [u8; 8] = *b"PSMONHQ\0";
-/// The layout of this module's segments.
-pub const LAYOUT: u32 = 1;
+/// The layout of this module's segments (2: the pfile's name and file in
+/// the header).
+pub const LAYOUT: u32 = 2;
 /// Entries of one pfile kept in the segment (more are left out).
 pub const ENTRIES: usize = 64;
 /// Events kept in the ring.
@@ -38,6 +40,10 @@ struct Header {
     seq: u64,
     /// Events ever written; the newest is at `(events - 1) % RING`.
     events: u64,
+    /// The pfile's name (`app` for pfile_app) and file, so that a segment
+    /// found by its header says whose it is.
+    pfile: [u8; 64],
+    file: [u8; PATH],
 }
 
 #[repr(C)]
@@ -104,9 +110,10 @@ pub struct Queue {
 unsafe impl Send for Queue {}
 
 impl Queue {
-    /// Creates (or takes over) the segment of `key`. A segment of that key
-    /// that is not psmon's is left alone and refused.
-    pub fn open(key: u32) -> std::io::Result<Queue> {
+    /// Creates (or takes over) the segment of `key` for pfile `name` (read
+    /// from `file`). A segment of that key that is not psmon's is left
+    /// alone and refused.
+    pub fn open(key: u32, name: &str, file: &Path) -> std::io::Result<Queue> {
         let key = key as libc::key_t;
         // SAFETY: shmget with integer arguments.
         let mut id = unsafe { libc::shmget(key, SIZE, libc::IPC_CREAT | 0o600) };
@@ -143,6 +150,8 @@ impl Queue {
         header.magic = MAGIC;
         header.layout = LAYOUT;
         header.size = SIZE as u32;
+        put(&mut header.pfile, name);
+        put(&mut header.file, &file.display().to_string());
         header.writer_pid = std::process::id();
         header.writer_start_ticks =
             crate::procfs::read_entry(std::process::id()).map_or(0, |e| e.start.ticks());
@@ -220,9 +229,44 @@ fn segment_size(id: i32) -> Option<usize> {
     (unsafe { libc::shmctl(id, libc::IPC_STAT, &mut ds) } == 0).then_some(ds.shm_segsz)
 }
 
-/// Reads the segment of `key` and renders it for people; an error says
-/// why it cannot be trusted (none, foreign, another layout, half-written).
-pub fn dump(key: u32) -> Result<String, String> {
+/// Every System V segment on the host that starts with psmon's magic (as
+/// `ipcs -m` lists them, from `/proc/sysvipc/shm`): their keys, lowest
+/// first. Those of another layout are included; [`dump`] says so.
+pub fn segments() -> Vec<u32> {
+    let table = std::fs::read_to_string("/proc/sysvipc/shm").unwrap_or_default();
+    let mut keys: Vec<u32> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let key: i64 = fields.next()?.parse().ok()?;
+            let id: i32 = fields.next()?.parse().ok()?;
+            (key != 0 && is_ours(id)).then_some(key as u32)
+        })
+        .collect();
+    keys.sort_unstable();
+    keys
+}
+
+/// The pfile whose segment `key` is, as its header says (`None` if it is
+/// not a readable segment of this layout).
+pub fn pfile_of(key: u32) -> Option<String> {
+    let (id, size) = attachable(key).ok()?;
+    // SAFETY: attaching read-only.
+    let base = unsafe { libc::shmat(id, std::ptr::null(), libc::SHM_RDONLY) };
+    if base as isize == -1 {
+        return None;
+    }
+    let name = read_copy(base.cast(), size, key)
+        .ok()
+        .map(|seg| get(&seg.header.pfile));
+    // SAFETY: detaching what was attached.
+    unsafe { libc::shmdt(base) };
+    name
+}
+
+/// The id and size of the segment of `key`.
+fn attachable(key: u32) -> Result<(i32, usize), String> {
     // SAFETY: shmget of an existing segment.
     let id = unsafe { libc::shmget(key as libc::key_t, 0, 0) };
     if id < 0 {
@@ -230,7 +274,13 @@ pub fn dump(key: u32) -> Result<String, String> {
             "no health queue with IPCKEY {key:#x}: psmon has not run with it since boot"
         ));
     }
-    let size = segment_size(id).unwrap_or(0);
+    Ok((id, segment_size(id).unwrap_or(0)))
+}
+
+/// Reads the segment of `key` and renders it for people; an error says
+/// why it cannot be trusted (none, foreign, another layout, half-written).
+pub fn dump(key: u32) -> Result<String, String> {
+    let (id, size) = attachable(key)?;
     // SAFETY: attaching read-only.
     let base = unsafe { libc::shmat(id, std::ptr::null(), libc::SHM_RDONLY) };
     if base as isize == -1 {
@@ -297,7 +347,9 @@ fn render(seg: &Segment, key: u32) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "health queue {key:#x}: written by psmon pid {} ({})",
+        "health queue {key:#x} of pfile '{}' ({}): written by psmon pid {} ({})",
+        get(&h.pfile),
+        get(&h.file),
         h.writer_pid,
         if alive {
             "running"
@@ -364,7 +416,7 @@ mod tests {
     #[test]
     fn writes_reads_and_refuses_what_is_not_its_own() {
         let k = key(1);
-        let mut q = Queue::open(k).unwrap();
+        let mut q = Queue::open(k, "app", Path::new("/etc/psmon/pfile_app")).unwrap();
         let path = Path::new("/usr/sbin/sshd");
         let state = |s, pid| EntryState {
             path,
@@ -383,6 +435,13 @@ mod tests {
         );
         let text = dump(k).unwrap();
         assert!(text.contains("(running)"), "{text}");
+        assert!(
+            text.contains("of pfile 'app' (/etc/psmon/pfile_app)"),
+            "{text}"
+        );
+        // Found by its header, without the configuration.
+        assert!(segments().contains(&k));
+        assert_eq!(pfile_of(k).as_deref(), Some("app"));
         assert!(
             text.contains("/usr/sbin/sshd  up  pid 812  attempts 1/3"),
             "{text}"
@@ -412,7 +471,7 @@ mod tests {
         let id = q.id;
         drop(q);
         // psmon will not take over a foreign segment.
-        assert!(Queue::open(k).is_err());
+        assert!(Queue::open(k, "app", Path::new("/etc/psmon/pfile_app")).is_err());
         // SAFETY: removing the test's segment.
         unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
         assert!(dump(k).unwrap_err().contains("no health queue"));

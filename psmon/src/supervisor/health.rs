@@ -38,7 +38,12 @@ impl Supervisor {
             if self.queues.contains_key(&name) {
                 continue;
             }
-            match shm::Queue::open(key) {
+            let file = self
+                .config
+                .pfile_named(&name)
+                .map(|p| p.file.clone())
+                .unwrap_or_default();
+            match shm::Queue::open(key, &name, &file) {
                 Ok(queue) => {
                     self.queues.insert(name.clone(), (key, queue));
                     self.write_queue(&name, None);
