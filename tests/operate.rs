@@ -257,6 +257,22 @@ fn reload_of_one_pfile_keeps_the_others_budgets() {
         text(&out.stderr)
     );
     assert_eq!(entry(&site.status(), &other)["retry"], 7);
+    site.pfile("other", &other, &format!("{} sleep", other.display()), 7);
+    // A key read only at start: the reload says it is not applied.
+    std::fs::write(
+        site.conf().join("psagent.conf"),
+        "LOG_LEVEL = DEBUG\nRETRY_INTERVAL = 3\nEVENT_QUEUE_SIZE = 4096\n",
+    )
+    .unwrap();
+    let out = site.ctl(&["reload"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let said = psmon.wait("which psmon reads only when it starts");
+    assert!(
+        said["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("reload: EVENT_QUEUE_SIZE, RETRY_INTERVAL changed")),
+        "{said}"
+    );
     // psmon first: it would restart what is killed under it.
     drop(psmon);
     kill_all(&other);

@@ -95,6 +95,7 @@ fn man_pages_and_completions() {
     }
     pages.push(root().join("man/psmon-pfile.5"));
     pages.push(root().join("man/psmon.toml.5"));
+    pages.push(root().join("man/psmon-psagent.conf.5"));
     for page in &pages {
         let out = Command::new("man")
             .args(["--warnings", "-l"])
@@ -118,6 +119,37 @@ fn man_pages_and_completions() {
         top.contains("clear-failover") && top.contains("status"),
         "{top}"
     );
+    // What psmon does, its files, signals and exit codes, not one line.
+    for section in ["DESCRIPTION", "FILES", "SIGNALS", "EXIT STATUS", "SEE ALSO"] {
+        assert!(top.contains(&format!("\n{section}\n")), "{section}: {top}");
+    }
+    for said in [
+        "psagent.conf",
+        "/var/lib/psmon",
+        "SIGHUP",
+        "psmon-psagent.conf(5)",
+    ] {
+        assert!(top.contains(said), "{said}: {top}");
+    }
+    // Every page another page points to is shipped.
+    for page in &pages {
+        let text = std::fs::read_to_string(page).unwrap_or_default();
+        for (name, section) in [
+            ("psmon-psagent.conf", "5"),
+            ("psmon-pfile", "5"),
+            ("psmon.toml", "5"),
+        ] {
+            if text.contains(&format!("{name} ({section})"))
+                || text.contains(&format!(".BR {name} ({section})"))
+            {
+                assert!(
+                    root().join(format!("man/{name}.{section}")).exists(),
+                    "{} points to {name}({section})",
+                    page.display()
+                );
+            }
+        }
+    }
 
     for file in ["psmon.bash", "_psmon", "psmon.fish"] {
         assert!(dir.0.join("completions").join(file).exists(), "{file}");
@@ -296,6 +328,7 @@ fn the_rpm_installs_and_its_samples_check() {
         "/usr/share/man/man8/psmon.8.gz",
         "/usr/share/man/man5/psmon-pfile.5.gz",
         "/usr/share/man/man5/psmon.toml.5.gz",
+        "/usr/share/man/man5/psmon-psagent.conf.5.gz",
         "/usr/share/bash-completion/completions/psmon",
         "/usr/share/zsh/site-functions/_psmon",
         "/usr/share/fish/vendor_completions.d/psmon.fish",

@@ -7,7 +7,22 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "psmon",
     version,
-    about = "Event-driven process monitor for Linux servers"
+    about = "Event-driven process monitor for Linux servers",
+    long_about = "Event-driven process monitor for Linux servers.\n\n\
+psmon keeps the processes of a server alive. psmon run, the daemon, learns of every \
+exec and exit the moment it happens (from an eBPF program, else the kernel's proc \
+connector, else by polling /proc), and applies to each watched process the policy of its \
+configuration: restart it with its command within a retry budget, then report it or ask \
+for failover (a command, Pacemaker or CLUSTERPRO); probe it for hangs; restart groups of \
+services together in order. Its configuration is NEC CLUSTERPRO MC ProcessSaver's pfile \
+format, read as written, or TOML.\n\n\
+The other commands talk to the running daemon over its control socket (status, pause, \
+resume, reload, test, clear-failover), check a configuration (check), read a pfile's \
+health queue from shared memory even when the daemon is gone (dump), convert a pfile to \
+TOML (convert), or show process churn live (trace).\n\n\
+It logs what happens in ProcessSaver's words to its log file, the journal or standard \
+error, saves its state so that a restarted psmon takes over without restarting what runs, \
+and serves /healthz, /status, /metrics and a status page over HTTP when asked to."
 )]
 pub struct Cli {
     /// Log level for psmon's own messages (error, warn, info, debug, trace).

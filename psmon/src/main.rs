@@ -189,7 +189,21 @@ fn generate(
             std::fs::write(dir.join(file), out)?;
             Ok(())
         };
-        page(cmd.clone(), "psmon.8")?;
+        // psmon(8) has, after what clap knows, its files, signals and exit
+        // status (man/psmon.8.sections).
+        let mut top = Vec::new();
+        let man = clap_mangen::Man::new(cmd.clone())
+            .section("8")
+            .manual("psmon");
+        man.render_title(&mut top)?;
+        man.render_name_section(&mut top)?;
+        man.render_synopsis_section(&mut top)?;
+        man.render_description_section(&mut top)?;
+        man.render_options_section(&mut top)?;
+        man.render_subcommands_section(&mut top)?;
+        top.extend_from_slice(include_bytes!("../../man/psmon.8.sections"));
+        man.render_version_section(&mut top)?;
+        std::fs::write(dir.join("psmon.8"), top)?;
         for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
             let name = format!("psmon-{}", sub.get_name());
             page(sub.clone().name(name.clone()), &format!("{name}.8"))?;

@@ -75,6 +75,33 @@ impl Default for Agent {
     }
 }
 
+impl Agent {
+    /// The keys read only when psmon starts whose value differs in `new`:
+    /// a reload keeps the running values of these.
+    pub fn changed_at_start_only(&self, new: &Agent) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        let mut check = |key, differs: bool| {
+            if differs {
+                changed.push(key);
+            }
+        };
+        check("LOG_DIR", self.log_dir != new.log_dir);
+        check(
+            "EVENT_QUEUE_SIZE",
+            self.event_queue_size != new.event_queue_size,
+        );
+        check("RETRY_INTERVAL", self.retry_interval != new.retry_interval);
+        check("HEARTBEAT_PORT", self.heartbeat_port != new.heartbeat_port);
+        check(
+            "HEARTBEAT_ADDRESS",
+            self.heartbeat_address != new.heartbeat_address,
+        );
+        check("PUSH_URL", self.push_url != new.push_url);
+        check("CONTROL_GROUP", self.control_group != new.control_group);
+        changed
+    }
+}
+
 const AGENT_KEYS: [&str; 15] = [
     "HEARTBEAT_ADDRESS",
     "PUSH_URL",

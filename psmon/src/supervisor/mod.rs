@@ -860,6 +860,20 @@ impl Supervisor {
     /// Runs `config` from now on.
     fn reconfigure(&mut self, config: Config) {
         self.reporter.set_level(config.agent.log_level);
+        let mut at_start = self.config.agent.changed_at_start_only(&config.agent);
+        if self.config.tls != config.tls {
+            at_start.push("ps_ssl.conf");
+        }
+        if !at_start.is_empty() {
+            self.reporter.report(
+                LogLevel::Warn,
+                &format!(
+                    "reload: {} changed, which psmon reads only when it starts; the running values are kept until psmon is restarted (systemctl restart psmon; the watched processes are not touched)",
+                    at_start.join(", ")
+                ),
+                &[],
+            );
+        }
         self.scan_every = scan_interval(&config);
         self.umask = config.env.umask;
         self.rescan_all = true;
