@@ -260,151 +260,96 @@ struct RestartCase {
     sleepers: u32,
 }
 
+/// A row with no load besides psmon's own, its state saved.
+const fn row(label: &'static str, source: &'static str, via: Via) -> RestartCase {
+    RestartCase {
+        label,
+        source,
+        via,
+        storm_rate: 0,
+        churn_rate: 0,
+        state: true,
+        sleepers: 0,
+    }
+}
+
 const RESTART_CASES: &[RestartCase] = &[
+    row("ebpf, direct", "ebpf", Via::Direct),
     RestartCase {
-        label: "ebpf, direct",
-        source: "ebpf",
-        via: Via::Direct,
-        storm_rate: 0,
-        churn_rate: 0,
-        state: true,
-        sleepers: 0,
-    },
-    RestartCase {
-        label: "ebpf, direct, no state saved",
-        source: "ebpf",
-        via: Via::Direct,
-        storm_rate: 0,
-        churn_rate: 0,
         state: false,
-        sleepers: 0,
+        ..row("ebpf, direct, no state saved", "ebpf", Via::Direct)
     },
+    row("ebpf, through /bin/sh", "ebpf", Via::Shell),
     RestartCase {
-        label: "ebpf, through /bin/sh",
-        source: "ebpf",
-        via: Via::Shell,
-        storm_rate: 0,
-        churn_rate: 0,
-        state: true,
-        sleepers: 0,
-    },
-    RestartCase {
-        label: "ebpf, direct, 2,000 unwatched exec/s",
-        source: "ebpf",
-        via: Via::Direct,
         storm_rate: 2000,
-        churn_rate: 0,
-        state: true,
-        sleepers: 0,
+        ..row("ebpf, direct, 2,000 unwatched exec/s", "ebpf", Via::Direct)
     },
     RestartCase {
-        label: "ebpf, direct, a watched process forking 5,000 children/s",
-        source: "ebpf",
-        via: Via::Direct,
-        storm_rate: 0,
         churn_rate: 5000,
-        state: true,
-        sleepers: 0,
+        ..row(
+            "ebpf, direct, a watched process forking 5,000 children/s",
+            "ebpf",
+            Via::Direct,
+        )
     },
+    row(
+        "no psmon: the stamper started by the bench, quiet host",
+        "none",
+        Via::Direct,
+    ),
     RestartCase {
-        label: "no psmon: the stamper started by the bench, quiet host",
-        source: "none",
-        via: Via::Direct,
-        storm_rate: 0,
-        churn_rate: 0,
-        state: true,
-        sleepers: 0,
-    },
-    RestartCase {
-        label: "no psmon: the stamper started by the bench, 10,000 unwatched sleeping processes",
-        source: "none",
-        via: Via::Direct,
-        storm_rate: 0,
-        churn_rate: 0,
-        state: true,
         sleepers: 10_000,
+        ..row(
+            "no psmon: the stamper started by the bench, 10,000 unwatched sleeping processes",
+            "none",
+            Via::Direct,
+        )
     },
+    row(
+        "no psmon: a bash script forking the stamper, started by the bench, quiet host",
+        "none",
+        Via::Script,
+    ),
     RestartCase {
-        label: "no psmon: a bash script forking the stamper, started by the bench, quiet host",
-        source: "none",
-        via: Via::Script,
-        storm_rate: 0,
-        churn_rate: 0,
-        state: true,
-        sleepers: 0,
-    },
-    RestartCase {
-        label: "no psmon: a bash script forking the stamper, started by the bench, 10,000 unwatched sleeping processes",
-        source: "none",
-        via: Via::Script,
-        storm_rate: 0,
-        churn_rate: 0,
-        state: true,
         sleepers: 10_000,
+        ..row(
+            "no psmon: a bash script forking the stamper, started by the bench, 10,000 unwatched sleeping processes",
+            "none",
+            Via::Script,
+        )
     },
+    row(
+        "ebpf, a bash script forking the stamper, quiet host",
+        "ebpf",
+        Via::Script,
+    ),
     RestartCase {
-        label: "ebpf, a bash script forking the stamper, quiet host",
-        source: "ebpf",
-        via: Via::Script,
-        storm_rate: 0,
-        churn_rate: 0,
-        state: true,
-        sleepers: 0,
-    },
-    RestartCase {
-        label: "ebpf, a bash script forking the stamper, 10,000 unwatched sleeping processes",
-        source: "ebpf",
-        via: Via::Script,
-        storm_rate: 0,
-        churn_rate: 0,
-        state: true,
         sleepers: 10_000,
+        ..row(
+            "ebpf, a bash script forking the stamper, 10,000 unwatched sleeping processes",
+            "ebpf",
+            Via::Script,
+        )
     },
     RestartCase {
-        label: "ebpf, direct, 10,000 unwatched sleeping processes",
-        source: "ebpf",
-        via: Via::Direct,
-        storm_rate: 0,
-        churn_rate: 0,
-        state: true,
         sleepers: 10_000,
+        ..row(
+            "ebpf, direct, 10,000 unwatched sleeping processes",
+            "ebpf",
+            Via::Direct,
+        )
     },
     RestartCase {
-        label: "netlink, direct, 10,000 unwatched sleeping processes",
-        source: "netlink",
-        via: Via::Direct,
-        storm_rate: 0,
-        churn_rate: 0,
-        state: true,
         sleepers: 10_000,
+        ..row(
+            "netlink, direct, 10,000 unwatched sleeping processes",
+            "netlink",
+            Via::Direct,
+        )
     },
-    RestartCase {
-        label: "netlink, direct",
-        source: "netlink",
-        via: Via::Direct,
-        storm_rate: 0,
-        churn_rate: 0,
-        state: true,
-        sleepers: 0,
-    },
-    RestartCase {
-        label: "netlink, through /bin/sh",
-        source: "netlink",
-        via: Via::Shell,
-        storm_rate: 0,
-        churn_rate: 0,
-        state: true,
-        sleepers: 0,
-    },
-    RestartCase {
-        label: "poll, direct",
-        source: "poll",
-        via: Via::Direct,
-        storm_rate: 0,
-        churn_rate: 0,
-        state: true,
-        sleepers: 0,
-    },
+    row("netlink, direct", "netlink", Via::Direct),
+    row("netlink, through /bin/sh", "netlink", Via::Shell),
+    row("poll, direct", "poll", Via::Direct),
 ];
 
 /// (d) SIGKILL → restart command started. `exec_program` is what the
