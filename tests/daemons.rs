@@ -650,6 +650,15 @@ impl Dovecot {
     fn master(&self) -> u32 {
         read_pid(self.dir.0.join("run/master.pid"))
     }
+
+    /// `doveadm reload`: the master re-reads its configuration and forks
+    /// new workers.
+    fn reload(&self) {
+        start_daemon(
+            &format!("/usr/bin/doveadm -c {} reload", self.conf.display()),
+            "doveadm reload",
+        );
+    }
 }
 
 impl Drop for Dovecot {
@@ -874,62 +883,116 @@ fn apache_plain_path(source: &str) {
     );
 }
 
-/// A service started through a `#!` wrapper that execs its program (here
-/// `exec python3 -m http.server`), watched by the wrapper's path: the
-/// process the restart started is followed through the exec, so it is Up
-/// while it serves, and its death is one restart; never two servers.
+/// A `#!` wrapper that serves HTTP on a port of its own through python,
+/// which it either execs (`exec python3 -m http.server`, the usual pattern)
+/// or runs as its child.
+struct Wrapper {
+    dir: TempDir,
+    script: PathBuf,
+    port: u16,
+}
+
+impl Wrapper {
+    fn new(execs: bool) -> Wrapper {
+        installed("/usr/bin/python3", "python3");
+        let dir = TempDir::new("wrapper");
+        std::fs::create_dir_all(dir.0.join("conf")).unwrap();
+        let port = free_port();
+        let script = dir.0.join("serve");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\ncd {}\n{}python3 -m http.server {port} --bind 127.0.0.1\n",
+                dir.0.display(),
+                if execs { "exec " } else { "" }
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        Wrapper { dir, script, port }
+    }
+
+    /// How an admin starts it in the background, and the restart command.
+    fn command(&self) -> String {
+        format!("{} >/dev/null 2>&1 &", self.script.display())
+    }
+
+    /// One TOML entry with this rule and restart command.
+    fn watch(&self, rule: &str, restart: &str) {
+        std::fs::write(
+            self.dir.0.join("conf/serve.toml"),
+            format!(
+                "monitor_interval = 1\n[[entry]]\n{rule}\nrestart = \"{restart}\"\nretry = 3\n"
+            ),
+        )
+        .unwrap();
+    }
+
+    fn start(&self) {
+        start_daemon(&self.command(), "the wrapper");
+        self.wait_answer();
+    }
+
+    fn wait_answer(&self) {
+        wait_answer(self.port, b"GET / HTTP/1.0\r\n\r\n", "200");
+    }
+
+    /// The python processes serving the port.
+    fn servers(&self) -> Vec<u32> {
+        pids_with_cmdline(&format!("http.server {}", self.port))
+    }
+
+    /// Collects psmon's messages for `period`, asserting all along that at
+    /// most one server runs.
+    fn never_two(&self, psmon: &mut Psmon, period: Duration) {
+        let until = Instant::now() + period;
+        while Instant::now() < until {
+            let servers = self.servers();
+            assert!(servers.len() <= 1, "servers {servers:?}: {:?}", psmon.seen);
+            psmon.collect(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Wrapper {
+    fn drop(&mut self) {
+        for pid in pids_with_cmdline(&self.dir.0.display().to_string())
+            .into_iter()
+            .chain(self.servers())
+        {
+            kill_pid(pid);
+        }
+    }
+}
+
+/// A service started through a `#!` wrapper that execs its program, watched
+/// by the wrapper's path: the process the restart started is followed
+/// through the exec, so it is Up while it serves, and its death is one
+/// restart; never two servers.
 fn wrapper_that_execs_its_service(source: &str) {
     if !needs_root(&format!("the {source} source")) {
         return;
     }
-    installed("/usr/bin/python3", "python3");
-    let dir = TempDir::new("wrapper");
-    std::fs::create_dir_all(dir.0.join("conf")).unwrap();
-    let port = free_port();
-    let script = dir.0.join("serve");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\ncd {}\nexec python3 -m http.server {port} --bind 127.0.0.1\n",
-            dir.0.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let _cleanup = KillOnDrop(format!("http.server {port}"));
-    std::fs::write(
-        dir.0.join("conf/serve.toml"),
-        format!(
-            "monitor_interval = 1\n[[entry]]\npath = \"{}\"\n\
-             restart = \"{} >/dev/null 2>&1 &\"\nretry = 3\n",
-            script.display(),
-            script.display()
-        ),
-    )
-    .unwrap();
-    let servers = || pids_with_cmdline(&format!("http.server {port}"));
-    let mut psmon = Psmon::start(&dir.0.join("conf"), source);
+    let w = Wrapper::new(true);
+    w.watch(&format!("path = \"{}\"", w.script.display()), &w.command());
+    let mut psmon = Psmon::start(&w.dir.0.join("conf"), source);
     let up = psmon.wait(") Up");
-    wait_answer(port, b"GET / HTTP/1.0\r\n\r\n", "200");
-    let server = servers();
+    w.wait_answer();
+    let server = w.servers();
     assert_eq!(
         server,
         vec![pid_of(&up)],
         "the server is the instance: {up}"
     );
-    for _ in 0..10 {
-        assert_eq!(servers().len(), 1, "{:?}", psmon.seen);
-        psmon.collect(Duration::from_millis(100));
-    }
+    w.never_two(&mut psmon, Duration::from_secs(1));
     kill_pid(server[0]);
     let down = psmon.wait("Down");
     assert_eq!(pid_of(&down), server[0], "{down}");
     let up = psmon.wait_for(") Up", |m| m["pid"] != server[0]);
-    wait_answer(port, b"GET / HTTP/1.0\r\n\r\n", "200");
-    for _ in 0..15 {
-        assert_eq!(servers(), vec![pid_of(&up)], "{:?}", psmon.seen);
-        psmon.collect(Duration::from_millis(100));
-    }
+    w.wait_answer();
+    w.never_two(&mut psmon, Duration::from_millis(1500));
+    assert_eq!(w.servers(), vec![pid_of(&up)], "{:?}", psmon.seen);
     assert_eq!(
         messages_containing(&psmon.seen, "Try to restart").len(),
         2,
@@ -937,6 +1000,101 @@ fn wrapper_that_execs_its_service(source: &str) {
         psmon.seen
     );
     assert!(messages_containing(&psmon.seen, "Set pid fail").is_empty());
+}
+
+/// The same wrapper already serving when psmon starts runs python, not the
+/// wrapper: the README's rule on what it runs now finds it Up at start, and
+/// the wrapper as its restart command brings back one server per kill.
+fn wrapper_started_before_psmon_by_the_readme_rule(source: &str) {
+    if !needs_root(&format!("the {source} source")) {
+        return;
+    }
+    installed("/usr/bin/python3.11", "python3.11");
+    let w = Wrapper::new(true);
+    w.start();
+    let server = w.servers();
+    assert_eq!(server.len(), 1);
+    w.watch(
+        &format!(
+            "path = \"/usr/bin/python3.11\"\ncmdline = \"*http.server {}*\"",
+            w.port
+        ),
+        &w.command(),
+    );
+    let mut psmon = Psmon::start(&w.dir.0.join("conf"), source);
+    let up = psmon.wait(") Up");
+    assert_eq!(pid_of(&up), server[0], "found Up at start: {up}");
+    w.never_two(&mut psmon, Duration::from_secs(1));
+    kill_pid(server[0]);
+    let down = psmon.wait("Down");
+    assert_eq!(pid_of(&down), server[0], "{down}");
+    let up = psmon.wait_for(") Up", |m| m["pid"] != server[0]);
+    w.wait_answer();
+    w.never_two(&mut psmon, Duration::from_millis(1500));
+    assert_eq!(w.servers(), vec![pid_of(&up)], "{:?}", psmon.seen);
+    assert_eq!(
+        messages_containing(&psmon.seen, "Try to restart").len(),
+        1,
+        "only the kill: {:?}",
+        psmon.seen
+    );
+    assert!(messages_containing(&psmon.seen, "Set pid fail").is_empty());
+}
+
+/// A wrapper that runs python as its child, watched by its path, running
+/// before psmon starts: the interpreter running the script is the instance
+/// (found Up), python its worker. Python killed: the wrapper ends with it,
+/// one restart. The wrapper killed: its orphaned python keeps no entry up
+/// (Down), and the restart command frees the port first, as the README
+/// says; never two servers.
+fn wrapper_that_runs_its_service_as_a_child(source: &str) {
+    if !needs_root(&format!("the {source} source")) {
+        return;
+    }
+    installed("/usr/bin/fuser", "psmisc");
+    let w = Wrapper::new(false);
+    w.start();
+    let wrapper = || pids_with_cmdline(&w.script.display().to_string());
+    let first = wrapper();
+    assert_eq!(first.len(), 1);
+    w.watch(
+        &format!("path = \"{}\"", w.script.display()),
+        &format!("fuser -k {}/tcp; {}", w.port, w.command()),
+    );
+    let mut psmon = Psmon::start(&w.dir.0.join("conf"), source);
+    let up = psmon.wait(") Up");
+    assert_eq!(pid_of(&up), first[0], "the wrapper is the instance: {up}");
+    w.never_two(&mut psmon, Duration::from_secs(1));
+    // Its python dies: the wrapper ends too.
+    kill_pid(w.servers()[0]);
+    let down = psmon.wait("Down");
+    assert_eq!(pid_of(&down), first[0], "{down}");
+    let up = psmon.wait_for(") Up", |m| m["pid"] != first[0]);
+    w.wait_answer();
+    w.never_two(&mut psmon, Duration::from_millis(1500));
+    // The wrapper dies: python is orphaned and still serves.
+    let second = pid_of(&up);
+    kill_pid(second);
+    let down = psmon.wait_for("Down", |m| m["pid"] == second);
+    assert_eq!(pid_of(&down), second, "{down}");
+    let up = psmon.wait_for(") Up", |m| m["pid"] != second);
+    w.wait_answer();
+    w.never_two(&mut psmon, Duration::from_millis(1500));
+    assert_eq!(wrapper(), vec![pid_of(&up)], "{:?}", psmon.seen);
+    assert_eq!(w.servers().len(), 1);
+    assert_eq!(
+        messages_containing(&psmon.seen, "Try to restart").len(),
+        2,
+        "one restart per kill: {:?}",
+        psmon.seen
+    );
+    for bad in ["Set pid fail", "Retry over"] {
+        assert!(
+            messages_containing(&psmon.seen, bad).is_empty(),
+            "{bad}: {:?}",
+            psmon.seen
+        );
+    }
 }
 
 /// Kills the processes whose command line holds this, when dropped.
@@ -1135,6 +1293,15 @@ impl Postfix {
     fn wait_greeting(&self) {
         wait_answer(self.port, b"", "220 ");
     }
+
+    /// `postfix reload`: the master re-reads its configuration and its
+    /// services start afresh.
+    fn reload(&self) {
+        start_daemon(
+            &format!("/usr/sbin/postfix -c {} reload", self.etc.display()),
+            "postfix reload",
+        );
+    }
 }
 
 impl Drop for Postfix {
@@ -1156,8 +1323,10 @@ impl Drop for Postfix {
 /// The watcher's own use: postfix and dovecot as one `[[group]]` with
 /// SMTP `220` and IMAP `* OK` probes, postfix by its pidfile as
 /// example.toml says, under an init that reaps at once (as systemd does).
-/// Each master killed (twice each) is one group restart that brings both
-/// back answering: no failed start, no retry over, no failover.
+/// Each master killed (twice each, the second time after `doveadm reload`
+/// and `postfix reload`) is one group restart that brings both back
+/// answering: no failed start, no retry over, no failover, and a reload is
+/// no Down.
 fn mail_group_restarts_postfix_and_dovecot(source: &str) {
     if !needs_root(&format!("the {source} source")) {
         return;
@@ -1198,6 +1367,15 @@ fn mail_group_restarts_postfix_and_dovecot(source: &str) {
     let from = psmon.seen.len();
     let mut kills = 0;
     for round in 0..2 {
+        if round == 1 {
+            // A reload is no death, and the kills after it are seen as
+            // before.
+            dv.reload();
+            pf.reload();
+            psmon.collect(Duration::from_millis(1500));
+            dv.wait_greeting();
+            pf.wait_greeting();
+        }
         for which in ["dovecot", "postfix"] {
             let master = if which == "dovecot" {
                 dv.master()
@@ -1229,6 +1407,11 @@ fn mail_group_restarts_postfix_and_dovecot(source: &str) {
         messages_containing(this, "Group 'mail': restarting").len(),
         kills,
         "one group restart per kill: {this:?}"
+    );
+    assert_eq!(
+        messages_containing(this, "] Down").len(),
+        kills,
+        "one Down per kill, none for a reload: {this:?}"
     );
     assert!(!failed_over.exists(), "failed over a working mail stack");
 }
@@ -1449,6 +1632,8 @@ on_sources!(
     // Not on netlink: its exec event names no file, and by the time /proc
     // is read the wrapper may run python already (README, Limits).
     wrapper_that_execs_its_service: ebpf;
+    wrapper_started_before_psmon_by_the_readme_rule: ebpf, netlink;
+    wrapper_that_runs_its_service_as_a_child: ebpf, netlink;
     rsyslogd_under_an_init_that_reaps_late: ebpf, netlink;
     mail_group_restarts_postfix_and_dovecot: ebpf, netlink;
 );
