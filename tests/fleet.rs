@@ -99,6 +99,17 @@ fn get(address: SocketAddr, path: &str) -> (u16, String) {
 
 /// One HTTP GET with these header lines (each ending in CRLF).
 fn get_with(address: SocketAddr, path: &str, headers: &str) -> (u16, String) {
+    let (head, body) = get_raw(address, path, headers);
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// One GET with these extra header lines: the response's head and body.
+fn get_raw(address: SocketAddr, path: &str, headers: &str) -> (String, Vec<u8>) {
     let mut s = TcpStream::connect(address).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
@@ -108,17 +119,12 @@ fn get_with(address: SocketAddr, path: &str, headers: &str) -> (u16, String) {
     .unwrap();
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
-    let out = String::from_utf8_lossy(&out).into_owned();
-    let code = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(out.len());
+    let body = out.split_off((split + 4).min(out.len()));
+    (String::from_utf8_lossy(&out).into_owned(), body)
 }
 
 /// What Prometheus 2.42 sends: OpenMetrics first, the text format after.
@@ -291,7 +297,39 @@ fn promtool_lints_the_text_format_and_a_real_prometheus_scrapes_it() {
         "{text}"
     );
 
-    // A real Prometheus, scraping every second.
+    // Compressed for a client that accepts gzip (Prometheus does, below),
+    // and what the real gzip unpacks is the exposition.
+    let (head, packed) = get_raw(
+        f.address(),
+        "/metrics",
+        &format!("{PROMETHEUS_ACCEPT}Accept-Encoding: gzip\r\n"),
+    );
+    assert!(
+        head.to_ascii_lowercase().contains("content-encoding: gzip"),
+        "{head}"
+    );
+    let mut gunzip = Command::new("gzip")
+        .arg("-dc")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    gunzip.stdin.take().unwrap().write_all(&packed).unwrap();
+    let unpacked = gunzip.wait_with_output().unwrap();
+    assert!(unpacked.status.success(), "gzip -dc failed on the body");
+    let unpacked = String::from_utf8(unpacked.stdout).unwrap();
+    assert!(
+        unpacked.contains("# TYPE psmon_entry_restarts counter") && unpacked.ends_with("# EOF\n"),
+        "{unpacked}"
+    );
+    assert!(
+        packed.len() < unpacked.len() / 3,
+        "{} of {} bytes",
+        packed.len(),
+        unpacked.len()
+    );
+
+    // A real Prometheus, scraping every second (it asks for gzip).
     let port = free_port();
     let config = f.dir.0.join("prometheus.yml");
     std::fs::write(

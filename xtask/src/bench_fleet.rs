@@ -27,16 +27,21 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// One GET; the body's length.
-/// Asks as Prometheus does (OpenMetrics first), the format it scrapes.
-fn get(port: u16, path: &str) -> anyhow::Result<usize> {
+/// One GET, asked as Prometheus asks (OpenMetrics first, and compressed
+/// when `gzip`): the response's length on the wire.
+fn get(port: u16, path: &str, gzip: bool) -> anyhow::Result<usize> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: b\r\n\
          Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n\
-         Connection: close\r\n\r\n"
+         {}Connection: close\r\n\r\n",
+        if gzip {
+            "Accept-Encoding: gzip\r\n"
+        } else {
+            ""
+        }
     )?;
     let mut out = Vec::new();
     s.read_to_end(&mut out)?;
@@ -135,14 +140,17 @@ fn scrape_at_scale(psmon: &Path, dir: &Path, n: usize, out: &mut String) -> anyh
         let mut r = Scale::default();
         for _ in 0..20 {
             let t = Instant::now();
-            r.metrics_bytes = get(port, "/metrics")?;
+            r.metrics_bytes = get(port, "/metrics", false)?;
             r.metrics.push(t.elapsed().as_nanos() as u64);
+            let t = Instant::now();
+            r.gzip_bytes = get(port, "/metrics", true)?;
+            r.gzip.push(t.elapsed().as_nanos() as u64);
         }
         for _ in 0..5 {
             // Past the endpoint's one-second cache: each one asks psmon.
             std::thread::sleep(Duration::from_millis(1100));
             let t = Instant::now();
-            r.status_bytes = get(port, "/status")?;
+            r.status_bytes = get(port, "/status", false)?;
             r.status.push(t.elapsed().as_nanos() as u64);
         }
         for i in 0..KILLS {
@@ -180,14 +188,21 @@ fn scrape_at_scale(psmon: &Path, dir: &Path, n: usize, out: &mut String) -> anyh
     kill_last(&stamps, lines);
     drop(world);
     let mut r = measured?;
-    for v in [&mut r.metrics, &mut r.status, &mut r.quiet, &mut r.asked] {
+    for v in [
+        &mut r.metrics,
+        &mut r.gzip,
+        &mut r.status,
+        &mut r.quiet,
+        &mut r.asked,
+    ] {
         v.sort_unstable();
     }
     writeln!(
         out,
         "{n} entries Up (one pfile, report only; `--source ebpf`), scraped over loopback:\n\n\
-         | request | body | n | median | max |\n|---|---|---|---|---|\n\
+         | request | on the wire | n | median | max |\n|---|---|---|---|---|\n\
          | `GET /metrics` | {} KB | {} | {} | {} |\n\
+         | `GET /metrics`, `Accept-Encoding: gzip` (as Prometheus asks) | {} KB | {} | {} | {} |\n\
          | `GET /status` (asks the supervisor) | {} KB | {} | {} | {} |\n\n\
          In the same daemon, one more entry whose restart command is the stamper: SIGKILL → \
          restart command started, {KILLS} kills 50 ms apart, then {KILLS} more while a client \
@@ -200,6 +215,10 @@ fn scrape_at_scale(psmon: &Path, dir: &Path, n: usize, out: &mut String) -> anyh
         r.metrics.len(),
         fmt_ns(percentile(&r.metrics, 50.0)),
         fmt_ns(*r.metrics.last().unwrap_or(&0)),
+        r.gzip_bytes / 1024,
+        r.gzip.len(),
+        fmt_ns(percentile(&r.gzip, 50.0)),
+        fmt_ns(*r.gzip.last().unwrap_or(&0)),
         r.status_bytes / 1024,
         r.status.len(),
         fmt_ns(percentile(&r.status, 50.0)),
@@ -222,6 +241,9 @@ fn scrape_at_scale(psmon: &Path, dir: &Path, n: usize, out: &mut String) -> anyh
 struct Scale {
     metrics: Vec<u64>,
     metrics_bytes: usize,
+    /// `/metrics` asked with `Accept-Encoding: gzip`.
+    gzip: Vec<u64>,
+    gzip_bytes: usize,
     status: Vec<u64>,
     status_bytes: usize,
     /// Kill → restart started, with nobody asking and with `status` asked.
@@ -251,7 +273,7 @@ fn restart_under_scrapes(psmon: &Path, dir: &Path, out: &mut String) -> anyhow::
                 let mut n = 0usize;
                 let mut next = Instant::now();
                 while !stop.load(Ordering::Relaxed) {
-                    if get(port, "/metrics").is_ok() {
+                    if get(port, "/metrics", false).is_ok() {
                         n += 1;
                     }
                     next += Duration::from_millis(10);

@@ -12,6 +12,7 @@
 //! and fit in 16 KiB, and no connection lives past [`CONNECTION_TIMEOUT`].
 
 pub mod metrics;
+mod negotiate;
 mod text_format;
 
 use std::{
@@ -232,6 +233,7 @@ fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp
 
 const TEXT: &str = "text/plain; charset=utf-8";
 const JSON: &str = "application/json";
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 async fn answer(request: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
@@ -246,32 +248,52 @@ async fn answer(request: Request<Incoming>, shared: &Shared) -> Response<Full<By
             JSON,
             Value::from(shared.telemetry.recent()).to_string(),
         ),
-        "/metrics" => {
-            let registry = shared
-                .registry
-                .get_or_init(|| shared.telemetry.metrics.registry());
-            let openmetrics = metrics::encode(registry);
-            let accept = request.headers().get(header::ACCEPT);
-            if text_format::wants_openmetrics(accept.and_then(|a| a.to_str().ok())) {
-                reply(
-                    StatusCode::OK,
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    openmetrics,
-                )
-            } else {
-                reply(
-                    StatusCode::OK,
-                    text_format::CONTENT_TYPE,
-                    text_format::from_openmetrics(&openmetrics),
-                )
-            }
-        }
+        "/metrics" => metrics(&request, shared),
         _ => reply(
             StatusCode::NOT_FOUND,
             TEXT,
             "not found: try /healthz, /status, /metrics, /events or /\n",
         ),
     }
+}
+
+/// The metrics in the format the client asks for, gzip-compressed when it
+/// accepts that (as Prometheus does).
+fn metrics(request: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    let registry = shared
+        .registry
+        .get_or_init(|| shared.telemetry.metrics.registry());
+    let openmetrics = metrics::encode(registry);
+    let header = |name| request.headers().get(name).and_then(|v| v.to_str().ok());
+    let (content_type, body) = if negotiate::wants_openmetrics(header(header::ACCEPT)) {
+        (OPENMETRICS, openmetrics)
+    } else {
+        (
+            text_format::CONTENT_TYPE,
+            text_format::from_openmetrics(&openmetrics),
+        )
+    };
+    let packed = negotiate::accepts_gzip(header(header::ACCEPT_ENCODING))
+        .then(|| negotiate::gzip(body.as_bytes()).ok())
+        .flatten();
+    let gzipped = packed.is_some();
+    let mut response = reply(
+        StatusCode::OK,
+        content_type,
+        packed.map_or_else(|| Bytes::from(body), Bytes::from),
+    );
+    let headers = response.headers_mut();
+    headers.insert(
+        header::VARY,
+        header::HeaderValue::from_static("Accept, Accept-Encoding"),
+    );
+    if gzipped {
+        headers.insert(
+            header::CONTENT_ENCODING,
+            header::HeaderValue::from_static("gzip"),
+        );
+    }
+    response
 }
 
 /// Asks the supervisor; `None` when it does not answer within `within`.

@@ -11,24 +11,6 @@
 /// The content type of the text format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Whether a request's `Accept` header asks for OpenMetrics (a media range
-/// `application/openmetrics-text` not refused with `q=0`). Without the
-/// header, or asking for anything else, the client gets the text format.
-pub fn wants_openmetrics(accept: Option<&str>) -> bool {
-    accept.is_some_and(|accept| {
-        accept.split(',').any(|range| {
-            let mut parts = range.split(';').map(str::trim);
-            let media = parts.next().unwrap_or("");
-            media.eq_ignore_ascii_case("application/openmetrics-text")
-                && !parts.any(|p| {
-                    p.strip_prefix("q=")
-                        .and_then(|q| q.parse::<f32>().ok())
-                        .is_some_and(|q| q <= 0.0)
-                })
-        })
-    })
-}
-
 /// The text format of an OpenMetrics exposition.
 pub fn from_openmetrics(openmetrics: &str) -> String {
     let mut out = String::with_capacity(openmetrics.len());
@@ -167,20 +149,5 @@ mod tests {
              # TYPE psmon_entry_up gauge\n\
              psmon_entry_up{path=\"/a\"} 1\n"
         );
-    }
-
-    #[test]
-    fn openmetrics_only_when_asked_for() {
-        let prometheus = "application/openmetrics-text;version=1.0.0,\
-                          application/openmetrics-text;version=0.0.1;q=0.75,\
-                          text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
-        assert!(wants_openmetrics(Some(prometheus)));
-        assert!(wants_openmetrics(Some("Application/OpenMetrics-Text")));
-        assert!(!wants_openmetrics(None));
-        assert!(!wants_openmetrics(Some("*/*")));
-        assert!(!wants_openmetrics(Some("text/plain;version=0.0.4")));
-        assert!(!wants_openmetrics(Some(
-            "application/openmetrics-text; q=0, text/plain"
-        )));
     }
 }
