@@ -65,6 +65,9 @@ impl Fleet {
         let mut psmon = Psmon::start(&self.conf(), "auto");
         psmon.wait_for(") Up", |m| m["pid"] == pid);
         saw_or_wait(&mut psmon, "HTTP endpoint listening");
+        // The first scan's Up can come before the source is open, and the
+        // source's metrics with it.
+        saw_or_wait(&mut psmon, "watching process events");
         (pid, psmon)
     }
 
