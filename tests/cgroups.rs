@@ -15,7 +15,7 @@ use std::{
 use support::*;
 
 fn v2_mount() -> PathBuf {
-    psmon::procfs::cgroup2_mount().expect("a cgroup v2 hierarchy is mounted")
+    psmon::proc::cgroup2_mount().expect("a cgroup v2 hierarchy is mounted")
 }
 
 /// A cgroup directory of the test's own, removed (with its processes

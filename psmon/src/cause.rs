@@ -159,8 +159,7 @@ pub fn signal_name(signal: i32) -> String {
 /// The memory cgroup of process `tgid`, from `/proc/PID/cgroup`: the v1
 /// memory controller's line if there is one, else the v2 line.
 pub fn memory_cgroup(tgid: u32) -> Option<String> {
-    let text = std::fs::read_to_string(format!("/proc/{tgid}/cgroup")).ok()?;
-    cgroup_of(&text)
+    cgroup_of(&crate::proc::cgroups(tgid)?)
 }
 
 /// The path of the memory cgroup whose directory has inode number `id`
@@ -169,7 +168,7 @@ pub fn memory_cgroup(tgid: u32) -> Option<String> {
 /// hierarchy that has the memory controller (v1 or v2, from mountinfo).
 pub fn memory_cgroup_by_id(id: u64) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mountinfo = crate::proc::mountinfo()?;
     let mut roots = Vec::new();
     for line in mountinfo.lines() {
         let Some((left, right)) = line.split_once(" - ") else {
@@ -208,14 +207,6 @@ pub fn memory_cgroup_by_id(id: u64) -> Option<String> {
         }
     }
     None
-}
-
-/// The thread group of thread `pid` (`Tgid:` of `/proc/PID/status`).
-pub fn tgid_of(pid: u32) -> Option<u32> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("Tgid:"))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 fn cgroup_of(text: &str) -> Option<String> {

@@ -293,15 +293,7 @@ fn authorize(
 
 /// Whether process `pid` has `gid` among its supplementary groups.
 fn in_group(pid: u32, gid: u32) -> bool {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Groups:"))
-        .is_some_and(|groups| {
-            groups
-                .split_whitespace()
-                .any(|g| g.parse::<u32>() == Ok(gid))
-        })
+    crate::proc::groups(pid).contains(&gid)
 }
 
 async fn ask(asked: &mpsc::Sender<Asked>, command: Command) -> String {

@@ -232,12 +232,7 @@ impl Running {
 /// handle is a second open file, so that a write lease (granted only when
 /// nobody else writes the file) tells when the writers are gone.
 fn bound_leftover_output(shared: std::fs::File) {
-    use std::os::fd::AsRawFd;
-    let Ok(mine) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(format!("/proc/self/fd/{}", shared.as_raw_fd()))
-    else {
+    let Ok(mine) = crate::proc::reopen(&shared) else {
         return;
     };
     drop(shared);
@@ -285,7 +280,7 @@ pub fn leads_its_group(pgid: u32) -> bool {
     let pid = nix::unistd::Pid::from_raw(pgid as i32);
     let leads = nix::unistd::getpgid(Some(pid)).is_ok_and(|g| g == pid);
     let mut buf = Vec::new();
-    leads && crate::procfs::read_stat(pgid, &mut buf).is_some_and(|s| !s.is_dead())
+    leads && crate::proc::read_stat(pgid, &mut buf).is_some_and(|s| !s.is_dead())
 }
 
 /// Characters that make a command need a shell.

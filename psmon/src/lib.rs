@@ -20,7 +20,7 @@ pub mod failover;
 pub mod logsink;
 pub mod monitor;
 pub mod policy;
-pub mod procfs;
+pub mod proc;
 pub mod push;
 pub mod recorder;
 pub mod report;

@@ -88,14 +88,12 @@ impl Push {
 
 /// A unique id: the kernel's random UUID.
 fn new_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/uuid")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
-            format!("{}-{}", std::process::id(), now.as_nanos())
-        })
+    crate::proc::random_uuid().unwrap_or_else(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        format!("{}-{}", std::process::id(), now.as_nanos())
+    })
 }
 
 /// Starts the pushing thread; it writes what it was handed and stops when

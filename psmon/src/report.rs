@@ -687,7 +687,7 @@ fn with_dump(text: String, pid: u32, fields: &mut Vec<(&'static str, Value)>) ->
     let Some(head) = text.strip_suffix("core dumped") else {
         return text;
     };
-    let Some(dump) = name_dump(core_pattern(), pid) else {
+    let Some(dump) = name_dump(crate::proc::core_pattern(), pid) else {
         return text;
     };
     fields.push(("core", json!(dump)));
@@ -702,19 +702,6 @@ fn name_dump(pattern: Option<&str>, pid: u32) -> Option<String> {
         }
         p => Some(format!("core_pattern {}", escape_controls(p))),
     }
-}
-
-/// The kernel's `core_pattern`, read once.
-fn core_pattern() -> Option<&'static str> {
-    static PATTERN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    PATTERN
-        .get_or_init(|| {
-            std::fs::read_to_string("/proc/sys/kernel/core_pattern")
-                .ok()
-                .map(|p| p.trim().to_string())
-                .filter(|p| !p.is_empty())
-        })
-        .as_deref()
 }
 
 /// `Process ['P',pid=N] hung (no answer in 10.0 s: why)`.

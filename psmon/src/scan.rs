@@ -25,7 +25,7 @@ use std::{
 
 use crate::{
     config::{Entry, Match},
-    procfs::{self, ExeReader, Stat, pread_stat, read_stat},
+    proc::{self, ExeReader, Stat, pread_stat, read_stat},
 };
 
 /// A process as a scan or a classification saw it: its identity (tgid,
@@ -113,7 +113,7 @@ pub struct Unchanged {
 /// `comm` as a fixed, NUL padded key.
 pub fn comm_key(comm: &[u8]) -> [u8; 16] {
     let mut key = [0u8; 16];
-    let n = comm.len().min(procfs::COMM_LEN);
+    let n = comm.len().min(proc::COMM_LEN);
     key[..n].copy_from_slice(&comm[..n]);
     key
 }
@@ -156,7 +156,7 @@ fn seen_of(tgid: u32, stat: &Stat) -> Option<Seen> {
         start_ticks: stat.start_ticks,
         comm: comm_key(stat.comm),
         ppid: stat.ppid,
-        uid: procfs::euid(tgid)?,
+        uid: proc::euid(tgid)?,
     })
 }
 
@@ -167,7 +167,7 @@ pub fn exec_target(tgid: u32, exe: PathBuf) -> PathBuf {
     if !is_interpreter(exe.as_os_str().as_bytes()) {
         return exe;
     }
-    let argv = procfs::cmdline(tgid).unwrap_or_default();
+    let argv = proc::cmdline(tgid).unwrap_or_default();
     argv.iter()
         .skip(1)
         .find(|a| !a.starts_with(b"-"))
@@ -320,7 +320,7 @@ impl Matcher {
     pub fn classify_exec(&self, tgid: u32, path: Option<&Path>) -> Option<(usize, Seen)> {
         let mut buf = Vec::with_capacity(512);
         let stat = read_stat(tgid, &mut buf)?;
-        let found = procfs::exe(tgid)
+        let found = proc::exe(tgid)
             .and_then(|exe| self.classify_stat(tgid, &stat, exe.as_os_str().as_bytes()));
         if let Some((idx, seen, _)) = found {
             return Some((idx, seen));
@@ -333,7 +333,7 @@ impl Matcher {
     pub fn classify_why(&self, tgid: u32) -> Option<(usize, Seen, Why)> {
         let mut buf = Vec::with_capacity(512);
         let stat = read_stat(tgid, &mut buf)?;
-        let exe = procfs::exe(tgid)?;
+        let exe = proc::exe(tgid)?;
         self.classify_stat(tgid, &stat, exe.as_os_str().as_bytes())
     }
 
@@ -344,14 +344,14 @@ impl Matcher {
         let mut argv = None;
         let (idx, why) = match self.by_exe.get(strip_deleted(exe)) {
             Some(targets) => {
-                let argv = argv.get_or_insert_with(|| procfs::cmdline(tgid).unwrap_or_default());
+                let argv = argv.get_or_insert_with(|| proc::cmdline(tgid).unwrap_or_default());
                 pick_target(targets, stat.comm, argv)?
             }
             None => {
                 let by_argv = (!self.by_script.is_empty() || !self.by_cmdline.is_empty())
                     .then(|| {
                         let argv =
-                            argv.get_or_insert_with(|| procfs::cmdline(tgid).unwrap_or_default());
+                            argv.get_or_insert_with(|| proc::cmdline(tgid).unwrap_or_default());
                         self.match_argv(exe, argv)
                     })
                     .flatten();
@@ -369,7 +369,7 @@ impl Matcher {
         if self.by_cgroup.is_empty() {
             return None;
         }
-        let mine = procfs::cgroup_v2(tgid)?;
+        let mine = proc::cgroup_v2(tgid)?;
         self.by_cgroup
             .iter()
             .find(|(_, c)| {
@@ -407,7 +407,7 @@ impl Matcher {
         let Some((_, pattern)) = self.by_cmdline.iter().find(|(i, _)| *i == entry) else {
             return true;
         };
-        procfs::cmdline(tgid).is_some_and(|argv| pattern.matches(&join_argv(&argv)))
+        proc::cmdline(tgid).is_some_and(|argv| pattern.matches(&join_argv(&argv)))
     }
 
     /// Whether entry `entry` matches by command line (its instances must be
@@ -471,7 +471,7 @@ impl Matcher {
             }
             let file = match files.files.get(tgid) {
                 Some((_, f)) => f,
-                None => match std::fs::File::open(format!("/proc/{tgid}/stat")) {
+                None => match proc::open_stat(*tgid) {
                     Ok(f) => &files.files.entry(*tgid).or_insert((*start, f)).1,
                     Err(_) => continue, // gone
                 },
@@ -498,14 +498,8 @@ impl Matcher {
                 files.files.remove(tgid);
             }
         }
-        let Ok(dir) = std::fs::read_dir("/proc") else {
-            return found;
-        };
         let exe = files.exe.get_or_insert_with(ExeReader::default);
-        for d in dir.filter_map(Result::ok) {
-            let Some(tgid) = d.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-                continue;
-            };
+        for tgid in proc::tgids() {
             let confirmed = known.get(&tgid).is_some_and(|k| k.exit_watched)
                 || files.files.contains_key(&tgid)
                 || zombies.contains(&tgid);
@@ -544,7 +538,7 @@ impl Matcher {
 /// entry: a unit's is systemd's ControlGroup when systemd runs, else
 /// `/system.slice/UNIT`; a cgroup directory must be under the v2 mount.
 fn cgroup_of(target: &Match) -> Result<String, String> {
-    let mount = procfs::cgroup2_mount()
+    let mount = proc::cgroup2_mount()
         .ok_or("no cgroup v2 hierarchy is mounted (see /proc/self/mountinfo)")?;
     match target {
         Match::Cgroup(dir) => {
@@ -823,7 +817,7 @@ mod tests {
         use std::io::Write;
         child.stdin.take().unwrap().write_all(b"go\n").unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while procfs::exe(pid).as_deref() != Some(watched.as_path()) {
+        while proc::exe(pid).as_deref() != Some(watched.as_path()) {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the exec did not happen"

@@ -154,7 +154,7 @@ impl Queue {
         put(&mut header.file, &file.display().to_string());
         header.writer_pid = std::process::id();
         header.writer_start_ticks =
-            crate::procfs::read_entry(std::process::id()).map_or(0, |e| e.start.ticks());
+            crate::proc::read_entry(std::process::id()).map_or(0, |e| e.start.ticks());
         if header.seq % 2 == 1 {
             header.seq += 1; // a writer died mid-write
         }
@@ -233,16 +233,10 @@ fn segment_size(id: i32) -> Option<usize> {
 /// `ipcs -m` lists them, from `/proc/sysvipc/shm`): their keys, lowest
 /// first. Those of another layout are included; [`dump`] says so.
 pub fn segments() -> Vec<u32> {
-    let table = std::fs::read_to_string("/proc/sysvipc/shm").unwrap_or_default();
-    let mut keys: Vec<u32> = table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let key: i64 = fields.next()?.parse().ok()?;
-            let id: i32 = fields.next()?.parse().ok()?;
-            (key != 0 && is_ours(id)).then_some(key as u32)
-        })
+    let mut keys: Vec<u32> = crate::proc::shm_segments()
+        .into_iter()
+        .filter(|&(key, id)| key != 0 && is_ours(id))
+        .map(|(key, _)| key as u32)
         .collect();
     keys.sort_unstable();
     keys
@@ -342,7 +336,7 @@ fn read_copy(base: *const u8, size: usize, key: u32) -> Result<Box<Segment>, Str
 
 fn render(seg: &Segment, key: u32) -> String {
     let h = &seg.header;
-    let alive = crate::procfs::read_entry(h.writer_pid)
+    let alive = crate::proc::read_entry(h.writer_pid)
         .is_some_and(|e| e.start.ticks() == h.writer_start_ticks);
     let mut out = String::new();
     let _ = writeln!(

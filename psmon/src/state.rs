@@ -42,13 +42,6 @@ struct Saved {
 /// gigabytes of memory.
 const MAX_STATE_BYTES: u64 = 32 << 20;
 
-/// This boot's id (`/proc/sys/kernel/random/boot_id`).
-fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
-
 /// The state a previous psmon saved in `dir`: `Ok(None)` when there is
 /// none, `Err(warning)` when there is one that cannot be used (unreadable,
 /// corrupt, another layout, another boot) — psmon then starts afresh.
@@ -78,7 +71,7 @@ pub fn load(dir: &Path) -> Result<Option<Monitor>, String> {
     let saved: Saved = serde_json::from_value(value)
         .map_err(|e| format!("{} is corrupt ({e}); starting afresh", path.display()))?;
     debug_assert_eq!(saved.version, VERSION);
-    if saved.boot_id != boot_id() {
+    if saved.boot_id != crate::proc::boot_id() {
         return Err(format!(
             "{} was written before the last reboot; starting afresh",
             path.display()
@@ -150,7 +143,7 @@ impl Store {
             .spawn(move || write_loop(&path, &writer))?;
         Ok(Store {
             shared,
-            boot_id: boot_id(),
+            boot_id: crate::proc::boot_id(),
             serialize_ns: crate::stats::Samples::default(),
         })
     }

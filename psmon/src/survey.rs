@@ -331,15 +331,10 @@ impl Survey<'_> {
                     .classify_why(inst.tgid)
                     .map(|(_, _, w)| w)
                     .unwrap_or(Why::Executable);
-                let exe = std::fs::read_link(format!("/proc/{}/exe", inst.tgid))
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|_| "?".into());
-                let cmdline = std::fs::read(format!("/proc/{}/cmdline", inst.tgid))
-                    .map(|raw| {
-                        String::from_utf8_lossy(&raw)
-                            .trim_end_matches('\0')
-                            .replace('\0', " ")
-                    })
+                let exe = crate::proc::exe(inst.tgid)
+                    .map_or_else(|| "?".into(), |p| p.display().to_string());
+                let cmdline = crate::proc::cmdline(inst.tgid)
+                    .map(|argv| String::from_utf8_lossy(&argv.join(&b' ')).into_owned())
                     .unwrap_or_default();
                 let mark = match owner {
                     _ if counts => " [instance]".to_string(),

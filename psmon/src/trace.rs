@@ -348,7 +348,7 @@ impl Filter {
 /// Every live descendant of `roots`, from one walk of `/proc`.
 fn descendants(roots: &[u32]) -> HashSet<u32> {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
-    for e in crate::procfs::snapshot() {
+    for e in crate::proc::snapshot() {
         children.entry(e.ppid).or_default().push(e.tgid);
     }
     let mut found = HashSet::new();

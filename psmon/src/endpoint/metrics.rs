@@ -455,24 +455,9 @@ struct ProcessMetrics;
 
 impl Collector for ProcessMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        let Some(me) = crate::proc::own_usage() else {
             return Ok(());
         };
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
-            return Ok(());
-        };
-        // Fields from the third on (state is index 0 here).
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        let tick = procfs_ticks();
-        // SAFETY: sysconf only reads a system constant.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as f64;
-        let cpu = (num(11) + num(12)) as f64 / tick;
-        let threads = num(17);
-        let start = boot_time() + num(19) as f64 / tick;
-        let vsize = num(20) as f64;
-        let rss = num(21) as f64 * page;
-        let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count()) as f64;
         let max_fds = rustix::process::getrlimit(rustix::process::Resource::Nofile)
             .current
             .unwrap_or(0) as f64;
@@ -484,58 +469,45 @@ impl Collector for ProcessMetrics {
             Some(&secs),
             MetricType::Counter,
         )?;
-        e.encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&cpu, None)?;
+        e.encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&me.cpu_secs, None)?;
         for (name, help, unit, v) in [
             (
                 "process_resident_memory",
                 "Resident memory",
                 Some(&bytes),
-                rss,
+                me.resident_bytes as f64,
             ),
             (
                 "process_virtual_memory",
                 "Virtual memory",
                 Some(&bytes),
-                vsize,
+                me.virtual_bytes as f64,
             ),
             (
                 "process_start_time",
                 "When psmon started, since the epoch",
                 Some(&secs),
-                start,
+                me.start_secs,
             ),
-            ("process_open_fds", "Open file descriptors", None, fds),
+            (
+                "process_open_fds",
+                "Open file descriptors",
+                None,
+                me.open_fds as f64,
+            ),
             (
                 "process_max_fds",
                 "The limit on open file descriptors",
                 None,
                 max_fds,
             ),
-            ("process_threads", "Threads", None, threads as f64),
+            ("process_threads", "Threads", None, me.threads as f64),
         ] {
             let mut e = encoder.encode_descriptor(name, help, unit, MetricType::Gauge)?;
             e.encode_gauge(&v)?;
         }
         Ok(())
     }
-}
-
-fn procfs_ticks() -> f64 {
-    // SAFETY: sysconf only reads a system constant.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as f64 } else { 100.0 }
-}
-
-/// When the machine booted, in seconds since the epoch (`btime`).
-fn boot_time() -> f64 {
-    std::fs::read_to_string("/proc/stat")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("btime "))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-        })
-        .unwrap_or(0.0)
 }
 
 /// The text of a scrape.

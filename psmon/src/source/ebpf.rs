@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{EventSink, ProcessTable, SourceError, SourceOptions, btf};
 use crate::event::{EventKind, EventTime, ExitStatus, ProcEvent, Process, StartTime};
-use crate::procfs;
+use crate::proc;
 
 /// The kernel programs, built by `psmon/build.rs`; empty when the eBPF
 /// toolchain was missing at build time.
@@ -231,7 +231,7 @@ impl EbpfSource {
                 why: MISSING_BECAUSE.to_string(),
             });
         }
-        if !crate::procfs::in_init_pid_namespace() {
+        if !crate::proc::in_init_pid_namespace() {
             return Err(Refusal::NotInitPidNamespace);
         }
         let btf_path = Path::new("/sys/kernel/btf/vmlinux");
@@ -540,7 +540,7 @@ fn exec_path(raw: &RawEvent) -> Option<PathBuf> {
     if usable {
         return Some(PathBuf::from(std::ffi::OsStr::from_bytes(name)));
     }
-    procfs::exe(raw.tgid)
+    proc::exe(raw.tgid)
         .or_else(|| (!name.is_empty()).then(|| PathBuf::from(std::ffi::OsStr::from_bytes(name))))
 }
 

@@ -251,15 +251,15 @@ pub fn open(choice: SourceChoice, options: &SourceOptions) -> Result<Opened, Sou
 pub(crate) struct Seed(Option<tokio::task::JoinHandle<Snapshot>>);
 
 /// Every process in `/proc` with its executable, when readable.
-pub(crate) type Snapshot = Vec<(crate::procfs::ProcEntry, Option<PathBuf>)>;
+pub(crate) type Snapshot = Vec<(crate::proc::ProcEntry, Option<PathBuf>)>;
 
 impl Seed {
     pub fn start() -> Self {
         Seed(Some(tokio::task::spawn_blocking(|| {
-            crate::procfs::snapshot()
+            crate::proc::snapshot()
                 .into_iter()
                 .map(|e| {
-                    let exe = crate::procfs::exe(e.tgid);
+                    let exe = crate::proc::exe(e.tgid);
                     (e, exe)
                 })
                 .collect()

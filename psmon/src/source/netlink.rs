@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{EventSink, ProcessTable, SourceError, SourceOptions};
 use crate::event::{EventKind, EventTime, ExitStatus, ProcEvent, Process, StartTime};
-use crate::procfs;
+use crate::proc;
 
 /// Default socket receive buffer: room for about 50,000 events in a burst.
 pub const DEFAULT_RCVBUF: usize = 4 << 20;
@@ -120,7 +120,7 @@ pub struct NetlinkSource {
 
 impl NetlinkSource {
     pub fn open(options: &SourceOptions) -> Result<Self, Refusal> {
-        if !procfs::in_init_pid_namespace() {
+        if !proc::in_init_pid_namespace() {
             return Err(Refusal::NotInitPidNamespace);
         }
         let sock_err = |what| move |error: io::Error| Refusal::Socket { what, error };
@@ -312,7 +312,7 @@ impl Decoder {
                 if pid != tgid {
                     return; // a new thread
                 }
-                let mut p = describe(tgid, pid, ptgid, procfs::read_entry(tgid));
+                let mut p = describe(tgid, pid, ptgid, proc::read_entry(tgid));
                 // The event's parent, not /proc's: a daemon's parent exits
                 // right after the fork, and by the time /proc is read the
                 // child may be init's (its lineage would be lost).
@@ -330,10 +330,10 @@ impl Decoder {
                 let (Some(pid), Some(tgid)) = (field(0), field(1)) else {
                     return;
                 };
-                let mut p = describe(tgid, pid, 0, procfs::read_entry(tgid));
+                let mut p = describe(tgid, pid, 0, proc::read_entry(tgid));
                 // A script's path, as the kernel's own exec event says:
                 // a wrapper may exec onward before it is classified.
-                p.path = procfs::exe(tgid).map(|exe| crate::scan::exec_target(tgid, exe));
+                p.path = proc::exe(tgid).map(|exe| crate::scan::exec_target(tgid, exe));
                 self.table.exec(&mut p);
                 EventKind::Exec(p)
             }
@@ -360,9 +360,9 @@ impl Decoder {
                 // A different start time means the pid was already reaped and
                 // reused: the process we knew is gone.
                 let known = self.table.start_of(tgid);
-                let leader = procfs::read_entry(tgid)
+                let leader = proc::read_entry(tgid)
                     .filter(|e| known.is_none_or(|start| start.same_tick(e.start)));
-                if !procfs::group_exiting(tgid, leader.as_ref()) {
+                if !proc::group_exiting(tgid, leader.as_ref()) {
                     return;
                 }
                 let mut p = describe(tgid, pid, field(5).unwrap_or(0), leader);
@@ -391,7 +391,7 @@ impl Decoder {
 }
 
 /// What `/proc` said of a process an event names; only ids when it is gone.
-fn describe(tgid: u32, pid: u32, ppid: u32, entry: Option<procfs::ProcEntry>) -> Process {
+fn describe(tgid: u32, pid: u32, ppid: u32, entry: Option<proc::ProcEntry>) -> Process {
     match entry {
         Some(e) => Process {
             tgid,

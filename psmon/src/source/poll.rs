@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::{EventSink, SourceError};
 use crate::{
     event::{EventKind, EventTime, ExitStatus, ProcEvent, Process, StartTime},
-    procfs::{ProcEntry, exe, snapshot},
+    proc::{ProcEntry, exe, snapshot},
 };
 
 /// The `poll` source: scans `/proc` every `interval` and reports thread

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
 use super::{Back, Supervisor};
-use crate::{event::ExitStatus, monitor::Input, procfs};
+use crate::{event::ExitStatus, monitor::Input, proc};
 
 /// At most this many reads per blocking call (a few ms of /proc).
 const BATCH: usize = 1024;
@@ -37,10 +37,10 @@ impl StatReads {
                     for read in reads {
                         match read {
                             Read::Alive(tgid, start, reply) => {
-                                let _ = reply.send(procfs::is_alive(tgid, start));
+                                let _ = reply.send(proc::is_alive(tgid, start));
                             }
                             Read::Zombie(tgid, start, reply) => {
-                                let _ = reply.send(procfs::zombie_status(tgid, start));
+                                let _ = reply.send(proc::zombie_status(tgid, start));
                             }
                         }
                     }
@@ -85,7 +85,7 @@ impl Supervisor {
                 generation: None,
             });
         };
-        let Ok(fd) = procfs::pidfd_open(tgid) else {
+        let Ok(fd) = proc::pidfd_open(tgid) else {
             seen(None); // gone already
             return;
         };
@@ -121,7 +121,7 @@ mod tests {
 
     fn start_ticks(pid: u32) -> u64 {
         let mut buf = Vec::new();
-        procfs::read_stat(pid, &mut buf).unwrap().start_ticks
+        proc::read_stat(pid, &mut buf).unwrap().start_ticks
     }
 
     #[tokio::test]

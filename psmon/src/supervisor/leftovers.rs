@@ -18,7 +18,7 @@ use tokio::time::{Instant, sleep};
 
 use crate::{
     monitor::{LEFTOVER_GRACE, REAP_WAIT},
-    procfs,
+    proc,
 };
 
 /// How often a zombie or a group is looked at.
@@ -33,7 +33,7 @@ const COMMAND_WAIT: Duration = Duration::from_secs(3600);
 /// if anything was stopped.
 pub async fn settle(tgids: &[u32], pgid: Option<u32>) -> Option<u32> {
     let until = Instant::now() + REAP_WAIT;
-    while tgids.iter().any(|&tgid| procfs::is_going(tgid)) && Instant::now() < until {
+    while tgids.iter().any(|&tgid| proc::is_going(tgid)) && Instant::now() < until {
         sleep(POLL).await;
     }
     match pgid {
@@ -49,7 +49,7 @@ async fn stop(pgid: u32) -> bool {
     let group = Pid::from_raw(pgid as i32);
     let waited = Instant::now();
     let mut buf = Vec::with_capacity(512);
-    while procfs::read_stat(pgid, &mut buf).is_some_and(|s| !s.is_dead())
+    while proc::read_stat(pgid, &mut buf).is_some_and(|s| !s.is_dead())
         && waited.elapsed() < COMMAND_WAIT
     {
         sleep(Duration::from_millis(100)).await;
@@ -94,9 +94,9 @@ mod tests {
         assert!(stop(pgid).await);
         // Its parent (init, or this test's subreaper) may not have reaped
         // it yet: what matters is that nothing in the group runs.
-        let runs = procfs::tgids().any(|t| {
+        let runs = proc::tgids().any(|t| {
             let mut buf = Vec::new();
-            procfs::read_stat(t, &mut buf).is_some_and(|s| !s.is_dead())
+            proc::read_stat(t, &mut buf).is_some_and(|s| !s.is_dead())
                 && nix::unistd::getpgid(Some(Pid::from_raw(t as i32)))
                     .is_ok_and(|g| g.as_raw() as u32 == pgid)
         });

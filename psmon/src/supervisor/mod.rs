@@ -32,7 +32,7 @@ use crate::{
     event::{EventKind, ProcEvent},
     exec::{self, CommandSpec},
     monitor::{Effect, EntryId, Input, Monitor, Notice, Run},
-    procfs,
+    proc,
     recorder::Recorder,
     report::Reporter,
     scan::{Matcher, ScanState, Seen, Unchanged, comm_key, read_pidfile},
@@ -205,7 +205,7 @@ impl Supervisor {
         let config_recorder = (config.agent.recorder_events, config.agent.recorder_window);
         let scan_every = scan_interval(&config);
         let umask = config.env.umask;
-        let pidfds = procfs::pidfds_available();
+        let pidfds = proc::pidfds_available();
         let (monitor, pending) = match saved {
             Some(saved) => {
                 let (monitor, pending) = Monitor::restore(saved, config.clone(), pidfds);
@@ -966,7 +966,7 @@ impl Supervisor {
         if self.monitor.member_entry(tgid).is_none() {
             // Older kernels may name the victim by one of its threads.
             self.blocking(None, move || {
-                let tgid = crate::cause::tgid_of(tgid).unwrap_or(tgid);
+                let tgid = crate::proc::tgid_of(tgid).unwrap_or(tgid);
                 let cgroup = cgroup_of(tgid);
                 Input::Signalled {
                     tgid,

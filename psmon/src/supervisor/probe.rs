@@ -52,7 +52,7 @@ impl Supervisor {
             let same = move || {
                 let matcher = matcher.clone();
                 move || {
-                    crate::procfs::is_alive(tgid, start)
+                    crate::proc::is_alive(tgid, start)
                         && matcher
                             .classify(tgid)
                             .is_some_and(|(_, seen)| seen.start_ticks == start)

@@ -157,7 +157,7 @@ impl StatusView {
                 humantime::format_rfc3339_millis(at).to_string()
             })
         };
-        let boot = crate::procfs::boot_time();
+        let boot = crate::proc::boot_time();
         let started = |ticks: u64| {
             boot.map(|b| {
                 let at = b + crate::event::StartTime::from_ticks(ticks).duration();

@@ -1,7 +1,11 @@
 //! Reading `/proc`, in one place: a process's `stat` (parsed one way),
-//! its executable link, its command line, whether it is dead, the
-//! snapshot of every process, pidfds. Sources, the scan and the
-//! supervisor's shell all read through here.
+//! its executable link, its command line, status fields, cgroups, whether
+//! it is dead, the snapshot of every process, pidfds; and what the kernel
+//! says of itself (boot time and id, clock ticks, core pattern, System V
+//! segments, mounts) and of psmon (its own usage). Sources, the scan, the
+//! shell and the endpoint all read through here. The hot reads (`stat`,
+//! `exe`, `cmdline` of every process) are done here into reused buffers;
+//! the cold ones use the `procfs` crate where it has them.
 //!
 //! It does not decide what a process means to the monitor; it reports what
 //! the kernel shows.
@@ -11,6 +15,8 @@ use std::{
     os::fd::{AsRawFd, OwnedFd},
     path::PathBuf,
 };
+
+use procfs::Current as _;
 
 use crate::event::StartTime;
 
@@ -85,25 +91,52 @@ pub fn parse_stat(buf: &[u8]) -> Option<Stat<'_>> {
     })
 }
 
+/// The value of one line of `/proc/PID/status` (`Uid:`, `Tgid:`,
+/// `Groups:`), after its name.
+fn status_field(pid: u32, name: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(|v| v.trim().to_string())
+}
+
 /// The effective uid of process `tgid` (`/proc/TGID/status`, `Uid:`'s
 /// second field). Not the owner of `/proc/TGID`: a process that made itself
 /// non-dumpable shows root there.
 pub fn euid(tgid: u32) -> Option<u32> {
-    let status = std::fs::read_to_string(format!("/proc/{tgid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))?
+    status_field(tgid, "Uid")?
         .split_whitespace()
         .nth(1)?
         .parse()
         .ok()
 }
 
+/// The thread group of thread `pid` (`Tgid:` of `/proc/PID/status`).
+pub fn tgid_of(pid: u32) -> Option<u32> {
+    status_field(pid, "Tgid")?.parse().ok()
+}
+
+/// The supplementary groups of process `pid` (`Groups:`); empty when it
+/// is gone.
+pub fn groups(pid: u32) -> Vec<u32> {
+    status_field(pid, "Groups").map_or_else(Vec::new, |groups| {
+        groups
+            .split_whitespace()
+            .filter_map(|g| g.parse().ok())
+            .collect()
+    })
+}
+
+/// `/proc/TGID/stat`, opened to be re-read with [`pread_stat`].
+pub fn open_stat(tgid: u32) -> std::io::Result<std::fs::File> {
+    std::fs::File::open(format!("/proc/{tgid}/stat"))
+}
+
 /// Reads `/proc/TGID/stat` into `buf` (reused across processes).
 pub fn read_stat(tgid: u32, buf: &mut Vec<u8>) -> Option<Stat<'_>> {
     buf.clear();
-    let mut f = std::fs::File::open(format!("/proc/{tgid}/stat")).ok()?;
-    f.read_to_end(buf).ok()?;
+    open_stat(tgid).ok()?.read_to_end(buf).ok()?;
     parse_stat(buf)
 }
 
@@ -199,8 +232,7 @@ pub fn is_going(tgid: u32) -> bool {
 /// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup` on RHEL 9,
 /// `/sys/fs/cgroup/unified` on a hybrid host), from `/proc/self/mountinfo`.
 pub fn cgroup2_mount() -> Option<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().find_map(|line| {
+    mountinfo()?.lines().find_map(|line| {
         let (before, after) = line.split_once(" - ")?;
         (after.split_whitespace().next()? == "cgroup2")
             .then(|| before.split_whitespace().nth(4).map(PathBuf::from))
@@ -211,10 +243,20 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
 /// The process's cgroup in the v2 hierarchy (`0::/system.slice/sshd.service`
 /// → `/system.slice/sshd.service`).
 pub fn cgroup_v2(tgid: u32) -> Option<String> {
-    let text = std::fs::read_to_string(format!("/proc/{tgid}/cgroup")).ok()?;
-    text.lines()
+    cgroups(tgid)?
+        .lines()
         .find_map(|l| l.strip_prefix("0::"))
         .map(str::to_string)
+}
+
+/// `/proc/TGID/cgroup`: a line per hierarchy, `ID:CONTROLLERS:PATH`.
+pub fn cgroups(tgid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{tgid}/cgroup")).ok()
+}
+
+/// psmon's own mount table (`/proc/self/mountinfo`).
+pub fn mountinfo() -> Option<String> {
+    std::fs::read_to_string("/proc/self/mountinfo").ok()
 }
 
 pub fn exe(tgid: u32) -> Option<PathBuf> {
@@ -331,6 +373,86 @@ pub fn boot_time() -> Option<std::time::SystemTime> {
     Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
 }
 
+/// Clock ticks per second: the unit of start and CPU times in `stat`.
+pub fn ticks_per_second() -> u64 {
+    procfs::ticks_per_second().max(1)
+}
+
+/// This boot's id (`/proc/sys/kernel/random/boot_id`); empty if unreadable.
+pub fn boot_id() -> String {
+    procfs::sys::kernel::random::boot_id()
+        .map(|id| id.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// A fresh random UUID from the kernel (`/proc/sys/kernel/random/uuid`).
+pub fn random_uuid() -> Option<String> {
+    procfs::sys::kernel::random::uuid()
+        .ok()
+        .map(|id| id.trim().to_string())
+}
+
+/// The kernel's `core_pattern`, read once; `None` when empty or unreadable.
+pub fn core_pattern() -> Option<&'static str> {
+    static PATTERN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    PATTERN
+        .get_or_init(|| {
+            std::fs::read_to_string("/proc/sys/kernel/core_pattern")
+                .ok()
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+        })
+        .as_deref()
+}
+
+/// The System V shared memory segments on the host, as `ipcs -m` lists
+/// them (`/proc/sysvipc/shm`): key and id of each.
+pub fn shm_segments() -> Vec<(i32, i32)> {
+    procfs::SharedMemorySegments::current()
+        .map(|table| table.0.iter().map(|s| (s.key, s.shmid as i32)).collect())
+        .unwrap_or_default()
+}
+
+/// What psmon's own process uses, for its metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct OwnUsage {
+    /// User and system CPU time, in seconds.
+    pub cpu_secs: f64,
+    pub threads: u64,
+    /// When psmon started, in seconds since the epoch.
+    pub start_secs: f64,
+    pub virtual_bytes: u64,
+    pub resident_bytes: u64,
+    pub open_fds: u64,
+}
+
+/// psmon's own usage (`/proc/self/stat` and `/proc/self/fd`).
+pub fn own_usage() -> Option<OwnUsage> {
+    let me = procfs::process::Process::myself().ok()?;
+    let stat = me.stat().ok()?;
+    let tick = ticks_per_second() as f64;
+    let boot = boot_time()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0.0, |d| d.as_secs_f64());
+    Some(OwnUsage {
+        cpu_secs: (stat.utime + stat.stime) as f64 / tick,
+        threads: stat.num_threads.max(0) as u64,
+        start_secs: boot + stat.starttime as f64 / tick,
+        virtual_bytes: stat.vsize,
+        resident_bytes: stat.rss * procfs::page_size(),
+        open_fds: me.fd_count().map_or(0, |n| n as u64),
+    })
+}
+
+/// A second open file description of `file` (through `/proc/self/fd`),
+/// for reading and writing: its own offset, its own lease.
+pub fn reopen(file: &std::fs::File) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
+}
+
 /// pidfd_open(2) (Linux 5.3): a descriptor that refers to one process and
 /// becomes readable when it exits.
 pub fn pidfd_open(tgid: u32) -> std::io::Result<OwnedFd> {
@@ -350,6 +472,48 @@ pub fn pidfds_available() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_fields_and_own_usage_describe_this_process() {
+        let me = std::process::id();
+        assert_eq!(tgid_of(me), Some(me));
+        // A thread of ours, asked while it runs.
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let _ = tid_tx.send(rustix::thread::gettid().as_raw_nonzero().get() as u32);
+            let _ = done_rx.recv();
+        });
+        let tid = tid_rx.recv().unwrap();
+        assert_ne!(tid, me);
+        assert_eq!(tgid_of(tid), Some(me));
+        drop(done_tx);
+        thread.join().unwrap();
+        let mut want: Vec<u32> = nix::unistd::getgroups()
+            .unwrap()
+            .iter()
+            .map(|g| g.as_raw())
+            .collect();
+        let mut got = groups(me);
+        want.sort_unstable();
+        got.sort_unstable();
+        assert_eq!(got, want);
+        assert_eq!(euid(me), Some(nix::unistd::geteuid().as_raw()));
+
+        let usage = own_usage().unwrap();
+        assert!(usage.threads >= 1 && usage.open_fds >= 3, "{usage:?}");
+        assert!(usage.resident_bytes > 1 << 20, "{usage:?}");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(
+            usage.start_secs <= now + 1.0 && usage.start_secs > now - 3600.0,
+            "{usage:?} at {now}"
+        );
+        assert_eq!(boot_id().len(), 36);
+        assert_ne!(random_uuid(), random_uuid());
+    }
 
     #[test]
     fn parses_stat_with_odd_comm() {
