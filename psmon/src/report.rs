@@ -460,6 +460,7 @@ pub fn group_message(
             (LogLevel::Info, format!("restarted in {}", duration(*took)))
         }
         GroupEvent::StartFailed { entry, why, left } => {
+            let why = start_failure(monitor.entry(*entry), *why);
             fields.push(("path", json!(path(*entry))));
             fields.push(("why", json!(why)));
             let left: Vec<String> = left.iter().map(|id| format!("'{}'", path(*id))).collect();
@@ -752,6 +753,21 @@ fn status_fields(status: crate::event::ExitStatus) -> Vec<(&'static str, Value)>
 }
 
 /// A short human duration for messages: `5 ms`, `1.2 s`.
+/// Why a group member did not start.
+fn start_failure(entry: &Entry, why: crate::monitor::StartFailure) -> String {
+    use crate::monitor::StartFailure;
+    match why {
+        StartFailure::SetPidFail(why) => failure(entry, why),
+        StartFailure::Timeout { up, within } => format!(
+            "{} within {}",
+            if up { "Up, not ready" } else { "not Up" },
+            duration(within)
+        ),
+        StartFailure::Died => "died while its group started".into(),
+        StartFailure::NoRestartCommand => "it has no restart command".into(),
+    }
+}
+
 pub fn duration(d: std::time::Duration) -> String {
     let secs = d.as_secs_f64();
     if secs < 1.0 {

@@ -25,7 +25,7 @@ use super::{Effect, EntryId, Monitor, Notice, REAP_WAIT};
 use crate::{
     clock::Time,
     config::{Action as OnRetryOver, Config, Group, ProbeKind},
-    policy::{Action, Phase},
+    policy::{Action, Phase, SetPidFail},
 };
 
 /// A member being stopped that is still there after its `kill_grace` and
@@ -140,7 +140,7 @@ pub enum GroupEvent {
     /// The sequence stopped at `entry`; `left` were not started.
     StartFailed {
         entry: EntryId,
-        why: String,
+        why: StartFailure,
         left: Vec<EntryId>,
     },
     RetryOver {
@@ -162,13 +162,27 @@ pub enum GroupEvent {
     UpAgain,
 }
 
+/// Why a member's start failed in its group's sequence (`report` words it).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum StartFailure {
+    /// The member's own policy: its restart command failed, nothing
+    /// appeared, or it ended before `start_secs`.
+    SetPidFail(SetPidFail),
+    /// Not Up (or Up but not ready, `up`) within the group's `start_timeout`.
+    Timeout { up: bool, within: Duration },
+    /// It died while later members were being started.
+    Died,
+    /// It has no restart command.
+    NoRestartCommand,
+}
+
 /// What a member's policy said in one step, as far as its group cares.
 #[derive(Default)]
 pub(super) struct Said {
     pub down: bool,
     pub stopped_on_purpose: bool,
     pub up: bool,
-    pub failed: Option<String>,
+    pub failed: Option<StartFailure>,
     /// The policy wanted to restart, back off or give up on its own.
     pub own_restart: bool,
     /// The entry was not yet observed before this step.
@@ -178,14 +192,12 @@ pub(super) struct Said {
 impl Said {
     /// Sorts one policy action: those the group takes over are not acted
     /// on (false).
-    pub fn take(&mut self, action: &Action, entry: &crate::config::Entry) -> bool {
+    pub fn take(&mut self, action: &Action) -> bool {
         match action {
             Action::ReportDown { .. } => self.down = true,
             Action::ReportStopped { .. } => self.stopped_on_purpose = true,
             Action::ReportUp { .. } => self.up = true,
-            Action::ReportSetPidFail { why } => {
-                self.failed = Some(crate::report::failure(entry, *why))
-            }
+            Action::ReportSetPidFail { why } => self.failed = Some(StartFailure::SetPidFail(*why)),
             Action::Restart { .. }
             | Action::RestartUncounted { .. }
             | Action::ReportBackoff { .. }
@@ -448,8 +460,10 @@ impl Monitor {
                 GroupPhase::Starting { at, deadline, up } if now >= deadline => {
                     let entry = self.group_conf[g].members[at];
                     let timeout = self.group_conf[g].group.start_timeout;
-                    let what = if up { "Up, not ready" } else { "not Up" };
-                    let why = format!("{what} within {}", crate::report::duration(timeout));
+                    let why = StartFailure::Timeout {
+                        up,
+                        within: timeout,
+                    };
                     self.start_failed(g, entry, why, now, out);
                 }
                 GroupPhase::Backoff { .. } => self.try_again(g, now, out),
@@ -512,7 +526,7 @@ impl Monitor {
             GroupPhase::Stopping { .. }
             | GroupPhase::Reaping { .. }
             | GroupPhase::Starting { .. } => {
-                self.start_failed(g, id, "died while its group started".into(), now, out)
+                self.start_failed(g, id, StartFailure::Died, now, out)
             }
         }
     }
@@ -703,8 +717,7 @@ impl Monitor {
             return;
         }
         let Some(command) = self.config[id.index()].restart.clone() else {
-            let why = "it has no restart command".to_string();
-            self.start_failed(g, id, why, now, out);
+            self.start_failed(g, id, StartFailure::NoRestartCommand, now, out);
             return;
         };
         self.watches[id.index()].state.phase = Phase::Restarting;
@@ -735,7 +748,7 @@ impl Monitor {
         &mut self,
         g: usize,
         id: EntryId,
-        why: String,
+        why: StartFailure,
         now: Time,
         out: &mut Vec<Effect>,
     ) {

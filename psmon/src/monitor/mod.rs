@@ -47,7 +47,7 @@ mod tests;
 pub use failover::LeftConstraint;
 
 use group::{GroupConf, GroupWatch, Said};
-pub use group::{GroupEvent, GroupStatus, Why as GroupWhy};
+pub use group::{GroupEvent, GroupStatus, StartFailure, Why as GroupWhy};
 
 /// How often an entry with a pidfile has it re-read while its restarted
 /// process is expected: daemons write it a moment after they start.
@@ -1899,7 +1899,7 @@ impl Monitor {
                     ..Said::default()
                 };
                 for action in actions {
-                    if said.take(&action, &self.config[i]) {
+                    if said.take(&action) {
                         self.act(id, action, out);
                     }
                 }

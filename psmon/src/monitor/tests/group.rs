@@ -233,7 +233,14 @@ fn a_start_that_times_out_fails_the_attempt_and_tries_again() {
     w.tick();
     let ev = events(&w);
     assert!(
-        matches!(&ev[0], GroupEvent::StartFailed { entry: A, why, .. } if why.contains("not Up within 3")),
+        matches!(
+            &ev[0],
+            GroupEvent::StartFailed {
+                entry: A,
+                why: StartFailure::Timeout { up: false, within },
+                ..
+            } if *within == Duration::from_secs(3)
+        ),
         "{ev:?}"
     );
     assert!(matches!(ev[1], GroupEvent::Restarting { attempt: 2, .. }));
