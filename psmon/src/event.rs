@@ -128,6 +128,17 @@ pub enum EventKind {
     Lost { count: Option<u64> },
 }
 
+/// The process that was running when a signal was generated.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Sender {
+    pub pid: u32,
+    pub uid: u32,
+    pub comm: String,
+    /// Its parent and grandparent: (pid, comm).
+    pub parent: Option<(u32, String)>,
+    pub grandparent: Option<(u32, String)>,
+}
+
 /// A signal generated for a process, with the process that was running.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Signal {
@@ -139,7 +150,7 @@ pub struct Signal {
     /// The OOM killer chose `target`; `sender` is the task whose
     /// allocation set it off.
     pub oom: bool,
-    pub sender: crate::cause::Sender,
+    pub sender: Sender,
     /// For OOM: the inode number of the victim's memory cgroup directory,
     /// when the kernel program could read it.
     pub cgroup_id: Option<u64>,

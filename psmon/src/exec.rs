@@ -20,6 +20,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::facts::{CommandOutcome, Ending};
+
 /// Used when psenv sets no PATH: what a root shell would have.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -40,51 +42,10 @@ pub struct CommandSpec {
     pub timeout: Duration,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Ending {
-    Exited(i32),
-    Signaled(i32),
-    /// Killed (with its process group) at the time limit.
-    TimedOut,
-    /// Could not be started at all.
-    SpawnFailed(String),
-    /// Started by a previous psmon, which died meanwhile; it ended, with a
-    /// status nobody can know now. Taken as success: whether the process
-    /// it started comes up decides.
-    Adopted,
-}
-
-#[derive(Clone, Debug)]
-pub struct Outcome {
-    pub ending: Ending,
-    pub elapsed: Duration,
-    /// The last bytes the command wrote to stdout and stderr.
-    pub output_tail: String,
-}
-
-impl Outcome {
-    pub fn ok(&self) -> bool {
-        matches!(self.ending, Ending::Exited(0) | Ending::Adopted)
-    }
-
-    /// For log messages: `exit status 1`, `killed by signal 9`, …
-    pub fn describe(&self) -> String {
-        match &self.ending {
-            Ending::Exited(c) => format!("exit status {c}"),
-            Ending::Signaled(s) => format!("killed by signal {s}"),
-            Ending::TimedOut => "timed out; its process group was killed".into(),
-            Ending::SpawnFailed(e) => format!("could not be started: {e}"),
-            Ending::Adopted => {
-                "ended (started before psmon restarted; its exit status is unknown)".into()
-            }
-        }
-    }
-}
-
 /// Runs the command to its end (or its time limit). Dropped before that
 /// (a caller's own deadline, shutdown), it kills the command's process
 /// group: a probe that hangs must not leave a process behind each time.
-pub async fn run(spec: &CommandSpec) -> Outcome {
+pub async fn run(spec: &CommandSpec) -> CommandOutcome {
     match start(spec) {
         Ok(running) => {
             let mut guard = KillGroupOnDrop(running.pgid);
@@ -124,7 +85,7 @@ pub struct Running {
 /// Starts the command now (the restart's latency is up to here); its end
 /// is [`Running::finish`]'s. `Err` is the outcome of a command that could
 /// not be started.
-pub fn start(spec: &CommandSpec) -> Result<Running, Outcome> {
+pub fn start(spec: &CommandSpec) -> Result<Running, CommandOutcome> {
     let begun = Instant::now();
     let output = match output_file() {
         Ok(f) => f,
@@ -193,7 +154,7 @@ pub fn start(spec: &CommandSpec) -> Result<Running, Outcome> {
 
 impl Running {
     /// Waits for the command to end, or kills its whole group at the limit.
-    pub async fn finish(mut self) -> Outcome {
+    pub async fn finish(mut self) -> CommandOutcome {
         let ending = match tokio::time::timeout(self.timeout, self.child.wait()).await {
             Ok(Ok(status)) => match (status.code(), status.signal()) {
                 (Some(c), _) => Ending::Exited(c),
@@ -215,7 +176,7 @@ impl Running {
         };
         let output_tail = tail(&mut self.output);
         bound_leftover_output(self.output);
-        Outcome {
+        CommandOutcome {
             ending,
             elapsed: self.begun.elapsed(),
             output_tail,
@@ -338,8 +299,8 @@ pub fn cloexec_inherited_fds() {
     }
 }
 
-fn spawn_failed(started: Instant, why: String) -> Outcome {
-    Outcome {
+fn spawn_failed(started: Instant, why: String) -> CommandOutcome {
+    CommandOutcome {
         ending: Ending::SpawnFailed(why),
         elapsed: started.elapsed(),
         output_tail: String::new(),
@@ -444,7 +405,7 @@ mod tests {
     async fn a_direct_command_gets_the_same_environment_group_and_limit() {
         // `env` prints what it was given; it is run without a shell.
         let out = run(&spec("env", 5000)).await;
-        assert!(out.ok(), "{}", out.describe());
+        assert!(out.ok(), "{:?}", out.ending);
         assert!(
             out.output_tail.contains("PSMON_PATH=/usr/sbin/sshd"),
             "{}",

@@ -2,10 +2,13 @@
 //!
 //! Data flows one way: a [`source`] turns kernel signals into
 //! [`event::ProcEvent`]s on a bounded channel; the [`supervisor`] (in
-//! `psmon run`) or [`trace`] consumes them. The supervisor applies the pure
-//! restart [`policy`] and has [`exec`] run commands.
+//! `psmon run`) or [`trace`] consumes them. The supervisor feeds the pure
+//! [`monitor`] (which applies the restart [`policy`]) and carries out what
+//! it asks: [`exec`] runs commands, [`failover`] sends switch requests,
+//! [`report`] words what happened. The monitor and the shell speak the
+//! plain data of [`facts`] and [`event`]; the monitor imports no module of
+//! the shell.
 
-pub mod cause;
 pub mod cli;
 pub mod client;
 pub mod clock;
@@ -16,6 +19,7 @@ pub mod endpoint;
 pub mod error;
 pub mod event;
 pub mod exec;
+pub mod facts;
 pub mod failover;
 pub mod logsink;
 pub mod monitor;

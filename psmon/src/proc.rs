@@ -373,6 +373,77 @@ pub fn boot_time() -> Option<std::time::SystemTime> {
     Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
 }
 
+/// The memory cgroup of process `tgid`, from `/proc/PID/cgroup`: the v1
+/// memory controller's line if there is one, else the v2 line.
+pub fn memory_cgroup(tgid: u32) -> Option<String> {
+    cgroup_of(&cgroups(tgid)?)
+}
+
+/// The path of the memory cgroup whose directory has inode number `id`
+/// (what the kernel program read at the OOM kill, while the victim still
+/// lived), relative to the hierarchy's mount: found by walking the
+/// hierarchy that has the memory controller (v1 or v2, from mountinfo).
+pub fn memory_cgroup_by_id(id: u64) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mountinfo = mountinfo()?;
+    let mut roots = Vec::new();
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let Some(mount) = left.split(' ').nth(4) else {
+            continue;
+        };
+        let mut fs = right.split(' ');
+        let (kind, opts) = (fs.next().unwrap_or(""), fs.nth(1).unwrap_or(""));
+        let memory_v1 = kind == "cgroup" && opts.split(',').any(|o| o == "memory");
+        if memory_v1 || kind == "cgroup2" {
+            roots.push(std::path::PathBuf::from(mount));
+        }
+    }
+    for root in roots {
+        let mut stack = vec![(root.clone(), 0)];
+        let mut seen = 0;
+        while let Some((dir, depth)) = stack.pop() {
+            seen += 1;
+            if seen > 100_000 {
+                break;
+            }
+            if std::fs::metadata(&dir).is_ok_and(|m| m.ino() == id) {
+                let rel = dir.strip_prefix(&root).ok()?;
+                return Some(format!("/{}", rel.display()));
+            }
+            if depth >= 16 {
+                continue;
+            }
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push((e.path(), depth + 1));
+                }
+            }
+        }
+    }
+    None
+}
+
+fn cgroup_of(text: &str) -> Option<String> {
+    let mut v2 = None;
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        if controllers.split(',').any(|c| c == "memory") {
+            return Some(path.to_string());
+        }
+        if id == "0" && controllers.is_empty() {
+            v2 = Some(path.to_string());
+        }
+    }
+    v2
+}
+
 /// Clock ticks per second: the unit of start and CPU times in `stat`.
 pub fn ticks_per_second() -> u64 {
     procfs::ticks_per_second().max(1)
@@ -472,6 +543,15 @@ pub fn pidfds_available() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_memory_cgroup_on_v1_and_v2() {
+        let hybrid = "12:pids:/x\n5:memory:/psmon-test/oom\n0::/user.slice\n";
+        assert_eq!(cgroup_of(hybrid).as_deref(), Some("/psmon-test/oom"));
+        let v2 = "0::/system.slice/sshd.service\n";
+        assert_eq!(cgroup_of(v2).as_deref(), Some("/system.slice/sshd.service"));
+        assert_eq!(cgroup_of("garbage"), None);
+    }
 
     #[test]
     fn status_fields_and_own_usage_describe_this_process() {

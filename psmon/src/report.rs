@@ -16,7 +16,8 @@ use std::{
 use serde_json::{Map, Value, json};
 
 use crate::{
-    config::{Entry, LogLevel},
+    config::{Entry, FailoverMode, LogLevel},
+    facts::{Cluster, Ending, SwitchRequest},
     logsink,
     monitor::{EntryId, GroupEvent, GroupWhy, Job, Monitor, Notice},
     policy::{Action, SetPidFail, Uncounted},
@@ -318,7 +319,7 @@ impl Reporter {
                 entry,
                 job,
                 ok,
-                described,
+                ending,
                 elapsed,
                 output,
             } => {
@@ -334,7 +335,7 @@ impl Reporter {
                 let level = if *ok { LogLevel::Info } else { LogLevel::Error };
                 self.report(
                     level,
-                    &format!("{what} command for ('{path}'): {described}"),
+                    &format!("{what} command for ('{path}'): {}", command_ending(ending)),
                     &fields,
                 );
             }
@@ -656,7 +657,7 @@ fn down_cause(
             fields.push(("killer_parent", json!(s.parent)));
             fields.push(("killer_grandparent", json!(s.grandparent)));
         }
-        if let crate::cause::Cause::Oom { cgroup, .. } = cause {
+        if let crate::facts::Cause::Oom { cgroup, .. } = cause {
             fields.push(("cgroup", json!(cgroup)));
         }
         return (format!(" ({text})"), fields);
@@ -672,7 +673,7 @@ fn down_cause(
     let why = monitor.cause_unknown().unwrap_or("its sender was not seen");
     fields.push(("cause", json!("unknown")));
     let text = with_dump(
-        format!("{}{core}", crate::cause::signal_name(signal)),
+        format!("{}{core}", crate::facts::signal_name(signal)),
         pid,
         &mut fields,
     );
@@ -753,6 +754,35 @@ fn status_fields(status: crate::event::ExitStatus) -> Vec<(&'static str, Value)>
 }
 
 /// A short human duration for messages: `5 ms`, `1.2 s`.
+/// How a command ended, for messages: `exit status 1`, `killed by signal
+/// 9`, …
+pub fn command_ending(ending: &Ending) -> String {
+    match ending {
+        Ending::Exited(c) => format!("exit status {c}"),
+        Ending::Signaled(s) => format!("killed by signal {s}"),
+        Ending::TimedOut => "timed out; its process group was killed".into(),
+        Ending::SpawnFailed(e) => format!("could not be started: {e}"),
+        Ending::Adopted => {
+            "ended (started before psmon restarted; its exit status is unknown)".into()
+        }
+    }
+}
+
+/// A switch request, for messages: `pacemaker (move) of resource 'R'`.
+pub fn switch_request(request: &SwitchRequest) -> String {
+    match request.cluster {
+        Cluster::Pacemaker(mode) => {
+            let mode = match mode {
+                FailoverMode::Move => "move",
+                FailoverMode::Ban => "ban",
+                FailoverMode::Fail => "fail",
+            };
+            format!("pacemaker ({mode}) of resource '{}'", request.resource)
+        }
+        Cluster::Clusterpro => format!("clusterpro move of group '{}'", request.resource),
+    }
+}
+
 /// Why a group member did not start.
 fn start_failure(entry: &Entry, why: crate::monitor::StartFailure) -> String {
     use crate::monitor::StartFailure;

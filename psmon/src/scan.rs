@@ -25,24 +25,9 @@ use std::{
 
 use crate::{
     config::{Entry, Match},
+    facts::{Known, Seen},
     proc::{self, ExeReader, Stat, pread_stat, read_stat},
 };
-
-/// A process as a scan or a classification saw it: its identity (tgid,
-/// start time in clock ticks) and what tells it apart later.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub struct Seen {
-    pub tgid: u32,
-    pub start_ticks: u64,
-    /// `comm` when it was matched, NUL padded: an exec changes it.
-    pub comm: [u8; 16],
-    /// Thread group id of the parent when it was matched.
-    pub ppid: u32,
-    /// Effective uid when it was matched (0 where it was not read: a
-    /// member confirmed alive, whose uid the monitor already has).
-    #[serde(default)]
-    pub uid: u32,
-}
 
 /// Why a process matched its entry (shown by `psmon check --live`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,21 +56,6 @@ impl std::fmt::Display for Why {
         })
     }
 }
-
-/// A process already known to match an entry (a member). One still the
-/// same (same start time, same comm) is confirmed by one read of its stat
-/// file instead of a full match; one whose exit a pidfd watches is not read
-/// at all.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct KnownMember {
-    pub start_ticks: u64,
-    pub comm: [u8; 16],
-    pub entry: usize,
-    pub exit_watched: bool,
-}
-
-/// The members, by tgid.
-pub type Known = HashMap<u32, KnownMember>;
 
 /// What one scan leaves to the next: the stat files of known members, kept
 /// open so that confirming each costs one `pread` rather than open, read

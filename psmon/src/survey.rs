@@ -10,7 +10,8 @@ use std::{cell::OnceCell, fmt::Write as _, os::unix::fs::PermissionsExt, path::P
 
 use crate::{
     config::{Action, Config, FailoverDriver, Match, Rule},
-    scan::{Known, Matcher, ScanState, Seen, Unchanged, Why, read_pidfile, resolve},
+    facts::{Known, Seen},
+    scan::{Matcher, ScanState, Unchanged, Why, read_pidfile, resolve},
 };
 
 /// One entry's finding, printed as `file:line: warning: …`.

@@ -10,7 +10,8 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Constraint, Request, Step, hostname, retrying, tool};
+use super::{Step, hostname, retrying, tool};
+use crate::facts::{Constraint, SwitchRequest};
 
 const POLL: Duration = Duration::from_millis(100);
 
@@ -51,7 +52,7 @@ enum Sent {
 }
 
 pub(super) async fn switch(
-    request: &Request,
+    request: &SwitchRequest,
     deadline: Instant,
 ) -> (bool, String, Vec<Constraint>) {
     let begun = Instant::now();

@@ -1,8 +1,8 @@
 //! Failover drivers: how `switch` reaches a cluster, and whether it worked.
 //!
 //! The monitor decides *that* failover is due (once per retry-over) and
-//! hands the shell a [`Request`]; a driver carries it out on the shell's
-//! task pool and answers with an [`Outcome`]: the resource started on
+//! hands the shell a [`SwitchRequest`]; a driver carries it out on the shell's
+//! task pool and answers with an [`SwitchOutcome`]: the resource started on
 //! another node, or why not. A request the cluster refused (or could not
 //! be reached for) is tried again every `retry_interval` until `timeout`;
 //! once the cluster took it, it is never sent again, only waited for.
@@ -24,80 +24,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::{Deserialize, Serialize};
-
-use crate::config::FailoverMode;
-
-/// What the monitor asks a cluster to do.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Request {
-    pub cluster: Cluster,
-    /// Pacemaker's resource, or CLUSTERPRO's failover group.
-    pub resource: String,
-    /// Trying and waiting end here.
-    pub timeout: Duration,
-    /// Between tries of a request the cluster did not take.
-    pub retry_interval: Duration,
-    /// psenv's variables (PATH among them) and the PSMON_* details, for
-    /// the cluster's tools.
-    pub env: Vec<(String, String)>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Cluster {
-    Pacemaker(FailoverMode),
-    Clusterpro,
-}
-
-impl Request {
-    /// For messages: `pacemaker (move) of resource 'R'`.
-    pub fn describe(&self) -> String {
-        match self.cluster {
-            Cluster::Pacemaker(mode) => {
-                let mode = match mode {
-                    FailoverMode::Move => "move",
-                    FailoverMode::Ban => "ban",
-                    FailoverMode::Fail => "fail",
-                };
-                format!("pacemaker ({mode}) of resource '{}'", self.resource)
-            }
-            Cluster::Clusterpro => format!("clusterpro move of group '{}'", self.resource),
-        }
-    }
-}
-
-/// What came of a request.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Outcome {
-    /// The resource runs on another node now.
-    pub ok: bool,
-    /// `resource 'R' started on node2 in 0.41 s`, or why not.
-    pub said: String,
-    pub elapsed: Duration,
-    /// Location constraints the request left in the cluster (Pacemaker's
-    /// `cli-ban-…`/`cli-prefer-…`): they keep the resource away until
-    /// cleared (`psmon clear-failover`).
-    pub constraints: Vec<Constraint>,
-}
-
-/// A location constraint psmon's request created.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Constraint {
-    pub resource: String,
-    pub id: String,
-    /// The node it keeps the resource from (ban) or on (prefer).
-    pub node: Option<String>,
-}
+use crate::facts::{Cluster, SwitchOutcome, SwitchRequest};
 
 /// Carries out `request` to its end: success, or failure with the reason.
-pub async fn send(request: &Request) -> Outcome {
+pub async fn send(request: &SwitchRequest) -> SwitchOutcome {
     let begun = Instant::now();
     let deadline = begun + request.timeout;
     let (ok, said, constraints) = match request.cluster {
         Cluster::Pacemaker(mode) => pacemaker::switch(request, mode, deadline).await,
         Cluster::Clusterpro => clusterpro::switch(request, deadline).await,
     };
-    Outcome {
+    SwitchOutcome {
         ok,
         said,
         elapsed: begun.elapsed(),
@@ -118,7 +55,7 @@ pub(crate) enum Step<T> {
 /// Runs `step` until it is done, gives up, or `deadline` passes; `Err`
 /// says why it ended without success, and how many tries it took.
 pub(crate) async fn retrying<T, F, Fut>(
-    request: &Request,
+    request: &SwitchRequest,
     deadline: Instant,
     mut step: F,
 ) -> Result<T, String>
@@ -281,7 +218,7 @@ mod tests {
 
     #[tokio::test]
     async fn retrying_gives_up_at_the_deadline() {
-        let request = Request {
+        let request = SwitchRequest {
             cluster: Cluster::Clusterpro,
             resource: "g".into(),
             timeout: Duration::from_millis(250),

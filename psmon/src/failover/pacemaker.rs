@@ -15,8 +15,9 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Constraint, Request, Step, hostname, retrying, tool};
+use super::{Step, hostname, retrying, tool};
 use crate::config::FailoverMode;
+use crate::facts::{Constraint, SwitchRequest};
 
 /// Between looks at the cluster's status while the resource moves.
 const POLL: Duration = Duration::from_millis(100);
@@ -205,7 +206,7 @@ enum Sent {
 
 /// Moves `request.resource` off this node; `(ok, said, constraints made)`.
 pub(super) async fn switch(
-    request: &Request,
+    request: &SwitchRequest,
     mode: FailoverMode,
     deadline: Instant,
 ) -> (bool, String, Vec<Constraint>) {

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Effect, EntryId, Job, Monitor, Notice, Run};
+use super::{Effect, EntryId, Job, Monitor, Notice};
 use crate::{
     config::{Config, FailoverChoice, FailoverDriver, FailoverMode},
-    failover::{self, Cluster, Constraint},
+    facts::{Cluster, Constraint, SwitchOutcome, SwitchRequest},
 };
 
 /// psagent.conf's failover settings.
@@ -81,7 +81,7 @@ impl Monitor {
             FailoverDriver::Pacemaker => Cluster::Pacemaker(choice.mode.unwrap_or(s.mode)),
             FailoverDriver::Clusterpro => Cluster::Clusterpro,
         };
-        let request = failover::Request {
+        let request = SwitchRequest {
             cluster,
             resource: choice
                 .resource
@@ -92,22 +92,18 @@ impl Monitor {
             retry_interval: s.retry_interval,
             env,
         };
-        Some(Effect::Run(Run {
+        Some(Effect::Switch {
             entry: id,
             path: entry.path.clone(),
-            job: Job::Failover,
-            command: request.describe(),
-            env: Vec::new(),
-            timeout: request.timeout,
-            cluster: Some(request),
-        }))
+            request,
+        })
     }
 
     /// A cluster driver's request for the entry of `path` ended.
     pub(super) fn on_switched(
         &mut self,
         path: &std::path::Path,
-        outcome: failover::Outcome,
+        outcome: SwitchOutcome,
         out: &mut Vec<Effect>,
     ) {
         let Some(i) = self.config.iter().position(|e| e.path == path) else {

@@ -525,9 +525,7 @@ impl Monitor {
             // A member started earlier in this sequence died: it failed.
             GroupPhase::Stopping { .. }
             | GroupPhase::Reaping { .. }
-            | GroupPhase::Starting { .. } => {
-                self.start_failed(g, id, StartFailure::Died, now, out)
-            }
+            | GroupPhase::Starting { .. } => self.start_failed(g, id, StartFailure::Died, now, out),
         }
     }
 

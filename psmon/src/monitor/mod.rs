@@ -30,13 +30,11 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    cause::Cause,
     clock::Time,
     config::{Config, ConfigErrors, Entry, Match, Owner, Probe, Rule},
     event::ExitStatus,
-    exec::Outcome,
+    facts::{Cause, CommandOutcome, Ending, Known, KnownMember, Seen, SwitchRequest},
     policy::{self, Action, EntryState, Phase, SetPidFail},
-    scan::{Known, KnownMember, Seen},
 };
 
 mod failover;
@@ -141,7 +139,7 @@ pub enum Input {
     CommandDone {
         path: PathBuf,
         job: Job,
-        outcome: Outcome,
+        outcome: CommandOutcome,
     },
     /// Time passed: a deadline from [`Monitor::next_deadline`] is reached.
     Tick,
@@ -197,7 +195,7 @@ pub enum Input {
     /// A cluster driver's failover request for the entry of `path` ended.
     Switched {
         path: PathBuf,
-        outcome: crate::failover::Outcome,
+        outcome: crate::facts::SwitchOutcome,
     },
     /// An operator cleared the constraints failover left on these resources.
     FailoverCleared { resources: Vec<String> },
@@ -209,6 +207,13 @@ pub enum Effect {
     Notice(Notice),
     /// Run a restart or failover command.
     Run(Run),
+    /// Send a failover request to a cluster driver; answered by
+    /// [`Input::Switched`].
+    Switch {
+        entry: EntryId,
+        path: PathBuf,
+        request: SwitchRequest,
+    },
     /// Watch for the exit of (tgid, start) (a pidfd); answered by
     /// [`Input::ExitSeen`], at once when the process is already gone.
     WatchExit {
@@ -287,9 +292,6 @@ pub struct Run {
     /// psenv's variables, then the PSMON_* details.
     pub env: Vec<(String, String)>,
     pub timeout: Duration,
-    /// Failover through a cluster driver instead of `command` (which then
-    /// only describes it).
-    pub cluster: Option<crate::failover::Request>,
 }
 
 /// Something to tell the operator. The wording is [`crate::report`]'s.
@@ -324,7 +326,7 @@ pub enum Notice {
         entry: EntryId,
         job: Job,
         ok: bool,
-        described: String,
+        ending: Ending,
         elapsed: Duration,
         output: String,
     },
@@ -1240,7 +1242,7 @@ impl Monitor {
         &mut self,
         path: PathBuf,
         job: Job,
-        outcome: Outcome,
+        outcome: CommandOutcome,
         now: Time,
         out: &mut Vec<Effect>,
     ) {
@@ -1258,7 +1260,7 @@ impl Monitor {
             entry: id,
             job,
             ok,
-            described: outcome.describe(),
+            ending: outcome.ending,
             elapsed: outcome.elapsed,
             output: outcome.output_tail,
         }));
@@ -2006,7 +2008,6 @@ impl Monitor {
             command,
             env,
             timeout: entry.restart_timeout,
-            cluster: None,
         })
     }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::*;
 use crate::{
     config::{Action as OnRetryOver, Agent, Env, Pfile},
-    exec::Ending,
+    facts::Ending,
     policy::{SetPidFail, Uncounted},
 };
 
@@ -143,7 +143,7 @@ impl World {
     }
 
     fn done(&mut self, path: &str, ok: bool) -> Vec<Action> {
-        let outcome = Outcome {
+        let outcome = CommandOutcome {
             ending: if ok {
                 Ending::Exited(0)
             } else {
@@ -942,7 +942,7 @@ fn restore_watches_members_and_waits_for_a_running_command() {
     assert_eq!(m.entry_count(), 2);
     let mut w = World { m, now: w.now, out };
     // The waited-for command ends; the process it started comes up.
-    let outcome = Outcome {
+    let outcome = CommandOutcome {
         ending: Ending::Adopted,
         elapsed: Duration::from_millis(500),
         output_tail: String::new(),
@@ -1152,7 +1152,7 @@ fn a_notify_probe_wants_keepalives_only_from_what_psmon_started() {
 
 #[test]
 fn a_down_carries_the_cause_the_kernel_gave() {
-    use crate::cause::{Cause, Sender};
+    use crate::{event::Sender, facts::Cause};
     let mut w = World::started(vec![entry("/d")], true, vec![vec![seen(100, 5)]]);
     let sender = Sender {
         pid: 4242,
@@ -1220,7 +1220,7 @@ fn a_pidfd_exit_waits_for_the_cause_when_the_source_tells_senders() {
     assert!(w.actions().is_empty(), "{:?}", w.out);
     w.feed(Input::Signalled {
         tgid: 100,
-        cause: crate::cause::Cause::Kernel { signal: 9 },
+        cause: crate::facts::Cause::Kernel { signal: 9 },
     });
     let actions = w.exit(100, 5, KILLED);
     assert!(

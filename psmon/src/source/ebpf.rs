@@ -519,7 +519,7 @@ fn decode_signal(bytes: &[u8]) -> Option<ProcEvent> {
         code: (raw.code != CODE_UNKNOWN).then_some(raw.code),
         oom: raw.kind == KIND_OOM,
         cgroup_id: (raw.cgroup_id != 0).then_some(raw.cgroup_id),
-        sender: crate::cause::Sender {
+        sender: crate::event::Sender {
             pid: raw.sender_tgid,
             uid: raw.sender_uid,
             comm: comm(&raw.sender_comm),

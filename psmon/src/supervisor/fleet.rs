@@ -22,9 +22,7 @@ pub(super) enum Timed {
 impl Supervisor {
     pub(super) fn timed(effect: &Effect) -> Option<Timed> {
         match effect {
-            Effect::Run(r) if r.job == Job::Restart && r.cluster.is_none() => {
-                Some(Timed::RestartStart)
-            }
+            Effect::Run(r) if r.job == Job::Restart => Some(Timed::RestartStart),
             Effect::Notice(Notice::Policy {
                 action: Action::ReportDown { .. },
                 ..

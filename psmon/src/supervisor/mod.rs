@@ -31,11 +31,12 @@ use crate::{
     control::{Asked, Reply},
     event::{EventKind, ProcEvent},
     exec::{self, CommandSpec},
+    facts::{CommandOutcome, Ending, Seen},
     monitor::{Effect, EntryId, Input, Monitor, Notice, Run},
     proc,
     recorder::Recorder,
     report::Reporter,
-    scan::{Matcher, ScanState, Seen, Unchanged, comm_key, read_pidfile},
+    scan::{Matcher, ScanState, Unchanged, comm_key, read_pidfile},
     source::Handle,
     state::Store,
 };
@@ -484,6 +485,7 @@ impl Supervisor {
                 self.await_command(path, pgid, left)
             }
             Effect::Run(run) => self.run_command(run),
+            Effect::Switch { path, request, .. } => self.send_failover(path, request),
             Effect::WatchExit { tgid, start } => self.watch_exit(tgid, start),
             Effect::UnwatchExit { tgid } => {
                 if let Some(watch) = self.exit_watches.remove(&tgid) {
@@ -940,7 +942,7 @@ impl Supervisor {
     /// the member's death, should it die of it. An OOM victim's memory
     /// cgroup is read first (its exit waits for that).
     fn on_signal(&mut self, s: crate::event::Signal) {
-        use crate::cause::Cause;
+        use crate::facts::Cause;
         // OOM kills come unfiltered (they are rare): counted apart.
         match s.oom {
             true => self.oom_events += 1,
@@ -960,8 +962,8 @@ impl Supervisor {
         let (tgid, trigger, cgroup_id) = (s.target, s.sender, s.cgroup_id);
         // The directory outlives the victim; its /proc entry may not.
         let cgroup_of = move |tgid: u32| match cgroup_id {
-            Some(id) => crate::cause::memory_cgroup_by_id(id),
-            None => crate::cause::memory_cgroup(tgid),
+            Some(id) => crate::proc::memory_cgroup_by_id(id),
+            None => crate::proc::memory_cgroup(tgid),
         };
         if self.monitor.member_entry(tgid).is_none() {
             // Older kernels may name the victim by one of its threads.
@@ -1032,19 +1034,19 @@ impl Supervisor {
         self.commands.spawn(async move {
             let begun = std::time::Instant::now();
             let leads = move || exec::leads_its_group(pgid);
-            let mut ending = exec::Ending::Adopted;
+            let mut ending = Ending::Adopted;
             while tokio::task::spawn_blocking(leads).await.unwrap_or(false) {
                 if begun.elapsed() >= left {
                     let _ = nix::sys::signal::killpg(
                         nix::unistd::Pid::from_raw(pgid as i32),
                         nix::sys::signal::Signal::SIGKILL,
                     );
-                    ending = exec::Ending::TimedOut;
+                    ending = Ending::TimedOut;
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            let outcome = exec::Outcome {
+            let outcome = CommandOutcome {
                 ending,
                 elapsed: begun.elapsed(),
                 output_tail: String::new(),
@@ -1075,9 +1077,6 @@ impl Supervisor {
     }
 
     fn run_command(&mut self, mut run: Run) {
-        if let Some(request) = run.cluster.take() {
-            return self.send_failover(run.path, request);
-        }
         if run.job == crate::monitor::Job::Restart {
             run.env.extend(self.notify.env(&run.path));
         }
@@ -1120,13 +1119,13 @@ impl Supervisor {
 
     /// Carries out a cluster driver's failover request; its outcome comes
     /// back as [`Input::Switched`].
-    fn send_failover(&mut self, path: std::path::PathBuf, request: crate::failover::Request) {
+    fn send_failover(&mut self, path: std::path::PathBuf, request: crate::facts::SwitchRequest) {
         self.reporter.report(
             LogLevel::Info,
             &format!(
                 "Switch request ('{}') sent: {}",
                 path.display(),
-                request.describe()
+                crate::report::switch_request(&request)
             ),
             &[("path", json!(path.display().to_string()))],
         );

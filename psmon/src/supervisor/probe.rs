@@ -132,7 +132,10 @@ async fn ask(probe: &Probe, umask: Option<u32>) -> Result<(), String> {
             if outcome.ok() {
                 Ok(())
             } else {
-                Err(format!("probe command: {}", outcome.describe()))
+                Err(format!(
+                    "probe command: {}",
+                    crate::report::command_ending(&outcome.ending)
+                ))
             }
         }
     }

@@ -4,7 +4,7 @@
 use super::*;
 use crate::{
     config::{FailoverChoice, FailoverDriver, FailoverMode, Group},
-    failover::{Cluster, Constraint, Outcome as Switched, Request},
+    facts::{Cluster, Constraint, SwitchOutcome, SwitchRequest},
 };
 
 fn switching(path: &str) -> Entry {
@@ -22,8 +22,14 @@ fn pacemaker_config(entries: Vec<Entry>) -> Config {
     c
 }
 
-fn requests(w: &World) -> Vec<Request> {
-    w.runs().iter().filter_map(|r| r.cluster.clone()).collect()
+fn requests(w: &World) -> Vec<SwitchRequest> {
+    w.out
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Switch { request, .. } => Some(request.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Retry over → one request to the cluster, for the resource named after
@@ -57,12 +63,12 @@ fn retry_over_sends_one_pacemaker_request() {
             )
         })
         .unwrap();
-    let run = w
+    let switch = w
         .out
         .iter()
-        .position(|e| matches!(e, Effect::Run(_)))
+        .position(|e| matches!(e, Effect::Switch { .. }))
         .unwrap();
-    assert!(over < run);
+    assert!(over < switch);
     assert_eq!(w.m.status(w.now)[0].state, "failed_over");
 
     // Time passing and the driver's answer send nothing more.
@@ -71,7 +77,7 @@ fn retry_over_sends_one_pacemaker_request() {
     assert!(requests(&w).is_empty(), "{:?}", w.out);
     w.feed(Input::Switched {
         path: "/d".into(),
-        outcome: Switched {
+        outcome: SwitchOutcome {
             ok: false,
             said: "no other node".into(),
             elapsed: Duration::from_secs(20),
@@ -128,10 +134,9 @@ fn a_groups_request_names_the_group() {
         ..store_of_two()
     });
     let w = World::started_with(config, true, vec![vec![seen(100, 1)], vec![seen(200, 1)]]);
-    let Some(Effect::Run(run)) = w.m.failover_run(A, Some(0), Vec::new()) else {
+    let Some(Effect::Switch { request: r, .. }) = w.m.failover_run(A, Some(0), Vec::new()) else {
         panic!("no request");
     };
-    let r = run.cluster.unwrap();
     assert_eq!(r.resource, "store");
     assert_eq!(r.cluster, Cluster::Pacemaker(FailoverMode::Fail));
 }
@@ -149,7 +154,7 @@ fn constraints_are_kept_until_cleared() {
     };
     w.feed(Input::Switched {
         path: "/d".into(),
-        outcome: Switched {
+        outcome: SwitchOutcome {
             ok: true,
             said: "resource 'app' started on node2 in 0.31 s".into(),
             elapsed: Duration::from_millis(310),

@@ -1,25 +1,136 @@
-//! Why a watched process died, as the kernel told psmon: the signal and
-//! who sent it (with the sender's parent and grandparent, taken in the
-//! kernel when the signal was generated), the kernel itself (a fault, a
-//! resource limit), or the OOM killer (with the victim's memory cgroup).
-//! Only the `ebpf` source sees senders; with the others a cause is unknown
-//! and says so rather than guess.
+//! The facts the monitor reasons about, as plain data: what a scan saw of
+//! a process, what a command came to, what a switch asks of a cluster and
+//! what the cluster said, and why a process died. The monitor and the
+//! shell both speak these; the shell finds them out (`scan`, `exec`,
+//! `failover`, the sources), the monitor decides on them, and `report`
+//! words them for the operator.
+
+use std::{collections::HashMap, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::ExitStatus;
+use crate::{
+    config::FailoverMode,
+    event::{ExitStatus, Sender},
+};
 
-/// The process that was running when a signal was generated.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Sender {
-    pub pid: u32,
+// What a scan saw.
+
+/// A process as a scan or a classification saw it: its identity (tgid,
+/// start time in clock ticks) and what tells it apart later.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Seen {
+    pub tgid: u32,
+    pub start_ticks: u64,
+    /// `comm` when it was matched, NUL padded: an exec changes it.
+    pub comm: [u8; 16],
+    /// Thread group id of the parent when it was matched.
+    pub ppid: u32,
+    /// Effective uid when it was matched (0 where it was not read: a
+    /// member confirmed alive, whose uid the monitor already has).
+    #[serde(default)]
     pub uid: u32,
-    pub comm: String,
-    /// Its parent and grandparent: (pid, comm).
-    pub parent: Option<(u32, String)>,
-    pub grandparent: Option<(u32, String)>,
 }
 
+/// A process already known to match an entry (a member). One still the
+/// same (same start time, same comm) is confirmed by one read of its stat
+/// file instead of a full match; one whose exit a pidfd watches is not read
+/// at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KnownMember {
+    pub start_ticks: u64,
+    pub comm: [u8; 16],
+    pub entry: usize,
+    pub exit_watched: bool,
+}
+
+/// The members, by tgid.
+pub type Known = HashMap<u32, KnownMember>;
+
+// What a command came to.
+
+/// How a command ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ending {
+    Exited(i32),
+    Signaled(i32),
+    /// Killed (with its process group) at the time limit.
+    TimedOut,
+    /// Could not be started at all.
+    SpawnFailed(String),
+    /// Started by a previous psmon, which died meanwhile; it ended, with a
+    /// status nobody can know now. Taken as success: whether the process
+    /// it started comes up decides.
+    Adopted,
+}
+
+/// What came of a restart, failover or probe command.
+#[derive(Clone, Debug)]
+pub struct CommandOutcome {
+    pub ending: Ending,
+    pub elapsed: Duration,
+    /// The last bytes the command wrote to stdout and stderr.
+    pub output_tail: String,
+}
+
+impl CommandOutcome {
+    pub fn ok(&self) -> bool {
+        matches!(self.ending, Ending::Exited(0) | Ending::Adopted)
+    }
+}
+
+// What a switch asks of a cluster, and what came of it.
+
+/// What the monitor asks a cluster to do.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SwitchRequest {
+    pub cluster: Cluster,
+    /// Pacemaker's resource, or CLUSTERPRO's failover group.
+    pub resource: String,
+    /// Trying and waiting end here.
+    pub timeout: Duration,
+    /// Between tries of a request the cluster did not take.
+    pub retry_interval: Duration,
+    /// psenv's variables (PATH among them) and the PSMON_* details, for
+    /// the cluster's tools.
+    pub env: Vec<(String, String)>,
+}
+
+/// Which cluster a switch goes to, and how.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cluster {
+    Pacemaker(FailoverMode),
+    Clusterpro,
+}
+
+/// What came of a switch request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SwitchOutcome {
+    /// The resource runs on another node now.
+    pub ok: bool,
+    /// `resource 'R' started on node2 in 0.41 s`, or why not.
+    pub said: String,
+    pub elapsed: Duration,
+    /// Location constraints the request left in the cluster (Pacemaker's
+    /// `cli-ban-…`/`cli-prefer-…`): they keep the resource away until
+    /// cleared (`psmon clear-failover`).
+    pub constraints: Vec<Constraint>,
+}
+
+/// A location constraint psmon's request created.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Constraint {
+    pub resource: String,
+    pub id: String,
+    /// The node it keeps the resource from (ban) or on (prefer).
+    pub node: Option<String>,
+}
+
+// Why a process died.
+
+/// Why a watched process died, as the kernel told psmon: the signal and
+/// who sent it, the kernel itself (a fault, a limit), the OOM killer, or
+/// psmon. Only the `ebpf` source sees senders.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Cause {
     /// A process sent the signal.
@@ -156,77 +267,6 @@ pub fn signal_name(signal: i32) -> String {
     name.to_string()
 }
 
-/// The memory cgroup of process `tgid`, from `/proc/PID/cgroup`: the v1
-/// memory controller's line if there is one, else the v2 line.
-pub fn memory_cgroup(tgid: u32) -> Option<String> {
-    cgroup_of(&crate::proc::cgroups(tgid)?)
-}
-
-/// The path of the memory cgroup whose directory has inode number `id`
-/// (what the kernel program read at the OOM kill, while the victim still
-/// lived), relative to the hierarchy's mount: found by walking the
-/// hierarchy that has the memory controller (v1 or v2, from mountinfo).
-pub fn memory_cgroup_by_id(id: u64) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
-    let mountinfo = crate::proc::mountinfo()?;
-    let mut roots = Vec::new();
-    for line in mountinfo.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let Some(mount) = left.split(' ').nth(4) else {
-            continue;
-        };
-        let mut fs = right.split(' ');
-        let (kind, opts) = (fs.next().unwrap_or(""), fs.nth(1).unwrap_or(""));
-        let memory_v1 = kind == "cgroup" && opts.split(',').any(|o| o == "memory");
-        if memory_v1 || kind == "cgroup2" {
-            roots.push(std::path::PathBuf::from(mount));
-        }
-    }
-    for root in roots {
-        let mut stack = vec![(root.clone(), 0)];
-        let mut seen = 0;
-        while let Some((dir, depth)) = stack.pop() {
-            seen += 1;
-            if seen > 100_000 {
-                break;
-            }
-            if std::fs::metadata(&dir).is_ok_and(|m| m.ino() == id) {
-                let rel = dir.strip_prefix(&root).ok()?;
-                return Some(format!("/{}", rel.display()));
-            }
-            if depth >= 16 {
-                continue;
-            }
-            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    stack.push((e.path(), depth + 1));
-                }
-            }
-        }
-    }
-    None
-}
-
-fn cgroup_of(text: &str) -> Option<String> {
-    let mut v2 = None;
-    for line in text.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
-        else {
-            continue;
-        };
-        if controllers.split(',').any(|c| c == "memory") {
-            return Some(path.to_string());
-        }
-        if id == "0" && controllers.is_empty() {
-            v2 = Some(path.to_string());
-        }
-    }
-    v2
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,14 +313,5 @@ mod tests {
             core_dumped: false
         }));
         assert!(!sent.explains(ExitStatus::Code(0)));
-    }
-
-    #[test]
-    fn finds_the_memory_cgroup_on_v1_and_v2() {
-        let hybrid = "12:pids:/x\n5:memory:/psmon-test/oom\n0::/user.slice\n";
-        assert_eq!(cgroup_of(hybrid).as_deref(), Some("/psmon-test/oom"));
-        let v2 = "0::/system.slice/sshd.service\n";
-        assert_eq!(cgroup_of(v2).as_deref(), Some("/system.slice/sshd.service"));
-        assert_eq!(cgroup_of("garbage"), None);
     }
 }
