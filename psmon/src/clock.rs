@@ -10,6 +10,12 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+/// Clock ticks per second (`sysconf(_SC_CLK_TCK)`): the unit of the start
+/// and CPU times `/proc` gives.
+pub fn ticks_per_second() -> u64 {
+    procfs::ticks_per_second().max(1)
+}
+
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]

@@ -54,7 +54,7 @@ impl StartTime {
 
 fn ns_per_tick() -> u64 {
     static NS: OnceLock<u64> = OnceLock::new();
-    *NS.get_or_init(|| 1_000_000_000 / crate::proc::ticks_per_second())
+    *NS.get_or_init(|| 1_000_000_000 / crate::clock::ticks_per_second())
 }
 
 /// How a thread group ended, as `waitpid(2)` would report it to its parent.

@@ -444,11 +444,6 @@ fn cgroup_of(text: &str) -> Option<String> {
     v2
 }
 
-/// Clock ticks per second: the unit of start and CPU times in `stat`.
-pub fn ticks_per_second() -> u64 {
-    procfs::ticks_per_second().max(1)
-}
-
 /// This boot's id (`/proc/sys/kernel/random/boot_id`); empty if unreadable.
 pub fn boot_id() -> String {
     procfs::sys::kernel::random::boot_id()
@@ -501,7 +496,7 @@ pub struct OwnUsage {
 pub fn own_usage() -> Option<OwnUsage> {
     let me = procfs::process::Process::myself().ok()?;
     let stat = me.stat().ok()?;
-    let tick = ticks_per_second() as f64;
+    let tick = crate::clock::ticks_per_second() as f64;
     let boot = boot_time()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0.0, |d| d.as_secs_f64());
