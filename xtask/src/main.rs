@@ -2,12 +2,6 @@
 //! run the test suite with the kernel programs required, run benchmarks.
 
 mod bench;
-mod bench_causes;
-mod bench_churn;
-mod bench_cluster;
-mod bench_fleet;
-mod bench_monitor;
-mod bench_probes;
 mod host;
 mod kernels;
 mod setup;
@@ -58,7 +52,7 @@ fn main() -> ExitCode {
         Command::Rpm => setup::run().and_then(|()| rpm_builds(&["1"]).map(drop)),
         Command::Host(opts) => setup::run().and_then(|()| host::run(opts)),
         Command::StormWorker(worker) => worker.run(),
-        Command::Poller => bench_monitor::poller(),
+        Command::Poller => bench::poller(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -18,10 +18,10 @@ use std::{
 
 use anyhow::ensure;
 
-use crate::bench::{fmt_ns, monotonic_ns, percentile};
-use crate::bench_monitor::{
+use super::support::{
     Daemon, PAUSER, STAMPER, ScaleWorld, compile, last_stamp, status_round_trips, wait_stamp,
 };
+use super::support::{fmt_ns, monotonic_ns, percentile};
 
 fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())

@@ -12,8 +12,8 @@ use std::{
 
 use anyhow::Context;
 
-use crate::bench::cpu_seconds;
-use crate::bench_monitor::{Daemon, compile};
+use super::support::cpu_seconds;
+use super::support::{Daemon, compile};
 
 /// `sigstorm RATE SECONDS`: forks a child that handles SIGUSR2, sends it
 /// RATE signals a second for SECONDS, then kills it.

@@ -14,8 +14,8 @@ use std::{
 
 use anyhow::{Context, ensure};
 
-use crate::bench::{cpu_ns, fmt_ns, percentile};
-use crate::bench_monitor::{Daemon, compile};
+use super::support::{Daemon, compile};
+use super::support::{cpu_ns, fmt_ns, percentile};
 
 /// `probeserver PORT [LOG]`: answers `+PONG` to whatever it reads; with
 /// LOG, appends the CLOCK_MONOTONIC ns of every connection accepted.

@@ -14,8 +14,8 @@ use std::{
 
 use anyhow::{Context, bail, ensure};
 
-use crate::bench::{fmt_ns, percentile};
-use crate::bench_monitor::{Daemon, PAUSER, compile};
+use super::support::{Daemon, PAUSER, compile};
+use super::support::{fmt_ns, percentile};
 
 const ROUNDS: usize = 5;
 

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::Context;
 
-use crate::{bench::cpu_ns, bench_monitor::Daemon};
+use super::support::{Daemon, cpu_ns};
 
 /// Forks per second the watched instance makes.
 const RATE: u32 = 5_000;

@@ -23,6 +23,17 @@ use serde_json::Value;
 
 use crate::workspace_root;
 
+mod causes;
+mod churn;
+mod cluster;
+mod fleet;
+mod monitor;
+mod probes;
+mod support;
+
+pub use monitor::poller;
+use support::{cpu_seconds, latency_row, monotonic_ns};
+
 #[derive(clap::Args)]
 pub struct Options {
     /// Kills per source in the latency benchmark.
@@ -287,7 +298,7 @@ impl Bench {
         }
         if wanted('d') {
             let kills = self.opts.kills;
-            out.push_str(&crate::bench_monitor::restart_latency(
+            out.push_str(&monitor::restart_latency(
                 &self.psmon,
                 &self.dir,
                 kills,
@@ -296,37 +307,25 @@ impl Bench {
             )?);
         }
         if wanted('g') {
-            out.push_str(&crate::bench_probes::probes(&self.psmon, &self.dir)?);
+            out.push_str(&probes::probes(&self.psmon, &self.dir)?);
         }
         if wanted('h') {
-            out.push_str(&crate::bench_causes::causes(&self.psmon, &self.dir)?);
+            out.push_str(&causes::causes(&self.psmon, &self.dir)?);
         }
         if wanted('i') {
-            out.push_str(&crate::bench_cluster::failover(
-                &self.root,
-                &self.psmon,
-                &self.dir,
-            )?);
+            out.push_str(&cluster::failover(&self.root, &self.psmon, &self.dir)?);
         }
         if wanted('j') {
-            out.push_str(&crate::bench_fleet::fleet(
-                &self.psmon,
-                &self.dir,
-                self.opts.scale,
-            )?);
+            out.push_str(&fleet::fleet(&self.psmon, &self.dir, self.opts.scale)?);
         }
         if wanted('f') {
-            out.push_str(&crate::bench_monitor::idle(&self.psmon, &self.dir)?);
+            out.push_str(&monitor::idle(&self.psmon, &self.dir)?);
         }
         if wanted('k') {
-            out.push_str(&crate::bench_churn::churn(&self.psmon, &self.dir)?);
+            out.push_str(&churn::churn(&self.psmon, &self.dir)?);
         }
         if wanted('e') {
-            out.push_str(&crate::bench_monitor::scale(
-                &self.psmon,
-                &self.dir,
-                self.opts.scale,
-            )?);
+            out.push_str(&monitor::scale(&self.psmon, &self.dir, self.opts.scale)?);
         }
         Ok(out)
     }
@@ -639,71 +638,6 @@ fn wait_for_comm(pid: u32, comm: &str) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_micros(200));
     }
     bail!("victim {pid} never ran")
-}
-
-pub(crate) fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// Time on CPU of every thread of `pid` now, in ns (schedstat: exact,
-/// unlike the tick-counted utime and stime).
-pub(crate) fn cpu_ns(pid: u32) -> anyhow::Result<u64> {
-    let mut total = 0;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let stat = std::fs::read_to_string(task?.path().join("schedstat")).unwrap_or_default();
-        total += stat
-            .split_whitespace()
-            .next()
-            .and_then(|n| n.parse::<u64>().ok())
-            .unwrap_or(0);
-    }
-    Ok(total)
-}
-
-/// utime + stime of process `pid` (all threads), in seconds.
-pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = &stat[stat.rfind(')').context("stat")? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
-    // SAFETY: sysconf has no preconditions.
-    Ok(ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64)
-}
-
-/// A `| label | n | p50 | p99 | max | mean |` row of latencies in ns.
-pub(crate) fn latency_row(out: &mut String, label: &str, samples: &mut [u64]) {
-    samples.sort_unstable();
-    let _ = writeln!(
-        out,
-        "| {label} | {} | {} | {} | {} | {} |",
-        samples.len(),
-        fmt_ns(percentile(samples, 50.0)),
-        fmt_ns(percentile(samples, 99.0)),
-        fmt_ns(*samples.last().unwrap_or(&0)),
-        fmt_ns(samples.iter().sum::<u64>() / samples.len().max(1) as u64),
-    );
-}
-
-pub(crate) fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-pub(crate) fn fmt_ns(ns: u64) -> String {
-    if ns >= 1_000_000 {
-        format!("{:.2} ms", ns as f64 / 1e6)
-    } else {
-        format!("{:.0} µs", ns as f64 / 1e3)
-    }
 }
 
 fn humantime_now() -> String {
