@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::*;
 use crate::{
     config::{Action as OnRetryOver, Agent, Env, Pfile},
-    facts::Ending,
+    facts::{CommandOutcome, Ending},
     policy::{SetPidFail, Uncounted},
 };
 
