@@ -9,7 +9,7 @@
 //! interpreter runs the path as its script. Where the path is another name
 //! for a multi-call binary (`/usr/bin/redis-server` → `redis-check-rdb`,
 //! busybox), the process must also have been started under that name
-//! (argv[0] or `comm`), or every user of the binary would match. An entry
+//! (`argv[0]` or `comm`), or every user of the binary would match. An entry
 //! with a `cmdline` glob matches by command line instead. Zombies belong to
 //! nothing: they are dead.
 //!

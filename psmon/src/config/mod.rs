@@ -154,7 +154,7 @@ pub struct FailoverChoice {
 /// How a process is recognised as an instance of an entry.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Match {
-    /// `/proc/PID/exe`, argv[0], or the script an interpreter runs equals the path.
+    /// `/proc/PID/exe`, `argv[0]`, or the script an interpreter runs equals the path.
     Path,
     /// The command line (arguments joined by spaces) matches this glob.
     Cmdline(glob::Pattern),

@@ -61,7 +61,7 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Keeps an operator message for `/events` (the oldest goes past [`RECENT`]).
+    /// Keeps an operator message for `/events` (the oldest goes past `RECENT`).
     pub fn said(&self, message: Value) {
         let mut recent = self.recent.lock().unwrap();
         if recent.len() == RECENT {

@@ -73,7 +73,7 @@ pub enum Input {
         job: Job,
         outcome: CommandOutcome,
     },
-    /// Time passed: a deadline from [`Monitor::next_deadline`] is reached.
+    /// Time passed: a deadline from [`Monitor::next_deadline`](super::Monitor::next_deadline) is reached.
     Tick,
     /// A valid new configuration.
     Reload(Box<Config>),
@@ -161,9 +161,9 @@ pub enum Effect {
         watch: bool,
     },
     /// An attempt failed: wait until `tgids` (the instances that died) are
-    /// reaped (at most [`REAP_WAIT`]) and nothing the last restart command
+    /// reaped (at most [`REAP_WAIT`](super::REAP_WAIT)) and nothing the last restart command
     /// (process group `pgid`) left is running — what it left once it has
-    /// finished is stopped (SIGTERM, SIGKILL after [`LEFTOVER_GRACE`]), so
+    /// finished is stopped (SIGTERM, SIGKILL after [`LEFTOVER_GRACE`](super::LEFTOVER_GRACE)), so
     /// the next attempt never runs beside it. Answered by [`Input::Reaped`].
     AwaitReaped {
         path: PathBuf,
