@@ -48,6 +48,7 @@ mod health;
 mod leftovers;
 mod notify;
 mod ops;
+mod ordering;
 mod probe;
 mod status;
 mod systemd;
@@ -137,19 +138,8 @@ pub struct Supervisor {
     stat_reads: exits::StatReads,
     back_tx: mpsc::UnboundedSender<Back>,
     back_rx: mpsc::UnboundedReceiver<Back>,
-    /// Processes whose classification is under way: how many, and the
-    /// inputs about them held until it is in.
-    held: HashMap<u32, (u32, Vec<Input>)>,
-    /// When each process's classification began (a count of them), and
-    /// when deferred exits arrived: an exit waits only for those begun
-    /// before it, so a storm of new ones cannot hold it for ever.
-    classifications: u64,
-    held_since: HashMap<u32, u64>,
-    exit_arrived: HashMap<u32, u64>,
-    /// Forks by processes whose exec is being classified: replayed once
-    /// it is in (a daemon forks its real master a moment after its exec,
-    /// and that child is what stays when it exits).
-    forks_behind: HashMap<u32, Vec<crate::event::Process>>,
+    /// What waits behind the classifications under way.
+    classifying: ordering::Classifying,
     /// Children of members not yet handed to the monitor.
     young: young::Young,
     scan_requested: bool,
@@ -249,11 +239,7 @@ impl Supervisor {
             exit_watches: HashMap::new(),
             back_tx,
             back_rx,
-            held: HashMap::new(),
-            classifications: 0,
-            held_since: HashMap::new(),
-            exit_arrived: HashMap::new(),
-            forks_behind: HashMap::new(),
+            classifying: ordering::Classifying::default(),
             young: young::Young::default(),
             scan_requested: true,
             execd: Vec::new(),
@@ -588,19 +574,11 @@ impl Supervisor {
                 {
                     self.feed(input);
                 }
-                let done = match self.held.get_mut(&tgid) {
-                    Some((n, _)) => {
-                        *n -= 1;
-                        *n == 0
-                    }
-                    None => false,
-                };
-                if done && let Some((_, inputs)) = self.held.remove(&tgid) {
-                    self.held_since.remove(&tgid);
-                    for child in self.forks_behind.remove(&tgid).unwrap_or_default() {
+                if let Some(released) = self.classifying.finished(tgid) {
+                    for child in released.forks {
                         self.on_fork(child);
                     }
-                    for input in inputs {
+                    for input in released.inputs {
                         match input {
                             Input::Exited { tgid, .. } | Input::ExitSeen { tgid, .. } => {
                                 self.feed_exit(tgid, input)
@@ -626,35 +604,19 @@ impl Supervisor {
                 self.feed(Input::Forked { entry, child });
             }
         }
-        let arrived = *self
-            .exit_arrived
-            .entry(tgid)
-            .or_insert(self.classifications);
-        let behind = if self.held.contains_key(&tgid) {
-            Some(tgid)
-        } else {
-            self.monitor.member_entry(tgid).and_then(|e| {
-                self.held.keys().copied().find(|t| {
-                    self.held_since.get(t).is_some_and(|s| *s < arrived)
-                        && self.monitor.member_entry(*t) == Some(e)
-                })
-            })
-        };
-        match behind.and_then(|t| self.held.get_mut(&t)) {
-            Some((_, inputs)) => inputs.push(input),
-            None => {
-                self.exit_arrived.remove(&tgid);
-                self.feed(input)
-            }
+        let monitor = &self.monitor;
+        let entry = monitor.member_entry(tgid);
+        let same_entry = |t| entry.is_some() && monitor.member_entry(t) == entry;
+        if let Some(input) = self.classifying.exit(tgid, input, same_entry) {
+            self.feed(input);
         }
     }
 
     /// Feeds `input` about `tgid` now, or after the classifications of
     /// `tgid` under way.
     fn feed_after_classification(&mut self, tgid: u32, input: Input) {
-        match self.held.get_mut(&tgid) {
-            Some((_, inputs)) => inputs.push(input),
-            None => self.feed(input),
+        if let Some(input) = self.classifying.after_classification(tgid, input) {
+            self.feed(input);
         }
     }
 
@@ -675,11 +637,7 @@ impl Supervisor {
         path: Option<std::path::PathBuf>,
         decide: impl FnOnce(Option<(usize, Seen)>) -> Option<Input> + Send + 'static,
     ) {
-        self.held.entry(tgid).or_default().0 += 1;
-        self.classifications += 1;
-        self.held_since
-            .entry(tgid)
-            .or_insert(self.classifications - 1);
+        self.classifying.begin(tgid);
         let matcher = self.matcher.clone();
         let generation = self.monitor.generation();
         let tx = self.back_tx.clone();
@@ -774,22 +732,19 @@ impl Supervisor {
         let Some(start) = p.start else {
             return;
         };
-        let entry = match self.monitor.member_entry(p.ppid) {
-            Some(entry) => entry,
+        let (entry, p) = match self.monitor.member_entry(p.ppid) {
+            Some(entry) => (entry, p),
             None => {
-                if self.held.contains_key(&p.ppid) {
-                    let behind = self.forks_behind.entry(p.ppid).or_default();
-                    // A fork bomb behind one exec stays bounded: a scan
-                    // finds what was dropped.
-                    if behind.len() < 64 {
-                        behind.push(p);
-                    } else {
+                let p = match self.classifying.fork(p) {
+                    ordering::Fork::Now(p) => p,
+                    ordering::Fork::Held => return,
+                    ordering::Fork::Dropped => {
                         self.rescan_all = true;
+                        return;
                     }
-                    return;
-                }
+                };
                 match self.young.entry_of(p.ppid) {
-                    Some(entry) => entry,
+                    Some(entry) => (entry, p),
                     None => return,
                 }
             }
@@ -1004,14 +959,10 @@ impl Supervisor {
             return;
         }
         let tgid = said.pid;
-        if let Some((_, inputs)) = self.held.get_mut(&tgid) {
-            // Already being classified: its messages wait behind, a few at
-            // most (a stranger's flood must not grow psmon).
-            if inputs.len() < 16 {
-                inputs.push(input);
-            }
+        // Already being classified: its messages wait behind.
+        let Some(input) = self.classifying.notify(tgid, input) else {
             return;
-        }
+        };
         self.classify(tgid, move |matched| {
             matched
                 .filter(|(i, _)| *i == entry)
