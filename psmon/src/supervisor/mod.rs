@@ -27,7 +27,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     clock::Time,
-    config::{Config, ConfigErrors, LoadOptions, LogLevel, Pfile},
+    config::{Config, ConfigErrors, LoadOptions, LogLevel},
     control::{Asked, Reply},
     event::{EventKind, ProcEvent},
     exec::{self, CommandSpec},
@@ -36,7 +36,7 @@ use crate::{
     proc,
     recorder::Recorder,
     report::Reporter,
-    scan::{Matcher, ScanState, Unchanged, comm_key, read_pidfile},
+    scan::{Matcher, ScanState, comm_key, read_pidfile},
     source::Handle,
     state::Store,
 };
@@ -50,6 +50,7 @@ mod notify;
 mod ops;
 mod ordering;
 mod probe;
+mod scans;
 mod status;
 mod systemd;
 mod young;
@@ -127,7 +128,6 @@ pub struct Supervisor {
     matcher: Arc<Matcher>,
     reporter: Reporter,
     source: Option<Handle>,
-    scan_every: Duration,
     umask: Option<u32>,
     /// Effects not yet carried out (the monitor's first ones).
     pending: Vec<Effect>,
@@ -142,16 +142,8 @@ pub struct Supervisor {
     classifying: ordering::Classifying,
     /// Children of members not yet handed to the monitor.
     young: young::Young,
-    scan_requested: bool,
-    /// Processes that exec'd since the last scan began (sources that
-    /// report every exec).
-    execd: Vec<u32>,
-    /// What the kernel's exec count was when the last scan began (a
-    /// filtering source's way of saying nothing exec'd).
-    execs_at_last_scan: Option<u64>,
-    /// Something may have happened unseen (events lost, a source or a
-    /// configuration changed): the next scan reads every process.
-    rescan_all: bool,
+    /// When the next scan runs and what it reads.
+    scans: scans::ScanPlan,
     /// systemd's watchdog period (WATCHDOG_USEC), when it asks for one.
     watchdog: Option<Duration>,
     /// READY=1 was sent (after the first scan).
@@ -177,9 +169,6 @@ pub struct Supervisor {
     exit_stamp: Option<u64>,
 }
 
-/// More execs than this between two scans: read everything instead.
-const MAX_EXECD: usize = 4096;
-
 impl Supervisor {
     pub fn new(setup: Setup) -> Self {
         let Setup {
@@ -194,7 +183,7 @@ impl Supervisor {
         } = setup;
         reporter.set_level(config.agent.log_level);
         let config_recorder = (config.agent.recorder_events, config.agent.recorder_window);
-        let scan_every = scan_interval(&config);
+        let scans = scans::ScanPlan::new(&config);
         let umask = config.env.umask;
         let pidfds = proc::pidfds_available();
         let (monitor, pending) = match saved {
@@ -230,7 +219,6 @@ impl Supervisor {
             matcher,
             reporter,
             source: None,
-            scan_every,
             umask,
             pending,
             commands: TaskTracker::new(),
@@ -241,10 +229,7 @@ impl Supervisor {
             back_rx,
             classifying: ordering::Classifying::default(),
             young: young::Young::default(),
-            scan_requested: true,
-            execd: Vec::new(),
-            execs_at_last_scan: None,
-            rescan_all: true,
+            scans,
             watchdog: None,
             ready_sent: false,
             signal_events: 0,
@@ -274,7 +259,7 @@ impl Supervisor {
 
     /// How often the reconciliation scan runs: the shortest MONITOR_INTERVAL.
     pub fn scan_interval(&self) -> Duration {
-        self.scan_every
+        self.scans.every()
     }
 
     pub async fn run(
@@ -290,13 +275,12 @@ impl Supervisor {
             self.apply(effect);
         }
         self.persist();
-        let mut scan_tick = tokio::time::interval(self.scan_every);
+        let mut scan_tick = tokio::time::interval(self.scans.every());
         let mut keepalive = self.watchdog.map(|d| tokio::time::interval(d / 2));
         let mut scan: Option<JoinHandle<ScanDone>> = None;
         let mut stat_files = Some(ScanState::default());
         loop {
-            if self.scan_requested && scan.is_none() {
-                self.scan_requested = false;
+            if scan.is_none() && self.scans.take_request() {
                 // Taken with the snapshot of the members: an exit applied
                 // after this moment wins over what the scan reports.
                 let started = Time::now();
@@ -304,7 +288,7 @@ impl Supervisor {
                 let n = self.monitor.entry_count();
                 let known = self.monitor.known();
                 let generation = self.monitor.generation();
-                let unchanged = self.unchanged_since_last_scan();
+                let unchanged = self.scans.unchanged(self.source.as_ref());
                 let mut files = stat_files.take().unwrap_or_default();
                 scan = Some(tokio::task::spawn_blocking(move || {
                     let t = std::time::Instant::now();
@@ -351,11 +335,11 @@ impl Supervisor {
                             }
 
                         } else {
-                            self.scan_requested = true;
+                            self.scans.request();
                         }
                     }
                 }
-                _ = scan_tick.tick() => self.scan_requested = true,
+                _ = scan_tick.tick() => self.scans.request(),
                 _ = sleep_until(young_due), if young_due.is_some() => {
                     for (entry, child) in self.young.grown(std::time::Instant::now()) {
                         self.feed(Input::Forked { entry, child });
@@ -377,36 +361,13 @@ impl Supervisor {
                 }
                 Some(msg) = control.recv() => {
                     self.on_control(msg);
-                    if scan_tick.period() != self.scan_every {
-                        scan_tick = tokio::time::interval(self.scan_every);
+                    if scan_tick.period() != self.scans.every() {
+                        scan_tick = tokio::time::interval(self.scans.every());
                     }
                 }
             }
         }
         self.shut_down().await;
-    }
-
-    /// What the source proves about execs since the last scan began: none
-    /// at all (a filtering source's kernel count stood still), or only
-    /// these (a source that reports every exec). Polling proves nothing.
-    fn unchanged_since_last_scan(&mut self) -> Unchanged {
-        let execd = std::mem::take(&mut self.execd);
-        let rescan_all = std::mem::take(&mut self.rescan_all);
-        let Some(source) = &self.source else {
-            return Unchanged::default();
-        };
-        let count = source.filter.as_ref().and_then(|f| f.execs_seen());
-        let held = if let Some(count) = count {
-            let same = self.execs_at_last_scan == Some(count);
-            self.execs_at_last_scan = Some(count);
-            same
-        } else {
-            source.reports_every_exec
-        };
-        Unchanged {
-            cleared_still_hold: held && !rescan_all,
-            execd,
-        }
     }
 
     /// Gives the monitor an input and carries out what it says: restart
@@ -517,7 +478,7 @@ impl Supervisor {
                         .collect(),
                 });
             }
-            Effect::Scan => self.scan_requested = true,
+            Effect::Scan => self.scans.request(),
             Effect::Verify { tgids } => {
                 let matcher = self.matcher.clone();
                 let generation = Some(self.monitor.generation());
@@ -674,11 +635,7 @@ impl Supervisor {
                 let tgid = p.tgid;
                 // Another program now: classified afresh, not as a child.
                 self.young.gone(tgid);
-                if self.execd.len() < MAX_EXECD {
-                    self.execd.push(tgid);
-                } else {
-                    self.rescan_all = true;
-                }
+                self.scans.execd(tgid);
                 if self.matcher.may_match(&p.comm, p.path.as_deref()) {
                     let path = p.path.clone();
                     self.classify_with(tgid, path, move |found| {
@@ -713,7 +670,7 @@ impl Supervisor {
             }
             EventKind::Signal(s) => self.on_signal(s),
             EventKind::Lost { count } => {
-                self.rescan_all = true;
+                self.scans.read_everything();
                 self.lost_events += count.unwrap_or(1);
                 if let Some(cells) = &self.source_cells {
                     cells
@@ -739,7 +696,7 @@ impl Supervisor {
                     ordering::Fork::Now(p) => p,
                     ordering::Fork::Held => return,
                     ordering::Fork::Dropped => {
-                        self.rescan_all = true;
+                        self.scans.read_everything();
                         return;
                     }
                 };
@@ -799,8 +756,7 @@ impl Supervisor {
                 self.source_cells = Some(self.telemetry.metrics.source(&handle.kind.to_string()));
                 self.source_down = None;
                 self.source = Some(handle);
-                self.rescan_all = true;
-                self.execs_at_last_scan = None;
+                self.scans.source_opened();
                 self.fill_filter();
                 self.feed(input);
             }
@@ -831,9 +787,8 @@ impl Supervisor {
                 &[],
             );
         }
-        self.scan_every = scan_interval(&config);
+        self.scans.reconfigured(&config);
         self.umask = config.env.umask;
-        self.rescan_all = true;
         self.config = without_entries(config.clone());
         self.feed(Input::Reload(Box::new(config)));
         self.telemetry
@@ -1173,15 +1128,6 @@ fn without_entries(mut config: Config) -> Config {
 }
 
 /// The shortest MONITOR_INTERVAL of the configuration.
-fn scan_interval(config: &Config) -> Duration {
-    config
-        .pfiles
-        .iter()
-        .map(|p| p.monitor_interval)
-        .min()
-        .unwrap_or(Pfile::DEFAULT_MONITOR_INTERVAL)
-}
-
 /// The tokio instant of a monitor time (both are `CLOCK_MONOTONIC`).
 fn to_tokio(at: Time) -> tokio::time::Instant {
     let now = Time::now();
