@@ -83,22 +83,7 @@ pub async fn run(
         .clone()
         .unwrap_or_else(|| config.agent.log_dir.clone());
     let mut reporter = Reporter::new(config.agent.log_level, opts.log_format, Some(&log_dir));
-    let access = match &config.agent.control_group {
-        Some(name) => {
-            let group = nix::unistd::Group::from_name(name)
-                .ok()
-                .flatten()
-                .with_context(|| {
-                    format!(
-                        "CONTROL_GROUP {name} in psagent.conf is not a group on this host: create it, or remove the setting"
-                    )
-                })?;
-            control::Access {
-                group: Some((name.clone(), group.gid.as_raw())),
-            }
-        }
-        None => control::Access::default(),
-    };
+    let access = control_access(&config)?;
     // Before anything is watched: a second psmon must not start at all.
     let listener = control::bind(&socket, &access, !opts.insecure_config)?;
     reporter.report(
@@ -113,98 +98,19 @@ pub async fn run(
     for warning in crate::survey::Survey::new(&config).warnings() {
         reporter.report(crate::config::LogLevel::Warn, &warning.to_string(), &[]);
     }
-    // State another user could write is no state: it says which pids are
-    // the services' and which commands run.
-    let no_state = opts.no_state
-        || match crate::secure_dir::ensure(&opts.state_dir, 0o700, !opts.insecure_config) {
-            Ok(()) => false,
-            Err(e) => {
-                reporter.report(
-                    crate::config::LogLevel::Error,
-                    &format!(
-                        "the state directory is refused: {e}; psmon keeps no state and pushes no events (a restarted psmon starts afresh)"
-                    ),
-                    &[],
-                );
-                true
-            }
-        };
-    let saved = if no_state {
-        Ok(None)
-    } else {
-        crate::state::load(&opts.state_dir)
-    };
-    let saved = match saved {
-        Ok(saved) => saved,
-        Err(warning) => {
-            reporter.report(crate::config::LogLevel::Warn, &warning, &[]);
-            None
-        }
-    };
-    let store = match crate::state::Store::open(&opts.state_dir) {
-        _ if no_state => None,
-        Ok(store) => Some(store),
-        Err(e) => {
-            reporter.report(
-                crate::config::LogLevel::Warn,
-                &format!(
-                    "cannot keep state in {}: {e}; a restarted psmon will start afresh",
-                    opts.state_dir.display()
-                ),
-                &[],
-            );
-            None
-        }
-    };
+    let (saved, store, no_state) = open_state(&opts, &mut reporter);
     let retry_interval = config.agent.retry_interval;
     let telemetry = Arc::new(crate::endpoint::Telemetry::default());
     let push = match &config.agent.push_url {
-        Some(_) if no_state => None,
-        Some(url) => {
-            match crate::push::start(
-                url.clone(),
-                &opts.state_dir,
-                retry_interval,
-                reporter.sibling(),
-                telemetry.metrics.pushing(),
-            ) {
-                Ok(started) => Some(started),
-                Err(e) => {
-                    reporter.report(
-                        crate::config::LogLevel::Error,
-                        &format!(
-                            "event push is off: cannot open its queue in {}: {e}; monitoring goes on",
-                            opts.state_dir.join("push").display()
-                        ),
-                        &[],
-                    );
-                    None
-                }
-            }
-        }
-        None => None,
+        Some(url) if !no_state => start_push(url, &opts.state_dir, &config, &reporter, &telemetry),
+        _ => None,
     };
-    // Messages are built as JSON for the endpoint's /events and the push
-    // only when one of them is on: otherwise no message costs more.
-    let endpoint_on = config.agent.heartbeat_port != 0;
-    if endpoint_on || push.is_some() {
-        let telemetry = endpoint_on.then(|| Arc::clone(&telemetry));
-        let push = push.as_ref().map(|(p, _)| Arc::clone(p));
-        let log_level = config.agent.log_level;
-        reporter.set_tap(Arc::new(move |kind, message| {
-            if let Some(push) = &push {
-                push.event(kind, message);
-            }
-            let level = message["level"].as_str().unwrap_or("INFO");
-            let shown = match level {
-                "DEBUG" => log_level <= crate::config::LogLevel::Debug,
-                _ => true,
-            };
-            if shown && let Some(telemetry) = &telemetry {
-                telemetry.said(message.clone());
-            }
-        }));
-    }
+    tap_messages(
+        &mut reporter,
+        &config,
+        &telemetry,
+        push.as_ref().map(|(p, _)| p),
+    );
     let endpoint_reporter = reporter.sibling();
     let (config_agent, config_tls) = (config.agent.clone(), config.tls.clone());
     let (event_tx, event_rx) = mpsc::channel::<ProcEvent>(config.agent.event_queue_size);
@@ -270,8 +176,152 @@ pub async fn run(
         .run(event_rx, control_rx, asked_rx, token.clone())
         .await;
     token.cancel();
-    // The source closes (netlink unsubscribes, BPF programs detach) before
-    // psmon exits; a reload being parsed is abandoned.
+    stop(tasks, push).await;
+    notify_systemd(libsystemd::daemon::NotifyState::Stopping);
+    Ok(())
+}
+
+/// Who may use the control socket: root, and CONTROL_GROUP's members.
+fn control_access(config: &Config) -> anyhow::Result<control::Access> {
+    let Some(name) = &config.agent.control_group else {
+        return Ok(control::Access::default());
+    };
+    let group = nix::unistd::Group::from_name(name)
+        .ok()
+        .flatten()
+        .with_context(|| {
+            format!(
+                "CONTROL_GROUP {name} in psagent.conf is not a group on this host: create it, or remove the setting"
+            )
+        })?;
+    Ok(control::Access {
+        group: Some((name.clone(), group.gid.as_raw())),
+    })
+}
+
+/// The state a previous psmon saved, where state is kept now, and whether
+/// psmon keeps none (`--no-state`, or a state directory another user could
+/// write: such state would say which pids are the services' and which
+/// commands run).
+fn open_state(
+    opts: &RunOptions,
+    reporter: &mut Reporter,
+) -> (
+    Option<crate::monitor::Monitor>,
+    Option<crate::state::Store>,
+    bool,
+) {
+    let no_state = opts.no_state
+        || match crate::secure_dir::ensure(&opts.state_dir, 0o700, !opts.insecure_config) {
+            Ok(()) => false,
+            Err(e) => {
+                reporter.report(
+                    crate::config::LogLevel::Error,
+                    &format!(
+                        "the state directory is refused: {e}; psmon keeps no state and pushes no events (a restarted psmon starts afresh)"
+                    ),
+                    &[],
+                );
+                true
+            }
+        };
+    if no_state {
+        return (None, None, true);
+    }
+    let saved = match crate::state::load(&opts.state_dir) {
+        Ok(saved) => saved,
+        Err(warning) => {
+            reporter.report(crate::config::LogLevel::Warn, &warning, &[]);
+            None
+        }
+    };
+    let store = match crate::state::Store::open(&opts.state_dir) {
+        Ok(store) => Some(store),
+        Err(e) => {
+            reporter.report(
+                crate::config::LogLevel::Warn,
+                &format!(
+                    "cannot keep state in {}: {e}; a restarted psmon will start afresh",
+                    opts.state_dir.display()
+                ),
+                &[],
+            );
+            None
+        }
+    };
+    (saved, store, false)
+}
+
+/// The event push to `url`, its queue under the state directory; `None`
+/// (said) when the queue cannot be opened: monitoring goes on.
+fn start_push(
+    url: &str,
+    state_dir: &std::path::Path,
+    config: &Config,
+    reporter: &Reporter,
+    telemetry: &crate::endpoint::Telemetry,
+) -> Option<(Arc<crate::push::Push>, std::thread::JoinHandle<()>)> {
+    match crate::push::start(
+        url.to_string(),
+        state_dir,
+        config.agent.retry_interval,
+        reporter.sibling(),
+        telemetry.metrics.pushing(),
+    ) {
+        Ok(started) => Some(started),
+        Err(e) => {
+            reporter.sibling().report(
+                crate::config::LogLevel::Error,
+                &format!(
+                    "event push is off: cannot open its queue in {}: {e}; monitoring goes on",
+                    state_dir.join("push").display()
+                ),
+                &[],
+            );
+            None
+        }
+    }
+}
+
+/// Messages are built as JSON for the endpoint's `/events` and the push
+/// only when one of them is on: otherwise no message costs more.
+fn tap_messages(
+    reporter: &mut Reporter,
+    config: &Config,
+    telemetry: &Arc<crate::endpoint::Telemetry>,
+    push: Option<&Arc<crate::push::Push>>,
+) {
+    let endpoint_on = config.agent.heartbeat_port != 0;
+    if !endpoint_on && push.is_none() {
+        return;
+    }
+    let telemetry = endpoint_on.then(|| Arc::clone(telemetry));
+    let push = push.map(Arc::clone);
+    let log_level = config.agent.log_level;
+    reporter.set_tap(Arc::new(move |kind, message| {
+        if let Some(push) = &push {
+            push.event(kind, message);
+        }
+        let level = message["level"].as_str().unwrap_or("INFO");
+        let shown = match level {
+            "DEBUG" => log_level <= crate::config::LogLevel::Debug,
+            _ => true,
+        };
+        if shown && let Some(telemetry) = &telemetry {
+            telemetry.said(message.clone());
+        }
+    }));
+}
+
+/// Once the supervisor has stopped: the source closes (netlink
+/// unsubscribes, BPF programs detach) and a reload being parsed is
+/// abandoned; the push thread writes what it still holds to its queue and
+/// stops once the supervisor's reporter (and with it the last sender) is
+/// gone.
+async fn stop(
+    tasks: tokio_util::task::TaskTracker,
+    push: Option<(Arc<crate::push::Push>, std::thread::JoinHandle<()>)>,
+) {
     tasks.close();
     if tokio::time::timeout(Duration::from_secs(2), tasks.wait())
         .await
@@ -279,8 +329,6 @@ pub async fn run(
     {
         tracing::warn!("the event source did not stop within 2 s");
     }
-    // The push thread writes what it still holds to its queue and stops
-    // once the supervisor's reporter (and with it the last sender) is gone.
     if let Some((push, thread)) = push {
         drop(push);
         let joined = tokio::task::spawn_blocking(move || thread.join());
@@ -293,8 +341,6 @@ pub async fn run(
             );
         }
     }
-    notify_systemd(libsystemd::daemon::NotifyState::Stopping);
-    Ok(())
 }
 
 /// Starts the HTTP endpoint when HEARTBEAT_PORT asks for one. A TLS
