@@ -30,9 +30,8 @@ use crate::{
     config::{Config, ConfigErrors, LoadOptions, LogLevel},
     control::{Asked, Reply},
     event::{EventKind, ProcEvent},
-    exec::{self, CommandSpec},
-    facts::{CommandOutcome, Ending, Seen},
-    monitor::{Effect, EntryId, Input, Monitor, Notice, Run},
+    facts::Seen,
+    monitor::{Effect, EntryId, Input, Monitor, Notice},
     proc,
     recorder::Recorder,
     report::Reporter,
@@ -41,6 +40,7 @@ use crate::{
     state::Store,
 };
 
+mod commands;
 mod exits;
 mod failover;
 mod fleet;
@@ -929,46 +929,6 @@ impl Supervisor {
         self.feed_after_classification(tgid, input);
     }
 
-    /// A restart command a previous psmon started: wait for its leader
-    /// (the shell, or the program run directly) to end, polling since it
-    /// is not our child, then say it ended. What it started in the
-    /// background (a daemon) may stay in its group: that is the service,
-    /// not the command. Past the time `left`, the group is killed, as a
-    /// command psmon started would be.
-    fn await_command(&mut self, path: std::path::PathBuf, pgid: u32, left: Duration) {
-        let tx = self.back_tx.clone();
-        self.commands.spawn(async move {
-            let begun = std::time::Instant::now();
-            let leads = move || exec::leads_its_group(pgid);
-            let mut ending = Ending::Adopted;
-            while tokio::task::spawn_blocking(leads).await.unwrap_or(false) {
-                if begun.elapsed() >= left {
-                    let _ = nix::sys::signal::killpg(
-                        nix::unistd::Pid::from_raw(pgid as i32),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                    ending = Ending::TimedOut;
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            let outcome = CommandOutcome {
-                ending,
-                elapsed: begun.elapsed(),
-                output_tail: String::new(),
-            };
-            let input = Input::CommandDone {
-                path,
-                job: crate::monitor::Job::Restart,
-                outcome,
-            };
-            let _ = tx.send(Back::Input {
-                input,
-                generation: None,
-            });
-        });
-    }
-
     /// Puts every watched name and member into the kernel filter.
     fn fill_filter(&mut self) {
         let Some(filter) = self.source.as_mut().and_then(|s| s.filter.as_mut()) else {
@@ -980,69 +940,6 @@ impl Supervisor {
         for tgid in self.monitor.member_tgids() {
             filter.watch_tgid(tgid);
         }
-    }
-
-    fn run_command(&mut self, mut run: Run) {
-        if run.job == crate::monitor::Job::Restart {
-            run.env.extend(self.notify.env(&run.path));
-        }
-        let spec = CommandSpec {
-            command: run.command,
-            env: run.env,
-            umask: self.umask,
-            timeout: run.timeout,
-        };
-        let (path, job) = (run.path, run.job);
-        // Started here and now, before anything else this input brings
-        // (messages, saving state): the restart's latency ends here.
-        let running = exec::start(&spec);
-        let tx = self.back_tx.clone();
-        if let Ok(r) = &running
-            && let Some(pgid) = r.pgid
-        {
-            let input = Input::CommandStarted {
-                path: path.clone(),
-                job,
-                pgid,
-            };
-            let _ = tx.send(Back::Input {
-                input,
-                generation: None,
-            });
-        }
-        self.commands.spawn(async move {
-            let outcome = match running {
-                Ok(running) => running.finish().await,
-                Err(failed) => failed,
-            };
-            let input = Input::CommandDone { path, job, outcome };
-            let _ = tx.send(Back::Input {
-                input,
-                generation: None,
-            });
-        });
-    }
-
-    /// Carries out a cluster driver's failover request; its outcome comes
-    /// back as [`Input::Switched`].
-    fn send_failover(&mut self, path: std::path::PathBuf, request: crate::facts::SwitchRequest) {
-        self.reporter.report(
-            LogLevel::Info,
-            &format!(
-                "Switch request ('{}') sent: {}",
-                path.display(),
-                crate::report::switch_request(&request)
-            ),
-            &[("path", json!(path.display().to_string()))],
-        );
-        let tx = self.back_tx.clone();
-        self.commands.spawn(async move {
-            let outcome = crate::failover::send(&request).await;
-            let _ = tx.send(Back::Input {
-                input: Input::Switched { path, outcome },
-                generation: None,
-            });
-        });
     }
 
     async fn shut_down(mut self) {
