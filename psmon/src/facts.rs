@@ -16,6 +16,18 @@ use crate::{
 
 // What a scan saw.
 
+/// An entry: its place in the configuration's order (pfiles by name, then
+/// lines). A reload renumbers entries; the monitor's generation tells ids
+/// of different configurations apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct EntryId(pub u32);
+
+impl EntryId {
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
 /// A process as a scan or a classification saw it: its identity (tgid,
 /// start time in clock ticks) and what tells it apart later.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -40,7 +52,7 @@ pub struct Seen {
 pub struct KnownMember {
     pub start_ticks: u64,
     pub comm: [u8; 16],
-    pub entry: usize,
+    pub entry: EntryId,
     pub exit_watched: bool,
 }
 

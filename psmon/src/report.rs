@@ -17,9 +17,9 @@ use serde_json::{Map, Value, json};
 
 use crate::{
     config::{Entry, FailoverMode, LogLevel},
-    facts::{Cluster, Ending, SwitchRequest},
+    facts::{Cluster, Ending, EntryId, SwitchRequest},
     logsink,
-    monitor::{EntryId, GroupEvent, GroupWhy, Job, Monitor, Notice},
+    monitor::{GroupEvent, GroupWhy, Job, Monitor, Notice},
     policy::{Action, SetPidFail, Uncounted},
 };
 

@@ -25,7 +25,7 @@ use std::{
 
 use crate::{
     config::{Entry, Match},
-    facts::{Known, Seen},
+    facts::{EntryId, Known, Seen},
     proc::{self, ExeReader, Stat, pread_stat, read_stat},
 };
 
@@ -91,7 +91,7 @@ pub fn comm_key(comm: &[u8]) -> [u8; 16] {
 /// An entry whose path names an executable file.
 #[derive(Clone, Debug)]
 struct ExeTarget {
-    entry: usize,
+    entry: EntryId,
     /// The path's own file name when it differs from the file's (a symlink
     /// to a multi-call binary): the name the process must be started as.
     alias: Option<Vec<u8>>,
@@ -103,13 +103,13 @@ pub struct Matcher {
     /// Executable files, as `/proc/PID/exe` names them → their entries.
     by_exe: HashMap<Vec<u8>, Vec<ExeTarget>>,
     /// Scripts (`#!` files) → entry; their processes are interpreters.
-    by_script: HashMap<PathBuf, usize>,
-    by_cmdline: Vec<(usize, glob::Pattern)>,
+    by_script: HashMap<PathBuf, EntryId>,
+    by_cmdline: Vec<(EntryId, glob::Pattern)>,
     /// Cgroups (as `/proc/PID/cgroup`'s v2 line names them) → entry; their
     /// processes and those of the cgroups below belong to it.
-    by_cgroup: Vec<(usize, String)>,
+    by_cgroup: Vec<(EntryId, String)>,
     /// Unit and cgroup entries that cannot be found (why), for warnings.
-    unresolved: Vec<(usize, String)>,
+    unresolved: Vec<(EntryId, String)>,
     /// `comm` values (first 15 bytes of file names) that watched processes
     /// are exec'd with: the in-kernel filter's keys.
     comms: HashSet<Vec<u8>>,
@@ -209,6 +209,7 @@ impl Matcher {
     pub fn new<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> Self {
         let mut m = Matcher::default();
         for (i, e) in entries.into_iter().enumerate() {
+            let i = EntryId(i as u32);
             match &e.matcher {
                 Match::Path => {
                     let r = resolve(&e.path);
@@ -238,7 +239,7 @@ impl Matcher {
     }
 
     /// Unit and cgroup entries whose cgroup cannot be known, and why.
-    pub fn unresolved(&self) -> &[(usize, String)] {
+    pub fn unresolved(&self) -> &[(EntryId, String)] {
         &self.unresolved
     }
 
@@ -279,7 +280,7 @@ impl Matcher {
 
     /// The entry process `tgid` belongs to, with its identity; `None` for
     /// other processes, zombies and processes already gone.
-    pub fn classify(&self, tgid: u32) -> Option<(usize, Seen)> {
+    pub fn classify(&self, tgid: u32) -> Option<(EntryId, Seen)> {
         self.classify_why(tgid).map(|(i, inst, _)| (i, inst))
     }
 
@@ -287,7 +288,7 @@ impl Matcher {
     /// a watched script that has already exec'd onward (a wrapper's `exec
     /// python3 …`, a moment after its interpreter started) is the script's
     /// still, though `/proc` shows what it runs now.
-    pub fn classify_exec(&self, tgid: u32, path: Option<&Path>) -> Option<(usize, Seen)> {
+    pub fn classify_exec(&self, tgid: u32, path: Option<&Path>) -> Option<(EntryId, Seen)> {
         let mut buf = Vec::with_capacity(512);
         let stat = read_stat(tgid, &mut buf)?;
         let found = proc::exe(tgid)
@@ -300,14 +301,14 @@ impl Matcher {
     }
 
     /// [`Matcher::classify`], and why it matched.
-    pub fn classify_why(&self, tgid: u32) -> Option<(usize, Seen, Why)> {
+    pub fn classify_why(&self, tgid: u32) -> Option<(EntryId, Seen, Why)> {
         let mut buf = Vec::with_capacity(512);
         let stat = read_stat(tgid, &mut buf)?;
         let exe = proc::exe(tgid)?;
         self.classify_stat(tgid, &stat, exe.as_os_str().as_bytes())
     }
 
-    fn classify_stat(&self, tgid: u32, stat: &Stat, exe: &[u8]) -> Option<(usize, Seen, Why)> {
+    fn classify_stat(&self, tgid: u32, stat: &Stat, exe: &[u8]) -> Option<(EntryId, Seen, Why)> {
         if stat.is_dead() {
             return None;
         }
@@ -335,7 +336,7 @@ impl Matcher {
     }
 
     /// The unit or cgroup entry whose cgroup (or one below it) the process is in.
-    fn match_cgroup(&self, tgid: u32) -> Option<usize> {
+    fn match_cgroup(&self, tgid: u32) -> Option<EntryId> {
         if self.by_cgroup.is_empty() {
             return None;
         }
@@ -350,7 +351,7 @@ impl Matcher {
     }
 
     /// Script and command-line rules (the executable matched no entry).
-    fn match_argv(&self, exe: &[u8], argv: &[Vec<u8>]) -> Option<(usize, Why)> {
+    fn match_argv(&self, exe: &[u8], argv: &[Vec<u8>]) -> Option<(EntryId, Why)> {
         if !self.by_script.is_empty() && is_interpreter(exe) {
             let script = argv.iter().skip(1).find(|a| !a.starts_with(b"-"));
             if let Some(i) =
@@ -373,7 +374,7 @@ impl Matcher {
     /// Whether process `tgid` still matches entry `entry`'s command-line
     /// pattern (a forked worker that retitled itself no longer does).
     /// Entries without one: always.
-    pub fn still_matches(&self, entry: usize, tgid: u32) -> bool {
+    pub fn still_matches(&self, entry: EntryId, tgid: u32) -> bool {
         let Some((_, pattern)) = self.by_cmdline.iter().find(|(i, _)| *i == entry) else {
             return true;
         };
@@ -382,7 +383,7 @@ impl Matcher {
 
     /// Whether entry `entry` matches by command line (its instances must be
     /// looked at again, not only confirmed alive).
-    pub fn by_cmdline(&self, entry: usize) -> bool {
+    pub fn by_cmdline(&self, entry: EntryId) -> bool {
         self.by_cmdline.iter().any(|(i, _)| *i == entry)
     }
 
@@ -428,7 +429,7 @@ impl Matcher {
         for (tgid, k) in known {
             let (start, comm, i) = (&k.start_ticks, &k.comm, &k.entry);
             if k.exit_watched {
-                if let Some(slot) = found.get_mut(*i) {
+                if let Some(slot) = found.get_mut(i.index()) {
                     slot.push(Seen {
                         tgid: *tgid,
                         start_ticks: *start,
@@ -452,7 +453,7 @@ impl Matcher {
             };
             let same = stat.start_ticks == *start && comm_key(stat.comm) == *comm;
             if same && !stat.is_dead() {
-                if let Some(slot) = found.get_mut(*i) {
+                if let Some(slot) = found.get_mut(i.index()) {
                     slot.push(Seen {
                         tgid: *tgid,
                         start_ticks: *start,
@@ -493,7 +494,7 @@ impl Matcher {
                 continue;
             };
             if let Some((i, inst, _)) = self.classify_stat(tgid, &stat, path)
-                && let Some(slot) = found.get_mut(i)
+                && let Some(slot) = found.get_mut(i.index())
             {
                 slot.push(inst);
             }
@@ -543,7 +544,7 @@ fn cgroup_of(target: &Match) -> Result<String, String> {
 
 /// Which of the entries naming one executable file a process belongs to:
 /// one whose name it was started under, else one that names the file itself.
-fn pick_target(targets: &[ExeTarget], comm: &[u8], argv: &[Vec<u8>]) -> Option<(usize, Why)> {
+fn pick_target(targets: &[ExeTarget], comm: &[u8], argv: &[Vec<u8>]) -> Option<(EntryId, Why)> {
     let started_as = |alias: &[u8]| {
         comm == &alias[..alias.len().min(15)]
             || argv.first().is_some_and(|a| argv0_name(a) == alias)
@@ -640,18 +641,18 @@ mod tests {
         java.matcher = Match::Cmdline(glob::Pattern::new("*java*-jar /opt/app/app.jar*").unwrap());
         let mut m = Matcher::new([&daemon, &java]);
         // The script file does not exist here.
-        m.by_script.insert("/opt/app/run.py".into(), 7);
+        m.by_script.insert("/opt/app/run.py".into(), EntryId(7));
         let py = b"/usr/bin/python3.11";
         assert_eq!(
             m.match_argv(py, &argv(&["python3", "-u", "/opt/app/run.py"])),
-            Some((7, Why::Script))
+            Some((EntryId(7), Why::Script))
         );
         assert_eq!(
             m.match_argv(
                 b"/usr/bin/java",
                 &argv(&["/usr/bin/java", "-Xmx1g", "-jar", "/opt/app/app.jar"])
             ),
-            Some((1, Why::Cmdline))
+            Some((EntryId(1), Why::Cmdline))
         );
         // Not an interpreter: an editor opening the script is not the script.
         assert_eq!(
@@ -665,23 +666,23 @@ mod tests {
     fn a_multi_call_binary_needs_the_name_it_was_started_as() {
         let targets = [
             ExeTarget {
-                entry: 0,
+                entry: EntryId(0),
                 alias: Some(b"redis-server".to_vec()),
             },
             ExeTarget {
-                entry: 1,
+                entry: EntryId(1),
                 alias: Some(b"redis-check-aof".to_vec()),
             },
         ];
         // Retitled: argv[0] is "redis-server *:6379"; comm stays.
         assert_eq!(
             pick_target(&targets, b"redis-server", &argv(&["redis-server *:6379"])),
-            Some((0, Why::StartedAs))
+            Some((EntryId(0), Why::StartedAs))
         );
         // Renamed with PR_SET_NAME, but started as redis-server.
         assert_eq!(
             pick_target(&targets, b"other", &argv(&["/usr/bin/redis-server", "x"])),
-            Some((0, Why::StartedAs))
+            Some((EntryId(0), Why::StartedAs))
         );
         assert_eq!(
             pick_target(&targets, b"redis-check-rdb", &argv(&["redis-check-rdb"])),
@@ -689,12 +690,12 @@ mod tests {
             "another user of the binary is not the entry's process"
         );
         let plain = [ExeTarget {
-            entry: 3,
+            entry: EntryId(3),
             alias: None,
         }];
         assert_eq!(
             pick_target(&plain, b"renamed", &argv(&["whatever"])),
-            Some((3, Why::Executable))
+            Some((EntryId(3), Why::Executable))
         );
     }
 

@@ -81,7 +81,12 @@ impl Survey<'_> {
                     warn(message);
                 }
             }
-            if let Some((_, why)) = self.matcher.unresolved().iter().find(|(j, _)| *j == i) {
+            if let Some((_, why)) = self
+                .matcher
+                .unresolved()
+                .iter()
+                .find(|(j, _)| j.index() == i)
+            {
                 warn(format!("{}: nothing can match it: {why}", e.path.display()));
             } else if let Match::Cgroup(dir) = &e.matcher
                 && !dir.join("cgroup.procs").exists()

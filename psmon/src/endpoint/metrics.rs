@@ -25,7 +25,8 @@ use prometheus_client::{
 
 use crate::{
     clock::Time,
-    monitor::{EntryId, Monitor, Notice},
+    facts::EntryId,
+    monitor::{Monitor, Notice},
     policy::Action,
 };
 

@@ -41,7 +41,7 @@ use crate::{
     clock::Time,
     config::{Config, Entry, Match, Rule},
     event::ExitStatus,
-    facts::{Cause, Known, KnownMember, Seen},
+    facts::{Cause, EntryId, Known, KnownMember, Seen},
     policy::{self, Action, EntryState, Phase, SetPidFail},
 };
 
@@ -86,18 +86,6 @@ const MAX_GONE: usize = 65_536;
 enum Came {
     Exec,
     Scan,
-}
-
-/// An entry: its place in the configuration's order (pfiles by name, then
-/// lines). A reload renumbers entries; [`Monitor::generation`] tells ids of
-/// different configurations apart.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct EntryId(pub u32);
-
-impl EntryId {
-    pub fn index(self) -> usize {
-        self.0 as usize
-    }
 }
 
 /// How long the next attempt waits at most for a dead instance's reaping.
@@ -594,7 +582,7 @@ impl Monitor {
                 let known = KnownMember {
                     start_ticks: m.start_ticks,
                     comm: m.comm,
-                    entry: m.entry.index(),
+                    entry: m.entry,
                     exit_watched: m.exit_watched,
                 };
                 (*tgid, known)

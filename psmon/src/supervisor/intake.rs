@@ -8,8 +8,8 @@
 use super::{Back, Supervisor, notify, ordering};
 use crate::{
     event::{EventKind, ProcEvent},
-    facts::Seen,
-    monitor::{EntryId, Input},
+    facts::{EntryId, Seen},
+    monitor::Input,
     scan::comm_key,
 };
 
@@ -38,7 +38,7 @@ impl Supervisor {
                     self.classify_with(tgid, path, move |found| {
                         Some(Input::Execd {
                             tgid,
-                            matched: found.map(|(i, seen)| (EntryId(i as u32), seen)),
+                            matched: found,
                         })
                     });
                 } else if self.monitor.member_entry(tgid).is_some() {
@@ -103,11 +103,11 @@ impl Supervisor {
                 }
             }
         };
-        if self.matcher.by_cmdline(entry.index()) {
+        if self.matcher.by_cmdline(entry) {
             // A forked child runs its parent's executable; with a
             // command-line rule it must match that too.
             self.classify(p.tgid, move |found| match found {
-                Some((i, child)) if i == entry.index() => Some(Input::Forked { entry, child }),
+                Some((i, child)) if i == entry => Some(Input::Forked { entry, child }),
                 _ => None,
             });
         } else {
@@ -181,13 +181,14 @@ impl Supervisor {
         let Some(entry) = self.monitor.entries().position(|e| e.path == said.path) else {
             return;
         };
+        let entry = EntryId(entry as u32);
         let input = Input::Notified {
             path: said.path,
             pid: said.pid,
             ready: said.ready,
             watchdog: said.watchdog,
         };
-        if self.monitor.member_entry(said.pid) == Some(EntryId(entry as u32)) {
+        if self.monitor.member_entry(said.pid) == Some(entry) {
             self.feed(input);
             return;
         }
@@ -199,9 +200,9 @@ impl Supervisor {
         self.classify(tgid, move |matched| {
             matched
                 .filter(|(i, _)| *i == entry)
-                .map(|(i, seen)| Input::Execd {
+                .map(|found| Input::Execd {
                     tgid,
-                    matched: Some((EntryId(i as u32), seen)),
+                    matched: Some(found),
                 })
         });
         self.feed_after_classification(tgid, input);
@@ -241,7 +242,7 @@ impl Supervisor {
     pub(super) fn classify(
         &mut self,
         tgid: u32,
-        decide: impl FnOnce(Option<(usize, Seen)>) -> Option<Input> + Send + 'static,
+        decide: impl FnOnce(Option<(EntryId, Seen)>) -> Option<Input> + Send + 'static,
     ) {
         self.classify_with(tgid, None, decide);
     }
@@ -251,7 +252,7 @@ impl Supervisor {
         &mut self,
         tgid: u32,
         path: Option<std::path::PathBuf>,
-        decide: impl FnOnce(Option<(usize, Seen)>) -> Option<Input> + Send + 'static,
+        decide: impl FnOnce(Option<(EntryId, Seen)>) -> Option<Input> + Send + 'static,
     ) {
         self.classifying.begin(tgid);
         let matcher = self.matcher.clone();

@@ -30,8 +30,8 @@ use crate::{
     config::{Config, ConfigErrors, LoadOptions, LogLevel},
     control::{Asked, Reply},
     event::ProcEvent,
-    facts::Seen,
-    monitor::{Effect, EntryId, Input, Monitor, Notice},
+    facts::{EntryId, Seen},
+    monitor::{Effect, Input, Monitor, Notice},
     proc,
     recorder::Recorder,
     report::Reporter,
@@ -475,7 +475,7 @@ impl Supervisor {
                     entry,
                     stale: tgids
                         .into_iter()
-                        .filter(|tgid| !matcher.still_matches(entry.index(), *tgid))
+                        .filter(|tgid| !matcher.still_matches(entry, *tgid))
                         .collect(),
                 });
             }
@@ -487,9 +487,7 @@ impl Supervisor {
                     found: tgids
                         .into_iter()
                         .map(|tgid| {
-                            let matched = matcher
-                                .classify(tgid)
-                                .map(|(i, seen)| (EntryId(i as u32), seen));
+                            let matched = matcher.classify(tgid);
                             (tgid, matched)
                         })
                         .collect(),

@@ -11,7 +11,8 @@ use crate::{
     clock::Time,
     config::{Config, Pfile},
     control::{Asked, Command, Reply},
-    monitor::{EntryId, Input, Notice},
+    facts::EntryId,
+    monitor::{Input, Notice},
     policy::Action,
 };
 

@@ -9,7 +9,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::{Back, Supervisor};
 use crate::{
     config::{Probe, ProbeKind},
-    monitor::{EntryId, Input},
+    facts::EntryId,
+    monitor::Input,
 };
 
 /// Bytes of an answer read while looking for `expect`.

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{facts::Seen, monitor::EntryId};
+use crate::facts::{EntryId, Seen};
 
 /// How long a child waits before it is a member.
 pub const AGE: Duration = Duration::from_millis(50);
