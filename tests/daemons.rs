@@ -960,6 +960,20 @@ impl Wrapper {
         pids_with_cmdline(&format!("http.server {}", self.port))
     }
 
+    /// Kills the server `pid` (the instance): Down with its pid, one server
+    /// back and answering, never two meanwhile, no failed start.
+    fn kill_and_see_one_back(&self, psmon: &mut Psmon, pid: u32) {
+        self.never_two(psmon, Duration::from_secs(1));
+        kill_pid(pid);
+        let down = psmon.wait("Down");
+        assert_eq!(pid_of(&down), pid, "{down}");
+        let up = psmon.wait_for(") Up", |m| m["pid"] != pid);
+        self.wait_answer();
+        self.never_two(psmon, Duration::from_millis(1500));
+        assert_eq!(self.servers(), vec![pid_of(&up)], "{:?}", psmon.seen);
+        assert!(messages_containing(&psmon.seen, "Set pid fail").is_empty());
+    }
+
     /// Collects psmon's messages for `period`, asserting all along that at
     /// most one server runs.
     fn never_two(&self, psmon: &mut Psmon, period: Duration) {
@@ -1002,21 +1016,13 @@ fn wrapper_that_execs_its_service(source: &str) {
         vec![pid_of(&up)],
         "the server is the instance: {up}"
     );
-    w.never_two(&mut psmon, Duration::from_secs(1));
-    kill_pid(server[0]);
-    let down = psmon.wait("Down");
-    assert_eq!(pid_of(&down), server[0], "{down}");
-    let up = psmon.wait_for(") Up", |m| m["pid"] != server[0]);
-    w.wait_answer();
-    w.never_two(&mut psmon, Duration::from_millis(1500));
-    assert_eq!(w.servers(), vec![pid_of(&up)], "{:?}", psmon.seen);
+    w.kill_and_see_one_back(&mut psmon, server[0]);
     assert_eq!(
         messages_containing(&psmon.seen, "Try to restart").len(),
         2,
         "found down at start, then the kill: {:?}",
         psmon.seen
     );
-    assert!(messages_containing(&psmon.seen, "Set pid fail").is_empty());
 }
 
 /// The same wrapper already serving when psmon starts runs python, not the
@@ -1041,21 +1047,13 @@ fn wrapper_started_before_psmon_by_the_readme_rule(source: &str) {
     let mut psmon = Psmon::start(&w.dir.0.join("conf"), source);
     let up = psmon.wait(") Up");
     assert_eq!(pid_of(&up), server[0], "found Up at start: {up}");
-    w.never_two(&mut psmon, Duration::from_secs(1));
-    kill_pid(server[0]);
-    let down = psmon.wait("Down");
-    assert_eq!(pid_of(&down), server[0], "{down}");
-    let up = psmon.wait_for(") Up", |m| m["pid"] != server[0]);
-    w.wait_answer();
-    w.never_two(&mut psmon, Duration::from_millis(1500));
-    assert_eq!(w.servers(), vec![pid_of(&up)], "{:?}", psmon.seen);
+    w.kill_and_see_one_back(&mut psmon, server[0]);
     assert_eq!(
         messages_containing(&psmon.seen, "Try to restart").len(),
         1,
         "only the kill: {:?}",
         psmon.seen
     );
-    assert!(messages_containing(&psmon.seen, "Set pid fail").is_empty());
 }
 
 /// A wrapper that runs python as its child, watched by its path, running
