@@ -1,5 +1,5 @@
-//! The facts the monitor reasons about, as plain data: what a scan saw of
-//! a process, what a command came to, what a switch asks of a cluster and
+//! The facts the monitor reasons about, as plain data: entries, what a
+//! scan saw of a process, what a command came to, what a switch asks of a cluster and
 //! what the cluster said, and why a process died. The monitor and the
 //! shell both speak these; the shell finds them out (`scan`, `exec`,
 //! `failover`, the sources), the monitor decides on them, and `report`
@@ -14,7 +14,7 @@ use crate::{
     event::{ExitStatus, Sender},
 };
 
-// What a scan saw.
+// Entries, and processes as a scan saw them.
 
 /// An entry: its place in the configuration's order (pfiles by name, then
 /// lines). A reload renumbers entries; the monitor's generation tells ids
@@ -30,7 +30,7 @@ impl EntryId {
 
 /// A process as a scan or a classification saw it: its identity (tgid,
 /// start time in clock ticks) and what tells it apart later.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Seen {
     pub tgid: u32,
     pub start_ticks: u64,
