@@ -61,13 +61,13 @@ impl Msg {
 }
 
 #[derive(Default)]
-struct Queue {
+struct Pending {
     msgs: VecDeque<Msg>,
     bytes: usize,
 }
 
 struct Sink {
-    queue: Mutex<Queue>,
+    queue: Mutex<Pending>,
     ready: Condvar,
     dropped: AtomicU64,
 }
@@ -83,7 +83,7 @@ fn sink() -> &'static Sink {
             eprintln!("psmon: cannot start the log writer thread");
         }
         Sink {
-            queue: Mutex::new(Queue::default()),
+            queue: Mutex::new(Pending::default()),
             ready: Condvar::new(),
             dropped: AtomicU64::new(0),
         }

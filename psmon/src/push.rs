@@ -105,7 +105,7 @@ pub fn start(
     reporter: Reporter,
     cells: std::sync::Arc<PushCells>,
 ) -> std::io::Result<(std::sync::Arc<Push>, std::thread::JoinHandle<()>)> {
-    let queue = Queue::open(&state_dir.join("push"))?;
+    let queue = DiskQueue::open(&state_dir.join("push"))?;
     let (tx, rx) = mpsc::sync_channel(MAX_IN_FLIGHT);
     let host = crate::failover::hostname();
     let dropped = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -134,7 +134,7 @@ pub fn start(
 }
 
 /// The queue on disk: `queue.jsonl` and the offset acknowledged in `sent`.
-struct Queue {
+struct DiskQueue {
     dir: PathBuf,
     file: File,
     len: u64,
@@ -146,8 +146,8 @@ struct Queue {
     dropped: u64,
 }
 
-impl Queue {
-    fn open(dir: &Path) -> std::io::Result<Queue> {
+impl DiskQueue {
+    fn open(dir: &Path) -> std::io::Result<DiskQueue> {
         // Inside the state directory, which was checked: created 0700.
         if !dir.exists() {
             std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
@@ -167,7 +167,7 @@ impl Queue {
             .and_then(|s| s.trim().parse::<u64>().ok())
             .unwrap_or(0)
             .min(len);
-        let mut q = Queue {
+        let mut q = DiskQueue {
             dir: dir.to_path_buf(),
             file,
             len,
@@ -223,7 +223,7 @@ impl Queue {
             bytes.extend_from_slice(e.to_string().as_bytes());
             bytes.push(b'\n');
         }
-        let fits = |q: &Queue| q.len + bytes.len() as u64 <= MAX_QUEUE_BYTES;
+        let fits = |q: &DiskQueue| q.len + bytes.len() as u64 <= MAX_QUEUE_BYTES;
         if !fits(self) && self.sent > 0 {
             self.cut_sent()?;
         }
@@ -346,7 +346,7 @@ impl Queue {
 struct Pusher {
     url: String,
     retry: Duration,
-    queue: Queue,
+    queue: DiskQueue,
     rx: mpsc::Receiver<Value>,
     reporter: Reporter,
     /// Since when sending fails, and why (said once per outage).
@@ -535,7 +535,7 @@ mod tests {
     #[test]
     fn the_queue_keeps_what_was_not_acknowledged() {
         let d = dir("keep");
-        let mut q = Queue::open(&d).unwrap();
+        let mut q = DiskQueue::open(&d).unwrap();
         q.append(&[json!({"n": 1}), json!({"n": 2}), json!({"n": 3})])
             .unwrap();
         let (first, n) = q.next().unwrap().unwrap();
@@ -543,7 +543,7 @@ mod tests {
         q.set_sent(q.sent + n).unwrap();
         drop(q);
         // Reopened (psmon restarted): the second is next.
-        let mut q = Queue::open(&d).unwrap();
+        let mut q = DiskQueue::open(&d).unwrap();
         assert_eq!(q.next().unwrap().unwrap().0["n"], 2);
         for _ in 0..2 {
             let (_, n) = q.next().unwrap().unwrap();
@@ -558,7 +558,7 @@ mod tests {
     #[test]
     fn a_torn_last_line_is_dropped() {
         let d = dir("torn");
-        let mut q = Queue::open(&d).unwrap();
+        let mut q = DiskQueue::open(&d).unwrap();
         q.append(&[json!({"n": 1})]).unwrap();
         drop(q);
         let mut f = OpenOptions::new()
@@ -566,7 +566,7 @@ mod tests {
             .open(d.join("queue.jsonl"))
             .unwrap();
         f.write_all(b"{\"n\": 2").unwrap();
-        let q = Queue::open(&d).unwrap();
+        let q = DiskQueue::open(&d).unwrap();
         let (e, _) = q.next().unwrap().unwrap();
         assert_eq!(e["n"], 1);
         assert_eq!(
@@ -579,7 +579,7 @@ mod tests {
     #[test]
     fn a_full_queue_drops_the_oldest() {
         let d = dir("full");
-        let mut q = Queue::open(&d).unwrap();
+        let mut q = DiskQueue::open(&d).unwrap();
         let big = "x".repeat(1 << 20);
         for i in 0..20 {
             q.append(&[json!({"n": i, "pad": big})]).unwrap();
@@ -598,7 +598,7 @@ mod tests {
     #[test]
     fn the_file_stays_bounded_while_nothing_is_sent() {
         let d = dir("bounded");
-        let mut q = Queue::open(&d).unwrap();
+        let mut q = DiskQueue::open(&d).unwrap();
         let pad = "y".repeat(64 << 10);
         for i in 0..600 {
             q.append(&[json!({"n": i, "pad": pad})]).unwrap();
@@ -611,7 +611,7 @@ mod tests {
         q.sent_one(n).unwrap();
         let dropped = q.dropped;
         drop(q);
-        let q = Queue::open(&d).unwrap();
+        let q = DiskQueue::open(&d).unwrap();
         assert_eq!(q.next().unwrap().unwrap().0["n"], dropped + 1);
         assert_eq!(q.waiting as u64, 600 - dropped - 1);
         let _ = std::fs::remove_dir_all(&d);

@@ -31,7 +31,7 @@ use crate::{
 
 /// Why a process matched its entry (shown by `psmon check --live`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Why {
+pub enum MatchReason {
     /// Its executable is the entry's file.
     Executable,
     /// Its executable is the multi-call binary the entry's path names, and
@@ -45,14 +45,16 @@ pub enum Why {
     Cgroup,
 }
 
-impl std::fmt::Display for Why {
+impl std::fmt::Display for MatchReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Why::Executable => "its executable is the file the path names",
-            Why::StartedAs => "it runs the file the path links to, started under the path's name",
-            Why::Script => "an interpreter runs the path as its script",
-            Why::Cmdline => "its command line matches the cmdline pattern",
-            Why::Cgroup => "it runs in the unit's or cgroup's cgroup",
+            MatchReason::Executable => "its executable is the file the path names",
+            MatchReason::StartedAs => {
+                "it runs the file the path links to, started under the path's name"
+            }
+            MatchReason::Script => "an interpreter runs the path as its script",
+            MatchReason::Cmdline => "its command line matches the cmdline pattern",
+            MatchReason::Cgroup => "it runs in the unit's or cgroup's cgroup",
         })
     }
 }
@@ -301,14 +303,19 @@ impl Matcher {
     }
 
     /// [`Matcher::classify`], and why it matched.
-    pub fn classify_why(&self, tgid: u32) -> Option<(EntryId, Seen, Why)> {
+    pub fn classify_why(&self, tgid: u32) -> Option<(EntryId, Seen, MatchReason)> {
         let mut buf = Vec::with_capacity(512);
         let stat = read_stat(tgid, &mut buf)?;
         let exe = proc::exe(tgid)?;
         self.classify_stat(tgid, &stat, exe.as_os_str().as_bytes())
     }
 
-    fn classify_stat(&self, tgid: u32, stat: &Stat, exe: &[u8]) -> Option<(EntryId, Seen, Why)> {
+    fn classify_stat(
+        &self,
+        tgid: u32,
+        stat: &Stat,
+        exe: &[u8],
+    ) -> Option<(EntryId, Seen, MatchReason)> {
         if stat.is_dead() {
             return None;
         }
@@ -328,7 +335,7 @@ impl Matcher {
                     .flatten();
                 match by_argv {
                     Some(found) => found,
-                    None => (self.match_cgroup(tgid)?, Why::Cgroup),
+                    None => (self.match_cgroup(tgid)?, MatchReason::Cgroup),
                 }
             }
         };
@@ -351,13 +358,13 @@ impl Matcher {
     }
 
     /// Script and command-line rules (the executable matched no entry).
-    fn match_argv(&self, exe: &[u8], argv: &[Vec<u8>]) -> Option<(EntryId, Why)> {
+    fn match_argv(&self, exe: &[u8], argv: &[Vec<u8>]) -> Option<(EntryId, MatchReason)> {
         if !self.by_script.is_empty() && is_interpreter(exe) {
             let script = argv.iter().skip(1).find(|a| !a.starts_with(b"-"));
             if let Some(i) =
                 script.and_then(|s| self.by_script.get(Path::new(OsStr::from_bytes(s))))
             {
-                return Some((*i, Why::Script));
+                return Some((*i, MatchReason::Script));
             }
         }
         if !self.by_cmdline.is_empty() && !argv.is_empty() {
@@ -366,7 +373,7 @@ impl Matcher {
                 .by_cmdline
                 .iter()
                 .find(|(_, p)| p.matches(&joined))
-                .map(|(i, _)| (*i, Why::Cmdline));
+                .map(|(i, _)| (*i, MatchReason::Cmdline));
         }
         None
     }
@@ -544,7 +551,11 @@ fn cgroup_of(target: &Match) -> Result<String, String> {
 
 /// Which of the entries naming one executable file a process belongs to:
 /// one whose name it was started under, else one that names the file itself.
-fn pick_target(targets: &[ExeTarget], comm: &[u8], argv: &[Vec<u8>]) -> Option<(EntryId, Why)> {
+fn pick_target(
+    targets: &[ExeTarget],
+    comm: &[u8],
+    argv: &[Vec<u8>],
+) -> Option<(EntryId, MatchReason)> {
     let started_as = |alias: &[u8]| {
         comm == &alias[..alias.len().min(15)]
             || argv.first().is_some_and(|a| argv0_name(a) == alias)
@@ -552,12 +563,12 @@ fn pick_target(targets: &[ExeTarget], comm: &[u8], argv: &[Vec<u8>]) -> Option<(
     targets
         .iter()
         .find(|t| t.alias.as_deref().is_some_and(started_as))
-        .map(|t| (t.entry, Why::StartedAs))
+        .map(|t| (t.entry, MatchReason::StartedAs))
         .or_else(|| {
             targets
                 .iter()
                 .find(|t| t.alias.is_none())
-                .map(|t| (t.entry, Why::Executable))
+                .map(|t| (t.entry, MatchReason::Executable))
         })
 }
 
@@ -645,14 +656,14 @@ mod tests {
         let py = b"/usr/bin/python3.11";
         assert_eq!(
             m.match_argv(py, &argv(&["python3", "-u", "/opt/app/run.py"])),
-            Some((EntryId(7), Why::Script))
+            Some((EntryId(7), MatchReason::Script))
         );
         assert_eq!(
             m.match_argv(
                 b"/usr/bin/java",
                 &argv(&["/usr/bin/java", "-Xmx1g", "-jar", "/opt/app/app.jar"])
             ),
-            Some((EntryId(1), Why::Cmdline))
+            Some((EntryId(1), MatchReason::Cmdline))
         );
         // Not an interpreter: an editor opening the script is not the script.
         assert_eq!(
@@ -677,12 +688,12 @@ mod tests {
         // Retitled: argv[0] is "redis-server *:6379"; comm stays.
         assert_eq!(
             pick_target(&targets, b"redis-server", &argv(&["redis-server *:6379"])),
-            Some((EntryId(0), Why::StartedAs))
+            Some((EntryId(0), MatchReason::StartedAs))
         );
         // Renamed with PR_SET_NAME, but started as redis-server.
         assert_eq!(
             pick_target(&targets, b"other", &argv(&["/usr/bin/redis-server", "x"])),
-            Some((EntryId(0), Why::StartedAs))
+            Some((EntryId(0), MatchReason::StartedAs))
         );
         assert_eq!(
             pick_target(&targets, b"redis-check-rdb", &argv(&["redis-check-rdb"])),
@@ -695,7 +706,7 @@ mod tests {
         }];
         assert_eq!(
             pick_target(&plain, b"renamed", &argv(&["whatever"])),
-            Some((EntryId(3), Why::Executable))
+            Some((EntryId(3), MatchReason::Executable))
         );
     }
 

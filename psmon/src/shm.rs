@@ -92,7 +92,7 @@ fn unix_ms() -> u64 {
 }
 
 /// One entry's state as the queue shows it.
-pub struct EntryState<'a> {
+pub struct QueueEntry<'a> {
     pub path: &'a Path,
     pub state: &'a str,
     pub pid: Option<u32>,
@@ -101,19 +101,19 @@ pub struct EntryState<'a> {
 }
 
 /// A pfile's segment, attached for writing.
-pub struct Queue {
+pub struct HealthQueue {
     id: i32,
     base: *mut Segment,
 }
 
 // SAFETY: the mapping is owned by this value and only touched through it.
-unsafe impl Send for Queue {}
+unsafe impl Send for HealthQueue {}
 
-impl Queue {
+impl HealthQueue {
     /// Creates (or takes over) the segment of `key` for pfile `name` (read
     /// from `file`). A segment of that key that is not psmon's is left
     /// alone and refused.
-    pub fn open(key: u32, name: &str, file: &Path) -> std::io::Result<Queue> {
+    pub fn open(key: u32, name: &str, file: &Path) -> std::io::Result<HealthQueue> {
         let key = key as libc::key_t;
         // SAFETY: shmget with integer arguments.
         let mut id = unsafe { libc::shmget(key, SIZE, libc::IPC_CREAT | 0o600) };
@@ -136,7 +136,7 @@ impl Queue {
         if base as isize == -1 {
             return Err(std::io::Error::last_os_error());
         }
-        let queue = Queue {
+        let queue = HealthQueue {
             id,
             base: base.cast(),
         };
@@ -162,7 +162,7 @@ impl Queue {
     }
 
     /// Writes every entry's state and, when given, one event.
-    pub fn write(&mut self, entries: &[EntryState], event: Option<&str>) {
+    pub fn write(&mut self, entries: &[QueueEntry], event: Option<&str>) {
         // SAFETY: the segment is SIZE bytes, mapped, and written only here.
         let seg = unsafe { &mut *self.base };
         let seq = &raw mut seg.header.seq;
@@ -198,7 +198,7 @@ impl Queue {
     }
 }
 
-impl Drop for Queue {
+impl Drop for HealthQueue {
     fn drop(&mut self) {
         // SAFETY: detaching the mapping this value attached.
         unsafe { libc::shmdt(self.base.cast()) };
@@ -410,9 +410,9 @@ mod tests {
     #[test]
     fn writes_reads_and_refuses_what_is_not_its_own() {
         let k = key(1);
-        let mut q = Queue::open(k, "app", Path::new("/etc/psmon/pfile_app")).unwrap();
+        let mut q = HealthQueue::open(k, "app", Path::new("/etc/psmon/pfile_app")).unwrap();
         let path = Path::new("/usr/sbin/sshd");
-        let state = |s, pid| EntryState {
+        let state = |s, pid| QueueEntry {
             path,
             state: s,
             pid,
@@ -465,7 +465,7 @@ mod tests {
         let id = q.id;
         drop(q);
         // psmon will not take over a foreign segment.
-        assert!(Queue::open(k, "app", Path::new("/etc/psmon/pfile_app")).is_err());
+        assert!(HealthQueue::open(k, "app", Path::new("/etc/psmon/pfile_app")).is_err());
         // SAFETY: removing the test's segment.
         unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
         assert!(dump(k).unwrap_err().contains("no health queue"));

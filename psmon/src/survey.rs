@@ -11,7 +11,7 @@ use std::{cell::OnceCell, fmt::Write as _, os::unix::fs::PermissionsExt, path::P
 use crate::{
     config::{Action, Config, FailoverDriver, Match, Rule},
     facts::{Known, Seen},
-    scan::{Matcher, ScanState, Unchanged, Why, read_pidfile, resolve},
+    scan::{MatchReason, Matcher, ScanState, Unchanged, read_pidfile, resolve},
 };
 
 /// One entry's finding, printed as `file:line: warning: …`.
@@ -336,7 +336,7 @@ impl Survey<'_> {
                 let why = matcher
                     .classify_why(inst.tgid)
                     .map(|(_, _, w)| w)
-                    .unwrap_or(Why::Executable);
+                    .unwrap_or(MatchReason::Executable);
                 let exe = crate::proc::exe(inst.tgid)
                     .map_or_else(|| "?".into(), |p| p.display().to_string());
                 let cmdline = crate::proc::cmdline(inst.tgid)

@@ -6,7 +6,7 @@ use std::{path::Path, path::PathBuf, time::Duration};
 
 use super::{
     Diagnostic, FailoverDriver, FailoverMode, hint,
-    pfile::{Reporter, col, key_value_lines, normalize_key},
+    pfile::{Diagnostics, col, key_value_lines, normalize_key},
 };
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -121,7 +121,7 @@ const AGENT_KEYS: [&str; 15] = [
 ];
 
 pub(super) fn parse_agent(file: &Path, text: &str, errors: &mut Vec<Diagnostic>) -> Agent {
-    let mut r = Reporter::new(file, errors);
+    let mut r = Diagnostics::new(file, errors);
     let mut agent = Agent::default();
     for (n, kv) in key_value_lines(&mut r, text) {
         let (v, vc) = (kv.value, kv.value_col);
@@ -249,7 +249,7 @@ pub struct Env {
 }
 
 pub(super) fn parse_env(file: &Path, text: &str, errors: &mut Vec<Diagnostic>) -> Env {
-    let mut r = Reporter::new(file, errors);
+    let mut r = Diagnostics::new(file, errors);
     let mut env = Env::default();
     for (i, raw) in text.lines().enumerate() {
         let n = i + 1;

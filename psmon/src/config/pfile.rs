@@ -55,7 +55,11 @@ pub(super) fn col(line: &str, at: usize) -> usize {
 }
 
 /// [`key_value`] of line `n`, reporting a line that is not one.
-pub(super) fn key_value_at<'a>(r: &mut Reporter, line: &'a str, n: usize) -> Option<KeyValue<'a>> {
+pub(super) fn key_value_at<'a>(
+    r: &mut Diagnostics,
+    line: &'a str,
+    n: usize,
+) -> Option<KeyValue<'a>> {
     let kv = key_value(line);
     if kv.is_none() {
         let c = col(line, line.len() - line.trim_start().len());
@@ -67,7 +71,10 @@ pub(super) fn key_value_at<'a>(r: &mut Reporter, line: &'a str, n: usize) -> Opt
 /// The `KEY = value` lines of a file made of nothing else (psagent.conf,
 /// ps_ssl.conf), with their line numbers; comments and blank lines are
 /// skipped, anything else is reported.
-pub(super) fn key_value_lines<'a>(r: &mut Reporter, text: &'a str) -> Vec<(usize, KeyValue<'a>)> {
+pub(super) fn key_value_lines<'a>(
+    r: &mut Diagnostics,
+    text: &'a str,
+) -> Vec<(usize, KeyValue<'a>)> {
     text.lines()
         .enumerate()
         .filter_map(|(i, raw)| {
@@ -119,14 +126,14 @@ pub(super) fn normalize_key(key: &str) -> String {
 /// Collects a file's problems: the first [`MAX_ERRORS_PER_FILE`] in full,
 /// the rest only counted (a file of garbage must not cost memory per line),
 /// and said as one line when the file is done.
-pub(super) struct Reporter<'a> {
+pub(super) struct Diagnostics<'a> {
     pub file: &'a Path,
     pub errors: &'a mut Vec<Diagnostic>,
     start: usize,
     more: usize,
 }
 
-impl Drop for Reporter<'_> {
+impl Drop for Diagnostics<'_> {
     fn drop(&mut self) {
         if self.more > 0 {
             self.errors.push(Diagnostic {
@@ -139,10 +146,10 @@ impl Drop for Reporter<'_> {
     }
 }
 
-impl<'a> Reporter<'a> {
+impl<'a> Diagnostics<'a> {
     pub fn new(file: &'a Path, errors: &'a mut Vec<Diagnostic>) -> Self {
         let start = errors.len();
-        Reporter {
+        Diagnostics {
             file,
             errors,
             start,
@@ -225,7 +232,7 @@ fn section_header(trimmed: &str) -> Option<Section> {
 }
 
 pub(super) fn parse(file: &Path, text: &str, errors: &mut Vec<Diagnostic>) -> Option<Pfile> {
-    let mut r = Reporter::new(file, errors);
+    let mut r = Diagnostics::new(file, errors);
     let name = file
         .file_name()
         .and_then(|n| n.to_str())
@@ -294,11 +301,11 @@ pub(super) fn parse(file: &Path, text: &str, errors: &mut Vec<Diagnostic>) -> Op
     Some(pfile)
 }
 
-fn param(r: &mut Reporter, pfile: &mut Pfile, line: &str, n: usize) {
+fn param(r: &mut Diagnostics, pfile: &mut Pfile, line: &str, n: usize) {
     let Some(kv) = key_value_at(r, line, n) else {
         return;
     };
-    let secs = |r: &mut Reporter, what| {
+    let secs = |r: &mut Diagnostics, what| {
         r.number(what, kv.value, n, kv.value_col, 1, MAX_INTERVAL_SECS)
             .map(Duration::from_secs)
     };
@@ -374,7 +381,7 @@ fn field_at(line: &str, from: usize, to: usize) -> (usize, &str) {
 const PENT_SHAPE: &str =
     "`<process path> : <restart command or -> : <grace seconds> : <retry count> : <action>`";
 
-fn pent(r: &mut Reporter, line: &str, n: usize) -> Option<Entry> {
+fn pent(r: &mut Diagnostics, line: &str, n: usize) -> Option<Entry> {
     let fields = pent_fields(line);
     if fields.len() != 5 {
         let c = col(line, fields[0].0);

@@ -13,7 +13,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
 use super::{
     Diagnostic, hint,
-    pfile::{Reporter, key_value_lines, normalize_key},
+    pfile::{Diagnostics, key_value_lines, normalize_key},
 };
 
 /// What ps_ssl.conf says, and where, for messages.
@@ -28,7 +28,7 @@ pub struct Tls {
 const KEYS: [&str; 3] = ["CERTIFICATE", "KEY", "CLIENT_CA"];
 
 pub(super) fn parse(file: &Path, text: &str, errors: &mut Vec<Diagnostic>) -> Option<Tls> {
-    let mut r = Reporter::new(file, errors);
+    let mut r = Diagnostics::new(file, errors);
     let (mut certificate, mut key, mut client_ca) = (None, None, None);
     for (n, kv) in key_value_lines(&mut r, text) {
         let slot = match normalize_key(kv.key).as_str() {

@@ -89,7 +89,7 @@ where
 
 /// A cluster tool's answer: its standard output, or why it failed.
 #[derive(Debug)]
-pub(crate) struct Said {
+pub(crate) struct ToolAnswer {
     pub ok: bool,
     pub stdout: String,
     /// The tool's complaint (its last lines of stderr, else stdout).
@@ -103,7 +103,7 @@ pub(crate) async fn tool(
     args: &[&str],
     env: &[(String, String)],
     deadline: Instant,
-) -> Result<Said, String> {
+) -> Result<ToolAnswer, String> {
     let shown = std::iter::once(program)
         .chain(args.iter().copied())
         .collect::<Vec<_>>()
@@ -155,7 +155,7 @@ pub(crate) async fn tool(
         &stderr[..]
     };
     let complaint = last_lines(text, 2);
-    Ok(Said {
+    Ok(ToolAnswer {
         ok: output.status.success(),
         stdout,
         complaint: if output.status.success() {

@@ -102,7 +102,7 @@ pub struct GroupStatus {
 
 /// Why a group restarts; only a failure counts against its budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Why {
+pub enum GroupWhy {
     Failure,
     /// The operator's recovery drill killed the member.
     Drill,
@@ -117,7 +117,7 @@ pub enum GroupEvent {
     Restarting {
         cause: EntryId,
         attempt: u32,
-        why: Why,
+        why: GroupWhy,
     },
     Stopping {
         entry: EntryId,
@@ -602,14 +602,14 @@ impl Monitor {
         let (restarts, window) = (conf.restarts, conf.window);
         let drill = std::mem::take(&mut self.watches[cause.index()].drill);
         let why = match (drill, first_look) {
-            (true, _) => Why::Drill,
-            (false, true) => Why::FirstLook,
-            (false, false) => Why::Failure,
+            (true, _) => GroupWhy::Drill,
+            (false, true) => GroupWhy::FirstLook,
+            (false, false) => GroupWhy::Failure,
         };
         let w = &mut self.groups[g];
         w.attempts
             .retain(|t| now.saturating_duration_since(*t) < window);
-        if why == Why::Failure {
+        if why == GroupWhy::Failure {
             if w.attempts.len() as u32 >= restarts {
                 self.retry_over(g, cause, now, out);
                 return;

@@ -62,7 +62,7 @@ use probes::{ProbeState, first_probe_at};
 pub use status::EntryStatus;
 
 use group::{GroupConf, GroupWatch, Said};
-pub use group::{GroupEvent, GroupStatus, StartFailure, Why as GroupWhy};
+pub use group::{GroupEvent, GroupStatus, GroupWhy, StartFailure};
 
 /// How often an entry with a pidfile has it re-read while its restarted
 /// process is expected: daemons write it a moment after they start.

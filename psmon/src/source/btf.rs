@@ -47,7 +47,7 @@ pub enum BtfError {
 }
 
 #[derive(Clone, Copy)]
-struct Member {
+struct StructMember {
     name_off: u32,
     type_id: u32,
     /// Bit offset from the start of the enclosing struct.
@@ -63,7 +63,7 @@ struct Type {
     values: Vec<(u32, i64)>,
     /// Referenced type for modifiers and typedefs.
     type_id: u32,
-    members: Vec<Member>,
+    members: Vec<StructMember>,
 }
 
 /// Parsed BTF types (only what offset lookups need).
@@ -145,7 +145,7 @@ impl Btf {
                     for i in 0..vlen {
                         let m = at + 12 * i;
                         let offset = u32_at(m + 8).ok_or(bad("truncated member"))?;
-                        members.push(Member {
+                        members.push(StructMember {
                             name_off: u32_at(m).ok_or(bad("truncated member"))?,
                             type_id: u32_at(m + 4).ok_or(bad("truncated member"))?,
                             // With kind_flag the top 8 bits are a bitfield size.

@@ -362,12 +362,12 @@ impl EventSink {
 /// second exit of the same (tgid, start time).
 #[derive(Default)]
 pub struct ProcessTable {
-    live: HashMap<u32, Known>,
+    live: HashMap<u32, Alive>,
     recent_exits: RecentSet,
 }
 
 #[derive(Clone)]
-struct Known {
+struct Alive {
     start: Option<StartTime>,
     ppid: u32,
     comm: String,
@@ -382,7 +382,7 @@ impl ProcessTable {
             if e.is_dead() || self.recent_exits.contains(e.tgid, Some(e.start.ticks())) {
                 continue;
             }
-            self.live.entry(e.tgid).or_insert(Known {
+            self.live.entry(e.tgid).or_insert(Alive {
                 start: Some(e.start),
                 ppid: e.ppid,
                 comm: e.comm,
@@ -438,7 +438,7 @@ impl ProcessTable {
     fn remember(&mut self, p: &Process) {
         self.live.insert(
             p.tgid,
-            Known {
+            Alive {
                 start: p.start,
                 ppid: p.ppid,
                 comm: p.comm.clone(),

@@ -20,7 +20,7 @@ pub struct PollSource {
     pub interval: Duration,
 }
 
-struct Seen {
+struct Polled {
     start: StartTime,
     ppid: u32,
     comm: String,
@@ -36,7 +36,7 @@ impl PollSource {
         token: CancellationToken,
     ) -> Result<(), SourceError> {
         let mut sink = EventSink::new(tx);
-        let mut seen: HashMap<u32, Seen> = HashMap::new();
+        let mut seen: HashMap<u32, Polled> = HashMap::new();
         let mut first = true;
         let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -85,7 +85,7 @@ impl PollSource {
 /// The first snapshot only fills `seen` (what already runs is not news),
 /// except for zombies, whose exits are reported.
 fn diff(
-    seen: &mut HashMap<u32, Seen>,
+    seen: &mut HashMap<u32, Polled>,
     entries: Vec<ProcEntry>,
     mut paths: HashMap<u32, PathBuf>,
     first: bool,
@@ -96,7 +96,7 @@ fn diff(
         present.insert(e.tgid, e);
     }
     let time = EventTime::now(None, None);
-    let process_of = |tgid: u32, s: &Seen| Process {
+    let process_of = |tgid: u32, s: &Polled| Process {
         tgid,
         pid: tgid,
         ppid: s.ppid,
@@ -137,7 +137,7 @@ fn diff(
         if seen.contains_key(&tgid) {
             continue;
         }
-        let entry = Seen {
+        let entry = Polled {
             start: e.start,
             ppid: e.ppid,
             comm: e.comm.clone(),

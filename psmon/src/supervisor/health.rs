@@ -11,7 +11,7 @@ use crate::{clock::Time, config::LogLevel, monitor::Notice, policy::Action, shm}
 const DUMP_FILE_LIMIT: u64 = 1 << 20;
 
 /// The segments, by pfile name, with their keys.
-pub(super) type Queues = HashMap<String, (u32, shm::Queue)>;
+pub(super) type Queues = HashMap<String, (u32, shm::HealthQueue)>;
 
 impl Supervisor {
     /// Opens the segment of every configured pfile with an IPCKEY, and
@@ -43,7 +43,7 @@ impl Supervisor {
                 .pfile_named(&name)
                 .map(|p| p.file.clone())
                 .unwrap_or_default();
-            match shm::Queue::open(key, &name, &file) {
+            match shm::HealthQueue::open(key, &name, &file) {
                 Ok(queue) => {
                     self.queues.insert(name.clone(), (key, queue));
                     self.write_queue(&name, None);
@@ -133,9 +133,9 @@ impl Supervisor {
         let begun = std::time::Instant::now();
         let ids = self.monitor.entries_of(pfile);
         let status = self.monitor.status_of(&ids, Time::now());
-        let entries: Vec<shm::EntryState> = status
+        let entries: Vec<shm::QueueEntry> = status
             .iter()
-            .map(|e| shm::EntryState {
+            .map(|e| shm::QueueEntry {
                 path: &e.path,
                 state: e.state,
                 pid: e.instances.first().map(|(pid, _)| *pid),
