@@ -232,12 +232,10 @@ pub fn is_going(tgid: u32) -> bool {
 /// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup` on RHEL 9,
 /// `/sys/fs/cgroup/unified` on a hybrid host), from `/proc/self/mountinfo`.
 pub fn cgroup2_mount() -> Option<PathBuf> {
-    mountinfo()?.lines().find_map(|line| {
-        let (before, after) = line.split_once(" - ")?;
-        (after.split_whitespace().next()? == "cgroup2")
-            .then(|| before.split_whitespace().nth(4).map(PathBuf::from))
-            .flatten()
-    })
+    mountinfo()?
+        .lines()
+        .filter_map(mount_of)
+        .find_map(|(mount, kind, _)| (kind == "cgroup2").then(|| PathBuf::from(mount)))
 }
 
 /// The process's cgroup in the v2 hierarchy (`0::/system.slice/sshd.service`
@@ -250,13 +248,23 @@ pub fn cgroup_v2(tgid: u32) -> Option<String> {
 }
 
 /// `/proc/TGID/cgroup`: a line per hierarchy, `ID:CONTROLLERS:PATH`.
-pub fn cgroups(tgid: u32) -> Option<String> {
+fn cgroups(tgid: u32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{tgid}/cgroup")).ok()
 }
 
 /// psmon's own mount table (`/proc/self/mountinfo`).
-pub fn mountinfo() -> Option<String> {
+fn mountinfo() -> Option<String> {
     std::fs::read_to_string("/proc/self/mountinfo").ok()
+}
+
+/// One line of mountinfo: its mount point, file system type and super
+/// options.
+fn mount_of(line: &str) -> Option<(&str, &str, &str)> {
+    let (left, right) = line.split_once(" - ")?;
+    let mount = left.split(' ').nth(4)?;
+    let mut fs = right.split(' ');
+    let kind = fs.next()?;
+    Some((mount, kind, fs.nth(1).unwrap_or("")))
 }
 
 pub fn exe(tgid: u32) -> Option<PathBuf> {
@@ -385,22 +393,15 @@ pub fn memory_cgroup(tgid: u32) -> Option<String> {
 /// hierarchy that has the memory controller (v1 or v2, from mountinfo).
 pub fn memory_cgroup_by_id(id: u64) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
-    let mountinfo = mountinfo()?;
-    let mut roots = Vec::new();
-    for line in mountinfo.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let Some(mount) = left.split(' ').nth(4) else {
-            continue;
-        };
-        let mut fs = right.split(' ');
-        let (kind, opts) = (fs.next().unwrap_or(""), fs.nth(1).unwrap_or(""));
-        let memory_v1 = kind == "cgroup" && opts.split(',').any(|o| o == "memory");
-        if memory_v1 || kind == "cgroup2" {
-            roots.push(std::path::PathBuf::from(mount));
-        }
-    }
+    let roots: Vec<PathBuf> = mountinfo()?
+        .lines()
+        .filter_map(mount_of)
+        .filter(|(_, kind, opts)| {
+            let memory_v1 = *kind == "cgroup" && opts.split(',').any(|o| o == "memory");
+            memory_v1 || *kind == "cgroup2"
+        })
+        .map(|(mount, _, _)| PathBuf::from(mount))
+        .collect();
     for root in roots {
         let mut stack = vec![(root.clone(), 0)];
         let mut seen = 0;
@@ -538,6 +539,21 @@ pub fn pidfds_available() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mount_lines_name_their_point_type_and_options() {
+        let v2 = "35 24 0:30 / /sys/fs/cgroup rw,nosuid shared:9 - cgroup2 cgroup2 rw,nsdelegate";
+        assert_eq!(
+            mount_of(v2),
+            Some(("/sys/fs/cgroup", "cgroup2", "rw,nsdelegate"))
+        );
+        let v1 = "40 30 0:35 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory";
+        assert_eq!(
+            mount_of(v1),
+            Some(("/sys/fs/cgroup/memory", "cgroup", "rw,memory"))
+        );
+        assert_eq!(mount_of("garbage"), None);
+    }
 
     #[test]
     fn finds_the_memory_cgroup_on_v1_and_v2() {
