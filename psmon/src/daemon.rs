@@ -102,7 +102,13 @@ pub async fn run(
     let retry_interval = config.agent.retry_interval;
     let telemetry = Arc::new(crate::endpoint::Telemetry::default());
     let push = match &config.agent.push_url {
-        Some(url) if !no_state => start_push(url, &opts.state_dir, &config, &reporter, &telemetry),
+        Some(url) if !no_state => start_push(
+            url,
+            &opts.state_dir,
+            retry_interval,
+            &mut reporter,
+            &telemetry,
+        ),
         _ => None,
     };
     tap_messages(
@@ -257,20 +263,20 @@ fn open_state(
 fn start_push(
     url: &str,
     state_dir: &std::path::Path,
-    config: &Config,
-    reporter: &Reporter,
+    retry: Duration,
+    reporter: &mut Reporter,
     telemetry: &crate::endpoint::Telemetry,
 ) -> Option<(Arc<crate::push::Push>, std::thread::JoinHandle<()>)> {
     match crate::push::start(
         url.to_string(),
         state_dir,
-        config.agent.retry_interval,
+        retry,
         reporter.sibling(),
         telemetry.metrics.pushing(),
     ) {
         Ok(started) => Some(started),
         Err(e) => {
-            reporter.sibling().report(
+            reporter.report(
                 crate::config::LogLevel::Error,
                 &format!(
                     "event push is off: cannot open its queue in {}: {e}; monitoring goes on",
