@@ -93,7 +93,6 @@ impl Monitor {
             env,
         };
         Some(Effect::Switch {
-            entry: id,
             path: entry.path.clone(),
             request,
         })

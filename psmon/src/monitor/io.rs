@@ -142,7 +142,8 @@ pub enum Effect {
     /// Send a failover request to a cluster driver; answered by
     /// [`Input::Switched`].
     Switch {
-        entry: EntryId,
+        /// The entry's path: its answer finds the entry by it (a reload
+        /// meanwhile renumbers entries).
         path: PathBuf,
         request: SwitchRequest,
     },

@@ -433,7 +433,7 @@ impl Supervisor {
                 self.await_command(path, pgid, left)
             }
             Effect::Run(run) => self.run_command(run),
-            Effect::Switch { path, request, .. } => self.send_failover(path, request),
+            Effect::Switch { path, request } => self.send_failover(path, request),
             Effect::WatchExit { tgid, start } => self.watch_exit(tgid, start),
             Effect::UnwatchExit { tgid } => {
                 if let Some(watch) = self.exit_watches.remove(&tgid) {
