@@ -58,7 +58,6 @@ impl Monitor {
         self.group_unblocked(id, now, out);
     }
 
-    /// Running `command` for the entry, within its restart_timeout.
     /// The entry's restart command, to run now: no other attempt starts
     /// until it has finished.
     pub(super) fn run_restart(
@@ -71,6 +70,7 @@ impl Monitor {
         self.run(id, Job::Restart, command, env)
     }
 
+    /// Running `command` for the entry, within its restart_timeout.
     pub(super) fn run(
         &self,
         id: EntryId,
