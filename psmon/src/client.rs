@@ -79,6 +79,8 @@ pub fn run(socket: &Path, command: Command, json: bool) -> Result<Done, ClientEr
             }
         }
         (Command::Ping, _) => format!("psmon pid {}\n", result["pid"]),
+        #[cfg(feature = "fault-injection")]
+        (Command::Fault { .. }, _) => format!("{result}\n"),
     };
     Ok(Done { out, code: 0 })
 }

@@ -72,6 +72,15 @@ pub enum Command {
         #[serde(default)]
         pfile: Option<String>,
     },
+    /// Tests only: the running sources of these kinds (`ebpf`, `netlink`)
+    /// go deaf, and with `sticky` those opened later too; an empty list
+    /// lets later ones hear again.
+    #[cfg(feature = "fault-injection")]
+    Fault {
+        deaf: Vec<String>,
+        #[serde(default)]
+        sticky: bool,
+    },
 }
 
 fn default_signal() -> i32 {

@@ -17,7 +17,7 @@ use crate::{
     control,
     event::ProcEvent,
     report::{LogFormat, Reporter},
-    source::{self, Source, SourceChoice, SourceOptions},
+    source::{self, SourceChoice, SourceOptions},
     supervisor::{Control, Setup, Supervisor},
 };
 
@@ -120,6 +120,14 @@ pub async fn run(
     let endpoint_reporter = reporter.sibling();
     let (config_agent, config_tls) = (config.agent.clone(), config.tls.clone());
     let (event_tx, event_rx) = mpsc::channel::<ProcEvent>(config.agent.event_queue_size);
+    let (orders_tx, orders_rx) = mpsc::channel(4);
+    let canary = match crate::self_check::Canary::start() {
+        Ok(canary) => Some(canary),
+        Err(e) => {
+            tracing::error!("the event source's self-check is off: cannot start its thread: {e}");
+            None
+        }
+    };
     let supervisor = Supervisor::new(Setup {
         config,
         reporter,
@@ -128,6 +136,8 @@ pub async fn run(
         saved,
         store,
         telemetry: Arc::clone(&telemetry),
+        canary: canary.clone(),
+        source_orders: orders_tx,
         runtime_dir: socket
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
@@ -148,15 +158,17 @@ pub async fn run(
     }
     let token = shutdown.child_token();
     let tasks = tokio_util::task::TaskTracker::new();
-    tasks.spawn(keep_source(
-        first.source,
-        opts.source,
-        source_options,
+    let keeper = source::keeper::Keeper {
+        choice: opts.source,
+        options: source_options,
         retry_interval,
-        event_tx,
-        control_tx.clone(),
-        token.clone(),
-    ));
+        events: event_tx,
+        reports: control_tx.clone(),
+        orders: orders_rx,
+        canary: canary.clone(),
+        token: token.clone(),
+    };
+    tasks.spawn(keeper.keep(first.source));
     tasks.spawn(reload_on_sighup(hup, dir, load, control_tx, token.clone()));
     let (asked_tx, asked_rx) = mpsc::channel::<control::Asked>(64);
     start_endpoint(
@@ -396,44 +408,6 @@ fn start_endpoint(
     };
     if let Err(e) = crate::endpoint::start(setup, token) {
         tracing::error!("the HTTP endpoint is off: cannot start its thread: {e}");
-    }
-}
-
-/// Runs the source; when it fails, says so and reopens it every
-/// `retry_interval` (the supervisor's scans cover the gap).
-async fn keep_source(
-    mut source: Source,
-    choice: SourceChoice,
-    options: SourceOptions,
-    retry_interval: Duration,
-    tx: mpsc::Sender<ProcEvent>,
-    control: mpsc::Sender<Control>,
-    token: CancellationToken,
-) {
-    loop {
-        let _ = control.send(Control::Source(source.handle())).await;
-        let result = source.run(tx.clone(), token.clone()).await;
-        if token.is_cancelled() {
-            return;
-        }
-        let why = match result {
-            Ok(()) => "it ended".to_string(),
-            Err(e) => format!("{e:#}"),
-        };
-        let _ = control.send(Control::SourceFailed(why)).await;
-        loop {
-            tokio::select! {
-                _ = token.cancelled() => return,
-                _ = tokio::time::sleep(retry_interval) => {}
-            }
-            match source::open(choice, &options) {
-                Ok(opened) => {
-                    source = opened.source;
-                    break;
-                }
-                Err(e) => tracing::warn!("reopening the event source failed: {e:#}"),
-            }
-        }
     }
 }
 

@@ -30,6 +30,7 @@ pub mod recorder;
 pub mod report;
 pub mod scan;
 pub mod secure_dir;
+pub mod self_check;
 pub mod shm;
 pub mod signals;
 pub mod source;

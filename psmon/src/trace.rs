@@ -210,6 +210,8 @@ struct Filter {
     /// Exec paths with symlinks resolved, so `--path` means the same on
     /// every source (ebpf reports the exec argument, netlink the file).
     resolved: HashMap<PathBuf, Option<PathBuf>>,
+    /// A running psmon's self-check canaries: never shown.
+    canaries: HashSet<u32>,
 }
 
 /// Seconds: a finite number above zero, at most a year.
@@ -253,6 +255,7 @@ impl Filter {
             paths,
             events: opts.event.clone(),
             resolved: HashMap::new(),
+            canaries: HashSet::new(),
         }
     }
 
@@ -308,6 +311,9 @@ impl Filter {
             EventKind::Exec(p) => (EventFilter::Exec, p),
             EventKind::Exit { process, .. } => (EventFilter::Exit, process),
         };
+        if self.is_canary(kind, p) {
+            return false;
+        }
         let in_tree = if self.roots.is_empty() {
             true
         } else if self.children_only {
@@ -327,6 +333,23 @@ impl Filter {
             && (self.comms.is_empty() || self.comms.iter().any(|c| comm_eq(c, &p.comm)))
             && (self.paths.is_empty()
                 || p.path.as_ref().is_some_and(|path| self.path_matches(path)))
+    }
+
+    /// A psmon self-check's canary (named so in its fork event; its exit
+    /// may come when the name can no longer be read).
+    fn is_canary(&mut self, kind: EventFilter, p: &crate::event::Process) -> bool {
+        let named = crate::self_check::is_canary_comm(&p.comm);
+        match kind {
+            EventFilter::Fork if named => {
+                if self.canaries.len() >= 64 {
+                    self.canaries.clear();
+                }
+                self.canaries.insert(p.tgid);
+                true
+            }
+            EventFilter::Exit => self.canaries.remove(&p.tgid) || named,
+            _ => named,
+        }
     }
 
     fn path_matches(&mut self, path: &Path) -> bool {
@@ -763,6 +786,25 @@ mod tests {
             path: Some("/x".into()),
         };
         ProcEvent::new(EventKind::Fork(process), EventTime::now(None, None))
+    }
+
+    #[test]
+    fn a_running_psmons_canaries_are_never_shown() {
+        let mut f = filter(&[]);
+        let mut canary = fork(4000010, 4000000);
+        if let EventKind::Fork(p) = &mut canary.kind {
+            p.comm = crate::self_check::CANARY_COMM.into();
+        }
+        assert!(!f.matches(&canary));
+        assert!(
+            !f.matches(&exit(4000010, 4000000, "psmon", "/usr/bin/psmon")),
+            "its exit, named by its parent once it was reaped"
+        );
+        assert!(
+            f.matches(&exit(4000010, 4000000, "x", "/x")),
+            "the pid reused"
+        );
+        assert!(f.matches(&fork(4000011, 4000000)));
     }
 
     #[test]

@@ -187,7 +187,9 @@ fn test() -> anyhow::Result<()> {
     let mut child = std::process::Command::new(env!("CARGO"))
         .current_dir(workspace_root())
         // Every binary runs even when one fails: the totals say it all.
+        // With the hidden fault request the self-check's tests inject.
         .args(["test", "--workspace", "--no-fail-fast"])
+        .args(["--features", "psmon/fault-injection"])
         .env("PSMON_REQUIRE_EBPF", "1")
         .stdout(std::process::Stdio::piped())
         .spawn()?;

@@ -51,6 +51,8 @@ pub struct Agent {
     pub recorder_events: usize,
     /// … and none older than this.
     pub recorder_window: Duration,
+    /// How often the event source's self-check runs; zero: never.
+    pub self_check_interval: Duration,
 }
 
 impl Default for Agent {
@@ -71,6 +73,7 @@ impl Default for Agent {
             control_group: None,
             recorder_events: 64,
             recorder_window: Duration::from_secs(60),
+            self_check_interval: Duration::from_secs(10),
         }
     }
 }
@@ -102,7 +105,8 @@ impl Agent {
     }
 }
 
-const AGENT_KEYS: [&str; 15] = [
+const AGENT_KEYS: [&str; 16] = [
+    "SELF_CHECK_INTERVAL",
     "HEARTBEAT_ADDRESS",
     "PUSH_URL",
     "FAILOVER_DRIVER",
@@ -218,6 +222,11 @@ pub(super) fn parse_agent(file: &Path, text: &str, errors: &mut Vec<Diagnostic>)
             "FLIGHTRECORDERSECONDS" => {
                 if let Some(s) = r.number("FLIGHT_RECORDER_SECONDS", v, n, vc, 1, 3600) {
                     agent.recorder_window = Duration::from_secs(s);
+                }
+            }
+            "SELFCHECKINTERVAL" => {
+                if let Some(s) = r.number("SELF_CHECK_INTERVAL", v, n, vc, 0, 3600) {
+                    agent.self_check_interval = Duration::from_secs(s);
                 }
             }
             "LOGDIR" => {

@@ -114,11 +114,15 @@ pub struct PushCells {
     pub failed_requests: AtomicU64,
 }
 
-/// Events and losses of one event source.
+/// Events, losses and self-checks of one event source.
 #[derive(Debug, Default)]
 pub struct SourceCells {
     pub events: AtomicU64,
     pub lost: AtomicU64,
+    /// Canaries whose exit the source reported in time.
+    pub self_checks_passed: AtomicU64,
+    /// Canaries whose exit it did not.
+    pub self_check_failures: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -375,21 +379,33 @@ impl Collector for Encoder {
             e.encode_family(&[("source", name.as_str())])?
                 .encode_gauge(&i64::from(up))?;
         }
-        for (metric, help, lost) in [
+        type Cell = fn(&SourceCells) -> &AtomicU64;
+        let counters: [(&str, &str, Cell); 4] = [
             (
                 "psmon_source_events",
                 "Process events the source delivered",
-                false,
+                |c| &c.events,
             ),
             (
                 "psmon_source_lost_events",
                 "Process events the source lost (each loss triggers a rescan)",
-                true,
+                |c| &c.lost,
             ),
-        ] {
+            (
+                "psmon_source_self_checks_passed",
+                "Self-checks the source passed (a canary's exit reported in time)",
+                |c| &c.self_checks_passed,
+            ),
+            (
+                "psmon_source_self_check_failures",
+                "Self-checks the source missed (each triggers a rescan)",
+                |c| &c.self_check_failures,
+            ),
+        ];
+        for (metric, help, cell) in counters {
             let mut e = encoder.encode_descriptor(metric, help, None, MetricType::Counter)?;
             for (name, cells) in &sources {
-                let v = if lost { &cells.lost } else { &cells.events };
+                let v = cell(cells);
                 e.encode_family(&[("source", name.as_str())])?
                     .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(
                     &v.load(Relaxed),

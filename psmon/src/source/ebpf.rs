@@ -86,6 +86,19 @@ fn attach(
     Ok(())
 }
 
+/// Detaches and unloads the process programs: the ring stays open and
+/// silent (a fault a test injects; see [`super::fault`]).
+fn detach_all(ebpf: &mut Ebpf) {
+    for name in PROGRAMS {
+        let program: Option<&mut BtfTracePoint> =
+            ebpf.program_mut(name).and_then(|p| p.try_into().ok());
+        match program.map(|p| p.unload()) {
+            Some(Err(ProgramError::NotLoaded)) | Some(Ok(())) | None => {}
+            Some(Err(e)) => tracing::warn!("unloading `{name}` failed: {e}"),
+        }
+    }
+}
+
 /// Why the `ebpf` source could not be used.
 #[derive(Debug)]
 pub enum Refusal {
@@ -214,7 +227,7 @@ fn comm_key(name: &str) -> [u8; COMM_LEN] {
 
 pub struct EbpfSource {
     /// Owns the loaded programs and their links: dropping it detaches them.
-    _ebpf: Ebpf,
+    programs: Ebpf,
     ring: RingBuf<MapData>,
     lost: PerCpuArray<MapData, u64>,
     filter: Option<KernelFilter>,
@@ -293,9 +306,12 @@ impl EbpfSource {
         } else {
             None
         };
+        if super::fault::deaf_from_the_start(super::SourceKind::Ebpf) {
+            detach_all(&mut ebpf);
+        }
         Ok(EbpfSource {
             causes_missing,
-            _ebpf: ebpf,
+            programs: ebpf,
             ring,
             lost,
             filter,
@@ -327,6 +343,9 @@ impl EbpfSource {
             })?;
         let mut table = self.table;
         let lost = self.lost;
+        let mut programs = self.programs;
+        let mut deaf = false;
+        let deafness = super::fault::Deafness::of(super::SourceKind::Ebpf);
         let mut fd = fd;
         // Reading the loss counter is a bpf(2) call: after a drain large
         // enough that the ring may have filled, else at most every
@@ -358,6 +377,10 @@ impl EbpfSource {
                 _ = tokio::time::sleep(super::FLUSH_INTERVAL), if sink.pending() => {}
                 _ = tokio::time::sleep(LOST_CHECK), if unchecked => {}
                 entries = seed.ready(), if seed.pending() => table.seed(entries),
+                _ = deafness.come(), if !deaf => {
+                    deaf = true;
+                    detach_all(&mut programs);
+                }
             }
             unchecked |= drained > 0;
             if unchecked && (drained >= LOST_CHECK_DRAIN || checked_at.elapsed() >= LOST_CHECK) {

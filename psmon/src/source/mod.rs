@@ -10,6 +10,8 @@
 
 pub mod btf;
 pub mod ebpf;
+pub mod fault;
+pub mod keeper;
 pub mod netlink;
 pub mod poll;
 

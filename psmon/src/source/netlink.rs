@@ -149,6 +149,9 @@ impl NetlinkSource {
                 error: e,
             },
         })?;
+        if super::fault::deaf_from_the_start(super::SourceKind::Netlink) {
+            let _ = socket.drop_membership(CN_IDX_PROC);
+        }
         Ok(NetlinkSource {
             socket: Subscription(socket),
             table: ProcessTable::default(),
@@ -174,9 +177,20 @@ impl NetlinkSource {
             last_seq: HashMap::new(),
         };
         let mut buf = vec![0u8; 64 * 1024];
+        let mut deaf = false;
+        let deafness = super::fault::Deafness::of(super::SourceKind::Netlink);
         loop {
             let mut guard = tokio::select! {
                 _ = token.cancelled() => break Ok(()),
+                _ = deafness.come(), if !deaf => {
+                    // Out of the group, still counted as a listener: the
+                    // kernel goes on sending, to everyone but this socket.
+                    deaf = true;
+                    if let Err(e) = fd.get_ref().0.drop_membership(CN_IDX_PROC) {
+                        tracing::warn!("leaving the proc connector's group failed: {e}");
+                    }
+                    continue;
+                }
                 _ = tokio::time::sleep(super::FLUSH_INTERVAL), if sink.pending() => {
                     if !sink.flush() {
                         break Ok(());

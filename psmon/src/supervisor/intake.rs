@@ -20,6 +20,9 @@ impl Supervisor {
                 .events
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
+        if self.self_check_claims(&event) {
+            return;
+        }
         let monitor = &self.monitor;
         self.recorder.record(&event, |tgid| {
             monitor

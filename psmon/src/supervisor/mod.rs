@@ -36,7 +36,11 @@ use crate::{
     recorder::Recorder,
     report::Reporter,
     scan::{Matcher, ScanState, read_pidfile},
-    source::Handle,
+    self_check::{Canary, SelfCheck},
+    source::{
+        Handle,
+        keeper::{Order, Report},
+    },
     state::Store,
 };
 
@@ -52,6 +56,7 @@ mod ops;
 mod ordering;
 mod probe;
 mod scans;
+mod self_check;
 mod status;
 mod systemd;
 mod young;
@@ -65,10 +70,14 @@ pub enum Control {
     Reload(Box<Config>),
     /// SIGHUP with a broken one: report it, keep running the old one.
     ReloadFailed(ConfigErrors),
-    /// A source was (re)opened.
-    Source(Handle),
-    /// The source stopped with this error; the daemon is reopening it.
-    SourceFailed(String),
+    /// What the source's keeper did.
+    Source(Report),
+}
+
+impl From<Report> for Control {
+    fn from(report: Report) -> Self {
+        Control::Source(report)
+    }
 }
 
 /// What tasks the supervisor started send back.
@@ -108,6 +117,10 @@ pub struct Setup {
     pub telemetry: Arc<crate::endpoint::Telemetry>,
     /// The control socket's directory (checked): notify sockets go there.
     pub runtime_dir: std::path::PathBuf,
+    /// Starts the self-check's canaries; `None`: no self-check.
+    pub canary: Option<Canary>,
+    /// Where a source that misses its self-checks is reported for replacing.
+    pub source_orders: mpsc::Sender<Order>,
 }
 
 /// A finished scan: when it started, how long it took, what it found, what
@@ -168,6 +181,10 @@ pub struct Supervisor {
     source_down: Option<String>,
     /// While an exit event is fed: its kernel timestamp (monotonic ns).
     exit_stamp: Option<u64>,
+    /// The source's self-check: its schedule, its canaries, its keeper.
+    self_check: SelfCheck,
+    canary: Option<Canary>,
+    source_orders: mpsc::Sender<Order>,
 }
 
 impl Supervisor {
@@ -181,9 +198,15 @@ impl Supervisor {
             store,
             telemetry,
             runtime_dir,
+            canary,
+            source_orders,
         } = setup;
         reporter.set_level(config.agent.log_level);
         let config_recorder = (config.agent.recorder_events, config.agent.recorder_window);
+        let self_check_interval = match canary {
+            Some(_) => config.agent.self_check_interval,
+            None => Duration::ZERO,
+        };
         let scans = scans::ScanPlan::new(&config);
         let umask = config.env.umask;
         let pidfds = proc::pidfds_available();
@@ -243,6 +266,9 @@ impl Supervisor {
             source_cells: None,
             source_down: None,
             exit_stamp: None,
+            self_check: SelfCheck::new(self_check_interval),
+            canary,
+            source_orders,
         }
     }
 
@@ -306,6 +332,7 @@ impl Supervisor {
             .min()
             .map(to_tokio);
             let young_due = self.young.next_due().map(tokio::time::Instant::from_std);
+            let check_due = self.self_check.due().map(tokio::time::Instant::from_std);
             tokio::select! {
                 _ = token.cancelled() => break,
                 Some(event) = events.recv() => self.on_event(event),
@@ -346,6 +373,7 @@ impl Supervisor {
                         self.feed(Input::Forked { entry, child });
                     }
                 }
+                _ = sleep_until(check_due), if check_due.is_some() => self.self_check_due(),
                 // Idle (nothing waiting for a time) means no wake-ups.
                 _ = sleep_until(wake), if wake.is_some() => {
                     self.feed(Input::Tick);
@@ -561,7 +589,10 @@ impl Supervisor {
                 self.feed(Input::ReloadFailed(errors));
                 self.tell_systemd(self.ready_sent);
             }
-            Control::Source(handle) => {
+            Control::Source(Report::Opened { handle, why }) => {
+                if let Some(why) = why {
+                    self.reporter.report(LogLevel::Warn, &why, &[]);
+                }
                 if let Some(why) = &handle.cause_unknown {
                     self.reporter.report(
                         LogLevel::Info,
@@ -577,17 +608,23 @@ impl Supervisor {
                 };
                 self.source_cells = Some(self.telemetry.metrics.source(&handle.kind.to_string()));
                 self.source_down = None;
+                let checkable = handle.kind != crate::source::SourceKind::Poll;
                 self.source = Some(handle);
+                self.self_check_source_changed(checkable);
                 self.scans.source_opened();
                 self.fill_filter();
                 self.feed(input);
             }
-            Control::SourceFailed(why) => {
+            Control::Source(Report::Failed(why)) => {
                 self.source = None;
                 self.source_cells = None;
+                self.self_check_source_changed(false);
                 self.telemetry.metrics.source_closed();
                 self.source_down = Some(why.clone());
                 self.feed(Input::SourceFailed(why));
+            }
+            Control::Source(Report::Kept(why)) => {
+                self.reporter.report(LogLevel::Error, &why, &[]);
             }
         }
     }
@@ -612,6 +649,7 @@ impl Supervisor {
         self.scans.reconfigured(&config);
         self.umask = config.env.umask;
         self.config = without_entries(config.clone());
+        self.self_check_reconfigured();
         self.feed(Input::Reload(Box::new(config)));
         self.telemetry
             .metrics
@@ -681,6 +719,8 @@ impl Supervisor {
         for tgid in self.monitor.member_tgids() {
             filter.watch_tgid(tgid);
         }
+        // The self-check's canaries are psmon's children.
+        filter.watch_tgid(std::process::id());
     }
 
     async fn shut_down(mut self) {

@@ -55,6 +55,8 @@ impl Supervisor {
             Command::ClearFailover { pfile } => {
                 return self.clear_failover(pfile.as_deref(), reply);
             }
+            #[cfg(feature = "fault-injection")]
+            Command::Fault { deaf, sticky } => fault(&deaf, sticky),
         };
         let _ = reply.send(answer);
     }
@@ -361,4 +363,20 @@ impl Supervisor {
     pub(super) fn drill_deadline(&self) -> Option<Time> {
         self.drills.iter().map(|d| d.deadline).min()
     }
+}
+
+/// The hidden `fault` request of test builds ([`crate::source::fault`]).
+#[cfg(feature = "fault-injection")]
+fn fault(deaf: &[String], sticky: bool) -> Reply {
+    use crate::source::SourceKind;
+    let kinds = deaf
+        .iter()
+        .map(|k| match k.as_str() {
+            "ebpf" => Ok(SourceKind::Ebpf),
+            "netlink" => Ok(SourceKind::Netlink),
+            other => Err(format!("fault: unknown source `{other}` (ebpf or netlink)")),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    crate::source::fault::set_deaf(&kinds, sticky);
+    Ok(json!({ "deaf": deaf, "sticky": sticky }))
 }
