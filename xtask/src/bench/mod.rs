@@ -29,6 +29,7 @@ mod cluster;
 mod fleet;
 mod monitor;
 mod probes;
+mod self_check;
 mod support;
 
 pub use monitor::poller;
@@ -54,7 +55,8 @@ pub struct Options {
     /// Run only these parts (a: latency, b: exec storm CPU, c: loss,
     /// d: restart latency, e: scale, f: idle cost, g: hang probes and groups,
     /// h: cause of death, i: failover to a Pacemaker cluster, j: the fleet
-    /// endpoint and event push, k: cost under churn); default all.
+    /// endpoint and event push, k: cost under churn, l: the source's
+    /// self-check); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<char>,
     /// In (d), run only the rows whose label contains this text (e.g.
@@ -187,6 +189,28 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         println!("xtask: results written to BENCHMARKS.md");
     }
     Ok(())
+}
+
+/// psmon with the test build's hidden `fault` request, apart from the
+/// release binary measured elsewhere.
+fn build_with_faults(root: &Path) -> anyhow::Result<PathBuf> {
+    println!("xtask: building psmon with fault injection (release)");
+    let status = Command::new(env!("CARGO"))
+        .current_dir(root)
+        .args(["build", "--release", "--package", "psmon"])
+        .args([
+            "--features",
+            "fault-injection",
+            "--target-dir",
+            "target/fault",
+        ])
+        .env("PSMON_REQUIRE_EBPF", "1")
+        .status()?;
+    ensure!(
+        status.success(),
+        "building psmon with fault injection failed"
+    );
+    Ok(root.join("target/fault/release/psmon"))
 }
 
 /// Builds the storm's exec target; `/bin/true` if there is no static libc.
@@ -323,6 +347,14 @@ impl Bench {
         }
         if wanted('k') {
             out.push_str(&churn::churn(&self.psmon, &self.dir)?);
+        }
+        if wanted('l') {
+            let fault_psmon = build_with_faults(&self.root)?;
+            out.push_str(&self_check::self_check(
+                &self.psmon,
+                &fault_psmon,
+                &self.dir,
+            )?);
         }
         if wanted('e') {
             out.push_str(&monitor::scale(&self.psmon, &self.dir, self.opts.scale)?);
