@@ -207,6 +207,82 @@ fn grace_expiry_rearms(source: &str) {
     psmon.wait("Retry over");
 }
 
+/// `healthy_secs`: a restart whose process stayed up that long no longer
+/// counts; one that did not still spends the budget.
+fn healthy_run_gives_the_budget_back(source: &str) {
+    if !usable(source) {
+        return;
+    }
+    let w = World::new("healthy");
+    w.write(
+        "app.toml",
+        &format!(
+            "monitor_interval = 1\n[[entry]]\npath = \"{v}\"\nrestart = \"{v} sleep >/dev/null 2>&1 &\"\nretry = 1\ngrace = 3600\nstart_secs = 0.2\nhealthy_secs = 1.5\n",
+            v = w.victim.display()
+        ),
+    );
+    let (_victim, first, mut psmon) = w.watch_running(source);
+    kill9(first);
+    let spent = psmon.wait("Try to restart");
+    assert_eq!(spent["attempt"], 1, "{spent}");
+    let second = psmon.wait_for(") Up", |m| m["pid"] != first)["pid"]
+        .as_u64()
+        .unwrap() as u32;
+    // Up longer than healthy_secs (and far less than the hour's window).
+    std::thread::sleep(Duration::from_millis(2500));
+    kill9(second);
+    let again = psmon.wait("Try to restart");
+    assert_eq!(again["attempt"], 1, "the healthy run gave it back: {again}");
+    let third = psmon.wait_for(") Up", |m| m["pid"] != second)["pid"]
+        .as_u64()
+        .unwrap() as u32;
+    // Killed at once: that restart still counts.
+    kill9(third);
+    psmon.wait("Retry over");
+}
+
+/// `action = "retry_slowly"`: a spent budget is said once, and attempts go
+/// on every `slow_retry_interval` until the cause is gone.
+fn retry_slowly_until_the_cause_is_gone(source: &str) {
+    if !usable(source) {
+        return;
+    }
+    let w = World::new("slowly");
+    let fixed = w.dir.0.join("fixed");
+    w.write(
+        "app.toml",
+        &format!(
+            "monitor_interval = 1\n[[entry]]\npath = \"{v}\"\nrestart = \"test -e {f} && {v} sleep >/dev/null 2>&1 &\"\nretry = 1\ngrace = 3600\nstart_wait = 1\nrestart_backoff = 0\naction = \"retry_slowly\"\nslow_retry_interval = 1\n",
+            v = w.victim.display(),
+            f = fixed.display()
+        ),
+    );
+    let (_victim, first, mut psmon) = w.watch_running(source);
+    kill9(first);
+    psmon.wait("Set pid fail");
+    let over = psmon.wait("Retry over");
+    assert_eq!(over["action"], "retry_slowly", "{over}");
+    psmon.wait("retries slowly: the next attempt in 1.0 s");
+    for n in 1..=2 {
+        let slow = psmon.wait("Try to restart");
+        assert_eq!(slow["slow_attempt"], n, "{slow}");
+        psmon.wait("Set pid fail");
+    }
+    std::fs::write(&fixed, "").unwrap();
+    let up = psmon.wait_for(") Up", |m| m["pid"] != first);
+    assert_eq!(up["budget_rearmed"], true, "{up}");
+    let said = |text: &str| {
+        psmon
+            .seen
+            .iter()
+            .filter(|m| m["message"].as_str().is_some_and(|s| s.contains(text)))
+            .count()
+    };
+    assert_eq!(said("Retry over"), 1, "said once");
+    assert_eq!(said("Switch request"), 0, "never a failover");
+    assert_eq!(pids_of(&w.victim).len(), 1);
+}
+
 fn hanging_restart_is_killed(source: &str) {
     if !usable(source) {
         return;
@@ -397,6 +473,8 @@ for_each_source!(
     retry_over_continue,
     retry_over_switch,
     grace_expiry_rearms,
+    healthy_run_gives_the_budget_back,
+    retry_slowly_until_the_cause_is_gone,
     hanging_restart_is_killed,
     zombie_target_is_down,
     min_two_instances,

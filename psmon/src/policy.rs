@@ -11,8 +11,15 @@
 //! dies sooner (a port still in TIME_WAIT, a stale lock) is a failed
 //! attempt, like a failing command or no process at all. The first attempt
 //! after a death is immediate; each further one in a row waits a back-off
-//! (`restart_backoff`, doubled each time, at most `backoff_max`), so that a
-//! hiccup does not spend the whole budget in milliseconds.
+//! (`restart_backoff`, doubled each time, at most `backoff_max`, plus up to
+//! `restart_jitter` at random), so that a hiccup does not spend the whole
+//! budget in milliseconds.
+//!
+//! With `healthy_secs`, a restart stops counting once its process has
+//! stayed up that long: a service that crashes once a day is restarted
+//! every day, one that crashes at once still spends its budget. With
+//! `retry_slowly`, a spent budget is said once and attempts go on every
+//! `slow_retry_interval`, uncounted, until one stays up.
 
 use std::time::Duration;
 
@@ -52,13 +59,18 @@ pub enum Phase {
     },
     /// The budget is spent.
     RetryOver,
+    /// The budget is spent and the entry retries slowly: the next attempt
+    /// starts at `until`.
+    SlowRetry {
+        until: Time,
+    },
 }
 
 impl Phase {
     /// When the entry next needs a [`Input::Tick`], if it waits for time.
     pub fn deadline(&self, entry: &Entry) -> Option<Time> {
         match *self {
-            Phase::Backoff { until } => Some(until),
+            Phase::Backoff { until } | Phase::SlowRetry { until } => Some(until),
             Phase::Starting { deadline } => Some(deadline),
             Phase::Started { since, .. } => Some(since + entry.start_secs),
             _ => None,
@@ -75,6 +87,12 @@ pub struct EntryState {
     failures: u32,
     /// Warned that more than `max` instances run (until the count drops).
     warned_max: bool,
+    /// When the entry last came Up (for `healthy_secs`).
+    #[serde(default)]
+    up_since: Option<Time>,
+    /// Attempts after the budget was spent (`retry_slowly`), since it was.
+    #[serde(default)]
+    slow_attempts: u32,
 }
 
 impl Default for EntryState {
@@ -84,6 +102,8 @@ impl Default for EntryState {
             attempts: Vec::new(),
             failures: 0,
             warned_max: false,
+            up_since: None,
+            slow_attempts: 0,
         }
     }
 }
@@ -94,12 +114,25 @@ impl EntryState {
         self.attempts.pop();
     }
 
-    /// Attempts inside the window at `now`.
+    /// Attempts inside the window at `now` (none once the entry has been
+    /// up `healthy_secs`).
     pub fn attempts_in_window(&self, entry: &Entry, now: Time) -> usize {
+        if self.phase == Phase::Up && self.healthy(entry, now) {
+            return 0;
+        }
         self.attempts
             .iter()
             .filter(|t| in_window(entry.grace, **t, now))
             .count()
+    }
+
+    /// Whether the entry has been up long enough for its restarts to stop
+    /// counting.
+    fn healthy(&self, entry: &Entry, now: Time) -> bool {
+        match (entry.healthy, self.up_since) {
+            (Some(healthy), Some(since)) => now.saturating_duration_since(since) >= healthy,
+            _ => false,
+        }
     }
 }
 
@@ -158,6 +191,11 @@ pub enum Action {
     ReportSetPidFail { why: SetPidFail },
     /// The budget is spent.
     ReportRetryOver { attempts: u32 },
+    /// … and attempts go on every `every` (`retry_slowly`).
+    ReportSlowRetry { every: Duration },
+    /// `Try to restart ('PATH')` beyond the spent budget (`retry_slowly`):
+    /// the `attempt`th since it was spent.
+    RestartSlowly { attempt: u32 },
     /// Run the failover command (`switch`).
     Failover,
     /// More instances than `max`.
@@ -220,10 +258,10 @@ pub fn step(entry: &Entry, state: &mut EntryState, input: Input, now: Time) -> V
                         out.push(Action::ReportStarted { pid });
                     }
                     Phase::Restarting | Phase::Starting { .. } => {
-                        up(state, pid, &mut out);
+                        up(state, pid, now, &mut out);
                         too_many_after_restart(entry, running, &mut out);
                     }
-                    _ => up(state, pid, &mut out),
+                    _ => up(state, pid, now, &mut out),
                 }
             } else {
                 match state.phase {
@@ -232,6 +270,7 @@ pub fn step(entry: &Entry, state: &mut EntryState, input: Input, now: Time) -> V
                             pid: None,
                             status: ExitStatus::Unknown,
                         });
+                        forget_if_healthy(entry, state, now);
                         try_restart(entry, state, now, &mut out);
                     }
                     // Found so when first looked at: started, not counted,
@@ -287,6 +326,7 @@ pub fn step(entry: &Entry, state: &mut EntryState, input: Input, now: Time) -> V
                         pid: Some(pid),
                         status,
                     });
+                    forget_if_healthy(entry, state, now);
                     try_restart(entry, state, now, &mut out);
                 }
                 Some(since) => died_early(entry, state, now, since, Some(pid), status, &mut out),
@@ -315,11 +355,18 @@ pub fn step(entry: &Entry, state: &mut EntryState, input: Input, now: Time) -> V
                 pid,
                 running,
             } if now >= since + entry.start_secs => {
-                up(state, pid, &mut out);
+                up(state, pid, now, &mut out);
                 too_many_after_restart(entry, running, &mut out);
             }
             Phase::Backoff { until } if now >= until => {
                 try_restart(entry, state, now, &mut out);
+            }
+            Phase::SlowRetry { until } if now >= until => {
+                state.slow_attempts += 1;
+                state.phase = Phase::Restarting;
+                out.push(Action::RestartSlowly {
+                    attempt: state.slow_attempts,
+                });
             }
             _ => {}
         },
@@ -337,14 +384,25 @@ fn too_many_after_restart(entry: &Entry, running: u32, out: &mut Vec<Action>) {
     }
 }
 
-fn up(state: &mut EntryState, pid: Option<u32>, out: &mut Vec<Action>) {
-    let rearmed = state.phase == Phase::RetryOver;
+fn up(state: &mut EntryState, pid: Option<u32>, now: Time, out: &mut Vec<Action>) {
+    let rearmed = matches!(state.phase, Phase::RetryOver | Phase::SlowRetry { .. })
+        || state.slow_attempts > 0;
     if rearmed {
         state.attempts.clear();
+        state.slow_attempts = 0;
     }
     state.phase = Phase::Up;
     state.failures = 0;
+    state.up_since = Some(now);
     out.push(Action::ReportUp { pid, rearmed });
+}
+
+/// A death after a healthy run: the restarts before it no longer count.
+fn forget_if_healthy(entry: &Entry, state: &mut EntryState, now: Time) {
+    if state.healthy(entry, now) {
+        state.attempts.clear();
+    }
+    state.up_since = None;
 }
 
 /// An attempt failed: report it, then try again after the back-off.
@@ -357,7 +415,7 @@ fn failed(
 ) {
     out.push(Action::ReportSetPidFail { why });
     state.failures += 1;
-    let delay = backoff(entry, state.failures);
+    let delay = backoff(entry, state.failures) + jitter(entry, now);
     if delay.is_zero() || !budget_left(entry, state, now) {
         try_restart(entry, state, now, out);
     } else {
@@ -392,6 +450,21 @@ pub fn backoff(entry: &Entry, failures: u32) -> Duration {
     doubled.min(entry.backoff_max.max(entry.restart_backoff))
 }
 
+/// Up to `restart_jitter`, drawn from the time (a pure function: the same
+/// inputs give the same delay; hosts and moments differ in the nanoseconds).
+fn jitter(entry: &Entry, now: Time) -> Duration {
+    let max = entry.restart_jitter.as_nanos() as u64;
+    if max == 0 {
+        return Duration::ZERO;
+    }
+    // splitmix64's finaliser: every bit of the time stirs every bit.
+    let mut x = now.as_nanos().wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^= x >> 31;
+    Duration::from_nanos(x % (max + 1))
+}
+
 fn budget_left(entry: &Entry, state: &mut EntryState, now: Time) -> bool {
     state.attempts.retain(|t| in_window(entry.grace, *t, now));
     entry.restarts() && (state.attempts.len() as u32) < entry.retry
@@ -408,6 +481,19 @@ fn try_restart(entry: &Entry, state: &mut EntryState, now: Time, out: &mut Vec<A
         out.push(Action::Restart {
             attempt: state.attempts.len() as u32,
         });
+    } else if entry.action == OnRetryOver::RetrySlowly {
+        // Said once, when the budget is spent; the slow attempts go on.
+        if state.slow_attempts == 0 {
+            out.push(Action::ReportRetryOver {
+                attempts: state.attempts.len() as u32,
+            });
+            out.push(Action::ReportSlowRetry {
+                every: entry.slow_retry_interval,
+            });
+        }
+        state.phase = Phase::SlowRetry {
+            until: now + entry.slow_retry_interval,
+        };
     } else {
         state.phase = Phase::RetryOver;
         out.push(Action::ReportRetryOver {
@@ -953,5 +1039,121 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn a_healthy_run_gives_the_budget_back() {
+        use crate::config::Action::Continue;
+        use Action::*;
+        let mut e = entry(1, 86400, Continue);
+        e.healthy = Some(Duration::from_secs(60));
+        let steps = [
+            (0, up(10)),
+            (1, exited(10)),
+            (1, Input::RestartDone { ok: true }),
+            (2, up(11)),
+            // Up 100 s: healthy, its restart no longer counts.
+            (102, exited(11)),
+            (102, Input::RestartDone { ok: true }),
+            (103, up(12)),
+            // Up 10 s only: the budget of one is spent.
+            (113, exited(12)),
+        ];
+        let (got, state) = run(&e, &steps);
+        assert_eq!(got[4], vec![down(11), Restart { attempt: 1 }]);
+        assert_eq!(got[7], vec![down(12), ReportRetryOver { attempts: 1 }]);
+        assert_eq!(state.phase, Phase::RetryOver);
+        // ProcessSaver's way (no healthy_secs): the first death spends it.
+        e.healthy = None;
+        let (got, _) = run(&e, &steps[..5]);
+        assert_eq!(got[4], vec![down(11), ReportRetryOver { attempts: 1 }]);
+    }
+
+    #[test]
+    fn attempts_stop_showing_once_healthy() {
+        let mut e = entry(3, 86400, crate::config::Action::Continue);
+        e.healthy = Some(Duration::from_secs(60));
+        let t0 = Time::from_secs(1000);
+        let (_, state) = run(
+            &e,
+            &[
+                (0, up(10)),
+                (1, exited(10)),
+                (1, Input::RestartDone { ok: true }),
+                (2, up(11)),
+            ],
+        );
+        let at = |s| t0 + Duration::from_secs(s);
+        assert_eq!(state.attempts_in_window(&e, at(30)), 1);
+        assert_eq!(state.attempts_in_window(&e, at(62)), 0);
+    }
+
+    #[test]
+    fn jitter_stays_within_its_bound_and_spreads() {
+        let mut e = entry(10, 86400, crate::config::Action::Continue);
+        e.restart_backoff = Duration::from_secs(1);
+        e.restart_jitter = Duration::from_millis(500);
+        let delays: Vec<Duration> = (0..200)
+            .map(|n| {
+                backoff(&e, 1) + jitter(&e, Time::from_secs(1000) + Duration::from_micros(n * 7919))
+            })
+            .collect();
+        assert!(delays.iter().all(|d| *d >= Duration::from_secs(1)));
+        assert!(delays.iter().all(|d| *d <= Duration::from_millis(1500)));
+        let distinct: std::collections::HashSet<_> = delays.iter().collect();
+        assert!(distinct.len() > 150, "{} distinct of 200", distinct.len());
+        e.restart_jitter = Duration::ZERO;
+        assert_eq!(jitter(&e, Time::from_secs(1000)), Duration::ZERO);
+    }
+
+    #[test]
+    fn retry_slowly_says_it_once_and_goes_on_until_one_stays_up() {
+        use Action::*;
+        let mut e = entry(2, 86400, crate::config::Action::RetrySlowly);
+        e.slow_retry_interval = Duration::from_secs(30);
+        let fail = ReportSetPidFail {
+            why: SetPidFail::CommandFailed,
+        };
+        let (got, state) = run(
+            &e,
+            &[
+                (0, up(10)),
+                (1, exited(10)),
+                (1, Input::RestartDone { ok: false }),
+                (1, Input::RestartDone { ok: false }),
+                (20, Input::Tick),
+                (31, Input::Tick),
+                (31, Input::RestartDone { ok: false }),
+                (61, Input::Tick),
+                (61, Input::RestartDone { ok: true }),
+                (62, up(13)),
+            ],
+        );
+        assert_eq!(got[1], vec![down(10), Restart { attempt: 1 }]);
+        assert_eq!(got[2], vec![fail, Restart { attempt: 2 }]);
+        assert_eq!(
+            got[3],
+            vec![
+                fail,
+                ReportRetryOver { attempts: 2 },
+                ReportSlowRetry {
+                    every: Duration::from_secs(30)
+                }
+            ],
+            "said once, never a failover"
+        );
+        assert_eq!(got[4], vec![], "not before the interval");
+        assert_eq!(got[5], vec![RestartSlowly { attempt: 1 }]);
+        assert_eq!(got[6], vec![fail], "no second Retry over");
+        assert_eq!(got[7], vec![RestartSlowly { attempt: 2 }]);
+        assert_eq!(
+            got[9],
+            vec![ReportUp {
+                pid: Some(13),
+                rearmed: true
+            }]
+        );
+        assert_eq!(state.phase, Phase::Up);
+        assert_eq!(state.slow_attempts, 0);
     }
 }

@@ -195,7 +195,9 @@ fn event_kind(notice: &Notice) -> Option<&'static str> {
         Notice::Policy { action, .. } => match action {
             Action::ReportDown { .. } => "down",
             Action::ReportUp { .. } => "up",
-            Action::Restart { .. } | Action::RestartUncounted { .. } => "restart",
+            Action::Restart { .. }
+            | Action::RestartUncounted { .. }
+            | Action::RestartSlowly { .. } => "restart",
             Action::ReportSetPidFail { .. } => "restart_failed",
             Action::ReportRetryOver { .. } => "retry_over",
             Action::Failover => "failover",
@@ -595,10 +597,7 @@ fn policy_message(
             )
         }
         Action::ReportRetryOver { attempts } => {
-            let action = match entry.action {
-                crate::config::Action::Continue => "continue",
-                crate::config::Action::Switch => "switch",
-            };
+            let action = entry.action.name();
             (
                 LogLevel::Error,
                 format!("Retry over ('{path}')"),
@@ -609,6 +608,25 @@ fn policy_message(
             LogLevel::Error,
             format!("Switch request ('{path}')"),
             vec![],
+        ),
+        Action::ReportSlowRetry { every } => (
+            LogLevel::Warn,
+            format!(
+                "('{path}') retries slowly: the next attempt in {}, and so on until one stays up",
+                duration(every)
+            ),
+            vec![("every_ms", json!(every.as_secs_f64() * 1e3))],
+        ),
+        Action::RestartSlowly { attempt } => (
+            LogLevel::Info,
+            format!(
+                "Try to restart ('{path}') (retrying slowly: attempt {attempt} since the budget was spent)"
+            ),
+            vec![
+                ("attempt", json!(entry.retry + attempt)),
+                ("retry", json!(entry.retry)),
+                ("slow_attempt", json!(attempt)),
+            ],
         ),
         Action::ReportTooManyAfterRestart { running, expected } => (
             LogLevel::Warn,

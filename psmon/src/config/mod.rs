@@ -80,6 +80,19 @@ pub enum Action {
     Continue,
     /// Report and run the failover command.
     Switch,
+    /// Report, then keep trying every `slow_retry_interval` (TOML only).
+    RetrySlowly,
+}
+
+impl Action {
+    /// As configuration writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Continue => "continue",
+            Action::Switch => "switch",
+            Action::RetrySlowly => "retry_slowly",
+        }
+    }
 }
 
 /// How `switch` asks for failover (psagent.conf's FAILOVER_DRIVER).
@@ -208,6 +221,15 @@ pub struct Entry {
     pub restart_backoff: Duration,
     /// The longest wait between attempts (the pfile's MONITOR_INTERVAL).
     pub backoff_max: Duration,
+    /// A restart stops counting against the budget once its process has
+    /// stayed up this long (TOML: `healthy_secs`); `None`: it counts for
+    /// the whole window, as ProcessSaver's does.
+    pub healthy: Option<Duration>,
+    /// Up to this much is added at random to each back-off, so that hosts
+    /// do not restart in step (TOML: `restart_jitter`).
+    pub restart_jitter: Duration,
+    /// With `retry_slowly`, the wait between attempts once the budget is spent.
+    pub slow_retry_interval: Duration,
     /// How to tell that the process hangs (TOML `[entry.probe]`).
     pub probe: Option<Probe>,
     /// Which user an instance must run as (TOML `user`).
@@ -373,6 +395,10 @@ impl Entry {
     pub const DEFAULT_START_WAIT: Duration = Duration::from_secs(10);
     pub const DEFAULT_START_SECS: Duration = Duration::from_secs(1);
     pub const DEFAULT_RESTART_BACKOFF: Duration = Duration::from_secs(1);
+    pub const DEFAULT_SLOW_RETRY_INTERVAL: Duration = Duration::from_secs(60);
+    /// TOML's default `healthy_secs`: this many times `start_secs` (at
+    /// least one second's worth).
+    pub const HEALTHY_START_SECS: u32 = 10;
 
     /// A PENT line's worth of settings with every extra at its default.
     pub fn new(
@@ -400,6 +426,9 @@ impl Entry {
             start_secs: Self::DEFAULT_START_SECS,
             restart_backoff: Self::DEFAULT_RESTART_BACKOFF,
             backoff_max: Pfile::DEFAULT_MONITOR_INTERVAL,
+            healthy: None,
+            restart_jitter: Duration::ZERO,
+            slow_retry_interval: Self::DEFAULT_SLOW_RETRY_INTERVAL,
             probe: None,
             owner: Owner::Learned,
             line: 0,

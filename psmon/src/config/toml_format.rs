@@ -67,6 +67,9 @@ struct EntryToml {
     count: Option<Spanned<String>>,
     start_secs: Option<Spanned<f64>>,
     restart_backoff: Option<Spanned<f64>>,
+    healthy_secs: Option<Spanned<f64>>,
+    restart_jitter: Option<Spanned<f64>>,
+    slow_retry_interval: Option<Spanned<f64>>,
     probe: Option<Spanned<ProbeToml>>,
     user: Option<Spanned<UserToml>>,
 }
@@ -137,7 +140,10 @@ const PROBE_KEYS: [&str; 15] = [
     "start_grace",
     "kill_grace",
 ];
-const ENTRY_KEYS: [&str; 24] = [
+const ENTRY_KEYS: [&str; 27] = [
+    "healthy_secs",
+    "restart_jitter",
+    "slow_retry_interval",
     "user",
     "unit",
     "cgroup",
@@ -204,21 +210,35 @@ impl Checker<'_> {
         }
     }
 
-    /// `continue` (the default) or `switch`.
-    fn action(&mut self, v: &Option<Spanned<String>>) -> Action {
+    /// `continue` (the default) or `switch`; an entry's may also be
+    /// `retry_slowly`.
+    fn action(&mut self, v: &Option<Spanned<String>>, entry: bool) -> Action {
         let Some(a) = v else {
             return Action::Continue;
         };
-        parse_action(a.get_ref()).unwrap_or_else(|| {
-            self.error(
-                a.span(),
-                format!(
-                    "unknown action `{}`: expected `continue` or `switch`",
-                    a.get_ref()
-                ),
-            );
-            Action::Continue
-        })
+        match (parse_action(a.get_ref()), a.get_ref().as_str()) {
+            (Some(action), _) => action,
+            (None, "retry_slowly") if entry => Action::RetrySlowly,
+            (None, "retry_slowly") => {
+                self.error(
+                    a.span(),
+                    "a group's action is `continue` or `switch`: `retry_slowly` is for entries"
+                        .into(),
+                );
+                Action::Continue
+            }
+            (None, other) => {
+                let expected = match entry {
+                    true => "`continue`, `switch` or `retry_slowly`",
+                    false => "`continue` or `switch`",
+                };
+                self.error(
+                    a.span(),
+                    format!("unknown action `{other}`: expected {expected}"),
+                );
+                Action::Continue
+            }
+        }
     }
 
     /// `failover_driver`, `failover_resource` and `failover_mode`.
@@ -415,7 +435,7 @@ fn entry(c: &mut Checker, spanned: &Spanned<EntryToml>) -> Option<Entry> {
     let retry = c
         .int("retry", &t.retry, 0, 1000)
         .unwrap_or(if restart.is_some() { 3 } else { 0 });
-    let action = c.action(&t.action);
+    let action = c.action(&t.action, true);
     let mut e = Entry::new(path.into(), restart, grace as u64, retry as u32, action);
     e.matcher = target;
     if let (Some(pattern), true) = (&t.cmdline, e.matcher.by_cgroup()) {
@@ -466,6 +486,25 @@ fn entry(c: &mut Checker, spanned: &Spanned<EntryToml>) -> Option<Entry> {
     }
     if let Some(d) = c.secs_f("restart_backoff", &t.restart_backoff, 0.0, 3600.0) {
         e.restart_backoff = d;
+    }
+    // A restart stops counting once its process has stayed up this long:
+    // by default ten times start_secs (at least 10 s); 0: never.
+    let start = e.start_secs.max(std::time::Duration::from_secs(1));
+    e.healthy = match c.secs_f("healthy_secs", &t.healthy_secs, 0.0, 366.0 * 86400.0) {
+        Some(d) if d.is_zero() => None,
+        Some(d) => Some(d),
+        None => Some(start * Entry::HEALTHY_START_SECS),
+    };
+    if let Some(d) = c.secs_f("restart_jitter", &t.restart_jitter, 0.0, 3600.0) {
+        e.restart_jitter = d;
+    }
+    match c.secs_f("slow_retry_interval", &t.slow_retry_interval, 1.0, 86400.0) {
+        Some(_) if action != Action::RetrySlowly => c.error(
+            t.slow_retry_interval.as_ref().map_or(0..0, |s| s.span()),
+            "slow_retry_interval applies only with action = \"retry_slowly\"".into(),
+        ),
+        Some(d) => e.slow_retry_interval = d,
+        None => {}
     }
     let main_only = t.main_only.as_ref().is_some_and(|m| *m.get_ref());
     match (&t.pidfile, main_only, &e.matcher) {
@@ -756,7 +795,7 @@ fn group(c: &mut Checker, spanned: &Spanned<GroupToml>) -> Option<Group> {
             "a group needs members = [\"/path\", …]".into(),
         );
     }
-    let action = c.action(&t.action);
+    let action = c.action(&t.action, false);
     let g = Group {
         name: name.to_string(),
         members,
@@ -837,11 +876,7 @@ pub fn to_toml(p: &Pfile) -> String {
         }
         let _ = writeln!(out, "grace = {}", e.grace.map_or(0, |g| g.as_secs()));
         let _ = writeln!(out, "retry = {}", e.retry);
-        let action = match e.action {
-            Action::Continue => "continue",
-            Action::Switch => "switch",
-        };
-        let _ = writeln!(out, "action = \"{action}\"");
+        let _ = writeln!(out, "action = \"{}\"", e.action.name());
         if let Match::Cmdline(p) = &e.matcher {
             let _ = writeln!(out, "cmdline = {}", quote(p.as_str()));
         }
@@ -862,6 +897,22 @@ pub fn to_toml(p: &Pfile) -> String {
         }
         if let Some(f) = &e.failover {
             let _ = writeln!(out, "failover = {}", quote(f));
+        }
+        // A pfile's budget counts every restart in its window.
+        match e.healthy {
+            None => {
+                let _ = writeln!(out, "healthy_secs = 0");
+            }
+            Some(h) => {
+                let _ = writeln!(out, "healthy_secs = {}", h.as_secs_f64());
+            }
+        }
+        if !e.restart_jitter.is_zero() {
+            let _ = writeln!(out, "restart_jitter = {}", e.restart_jitter.as_secs_f64());
+        }
+        if e.action == Action::RetrySlowly {
+            let every = e.slow_retry_interval.as_secs_f64();
+            let _ = writeln!(out, "slow_retry_interval = {every}");
         }
         match &e.rule {
             Rule::Lineage => {}
@@ -945,6 +996,49 @@ failover = "crm resource move app"
     }
 
     #[test]
+    fn restarts_decay_jitter_and_retry_slowly() {
+        let p = parse_text(
+            "[[entry]]\npath = \"/a\"\nstart_secs = 2\n\
+             [[entry]]\npath = \"/b\"\nhealthy_secs = 0\nrestart_jitter = 0.5\n\
+             [[entry]]\npath = \"/c\"\nhealthy_secs = 30\naction = \"retry_slowly\"\nslow_retry_interval = 120\n",
+        )
+        .unwrap();
+        let [a, b, c] = &p.entries[..] else {
+            panic!("three entries")
+        };
+        assert_eq!(a.healthy, Some(Duration::from_secs(20)), "10 × start_secs");
+        assert_eq!(b.healthy, None, "0: every restart counts in the window");
+        assert_eq!(b.restart_jitter, Duration::from_millis(500));
+        assert_eq!(a.action, Action::Continue);
+        assert_eq!(c.healthy, Some(Duration::from_secs(30)));
+        assert_eq!(c.action, Action::RetrySlowly);
+        assert_eq!(c.slow_retry_interval, Duration::from_secs(120));
+        // Written out and read back, the same.
+        let again = parse_text(&to_toml(&p)).unwrap();
+        assert_eq!(again.entries[1].healthy, None);
+        assert_eq!(
+            again.entries[2].slow_retry_interval,
+            Duration::from_secs(120)
+        );
+        assert_eq!(
+            parse_text("[[entry]]\npath = \"/a\"\nslow_retry_interval = 5\n"),
+            Err(vec![(
+                3,
+                23,
+                "slow_retry_interval applies only with action = \"retry_slowly\"".into()
+            )])
+        );
+        assert_eq!(
+            parse_text("[[group]]\nname = \"g\"\nmembers = [\"/a\"]\naction = \"retry_slowly\"\n"),
+            Err(vec![(
+                4,
+                10,
+                "a group's action is `continue` or `switch`: `retry_slowly` is for entries".into()
+            )])
+        );
+    }
+
+    #[test]
     fn errors_have_line_and_column() {
         assert_eq!(
             parse_text("[[entry]]\npath = \"/a\"\nretrys = 3\n"),
@@ -964,7 +1058,7 @@ failover = "crm resource move app"
                 (
                     4,
                     10,
-                    "unknown action `stop`: expected `continue` or `switch`".into()
+                    "unknown action `stop`: expected `continue`, `switch` or `retry_slowly`".into()
                 ),
                 (6, 7, "max 2 is below min 3".into()),
             ])

@@ -31,7 +31,7 @@ use crate::{
 };
 
 /// The states an entry can be in, as `psmon status` names them.
-const STATES: [&str; 7] = [
+const STATES: [&str; 8] = [
     "unknown",
     "up",
     "down",
@@ -39,6 +39,7 @@ const STATES: [&str; 7] = [
     "retry_over",
     "failed_over",
     "paused",
+    "retrying_slowly",
 ];
 
 /// Detection and restart times: 50 µs to 10 s.
@@ -208,7 +209,9 @@ impl Metrics {
         if let Some(c) = self.entries.lock().unwrap().get(entry.index()) {
             let counter = match action {
                 Action::ReportDown { .. } => Some(&c.downs),
-                Action::Restart { .. } | Action::RestartUncounted { .. } => Some(&c.restarts),
+                Action::Restart { .. }
+                | Action::RestartUncounted { .. }
+                | Action::RestartSlowly { .. } => Some(&c.restarts),
                 Action::ReportSetPidFail { .. } => Some(&c.restart_failures),
                 Action::ReportRetryOver { .. } => Some(&c.retry_overs),
                 Action::Failover => Some(&c.failovers),

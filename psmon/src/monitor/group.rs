@@ -200,8 +200,10 @@ impl Said {
             Action::ReportSetPidFail { why } => self.failed = Some(StartFailure::SetPidFail(*why)),
             Action::Restart { .. }
             | Action::RestartUncounted { .. }
+            | Action::RestartSlowly { .. }
             | Action::ReportBackoff { .. }
             | Action::ReportRetryOver { .. }
+            | Action::ReportSlowRetry { .. }
             | Action::Failover => {
                 self.own_restart = true;
                 return false;

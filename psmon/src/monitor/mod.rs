@@ -1054,7 +1054,11 @@ impl Monitor {
             _ => {}
         }
         let action = match action {
-            Action::Restart { .. } | Action::RestartUncounted { .. } if w.drill => {
+            Action::Restart { .. }
+            | Action::RestartUncounted { .. }
+            | Action::RestartSlowly { .. }
+                if w.drill =>
+            {
                 // The drill's own kill: its restart is not counted.
                 if matches!(action, Action::Restart { .. }) {
                     w.state.forget_last_attempt();
@@ -1073,9 +1077,12 @@ impl Monitor {
             running: self.watches[i].running,
         });
         match action {
-            Action::Restart { .. } | Action::RestartUncounted { .. } => {
+            Action::Restart { .. }
+            | Action::RestartUncounted { .. }
+            | Action::RestartSlowly { .. } => {
                 let attempt = match action {
                     Action::Restart { attempt } => attempt,
+                    Action::RestartSlowly { attempt } => entry.retry + attempt,
                     _ => 0,
                 };
                 out.push(notice);

@@ -54,6 +54,7 @@ impl Monitor {
                         Phase::Down => "down",
                         Phase::RetryOver if w.failover_sent => "failed_over",
                         Phase::RetryOver => "retry_over",
+                        Phase::SlowRetry { .. } => "retrying_slowly",
                         _ => "restarting",
                     }
                 };

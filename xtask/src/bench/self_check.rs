@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context, ensure};
 use serde_json::{Value, json};
 
-use super::support::{Daemon, PAUSER, compile, cpu_ns};
+use super::support::{Daemon, PAUSER, compile};
 
 /// Seconds each idle cost is measured over.
 const IDLE_SECS: u64 = 30;
@@ -40,10 +40,7 @@ pub fn self_check(psmon: &Path, fault_psmon: &Path, dir: &Path) -> anyhow::Resul
             let daemon = Daemon::start(psmon, &conf, source)?;
             daemon.wait_up(pauser.id(), Duration::from_secs(10))?;
             std::thread::sleep(Duration::from_secs(2));
-            let cpu0 = cpu_ns(daemon.pid())?;
-            let t0 = Instant::now();
-            std::thread::sleep(Duration::from_secs(IDLE_SECS));
-            let used = (cpu_ns(daemon.pid())? - cpu0) as f64 / t0.elapsed().as_secs_f64();
+            let used = cpu_per_second(daemon.pid(), Duration::from_secs(IDLE_SECS))?;
             daemon.stop();
             let _ = pauser.kill();
             let _ = pauser.wait();
@@ -120,6 +117,37 @@ pub fn self_check(psmon: &Path, fault_psmon: &Path, dir: &Path) -> anyhow::Resul
         secs(&mut reopens, TRIALS / 2),
     );
     Ok(out)
+}
+
+/// CPU ns per second of every thread of `pid` over `period`, threads that
+/// end meanwhile included (tokio's blocking threads end after 10 s idle,
+/// and their time with them from a sum of the living).
+fn cpu_per_second(pid: u32, period: Duration) -> anyhow::Result<f64> {
+    let sample = || -> anyhow::Result<std::collections::HashMap<String, u64>> {
+        let mut ns = std::collections::HashMap::new();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+            let task = task?;
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+            if let Some(n) = stat.split_whitespace().next().and_then(|v| v.parse().ok()) {
+                ns.insert(task.file_name().to_string_lossy().into_owned(), n);
+            }
+        }
+        Ok(ns)
+    };
+    let start = sample()?;
+    let mut last = start.clone();
+    let t0 = Instant::now();
+    while t0.elapsed() < period {
+        std::thread::sleep(Duration::from_millis(250));
+        for (tid, n) in sample()? {
+            last.insert(tid, n);
+        }
+    }
+    let used: u64 = last
+        .iter()
+        .map(|(tid, n)| n - start.get(tid).copied().unwrap_or(0))
+        .sum();
+    Ok(used as f64 / t0.elapsed().as_secs_f64())
 }
 
 fn write_conf(conf: &Path, victim: &Path, interval: u32) -> anyhow::Result<()> {
