@@ -359,3 +359,151 @@ fn unwatched_signals_stay_in_the_kernel() {
     assert_eq!(down["cause"], "signal", "{down}");
     assert!(status()["signals"]["received"].as_u64().unwrap() > 0);
 }
+
+/// `psmon status --json` of the daemon isolated under `dir`.
+fn status_of(dir: &Path) -> Value {
+    let out = isolate(&mut Command::new(env!("CARGO_BIN_EXE_psmon")), dir)
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A site whose entry restarts `exe` with `restart`, `retry` times.
+fn restarting_site(tag: &str, exe_name: &str, restart: &str, retry: u32) -> (TempDir, PathBuf) {
+    let dir = TempDir::new(tag);
+    std::fs::create_dir_all(dir.0.join("conf")).unwrap();
+    let exe = victim_copy(&dir.0, exe_name);
+    let restart = restart.replace("EXE", &exe.display().to_string());
+    std::fs::write(
+        dir.0.join("conf/app.toml"),
+        format!(
+            "monitor_interval = 1\n[[entry]]\npath = \"{}\"\nrestart = \"{restart}\"\nretry = {retry}\ngrace = 3600\nrestart_backoff = 0.1\nuser = \"any\"\n",
+            exe.display()
+        ),
+    )
+    .unwrap();
+    (dir, exe)
+}
+
+/// The crash-loop classification of the site's one entry.
+fn failures(dir: &Path) -> Value {
+    status_of(dir)["entries"][0]["failures"].clone()
+}
+
+#[test]
+fn a_service_that_exits_78_at_once_is_a_deterministic_crash_loop() {
+    if !needs_root("the ebpf source") {
+        return;
+    }
+    // Each restart exits 78 (EX_CONFIG) 0.1 s after it starts.
+    let (dir, exe) = restarting_site(
+        "loop-78",
+        "configd",
+        "EXE threads-first 78 >/dev/null 2>&1 &",
+        3,
+    );
+    let pid = reap_later(spawn_fresh(Command::new(&exe).arg("sleep")));
+    let mut psmon = Psmon::start(&dir.0.join("conf"), "ebpf");
+    watching(&mut psmon, pid);
+    kill9_pid(pid);
+    let over = psmon.wait("Retry over");
+    assert_eq!(over["failures"], "deterministic", "{over}");
+    let said = message(&over);
+    assert!(
+        said.contains(
+            ": exits 78 (EX_CONFIG) 0.1 s after start, 3 times — restarting will not help"
+        ),
+        "{said}"
+    );
+    let f = failures(&dir.0);
+    assert_eq!(f["class"], "deterministic", "{f}");
+    let table = isolate(&mut Command::new(env!("CARGO_BIN_EXE_psmon")), &dir.0)
+        .arg("status")
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("failing (deterministic): exits 78 (EX_CONFIG)"),
+        "{table}"
+    );
+}
+
+#[test]
+fn oom_kills_in_a_small_cgroup_are_a_resource_crash_loop() {
+    if !needs_root("cgroups and the ebpf source") {
+        return;
+    }
+    let cgroup = MemoryCgroup::new(&format!("psmon-test-loop-oom-{}", std::process::id()));
+    let procs = cgroup.dir.join("cgroup.procs");
+    // The restarted hog joins the cgroup before it execs.
+    let restart = format!(
+        "sh -c 'echo $$ > {} && exec EXE hog-on-usr1' >/dev/null 2>&1 &",
+        procs.display()
+    );
+    let (dir, exe) = restarting_site("loop-oom", "hogd", &restart, 5);
+    let pid = reap_later(spawn_fresh(Command::new(&exe).arg("hog-on-usr1")));
+    cgroup.add(pid);
+    let mut psmon = Psmon::start(&dir.0.join("conf"), "ebpf");
+    watching(&mut psmon, pid);
+    kill_with(pid, nix::sys::signal::Signal::SIGUSR1);
+    down_of(&mut psmon, pid);
+    // Its restart, Up (1 s), then made to hog again.
+    let up = psmon.wait_for(") Up", |m| m["pid"] != pid);
+    let second = up["pid"].as_u64().unwrap() as u32;
+    kill_with(second, nix::sys::signal::Signal::SIGUSR1);
+    let down = down_of(&mut psmon, second);
+    assert_eq!(down["cause"], "oom", "{down}");
+    let f = failures(&dir.0);
+    assert_eq!(f["class"], "resource", "{f}");
+    assert!(
+        f["text"].as_str().unwrap().starts_with(&format!(
+            "killed for resources 2 times (OOM kill in {}",
+            cgroup.name
+        )),
+        "{f}"
+    );
+    psmon.wait_for(") Up", |m| m["pid"] != second);
+    kill_all(&exe);
+}
+
+#[test]
+fn kills_by_another_user_are_an_external_crash_loop_naming_the_sender() {
+    if !needs_root("setpriv and the ebpf source") {
+        return;
+    }
+    let nobody = ["--reuid=65534", "--regid=65534", "--clear-groups"];
+    let (dir, exe) = restarting_site(
+        "loop-external",
+        "victimd",
+        &format!("setpriv {} EXE sleep >/dev/null 2>&1 &", nobody.join(" ")),
+        5,
+    );
+    let mut victim = Command::new("setpriv");
+    victim.args(nobody);
+    let mut pid = reap_later(spawn_fresh(victim.arg(&exe).arg("sleep")));
+    let mut psmon = Psmon::start(&dir.0.join("conf"), "ebpf");
+    watching(&mut psmon, pid);
+    for _ in 0..2 {
+        let killer = Command::new("setpriv")
+            .args(nobody)
+            .args(["/bin/kill", "-TERM", &pid.to_string()])
+            .spawn()
+            .unwrap();
+        reap_later(killer);
+        down_of(&mut psmon, pid);
+        let old = pid;
+        pid = psmon.wait_for(") Up", |m| m["pid"] != old)["pid"]
+            .as_u64()
+            .unwrap() as u32;
+    }
+    let f = failures(&dir.0);
+    assert_eq!(f["class"], "external", "{f}");
+    let text = f["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("killed by other processes 2 times: pid "),
+        "{text}"
+    );
+    assert!(text.contains("'kill' uid 65534"), "{text}");
+    kill_all(&exe);
+}

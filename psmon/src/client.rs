@@ -160,6 +160,16 @@ fn status_table(status: &Value) -> String {
         }
         let _ = writeln!(out, "{}", line.trim_end());
     }
+    for e in status["entries"].as_array().into_iter().flatten() {
+        if let Some(text) = e["failures"]["text"].as_str() {
+            let _ = writeln!(
+                out,
+                "{} failing ({}): {text}",
+                e["path"].as_str().unwrap_or(""),
+                e["failures"]["class"].as_str().unwrap_or(""),
+            );
+        }
+    }
     for g in status["groups"].as_array().into_iter().flatten() {
         let _ = writeln!(
             out,

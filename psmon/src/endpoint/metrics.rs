@@ -26,6 +26,7 @@ use prometheus_client::{
 use crate::{
     clock::Time,
     facts::EntryId,
+    monitor::crash_loop::CLASSES,
     monitor::{Monitor, Notice},
     policy::Action,
 };
@@ -57,6 +58,8 @@ struct EntryCells {
     pfile_label: String,
     path_label: String,
     state: AtomicU8,
+    /// 0: no crash loop; else 1 + its index in [`CLASSES`].
+    crash_loop: AtomicU8,
     instances: AtomicU32,
     attempts: AtomicU32,
     allowed: AtomicU32,
@@ -75,6 +78,7 @@ impl EntryCells {
             pfile_label: label_value(pfile),
             path_label: label_value(path),
             state: AtomicU8::new(0),
+            crash_loop: AtomicU8::new(0),
             instances: AtomicU32::new(0),
             attempts: AtomicU32::new(0),
             allowed: AtomicU32::new(0),
@@ -195,6 +199,12 @@ impl Metrics {
             };
             let state = STATES.iter().position(|x| *x == s.state).unwrap_or(0);
             c.state.store(state as u8, Relaxed);
+            let class = s
+                .crash_loop
+                .as_ref()
+                .and_then(|l| CLASSES.iter().position(|x| *x == l.class()))
+                .map_or(0, |i| i + 1);
+            c.crash_loop.store(class as u8, Relaxed);
             c.instances.store(s.instances.len() as u32, Relaxed);
             c.attempts.store(s.attempts as u32, Relaxed);
             c.allowed.store(s.retry, Relaxed);
@@ -322,7 +332,7 @@ impl Collector for Encoder {
         }
         let mut e = encoder.encode_descriptor(
             "psmon_entry_state",
-            "The entry's state: 1 for the state it is in (unknown, up, down, restarting, retry_over, failed_over, paused)",
+            "The entry's state: 1 for the state it is in (unknown, up, down, restarting, retry_over, failed_over, paused, retrying_slowly)",
             None,
             MetricType::Gauge,
         )?;
@@ -332,6 +342,26 @@ impl Collector for Encoder {
                 ("pfile", c.pfile_label.as_str()),
                 ("path", c.path_label.as_str()),
                 ("state", state),
+            ];
+            e.encode_family(&l)?.encode_gauge(&1i64)?;
+        }
+        let mut e = encoder.encode_descriptor(
+            "psmon_entry_crash_loop",
+            "1 while the entry's recent failures have something in common: the class (deterministic, resource, hung, external, mixed)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for c in entries.iter() {
+            let Some(class) = usize::from(c.crash_loop.load(Relaxed))
+                .checked_sub(1)
+                .and_then(|i| CLASSES.get(i))
+            else {
+                continue;
+            };
+            let l = [
+                ("pfile", c.pfile_label.as_str()),
+                ("path", c.path_label.as_str()),
+                ("class", class),
             ];
             e.encode_family(&l)?.encode_gauge(&1i64)?;
         }

@@ -46,6 +46,7 @@ use crate::{
 };
 
 mod commands;
+pub mod crash_loop;
 mod failover;
 mod group;
 mod io;
@@ -153,6 +154,9 @@ struct Watch {
     /// Why the last instance that went down died: (its pid, the cause).
     #[serde(default)]
     last_cause: Option<(u32, Cause)>,
+    /// Recent deaths and failed attempts, for what they have in common.
+    #[serde(default)]
+    failures: crash_loop::Failures,
 }
 
 impl Watch {
@@ -812,6 +816,12 @@ impl Monitor {
     }
 
     /// Why instance `pid` of the entry died, if the kernel said.
+    /// What the entry's recent failures have in common, if they are two or more.
+    pub fn crash_loop(&self, id: EntryId, now: Time) -> Option<crash_loop::CrashLoop> {
+        let w = self.watches.get(id.index())?;
+        w.failures.classify(self.config[id.index()].grace, now)
+    }
+
     pub fn cause(&self, id: EntryId, pid: u32) -> Option<&Cause> {
         self.watches
             .get(id.index())
@@ -917,6 +927,7 @@ impl Monitor {
                     held: false,
                     owner: None,
                     last_cause: None,
+                    failures: crash_loop::Failures::default(),
                 },
             };
             self.watches.push(w);
@@ -986,6 +997,7 @@ impl Monitor {
         }
         let before = self.watches[i].state.clone();
         let actions = policy::step(&self.config[i], &mut self.watches[i].state, input, now);
+        self.note_failures(id, &before, &actions, now);
         if self.watches[i].state != before {
             self.dirty = true;
             let w = &mut self.watches[i];
@@ -1029,6 +1041,61 @@ impl Monitor {
                 }
                 let effects = self.group_heard(g, id, said, now);
                 out.extend(effects);
+            }
+        }
+    }
+
+    /// Keeps what failed (a death, a failed attempt) for the crash-loop
+    /// classification; a run that stayed up `healthy_secs` (or ten times
+    /// `start_secs`, at least 10 s, when the entry does not forgive) ends
+    /// the history before it.
+    fn note_failures(&mut self, id: EntryId, before: &EntryState, actions: &[Action], now: Time) {
+        use crash_loop::{Failed, failed};
+        if actions
+            .iter()
+            .any(|a| matches!(a, Action::ReportStopped { .. }))
+        {
+            return;
+        }
+        let i = id.index();
+        let entry = &self.config[i];
+        let w = &mut self.watches[i];
+        let cause_of = |pid: Option<u32>| {
+            w.last_cause
+                .as_ref()
+                .filter(|(p, _)| Some(*p) == pid)
+                .map(|(_, c)| c)
+        };
+        let hung = |pid: Option<u32>| pid.is_some() && w.probe.hung == pid;
+        let mut noted = Vec::new();
+        for action in actions {
+            match *action {
+                Action::ReportDown { pid, status } => {
+                    let lived =
+                        (before.phase == Phase::Up).then(|| now.saturating_duration_since(w.since));
+                    let healthy = entry.healthy.unwrap_or(
+                        entry.start_secs.max(std::time::Duration::from_secs(1))
+                            * crate::config::Entry::HEALTHY_START_SECS,
+                    );
+                    if lived.is_some_and(|l| l >= healthy) {
+                        noted.push(None);
+                    }
+                    noted.push(Some(failed(status, cause_of(pid), hung(pid), lived, false)));
+                }
+                Action::ReportSetPidFail { why } => noted.push(Some(match why {
+                    SetPidFail::DiedEarly { pid, status, lived } => {
+                        failed(status, cause_of(pid), hung(pid), Some(lived), true)
+                    }
+                    SetPidFail::CommandFailed => Failed::Command { started: false },
+                    SetPidFail::NotStarted => Failed::Command { started: true },
+                })),
+                _ => {}
+            }
+        }
+        for note in noted {
+            match note {
+                None => w.failures.clear(),
+                Some(what) => w.failures.record(now, what),
             }
         }
     }

@@ -27,6 +27,8 @@ pub struct EntryStatus {
     pub retry: u32,
     pub last_down: Option<(Option<u32>, ExitStatus)>,
     pub last_failure: Option<SetPidFail>,
+    /// What its recent failures have in common.
+    pub crash_loop: Option<super::crash_loop::CrashLoop>,
 }
 
 impl Monitor {
@@ -71,6 +73,7 @@ impl Monitor {
                     retry: entry.retry,
                     last_down: w.last_down,
                     last_failure: w.last_failure,
+                    crash_loop: w.failures.classify(entry.grace, now),
                 }
             })
             .collect()

@@ -199,6 +199,10 @@ impl StatusView {
                     "retry": e.retry,
                     "last_exit": last_exit,
                     "last_failure": view.failure,
+                    "failures": e.crash_loop.as_ref().map(|c| json!({
+                        "class": c.class(),
+                        "text": crate::report::crash_loop::describe(c),
+                    })),
                     "group": view.group,
                     "probe": view.probe,
                 })

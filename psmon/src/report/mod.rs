@@ -8,6 +8,8 @@
 //!
 //! psmon's own diagnostics (start-up, source selection) go through `tracing`.
 
+pub mod crash_loop;
+
 use std::{
     path::{Path, PathBuf},
     time::SystemTime,
@@ -244,6 +246,14 @@ impl Reporter {
                     let (text, extra) = down_cause(monitor, *id, *pid, *status);
                     message.push_str(&text);
                     fields.extend(extra);
+                }
+                if let Action::ReportRetryOver { .. } = action
+                    && let Some(c) = monitor.crash_loop(*id, crate::clock::Time::now())
+                {
+                    let text = crash_loop::describe(&c);
+                    message.push_str(&format!(": {text}"));
+                    fields.push(("failures", json!(c.class())));
+                    fields.push(("failures_text", json!(text)));
                 }
                 self.report(level, &message, &fields);
             }
