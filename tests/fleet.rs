@@ -948,10 +948,24 @@ fn pushed_events_survive_a_down_receiver_and_a_psmon_restart() {
         );
         assert_eq!(e["path"], f.victim.display().to_string());
     }
+    // An operator action is pushed too.
+    psmon.signal(nix::sys::signal::Signal::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let audit = loop {
+        let events = receiver.events();
+        if let Some(e) = events.iter().find(|e| e["kind"] == "audit") {
+            break e.clone();
+        }
+        assert!(Instant::now() < deadline, "no audit event: {events:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(audit["action"], "reload", "{audit}");
+    assert_eq!(audit["via"], "sighup", "{audit}");
+    assert_eq!(audit["pid"], std::process::id(), "{audit}");
     // What this psmon delivered (the five from before its restart among
     // them) and that nothing waits, in /metrics.
     let m = scrape(f.address());
-    assert!(m["psmon_push_delivered_events_total{}"] >= 5.0, "{m:?}");
+    assert!(m["psmon_push_delivered_events_total{}"] >= 6.0, "{m:?}");
     assert_eq!(m["psmon_push_waiting_events{}"], 0.0, "{m:?}");
     assert_eq!(m["psmon_push_dropped_events_total{}"], 0.0, "{m:?}");
 }

@@ -583,3 +583,128 @@ fn a_pfile_gone_takes_its_health_queue_along() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(!exists(), "the segment went with its IPCKEY");
 }
+
+/// The audit trail: who did what and how it ended, refused requests and
+/// SIGHUP included, in the log, `psmon audit` and `/status`.
+#[test]
+fn every_operator_action_is_on_the_record() {
+    if !is_root() {
+        return; // only root can become nobody; CI runs as root
+    }
+    let site = Site::with(TempDir::new_in(Path::new("/tmp"), "op-audit"));
+    let (mut psmon, _) = site.running();
+    let said =
+        |psmon: &mut Psmon, text: &str| psmon.wait(text)["message"].as_str().unwrap().to_string();
+    // Root pauses and resumes.
+    assert_eq!(site.ctl(&["pause", "app"]).status.code(), Some(0));
+    let paused = said(
+        &mut psmon,
+        "Command execute. [pause] pfile='app' by uid 0 (pid ",
+    );
+    assert!(paused.ends_with("'psmon'): done"), "{paused}");
+    assert_eq!(site.ctl(&["resume", "app"]).status.code(), Some(0));
+    said(&mut psmon, "Command execute. [resume] pfile='app' by uid 0");
+    // A request psmon cannot carry out: refused, and recorded.
+    assert_eq!(site.ctl(&["pause", "nosuch"]).status.code(), Some(2));
+    let nosuch = said(
+        &mut psmon,
+        "Command execute. [pause] pfile='nosuch' by uid 0",
+    );
+    assert!(
+        nosuch.contains("refused: no pfile named 'nosuch'"),
+        "{nosuch}"
+    );
+    // Nobody may not, even with the socket opened to all by mistake.
+    std::fs::set_permissions(
+        socket_in(&site.dir.0),
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .unwrap();
+    let client = site.dir.0.join("psmon-client");
+    std::fs::copy(env!("CARGO_BIN_EXE_psmon"), &client).unwrap();
+    let mut as_nobody = Command::new(&client);
+    isolate(&mut as_nobody, &site.dir.0)
+        .args(["pause", "app"])
+        .uid(65534)
+        .gid(65534);
+    let out = (0..100)
+        .find_map(|_| match as_nobody.output() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(Duration::from_millis(10));
+                None
+            }
+            other => Some(other.unwrap()),
+        })
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let refused = said(
+        &mut psmon,
+        "Command execute. [pause] pfile='app' by uid 65534",
+    );
+    assert!(
+        refused.contains("'psmon-client'): refused: permission denied"),
+        "{refused}"
+    );
+    // A SIGHUP names its sender (by name while it still runs: a shell
+    // that signals and sleeps); a reload says what changed.
+    let killer = Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill -HUP {}; sleep 2", psmon.child.id()))
+        .spawn()
+        .unwrap();
+    let killer_pid = reap_later(killer);
+    let hup = said(&mut psmon, "Command execute. [reload] by SIGHUP from uid 0");
+    assert!(
+        hup.ends_with(&format!("(pid {killer_pid} 'sh'): done: nothing changed")),
+        "{hup}"
+    );
+    let other = victim_copy(&site.dir.0, "opother");
+    site.pfile("other", &other, &format!("{} sleep", other.display()), 1);
+    assert_eq!(site.ctl(&["reload"]).status.code(), Some(0));
+    let reload = said(&mut psmon, "Command execute. [reload] by uid 0");
+    assert!(
+        reload.ends_with(&format!("done: 1 added ({})", other.display())),
+        "{reload}"
+    );
+    kill_all(&other);
+    // `psmon audit`, in order, and the last ones in /status.
+    let out = site.ctl(&["audit", "--since", "1h", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let records: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let what: Vec<(String, String)> = records["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["action"].as_str().unwrap().to_string(),
+                r["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("pause", "done"),
+        ("resume", "done"),
+        ("pause", "refused"),
+        ("pause", "refused"),
+        ("reload", "done"),
+        ("reload", "done"),
+    ];
+    assert_eq!(
+        what,
+        expected.map(|(a, o)| (a.to_string(), o.to_string())),
+        "{records:#}"
+    );
+    let table = text(&site.ctl(&["audit"]).stdout);
+    assert_eq!(table.lines().count(), 6, "{table}");
+    assert!(
+        table
+            .lines()
+            .nth(3)
+            .unwrap()
+            .contains("pause pfile='app'  uid 65534"),
+        "{table}"
+    );
+    let status = site.status();
+    assert_eq!(status["audit"].as_array().unwrap().len(), 6, "{status:#}");
+}

@@ -117,6 +117,18 @@ pub enum Command {
     /// psmon's Pacemaker failover requests left, so the resource may run on
     /// this node again: those of one pfile, or all (`psmon status` lists them).
     ClearFailover { pfile: Option<String> },
+    /// The audit trail: the operator actions the running psmon recorded
+    /// (pause, resume, reload, test, clear-failover, SIGHUP, refused ones
+    /// too), who asked and how each ended, oldest first.
+    Audit {
+        /// Only those of the last DURATION (`10m`, `2h`, `1d`).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
+        /// One JSON object: {"records": [{"time", "action", "pfile", "uid",
+        /// "pid", "comm", "via", "outcome", "text"}]}.
+        #[arg(long)]
+        json: bool,
+    },
     /// The recovery drill (ProcessSaver's `pcheck -k`): kill the watched
     /// process, wait for psmon to bring it back, and print how long
     /// detection and recovery took. Exit 0 when it recovered, 1 when it did

@@ -1,6 +1,6 @@
 //! The operator's commands that talk to a running `psmon run` over the
 //! control socket: `status`, `pause`, `resume`, `reload`, `test`,
-//! `clear-failover`.
+//! `clear-failover`, `audit`.
 
 use std::{fmt::Write as _, path::Path, time::Duration};
 
@@ -79,6 +79,7 @@ pub fn run(socket: &Path, command: Command, json: bool) -> Result<Done, ClientEr
             }
         }
         (Command::Ping, _) => format!("psmon pid {}\n", result["pid"]),
+        (Command::Audit { .. }, false) => audit_lines(&result),
         #[cfg(feature = "fault-injection")]
         (Command::Fault { .. }, _) => format!("{result}\n"),
     };
@@ -200,6 +201,43 @@ fn status_table(status: &Value) -> String {
             c["resource"].as_str().unwrap_or(""),
             c["pfile"].as_str().unwrap_or(""),
         );
+    }
+    out
+}
+
+/// `psmon audit` for people: one line per record, oldest first.
+fn audit_lines(result: &Value) -> String {
+    let mut out = String::new();
+    for r in result["records"].as_array().into_iter().flatten() {
+        let at = r["time"]
+            .as_f64()
+            .map(|t| std::time::UNIX_EPOCH + Duration::from_secs_f64(t))
+            .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+            .unwrap_or_else(|| "-".into());
+        let who = match (r["pid"].as_u64(), r["comm"].as_str()) {
+            (Some(pid), Some(comm)) => format!("uid {} (pid {pid} '{comm}')", r["uid"]),
+            (Some(pid), None) => format!("uid {} (pid {pid})", r["uid"]),
+            _ => format!("uid {}", r["uid"]),
+        };
+        let via = match r["via"].as_str() {
+            Some("sighup") => " by SIGHUP",
+            _ => "",
+        };
+        let pfile = r["pfile"]
+            .as_str()
+            .map(|p| format!(" pfile='{p}'"))
+            .unwrap_or_default();
+        let text = r["text"].as_str().filter(|t| !t.is_empty());
+        let _ = writeln!(
+            out,
+            "{at}  {}{pfile}  {who}{via}  {}{}",
+            r["action"].as_str().unwrap_or("?"),
+            r["outcome"].as_str().unwrap_or("?"),
+            text.map(|t| format!(": {t}")).unwrap_or_default(),
+        );
+    }
+    if out.is_empty() {
+        out.push_str("no operator actions recorded\n");
     }
     out
 }

@@ -72,6 +72,12 @@ pub enum Command {
         #[serde(default)]
         pfile: Option<String>,
     },
+    /// The audit trail: operator actions at or after `since` (Unix time,
+    /// seconds), all when absent.
+    Audit {
+        #[serde(default)]
+        since: Option<f64>,
+    },
     /// Tests only: the running sources of these kinds (`ebpf`, `netlink`)
     /// go deaf, and with `sticky` those opened later too; an empty list
     /// lets later ones hear again.
@@ -90,7 +96,23 @@ fn default_signal() -> i32 {
 impl Command {
     /// Requests that only read.
     pub fn read_only(&self) -> bool {
-        matches!(self, Command::Ping | Command::Status { .. })
+        matches!(
+            self,
+            Command::Ping | Command::Status { .. } | Command::Audit { .. }
+        )
+    }
+
+    /// An operator action the audit trail records (as `psmon` names it),
+    /// with its pfile.
+    pub fn audited(&self) -> Option<(&'static str, Option<&str>)> {
+        match self {
+            Command::Pause { pfile } => Some(("pause", Some(pfile))),
+            Command::Resume { pfile } => Some(("resume", Some(pfile))),
+            Command::Reload { pfile } => Some(("reload", pfile.as_deref())),
+            Command::Test { pfile, .. } => Some(("test", Some(pfile))),
+            Command::ClearFailover { pfile } => Some(("clear-failover", pfile.as_deref())),
+            _ => None,
+        }
     }
 }
 
@@ -107,6 +129,11 @@ pub type Reply = Result<Value, String>;
 /// A request for the supervisor, with where its reply goes.
 pub struct Asked {
     pub command: Command,
+    /// Who asked (`None`: psmon's own HTTP endpoint).
+    pub peer: Option<crate::audit::Who>,
+    /// Why the request is refused, when it is: the supervisor records it
+    /// and replies with this.
+    pub refused: Option<String>,
     pub reply: oneshot::Sender<Reply>,
 }
 
@@ -234,11 +261,23 @@ async fn connection(
             send(&mut write, &reply).await?;
             return Ok(());
         }
+        let who = || {
+            let pid = peer.pid().map(|p| p as u32);
+            Some(crate::audit::Who::of(
+                peer.uid(),
+                pid,
+                crate::audit::Via::Socket,
+            ))
+        };
         let reply = match parse(&line) {
             Err(why) => error_reply(&why),
             Ok(command) => match authorize(&peer, access, &command) {
+                // Refused actions are on the record too.
+                Err(why) if command.audited().is_some() => {
+                    ask(asked, command, who(), Some(why)).await
+                }
                 Err(why) => error_reply(&why),
-                Ok(()) => ask(asked, command).await,
+                Ok(()) => ask(asked, command, who(), None).await,
             },
         };
         send(&mut write, &reply).await?;
@@ -305,9 +344,20 @@ fn in_group(pid: u32, gid: u32) -> bool {
     crate::proc::groups(pid).contains(&gid)
 }
 
-async fn ask(asked: &mpsc::Sender<Asked>, command: Command) -> String {
+async fn ask(
+    asked: &mpsc::Sender<Asked>,
+    command: Command,
+    peer: Option<crate::audit::Who>,
+    refused: Option<String>,
+) -> String {
     let (reply, answer) = oneshot::channel();
-    if asked.send(Asked { command, reply }).await.is_err() {
+    let request = Asked {
+        command,
+        peer,
+        refused,
+        reply,
+    };
+    if asked.send(request).await.is_err() {
         return error_reply("psmon is stopping");
     }
     match answer.await {

@@ -72,6 +72,9 @@ pub async fn run(
     // Installed first: a SIGHUP before the reload task first ran (an
     // operator's reload right at start) would kill psmon, its default.
     let hup = signal(SignalKind::hangup());
+    if let Err(e) = crate::signals::remember_sighup_senders() {
+        tracing::warn!("SIGHUP senders will not be named in the audit trail: {e}");
+    }
     let dir = conf_dir(opts.conf.clone());
     let load = LoadOptions {
         insecure: opts.insecure_config,
@@ -427,6 +430,8 @@ async fn reload_on_sighup(
             _ = token.cancelled() => return,
             _ = hup.recv() => {}
         }
+        let by = crate::signals::last_sighup_sender()
+            .map(|(uid, pid)| crate::audit::Who::of(uid, Some(pid), crate::audit::Via::Sighup));
         // READY=1 follows once the supervisor has the new configuration
         // (or has refused it).
         notify_systemd(libsystemd::daemon::NotifyState::Reloading);
@@ -447,8 +452,8 @@ async fn reload_on_sighup(
         })
         .await;
         let msg = match loaded {
-            Ok(Ok(config)) => Control::Reload(Box::new(config)),
-            Ok(Err(errors)) => Control::ReloadFailed(errors),
+            Ok(Ok(config)) => Control::Reload(Box::new(config), by),
+            Ok(Err(errors)) => Control::ReloadFailed(errors, by),
             Err(_) => continue,
         };
         if control.send(msg).await.is_err() {

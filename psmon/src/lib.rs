@@ -9,6 +9,7 @@
 //! plain data of [`facts`] and [`event`]; the monitor imports no module of
 //! the shell.
 
+pub mod audit;
 pub mod cli;
 pub mod client;
 pub mod clock;

@@ -62,6 +62,15 @@ fn main() -> ExitCode {
             );
         }
         Command::Generate { man, completions } => generate(man, completions),
+        Command::Audit { since, json } => {
+            let since = since.map(|d| {
+                psmon::audit::ago(d)
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs_f64()
+            });
+            return client(&cli.socket, psmon::control::Command::Audit { since }, json);
+        }
         Command::ClearFailover { pfile } => {
             return client(
                 &cli.socket,

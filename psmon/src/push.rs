@@ -40,7 +40,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use crate::{config::LogLevel, endpoint::metrics::PushCells, report::Reporter};
 
 /// The kinds of event pushed.
-pub const KINDS: [&str; 7] = [
+pub const KINDS: [&str; 8] = [
+    "audit",
     "down",
     "up",
     "restart_failed",

@@ -299,7 +299,12 @@ fn metrics(request: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>
 /// Asks the supervisor; `None` when it does not answer within `within`.
 async fn ask(shared: &Shared, command: Command, within: Duration) -> Option<Result<Value, String>> {
     let (reply, answer) = oneshot::channel();
-    let asked = Asked { command, reply };
+    let asked = Asked {
+        command,
+        peer: None,
+        refused: None,
+        reply,
+    };
     tokio::time::timeout(within, async {
         shared.asked.send(asked).await.ok()?;
         answer.await.ok()

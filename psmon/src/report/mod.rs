@@ -216,6 +216,14 @@ fn event_kind(notice: &Notice) -> Option<&'static str> {
 }
 
 impl Reporter {
+    /// An operator action on the record ([`crate::audit`]): logged, and
+    /// pushed as an `audit` event.
+    pub fn audit(&mut self, level: LogLevel, message: &str, fields: &[(&str, Value)]) {
+        self.kind = Some("audit");
+        self.report(level, message, fields);
+        self.kind = None;
+    }
+
     /// Says what the monitor has to say, in ProcessSaver's wording where
     /// ProcessSaver had a message: the one place each message is written.
     pub fn notice(&mut self, monitor: &Monitor, notice: &Notice) {

@@ -26,6 +26,7 @@ use tokio::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    audit::Outcome,
     clock::Time,
     config::{Config, ConfigErrors, LoadOptions, LogLevel},
     control::{Asked, Reply},
@@ -44,6 +45,7 @@ use crate::{
     state::Store,
 };
 
+mod audit;
 mod commands;
 mod exits;
 mod failover;
@@ -66,10 +68,10 @@ pub const COMMAND_GRACE: Duration = Duration::from_secs(5);
 
 /// Messages from the rest of the daemon.
 pub enum Control {
-    /// SIGHUP with a valid new configuration.
-    Reload(Box<Config>),
+    /// SIGHUP (from whom, when known) with a valid new configuration.
+    Reload(Box<Config>, Option<crate::audit::Who>),
     /// SIGHUP with a broken one: report it, keep running the old one.
-    ReloadFailed(ConfigErrors),
+    ReloadFailed(ConfigErrors, Option<crate::audit::Who>),
     /// What the source's keeper did.
     Source(Report),
 }
@@ -93,6 +95,13 @@ enum Back {
         tgid: u32,
         input: Option<Input>,
         generation: u64,
+    },
+    /// An audited request was answered.
+    Audit {
+        who: crate::audit::Who,
+        action: &'static str,
+        pfile: Option<String>,
+        outcome: crate::audit::Outcome,
     },
     /// An operator's reload has read the files.
     Reloaded {
@@ -185,6 +194,8 @@ pub struct Supervisor {
     self_check: SelfCheck,
     canary: Option<Canary>,
     source_orders: mpsc::Sender<Order>,
+    /// Operator actions, for `/status` and `psmon audit`.
+    trail: crate::audit::Trail,
 }
 
 impl Supervisor {
@@ -269,6 +280,7 @@ impl Supervisor {
             self_check: SelfCheck::new(self_check_interval),
             canary,
             source_orders,
+            trail: crate::audit::Trail::default(),
         }
     }
 
@@ -552,6 +564,12 @@ impl Supervisor {
                 pfile,
                 reply,
             } => self.on_reloaded(*result, pfile, reply),
+            Back::Audit {
+                who,
+                action,
+                pfile,
+                outcome,
+            } => self.audit(who, action, pfile, outcome),
             Back::Classified {
                 tgid,
                 input,
@@ -581,13 +599,19 @@ impl Supervisor {
 
     fn on_control(&mut self, msg: Control) {
         match msg {
-            Control::Reload(config) => {
-                self.reconfigure(*config);
+            Control::Reload(config, by) => {
+                let changes = self.reconfigure(*config);
                 self.tell_systemd(self.ready_sent);
+                self.audit(sighup(by), "reload", None, Outcome::Done(changes));
             }
-            Control::ReloadFailed(errors) => {
+            Control::ReloadFailed(errors, by) => {
+                let why = format!(
+                    "{} error(s) in the configuration; the running one is kept",
+                    errors.0.len()
+                );
                 self.feed(Input::ReloadFailed(errors));
                 self.tell_systemd(self.ready_sent);
+                self.audit(sighup(by), "reload", None, Outcome::Failed(why));
             }
             Control::Source(Report::Opened { handle, why }) => {
                 if let Some(why) = why {
@@ -629,8 +653,9 @@ impl Supervisor {
         }
     }
 
-    /// Runs `config` from now on.
-    fn reconfigure(&mut self, config: Config) {
+    /// Runs `config` from now on; says what changed.
+    fn reconfigure(&mut self, config: Config) -> String {
+        let changes = changes(self.monitor.entries(), &self.config, &config);
         self.reporter.set_level(config.agent.log_level);
         let mut at_start = self.config.agent.changed_at_start_only(&config.agent);
         if self.config.tls != config.tls {
@@ -665,6 +690,7 @@ impl Supervisor {
         let monitor = &self.monitor;
         self.recorder
             .retain(|p| monitor.entries().any(|e| e.path == p));
+        changes
     }
 
     fn open_notify_sockets(&mut self) {
@@ -824,6 +850,84 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) {
 }
 
 /// Sleeps until `at`; `None` never wakes (the branch is disabled then).
+/// Who sent a SIGHUP, when its siginfo said.
+fn sighup(by: Option<crate::audit::Who>) -> crate::audit::Who {
+    by.unwrap_or(crate::audit::Who {
+        uid: 0,
+        pid: None,
+        comm: None,
+        via: crate::audit::Via::Sighup,
+    })
+}
+
+/// What a reload changes, for the audit trail: entries added, removed and
+/// changed (by path, up to five named), and the daemon-wide settings.
+fn changes<'a>(
+    old: impl Iterator<Item = &'a crate::config::Entry>,
+    old_config: &Config,
+    new: &Config,
+) -> String {
+    use std::collections::HashMap;
+    let old: HashMap<&std::path::Path, &crate::config::Entry> =
+        old.map(|e| (e.path.as_path(), e)).collect();
+    let new_entries: HashMap<&std::path::Path, &crate::config::Entry> =
+        new.entries().map(|(_, e)| (e.path.as_path(), e)).collect();
+    let mut said = Vec::new();
+    let mut list = |what: &str, mut paths: Vec<&std::path::Path>| {
+        if paths.is_empty() {
+            return;
+        }
+        paths.sort();
+        let named: Vec<String> = paths
+            .iter()
+            .take(5)
+            .map(|p| p.display().to_string())
+            .collect();
+        let more = match paths.len() > 5 {
+            true => format!(" and {} more", paths.len() - 5),
+            false => String::new(),
+        };
+        said.push(format!(
+            "{} {what} ({}{more})",
+            paths.len(),
+            named.join(", ")
+        ));
+    };
+    list(
+        "added",
+        new_entries
+            .keys()
+            .filter(|p| !old.contains_key(*p))
+            .copied()
+            .collect(),
+    );
+    list(
+        "removed",
+        old.keys()
+            .filter(|p| !new_entries.contains_key(*p))
+            .copied()
+            .collect(),
+    );
+    list(
+        "changed",
+        new_entries
+            .iter()
+            .filter(|(p, e)| old.get(*p).is_some_and(|o| o != *e))
+            .map(|(p, _)| *p)
+            .collect(),
+    );
+    if old_config.agent != new.agent {
+        said.push("psagent.conf changed".to_string());
+    }
+    if old_config.env != new.env {
+        said.push("psenv changed".to_string());
+    }
+    match said.is_empty() {
+        true => "nothing changed".to_string(),
+        false => said.join(", "),
+    }
+}
+
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,

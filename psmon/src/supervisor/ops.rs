@@ -8,6 +8,7 @@ use tokio::sync::oneshot;
 
 use super::{Back, Supervisor};
 use crate::{
+    audit::Outcome,
     clock::Time,
     config::{Config, Pfile},
     control::{Asked, Command, Reply},
@@ -36,7 +37,26 @@ pub(super) fn usage(why: String) -> Reply {
 
 impl Supervisor {
     pub(super) fn on_asked(&mut self, asked: Asked) {
-        let Asked { command, reply } = asked;
+        let Asked {
+            command,
+            peer,
+            refused,
+            reply,
+        } = asked;
+        let audited = command
+            .audited()
+            .map(|(action, pfile)| (action, pfile.map(str::to_string)));
+        let reply = match (audited, peer) {
+            (Some((action, pfile)), Some(who)) => {
+                if let Some(why) = refused {
+                    self.audit(who, action, pfile, Outcome::Refused(why.clone()));
+                    let _ = reply.send(Err(why));
+                    return;
+                }
+                self.audited_reply(who, action, pfile, reply)
+            }
+            _ => reply,
+        };
         let answer = match command {
             Command::Ping => Ok(json!({
                 "pid": std::process::id(),
@@ -55,6 +75,7 @@ impl Supervisor {
             Command::ClearFailover { pfile } => {
                 return self.clear_failover(pfile.as_deref(), reply);
             }
+            Command::Audit { since } => self.audit_reply(since),
             #[cfg(feature = "fault-injection")]
             Command::Fault { deaf, sticky } => fault(&deaf, sticky),
         };
@@ -182,8 +203,8 @@ impl Supervisor {
                     });
                 }
                 let entries = config.entries().count();
-                self.reconfigure(config);
-                Ok(json!({"pfile": pfile, "entries": entries}))
+                let changes = self.reconfigure(config);
+                Ok(json!({"pfile": pfile, "entries": entries, "changes": changes}))
             }
             Err(errors) => {
                 let lines: Vec<String> = errors.0.iter().map(ToString::to_string).collect();

@@ -110,6 +110,8 @@ impl Supervisor {
             },
             "groups": groups,
             "failover_constraints": self.constraints_json(only.as_deref()),
+            // The last operator actions (all of them: `psmon audit`).
+            "audit": self.audit_status(),
         });
         Ok(StatusView {
             now,
