@@ -3,8 +3,10 @@
 //! proc connector's group, through the test build's hidden `fault`
 //! request) misses its canaries, rescans, and is given a source that hears
 //! — a reopened one, or the next one — returning to the better one once
-//! it hears again. A victim killed while the source is deaf is found by
-//! the rescans a miss triggers (MONITOR_INTERVAL is an hour here, so no
+//! it hears again. A death of a process psmon knows is seen through its
+//! pidfd whatever the source (a victim killed while the source is deaf is
+//! restarted); a process that appears while the source is deaf is found
+//! by the rescan a miss triggers (MONITOR_INTERVAL is an hour here, so no
 //! other scan could find it). The canaries never show in `psmon trace`.
 
 mod support;
@@ -23,6 +25,8 @@ use support::*;
 struct World {
     dir: TempDir,
     victim: PathBuf,
+    /// A report-only entry's program, started by hand.
+    lone: PathBuf,
     port: u16,
 }
 
@@ -47,7 +51,29 @@ impl World {
             ),
         )
         .unwrap();
-        World { dir, victim, port }
+        // Report only: nothing restarts it, only seeing it start makes it Up.
+        let lone = victim_copy(&dir.0, "loner");
+        std::fs::write(
+            conf.join("lone.toml"),
+            format!(
+                "monitor_interval = 3600\n[[entry]]\npath = \"{}\"\n",
+                lone.display()
+            ),
+        )
+        .unwrap();
+        World {
+            dir,
+            victim,
+            lone,
+            port,
+        }
+    }
+
+    /// Starts the report-only program and waits until psmon has it Up.
+    fn start_lone(&self, psmon: &mut Psmon) -> u32 {
+        let pid = reap_later(spawn_fresh(Command::new(&self.lone).arg("sleep")));
+        psmon.wait_for("Up", |m| m["pid"] == pid && is_up(m));
+        pid
     }
 
     fn conf(&self) -> PathBuf {
@@ -101,6 +127,7 @@ impl World {
 impl Drop for World {
     fn drop(&mut self) {
         kill_all(&self.victim);
+        kill_all(&self.lone);
     }
 }
 
@@ -138,10 +165,30 @@ fn a_deaf_ebpf_source_falls_back_to_netlink_and_returns_when_it_hears() {
     let (victim, mut psmon) = world.start("auto");
     let _reaped = reap_later(victim);
     said_or_wait(&mut psmon, "watching process events with the ebpf source");
+    let lone = world.start_lone(&mut psmon);
     // Every ebpf source from now on, reopened ones too, hears nothing.
     world.deafen(&["ebpf"], true);
-    psmon.wait("event source ebpf missed its self-check");
-    // Killed while nothing hears: the rescan after a miss finds it.
+    // Nothing hears it end (its pidfd does) nor start again: the rescan
+    // after the first missed canary finds it.
+    kill9_pid(lone);
+    psmon.wait_for("Down", |m| m["pid"] == lone);
+    let again = world.start_lone(&mut psmon);
+    let missed = psmon
+        .seen
+        .iter()
+        .position(|m| {
+            m["message"]
+                .as_str()
+                .is_some_and(|s| s.contains("missed its self-check"))
+        })
+        .expect("found only after a missed self-check");
+    let up = psmon
+        .seen
+        .iter()
+        .position(|m| m["pid"] == again && is_up(m))
+        .unwrap();
+    assert!(missed < up, "{:#?}", psmon.seen);
+    // A death of a known process is seen through its pidfd: restarted.
     world.kill_and_see_back(&mut psmon);
     psmon.wait("event source ebpf missed 3 self-checks in a row");
     let fallback = psmon.wait("falling back to netlink");
@@ -160,7 +207,12 @@ fn a_deaf_ebpf_source_falls_back_to_netlink_and_returns_when_it_hears() {
     psmon.wait("the ebpf source passes its self-check again; leaving netlink");
     psmon.wait("watching process events with the ebpf source");
     world.kill_and_see_back(&mut psmon);
-    let ups = psmon.seen.iter().filter(|m| is_up(m)).count();
+    let victim = world.victim.display().to_string();
+    let ups = psmon
+        .seen
+        .iter()
+        .filter(|m| is_up(m) && m["path"] == victim.as_str())
+        .count();
     assert_eq!(ups, 4, "the first Up and one per kill");
     assert_eq!(pids_of(&world.victim).len(), 1, "never two victims");
 }
@@ -174,9 +226,15 @@ fn a_deaf_netlink_source_is_reopened() {
         &mut psmon,
         "watching process events with the netlink source",
     );
+    let lone = world.start_lone(&mut psmon);
     // Only the socket open now: a reopened one hears.
     world.deafen(&["netlink"], false);
+    kill9_pid(lone);
+    psmon.wait_for("Down", |m| m["pid"] == lone);
+    // Started while nothing hears: found by the rescan after a miss.
+    let again = reap_later(spawn_fresh(Command::new(&world.lone).arg("sleep")));
     psmon.wait("event source netlink missed its self-check");
+    psmon.wait_for("Up", |m| m["pid"] == again && is_up(m));
     world.kill_and_see_back(&mut psmon);
     psmon.wait("event source netlink missed 3 self-checks in a row");
     psmon.wait("the netlink source missed 3 self-checks in a row: reopened, and the new one passed its self-check");

@@ -73,20 +73,27 @@ impl<C: From<Report> + Send + 'static> Keeper<C> {
             })
             .await;
             let running = self.token.child_token();
-            let run = source.run(self.events.clone(), running.clone());
-            tokio::pin!(run);
+            // A task of its own: it goes on reading while candidates are
+            // tried below.
+            let mut run = tokio::spawn(source.run(self.events.clone(), running.clone()));
             let better = self.kinds_between(best, kind);
             let mut return_at = tokio::time::Instant::now() + return_wait;
             let next = loop {
                 tokio::select! {
-                    _ = self.token.cancelled() => return,
+                    _ = self.token.cancelled() => {
+                        // Closed before the daemon goes: netlink unsubscribes,
+                        // the programs detach.
+                        let _ = run.await;
+                        return;
+                    }
                     result = &mut run => {
                         if self.token.is_cancelled() {
                             return;
                         }
                         let why = match result {
-                            Ok(()) => "it ended".to_string(),
-                            Err(e) => format!("{e:#}"),
+                            Ok(Ok(())) => "it ended".to_string(),
+                            Ok(Err(e)) => format!("{e:#}"),
+                            Err(e) => format!("its task failed: {e}"),
                         };
                         self.report(Report::Failed(why)).await;
                         match self.reopen().await {
