@@ -93,16 +93,11 @@ pub fn self_check(psmon: &Path, fault_psmon: &Path, dir: &Path) -> anyhow::Resul
         // The source unloads its programs when it next runs: surely by now.
         std::thread::sleep(Duration::from_millis(500));
         let killed = Instant::now();
-        // SAFETY: kill with pids this bench started and a valid signal.
-        unsafe {
-            libc::kill(victim_pid as i32, libc::SIGKILL);
-            libc::kill(lone_child.id() as i32, libc::SIGKILL);
-        }
-        let old_lone = lone_child.id();
-        let (mut down, mut restart, mut up) = (None, None, None);
-        let mut started = None;
+        // SAFETY: kill with a pid this bench started and a valid signal.
+        unsafe { libc::kill(victim_pid as i32, libc::SIGKILL) };
+        let (mut down, mut restart, mut restarted) = (None, None, false);
         let mut seen = Vec::new();
-        while down.is_none() || restart.is_none() || up.is_none() {
+        while down.is_none() || restart.is_none() || !restarted {
             let m = daemon
                 .wait_message(|_| true, Duration::from_secs(60))
                 .with_context(|| format!("after the kill psmon said only:\n{}", seen.join("\n")))?;
@@ -112,18 +107,31 @@ pub fn self_check(psmon: &Path, fault_psmon: &Path, dir: &Path) -> anyhow::Resul
                 down.get_or_insert(killed.elapsed());
             } else if text.contains("Try to restart") {
                 restart.get_or_insert(killed.elapsed());
-            } else if text.contains("] Down") && m["pid"] == old_lone {
-                // Known gone: started again now, nothing will say so.
-                let _ = lone_child.wait();
-                lone_child = Command::new(&lone).spawn()?;
-                started = Some((Instant::now(), lone_child.id()));
-            } else if let Some((at, pid)) = started
-                && text.ends_with(") Up")
-                && m["pid"] == pid
+            } else if text.contains("started; Up once")
+                && m["path"] == victim.to_str().unwrap_or("")
             {
-                up.get_or_insert(at.elapsed());
+                restarted = true;
             }
         }
+        // Then, apart from any restart (whose search for the new process
+        // would find it too), the report-only process: killed (its pidfd
+        // says so) and started again by hand, which nothing reports but a
+        // scan.
+        let old_lone = lone_child.id();
+        // SAFETY: as above.
+        unsafe { libc::kill(old_lone as i32, libc::SIGKILL) };
+        let gone = |m: &Value| {
+            m["message"].as_str().is_some_and(|s| s.contains("] Down")) && m["pid"] == old_lone
+        };
+        daemon.wait_message(gone, Duration::from_secs(60))?;
+        let _ = lone_child.wait();
+        lone_child = Command::new(&lone).spawn()?;
+        let (at, pid) = (Instant::now(), lone_child.id());
+        let up_again = |m: &Value| {
+            m["message"].as_str().is_some_and(|s| s.ends_with(") Up")) && m["pid"] == pid
+        };
+        daemon.wait_message(up_again, Duration::from_secs(60))?;
+        let up = Some(at.elapsed());
         downs.extend(down);
         restarts.extend(restart);
         found.extend(up);
