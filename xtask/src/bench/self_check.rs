@@ -62,11 +62,12 @@ pub fn self_check(psmon: &Path, fault_psmon: &Path, dir: &Path) -> anyhow::Resul
          test build's hidden `fault` request; `psmon` built with `--features fault-injection`), \
          MONITOR_INTERVAL = 3600 (no scan but the self-check's), the default 10 s self-check, \
          at a varying moment of its schedule. Two entries: one restarted, one report-only. \
-         0.5 s after the source goes deaf, both watched processes are killed, and the \
-         report-only one is started again by hand once psmon has said it Down. A death of a process psmon knows is seen \
-         by its pidfd whatever the source (kill → Down, kill → restart command); a process \
-         that appears is seen only by an event or a scan — here the rescan a missed canary \
-         triggers (started → Up). psmon then reopens the source after 3 misses in a row.\n\n\
+         0.5 s after the source goes deaf, the restarted one's process is killed; once its \
+         successor has started, the report-only one's process is killed and, once psmon has \
+         said it Down, started again by hand. A death of a process psmon knows is seen by its \
+         pidfd whatever the source (kill → Down, kill → restart command); a process that \
+         appears apart from a restart is seen only by an event or a scan — here the rescan \
+         the next missed canary triggers (started → Up). psmon then reopens the source after 3 misses in a row.\n\n\
          | trials | kill → Down p50 / max | kill → restart p50 / max | started while deaf → Up p50 / max | reopened after (p50) |\n\
          |---|---|---|---|---|\n",
     );
