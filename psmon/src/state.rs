@@ -2,9 +2,11 @@
 //! under `--state-dir` (default `/var/lib/psmon`) on every change, and read
 //! back at start.
 //!
-//! Saving never makes monitoring wait: the event thread hands the
-//! serialised state to a writer thread, which keeps only the newest and
-//! writes it atomically (temporary file, fsync, rename). The file records
+//! Saving never makes monitoring wait: the event thread hands a snapshot
+//! of the state (taken without copying the entries, see
+//! [`crate::monitor::Snapshot`]) to a writer thread, which keeps only the
+//! newest, serialises it and writes it atomically (temporary file, fsync,
+//! rename). The file records
 //! the boot it belongs to: times in it are of the monotonic clock, which a
 //! reboot starts again, so a file from another boot is not used.
 
@@ -14,21 +16,14 @@ use std::{
     sync::{Arc, Condvar, Mutex},
 };
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use crate::monitor::Monitor;
+use crate::monitor::{Monitor, Snapshot, SnapshotWriter};
 
 /// The layout of the state file; another one is not read.
 pub const VERSION: u32 = 1;
 pub const DEFAULT_DIR: &str = "/var/lib/psmon";
 const FILE: &str = "psmon.state";
-
-#[derive(Serialize)]
-struct SavedRef<'a> {
-    version: u32,
-    boot_id: &'a str,
-    monitor: &'a Monitor,
-}
 
 #[derive(Deserialize)]
 struct Saved {
@@ -113,16 +108,20 @@ fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
 /// The writer of the state file.
 pub struct Store {
     shared: Arc<(Mutex<Pending>, Condvar)>,
-    boot_id: String,
-    /// Time each save took on the caller's thread (serialising), in ns.
-    pub serialize_ns: crate::stats::Samples,
+    /// Time each save took on the caller's thread (taking the snapshot),
+    /// in ns.
+    pub snapshot_ns: crate::stats::Samples,
 }
 
 #[derive(Default)]
 struct Pending {
-    newest: Option<Vec<u8>>,
+    newest: Option<Snapshot>,
+    /// Time each serialisation took, on the writer's thread, in ns.
+    serialize_ns: crate::stats::Samples,
     /// Time each write took (write, fsync, rename), in ns.
     write_ns: crate::stats::Samples,
+    /// The writer holds one it has not finished writing.
+    writing: bool,
     stop: bool,
 }
 
@@ -138,46 +137,45 @@ impl Store {
         let shared: Arc<(Mutex<Pending>, Condvar)> = Arc::default();
         let path = dir.join(FILE);
         let writer = shared.clone();
+        let boot_id = crate::proc::boot_id();
         std::thread::Builder::new()
             .name("psmon-state".into())
-            .spawn(move || write_loop(&path, &writer))?;
+            .spawn(move || write_loop(&path, &boot_id, &writer))?;
         Ok(Store {
             shared,
-            boot_id: crate::proc::boot_id(),
-            serialize_ns: crate::stats::Samples::default(),
+            snapshot_ns: crate::stats::Samples::default(),
         })
     }
 
-    /// Serialises `monitor` and hands it to the writer; returns at once.
+    /// Hands a snapshot of `monitor` to the writer; returns at once.
     pub fn save(&mut self, monitor: &Monitor) {
         let begun = std::time::Instant::now();
-        let saved = SavedRef {
-            version: VERSION,
-            boot_id: &self.boot_id,
-            monitor,
-        };
-        let Ok(bytes) = serde_json::to_vec(&saved) else {
-            return;
-        };
+        let snapshot = monitor.snapshot();
         let (lock, wake) = &*self.shared;
-        if let Ok(mut pending) = lock.lock() {
-            pending.newest = Some(bytes);
+        let replaced = lock.lock().ok().map(|mut pending| {
+            let old = pending.newest.replace(snapshot);
             wake.notify_one();
-        }
-        self.serialize_ns.add(begun.elapsed());
+            old
+        });
+        self.snapshot_ns.add(begun.elapsed());
+        // A snapshot not yet written is dropped here, not under the lock.
+        drop(replaced);
     }
 
-    /// How long writes took so far.
-    pub fn write_ns(&self) -> crate::stats::Samples {
+    /// How long serialising and writing took so far, on the writer's
+    /// thread.
+    pub fn writer_ns(&self) -> (crate::stats::Samples, crate::stats::Samples) {
         let (lock, _) = &*self.shared;
-        lock.lock().map(|p| p.write_ns.clone()).unwrap_or_default()
+        lock.lock()
+            .map(|p| (p.serialize_ns.clone(), p.write_ns.clone()))
+            .unwrap_or_default()
     }
 
     /// Waits (up to `limit`) until what was handed over is written.
     pub fn flush(&self, limit: std::time::Duration) {
         let (lock, wake) = &*self.shared;
         let Ok(pending) = lock.lock() else { return };
-        let _ = wake.wait_timeout_while(pending, limit, |p| p.newest.is_some());
+        let _ = wake.wait_timeout_while(pending, limit, |p| p.newest.is_some() || p.writing);
     }
 }
 
@@ -192,10 +190,11 @@ impl Drop for Store {
     }
 }
 
-fn write_loop(path: &Path, shared: &(Mutex<Pending>, Condvar)) {
+fn write_loop(path: &Path, boot_id: &str, shared: &(Mutex<Pending>, Condvar)) {
     let (lock, wake) = shared;
+    let mut writer = SnapshotWriter::default();
     loop {
-        let bytes = {
+        let snapshot = {
             let Ok(mut pending) = lock.lock() else { return };
             while pending.newest.is_none() && !pending.stop {
                 pending = match wake.wait(pending) {
@@ -203,20 +202,47 @@ fn write_loop(path: &Path, shared: &(Mutex<Pending>, Condvar)) {
                     Err(_) => return,
                 };
             }
+            pending.writing = pending.newest.is_some();
             match pending.newest.take() {
-                Some(bytes) => bytes,
+                Some(snapshot) => snapshot,
                 None => return, // stopping, nothing left
             }
         };
         let begun = std::time::Instant::now();
-        if let Err(e) = write_atomically(path, &bytes) {
-            tracing::warn!(path = %path.display(), "cannot save psmon's state: {e}");
+        let bytes = saved_bytes(&mut writer, boot_id, &snapshot);
+        drop(snapshot);
+        let serialized = begun.elapsed();
+        let begun = std::time::Instant::now();
+        match bytes {
+            Ok(bytes) => {
+                if let Err(e) = write_atomically(path, &bytes) {
+                    tracing::warn!(path = %path.display(), "cannot save psmon's state: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("cannot serialise psmon's state: {e}"),
         }
         if let Ok(mut pending) = lock.lock() {
+            pending.serialize_ns.add(serialized);
             pending.write_ns.add(begun.elapsed());
+            pending.writing = false;
             wake.notify_all();
         }
     }
+}
+
+/// The file's bytes (`version`, `boot_id`, `monitor`: what [`load`]
+/// reads), the monitor's part written by `writer`.
+fn saved_bytes(
+    writer: &mut SnapshotWriter,
+    boot_id: &str,
+    snapshot: &Snapshot,
+) -> serde_json::Result<Vec<u8>> {
+    let mut out = format!("{{\"version\":{VERSION},\"boot_id\":").into_bytes();
+    serde_json::to_writer(&mut out, boot_id)?;
+    out.extend_from_slice(b",\"monitor\":");
+    writer.write(snapshot, &mut out)?;
+    out.push(b'}');
+    Ok(out)
 }
 
 /// Write, fsync, rename: a reader sees the old file or the new one, whole.
@@ -272,11 +298,11 @@ mod tests {
             assert!(err.contains("starting afresh"), "{err}");
         }
         let mut good: serde_json::Value = serde_json::from_slice(
-            &serde_json::to_vec(&SavedRef {
-                version: VERSION,
-                boot_id: "another boot",
-                monitor: &monitor,
-            })
+            &saved_bytes(
+                &mut SnapshotWriter::default(),
+                "another boot",
+                &monitor.snapshot(),
+            )
             .unwrap(),
         )
         .unwrap();

@@ -99,6 +99,10 @@ pub const CLASSES: [&str; 5] = ["deterministic", "resource", "hung", "external",
 pub struct Failures(VecDeque<Failure>);
 
 impl Failures {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn record(&mut self, at: Time, what: Failed) {
         if self.0.len() == KEPT {
             self.0.pop_front();

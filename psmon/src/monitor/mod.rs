@@ -27,7 +27,7 @@
 //! policy's steps. Beside it: `io` (inputs, effects, notices), `members`
 //! (membership and instances), `probes` (hang probes), `commands` (restart
 //! and failover commands and their environment), `status` (the status
-//! read-model), `group` (restart groups), `failover` (switch requests).
+//! read-model), `snapshot` (what is saved, taken without a copy), `group` (restart groups), `failover` (switch requests).
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -52,12 +52,14 @@ mod group;
 mod io;
 mod members;
 mod probes;
+mod snapshot;
 mod status;
 #[cfg(test)]
 mod tests;
 
 pub use failover::LeftConstraint;
 pub use io::{Effect, Input, Job, Notice, Run};
+pub use snapshot::{Snapshot, SnapshotWriter};
 use members::Member;
 use probes::{ProbeState, first_probe_at};
 pub use status::EntryStatus;
@@ -106,33 +108,36 @@ struct Watch {
     /// How many members count under the rule.
     running: u32,
     /// The last instance that went down, for the failover environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     last_down: Option<(Option<u32>, ExitStatus)>,
     /// What the pidfile said when last read; `None` before the first read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pidfile: Option<Option<u32>>,
     /// An instance exit held until its entry's command line was checked
     /// again (a forked worker that retitled must not keep it up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     held_exit: Option<(u32, ExitStatus)>,
     /// Paused by an operator.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     paused: bool,
     /// When the phase last changed.
     #[serde(default)]
     since: Time,
     /// Why the last restart attempt failed.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     last_failure: Option<SetPidFail>,
     /// The failover command was run for the budget spent now.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     failover_sent: bool,
     /// A drill is on: its restart is not counted.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     drill: bool,
     /// The process group of the restart command running now.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     command_pgid: Option<u32>,
     /// A restart command was started and has not finished: no other
     /// attempt starts until it has (two `postfix start` at once).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     restart_running: bool,
     /// An attempt failed while the instance that died may still be a
     /// zombie (a daemon whose pidfile names it refuses to start): the next
@@ -140,22 +145,22 @@ struct Watch {
     #[serde(skip)]
     reaping: bool,
     /// The process group of the last restart command (running or not).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     last_pgid: Option<u32>,
     /// The hang probe's bookkeeping.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "ProbeState::is_idle")]
     probe: ProbeState,
     /// Its restart group has it (see [`group`]): no policy input.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     held: bool,
     /// The uid its instances run as, learned (see [`Owner::Learned`]).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     owner: Option<u32>,
     /// Why the last instance that went down died: (its pid, the cause).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     last_cause: Option<(u32, Cause)>,
     /// Recent deaths and failed attempts, for what they have in common.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "crash_loop::Failures::is_empty")]
     failures: crash_loop::Failures,
 }
 
@@ -192,7 +197,7 @@ pub struct Monitor {
     /// Location constraints failover requests left in the cluster.
     #[serde(default)]
     constraints: Vec<LeftConstraint>,
-    watches: Vec<Watch>,
+    watches: snapshot::Watches,
     members: HashMap<u32, Member>,
     /// tgid → (start ticks, when its exit was applied).
     gone: HashMap<u32, (u64, Time)>,
@@ -891,7 +896,7 @@ impl Monitor {
     fn apply_config(&mut self, config: Config, out: &mut Vec<Effect>) {
         let mut old: HashMap<PathBuf, (EntryId, Watch)> = self
             .watches
-            .drain(..)
+            .take_all()
             .enumerate()
             .map(|(i, w)| (w.path.clone(), (EntryId(i as u32), w)))
             .collect();

@@ -31,6 +31,26 @@ pub(super) struct ProbeState {
 }
 
 impl ProbeState {
+    /// Nothing to remember (not saved then).
+    pub(super) fn is_idle(&self) -> bool {
+        let ProbeState {
+            next_at,
+            in_flight,
+            failures,
+            hung,
+            armed,
+            ready_seen,
+            last,
+        } = self;
+        next_at.is_none()
+            && !in_flight
+            && *failures == 0
+            && hung.is_none()
+            && !armed
+            && !ready_seen
+            && last.is_none()
+    }
+
     /// psmon runs the entry's restart command: a notify process will have
     /// the socket (when it was `heard`: opened), and must say READY=1 anew.
     pub(super) fn started_by_us(&mut self, heard: bool) {

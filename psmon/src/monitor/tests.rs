@@ -1501,3 +1501,34 @@ fn a_wrapper_that_execs_its_service_is_followed() {
         "{actions:?}"
     );
 }
+
+/// A snapshot is written as the monitor was when it was taken (the state
+/// file loads it as a monitor), whatever changes after it; the writer's
+/// kept entries give the same bytes as a fresh writer.
+#[test]
+fn a_snapshot_is_the_monitor_as_it_was() {
+    let json = |writer: &mut SnapshotWriter, snap: &Snapshot| {
+        let mut out = Vec::new();
+        writer.write(snap, &mut out).unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out).unwrap()
+    };
+    let mut w = World::started(
+        vec![entry("/a"), entry("/b")],
+        true,
+        vec![vec![seen(100, 5)], vec![seen(200, 7)]],
+    );
+    let mut writer = SnapshotWriter::default();
+    let snap = w.m.snapshot();
+    let before = serde_json::to_value(&w.m).unwrap();
+    assert_eq!(json(&mut writer, &snap), before);
+    w.exit(100, 5, KILLED);
+    let after = serde_json::to_value(&w.m).unwrap();
+    assert_ne!(after, before);
+    assert_eq!(json(&mut SnapshotWriter::default(), &snap), before);
+    assert_eq!(json(&mut writer, &w.m.snapshot()), after);
+    assert_eq!(json(&mut writer, &w.m.snapshot()), after);
+    let back: Monitor = serde_json::from_value(after).unwrap();
+    assert_eq!(back.members.len(), 1);
+    assert_eq!(back.watches[0].state.phase, w.m.watches[0].state.phase);
+    assert_eq!(back.watches[1].state.phase, Phase::Up);
+}

@@ -792,11 +792,14 @@ impl Supervisor {
             }
         }
         if let Some(store) = &self.store {
-            let (ser, write) = (&store.serialize_ns, store.write_ns());
+            let snap = &store.snapshot_ns;
+            let (ser, write) = store.writer_ns();
             self.reporter.report(
                 LogLevel::Info,
-                &format!("state saved {} times", ser.count()),
+                &format!("state saved {} times", snap.count()),
                 &[
+                    ("snapshot_p50_us", json!(snap.percentile_us(50.0))),
+                    ("snapshot_p99_us", json!(snap.percentile_us(99.0))),
                     ("serialize_p50_us", json!(ser.percentile_us(50.0))),
                     ("serialize_p99_us", json!(ser.percentile_us(99.0))),
                     ("write_p50_us", json!(write.percentile_us(50.0))),

@@ -182,7 +182,10 @@ fn scrape_at_scale(psmon: &Path, dir: &Path, n: usize, out: &mut String) -> anyh
         }
         stop.store(true, Ordering::Relaxed);
         r.answered = asker.join().unwrap_or(0);
-        daemon.stop();
+        r.saves = daemon
+            .stop()
+            .into_iter()
+            .find(|m| m["message"].as_str().is_some_and(|s| s.starts_with("state saved")));
         Ok(r)
     })();
     kill_last(&stamps, lines);
@@ -233,6 +236,23 @@ fn scrape_at_scale(psmon: &Path, dir: &Path, n: usize, out: &mut String) -> anyh
         fmt_ns(percentile(&r.asked, 99.0)),
         fmt_ns(*r.asked.last().unwrap_or(&0)),
     )?;
+    if let Some(m) = &r.saves {
+        let us = |k: &str| m[k].as_f64().unwrap_or(0.0);
+        writeln!(
+            out,
+            "\nWhat saving the state cost meanwhile, as psmon reported it when it stopped \
+             ({}): taking the snapshot on the event thread p50 {:.0} µs / p99 {:.0} µs; \
+             serialising it on the writer's thread p50 {:.1} ms / p99 {:.1} ms; writing it \
+             p50 {:.1} ms / p99 {:.1} ms.",
+            m["message"].as_str().unwrap_or(""),
+            us("snapshot_p50_us"),
+            us("snapshot_p99_us"),
+            us("serialize_p50_us") / 1e3,
+            us("serialize_p99_us") / 1e3,
+            us("write_p50_us") / 1e3,
+            us("write_p99_us") / 1e3,
+        )?;
+    }
     Ok(())
 }
 
@@ -250,6 +270,8 @@ struct Scale {
     quiet: Vec<u64>,
     asked: Vec<u64>,
     answered: usize,
+    /// psmon's "state saved" message, with what saving cost.
+    saves: Option<serde_json::Value>,
 }
 
 /// SIGKILL → restart command started, in alternating blocks without and

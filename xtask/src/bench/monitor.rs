@@ -322,9 +322,15 @@ pub fn restart_latency(
     let rows = [
         (
             "state saved",
-            "serialize_",
-            "serialising, on the event thread",
+            "snapshot_",
+            "taking the snapshot, on the event thread",
             true,
+        ),
+        (
+            "state saved",
+            "serialize_",
+            "serialising it, on the writer's thread",
+            false,
         ),
         (
             "state saved",
