@@ -33,7 +33,7 @@ struct Saved {
 }
 
 /// A state file larger than this is not read: 10,000 entries and as many
-/// processes save about 5 MB, and parsing a planted 100 MB file would cost
+/// processes save about 4 MB, and parsing a planted 100 MB file would cost
 /// gigabytes of memory.
 const MAX_STATE_BYTES: u64 = 32 << 20;
 

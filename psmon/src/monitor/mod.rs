@@ -59,9 +59,9 @@ mod tests;
 
 pub use failover::LeftConstraint;
 pub use io::{Effect, Input, Job, Notice, Run};
-pub use snapshot::{Snapshot, SnapshotWriter};
 use members::Member;
 use probes::{ProbeState, first_probe_at};
+pub use snapshot::{Snapshot, SnapshotWriter};
 pub use status::EntryStatus;
 
 use group::{GroupConf, GroupWatch, Said};

@@ -182,10 +182,11 @@ fn scrape_at_scale(psmon: &Path, dir: &Path, n: usize, out: &mut String) -> anyh
         }
         stop.store(true, Ordering::Relaxed);
         r.answered = asker.join().unwrap_or(0);
-        r.saves = daemon
-            .stop()
-            .into_iter()
-            .find(|m| m["message"].as_str().is_some_and(|s| s.starts_with("state saved")));
+        r.saves = daemon.stop().into_iter().find(|m| {
+            m["message"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("state saved"))
+        });
         Ok(r)
     })();
     kill_last(&stamps, lines);
