@@ -666,7 +666,6 @@ fn every_operator_action_is_on_the_record() {
         reload.ends_with(&format!("done: 1 added ({})", other.display())),
         "{reload}"
     );
-    kill_all(&other);
     // `psmon audit`, in order, and the last ones in /status.
     let out = site.ctl(&["audit", "--since", "1h", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -707,4 +706,7 @@ fn every_operator_action_is_on_the_record() {
     );
     let status = site.status();
     assert_eq!(status["audit"].as_array().unwrap().len(), 6, "{status:#}");
+    // What its restart command started, once nothing restarts it.
+    drop(psmon);
+    kill_all(&other);
 }
