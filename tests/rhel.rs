@@ -219,9 +219,15 @@ fn the_log_survives_logrotate_under_load() {
         // copytruncate loses what is written between its copy and its
         // truncation, whoever writes: rotate once the first half is out.
         let deadline = Instant::now() + Duration::from_secs(10);
+        // ProcessSaver's line for each pause/resume (the audit trail's
+        // line beside it says who asked).
+        let processsaver = |l: &str| {
+            l.contains("Command execute. [stop]") || l.contains("Command execute. [start]")
+        };
         while std::fs::read_to_string(&log)
             .unwrap_or_default()
-            .matches("Command execute.")
+            .lines()
+            .filter(|l| processsaver(l))
             .count()
             < LINES / 2
             && Instant::now() < deadline
@@ -246,7 +252,7 @@ fn the_log_survives_logrotate_under_load() {
         let deadline = Instant::now() + Duration::from_secs(10);
         let commands = |text: &str| -> Vec<String> {
             text.lines()
-                .filter(|l| l.contains("Command execute."))
+                .filter(|l| processsaver(l))
                 .map(str::to_string)
                 .collect()
         };

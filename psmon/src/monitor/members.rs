@@ -266,7 +266,11 @@ impl Monitor {
                 }
             }
         }
-        self.watches[i].running = running;
+        // Written only when it changed: a write copies an entry a saved
+        // snapshot still shares (see `snapshot`).
+        if self.watches[i].running != running {
+            self.watches[i].running = running;
+        }
         (running, main.map(|(_, tgid)| tgid))
     }
 

@@ -1000,12 +1000,16 @@ impl Monitor {
             self.group_poke(id, now, out);
             return;
         }
+        // On a copy: most steps change nothing, and writing the entry
+        // would copy one a saved snapshot still shares.
         let before = self.watches[i].state.clone();
-        let actions = policy::step(&self.config[i], &mut self.watches[i].state, input, now);
+        let mut state = before.clone();
+        let actions = policy::step(&self.config[i], &mut state, input, now);
         self.note_failures(id, &before, &actions, now);
-        if self.watches[i].state != before {
+        if state != before {
             self.dirty = true;
             let w = &mut self.watches[i];
+            w.state = state;
             if w.state.phase != before.phase {
                 w.since = now;
                 w.probe.failures = 0;
@@ -1056,9 +1060,16 @@ impl Monitor {
     /// the history before it.
     fn note_failures(&mut self, id: EntryId, before: &EntryState, actions: &[Action], now: Time) {
         use crash_loop::{Failed, failed};
-        if actions
-            .iter()
-            .any(|a| matches!(a, Action::ReportStopped { .. }))
+        let a_failure = |a: &Action| {
+            matches!(
+                a,
+                Action::ReportDown { .. } | Action::ReportSetPidFail { .. }
+            )
+        };
+        if !actions.iter().any(a_failure)
+            || actions
+                .iter()
+                .any(|a| matches!(a, Action::ReportStopped { .. }))
         {
             return;
         }

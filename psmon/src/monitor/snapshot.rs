@@ -50,6 +50,16 @@ impl Watches {
         self.0.push(Arc::new(w));
     }
 
+    /// How many entries are the same (not copied since) in both.
+    #[cfg(test)]
+    pub fn shared_with(&self, other: &Watches) -> usize {
+        self.0
+            .iter()
+            .zip(&other.0)
+            .filter(|(a, b)| Arc::ptr_eq(a, b))
+            .count()
+    }
+
     /// All of them, leaving none.
     pub fn take_all(&mut self) -> impl Iterator<Item = Watch> + use<> {
         std::mem::take(&mut self.0)
@@ -91,7 +101,7 @@ impl<'de> Deserialize<'de> for Watches {
 /// The monitor's saved fields as they were when it was taken; written by
 /// a [`SnapshotWriter`], it loads as a monitor.
 pub struct Snapshot {
-    watches: Watches,
+    pub(super) watches: Watches,
     rest: Rest,
 }
 

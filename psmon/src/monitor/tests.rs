@@ -1527,6 +1527,18 @@ fn a_snapshot_is_the_monitor_as_it_was() {
     assert_eq!(json(&mut SnapshotWriter::default(), &snap), before);
     assert_eq!(json(&mut writer, &w.m.snapshot()), after);
     assert_eq!(json(&mut writer, &w.m.snapshot()), after);
+    // A scan that finds what runs changes no entry: none is copied, so
+    // the next save serialises none again.
+    let snap = w.m.snapshot();
+    let started = w.now;
+    w.later(1000);
+    let found = vec![vec![], vec![seen(200, 7)]];
+    w.feed(Input::Scanned {
+        started,
+        took: Duration::ZERO,
+        found,
+    });
+    assert_eq!(snap.watches.shared_with(&w.m.watches), 2);
     let back: Monitor = serde_json::from_value(after).unwrap();
     assert_eq!(back.members.len(), 1);
     assert_eq!(back.watches[0].state.phase, w.m.watches[0].state.phase);
