@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context, ensure};
 use serde_json::{Value, json};
 
-use super::support::{Daemon, PAUSER, compile};
+use super::support::{Daemon, PAUSER, compile, fmt_ns};
 
 /// Seconds each idle cost is measured over.
 const IDLE_SECS: u64 = 30;
@@ -121,9 +121,7 @@ pub fn self_check(psmon: &Path, fault_psmon: &Path, dir: &Path) -> anyhow::Resul
         let old_lone = lone_child.id();
         // SAFETY: as above.
         unsafe { libc::kill(old_lone as i32, libc::SIGKILL) };
-        let gone = |m: &Value| {
-            m["message"].as_str().is_some_and(|s| s.contains("] Down")) && m["pid"] == old_lone
-        };
+        let gone = |m: &Value| said(m, "] Down") && m["pid"] == old_lone;
         daemon.wait_message(gone, Duration::from_secs(60))?;
         let _ = lone_child.wait();
         lone_child = Command::new(&lone).spawn()?;
@@ -132,15 +130,10 @@ pub fn self_check(psmon: &Path, fault_psmon: &Path, dir: &Path) -> anyhow::Resul
             m["message"].as_str().is_some_and(|s| s.ends_with(") Up")) && m["pid"] == pid
         };
         daemon.wait_message(up_again, Duration::from_secs(60))?;
-        let up = Some(at.elapsed());
+        found.push(at.elapsed());
         downs.extend(down);
         restarts.extend(restart);
-        found.extend(up);
-        let reopened = |m: &Value| {
-            m["message"]
-                .as_str()
-                .is_some_and(|s| s.contains("reopened, and the new one"))
-        };
+        let reopened = |m: &Value| said(m, "reopened, and the new one");
         daemon.wait_message(reopened, Duration::from_secs(60))?;
         reopens.push(killed.elapsed());
         if trial == 0 {
@@ -158,7 +151,7 @@ pub fn self_check(psmon: &Path, fault_psmon: &Path, dir: &Path) -> anyhow::Resul
     let show = |v: &mut Vec<Duration>| {
         v.sort_unstable();
         let at = |d: Duration| match d.as_secs_f64() {
-            s if s < 1.0 => format!("{:.1} ms", s * 1e3),
+            s if s < 1.0 => fmt_ns(d.as_nanos() as u64),
             s => format!("{s:.2} s"),
         };
         format!("{} / {}", at(v[v.len() / 2]), at(v[v.len() - 1]))
@@ -244,4 +237,9 @@ fn ask(socket: &Path, request: Value) -> anyhow::Result<()> {
     let reply: Value = serde_json::from_str(&line)?;
     ensure!(reply["ok"] == true, "psmon refused the fault: {reply}");
     Ok(())
+}
+
+/// Whether psmon's message `m` says `text`.
+fn said(m: &Value, text: &str) -> bool {
+    m["message"].as_str().is_some_and(|s| s.contains(text))
 }
