@@ -130,6 +130,14 @@ fn clients_that_never_read_do_not_keep_their_slots() {
     kill_all(&victim);
 }
 
+/// What psmon saved under `dir`: the state file, then its journal (what
+/// changed after it).
+fn saved_state(dir: &Path) -> String {
+    let read =
+        |name: &str| std::fs::read_to_string(dir.join("state").join(name)).unwrap_or_default();
+    read("psmon.state") + &read("psmon.journal")
+}
+
 /// psmon is killed -9 while a restart command hangs; the next psmon takes
 /// the command over and, at the entry's time limit, kills its group as it
 /// would have killed a command it started itself.
@@ -151,7 +159,7 @@ fn a_taken_over_restart_command_keeps_its_time_limit() {
     until("the restart command runs", || pids_of(&hang).len() == 1);
     let saved = format!("\"command_pgid\":{}", pids_of(&hang)[0]);
     until("the command's group is saved", || {
-        std::fs::read_to_string(dir.0.join("state/psmon.state")).is_ok_and(|s| s.contains(&saved))
+        saved_state(&dir.0).contains(&saved)
     });
     psmon.signal(nix::sys::signal::Signal::SIGKILL);
     drop(psmon);
@@ -320,9 +328,16 @@ fn a_doctored_state_file_is_not_trusted() {
     let path = dir.0.join("state/psmon.state");
     let saved = format!("\"{pid}\"");
     until("the instance is saved", || {
-        std::fs::read_to_string(&path).is_ok_and(|s| s.contains(&saved))
+        saved_state(&dir.0).contains(&saved)
     });
+    // Stopping, psmon writes its state whole: the journal is left empty.
     drop(psmon);
+    assert_eq!(
+        std::fs::metadata(dir.0.join("state/psmon.journal"))
+            .map(|m| m.len())
+            .ok(),
+        Some(0)
+    );
 
     let bystander = reap_later(spawn_fresh(Command::new(&bystander_exe).arg("sleep")));
     let mut state: serde_json::Value =

@@ -250,7 +250,13 @@ fn open_state(
         return (None, None, true);
     }
     let saved = match crate::state::load(&opts.state_dir) {
-        Ok(saved) => saved,
+        Ok(Some(loaded)) => {
+            if let Some(warning) = &loaded.warning {
+                reporter.report(crate::config::LogLevel::Warn, warning, &[]);
+            }
+            Some(loaded.monitor)
+        }
+        Ok(None) => None,
         Err(warning) => {
             reporter.report(crate::config::LogLevel::Warn, &warning, &[]);
             None

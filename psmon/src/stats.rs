@@ -6,7 +6,7 @@ use std::time::Duration;
 /// Up to this many samples are kept; later ones replace earlier ones.
 const KEEP: usize = 100_000;
 
-/// Durations in ns.
+/// Durations in ns, or sizes added as [`Samples::add_value`].
 #[derive(Clone, Debug, Default)]
 pub struct Samples {
     ns: Vec<u64>,
@@ -15,13 +15,23 @@ pub struct Samples {
 
 impl Samples {
     pub fn add(&mut self, d: Duration) {
-        let ns = d.as_nanos().min(u64::MAX as u128) as u64;
+        self.add_value(d.as_nanos().min(u64::MAX as u128) as u64);
+    }
+
+    /// A sample that is not a duration (a size in bytes).
+    pub fn add_value(&mut self, v: u64) {
         if self.ns.len() < KEEP {
-            self.ns.push(ns);
+            self.ns.push(v);
         } else {
-            self.ns[(self.count % KEEP as u64) as usize] = ns;
+            self.ns[(self.count % KEEP as u64) as usize] = v;
         }
         self.count += 1;
+    }
+
+    /// The `p`th percentile (0–100) of samples added as values; 0
+    /// without samples.
+    pub fn percentile(&self, p: f64) -> u64 {
+        (self.percentile_us(p) * 1e3).round() as u64
     }
 
     pub fn count(&self) -> u64 {

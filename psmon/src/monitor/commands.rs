@@ -21,7 +21,7 @@ impl Monitor {
         out: &mut Vec<Effect>,
     ) {
         // By path: a reload may have moved or removed the entry meanwhile.
-        let Some(i) = self.config.iter().position(|e| e.path == path) else {
+        let Some(i) = self.by_path.get(&path).map(|id| id.index()) else {
             return;
         };
         let id = EntryId(i as u32);
@@ -41,8 +41,9 @@ impl Monitor {
         if job == Job::Restart {
             self.step(id, policy::Input::RestartDone { ok }, now, out);
             if ok && self.watches[i].state.phase != Phase::Up {
-                // Catch the new process even if its exec event was filtered or lost.
-                out.push(Effect::Scan);
+                // Catch the new process even if its exec event was
+                // filtered or lost, if it has not come by then.
+                self.catch_up.push((now + super::CATCH_UP, id));
             }
             self.attempt_unblocked(id, now, out);
         }

@@ -105,7 +105,7 @@ impl Monitor {
         outcome: SwitchOutcome,
         out: &mut Vec<Effect>,
     ) {
-        let Some(i) = self.config.iter().position(|e| e.path == path) else {
+        let Some(i) = self.by_path.get(path).map(|id| id.index()) else {
             return;
         };
         let pfile = self.watches[i].pfile.clone();

@@ -257,8 +257,10 @@ impl Monitor {
                 members,
             });
         }
-        for (i, w) in self.watches.iter_mut().enumerate() {
-            if w.held {
+        // Only those held are written (a write copies what a snapshot shares).
+        for i in 0..self.watches.len() {
+            if self.watches[i].held {
+                let w = &mut self.watches[i];
                 w.held = false;
                 w.state.phase = Phase::Unknown;
                 self.waiting.remove(&EntryId(i as u32));

@@ -45,6 +45,7 @@ use crate::{
     policy::{self, Action, EntryState, Phase, SetPidFail},
 };
 
+mod by_pid;
 mod commands;
 pub mod crash_loop;
 mod failover;
@@ -57,11 +58,12 @@ mod status;
 #[cfg(test)]
 mod tests;
 
+use by_pid::ByPid;
 pub use failover::LeftConstraint;
 pub use io::{Effect, Input, Job, Notice, Run};
 use members::Member;
 use probes::{ProbeState, first_probe_at};
-pub use snapshot::{Snapshot, SnapshotWriter};
+pub use snapshot::{Changes, Form, Snapshot, SnapshotWriter};
 pub use status::EntryStatus;
 
 use group::{GroupConf, GroupWatch, Said};
@@ -75,6 +77,14 @@ pub const PIDFILE_POLL: Duration = Duration::from_millis(50);
 /// before it is declared gone: events can trail a scan or a pidfd, and the
 /// event carries the exit status the others cannot know.
 pub const MISSED_GRACE: Duration = Duration::from_millis(300);
+
+/// How long after its restart command ended a new process not yet seen
+/// is looked for by a scan. Its exec event normally comes first (a daemon
+/// that double-forks execs a moment after the command returns); the scan
+/// is for an exec the source lost or filtered, and reads all of /proc,
+/// which costs 20–30 ms of a CPU on a host of 10,000 processes: it must
+/// not follow every restart.
+pub const CATCH_UP: Duration = Duration::from_millis(250);
 
 /// How long an exit is remembered, so that a scan begun before it does
 /// not bring the process back.
@@ -198,12 +208,12 @@ pub struct Monitor {
     #[serde(default)]
     constraints: Vec<LeftConstraint>,
     watches: snapshot::Watches,
-    members: HashMap<u32, Member>,
+    members: ByPid<Member>,
     /// tgid → (start ticks, when its exit was applied).
-    gone: HashMap<u32, (u64, Time)>,
+    gone: ByPid<(u64, Time)>,
     /// Members seen gone without their exit event: tgid → (start ticks,
     /// until when the event is awaited).
-    missed: HashMap<u32, (u64, Time)>,
+    missed: ByPid<(u64, Time)>,
     /// Entries whose phase waits for a time.
     waiting: BTreeSet<EntryId>,
     /// Whether exits are watched by pidfds (Linux 5.3).
@@ -213,7 +223,7 @@ pub struct Monitor {
     generation: u64,
     /// The last signal generated for each member that may end it.
     #[serde(default)]
-    causes: HashMap<u32, Cause>,
+    causes: ByPid<Cause>,
     /// Why the source cannot tell who killed a process.
     #[serde(skip)]
     cause_unknown: Option<String>,
@@ -228,6 +238,18 @@ pub struct Monitor {
     /// Entry index → its group.
     #[serde(skip)]
     group_of: Vec<Option<usize>>,
+    /// The entries with a hang probe: only they have probes due (10,000
+    /// entries without one are not looked at for each deadline).
+    #[serde(skip)]
+    probed: Vec<EntryId>,
+    /// Each entry by its path (answers name their entry by path).
+    #[serde(skip)]
+    by_path: HashMap<PathBuf, EntryId>,
+    /// Entries whose restart command ended before their new process was
+    /// seen, and when a scan looks for it if it is still not seen (see
+    /// [`CATCH_UP`]).
+    #[serde(skip)]
+    catch_up: Vec<(Time, EntryId)>,
     /// Something worth saving changed since [`Monitor::take_dirty`].
     #[serde(skip)]
     dirty: bool,
@@ -364,8 +386,7 @@ impl Monitor {
                     // normally arrives at the same moment; wait a little.
                     None => {
                         self.missed
-                            .entry(tgid)
-                            .or_insert((start, now + MISSED_GRACE));
+                            .insert_if_absent(tgid, (start, now + MISSED_GRACE));
                     }
                 }
             }
@@ -379,7 +400,7 @@ impl Monitor {
                 found,
             } => self.on_scan(started, took, found, now, &mut out),
             Input::Reaped { path, stopped } => {
-                if let Some(i) = self.config.iter().position(|e| e.path == path) {
+                if let Some(i) = self.by_path.get(&path).map(|id| id.index()) {
                     self.watches[i].reaping = false;
                     if let Some(pgid) = stopped {
                         out.push(Effect::Notice(Notice::LeftoversStopped {
@@ -460,7 +481,7 @@ impl Monitor {
             Input::FailoverCleared { resources } => self.on_failover_cleared(&resources),
             Input::CommandStarted { path, job, pgid } => {
                 if job == Job::Restart
-                    && let Some(i) = self.config.iter().position(|e| e.path == path)
+                    && let Some(i) = self.by_path.get(&path).map(|id| id.index())
                 {
                     self.watches[i].command_pgid = Some(pgid);
                     self.watches[i].last_pgid = Some(pgid);
@@ -618,15 +639,20 @@ impl Monitor {
             .iter()
             .any(|id| matches!(self.config[id.index()].rule, Rule::Pidfile(_)))
             .then(|| now + PIDFILE_POLL);
-        let probes = self.watches.iter().filter_map(|w| {
+        let probes = self.probed.iter().filter_map(|id| {
+            let w = &self.watches[id.index()];
             (w.state.phase == Phase::Up && !w.paused && !w.probe.in_flight)
                 .then_some(w.probe.next_at)
                 .flatten()
         });
+        let catch_up = (self.catch_up.iter())
+            .filter(|(_, id)| self.watches[id.index()].state.phase != Phase::Up)
+            .map(|(at, _)| *at);
         phases
             .chain(missed)
             .chain(pidfile)
             .chain(probes)
+            .chain(catch_up)
             .chain(self.group_deadlines())
             .min()
     }
@@ -689,6 +715,8 @@ impl Monitor {
     ) {
         let matched = found.iter().map(Vec::len).sum();
         out.push(Effect::Notice(Notice::Scanned { matched, took }));
+        // A scan begun after a catch-up was asked has looked already.
+        self.catch_up.retain(|(at, _)| *at - CATCH_UP > started);
         self.gone
             .retain(|_, (_, at)| now.saturating_duration_since(*at) < GONE_MEMORY);
         let mut seen = std::collections::HashSet::new();
@@ -747,11 +775,10 @@ impl Monitor {
         // Members the scan did not see and that are older than it: gone,
         // unless their exit event is still on its way (see MISSED_GRACE).
         let grace = MISSED_GRACE + self.exit_lag;
-        for (tgid, m) in &self.members {
+        for (tgid, m) in self.members.iter() {
             if !seen.contains(tgid) && m.added < started && !m.exit_watched {
                 self.missed
-                    .entry(*tgid)
-                    .or_insert((m.start_ticks, now + grace));
+                    .insert_if_absent(*tgid, (m.start_ticks, now + grace));
             }
         }
         for i in 0..self.watches.len() {
@@ -850,6 +877,16 @@ impl Monitor {
 
     fn on_tick(&mut self, now: Time, out: &mut Vec<Effect>) {
         self.probe_due(now, out);
+        let (due, later) = std::mem::take(&mut self.catch_up)
+            .into_iter()
+            .partition::<Vec<_>, _>(|(at, _)| now >= *at);
+        self.catch_up = later;
+        if due
+            .iter()
+            .any(|(_, id)| self.watches[id.index()].state.phase != Phase::Up)
+        {
+            out.push(Effect::Scan);
+        }
         self.group_tick(now, out);
         let overdue: Vec<(u32, u64)> = self
             .missed
@@ -969,6 +1006,15 @@ impl Monitor {
                     .is_some()
             })
             .collect();
+        // The first entry of a path, as a search from the start finds.
+        self.by_path = (self.config.iter().enumerate().rev())
+            .map(|(i, e)| (e.path.clone(), EntryId(i as u32)))
+            .collect();
+        self.catch_up.clear();
+        self.probed = (0..self.config.len())
+            .filter(|i| self.config[*i].probe.is_some())
+            .map(|i| EntryId(i as u32))
+            .collect();
         self.settings = Settings {
             env: config.env.vars.clone(),
         };
@@ -1011,6 +1057,10 @@ impl Monitor {
             let w = &mut self.watches[i];
             w.state = state;
             if w.state.phase != before.phase {
+                // Its process was seen, or its attempt ended: no scan
+                // need look for it.
+                self.catch_up.retain(|(_, entry)| *entry != id);
+                let w = &mut self.watches[i];
                 w.since = now;
                 w.probe.failures = 0;
                 w.probe.next_at = match (&self.config[i].probe, w.state.phase) {

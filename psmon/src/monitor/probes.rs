@@ -156,7 +156,7 @@ impl Monitor {
         now: Time,
         out: &mut Vec<Effect>,
     ) {
-        let Some(i) = self.config.iter().position(|e| e.path == path) else {
+        let Some(i) = self.by_path.get(&path).map(|id| id.index()) else {
             return;
         };
         let id = EntryId(i as u32);
@@ -179,7 +179,8 @@ impl Monitor {
 
     /// Probes that are due: the entry Up, not paused, none in flight.
     pub(super) fn probe_due(&mut self, now: Time, out: &mut Vec<Effect>) {
-        for i in 0..self.watches.len() {
+        for n in 0..self.probed.len() {
+            let i = self.probed[n].index();
             let w = &self.watches[i];
             let Some(probe) = &self.config[i].probe else {
                 continue;

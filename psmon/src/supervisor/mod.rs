@@ -793,17 +793,31 @@ impl Supervisor {
         }
         if let Some(store) = &self.store {
             let snap = &store.snapshot_ns;
-            let (ser, write) = store.writer_ns();
+            let costs = store.writer_costs();
+            let us = |s: &crate::stats::Samples, p| json!(s.percentile_us(p));
+            let bytes = |s: &crate::stats::Samples, p| json!(s.percentile(p));
             self.reporter.report(
                 LogLevel::Info,
-                &format!("state saved {} times", snap.count()),
+                &format!(
+                    "state saved {} times: {} journal records, {} whole",
+                    snap.count(),
+                    costs.record_ns.count(),
+                    costs.whole_ns.count()
+                ),
                 &[
-                    ("snapshot_p50_us", json!(snap.percentile_us(50.0))),
-                    ("snapshot_p99_us", json!(snap.percentile_us(99.0))),
-                    ("serialize_p50_us", json!(ser.percentile_us(50.0))),
-                    ("serialize_p99_us", json!(ser.percentile_us(99.0))),
-                    ("write_p50_us", json!(write.percentile_us(50.0))),
-                    ("write_p99_us", json!(write.percentile_us(99.0))),
+                    ("snapshot_p50_us", us(snap, 50.0)),
+                    ("snapshot_p99_us", us(snap, 99.0)),
+                    ("record_p50_us", us(&costs.record_ns, 50.0)),
+                    ("record_p99_us", us(&costs.record_ns, 99.0)),
+                    ("append_p50_us", us(&costs.append_ns, 50.0)),
+                    ("append_p99_us", us(&costs.append_ns, 99.0)),
+                    ("record_bytes_p50", bytes(&costs.record_bytes, 50.0)),
+                    ("record_bytes_p99", bytes(&costs.record_bytes, 99.0)),
+                    ("whole_p50_us", us(&costs.whole_ns, 50.0)),
+                    ("whole_p99_us", us(&costs.whole_ns, 99.0)),
+                    ("replace_p50_us", us(&costs.replace_ns, 50.0)),
+                    ("replace_p99_us", us(&costs.replace_ns, 99.0)),
+                    ("whole_bytes_p50", bytes(&costs.whole_bytes, 50.0)),
                 ],
             );
         }

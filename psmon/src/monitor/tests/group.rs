@@ -229,7 +229,10 @@ fn a_start_that_times_out_fails_the_attempt_and_tries_again() {
     w.exit(200, 1, KILLED);
     reaped(&mut w, &[100, 300, 200]);
     w.done("/a", true);
-    // /a never appears: its group gives up on it after start_timeout.
+    // /a never appears: a scan looks for it, and its group gives up on it
+    // after start_timeout.
+    w.tick();
+    assert!(w.out.contains(&Effect::Scan));
     w.tick();
     let ev = events(&w);
     assert!(
