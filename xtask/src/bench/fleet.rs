@@ -30,6 +30,11 @@ fn free_port() -> anyhow::Result<u16> {
 /// One GET, asked as Prometheus asks (OpenMetrics first, and compressed
 /// when `gzip`): the response's length on the wire.
 fn get(port: u16, path: &str, gzip: bool) -> anyhow::Result<usize> {
+    Ok(get_body(port, path, gzip)?.len())
+}
+
+/// The whole response to `GET path` (status line, headers, body).
+fn get_body(port: u16, path: &str, gzip: bool) -> anyhow::Result<Vec<u8>> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     write!(
@@ -46,7 +51,31 @@ fn get(port: u16, path: &str, gzip: bool) -> anyhow::Result<usize> {
     let mut out = Vec::new();
     s.read_to_end(&mut out)?;
     ensure!(out.starts_with(b"HTTP/1.1 200"), "GET {path} failed");
-    Ok(out.len())
+    Ok(out)
+}
+
+/// psmon's own mean times from a watched process's exit (the kernel's
+/// timestamp) to its Down decision and to its restart command started,
+/// from its histograms' sums and counts (ns).
+fn inside_psmon(port: u16) -> anyhow::Result<(u64, u64)> {
+    let body = String::from_utf8(get_body(port, "/metrics", false)?)?;
+    let value = |name: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let mean = |h: &str| {
+        let count = value(&format!("{h}_count"));
+        if count > 0.0 {
+            (value(&format!("{h}_sum")) / count * 1e9) as u64
+        } else {
+            0
+        }
+    };
+    Ok((
+        mean("psmon_detection_seconds"),
+        mean("psmon_restart_start_seconds"),
+    ))
 }
 
 pub(crate) fn fleet(psmon: &Path, dir: &Path, n: usize) -> anyhow::Result<String> {
@@ -162,6 +191,7 @@ fn scrape_at_scale(psmon: &Path, dir: &Path, n: usize, out: &mut String) -> anyh
             )?);
             std::thread::sleep(Duration::from_millis(50));
         }
+        r.inside = Some(inside_psmon(port)?);
         // `psmon status` on the control socket, one after another.
         let stop = Arc::new(AtomicBool::new(false));
         let asker = {
@@ -237,21 +267,38 @@ fn scrape_at_scale(psmon: &Path, dir: &Path, n: usize, out: &mut String) -> anyh
         fmt_ns(percentile(&r.asked, 99.0)),
         fmt_ns(*r.asked.last().unwrap_or(&0)),
     )?;
+    if let Some((down, started)) = r.inside {
+        writeln!(
+            out,
+            "\nInside psmon, over the kills with nobody asking (its own histograms, from the \
+             kernel's exit timestamp): Down decided after {} on average, the restart command \
+             started (spawn returned) after {}; the rest of kill → first instruction is the \
+             command's exec.",
+            fmt_ns(down),
+            fmt_ns(started)
+        )?;
+    }
     if let Some(m) = &r.saves {
         let us = |k: &str| m[k].as_f64().unwrap_or(0.0);
         writeln!(
             out,
             "\nWhat saving the state cost meanwhile, as psmon reported it when it stopped \
              ({}): taking the snapshot on the event thread p50 {:.0} µs / p99 {:.0} µs; \
-             serialising it on the writer's thread p50 {:.1} ms / p99 {:.1} ms; writing it \
-             p50 {:.1} ms / p99 {:.1} ms.",
+             a journal record (what changed) p50 {:.0} bytes / p99 {:.0} bytes, serialised in \
+             p50 {:.0} µs / p99 {:.0} µs, appended and synced in p50 {:.2} ms / p99 {:.2} ms; \
+             the whole state {:.0} KB, serialised in p50 {:.1} ms, written in p50 {:.1} ms.",
             m["message"].as_str().unwrap_or(""),
             us("snapshot_p50_us"),
             us("snapshot_p99_us"),
-            us("serialize_p50_us") / 1e3,
-            us("serialize_p99_us") / 1e3,
-            us("write_p50_us") / 1e3,
-            us("write_p99_us") / 1e3,
+            us("record_bytes_p50"),
+            us("record_bytes_p99"),
+            us("record_p50_us"),
+            us("record_p99_us"),
+            us("append_p50_us") / 1e3,
+            us("append_p99_us") / 1e3,
+            us("whole_bytes_p50") / 1024.0,
+            us("whole_p50_us") / 1e3,
+            us("replace_p50_us") / 1e3,
         )?;
     }
     Ok(())
@@ -270,6 +317,9 @@ struct Scale {
     /// Kill → restart started, with nobody asking and with `status` asked.
     quiet: Vec<u64>,
     asked: Vec<u64>,
+    /// psmon's own means over the quiet kills: exit → Down decided, exit
+    /// → restart command started.
+    inside: Option<(u64, u64)>,
     answered: usize,
     /// psmon's "state saved" message, with what saving cost.
     saves: Option<serde_json::Value>,
