@@ -43,7 +43,7 @@ impl Monitor {
             if ok && self.watches[i].state.phase != Phase::Up {
                 // Catch the new process even if its exec event was
                 // filtered or lost, if it has not come by then.
-                self.catch_up.push((now + super::CATCH_UP, id));
+                self.catch_up.push((now, id));
             }
             self.attempt_unblocked(id, now, out);
         }

@@ -246,8 +246,8 @@ pub struct Monitor {
     #[serde(skip)]
     by_path: HashMap<PathBuf, EntryId>,
     /// Entries whose restart command ended before their new process was
-    /// seen, and when a scan looks for it if it is still not seen (see
-    /// [`CATCH_UP`]).
+    /// seen, with when it ended: a scan looks for the process
+    /// [`CATCH_UP`] later if it is still not seen.
     #[serde(skip)]
     catch_up: Vec<(Time, EntryId)>,
     /// Something worth saving changed since [`Monitor::take_dirty`].
@@ -647,7 +647,7 @@ impl Monitor {
         });
         let catch_up = (self.catch_up.iter())
             .filter(|(_, id)| self.watches[id.index()].state.phase != Phase::Up)
-            .map(|(at, _)| *at);
+            .map(|(asked, _)| *asked + CATCH_UP);
         phases
             .chain(missed)
             .chain(pidfile)
@@ -716,7 +716,7 @@ impl Monitor {
         let matched = found.iter().map(Vec::len).sum();
         out.push(Effect::Notice(Notice::Scanned { matched, took }));
         // A scan begun after a catch-up was asked has looked already.
-        self.catch_up.retain(|(at, _)| *at - CATCH_UP > started);
+        self.catch_up.retain(|(asked, _)| *asked > started);
         self.gone
             .retain(|_, (_, at)| now.saturating_duration_since(*at) < GONE_MEMORY);
         let mut seen = std::collections::HashSet::new();
@@ -879,7 +879,7 @@ impl Monitor {
         self.probe_due(now, out);
         let (due, later) = std::mem::take(&mut self.catch_up)
             .into_iter()
-            .partition::<Vec<_>, _>(|(at, _)| now >= *at);
+            .partition::<Vec<_>, _>(|(asked, _)| now >= *asked + CATCH_UP);
         self.catch_up = later;
         if due
             .iter()
