@@ -482,3 +482,128 @@ for_each_source!(
     broken_reload_keeps_monitoring,
     exec_under_another_name_is_found,
 );
+
+/// The spawner of `pid` (psmon's child named psmon-spawner), once there.
+fn spawner_of(psmon: u32) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let found = std::fs::read_dir("/proc").unwrap().find_map(|e| {
+            let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            (comm.trim() == "psmon-spawner" && proc_ppid(pid) == Some(psmon)).then_some(pid)
+        });
+        if let Some(pid) = found {
+            return pid;
+        }
+        assert!(Instant::now() < deadline, "psmon {psmon} has no spawner");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z'))
+    })
+}
+
+/// Restart commands are started by psmon's spawner (psmon forked at start,
+/// before it holds a descriptor per watched process). It shrugs off the
+/// signals that stop psmon (systemd may signal the whole unit); killed
+/// anyway, psmon says so and starts the next restart itself; and it never
+/// outlives psmon, not even a `kill -9` of psmon.
+#[test]
+fn restart_commands_come_from_the_spawner_which_ends_with_psmon() {
+    let w = World::new("spawner");
+    let parent = w.dir.0.join("parent");
+    w.pfile(
+        Some(&format!(
+            "echo $PPID > {}; {} sleep >/dev/null 2>&1 &",
+            parent.display(),
+            w.victim.display()
+        )),
+        86400,
+        10,
+        "continue",
+    );
+    let (mut victim, old, mut psmon) = w.watch_running("poll");
+    let spawner = spawner_of(psmon.child.id());
+    kill9(old);
+    victim.wait().unwrap();
+    let up = psmon.wait_for(") Up", |m| m["pid"] != old);
+    let parent_of = || -> u32 {
+        std::fs::read_to_string(&parent)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(parent_of(), spawner, "the restart command's parent");
+    // What it started gets every signal at its default: none blocked,
+    // none ignored but what a shell's background job ignores anyway
+    // (SIGINT, SIGQUIT), as the same command run by the test shows.
+    let signals = |pid: u32| -> Vec<String> {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("SigBlk:") || l.starts_with("SigIgn:"))
+            .map(String::from)
+            .collect()
+    };
+    let restarted = up["pid"].as_u64().unwrap() as u32;
+    let reference = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!(
+            "{} sleep >/dev/null 2>&1 & echo $!",
+            w.victim.display()
+        ))
+        .output()
+        .unwrap();
+    let reference: u32 = String::from_utf8_lossy(&reference.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        signals(restarted),
+        signals(reference),
+        "signals of {restarted}"
+    );
+    kill9(reference);
+
+    // The signals that stop psmon do not stop it.
+    for signal in [
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGHUP,
+    ] {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(spawner as i32), signal);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(alive(spawner), "the spawner ended on SIGTERM or SIGHUP");
+
+    // Killed: psmon goes on, starting commands itself.
+    kill9(spawner);
+    psmon.wait("command spawner");
+    let again = up["pid"].as_u64().unwrap() as u32;
+    kill9(again);
+    psmon.wait_for(") Up", |m| m["pid"] != again && m["pid"] != old);
+    assert_eq!(
+        parent_of(),
+        psmon.child.id(),
+        "psmon started the command itself"
+    );
+
+    // A new psmon's spawner dies with it.
+    drop(psmon);
+    let psmon = Psmon::start(&w.conf(), "poll");
+    let spawner = spawner_of(psmon.child.id());
+    kill9(psmon.child.id());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(spawner) {
+        assert!(
+            Instant::now() < deadline,
+            "the spawner outlived psmon's kill -9"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

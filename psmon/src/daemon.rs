@@ -68,6 +68,7 @@ pub async fn run(
     opts: RunOptions,
     socket: PathBuf,
     shutdown: CancellationToken,
+    spawner: Option<crate::spawner::Forked>,
 ) -> anyhow::Result<()> {
     // Installed first: a SIGHUP before the reload task first ran (an
     // operator's reload right at start) would kill psmon, its default.
@@ -131,8 +132,17 @@ pub async fn run(
             None
         }
     };
+    let spawner = match spawner.map(crate::spawner::Spawner::connect) {
+        Some(Ok(spawner)) => spawner,
+        Some(Err(e)) => {
+            tracing::warn!("cannot reach the command spawner ({e}): psmon starts commands itself");
+            crate::spawner::Spawner::none()
+        }
+        None => crate::spawner::Spawner::none(),
+    };
     let supervisor = Supervisor::new(Setup {
         config,
+        spawner,
         reporter,
         conf_dir: dir.clone(),
         load,

@@ -15,12 +15,20 @@
 
 use std::{
     io::{Read, Seek, SeekFrom},
-    os::unix::process::ExitStatusExt,
+    os::{
+        fd::AsFd,
+        unix::process::{CommandExt, ExitStatusExt},
+    },
     process::Stdio,
     time::{Duration, Instant},
 };
 
-use crate::facts::{CommandOutcome, Ending};
+use tokio::sync::oneshot;
+
+use crate::{
+    facts::{CommandOutcome, Ending},
+    spawner::{self, Spawner, Started},
+};
 
 /// Used when psenv sets no PATH: what a root shell would have.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -45,47 +53,66 @@ pub struct CommandSpec {
 /// Runs the command to its end (or its time limit). Dropped before that
 /// (a caller's own deadline, shutdown), it kills the command's process
 /// group: a probe that hangs must not leave a process behind each time.
-pub async fn run(spec: &CommandSpec) -> CommandOutcome {
-    match start(spec) {
-        Ok(running) => {
-            let mut guard = KillGroupOnDrop(running.pgid);
-            let outcome = running.finish().await;
-            guard.0 = None;
-            outcome
+pub async fn run(spec: &CommandSpec, spawner: &Spawner) -> CommandOutcome {
+    match start(spec, spawner) {
+        Ok(mut running) => {
+            running.kill_on_drop = true;
+            running.finish().await
         }
         Err(failed) => failed,
     }
 }
 
-/// Kills a process group when dropped, unless disarmed (`None`). Only
-/// while its leader is not reaped, so the group id is still the command's.
-struct KillGroupOnDrop(Option<u32>);
+/// Kills a command's process group when dropped, unless disarmed
+/// (`pgid: None`). Only while its leader is not reaped, so the group id
+/// is still the command's: the spawner's commands through the spawner,
+/// which knows.
+struct KillGroupOnDrop<'a> {
+    pgid: Option<u32>,
+    spawner: Option<&'a Spawner>,
+}
 
-impl Drop for KillGroupOnDrop {
+impl Drop for KillGroupOnDrop<'_> {
     fn drop(&mut self) {
-        if let Some(pgid) = self.0 {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pgid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+        match (self.pgid, self.spawner) {
+            (Some(pgid), Some(spawner)) => spawner.kill_group(pgid),
+            (Some(pgid), None) => {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pgid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            (None, _) => {}
         }
     }
 }
 
 /// A command started by [`start`].
 pub struct Running {
-    child: tokio::process::Child,
+    child: Child,
+    spawner: Spawner,
     output: std::fs::File,
     begun: Instant,
     timeout: Duration,
-    /// Its process group (the command's pid).
-    pub pgid: Option<u32>,
+    /// Whether [`Running::finish`] dropped before the end kills the group.
+    kill_on_drop: bool,
 }
 
-/// Starts the command now (the restart's latency is up to here); its end
-/// is [`Running::finish`]'s. `Err` is the outcome of a command that could
-/// not be started.
-pub fn start(spec: &CommandSpec) -> Result<Running, CommandOutcome> {
+enum Child {
+    /// Started by psmon itself.
+    Own(tokio::process::Child),
+    /// Asked of the spawner; its answer to come.
+    Asked(oneshot::Receiver<Result<Started, String>>),
+    Spawned(Started),
+    /// The spawner could not start it.
+    Failed(String),
+}
+
+/// Starts the command now (the restart's latency is up to here): through
+/// the spawner when there is one, else from psmon. Its end is
+/// [`Running::finish`]'s. `Err` is the outcome of a command psmon could
+/// not start.
+pub fn start(spec: &CommandSpec, spawner: &Spawner) -> Result<Running, CommandOutcome> {
     let begun = Instant::now();
     let output = match output_file() {
         Ok(f) => f,
@@ -96,6 +123,19 @@ pub fn start(spec: &CommandSpec) -> Result<Running, CommandOutcome> {
             ));
         }
     };
+    let argv = argv(&spec.command);
+    let running = |child, output| Running {
+        child,
+        spawner: spawner.clone(),
+        output,
+        begun,
+        timeout: spec.timeout,
+        kill_on_drop: false,
+    };
+    if let Some(answer) = spawner.spawn(argv.clone(), spec.env.clone(), spec.umask, output.as_fd())
+    {
+        return Ok(running(Child::Asked(answer), output));
+    }
     let (out, err) = match (output.try_clone(), output.try_clone()) {
         (Ok(a), Ok(b)) => (a, b),
         _ => {
@@ -105,27 +145,9 @@ pub fn start(spec: &CommandSpec) -> Result<Running, CommandOutcome> {
             ));
         }
     };
-    let mut cmd = match direct_argv(&spec.command) {
-        Some(argv) => {
-            let mut cmd = tokio::process::Command::new(argv[0]);
-            cmd.args(&argv[1..]);
-            cmd
-        }
-        None => {
-            let mut cmd = tokio::process::Command::new("/bin/sh");
-            cmd.arg("-c").arg(&spec.command);
-            cmd
-        }
-    };
-    cmd.env_clear()
-        .env("PATH", DEFAULT_PATH)
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(out))
+    let mut cmd = tokio::process::Command::from(command(&argv, &spec.env));
+    cmd.stdout(Stdio::from(out))
         .stderr(Stdio::from(err))
-        .process_group(0)
-        // Not psmon's working directory: it may be anywhere, even unmounted later.
-        .current_dir("/")
         .kill_on_drop(false);
     // Without a pre_exec hook std spawns with posix_spawn (vfork-like), the
     // fast path of a restart: descriptors psmon inherited are made
@@ -139,41 +161,74 @@ pub fn start(spec: &CommandSpec) -> Result<Running, CommandOutcome> {
             });
         }
     }
-    let child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => return Err(spawn_failed(begun, e.to_string())),
-    };
-    Ok(Running {
-        pgid: child.id(),
-        child,
-        output,
-        begun,
-        timeout: spec.timeout,
-    })
+    match cmd.spawn() {
+        Ok(c) => Ok(running(Child::Own(c), output)),
+        Err(e) => Err(spawn_failed(begun, e.to_string())),
+    }
+}
+
+/// The words to execute for `command`: its own when it needs no shell,
+/// else `/bin/sh -c COMMAND`.
+fn argv(command: &str) -> Vec<String> {
+    match direct_argv(command) {
+        Some(words) => words.into_iter().map(String::from).collect(),
+        None => vec!["/bin/sh".into(), "-c".into(), command.into()],
+    }
+}
+
+/// A command as psmon starts it, whoever spawns it: `argv[0]` looked up
+/// in the PATH of its environment (psenv's variables over a root shell's
+/// PATH, nothing of psmon's own), stdin from /dev/null, in a process
+/// group of its own, in the root directory. Its stdout and stderr are the
+/// caller's to set.
+pub fn command(argv: &[String], env: &[(String, String)]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(argv.first().map_or("", String::as_str));
+    cmd.args(argv.iter().skip(1))
+        .env_clear()
+        .env("PATH", DEFAULT_PATH)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .process_group(0)
+        // Not psmon's working directory: it may be anywhere, even unmounted later.
+        .current_dir("/");
+    cmd
 }
 
 impl Running {
+    /// Its process group (the command's pid), once it has started; `None`
+    /// when it could not be started.
+    pub async fn pgid(&mut self) -> Option<u32> {
+        if let Child::Asked(answer) = &mut self.child {
+            self.child = match answer.await {
+                Ok(Ok(started)) => Child::Spawned(started),
+                Ok(Err(error)) => Child::Failed(error),
+                Err(_) => Child::Failed(spawner::GONE.into()),
+            };
+        }
+        match &self.child {
+            Child::Own(c) => c.id(),
+            Child::Spawned(s) => Some(s.pid),
+            Child::Asked(_) | Child::Failed(_) => None,
+        }
+    }
+
     /// Waits for the command to end, or kills its whole group at the limit.
     pub async fn finish(mut self) -> CommandOutcome {
-        let ending = match tokio::time::timeout(self.timeout, self.child.wait()).await {
-            Ok(Ok(status)) => match (status.code(), status.signal()) {
-                (Some(c), _) => Ending::Exited(c),
-                (None, Some(s)) => Ending::Signaled(s),
-                (None, None) => Ending::Exited(-1),
-            },
-            Ok(Err(e)) => Ending::SpawnFailed(e.to_string()),
-            Err(_) => {
-                if let Some(pgid) = self.pgid {
-                    // The whole group: the shell and whatever it started and still runs.
-                    let _ = nix::sys::signal::killpg(
-                        nix::unistd::Pid::from_raw(pgid as i32),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-                let _ = self.child.wait().await;
-                Ending::TimedOut
-            }
+        let pgid = self.pgid().await;
+        let spawned = matches!(self.child, Child::Spawned(_));
+        let mut guard = KillGroupOnDrop {
+            pgid: pgid.filter(|_| self.kill_on_drop),
+            spawner: spawned.then_some(&self.spawner),
         };
+        let deadline = tokio::time::Instant::from_std(self.begun + self.timeout);
+        let ending = match &mut self.child {
+            Child::Own(child) => wait_own(child, deadline).await,
+            Child::Spawned(started) => wait_spawned(started, &self.spawner, deadline).await,
+            Child::Failed(error) => Ending::SpawnFailed(std::mem::take(error)),
+            Child::Asked(_) => Ending::SpawnFailed(spawner::GONE.into()),
+        };
+        guard.pgid = None;
+        drop(guard);
         let output_tail = tail(&mut self.output);
         bound_leftover_output(self.output);
         CommandOutcome {
@@ -181,6 +236,62 @@ impl Running {
             elapsed: self.begun.elapsed(),
             output_tail,
         }
+    }
+}
+
+/// The end of a command psmon started itself.
+async fn wait_own(child: &mut tokio::process::Child, deadline: tokio::time::Instant) -> Ending {
+    match tokio::time::timeout_at(deadline, child.wait()).await {
+        Ok(Ok(status)) => ending(status),
+        Ok(Err(e)) => Ending::SpawnFailed(e.to_string()),
+        Err(_) => {
+            if let Some(pgid) = child.id() {
+                // The whole group: the shell and whatever it started and still runs.
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pgid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let _ = child.wait().await;
+            Ending::TimedOut
+        }
+    }
+}
+
+/// The end of a command the spawner started, as it reports it. Should
+/// the spawner be gone first, the command is nobody's child psmon can
+/// wait for: it is watched as an adopted one is, to its end or its limit.
+async fn wait_spawned(
+    started: &mut Started,
+    spawner: &Spawner,
+    deadline: tokio::time::Instant,
+) -> Ending {
+    match tokio::time::timeout_at(deadline, &mut started.exit).await {
+        Ok(Ok(status)) => ending(std::process::ExitStatus::from_raw(status)),
+        Ok(Err(_gone)) => loop {
+            if !leads_its_group(started.pid) {
+                break Ending::Adopted;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                spawner.kill_group(started.pid);
+                break Ending::TimedOut;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        },
+        Err(_) => {
+            // The whole group: the shell and whatever it started and still runs.
+            spawner.kill_group(started.pid);
+            let _ = (&mut started.exit).await;
+            Ending::TimedOut
+        }
+    }
+}
+
+fn ending(status: std::process::ExitStatus) -> Ending {
+    match (status.code(), status.signal()) {
+        (Some(c), _) => Ending::Exited(c),
+        (None, Some(s)) => Ending::Signaled(s),
+        (None, None) => Ending::Exited(-1),
     }
 }
 
@@ -352,6 +463,15 @@ fn cut_to_start(bytes: &[u8], cut: bool) -> &[u8] {
 mod tests {
     use super::*;
 
+    /// Both ways a command is started: from psmon, and by a spawner
+    /// (served by a thread here, forked from `main` in `psmon run`).
+    fn spawners() -> [(&'static str, Spawner); 2] {
+        [
+            ("psmon itself", Spawner::none()),
+            ("the spawner", spawner::in_thread()),
+        ]
+    }
+
     #[test]
     fn a_cut_tail_starts_at_a_line_or_a_word() {
         assert_eq!(cut_to_start(b"ng line\nlast line\n", true), b"last line\n");
@@ -403,29 +523,35 @@ mod tests {
 
     #[tokio::test]
     async fn a_direct_command_gets_the_same_environment_group_and_limit() {
-        // `env` prints what it was given; it is run without a shell.
-        let out = run(&spec("env", 5000)).await;
-        assert!(out.ok(), "{:?}", out.ending);
-        assert!(
-            out.output_tail.contains("PSMON_PATH=/usr/sbin/sshd"),
-            "{}",
-            out.output_tail
-        );
-        assert!(
-            out.output_tail.contains("PATH=/usr/local/sbin"),
-            "{}",
-            out.output_tail
-        );
-        // A direct command that outlives its limit is killed like any other.
-        let out = run(&spec("sleep 5", 200)).await;
-        assert_eq!(out.ending, Ending::TimedOut);
-        // A program that does not exist is said so, not run by a shell.
-        let out = run(&spec("/nonexistent/psmon-test-program --flag", 5000)).await;
-        assert!(
-            matches!(&out.ending, Ending::SpawnFailed(e) if e.contains("No such file")),
-            "{:?}",
-            out.ending
-        );
+        for (by, spawner) in spawners() {
+            // `env` prints what it was given; it is run without a shell.
+            let out = run(&spec("env", 5000), &spawner).await;
+            assert!(out.ok(), "{by}: {:?}", out.ending);
+            assert!(
+                out.output_tail.contains("PSMON_PATH=/usr/sbin/sshd"),
+                "{by}: {}",
+                out.output_tail
+            );
+            assert!(
+                out.output_tail.contains("PATH=/usr/local/sbin"),
+                "{by}: {}",
+                out.output_tail
+            );
+            // A direct command that outlives its limit is killed like any other.
+            let out = run(&spec("sleep 5", 200), &spawner).await;
+            assert_eq!(out.ending, Ending::TimedOut, "{by}");
+            // A program that does not exist is said so, not run by a shell.
+            let out = run(
+                &spec("/nonexistent/psmon-test-program --flag", 5000),
+                &spawner,
+            )
+            .await;
+            assert!(
+                matches!(&out.ending, Ending::SpawnFailed(e) if e.contains("No such file")),
+                "{by}: {:?}",
+                out.ending
+            );
+        }
     }
 
     fn spec(command: &str, timeout_ms: u64) -> CommandSpec {
@@ -439,14 +565,13 @@ mod tests {
 
     #[tokio::test]
     async fn reports_status_output_env_and_umask() {
-        let out = run(&spec(
-            "echo \"$PSMON_PATH\"; umask; echo oops >&2; exit 3",
-            5000,
-        ))
-        .await;
-        assert_eq!(out.ending, Ending::Exited(3));
-        assert!(!out.ok());
-        assert_eq!(out.output_tail, "/usr/sbin/sshd\n0077\noops");
+        for (by, spawner) in spawners() {
+            let command = "echo \"$PSMON_PATH\"; umask; echo oops >&2; exit 3";
+            let out = run(&spec(command, 5000), &spawner).await;
+            assert_eq!(out.ending, Ending::Exited(3), "{by}");
+            assert!(!out.ok());
+            assert_eq!(out.output_tail, "/usr/sbin/sshd\n0077\noops", "{by}");
+        }
     }
 
     #[tokio::test]
@@ -460,61 +585,122 @@ mod tests {
         unsafe { libc::fcntl(leaked, libc::F_SETFD, 0) };
         // What `main` does at start.
         cloexec_inherited_fds();
-        let out = run(&spec(
-            "pwd; ls /proc/self/fd | sort -n | tr '\\n' ' '",
-            5000,
-        ))
-        .await;
+        for (by, spawner) in spawners() {
+            let command = "pwd; ls /proc/self/fd | sort -n | tr '\\n' ' '";
+            let out = run(&spec(command, 5000), &spawner).await;
+            let mut lines = out.output_tail.lines();
+            assert_eq!(lines.next(), Some("/"), "{by}");
+            // 0-2, and the directory `ls` itself opened to list them.
+            assert_eq!(
+                lines.next().map(str::trim),
+                Some("0 1 2 3"),
+                "{by}: {}",
+                out.output_tail
+            );
+        }
         // SAFETY: closing the descriptor opened above.
         unsafe { libc::close(leaked) };
-        let mut lines = out.output_tail.lines();
-        assert_eq!(lines.next(), Some("/"));
-        // 0-2, and the directory `ls` itself opened to list them.
-        assert_eq!(
-            lines.next().map(str::trim),
-            Some("0 1 2 3"),
-            "{}",
-            out.output_tail
-        );
     }
 
     #[tokio::test]
     async fn a_hanging_command_is_killed_with_its_children() {
-        let dir = std::env::temp_dir().join(format!("psmon-exec-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let pidfile = dir.join("child.pid");
-        let cmd = format!("sleep 1000 & echo $! > {}; sleep 1000", pidfile.display());
-        let out = run(&spec(&cmd, 300)).await;
-        assert_eq!(out.ending, Ending::TimedOut);
-        let child: i32 = std::fs::read_to_string(&pidfile)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        // The background child was killed too: gone, or a zombie awaiting its reaper.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let state = std::fs::read_to_string(format!("/proc/{child}/stat"))
-                .ok()
-                .and_then(|s| {
-                    s.rsplit(')')
-                        .next()
-                        .and_then(|r| r.split_whitespace().next().map(String::from))
-                });
-            if state.as_deref().is_none_or(|s| s == "Z") {
-                break;
+        for (by, spawner) in spawners() {
+            let dir = std::env::temp_dir().join(format!("psmon-exec-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let pidfile = dir.join("child.pid");
+            let cmd = format!("sleep 1000 & echo $! > {}; sleep 1000", pidfile.display());
+            let out = run(&spec(&cmd, 300), &spawner).await;
+            assert_eq!(out.ending, Ending::TimedOut, "{by}");
+            let child: i32 = std::fs::read_to_string(&pidfile)
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            // The background child was killed too: gone, or a zombie awaiting its reaper.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let state = std::fs::read_to_string(format!("/proc/{child}/stat"))
+                    .ok()
+                    .and_then(|s| {
+                        s.rsplit(')')
+                            .next()
+                            .and_then(|r| r.split_whitespace().next().map(String::from))
+                    });
+                if state.as_deref().is_none_or(|s| s == "Z") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{by}: the background child survived"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            assert!(Instant::now() < deadline, "the background child survived");
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            std::fs::remove_dir_all(&dir).unwrap();
         }
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test]
     async fn a_missing_shell_command_is_a_failure_not_a_panic() {
-        // Quoted: through the shell, which says it is not found.
-        let out = run(&spec("/nonexistent/command 'x'", 5000)).await;
-        assert_eq!(out.ending, Ending::Exited(127));
-        assert!(out.output_tail.contains("not found"), "{}", out.output_tail);
+        for (by, spawner) in spawners() {
+            // Quoted: through the shell, which says it is not found.
+            let out = run(&spec("/nonexistent/command 'x'", 5000), &spawner).await;
+            assert_eq!(out.ending, Ending::Exited(127), "{by}");
+            assert!(
+                out.output_tail.contains("not found"),
+                "{by}: {}",
+                out.output_tail
+            );
+        }
+    }
+
+    /// A probe given up before its command ends (its caller's deadline)
+    /// leaves nothing behind, whoever started it.
+    #[tokio::test]
+    async fn a_command_dropped_before_its_end_is_killed() {
+        for (by, spawner) in spawners() {
+            let dir = std::env::temp_dir().join(format!("psmon-drop-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let pidfile = dir.join("pid");
+            let cmd = format!("echo $$ > {}; exec sleep 1000", pidfile.display());
+            let given_up = tokio::time::timeout(
+                Duration::from_millis(300),
+                run(&spec(&cmd, 60_000), &spawner),
+            )
+            .await;
+            assert!(given_up.is_err(), "{by}");
+            let pid: i32 = std::fs::read_to_string(&pidfile)
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                !s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z'))
+            }) {
+                assert!(
+                    Instant::now() < deadline,
+                    "{by}: the dropped command survived"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+
+    /// With its spawner gone, psmon starts commands itself, and one the
+    /// spawner started is still waited for to its end.
+    #[tokio::test]
+    async fn commands_outlive_their_spawner() {
+        let (spawner, server) = spawner::in_thread_for(1);
+        let running = start(&spec("sleep 0.5; exit 4", 5000), &spawner).unwrap();
+        // The spawner ends once it has started the command.
+        server.join().unwrap();
+        let out = running.finish().await;
+        assert_eq!(out.ending, Ending::Adopted);
+        let out = run(&spec("exit 5", 5000), &spawner).await;
+        assert_eq!(out.ending, Ending::Exited(5));
+        assert!(spawner.pid().is_none());
     }
 }

@@ -35,6 +35,7 @@ pub mod self_check;
 pub mod shm;
 pub mod signals;
 pub mod source;
+pub mod spawner;
 pub mod state;
 pub mod stats;
 pub mod supervisor;

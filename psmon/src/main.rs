@@ -15,6 +15,8 @@ use tokio_util::sync::CancellationToken;
 fn main() -> ExitCode {
     psmon::exec::cloexec_inherited_fds();
     let cli = Cli::parse();
+    // Forked now, while psmon has one thread and no descriptor of its own.
+    let spawner = matches!(cli.command, Command::Run(_)).then(psmon::spawner::fork);
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
@@ -39,7 +41,17 @@ fn main() -> ExitCode {
         } => dump(pfile.as_deref(), out.as_deref(), conf, insecure_config),
         Command::Run(opts) => {
             let socket = cli.socket.clone();
-            in_runtime(|shutdown| psmon::daemon::run(opts, socket, shutdown))
+            let spawner = match spawner {
+                Some(Ok(forked)) => Some(forked),
+                Some(Err(e)) => {
+                    tracing::warn!(
+                        "cannot start the command spawner ({e}): psmon starts commands itself"
+                    );
+                    None
+                }
+                None => None,
+            };
+            in_runtime(|shutdown| psmon::daemon::run(opts, socket, shutdown, spawner))
         }
         Command::Status { pfile, json } => {
             return client(&cli.socket, psmon::control::Command::Status { pfile }, json);

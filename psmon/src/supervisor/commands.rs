@@ -30,24 +30,24 @@ impl Supervisor {
         let (path, job) = (run.path, run.job);
         // Started here and now, before anything else this input brings
         // (messages, saving state): the restart's latency ends here.
-        let running = exec::start(&spec);
+        let running = exec::start(&spec, &self.spawner);
         let tx = self.back_tx.clone();
-        if let Ok(r) = &running
-            && let Some(pgid) = r.pgid
-        {
-            let input = Input::CommandStarted {
-                path: path.clone(),
-                job,
-                pgid,
-            };
-            let _ = tx.send(Back::Input {
-                input,
-                generation: None,
-            });
-        }
         self.commands.spawn(async move {
             let outcome = match running {
-                Ok(running) => running.finish().await,
+                Ok(mut running) => {
+                    if let Some(pgid) = running.pgid().await {
+                        let input = Input::CommandStarted {
+                            path: path.clone(),
+                            job,
+                            pgid,
+                        };
+                        let _ = tx.send(Back::Input {
+                            input,
+                            generation: None,
+                        });
+                    }
+                    running.finish().await
+                }
                 Err(failed) => failed,
             };
             let input = Input::CommandDone { path, job, outcome };

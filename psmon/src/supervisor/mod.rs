@@ -130,6 +130,8 @@ pub struct Setup {
     pub canary: Option<Canary>,
     /// Where a source that misses its self-checks is reported for replacing.
     pub source_orders: mpsc::Sender<Order>,
+    /// Starts restart, failover and probe commands.
+    pub spawner: crate::spawner::Spawner,
 }
 
 /// A finished scan: when it started, how long it took, what it found, what
@@ -196,6 +198,7 @@ pub struct Supervisor {
     source_orders: mpsc::Sender<Order>,
     /// Operator actions, for `/status` and `psmon audit`.
     trail: crate::audit::Trail,
+    spawner: crate::spawner::Spawner,
 }
 
 impl Supervisor {
@@ -211,6 +214,7 @@ impl Supervisor {
             runtime_dir,
             canary,
             source_orders,
+            spawner,
         } = setup;
         reporter.set_level(config.agent.log_level);
         let config_recorder = (config.agent.recorder_events, config.agent.recorder_window);
@@ -281,6 +285,7 @@ impl Supervisor {
             canary,
             source_orders,
             trail: crate::audit::Trail::default(),
+            spawner,
         }
     }
 

@@ -20,14 +20,16 @@ impl Supervisor {
     pub(super) fn probe(&mut self, entry: EntryId, pid: u32, probe: Probe) {
         let tx = self.back_tx.clone();
         let umask = self.umask;
+        let spawner = self.spawner.clone();
         let generation = Some(self.monitor.generation());
         self.helpers.spawn(async move {
             let begun = Instant::now();
-            let result = match tokio::time::timeout(probe.timeout, ask(&probe, umask)).await {
-                Ok(Ok(())) => Ok(begun.elapsed()),
-                Ok(Err(why)) => Err(why),
-                Err(_) => Err("timed out".to_string()),
-            };
+            let result =
+                match tokio::time::timeout(probe.timeout, ask(&probe, umask, &spawner)).await {
+                    Ok(Ok(())) => Ok(begun.elapsed()),
+                    Ok(Err(why)) => Err(why),
+                    Err(_) => Err("timed out".to_string()),
+                };
             if let Err(why) = &result {
                 tracing::debug!(pid, why, "probe failed");
             } else {
@@ -73,7 +75,11 @@ impl Supervisor {
 }
 
 /// One probe, without its time limit (the caller's).
-async fn ask(probe: &Probe, umask: Option<u32>) -> Result<(), String> {
+async fn ask(
+    probe: &Probe,
+    umask: Option<u32>,
+    spawner: &crate::spawner::Spawner,
+) -> Result<(), String> {
     match &probe.kind {
         ProbeKind::Tcp { address } => connect(address).await.map(drop),
         ProbeKind::SendExpect {
@@ -129,7 +135,7 @@ async fn ask(probe: &Probe, umask: Option<u32>) -> Result<(), String> {
                 umask,
                 timeout: probe.timeout,
             };
-            let outcome = crate::exec::run(&spec).await;
+            let outcome = crate::exec::run(&spec, spawner).await;
             if outcome.ok() {
                 Ok(())
             } else {
