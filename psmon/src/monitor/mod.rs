@@ -32,6 +32,7 @@
 use std::{
     collections::{BTreeSet, HashMap},
     path::PathBuf,
+    sync::Arc,
     time::Duration,
 };
 
@@ -64,7 +65,7 @@ pub use io::{Effect, Input, Job, Notice, Run};
 use members::Member;
 use probes::{ProbeState, first_probe_at};
 pub use snapshot::{Changes, Form, Snapshot, SnapshotWriter};
-pub use status::EntryStatus;
+pub use status::{EntryStatus, StatusModel};
 
 use group::{GroupConf, GroupWatch, Said};
 pub use group::{GroupEvent, GroupStatus, GroupWhy, StartFailure};
@@ -199,7 +200,7 @@ pub struct Monitor {
     /// The entries' configuration, in [`EntryId`] order; it comes from the
     /// files, not from saved state.
     #[serde(skip)]
-    config: Vec<Entry>,
+    config: Arc<Vec<Entry>>,
     #[serde(skip)]
     settings: Settings,
     #[serde(skip)]
@@ -938,7 +939,7 @@ impl Monitor {
             .map(|(i, w)| (w.path.clone(), (EntryId(i as u32), w)))
             .collect();
         let mut remap: HashMap<EntryId, EntryId> = HashMap::new();
-        self.config.clear();
+        let mut entries = Vec::new();
         for (pfile, entry) in config.entries() {
             let id = EntryId(self.watches.len() as u32);
             let w = match old.remove(&entry.path) {
@@ -973,8 +974,9 @@ impl Monitor {
                 },
             };
             self.watches.push(w);
-            self.config.push(entry.clone());
+            entries.push(entry.clone());
         }
+        self.config = Arc::new(entries);
         let dropped: Vec<u32> = self
             .members
             .iter()

@@ -987,6 +987,30 @@ fn status_says_failed_over() {
     assert_eq!(status.last_down, Some((Some(100), KILLED)));
 }
 
+/// The status read-model is the monitor as it was when taken: what
+/// happens after (a death, a restart) changes the monitor, not the model
+/// a reply is being built from, and the model says the same as the
+/// monitor did at that moment.
+#[test]
+fn a_status_model_is_the_monitor_as_it_was() {
+    let mut w = World::started(
+        vec![entry("/a"), entry("/b")],
+        true,
+        vec![vec![seen(100, 5)], vec![seen(200, 6)]],
+    );
+    let before = w.m.status(w.now);
+    let model = w.m.status_model();
+    assert_eq!(model.status(w.now), before);
+    w.exit(100, 5, KILLED);
+    let after = w.m.status(w.now);
+    assert_ne!(after[0].state, "up", "{after:?}");
+    assert_eq!(after[0].last_down, Some((Some(100), KILLED)));
+    assert_eq!(model.status(w.now), before);
+    assert_eq!(model.status(w.now)[0].state, "up");
+    assert_eq!(model.status(w.now)[0].instances, vec![(100, 5)]);
+    assert_eq!(w.m.status_model().status(w.now), after);
+}
+
 /// A probe is due every interval while Up; no good answer `failures`
 /// times in a row is a hang: said, the process killed, and its Down then
 /// says so (report's business; here `hung()` names it). A slow answer is

@@ -149,6 +149,8 @@ pub struct Supervisor {
     drills: Vec<ops::Drill>,
     queues: health::Queues,
     queue_writes: crate::stats::Samples,
+    /// What each `status` cost the event thread (taking its read-model).
+    status_views: crate::stats::Samples,
     lost_events: u64,
     matcher: Arc<Matcher>,
     reporter: Reporter,
@@ -254,6 +256,7 @@ impl Supervisor {
             drills: Vec::new(),
             queues: health::Queues::new(),
             queue_writes: crate::stats::Samples::default(),
+            status_views: crate::stats::Samples::default(),
             lost_events: 0,
             matcher,
             reporter,
@@ -823,6 +826,17 @@ impl Supervisor {
                     ("replace_p50_us", us(&costs.replace_ns, 50.0)),
                     ("replace_p99_us", us(&costs.replace_ns, 99.0)),
                     ("whole_bytes_p50", bytes(&costs.whole_bytes, 50.0)),
+                ],
+            );
+        }
+        if self.status_views.count() > 0 {
+            let v = &self.status_views;
+            self.reporter.report(
+                LogLevel::Info,
+                &format!("status answered {} times", v.count()),
+                &[
+                    ("loop_p50_us", json!(v.percentile_us(50.0))),
+                    ("loop_p99_us", json!(v.percentile_us(99.0))),
                 ],
             );
         }
