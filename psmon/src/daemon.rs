@@ -456,7 +456,7 @@ async fn reload_on_sighup(
         crate::logsink::reopen();
         let d = dir.clone();
         let loaded = tokio::task::spawn_blocking(move || {
-            let loaded = Config::load_dir(&d, load);
+            let loaded = Config::load_dir(&d, load).map(crate::supervisor::Prepared::new);
             // Parsing a large file (up to MAX_FILE_BYTES) can take tens of
             // MB for a moment; hand them back rather than keep them.
             #[cfg(target_env = "gnu")]

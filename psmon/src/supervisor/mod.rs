@@ -63,13 +63,15 @@ mod status;
 mod systemd;
 mod young;
 
+pub use ops::Prepared;
+
 /// How long shutdown waits for restart and failover commands still running.
 pub const COMMAND_GRACE: Duration = Duration::from_secs(5);
 
 /// Messages from the rest of the daemon.
 pub enum Control {
     /// SIGHUP (from whom, when known) with a valid new configuration.
-    Reload(Box<Config>, Option<crate::audit::Who>),
+    Reload(Box<Prepared>, Option<crate::audit::Who>),
     /// SIGHUP with a broken one: report it, keep running the old one.
     ReloadFailed(ConfigErrors, Option<crate::audit::Who>),
     /// What the source's keeper did.
@@ -105,7 +107,7 @@ enum Back {
     },
     /// An operator's reload has read the files.
     Reloaded {
-        result: Box<Result<Config, ConfigErrors>>,
+        result: Box<Result<Prepared, ConfigErrors>>,
         pfile: Option<String>,
         reply: oneshot::Sender<Reply>,
     },
@@ -662,7 +664,8 @@ impl Supervisor {
     }
 
     /// Runs `config` from now on; says what changed.
-    fn reconfigure(&mut self, config: Config) -> String {
+    fn reconfigure(&mut self, prepared: Prepared) -> String {
+        let Prepared { config, matcher } = prepared;
         let changes = changes(self.monitor.entries(), &self.config, &config);
         self.reporter.set_level(config.agent.log_level);
         let mut at_start = self.config.agent.changed_at_start_only(&config.agent);
@@ -687,8 +690,11 @@ impl Supervisor {
         self.telemetry
             .metrics
             .set_entries(&self.monitor, Time::now());
-        self.matcher = Arc::new(Matcher::new(self.monitor.entries()));
-        self.fill_filter();
+        // Built where the files were read (it resolves every entry's file):
+        // the same entries in the same order as the monitor's now.
+        let old = std::mem::replace(&mut self.matcher, Arc::new(matcher));
+        tokio::task::spawn_blocking(move || drop(old));
+        self.fill_filter_names();
         self.open_queues();
         self.open_notify_sockets();
         self.recorder.set_limits(
@@ -744,17 +750,26 @@ impl Supervisor {
 
     /// Puts every watched name and member into the kernel filter.
     fn fill_filter(&mut self) {
+        self.fill_filter_names();
+        let Some(filter) = self.source.as_mut().and_then(|s| s.filter.as_mut()) else {
+            return;
+        };
+        for tgid in self.monitor.member_tgids() {
+            filter.watch_tgid(tgid);
+        }
+        // The self-check's canaries are psmon's children.
+        filter.watch_tgid(std::process::id());
+    }
+
+    /// Puts every watched name into the kernel filter (after a reload: the
+    /// members are there already, each put in as the monitor added it).
+    fn fill_filter_names(&mut self) {
         let Some(filter) = self.source.as_mut().and_then(|s| s.filter.as_mut()) else {
             return;
         };
         for comm in self.matcher.kernel_comms().unwrap_or_default() {
             filter.watch_comm(&comm);
         }
-        for tgid in self.monitor.member_tgids() {
-            filter.watch_tgid(tgid);
-        }
-        // The self-check's canaries are psmon's children.
-        filter.watch_tgid(std::process::id());
     }
 
     async fn shut_down(mut self) {
