@@ -80,8 +80,13 @@ fn inside_psmon(port: u16) -> anyhow::Result<(u64, u64)> {
 
 pub(crate) fn fleet(psmon: &Path, dir: &Path, n: usize) -> anyhow::Result<String> {
     let mut out = String::from("\n### (j) Fleet view: scrapes and event push\n\n");
+    // One entry first, on a quiet host: after the 10,000-entry world the
+    // host is still tearing down 10,000 processes and flushing the
+    // reloads' state writes for a while.
+    let mut one = String::new();
+    restart_under_scrapes(psmon, dir, &mut one)?;
     scrape_at_scale(psmon, dir, n, &mut out)?;
-    restart_under_scrapes(psmon, dir, &mut out)?;
+    out.push_str(&one);
     push(psmon, dir, &mut out)?;
     Ok(out)
 }
@@ -133,6 +138,30 @@ fn kill_and_time(
     *lines += 1;
     let (stamp, _) = wait_stamp(stamps, *lines)?;
     Ok(stamp.saturating_sub(killed_at))
+}
+
+/// Changes one line of the scale world's pfile (the first entry's retry
+/// count, by `n`'s parity) and asks psmon to reload, waiting for its answer.
+fn reload_changed(conf: &Path, n: usize) -> anyhow::Result<()> {
+    use std::io::BufRead;
+    let pfile = conf.join("pfile_scale");
+    let text = std::fs::read_to_string(&pfile)?;
+    let (from, to) = if n.is_multiple_of(2) {
+        (" : - : 0 : 0 : continue", " : - : 0 : 1 : continue")
+    } else {
+        (" : - : 0 : 1 : continue", " : - : 0 : 0 : continue")
+    };
+    std::fs::write(&pfile, text.replacen(from, to, 1))?;
+    let mut stream = std::os::unix::net::UnixStream::connect(conf.join("psmon.sock"))?;
+    stream.write_all(b"{\"v\":1,\"cmd\":\"reload\"}\n")?;
+    let mut reply = String::new();
+    BufReader::new(stream).read_line(&mut reply)?;
+    ensure!(
+        reply.contains("\"ok\":true"),
+        "reload failed: {}",
+        &reply[..reply.len().min(200)]
+    );
+    Ok(())
 }
 
 /// Kills the stamped entry's last process (left running by the bench).
@@ -212,11 +241,35 @@ fn scrape_at_scale(psmon: &Path, dir: &Path, n: usize, out: &mut String) -> anyh
         }
         stop.store(true, Ordering::Relaxed);
         r.answered = asker.join().unwrap_or(0);
-        r.saves = daemon.stop().into_iter().find(|m| {
-            m["message"]
-                .as_str()
-                .is_some_and(|s| s.starts_with("state saved"))
-        });
+        // `psmon reload` on the control socket one after another, each
+        // with one line of the 10,000-line pfile changed.
+        let stop = Arc::new(AtomicBool::new(false));
+        let reloader = {
+            let stop = Arc::clone(&stop);
+            let conf = conf.clone();
+            std::thread::spawn(move || {
+                let mut n = 0usize;
+                while !stop.load(Ordering::Relaxed) && reload_changed(&conf, n).is_ok() {
+                    n += 1;
+                }
+                n
+            })
+        };
+        for _ in 0..KILLS {
+            r.reloading
+                .push(kill_and_time(&daemon, &stamps, &mut lines, false)?);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        stop.store(true, Ordering::Relaxed);
+        r.reloads = reloader.join().unwrap_or(0);
+        let said = daemon.stop();
+        let find = |start: &str| {
+            said.iter()
+                .find(|m| m["message"].as_str().is_some_and(|s| s.starts_with(start)))
+                .cloned()
+        };
+        r.saves = find("state saved");
+        r.status_loop = find("status answered");
         Ok(r)
     })();
     kill_last(&stamps, lines);
@@ -228,6 +281,7 @@ fn scrape_at_scale(psmon: &Path, dir: &Path, n: usize, out: &mut String) -> anyh
         &mut r.status,
         &mut r.quiet,
         &mut r.asked,
+        &mut r.reloading,
     ] {
         v.sort_unstable();
     }
@@ -244,7 +298,8 @@ fn scrape_at_scale(psmon: &Path, dir: &Path, n: usize, out: &mut String) -> anyh
          ({} answered meanwhile):\n\n\
          | case | kills | p50 | p99 | max |\n|---|---|---|---|---|\n\
          | nobody asking | {} | {} | {} | {} |\n\
-         | `status` back to back | {} | {} | {} | {} |\n",
+         | `status` back to back | {} | {} | {} | {} |\n\
+         | `reload` back to back, one line of the pfile changed each time ({} reloads) | {} | {} | {} | {} |\n",
         r.metrics_bytes / 1024,
         r.metrics.len(),
         fmt_ns(percentile(&r.metrics, 50.0)),
@@ -266,6 +321,11 @@ fn scrape_at_scale(psmon: &Path, dir: &Path, n: usize, out: &mut String) -> anyh
         fmt_ns(percentile(&r.asked, 50.0)),
         fmt_ns(percentile(&r.asked, 99.0)),
         fmt_ns(*r.asked.last().unwrap_or(&0)),
+        r.reloads,
+        r.reloading.len(),
+        fmt_ns(percentile(&r.reloading, 50.0)),
+        fmt_ns(percentile(&r.reloading, 99.0)),
+        fmt_ns(*r.reloading.last().unwrap_or(&0)),
     )?;
     if let Some((down, started)) = r.inside {
         writeln!(
@@ -276,6 +336,16 @@ fn scrape_at_scale(psmon: &Path, dir: &Path, n: usize, out: &mut String) -> anyh
              command's exec.",
             fmt_ns(down),
             fmt_ns(started)
+        )?;
+    }
+    if let Some(m) = &r.status_loop {
+        writeln!(
+            out,
+            "\nWhat each `status` cost psmon's event thread (taking the read-model the reply is \
+             built from, as psmon reported it when it stopped: {}): p50 {:.0} µs / p99 {:.0} µs.",
+            m["message"].as_str().unwrap_or(""),
+            m["loop_p50_us"].as_f64().unwrap_or(0.0),
+            m["loop_p99_us"].as_f64().unwrap_or(0.0),
         )?;
     }
     if let Some(m) = &r.saves {
@@ -317,12 +387,17 @@ struct Scale {
     /// Kill → restart started, with nobody asking and with `status` asked.
     quiet: Vec<u64>,
     asked: Vec<u64>,
+    /// Kill → restart started while `reload` is asked back to back.
+    reloading: Vec<u64>,
+    reloads: usize,
     /// psmon's own means over the quiet kills: exit → Down decided, exit
     /// → restart command started.
     inside: Option<(u64, u64)>,
     answered: usize,
     /// psmon's "state saved" message, with what saving cost.
     saves: Option<serde_json::Value>,
+    /// psmon's "status answered" message: what each cost its event thread.
+    status_loop: Option<serde_json::Value>,
 }
 
 /// SIGKILL → restart command started, in alternating blocks without and
@@ -337,6 +412,7 @@ fn restart_under_scrapes(psmon: &Path, dir: &Path, out: &mut String) -> anyhow::
     let mut scraped = Vec::new();
     let mut scrapes = 0usize;
     let mut lines = 1;
+    let mut inside = None;
     for block in 0..BLOCKS {
         let with_scraper = block % 2 == 1;
         let stop = Arc::new(AtomicBool::new(false));
@@ -369,6 +445,9 @@ fn restart_under_scrapes(psmon: &Path, dir: &Path, out: &mut String) -> anyhow::
         if let Some(s) = scraper {
             scrapes += s.join().unwrap_or(0);
         }
+        if block == 0 {
+            inside = Some(inside_psmon(port)?);
+        }
     }
     daemon.stop();
     kill_last(&stamps, lines);
@@ -394,6 +473,16 @@ fn restart_under_scrapes(psmon: &Path, dir: &Path, out: &mut String) -> anyhow::
         fmt_ns(*scraped.last().unwrap_or(&0)),
         (s as f64 - q as f64) / 1e6,
     )?;
+    if let Some((down, started)) = inside {
+        writeln!(
+            out,
+            "\nInside psmon, over the first block (no scraper; its own histograms, from the \
+             kernel's exit timestamp): Down decided after {} on average, the restart command \
+             started (spawn returned) after {}.",
+            fmt_ns(down),
+            fmt_ns(started)
+        )?;
+    }
     Ok(())
 }
 
