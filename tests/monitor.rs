@@ -584,6 +584,12 @@ fn restart_commands_come_from_the_spawner_which_ends_with_psmon() {
     // Killed: psmon goes on, starting commands itself.
     kill9(spawner);
     psmon.wait("command spawner");
+    // Reaped by psmon, not left a zombie.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::path::Path::new(&format!("/proc/{spawner}")).exists() {
+        assert!(Instant::now() < deadline, "the dead spawner was not reaped");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let again = up["pid"].as_u64().unwrap() as u32;
     kill9(again);
     psmon.wait_for(") Up", |m| m["pid"] != again && m["pid"] != old);

@@ -531,6 +531,12 @@ async fn read_answers(link: Arc<Link>) {
         state.exits.clear();
     }
     say_gone(link.pid, &why);
+    // It is psmon's child: reaped, not left a zombie for as long as psmon
+    // runs. (Its socket closes as it exits; the wait is short.)
+    let pid = nix::unistd::Pid::from_raw(link.pid as i32);
+    if pid != nix::unistd::getpid() {
+        let _ = tokio::task::spawn_blocking(move || nix::sys::wait::waitpid(pid, None)).await;
+    }
 }
 
 fn say_gone(pid: u32, why: &str) {
