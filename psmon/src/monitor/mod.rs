@@ -494,6 +494,11 @@ impl Monitor {
                 // Held exits wait for answers asked under the old numbering.
                 for i in 0..self.watches.len() {
                     let id = EntryId(i as u32);
+                    // Looked at first: taking copies an entry a saved
+                    // snapshot still shares.
+                    if self.watches[i].held_exit.is_none() {
+                        continue;
+                    }
                     if let Some((pid, status)) = self.watches[i].held_exit.take() {
                         let (running, _) = self.recount(id);
                         self.step(
@@ -932,6 +937,59 @@ impl Monitor {
     /// Takes a new configuration: entries whose path is unchanged keep
     /// their state and members (nothing is restarted); others start fresh.
     fn apply_config(&mut self, config: Config, out: &mut Vec<Effect>) {
+        let same_paths = config.entries().count() == self.watches.len()
+            && config
+                .entries()
+                .zip(self.watches.iter())
+                .all(|((_, e), w)| e.path == w.path);
+        if same_paths {
+            self.keep_entries(&config);
+        } else {
+            self.remap_entries(&config, out);
+        }
+        self.waiting = (0..self.watches.len())
+            .map(|i| EntryId(i as u32))
+            .filter(|id| {
+                self.watches[id.index()]
+                    .state
+                    .phase
+                    .deadline(&self.config[id.index()])
+                    .is_some()
+            })
+            .collect();
+        self.catch_up.clear();
+        self.probed = (0..self.config.len())
+            .filter(|i| self.config[*i].probe.is_some())
+            .map(|i| EntryId(i as u32))
+            .collect();
+        self.settings = Settings {
+            env: config.env.vars.clone(),
+        };
+        self.failover = failover::Settings::new(&config);
+        self.apply_groups(&config);
+        self.generation += 1;
+        out.push(Effect::Scan);
+    }
+
+    /// The same paths in the same order (what a reload that changed an
+    /// entry's settings, or nothing, brings): every entry keeps its place,
+    /// its state and its members, and an entry whose pfile name did not
+    /// change is not even copied (a save after the reload writes only what
+    /// changed, not 10,000 entries).
+    fn keep_entries(&mut self, config: &Config) {
+        let mut entries = Vec::with_capacity(self.watches.len());
+        for (i, (pfile, entry)) in config.entries().enumerate() {
+            if self.watches[i].pfile != pfile.name {
+                self.watches[i].pfile = pfile.name.clone();
+            }
+            entries.push(entry.clone());
+        }
+        self.config = Arc::new(entries);
+    }
+
+    /// Entries added, removed or moved: each keeps its state and members
+    /// under its new place, by path.
+    fn remap_entries(&mut self, config: &Config, out: &mut Vec<Effect>) {
         let mut old: HashMap<PathBuf, (EntryId, Watch)> = self
             .watches
             .take_all()
@@ -998,32 +1056,10 @@ impl Monitor {
         }
         let members = &self.members;
         self.causes.retain(|tgid, _| members.contains_key(tgid));
-        self.waiting = (0..self.watches.len())
-            .map(|i| EntryId(i as u32))
-            .filter(|id| {
-                self.watches[id.index()]
-                    .state
-                    .phase
-                    .deadline(&self.config[id.index()])
-                    .is_some()
-            })
-            .collect();
         // The first entry of a path, as a search from the start finds.
         self.by_path = (self.config.iter().enumerate().rev())
             .map(|(i, e)| (e.path.clone(), EntryId(i as u32)))
             .collect();
-        self.catch_up.clear();
-        self.probed = (0..self.config.len())
-            .filter(|i| self.config[*i].probe.is_some())
-            .map(|i| EntryId(i as u32))
-            .collect();
-        self.settings = Settings {
-            env: config.env.vars.clone(),
-        };
-        self.failover = failover::Settings::new(&config);
-        self.apply_groups(&config);
-        self.generation += 1;
-        out.push(Effect::Scan);
     }
 
     // --- Members -------------------------------------------------------

@@ -1536,6 +1536,53 @@ fn a_wrapper_that_execs_its_service_is_followed() {
 /// file loads it as a monitor), whatever changes after it; written as the
 /// changes since the one before, it gives the same monitor once applied,
 /// and holds only what changed.
+/// A reload with the same entries in the same order and one setting
+/// changed: every entry keeps its state, members and budget; the entry
+/// whose setting changed has it; and no entry is copied, so the save after
+/// the reload writes none of them.
+#[test]
+fn a_reload_of_the_same_entries_copies_none() {
+    let mut w = World::started(
+        vec![entry("/a"), entry("/b")],
+        true,
+        vec![vec![seen(100, 5)], vec![seen(200, 7)]],
+    );
+    w.exit(100, 5, KILLED);
+    w.done("/a", true);
+    w.feed(Input::Execd {
+        tgid: 101,
+        matched: Some((EntryId(0), seen(101, 8))),
+    });
+    let mut writer = SnapshotWriter::default();
+    writer
+        .write(w.m.snapshot(), false, &mut Vec::new())
+        .unwrap();
+    let before = w.m.status(w.now);
+    let mut b = entry("/b");
+    b.retry = 7;
+    w.feed(Input::Reload(Box::new(config(vec![entry("/a"), b]))));
+    assert!(w.out.contains(&Effect::Scan));
+    let after = w.m.status(w.now);
+    assert_eq!(after[0], before[0], "an unchanged entry keeps everything");
+    assert_eq!(after[0].attempts, 1);
+    assert_eq!(after[1].retry, 7);
+    assert_eq!(after[1].instances, before[1].instances);
+    assert_eq!(w.m.member_entry(101), Some(EntryId(0)));
+    assert_eq!(w.m.member_entry(200), Some(EntryId(1)));
+    let mut record = Vec::new();
+    assert_eq!(
+        writer.write(w.m.snapshot(), false, &mut record).unwrap(),
+        Form::Changes
+    );
+    let record: serde_json::Value = serde_json::from_slice(&record).unwrap();
+    assert_eq!(record["watches"], serde_json::json!([]), "{record}");
+    // Moved to another pfile: that entry is copied, the other is not.
+    let mut other = config(vec![entry("/a"), entry("/b")]);
+    other.pfiles[0].name = "renamed".into();
+    w.feed(Input::Reload(Box::new(other)));
+    assert_eq!(w.m.pfile(EntryId(0)), "renamed");
+}
+
 #[test]
 fn a_snapshot_is_the_monitor_as_it_was() {
     let whole = |snap: Snapshot| {

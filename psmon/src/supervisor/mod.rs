@@ -251,7 +251,7 @@ impl Supervisor {
         let (notify_tx, notify_rx) = mpsc::channel(notify::QUEUE);
         Supervisor {
             monitor,
-            config: without_entries(config),
+            config: without_entries(&config),
             conf_dir,
             load,
             store,
@@ -666,7 +666,13 @@ impl Supervisor {
     /// Runs `config` from now on; says what changed.
     fn reconfigure(&mut self, prepared: Prepared) -> String {
         let Prepared { config, matcher } = prepared;
-        let changes = changes(self.monitor.entries(), &self.config, &config);
+        let same = same_layout(&self.monitor, &config);
+        let changes = changes(
+            self.monitor.entries(),
+            &self.config,
+            &config,
+            same.as_deref(),
+        );
         self.reporter.set_level(config.agent.log_level);
         let mut at_start = self.config.agent.changed_at_start_only(&config.agent);
         if self.config.tls != config.tls {
@@ -684,17 +690,28 @@ impl Supervisor {
         }
         self.scans.reconfigured(&config);
         self.umask = config.env.umask;
-        self.config = without_entries(config.clone());
+        self.config = without_entries(&config);
         self.self_check_reconfigured();
         self.feed(Input::Reload(Box::new(config)));
-        self.telemetry
-            .metrics
-            .set_entries(&self.monitor, Time::now());
+        match &same {
+            // Same cells, same labels: only the entries whose settings changed.
+            Some(changed) => self
+                .telemetry
+                .metrics
+                .refresh(&self.monitor, changed, Time::now()),
+            None => self
+                .telemetry
+                .metrics
+                .set_entries(&self.monitor, Time::now()),
+        }
         // Built where the files were read (it resolves every entry's file):
         // the same entries in the same order as the monitor's now.
         let old = std::mem::replace(&mut self.matcher, Arc::new(matcher));
         tokio::task::spawn_blocking(move || drop(old));
-        self.fill_filter_names();
+        // Names come from entries: none new if no entry changed.
+        if same.as_ref().is_none_or(|changed| !changed.is_empty()) {
+            self.fill_filter_names();
+        }
         self.open_queues();
         self.open_notify_sockets();
         self.recorder.set_limits(
@@ -875,11 +892,26 @@ impl Supervisor {
 }
 
 /// `config` with its pfiles' entries left out.
-fn without_entries(mut config: Config) -> Config {
-    for p in &mut config.pfiles {
-        p.entries = Vec::new();
+fn without_entries(config: &Config) -> Config {
+    Config {
+        pfiles: config
+            .pfiles
+            .iter()
+            .map(|p| crate::config::Pfile {
+                name: p.name.clone(),
+                file: p.file.clone(),
+                ipckey: p.ipckey,
+                monitor_interval: p.monitor_interval,
+                msg_check_interval: p.msg_check_interval,
+                shm_dump_file: p.shm_dump_file.clone(),
+                entries: Vec::new(),
+                groups: p.groups.clone(),
+            })
+            .collect(),
+        agent: config.agent.clone(),
+        env: config.env.clone(),
+        tls: config.tls.clone(),
     }
-    config
 }
 
 /// The shortest MONITOR_INTERVAL of the configuration.
@@ -911,18 +943,36 @@ fn sighup(by: Option<crate::audit::Who>) -> crate::audit::Who {
     })
 }
 
+/// Whether `new` has the running entries' pfiles and paths in the same
+/// order (a reload that changed settings, or nothing): then the entries
+/// whose settings differ.
+fn same_layout(monitor: &Monitor, new: &Config) -> Option<Vec<EntryId>> {
+    if new.entries().count() != monitor.entry_count() {
+        return None;
+    }
+    let mut changed = Vec::new();
+    for (i, ((pfile, entry), old)) in new.entries().zip(monitor.entries()).enumerate() {
+        let id = EntryId(i as u32);
+        if entry.path != old.path || pfile.name != monitor.pfile(id) {
+            return None;
+        }
+        if entry != old {
+            changed.push(id);
+        }
+    }
+    Some(changed)
+}
+
 /// What a reload changes, for the audit trail: entries added, removed and
 /// changed (by path, up to five named), and the daemon-wide settings.
+/// `same`: what [`same_layout`] found.
 fn changes<'a>(
     old: impl Iterator<Item = &'a crate::config::Entry>,
     old_config: &Config,
     new: &Config,
+    same: Option<&[EntryId]>,
 ) -> String {
     use std::collections::HashMap;
-    let old: HashMap<&std::path::Path, &crate::config::Entry> =
-        old.map(|e| (e.path.as_path(), e)).collect();
-    let new_entries: HashMap<&std::path::Path, &crate::config::Entry> =
-        new.entries().map(|(_, e)| (e.path.as_path(), e)).collect();
     let mut said = Vec::new();
     let mut list = |what: &str, mut paths: Vec<&std::path::Path>| {
         if paths.is_empty() {
@@ -944,29 +994,47 @@ fn changes<'a>(
             named.join(", ")
         ));
     };
-    list(
-        "added",
-        new_entries
-            .keys()
-            .filter(|p| !old.contains_key(*p))
-            .copied()
-            .collect(),
-    );
-    list(
-        "removed",
-        old.keys()
-            .filter(|p| !new_entries.contains_key(*p))
-            .copied()
-            .collect(),
-    );
-    list(
-        "changed",
-        new_entries
-            .iter()
-            .filter(|(p, e)| old.get(*p).is_some_and(|o| o != *e))
-            .map(|(p, _)| *p)
-            .collect(),
-    );
+    match same {
+        Some(changed) => {
+            let entries: Vec<&crate::config::Entry> = new.entries().map(|(_, e)| e).collect();
+            list(
+                "changed",
+                changed
+                    .iter()
+                    .map(|id| entries[id.index()].path.as_path())
+                    .collect(),
+            );
+        }
+        None => {
+            let old: HashMap<&std::path::Path, &crate::config::Entry> =
+                old.map(|e| (e.path.as_path(), e)).collect();
+            let new_entries: HashMap<&std::path::Path, &crate::config::Entry> =
+                new.entries().map(|(_, e)| (e.path.as_path(), e)).collect();
+            list(
+                "added",
+                new_entries
+                    .keys()
+                    .filter(|p| !old.contains_key(*p))
+                    .copied()
+                    .collect(),
+            );
+            list(
+                "removed",
+                old.keys()
+                    .filter(|p| !new_entries.contains_key(*p))
+                    .copied()
+                    .collect(),
+            );
+            list(
+                "changed",
+                new_entries
+                    .iter()
+                    .filter(|(p, e)| old.get(*p).is_some_and(|o| o != *e))
+                    .map(|(p, _)| *p)
+                    .collect(),
+            );
+        }
+    }
     if old_config.agent != new.agent {
         said.push("psagent.conf changed".to_string());
     }
