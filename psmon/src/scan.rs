@@ -248,13 +248,28 @@ impl Matcher {
     /// Every comm that may belong to an entry, for the in-kernel filter;
     /// `None` when comm cannot tell (command-line patterns, scripts run by
     /// an interpreter), and every exec must be looked at.
+    /// [`Matcher::kernel_comms`] that `old` did not have (after a reload:
+    /// the names the kernel filter does not have yet).
+    pub fn kernel_comms_since(&self, old: &Matcher) -> Option<Vec<String>> {
+        if old.kernel_comms_where(|_| false).is_none() {
+            // Names did not suffice before: none of them were put in.
+            return self.kernel_comms();
+        }
+        self.kernel_comms_where(|c| !old.comms.contains(c))
+    }
+
     pub fn kernel_comms(&self) -> Option<Vec<String>> {
+        self.kernel_comms_where(|_| true)
+    }
+
+    fn kernel_comms_where(&self, keep: impl Fn(&Vec<u8>) -> bool) -> Option<Vec<String>> {
         if !self.by_cmdline.is_empty() || !self.by_script.is_empty() || !self.by_cgroup.is_empty() {
             return None;
         }
         Some(
             self.comms
                 .iter()
+                .filter(|c| keep(c))
                 .map(|c| String::from_utf8_lossy(c).into_owned())
                 .collect(),
         )

@@ -936,16 +936,24 @@ impl Monitor {
 
     /// Takes a new configuration: entries whose path is unchanged keep
     /// their state and members (nothing is restarted); others start fresh.
-    fn apply_config(&mut self, config: Config, out: &mut Vec<Effect>) {
+    fn apply_config(&mut self, mut config: Config, out: &mut Vec<Effect>) {
         let same_paths = config.entries().count() == self.watches.len()
             && config
                 .entries()
                 .zip(self.watches.iter())
                 .all(|((_, e), w)| e.path == w.path);
         if same_paths {
-            self.keep_entries(&config);
+            self.keep_entries(&mut config);
         } else {
             self.remap_entries(&config, out);
+        }
+        // Same paths, same index; but a monitor just read from saved state
+        // has none yet.
+        if !same_paths || self.by_path.is_empty() {
+            // The first entry of a path, as a search from the start finds.
+            self.by_path = (self.config.iter().enumerate().rev())
+                .map(|(i, e)| (e.path.clone(), EntryId(i as u32)))
+                .collect();
         }
         self.waiting = (0..self.watches.len())
             .map(|i| EntryId(i as u32))
@@ -975,14 +983,18 @@ impl Monitor {
     /// entry's settings, or nothing, brings): every entry keeps its place,
     /// its state and its members, and an entry whose pfile name did not
     /// change is not even copied (a save after the reload writes only what
-    /// changed, not 10,000 entries).
-    fn keep_entries(&mut self, config: &Config) {
+    /// changed, not 10,000 entries). The entries are moved out of `config`,
+    /// not cloned.
+    fn keep_entries(&mut self, config: &mut Config) {
         let mut entries = Vec::with_capacity(self.watches.len());
-        for (i, (pfile, entry)) in config.entries().enumerate() {
-            if self.watches[i].pfile != pfile.name {
-                self.watches[i].pfile = pfile.name.clone();
+        for pfile in &mut config.pfiles {
+            for entry in std::mem::take(&mut pfile.entries) {
+                let i = entries.len();
+                if self.watches[i].pfile != pfile.name {
+                    self.watches[i].pfile = pfile.name.clone();
+                }
+                entries.push(entry);
             }
-            entries.push(entry.clone());
         }
         self.config = Arc::new(entries);
     }
@@ -1056,10 +1068,6 @@ impl Monitor {
         }
         let members = &self.members;
         self.causes.retain(|tgid, _| members.contains_key(tgid));
-        // The first entry of a path, as a search from the start finds.
-        self.by_path = (self.config.iter().enumerate().rev())
-            .map(|(i, e)| (e.path.clone(), EntryId(i as u32)))
-            .collect();
     }
 
     // --- Members -------------------------------------------------------

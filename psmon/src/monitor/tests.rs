@@ -970,6 +970,35 @@ fn restore_watches_members_and_waits_for_a_running_command() {
     );
 }
 
+/// Restored under the same entries (no entry added, removed or moved):
+/// a command's end still finds its entry by path.
+#[test]
+fn restored_under_the_same_entries_a_command_end_finds_its_entry() {
+    let mut w = World::started(vec![entry("/a")], true, vec![vec![seen(100, 5)]]);
+    w.exit(100, 5, KILLED);
+    w.feed(Input::CommandStarted {
+        path: "/a".into(),
+        job: Job::Restart,
+        pgid: 4242,
+    });
+    let saved: Monitor = serde_json::from_str(&serde_json::to_string(&w.m).unwrap()).unwrap();
+    let (m, out) = Monitor::restore(saved, config(vec![entry("/a")]), true);
+    let mut w = World { m, now: w.now, out };
+    let ended = w.feed(Input::CommandDone {
+        path: "/a".into(),
+        job: Job::Restart,
+        outcome: CommandOutcome {
+            ending: Ending::TimedOut,
+            elapsed: Duration::from_secs(4),
+            output_tail: String::new(),
+        },
+    });
+    assert!(
+        ended.iter().any(|e| matches!(e, Effect::Notice(_))),
+        "{ended:?}"
+    );
+}
+
 /// Status says failed_over once the failover command ran.
 #[test]
 fn status_says_failed_over() {

@@ -707,11 +707,13 @@ impl Supervisor {
         // Built where the files were read (it resolves every entry's file):
         // the same entries in the same order as the monitor's now.
         let old = std::mem::replace(&mut self.matcher, Arc::new(matcher));
-        tokio::task::spawn_blocking(move || drop(old));
-        // Names come from entries: none new if no entry changed.
-        if same.as_ref().is_none_or(|changed| !changed.is_empty()) {
-            self.fill_filter_names();
+        // Only names the old entries did not have: the rest are there.
+        if let Some(filter) = self.source.as_mut().and_then(|s| s.filter.as_mut()) {
+            for comm in self.matcher.kernel_comms_since(&old).unwrap_or_default() {
+                filter.watch_comm(&comm);
+            }
         }
+        tokio::task::spawn_blocking(move || drop(old));
         self.open_queues();
         self.open_notify_sockets();
         self.recorder.set_limits(
