@@ -108,11 +108,11 @@ impl Monitor {
         };
         env.push(("PSMON_EXIT_CODE".into(), code));
         env.push(("PSMON_SIGNAL".into(), signal));
-        let cause = pid.and_then(|p| w.last_cause.as_ref().filter(|(cp, _)| *cp == p));
-        let sender = cause.and_then(|(_, c)| c.sender());
+        let cause = pid.and_then(|p| w.cause(p));
+        let sender = cause.and_then(|c| c.sender());
         env.push((
             "PSMON_CAUSE".into(),
-            cause.map(|(_, c)| c.describe(status)).unwrap_or_default(),
+            cause.map(|c| c.describe(status)).unwrap_or_default(),
         ));
         env.push((
             "PSMON_KILLER_PID".into(),

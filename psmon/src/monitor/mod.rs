@@ -187,6 +187,15 @@ impl Watch {
     fn backoff_held(&self) -> bool {
         self.attempt_blocked() && matches!(self.state.phase, Phase::Backoff { .. })
     }
+
+    /// Why instance `pid`, the last of the entry's to die, died, if the
+    /// kernel said.
+    fn cause(&self, pid: u32) -> Option<&Cause> {
+        self.last_cause
+            .as_ref()
+            .filter(|(p, _)| *p == pid)
+            .map(|(_, c)| c)
+    }
 }
 
 /// Settings taken from the configuration that are not per entry.
@@ -853,19 +862,15 @@ impl Monitor {
         }
     }
 
-    /// Why instance `pid` of the entry died, if the kernel said.
     /// What the entry's recent failures have in common, if they are two or more.
     pub fn crash_loop(&self, id: EntryId, now: Time) -> Option<crash_loop::CrashLoop> {
         let w = self.watches.get(id.index())?;
         w.failures.classify(self.config[id.index()].grace, now)
     }
 
+    /// Why instance `pid` of the entry died, if the kernel said.
     pub fn cause(&self, id: EntryId, pid: u32) -> Option<&Cause> {
-        self.watches
-            .get(id.index())
-            .and_then(|w| w.last_cause.as_ref())
-            .filter(|(p, _)| *p == pid)
-            .map(|(_, c)| c)
+        self.watches.get(id.index())?.cause(pid)
     }
 
     /// Whether a death of `tgid` by a signal should wait for its cause: the
@@ -1172,12 +1177,7 @@ impl Monitor {
         let i = id.index();
         let entry = &self.config[i];
         let w = &mut self.watches[i];
-        let cause_of = |pid: Option<u32>| {
-            w.last_cause
-                .as_ref()
-                .filter(|(p, _)| Some(*p) == pid)
-                .map(|(_, c)| c)
-        };
+        let cause_of = |pid: Option<u32>| w.cause(pid?);
         let hung = |pid: Option<u32>| pid.is_some() && w.probe.hung == pid;
         let mut noted = Vec::new();
         for action in actions {

@@ -106,11 +106,7 @@ impl StatusModel {
 
     /// Why `pid`, the entry's last instance to die, died, when known.
     pub fn cause(&self, id: EntryId, pid: u32) -> Option<&Cause> {
-        self.watches
-            .get(id.index())
-            .and_then(|w| w.last_cause.as_ref())
-            .filter(|(p, _)| *p == pid)
-            .map(|(_, c)| c)
+        self.watches.get(id.index())?.cause(pid)
     }
 
     /// The entry's last hang probe: how long it took, or why it failed.
