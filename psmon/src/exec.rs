@@ -268,16 +268,7 @@ async fn wait_spawned(
 ) -> Ending {
     match tokio::time::timeout_at(deadline, &mut started.exit).await {
         Ok(Ok(status)) => ending(std::process::ExitStatus::from_raw(status)),
-        Ok(Err(_gone)) => loop {
-            if !leads_its_group(started.pid) {
-                break Ending::Adopted;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                spawner.kill_group(started.pid);
-                break Ending::TimedOut;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        },
+        Ok(Err(_gone)) => await_unowned(started.pid, deadline).await,
         Err(_) => {
             // The whole group: the shell and whatever it started and still runs.
             spawner.kill_group(started.pid);
@@ -285,6 +276,27 @@ async fn wait_spawned(
             Ending::TimedOut
         }
     }
+}
+
+/// Waits for a command nobody psmon can wait on started (a psmon that
+/// died, a spawner that is gone) to end, polling whether it still leads
+/// its group; at `deadline` kills the group. [`Ending::Adopted`] (its
+/// status cannot be known) or [`Ending::TimedOut`].
+pub async fn await_unowned(pgid: u32, deadline: tokio::time::Instant) -> Ending {
+    while tokio::task::spawn_blocking(move || leads_its_group(pgid))
+        .await
+        .unwrap_or(false)
+    {
+        if tokio::time::Instant::now() >= deadline {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            return Ending::TimedOut;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ending::Adopted
 }
 
 fn ending(status: std::process::ExitStatus) -> Ending {
@@ -348,7 +360,7 @@ fn others_write(file: &std::fs::File) -> bool {
 /// Whether process `pgid` still runs (not a zombie) and leads its process
 /// group: a command psmon started and then lost (psmon restarted) is still
 /// running. Its pid cannot be another process's while the group exists.
-pub fn leads_its_group(pgid: u32) -> bool {
+fn leads_its_group(pgid: u32) -> bool {
     let pid = nix::unistd::Pid::from_raw(pgid as i32);
     let leads = nix::unistd::getpgid(Some(pid)).is_ok_and(|g| g == pid);
     let mut buf = Vec::new();

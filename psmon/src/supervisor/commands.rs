@@ -12,7 +12,7 @@ use super::{Back, Supervisor};
 use crate::{
     config::LogLevel,
     exec::{self, CommandSpec},
-    facts::{CommandOutcome, Ending},
+    facts::CommandOutcome,
     monitor::{Input, Run},
 };
 
@@ -94,19 +94,7 @@ impl Supervisor {
         let tx = self.back_tx.clone();
         self.commands.spawn(async move {
             let begun = std::time::Instant::now();
-            let leads = move || exec::leads_its_group(pgid);
-            let mut ending = Ending::Adopted;
-            while tokio::task::spawn_blocking(leads).await.unwrap_or(false) {
-                if begun.elapsed() >= left {
-                    let _ = nix::sys::signal::killpg(
-                        nix::unistd::Pid::from_raw(pgid as i32),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                    ending = Ending::TimedOut;
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            let ending = exec::await_unowned(pgid, tokio::time::Instant::now() + left).await;
             let outcome = CommandOutcome {
                 ending,
                 elapsed: begun.elapsed(),
