@@ -164,8 +164,6 @@ impl fmt::Display for Refusal {
 /// `kernel_filter`. Events of other processes never leave the kernel.
 pub struct KernelFilter {
     comms: BpfHashMap<MapData, [u8; COMM_LEN], u8>,
-    /// The names in `comms` (names are never taken out).
-    known_comms: std::collections::HashSet<[u8; COMM_LEN]>,
     tgids: BpfHashMap<MapData, u32, u8>,
     execs: PerCpuArray<MapData, u64>,
     signals: Option<PerCpuArray<MapData, u64>>,
@@ -174,16 +172,8 @@ pub struct KernelFilter {
 impl KernelFilter {
     /// Passes execs whose `comm` (the first 15 bytes of the executable's file
     /// name) is `name`'s, and from then on every event of that process.
-    /// A name already put in is not put in again (a reload of 10,000
-    /// entries would otherwise cost 10,000 system calls).
     pub fn watch_comm(&mut self, name: &str) -> Result<(), MapError> {
-        let key = comm_key(name);
-        if self.known_comms.contains(&key) {
-            return Ok(());
-        }
-        self.comms.insert(key, 1, 0)?;
-        self.known_comms.insert(key);
-        Ok(())
+        self.comms.insert(comm_key(name), 1, 0)
     }
 
     /// Passes every event of thread group `tgid` (and forks of it).
@@ -309,7 +299,6 @@ impl EbpfSource {
         let filter = if options.kernel_filter {
             Some(KernelFilter {
                 comms: take(&mut ebpf, MAP_WATCH_COMMS, BpfHashMap::try_from)?,
-                known_comms: std::collections::HashSet::new(),
                 tgids: take(&mut ebpf, MAP_WATCH_TGIDS, BpfHashMap::try_from)?,
                 execs: take(&mut ebpf, MAP_EXECS, PerCpuArray::try_from)?,
                 signals: take(&mut ebpf, MAP_SIGNALS, PerCpuArray::try_from).ok(),

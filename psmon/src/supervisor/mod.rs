@@ -769,26 +769,17 @@ impl Supervisor {
 
     /// Puts every watched name and member into the kernel filter.
     fn fill_filter(&mut self) {
-        self.fill_filter_names();
-        let Some(filter) = self.source.as_mut().and_then(|s| s.filter.as_mut()) else {
-            return;
-        };
-        for tgid in self.monitor.member_tgids() {
-            filter.watch_tgid(tgid);
-        }
-        // The self-check's canaries are psmon's children.
-        filter.watch_tgid(std::process::id());
-    }
-
-    /// Puts every watched name into the kernel filter (after a reload: the
-    /// members are there already, each put in as the monitor added it).
-    fn fill_filter_names(&mut self) {
         let Some(filter) = self.source.as_mut().and_then(|s| s.filter.as_mut()) else {
             return;
         };
         for comm in self.matcher.kernel_comms().unwrap_or_default() {
             filter.watch_comm(&comm);
         }
+        for tgid in self.monitor.member_tgids() {
+            filter.watch_tgid(tgid);
+        }
+        // The self-check's canaries are psmon's children.
+        filter.watch_tgid(std::process::id());
     }
 
     async fn shut_down(mut self) {
