@@ -623,31 +623,26 @@ mod tests {
             let cmd = format!("sleep 1000 & echo $! > {}; sleep 1000", pidfile.display());
             let out = run(&spec(&cmd, 300), &spawner).await;
             assert_eq!(out.ending, Ending::TimedOut, "{by}");
-            let child: i32 = std::fs::read_to_string(&pidfile)
-                .unwrap()
-                .trim()
-                .parse()
-                .unwrap();
-            // The background child was killed too: gone, or a zombie awaiting its reaper.
-            let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                let state = std::fs::read_to_string(format!("/proc/{child}/stat"))
-                    .ok()
-                    .and_then(|s| {
-                        s.rsplit(')')
-                            .next()
-                            .and_then(|r| r.split_whitespace().next().map(String::from))
-                    });
-                if state.as_deref().is_none_or(|s| s == "Z") {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{by}: the background child survived"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            // The background child was killed too.
+            ended(&pidfile, &format!("{by}: the background child survived")).await;
             std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+
+    /// Waits until the process whose pid `pidfile` holds no longer runs
+    /// (gone, or a zombie awaiting its reaper); `survived` if it still
+    /// does after 5 s.
+    async fn ended(pidfile: &std::path::Path, survived: &str) {
+        let pid: u32 = std::fs::read_to_string(pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut buf = Vec::new();
+        while crate::proc::read_stat(pid, &mut buf).is_some_and(|s| !s.is_dead()) {
+            assert!(Instant::now() < deadline, "{survived}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -680,23 +675,7 @@ mod tests {
             )
             .await;
             assert!(given_up.is_err(), "{by}");
-            let pid: i32 = std::fs::read_to_string(&pidfile)
-                .unwrap()
-                .trim()
-                .parse()
-                .unwrap();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-                !s.rsplit(')')
-                    .next()
-                    .is_some_and(|r| r.trim_start().starts_with('Z'))
-            }) {
-                assert!(
-                    Instant::now() < deadline,
-                    "{by}: the dropped command survived"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            ended(&pidfile, &format!("{by}: the dropped command survived")).await;
             std::fs::remove_dir_all(&dir).unwrap();
         }
     }
