@@ -152,6 +152,7 @@ where
     // SAFETY: mallopt before any thread exists; it only tunes the allocator.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
     // One thread runs every task: psmon waits far more than it computes, and
     // a single thread spares each event a cross-thread wake-up. Blocking work

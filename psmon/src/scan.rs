@@ -225,9 +225,10 @@ impl Matcher {
                     let alias = (e.path.file_name() != r.file.file_name())
                         .then(|| e.path.file_name().map(|n| n.as_bytes().to_vec()))
                         .flatten();
+                    // Most files are one entry's: room for one, not Vec's four.
                     m.by_exe
                         .entry(r.file.as_os_str().as_bytes().to_vec())
-                        .or_default()
+                        .or_insert_with(|| Vec::with_capacity(1))
                         .push(ExeTarget { entry: i, alias });
                 }
                 Match::Cmdline(p) => m.by_cmdline.push((i, p.clone())),
@@ -337,7 +338,12 @@ impl Matcher {
         let mut argv = None;
         let (idx, why) = match self.by_exe.get(strip_deleted(exe)) {
             Some(targets) => {
-                let argv = argv.get_or_insert_with(|| proc::cmdline(tgid).unwrap_or_default());
+                // The command line tells only a symlink's name apart.
+                let argv: &[Vec<u8>] = if targets.iter().any(|t| t.alias.is_some()) {
+                    argv.get_or_insert_with(|| proc::cmdline(tgid).unwrap_or_default())
+                } else {
+                    &[]
+                };
                 pick_target(targets, stat.comm, argv)?
             }
             None => {

@@ -231,7 +231,7 @@ pub struct Entry {
     /// With `retry_slowly`, the wait between attempts once the budget is spent.
     pub slow_retry_interval: Duration,
     /// How to tell that the process hangs (TOML `[entry.probe]`).
-    pub probe: Option<Probe>,
+    pub probe: Option<Box<Probe>>,
     /// Which user an instance must run as (TOML `user`).
     pub owner: Owner,
     /// Where it was defined, for messages.

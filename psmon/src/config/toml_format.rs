@@ -543,7 +543,7 @@ fn entry(c: &mut Checker, spanned: &Spanned<EntryToml>) -> Option<Entry> {
         }
     }
     if let Some(p) = &t.probe {
-        e.probe = probe(c, p);
+        e.probe = probe(c, p).map(Box::new);
     }
     if let Some(user) = &t.user {
         match user.get_ref() {

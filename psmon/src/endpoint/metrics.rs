@@ -52,9 +52,8 @@ const BUCKETS: [f64; 17] = [
 /// One entry's numbers.
 #[derive(Debug)]
 struct EntryCells {
-    pfile: String,
-    path: String,
-    /// `pfile` and `path` escaped as label values.
+    /// The entry's pfile and path, escaped as label values (which also
+    /// tells entries apart: the escaping is one to one).
     pfile_label: String,
     path_label: String,
     state: AtomicU8,
@@ -71,12 +70,12 @@ struct EntryCells {
 }
 
 impl EntryCells {
-    fn new(pfile: &str, path: &str) -> EntryCells {
+    /// Cells for the entry whose label values are `pfile_label` and
+    /// `path_label`.
+    fn new(pfile_label: String, path_label: String) -> EntryCells {
         EntryCells {
-            pfile: pfile.to_string(),
-            path: path.to_string(),
-            pfile_label: label_value(pfile),
-            path_label: label_value(path),
+            pfile_label,
+            path_label,
             state: AtomicU8::new(0),
             crash_loop: AtomicU8::new(0),
             instances: AtomicU32::new(0),
@@ -167,17 +166,18 @@ impl Metrics {
         let old = self.entries.lock().unwrap().clone();
         let by_key: HashMap<(&str, &str), &Arc<EntryCells>> = old
             .iter()
-            .map(|c| ((c.pfile.as_str(), c.path.as_str()), c))
+            .map(|c| ((c.pfile_label.as_str(), c.path_label.as_str()), c))
             .collect();
         let status = monitor.status(now);
         let cells: Vec<Arc<EntryCells>> = status
             .iter()
             .map(|s| {
                 let path = s.path.display().to_string();
+                let key = (label_value(&s.pfile), label_value(&path));
                 by_key
-                    .get(&(s.pfile.as_str(), path.as_str()))
+                    .get(&(key.0.as_str(), key.1.as_str()))
                     .map(|c| Arc::clone(c))
-                    .unwrap_or_else(|| Arc::new(EntryCells::new(&s.pfile, &path)))
+                    .unwrap_or_else(|| Arc::new(EntryCells::new(key.0, key.1)))
             })
             .collect();
         let cells = Arc::new(cells);

@@ -151,7 +151,7 @@ impl Monitor {
         };
         out.push(Effect::Notice(Notice::Gone { tgid, why }));
         if let Some(cause) = cause.filter(|c| c.explains(status)) {
-            self.watches[m.entry.index()].last_cause = Some((tgid, cause));
+            self.watches[m.entry.index()].last_cause = Some(Box::new((tgid, cause)));
         }
         self.gone.insert(tgid, (m.start_ticks, now));
         if self.gone.len() > MAX_GONE {

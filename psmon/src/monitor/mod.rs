@@ -169,7 +169,7 @@ struct Watch {
     owner: Option<u32>,
     /// Why the last instance that went down died: (its pid, the cause).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    last_cause: Option<(u32, Cause)>,
+    last_cause: Option<Box<(u32, Cause)>>,
     /// Recent deaths and failed attempts, for what they have in common.
     #[serde(default, skip_serializing_if = "crash_loop::Failures::is_empty")]
     failures: crash_loop::Failures,
@@ -192,7 +192,7 @@ impl Watch {
     /// kernel said.
     fn cause(&self, pid: u32) -> Option<&Cause> {
         self.last_cause
-            .as_ref()
+            .as_deref()
             .filter(|(p, _)| *p == pid)
             .map(|(_, c)| c)
     }
@@ -1014,7 +1014,7 @@ impl Monitor {
             .map(|(i, w)| (w.path.clone(), (EntryId(i as u32), w)))
             .collect();
         let mut remap: HashMap<EntryId, EntryId> = HashMap::new();
-        let mut entries = Vec::new();
+        let mut entries = Vec::with_capacity(config.entries().count());
         for (pfile, entry) in config.entries() {
             let id = EntryId(self.watches.len() as u32);
             let w = match old.remove(&entry.path) {

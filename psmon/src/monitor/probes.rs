@@ -205,7 +205,7 @@ impl Monitor {
                 out.push(Effect::Probe {
                     entry: EntryId(i as u32),
                     pid,
-                    probe: probe.clone(),
+                    probe: (**probe).clone(),
                 });
             }
         }

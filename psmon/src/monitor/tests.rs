@@ -1055,7 +1055,7 @@ fn probes_judge_hangs() {
     probe.warn = Duration::from_millis(100);
     probe.failures = 2;
     probe.start_grace = Duration::from_secs(5);
-    e.probe = Some(probe);
+    e.probe = Some(Box::new(probe));
     let mut w = World::started(vec![e], true, vec![vec![seen(100, 5)]]);
     let probed = |w: &World| {
         w.out
@@ -1158,7 +1158,7 @@ fn a_notify_probe_wants_keepalives_only_from_what_psmon_started() {
     let mut probe = Probe::new(ProbeKind::Notify);
     probe.timeout = Duration::from_secs(2);
     probe.start_grace = Duration::ZERO;
-    e.probe = Some(probe);
+    e.probe = Some(Box::new(probe));
     // Running before psmon: it has no socket, so it is not judged.
     let mut w = World::started(vec![e], true, vec![vec![seen(100, 5)]]);
     assert_eq!(w.m.next_deadline(w.now), None);

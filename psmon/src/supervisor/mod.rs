@@ -16,7 +16,7 @@
 //! left running in their own process group (killing a half-done start
 //! would leave the service half-started) and psmon exits.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use serde_json::json;
 use tokio::{
@@ -162,9 +162,8 @@ pub struct Supervisor {
     pending: Vec<Effect>,
     commands: TaskTracker,
     helpers: TaskTracker,
-    exit_watches: HashMap<u32, tokio::task::AbortHandle>,
-    /// Batches the /proc reads of the exit watches.
-    stat_reads: exits::StatReads,
+    /// The pidfds of the watched processes, when the kernel has them.
+    exit_watches: Option<exits::ExitWatches>,
     back_tx: mpsc::UnboundedSender<Back>,
     back_rx: mpsc::UnboundedReceiver<Back>,
     /// What waits behind the classifications under way.
@@ -228,7 +227,24 @@ impl Supervisor {
         };
         let scans = scans::ScanPlan::new(&config);
         let umask = config.env.umask;
-        let pidfds = proc::pidfds_available();
+        let (back_tx, back_rx) = mpsc::unbounded_channel();
+        let helpers = TaskTracker::new();
+        let exit_watches = if proc::pidfds_available() {
+            match exits::ExitWatches::start(&helpers, exits::reporting_to(back_tx.clone())) {
+                Ok(watches) => Some(watches),
+                Err(e) => {
+                    reporter.report(
+                        LogLevel::Warn,
+                        &format!("exits cannot be watched by pidfds ({e}): the event source alone reports them"),
+                        &[],
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let pidfds = exit_watches.is_some();
         let (monitor, pending) = match saved {
             Some(saved) => {
                 let (monitor, pending) = Monitor::restore(saved, config.clone(), pidfds);
@@ -246,8 +262,6 @@ impl Supervisor {
         };
         let matcher = Arc::new(Matcher::new(monitor.entries()));
         telemetry.metrics.set_entries(&monitor, Time::now());
-        let (back_tx, back_rx) = mpsc::unbounded_channel();
-        let helpers = TaskTracker::new();
         let (notify_tx, notify_rx) = mpsc::channel(notify::QUEUE);
         Supervisor {
             monitor,
@@ -266,9 +280,8 @@ impl Supervisor {
             umask,
             pending,
             commands: TaskTracker::new(),
-            stat_reads: exits::StatReads::start(&helpers),
             helpers,
-            exit_watches: HashMap::new(),
+            exit_watches,
             back_tx,
             back_rx,
             classifying: ordering::Classifying::default(),
@@ -486,8 +499,8 @@ impl Supervisor {
             Effect::Switch { path, request } => self.send_failover(path, request),
             Effect::WatchExit { tgid, start } => self.watch_exit(tgid, start),
             Effect::UnwatchExit { tgid } => {
-                if let Some(watch) = self.exit_watches.remove(&tgid) {
-                    watch.abort();
+                if let Some(watches) = &self.exit_watches {
+                    watches.unwatch(tgid);
                 }
             }
             Effect::FilterTgid { tgid, watch } => {
@@ -783,9 +796,8 @@ impl Supervisor {
     }
 
     async fn shut_down(mut self) {
-        for (_, watch) in self.exit_watches.drain() {
-            watch.abort();
-        }
+        // Its task ends when it has no more orders to wait for.
+        self.exit_watches = None;
         self.notify.close_all();
         self.helpers.close();
         self.commands.close();

@@ -315,7 +315,7 @@ fn a_member_with_a_probe_is_ready_when_it_answers() {
         address: "127.0.0.1:1".into(),
     });
     probe.interval = Duration::from_secs(10);
-    entries[0].probe = Some(probe);
+    entries[0].probe = Some(Box::new(probe));
     let mut w = store(group(2, OnRetryOver::Continue), entries);
     w.exit(100, 1, KILLED);
     w.exit(300, 1, KILLED);
