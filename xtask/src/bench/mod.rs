@@ -23,6 +23,7 @@ use serde_json::Value;
 
 use crate::workspace_root;
 
+mod busy;
 mod causes;
 mod churn;
 mod cluster;
@@ -52,11 +53,14 @@ pub struct Options {
     /// Processes and entries in the scale benchmark.
     #[arg(long, default_value_t = 10_000)]
     scale: usize,
+    /// Unwatched sleeping processes on the busy host of (m).
+    #[arg(long, default_value_t = 30_000)]
+    busy: usize,
     /// Run only these parts (a: latency, b: exec storm CPU, c: loss,
     /// d: restart latency, e: scale, f: idle cost, g: hang probes and groups,
     /// h: cause of death, i: failover to a Pacemaker cluster, j: the fleet
     /// endpoint and event push, k: cost under churn, l: the source's
-    /// self-check); default all.
+    /// self-check, m: a busy host with few entries); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<char>,
     /// In (d), run only the rows whose label contains this text (e.g.
@@ -354,6 +358,14 @@ impl Bench {
                 &self.psmon,
                 &fault_psmon,
                 &self.dir,
+            )?);
+        }
+        if wanted('m') {
+            out.push_str(&busy::busy_host(
+                &self.psmon,
+                &self.dir,
+                self.opts.kills,
+                self.opts.busy,
             )?);
         }
         if wanted('e') {

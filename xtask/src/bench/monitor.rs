@@ -13,15 +13,16 @@
 use std::{
     fmt::Write as _,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, ensure};
 
 use super::support::{
-    Daemon, PAUSER, STAMPER, ScaleWorld, compile, cpu_ns, cpu_seconds, last_stamp, latency_row,
-    monotonic_ns, percentile, rss_kib, status_field, status_round_trips, wait_stamp,
+    Daemon, PAUSER, STAMPER, ScaleWorld, Storm, compile, cpu_ns, cpu_seconds, last_stamp,
+    latency_row, monotonic_ns, pace, percentile, rss_kib, status_field, status_round_trips,
+    wait_stamp,
 };
 
 /// How a row's restart command starts the stamper.
@@ -367,25 +368,6 @@ pub fn restart_latency(
     }
     out.push('\n');
     Ok(out)
-}
-
-/// Storm processes, killed when dropped (also when a benchmark fails).
-struct Storm(Vec<Child>);
-
-impl Drop for Storm {
-    fn drop(&mut self) {
-        for worker in &mut self.0 {
-            let _ = worker.kill();
-            let _ = worker.wait();
-        }
-    }
-}
-
-/// Before each kill on a busy host: 0 to 99 ms, spread evenly, so the
-/// kills fall anywhere in whatever the host does periodically rather than
-/// in one burst.
-fn pace(i: usize) -> Duration {
-    Duration::from_millis((i * 37 % 100) as u64)
 }
 
 /// The baseline rows: `n` times, at the pace of the busy rows, the bench

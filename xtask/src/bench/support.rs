@@ -326,6 +326,9 @@ impl ScaleWorld {
         let pauser = compile(dir, &format!("{tag}pauser"), PAUSER)?;
         let bins = dir.join(format!("{tag}-bin"));
         let conf = dir.join(format!("conf-{tag}"));
+        // A world made again under the same tag starts afresh.
+        let _ = std::fs::remove_dir_all(&bins);
+        let _ = std::fs::remove_dir_all(&conf);
         std::fs::create_dir_all(&bins)?;
         std::fs::create_dir_all(&conf)?;
         let mut pfile =
@@ -386,4 +389,24 @@ pub(crate) fn status_round_trips(socket: &Path, times: usize) -> anyhow::Result<
     }
     samples.sort_unstable();
     Ok((size, samples))
+}
+
+/// Processes the bench started (storms, sleepers), killed and reaped when
+/// dropped (also when a benchmark fails).
+pub(crate) struct Storm(pub Vec<Child>);
+
+impl Drop for Storm {
+    fn drop(&mut self) {
+        for worker in &mut self.0 {
+            let _ = worker.kill();
+            let _ = worker.wait();
+        }
+    }
+}
+
+/// Before each kill on a busy host: 0 to 99 ms, spread evenly, so the
+/// kills fall anywhere in whatever the host does periodically rather than
+/// in one burst.
+pub(crate) fn pace(i: usize) -> Duration {
+    Duration::from_millis((i * 37 % 100) as u64)
 }
