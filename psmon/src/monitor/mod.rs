@@ -15,19 +15,22 @@
 //! # Vocabulary
 //! - **process**: a thread group, known by its tgid and its start time (a
 //!   reused pid is another process). [`crate::event::Process`] is one as an
-//!   event saw it, [`Seen`] one as a scan or a classification saw it.
+//!   event saw it, [`Seen`](crate::facts::Seen) one as a scan or a classification saw it.
 //! - **entry**: one watched path with its policy, known by an [`EntryId`].
 //! - **member**: a process the monitor tracks because it matches an entry.
 //! - **instance**: a member that counts under the entry's [`Rule`]: every
 //!   member, the main ones (parent not a member), or the one a pidfile names.
 //!
 //! # Where things are
-//! This file holds the monitor's state, its start (new, restore) and the
-//! routing of inputs, the scan and exec findings, ticks, reloads and the
-//! policy's steps. Beside it: `io` (inputs, effects, notices), `members`
-//! (membership and instances), `probes` (hang probes), `commands` (restart
-//! and failover commands and their environment), `status` (the status
-//! read-model), `snapshot` (what is saved, taken without a copy), `group` (restart groups), `failover` (switch requests).
+//! This file holds the monitor's state, its start (new, restore), the
+//! routing of inputs, its accessors and ticks. Beside it: `io` (inputs,
+//! effects, notices), `watch` (what is kept of each entry), `findings`
+//! (exec classifications and scan findings applied), `steps` (the
+//! policy's steps and what its actions do), `reload` (a new configuration
+//! taken), `members` (membership and instances), `probes` (hang probes),
+//! `commands` (restart and failover commands and their environment),
+//! `status` (the status read-model), `snapshot` (what is saved, taken
+//! without a copy), `group` (restart groups), `failover` (switch requests).
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -40,24 +43,28 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     clock::Time,
-    config::{Config, Entry, Match, Rule},
+    config::{Config, Entry, Rule},
     event::ExitStatus,
-    facts::{Cause, EntryId, Known, KnownMember, Seen},
-    policy::{self, Action, EntryState, Phase, SetPidFail},
+    facts::{Cause, EntryId, Known, KnownMember},
+    policy::{self, Phase},
 };
 
 mod by_pid;
 mod commands;
 pub mod crash_loop;
 mod failover;
+mod findings;
 mod group;
 mod io;
 mod members;
 mod probes;
+mod reload;
 mod snapshot;
 mod status;
+mod steps;
 #[cfg(test)]
 mod tests;
+mod watch;
 
 use by_pid::ByPid;
 pub use failover::LeftConstraint;
@@ -66,6 +73,7 @@ use members::Member;
 use probes::{ProbeState, first_probe_at};
 pub use snapshot::{Changes, Form, Snapshot, SnapshotWriter};
 pub use status::{EntryStatus, StatusModel};
+use watch::Watch;
 
 use group::{GroupConf, GroupWatch, Said};
 pub use group::{GroupEvent, GroupStatus, GroupWhy, StartFailure};
@@ -108,95 +116,6 @@ pub const REAP_WAIT: Duration = Duration::from_secs(10);
 /// What a failed attempt's command left running gets this long after
 /// SIGTERM before SIGKILL.
 pub const LEFTOVER_GRACE: Duration = Duration::from_secs(2);
-
-/// What the monitor keeps of each entry.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct Watch {
-    pfile: String,
-    path: PathBuf,
-    state: EntryState,
-    members: BTreeSet<u32>,
-    /// How many members count under the rule.
-    running: u32,
-    /// The last instance that went down, for the failover environment.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    last_down: Option<(Option<u32>, ExitStatus)>,
-    /// What the pidfile said when last read; `None` before the first read.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pidfile: Option<Option<u32>>,
-    /// An instance exit held until its entry's command line was checked
-    /// again (a forked worker that retitled must not keep it up).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    held_exit: Option<(u32, ExitStatus)>,
-    /// Paused by an operator.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    paused: bool,
-    /// When the phase last changed.
-    #[serde(default)]
-    since: Time,
-    /// Why the last restart attempt failed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    last_failure: Option<SetPidFail>,
-    /// The failover command was run for the budget spent now.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    failover_sent: bool,
-    /// A drill is on: its restart is not counted.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    drill: bool,
-    /// The process group of the restart command running now.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    command_pgid: Option<u32>,
-    /// A restart command was started and has not finished: no other
-    /// attempt starts until it has (two `postfix start` at once).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    restart_running: bool,
-    /// An attempt failed while the instance that died may still be a
-    /// zombie (a daemon whose pidfile names it refuses to start): the next
-    /// waits until it is reaped ([`Effect::AwaitReaped`]).
-    #[serde(skip)]
-    reaping: bool,
-    /// The process group of the last restart command (running or not).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    last_pgid: Option<u32>,
-    /// The hang probe's bookkeeping.
-    #[serde(default, skip_serializing_if = "ProbeState::is_idle")]
-    probe: ProbeState,
-    /// Its restart group has it (see [`group`]): no policy input.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    held: bool,
-    /// The uid its instances run as, learned (see [`Owner::Learned`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    owner: Option<u32>,
-    /// Why the last instance that went down died: (its pid, the cause).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    last_cause: Option<Box<(u32, Cause)>>,
-    /// Recent deaths and failed attempts, for what they have in common.
-    #[serde(default, skip_serializing_if = "crash_loop::Failures::is_empty")]
-    failures: crash_loop::Failures,
-}
-
-impl Watch {
-    /// The next attempt waits: the last one's restart command runs, or the
-    /// instance that died is not yet reaped.
-    fn attempt_blocked(&self) -> bool {
-        self.restart_running || self.reaping
-    }
-
-    /// Backing off, and past the back-off only once an input says the
-    /// attempt is no longer blocked (no deadline, no tick moves it).
-    fn backoff_held(&self) -> bool {
-        self.attempt_blocked() && matches!(self.state.phase, Phase::Backoff { .. })
-    }
-
-    /// Why instance `pid`, the last of the entry's to die, died, if the
-    /// kernel said.
-    fn cause(&self, pid: u32) -> Option<&Cause> {
-        self.last_cause
-            .as_deref()
-            .filter(|(p, _)| *p == pid)
-            .map(|(_, c)| c)
-    }
-}
 
 /// Settings taken from the configuration that are not per entry.
 #[derive(Clone, Debug, Default)]
@@ -672,196 +591,6 @@ impl Monitor {
             .min()
     }
 
-    // --- Handlers ------------------------------------------------------
-
-    fn on_exec(
-        &mut self,
-        tgid: u32,
-        matched: Option<(EntryId, Seen)>,
-        now: Time,
-        out: &mut Vec<Effect>,
-    ) {
-        // A classification can come back after the process's exit was
-        // applied (it ran on another thread): a dead process stays gone.
-        let matched = matched.filter(|(id, seen)| {
-            id.index() < self.watches.len()
-                && !self.is_gone(seen)
-                && self.admits(*id, seen.uid, Came::Exec)
-        });
-        let before = self.member_entry(tgid);
-        if before.is_some() && matched.is_none() && self.in_transit(tgid, now) {
-            // Just started, it exec'd a program that is not the entry's: a
-            // wrapper that execs its service (`exec python3 -m …`), or a
-            // daemon that reads its configuration through a helper that
-            // execs it back (dovecot → doveconf → dovecot). Still the
-            // instance started, followed until it exits.
-            return;
-        }
-        if let Some(b) = before
-            && matched.is_none_or(|(i, _)| i != b)
-        {
-            // It exec'd another program: that member is gone.
-            self.remove(
-                tgid,
-                ExitStatus::Unknown,
-                "exec'd another program",
-                now,
-                out,
-            );
-        }
-        if let Some((i, seen)) = matched
-            && before.is_none_or(|b| b != i)
-        {
-            // Exec'd by a child of one of the entry's processes (sshd
-            // re-executes itself for each connection): a worker.
-            let worker = self.member_entry(seen.ppid) == Some(i);
-            self.add(i, seen, worker, now, out);
-            self.step_running(i, now, out);
-        }
-    }
-
-    fn on_scan(
-        &mut self,
-        started: Time,
-        took: Duration,
-        found: Vec<Vec<Seen>>,
-        now: Time,
-        out: &mut Vec<Effect>,
-    ) {
-        let matched = found.iter().map(Vec::len).sum();
-        out.push(Effect::Notice(Notice::Scanned { matched, took }));
-        // A scan begun after a catch-up was asked has looked already.
-        self.catch_up.retain(|(asked, _)| *asked > started);
-        self.gone
-            .retain(|_, (_, at)| now.saturating_duration_since(*at) < GONE_MEMORY);
-        let mut seen = std::collections::HashSet::new();
-        let mut touched = BTreeSet::new();
-        // Additions first, so a replaced member never looks like a shortage.
-        for (i, list) in found.iter().enumerate().take(self.watches.len()) {
-            let id = EntryId(i as u32);
-            let tgids: std::collections::HashSet<u32> = list.iter().map(|s| s.tgid).collect();
-            for s in list {
-                seen.insert(s.tgid);
-                let known = self.members.get(&s.tgid).map(|m| (m.start_ticks, m.entry));
-                if known.is_some_and(|(start, entry)| start == s.start_ticks && entry == id) {
-                    continue;
-                }
-                if self
-                    .gone
-                    .get(&s.tgid)
-                    .is_some_and(|(start, at)| *start == s.start_ticks && *at > started)
-                {
-                    continue; // exited after the scan saw it
-                }
-                if !self.admits(id, s.uid, Came::Scan) {
-                    continue;
-                }
-                if known.is_some() {
-                    self.remove(s.tgid, ExitStatus::Unknown, "pid reused", now, out);
-                }
-                // Its parent is another of them: a worker (one orphaned
-                // before psmon looked cannot be told from an instance).
-                let worker = tgids.contains(&s.ppid) || self.member_entry(s.ppid) == Some(id);
-                self.add(id, *s, worker, now, out);
-                touched.insert(id);
-            }
-        }
-        for i in 0..self.watches.len() {
-            let id = EntryId(i as u32);
-            let entry = &self.config[i];
-            // Rules that can change their mind without an event: a
-            // rewritten pidfile, a retitled worker.
-            match (&entry.rule, &entry.matcher) {
-                (Rule::Pidfile(path), _) => out.push(Effect::ReadPidfile {
-                    entry: id,
-                    path: path.clone(),
-                }),
-                (_, Match::Cmdline(_)) if !self.watches[i].members.is_empty() => {
-                    out.push(Effect::Recheck {
-                        entry: id,
-                        tgids: self.watches[i].members.iter().copied().collect(),
-                    })
-                }
-                (Rule::MainOnly, _) => self.step_running(id, now, out),
-                _ if touched.contains(&id) => self.step_running(id, now, out),
-                _ => {}
-            }
-        }
-        // Members the scan did not see and that are older than it: gone,
-        // unless their exit event is still on its way (see MISSED_GRACE).
-        let grace = MISSED_GRACE + self.exit_lag;
-        for (tgid, m) in self.members.iter() {
-            if !seen.contains(tgid) && m.added < started && !m.exit_watched {
-                self.missed
-                    .insert_if_absent(*tgid, (m.start_ticks, now + grace));
-            }
-        }
-        for i in 0..self.watches.len() {
-            if self.watches[i].state.phase == Phase::Unknown {
-                self.step_running(EntryId(i as u32), now, out);
-            }
-        }
-    }
-
-    /// Saved members that are not what they were said to be (another
-    /// program now, another process with that pid, another user's) are no
-    /// instances: removed, as an exit (the entry may be Down).
-    fn on_verified(
-        &mut self,
-        found: Vec<(u32, Option<(EntryId, Seen)>)>,
-        now: Time,
-        out: &mut Vec<Effect>,
-    ) {
-        for (tgid, matched) in found {
-            let Some(m) = self.members.get(&tgid) else {
-                continue;
-            };
-            let (entry, start) = (m.entry, m.start_ticks);
-            let still = matched.is_some_and(|(id, seen)| {
-                id == entry && seen.start_ticks == start && self.admits(id, seen.uid, Came::Scan)
-            });
-            if !still {
-                self.remove(
-                    tgid,
-                    ExitStatus::Unknown,
-                    "no longer matches its entry",
-                    now,
-                    out,
-                );
-            }
-        }
-    }
-
-    fn on_rechecked(&mut self, entry: EntryId, stale: Vec<u32>, now: Time, out: &mut Vec<Effect>) {
-        if entry.index() >= self.watches.len() {
-            return;
-        }
-        for tgid in stale {
-            if self.member_entry(tgid) == Some(entry) && self.untrack(tgid, out).is_some() {
-                out.push(Effect::Notice(Notice::Gone {
-                    tgid,
-                    why: "no longer matches its entry's command line",
-                }));
-            }
-        }
-        match self.watches[entry.index()].held_exit.take() {
-            Some((pid, status)) => {
-                let (running, _) = self.recount(entry);
-                self.step(
-                    entry,
-                    policy::Input::Exited {
-                        pid,
-                        status,
-                        running,
-                    },
-                    now,
-                    out,
-                );
-            }
-            None => self.step_running(entry, now, out),
-        }
-    }
-
     /// What the entry's recent failures have in common, if they are two or more.
     pub fn crash_loop(&self, id: EntryId, now: Time) -> Option<crash_loop::CrashLoop> {
         let w = self.watches.get(id.index())?;
@@ -936,366 +665,6 @@ impl Monitor {
                 continue;
             }
             self.step(id, policy::Input::Tick, now, out);
-        }
-    }
-
-    /// Takes a new configuration: entries whose path is unchanged keep
-    /// their state and members (nothing is restarted); others start fresh.
-    fn apply_config(&mut self, mut config: Config, out: &mut Vec<Effect>) {
-        let same_paths = config.entries().count() == self.watches.len()
-            && config
-                .entries()
-                .zip(self.watches.iter())
-                .all(|((_, e), w)| e.path == w.path);
-        if same_paths {
-            self.keep_entries(&mut config);
-        } else {
-            self.remap_entries(&config, out);
-        }
-        // Same paths, same index; but a monitor just read from saved state
-        // has none yet.
-        if !same_paths || self.by_path.is_empty() {
-            // The first entry of a path, as a search from the start finds.
-            self.by_path = (self.config.iter().enumerate().rev())
-                .map(|(i, e)| (e.path.clone(), EntryId(i as u32)))
-                .collect();
-        }
-        self.waiting = (0..self.watches.len())
-            .map(|i| EntryId(i as u32))
-            .filter(|id| {
-                self.watches[id.index()]
-                    .state
-                    .phase
-                    .deadline(&self.config[id.index()])
-                    .is_some()
-            })
-            .collect();
-        self.catch_up.clear();
-        self.probed = (0..self.config.len())
-            .filter(|i| self.config[*i].probe.is_some())
-            .map(|i| EntryId(i as u32))
-            .collect();
-        self.settings = Settings {
-            env: config.env.vars.clone(),
-        };
-        self.failover = failover::Settings::new(&config);
-        self.apply_groups(&config);
-        self.generation += 1;
-        out.push(Effect::Scan);
-    }
-
-    /// The same paths in the same order (what a reload that changed an
-    /// entry's settings, or nothing, brings): every entry keeps its place,
-    /// its state and its members, and an entry whose pfile name did not
-    /// change is not even copied (a save after the reload writes only what
-    /// changed, not 10,000 entries). The entries are moved out of `config`,
-    /// not cloned.
-    fn keep_entries(&mut self, config: &mut Config) {
-        let mut entries = Vec::with_capacity(self.watches.len());
-        for pfile in &mut config.pfiles {
-            for entry in std::mem::take(&mut pfile.entries) {
-                let i = entries.len();
-                if self.watches[i].pfile != pfile.name {
-                    self.watches[i].pfile = pfile.name.clone();
-                }
-                entries.push(entry);
-            }
-        }
-        self.config = Arc::new(entries);
-    }
-
-    /// Entries added, removed or moved: each keeps its state and members
-    /// under its new place, by path.
-    fn remap_entries(&mut self, config: &Config, out: &mut Vec<Effect>) {
-        let mut old: HashMap<PathBuf, (EntryId, Watch)> = self
-            .watches
-            .take_all()
-            .enumerate()
-            .map(|(i, w)| (w.path.clone(), (EntryId(i as u32), w)))
-            .collect();
-        let mut remap: HashMap<EntryId, EntryId> = HashMap::new();
-        let mut entries = Vec::with_capacity(config.entries().count());
-        for (pfile, entry) in config.entries() {
-            let id = EntryId(self.watches.len() as u32);
-            let w = match old.remove(&entry.path) {
-                Some((was, mut w)) => {
-                    remap.insert(was, id);
-                    w.pfile = pfile.name.clone();
-                    w
-                }
-                None => Watch {
-                    pfile: pfile.name.clone(),
-                    path: entry.path.clone(),
-                    state: EntryState::default(),
-                    members: BTreeSet::new(),
-                    running: 0,
-                    last_down: None,
-                    pidfile: None,
-                    held_exit: None,
-                    paused: false,
-                    since: Time::default(),
-                    last_failure: None,
-                    failover_sent: false,
-                    drill: false,
-                    command_pgid: None,
-                    restart_running: false,
-                    reaping: false,
-                    last_pgid: None,
-                    probe: ProbeState::default(),
-                    held: false,
-                    owner: None,
-                    last_cause: None,
-                    failures: crash_loop::Failures::default(),
-                },
-            };
-            self.watches.push(w);
-            entries.push(entry.clone());
-        }
-        self.config = Arc::new(entries);
-        let dropped: Vec<u32> = self
-            .members
-            .iter()
-            .filter(|(_, m)| !remap.contains_key(&m.entry))
-            .map(|(tgid, _)| *tgid)
-            .collect();
-        for tgid in dropped {
-            // No longer watched: stop waiting for its exit.
-            if let Some(m) = self.members.remove(&tgid) {
-                if m.exit_watched {
-                    out.push(Effect::UnwatchExit { tgid });
-                }
-                out.push(Effect::FilterTgid { tgid, watch: false });
-            }
-            self.missed.remove(&tgid);
-        }
-        for m in self.members.values_mut() {
-            m.entry = remap[&m.entry];
-        }
-        let members = &self.members;
-        self.causes.retain(|tgid, _| members.contains_key(tgid));
-    }
-
-    // --- Members -------------------------------------------------------
-
-    /// Tells the policy how many instances the entry has now. Not before
-    /// an entry with a pidfile has had it read: until then nothing counts.
-    fn step_running(&mut self, id: EntryId, now: Time, out: &mut Vec<Effect>) {
-        let i = id.index();
-        if matches!(self.config[i].rule, Rule::Pidfile(_)) && self.watches[i].pidfile.is_none() {
-            return;
-        }
-        let (running, pid) = self.recount(id);
-        self.step(id, policy::Input::Running { running, pid }, now, out);
-    }
-
-    fn step(&mut self, id: EntryId, input: policy::Input, now: Time, out: &mut Vec<Effect>) {
-        let i = id.index();
-        if self.watches[i].paused {
-            return;
-        }
-        if self.watches[i].held {
-            self.group_poke(id, now, out);
-            return;
-        }
-        // On a copy: most steps change nothing, and writing the entry
-        // would copy one a saved snapshot still shares.
-        let before = self.watches[i].state.clone();
-        let mut state = before.clone();
-        let actions = policy::step(&self.config[i], &mut state, input, now);
-        self.note_failures(id, &before, &actions, now);
-        if state != before {
-            self.dirty = true;
-            let w = &mut self.watches[i];
-            w.state = state;
-            if w.state.phase != before.phase {
-                // Its process was seen, or its attempt ended: no scan
-                // need look for it.
-                self.catch_up.retain(|(_, entry)| *entry != id);
-                let w = &mut self.watches[i];
-                w.since = now;
-                w.probe.failures = 0;
-                w.probe.next_at = match (&self.config[i].probe, w.state.phase) {
-                    (Some(probe), Phase::Up) => {
-                        w.probe.hung = None;
-                        first_probe_at(probe, w.probe.armed, now)
-                    }
-                    _ => None,
-                };
-            }
-        }
-        if self.watches[i]
-            .state
-            .phase
-            .deadline(&self.config[i])
-            .is_some()
-        {
-            self.waiting.insert(id);
-        } else {
-            self.waiting.remove(&id);
-        }
-        match self.group_of(id) {
-            None => {
-                for action in actions {
-                    self.act(id, action, out);
-                }
-            }
-            Some(g) => {
-                let mut said = Said {
-                    first_look: before.phase == Phase::Unknown,
-                    ..Said::default()
-                };
-                for action in actions {
-                    if said.take(&action) {
-                        self.act(id, action, out);
-                    }
-                }
-                let effects = self.group_heard(g, id, said, now);
-                out.extend(effects);
-            }
-        }
-    }
-
-    /// Keeps what failed (a death, a failed attempt) for the crash-loop
-    /// classification; a run that stayed up `healthy_secs` (or ten times
-    /// `start_secs`, at least 10 s, when the entry does not forgive) ends
-    /// the history before it.
-    fn note_failures(&mut self, id: EntryId, before: &EntryState, actions: &[Action], now: Time) {
-        use crash_loop::{Failed, failed};
-        let a_failure = |a: &Action| {
-            matches!(
-                a,
-                Action::ReportDown { .. } | Action::ReportSetPidFail { .. }
-            )
-        };
-        if !actions.iter().any(a_failure)
-            || actions
-                .iter()
-                .any(|a| matches!(a, Action::ReportStopped { .. }))
-        {
-            return;
-        }
-        let i = id.index();
-        let entry = &self.config[i];
-        let w = &mut self.watches[i];
-        let cause_of = |pid: Option<u32>| w.cause(pid?);
-        let hung = |pid: Option<u32>| pid.is_some() && w.probe.hung == pid;
-        let mut noted = Vec::new();
-        for action in actions {
-            match *action {
-                Action::ReportDown { pid, status } => {
-                    let lived =
-                        (before.phase == Phase::Up).then(|| now.saturating_duration_since(w.since));
-                    let healthy = entry.healthy.unwrap_or(
-                        entry.start_secs.max(std::time::Duration::from_secs(1))
-                            * crate::config::Entry::HEALTHY_START_SECS,
-                    );
-                    if lived.is_some_and(|l| l >= healthy) {
-                        noted.push(None);
-                    }
-                    noted.push(Some(failed(status, cause_of(pid), hung(pid), lived, false)));
-                }
-                Action::ReportSetPidFail { why } => noted.push(Some(match why {
-                    SetPidFail::DiedEarly { pid, status, lived } => {
-                        failed(status, cause_of(pid), hung(pid), Some(lived), true)
-                    }
-                    SetPidFail::CommandFailed => Failed::Command { started: false },
-                    SetPidFail::NotStarted => Failed::Command { started: true },
-                })),
-                _ => {}
-            }
-        }
-        for note in noted {
-            match note {
-                None => w.failures.clear(),
-                Some(what) => w.failures.record(now, what),
-            }
-        }
-    }
-
-    fn act(&mut self, id: EntryId, action: Action, out: &mut Vec<Effect>) {
-        let i = id.index();
-        let w = &mut self.watches[i];
-        match action {
-            Action::ReportDown { pid, status } => w.last_down = Some((pid, status)),
-            Action::ReportSetPidFail { why } => {
-                w.last_failure = Some(why);
-                let tgid = w.last_down.and_then(|(pid, _)| pid);
-                if (tgid.is_some() || w.last_pgid.is_some()) && !w.reaping {
-                    w.reaping = true;
-                    out.push(Effect::AwaitReaped {
-                        path: w.path.clone(),
-                        tgids: tgid.into_iter().collect(),
-                        pgid: w.last_pgid,
-                    });
-                }
-            }
-            Action::ReportUp { rearmed: true, .. } => w.failover_sent = false,
-            _ => {}
-        }
-        let action = match action {
-            Action::Restart { .. }
-            | Action::RestartUncounted { .. }
-            | Action::RestartSlowly { .. }
-                if w.drill =>
-            {
-                // The drill's own kill: its restart is not counted.
-                if matches!(action, Action::Restart { .. }) {
-                    w.state.forget_last_attempt();
-                }
-                w.drill = false;
-                Action::RestartUncounted {
-                    why: policy::Uncounted::Drill,
-                }
-            }
-            other => other,
-        };
-        let entry = &self.config[i];
-        let notice = Effect::Notice(Notice::Policy {
-            entry: id,
-            action,
-            running: self.watches[i].running,
-        });
-        match action {
-            Action::Restart { .. }
-            | Action::RestartUncounted { .. }
-            | Action::RestartSlowly { .. } => {
-                let attempt = match action {
-                    Action::Restart { attempt } => attempt,
-                    Action::RestartSlowly { attempt } => entry.retry + attempt,
-                    _ => 0,
-                };
-                out.push(notice);
-                if let Some(command) = entry.restart.clone() {
-                    let heard = !self.unheard.contains(&self.watches[i].path);
-                    self.watches[i].probe.started_by_us(heard);
-                    let mut env = self.base_env(id);
-                    env.push(("PSMON_ATTEMPT".into(), attempt.to_string()));
-                    out.push(self.run_restart(id, command, env));
-                }
-            }
-            Action::Failover => {
-                let entry = &self.config[i];
-                let mut env = self.base_env(id);
-                let grace = entry
-                    .grace
-                    .map_or("ever".to_string(), |g| format!("{} s", g.as_secs()));
-                env.push((
-                    "PSMON_REASON".into(),
-                    format!(
-                        "retry over: {} restart attempts within {grace} did not keep {} up",
-                        entry.retry,
-                        entry.path.display()
-                    ),
-                ));
-                let Some(run) = self.failover_run(id, None, env) else {
-                    out.push(Effect::Notice(Notice::SwitchNotSent { entry: id }));
-                    return;
-                };
-                out.push(notice);
-                self.watches[i].failover_sent = true;
-                out.push(run);
-            }
-            _ => out.push(notice),
         }
     }
 }

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use super::*;
 use crate::{
-    config::{Action as OnRetryOver, Agent, Env, Pfile},
-    facts::{CommandOutcome, Ending},
-    policy::{SetPidFail, Uncounted},
+    config::{Action as OnRetryOver, Agent, Env, Match, Pfile},
+    facts::{CommandOutcome, Ending, Seen},
+    policy::{Action, SetPidFail, Uncounted},
 };
 
 const KILLED: ExitStatus = ExitStatus::Signal {
