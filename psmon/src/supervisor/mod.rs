@@ -18,7 +18,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use serde_json::json;
 use tokio::{
     sync::{mpsc, oneshot},
     task::JoinHandle,
@@ -31,12 +30,12 @@ use crate::{
     config::{Config, ConfigErrors, LoadOptions, LogLevel},
     control::{Asked, Reply},
     event::ProcEvent,
-    facts::{EntryId, Seen},
-    monitor::{Effect, Input, Monitor, Notice},
+    facts::Seen,
+    monitor::{Effect, Input, Monitor},
     proc,
     recorder::Recorder,
     report::Reporter,
-    scan::{Matcher, ScanState, read_pidfile},
+    scan::{Matcher, ScanState},
     self_check::{Canary, SelfCheck},
     source::{
         Handle,
@@ -47,6 +46,7 @@ use crate::{
 
 mod audit;
 mod commands;
+mod effects;
 mod exits;
 mod failover;
 mod fleet;
@@ -57,13 +57,16 @@ mod notify;
 mod ops;
 mod ordering;
 mod probe;
+mod reload;
 mod scans;
 mod self_check;
+mod shutdown;
 mod status;
 mod systemd;
 mod young;
 
 pub use ops::Prepared;
+use reload::{sighup, without_entries};
 
 /// How long shutdown waits for restart and failover commands still running.
 pub const COMMAND_GRACE: Duration = Duration::from_secs(5);
@@ -462,115 +465,6 @@ impl Supervisor {
         }
     }
 
-    fn apply(&mut self, effect: Effect) {
-        match effect {
-            Effect::Notice(notice) => {
-                // Metrics first: whoever reads the message and then asks
-                // /metrics finds what it says already counted.
-                self.telemetry
-                    .metrics
-                    .notice(&self.monitor, &notice, Time::now());
-                self.reporter.notice(&self.monitor, &notice);
-                if let Notice::Policy {
-                    entry,
-                    action: crate::policy::Action::ReportDown { pid, .. },
-                    ..
-                } = &notice
-                {
-                    self.flight_record(*entry, *pid);
-                }
-                if !self.drills.is_empty() {
-                    self.drill_notice(&notice);
-                }
-                if !self.queues.is_empty() {
-                    self.queue_notice(&notice);
-                }
-            }
-            Effect::AwaitCommand {
-                path,
-                pgid,
-                since,
-                timeout,
-            } => {
-                let left = timeout.saturating_sub(Time::now().saturating_duration_since(since));
-                self.await_command(path, pgid, left)
-            }
-            Effect::Run(run) => self.run_command(run),
-            Effect::Switch { path, request } => self.send_failover(path, request),
-            Effect::WatchExit { tgid, start } => self.watch_exit(tgid, start),
-            Effect::UnwatchExit { tgid } => {
-                if let Some(watches) = &self.exit_watches {
-                    watches.unwatch(tgid);
-                }
-            }
-            Effect::FilterTgid { tgid, watch } => {
-                if let Some(filter) = self.source.as_mut().and_then(|s| s.filter.as_mut()) {
-                    if watch {
-                        filter.watch_tgid(tgid);
-                    } else {
-                        filter.unwatch_tgid(tgid);
-                    }
-                }
-            }
-            Effect::AwaitReaped { path, tgids, pgid } => {
-                let tx = self.back_tx.clone();
-                self.helpers.spawn(async move {
-                    let stopped = leftovers::settle(&tgids, pgid).await;
-                    // By path: a reload meanwhile renumbers entries.
-                    let input = Input::Reaped { path, stopped };
-                    let _ = tx.send(Back::Input {
-                        input,
-                        generation: None,
-                    });
-                });
-            }
-            Effect::ReadPidfile { entry, path } => {
-                let generation = Some(self.monitor.generation());
-                self.blocking(generation, move || Input::Pidfile {
-                    entry,
-                    pid: read_pidfile(&path),
-                });
-            }
-            Effect::Recheck { entry, tgids } => {
-                let matcher = self.matcher.clone();
-                let generation = Some(self.monitor.generation());
-                self.blocking(generation, move || Input::Rechecked {
-                    entry,
-                    stale: tgids
-                        .into_iter()
-                        .filter(|tgid| !matcher.still_matches(entry, *tgid))
-                        .collect(),
-                });
-            }
-            Effect::Scan => self.scans.request(),
-            Effect::Verify { tgids } => {
-                let matcher = self.matcher.clone();
-                let generation = Some(self.monitor.generation());
-                self.blocking(generation, move || Input::Verified {
-                    found: tgids
-                        .into_iter()
-                        .map(|tgid| {
-                            let matched = matcher.classify(tgid);
-                            (tgid, matched)
-                        })
-                        .collect(),
-                });
-            }
-            Effect::Probe { entry, pid, probe } => self.probe(entry, pid, probe),
-            Effect::Kill { tgid, start, grace } => self.kill_gracefully(tgid, start, grace),
-        }
-    }
-
-    /// Runs `read` on the blocking pool and feeds its input back.
-    fn blocking(&self, generation: Option<u64>, read: impl FnOnce() -> Input + Send + 'static) {
-        let tx = self.back_tx.clone();
-        self.helpers.spawn(async move {
-            if let Ok(input) = tokio::task::spawn_blocking(read).await {
-                let _ = tx.send(Back::Input { input, generation });
-            }
-        });
-    }
-
     fn on_back(&mut self, back: Back) {
         match back {
             Back::Input { input, generation } => {
@@ -676,69 +570,6 @@ impl Supervisor {
         }
     }
 
-    /// Runs `config` from now on; says what changed.
-    fn reconfigure(&mut self, prepared: Prepared) -> String {
-        let Prepared { config, matcher } = prepared;
-        let same = same_layout(&self.monitor, &config);
-        let changes = changes(
-            self.monitor.entries(),
-            &self.config,
-            &config,
-            same.as_deref(),
-        );
-        self.reporter.set_level(config.agent.log_level);
-        let mut at_start = self.config.agent.changed_at_start_only(&config.agent);
-        if self.config.tls != config.tls {
-            at_start.push("ps_ssl.conf");
-        }
-        if !at_start.is_empty() {
-            self.reporter.report(
-                LogLevel::Warn,
-                &format!(
-                    "reload: {} changed, which psmon reads only when it starts; the running values are kept until psmon is restarted (systemctl restart psmon; the watched processes are not touched)",
-                    at_start.join(", ")
-                ),
-                &[],
-            );
-        }
-        self.scans.reconfigured(&config);
-        self.umask = config.env.umask;
-        self.config = without_entries(&config);
-        self.self_check_reconfigured();
-        self.feed(Input::Reload(Box::new(config)));
-        match &same {
-            // Same cells, same labels: only the entries whose settings changed.
-            Some(changed) => self
-                .telemetry
-                .metrics
-                .refresh(&self.monitor, changed, Time::now()),
-            None => self
-                .telemetry
-                .metrics
-                .set_entries(&self.monitor, Time::now()),
-        }
-        // Built where the files were read (it resolves every entry's file):
-        // the same entries in the same order as the monitor's now.
-        let old = std::mem::replace(&mut self.matcher, Arc::new(matcher));
-        // Only names the old entries did not have: the rest are there.
-        if let Some(filter) = self.source.as_mut().and_then(|s| s.filter.as_mut()) {
-            for comm in self.matcher.kernel_comms_since(&old).unwrap_or_default() {
-                filter.watch_comm(&comm);
-            }
-        }
-        tokio::task::spawn_blocking(move || drop(old));
-        self.open_queues();
-        self.open_notify_sockets();
-        self.recorder.set_limits(
-            self.config.agent.recorder_events,
-            self.config.agent.recorder_window,
-        );
-        let monitor = &self.monitor;
-        self.recorder
-            .retain(|p| monitor.entries().any(|e| e.path == p));
-        changes
-    }
-
     fn open_notify_sockets(&mut self) {
         let failed = self
             .notify
@@ -748,36 +579,6 @@ impl Supervisor {
         }
         self.monitor
             .set_unheard(failed.into_iter().map(|(path, _)| path).collect());
-    }
-
-    /// After a Down: the recent events of the entry's trees, to the log
-    /// (INFO) and its pfile's health queue (so the dump has them too).
-    fn flight_record(&mut self, id: EntryId, pid: Option<u32>) {
-        let path = self.monitor.entry(id).path.clone();
-        let recent = self.recorder.recent(&path, crate::event::boottime_ns());
-        if recent.is_empty() {
-            return;
-        }
-        let who = match pid {
-            Some(pid) => format!("('{}',pid={pid})", path.display()),
-            None => format!("('{}')", path.display()),
-        };
-        let head = format!(
-            "flight recorder of {who}: the last {} process events of its tree",
-            recent.len()
-        );
-        self.reporter.report(
-            LogLevel::Info,
-            &head,
-            &[
-                ("path", json!(path)),
-                ("pid", json!(pid)),
-                ("events", json!(recent)),
-            ],
-        );
-        let pfile = self.monitor.pfile(id).to_string();
-        let block = format!("{head}\n  {}", recent.join("\n  "));
-        self.queue_text(&pfile, &block);
     }
 
     /// Puts every watched name and member into the kernel filter.
@@ -794,132 +595,8 @@ impl Supervisor {
         // The self-check's canaries are psmon's children.
         filter.watch_tgid(std::process::id());
     }
-
-    async fn shut_down(mut self) {
-        // Its task ends when it has no more orders to wait for.
-        self.exit_watches = None;
-        self.notify.close_all();
-        self.helpers.close();
-        self.commands.close();
-        let running = self.commands.len();
-        if running > 0 {
-            self.reporter.report(
-                LogLevel::Info,
-                &format!(
-                    "psmon stopping; waiting up to {} s for {running} restart or failover command(s)",
-                    COMMAND_GRACE.as_secs()
-                ),
-                &[],
-            );
-            if tokio::time::timeout(COMMAND_GRACE, self.commands.wait())
-                .await
-                .is_err()
-            {
-                self.reporter.report(
-                    LogLevel::Warn,
-                    "commands still running are left running in their own process groups",
-                    &[],
-                );
-            }
-            // Their outcomes, for the log; nothing new is started now.
-            while let Ok(back) = self.back_rx.try_recv() {
-                if let Back::Input {
-                    input: input @ (Input::CommandDone { .. } | Input::Switched { .. }),
-                    ..
-                } = back
-                {
-                    for effect in self.monitor.handle(input, Time::now()) {
-                        if let Effect::Notice(notice) = effect {
-                            self.reporter.notice(&self.monitor, &notice);
-                        }
-                    }
-                }
-            }
-        }
-        if let Some(store) = &self.store {
-            let snap = &store.snapshot_ns;
-            let costs = store.writer_costs();
-            let us = |s: &crate::stats::Samples, p| json!(s.percentile_us(p));
-            let bytes = |s: &crate::stats::Samples, p| json!(s.percentile(p));
-            self.reporter.report(
-                LogLevel::Info,
-                &format!(
-                    "state saved {} times: {} journal records, {} whole",
-                    snap.count(),
-                    costs.record_ns.count(),
-                    costs.whole_ns.count()
-                ),
-                &[
-                    ("snapshot_p50_us", us(snap, 50.0)),
-                    ("snapshot_p99_us", us(snap, 99.0)),
-                    ("record_p50_us", us(&costs.record_ns, 50.0)),
-                    ("record_p99_us", us(&costs.record_ns, 99.0)),
-                    ("append_p50_us", us(&costs.append_ns, 50.0)),
-                    ("append_p99_us", us(&costs.append_ns, 99.0)),
-                    ("record_bytes_p50", bytes(&costs.record_bytes, 50.0)),
-                    ("record_bytes_p99", bytes(&costs.record_bytes, 99.0)),
-                    ("whole_p50_us", us(&costs.whole_ns, 50.0)),
-                    ("whole_p99_us", us(&costs.whole_ns, 99.0)),
-                    ("replace_p50_us", us(&costs.replace_ns, 50.0)),
-                    ("replace_p99_us", us(&costs.replace_ns, 99.0)),
-                    ("whole_bytes_p50", bytes(&costs.whole_bytes, 50.0)),
-                ],
-            );
-        }
-        if self.status_views.count() > 0 {
-            let v = &self.status_views;
-            self.reporter.report(
-                LogLevel::Info,
-                &format!("status answered {} times", v.count()),
-                &[
-                    ("loop_p50_us", json!(v.percentile_us(50.0))),
-                    ("loop_p99_us", json!(v.percentile_us(99.0))),
-                ],
-            );
-        }
-        if self.queue_writes.count() > 0 {
-            let w = &self.queue_writes;
-            self.reporter.report(
-                LogLevel::Info,
-                &format!("health queues written {} times", w.count()),
-                &[
-                    ("p50_us", json!(w.percentile_us(50.0))),
-                    ("p99_us", json!(w.percentile_us(99.0))),
-                ],
-            );
-        }
-        self.reporter.report(
-            LogLevel::Info,
-            "psmon stopping; watched processes are left running",
-            &[],
-        );
-    }
 }
 
-/// `config` with its pfiles' entries left out.
-fn without_entries(config: &Config) -> Config {
-    Config {
-        pfiles: config
-            .pfiles
-            .iter()
-            .map(|p| crate::config::Pfile {
-                name: p.name.clone(),
-                file: p.file.clone(),
-                ipckey: p.ipckey,
-                monitor_interval: p.monitor_interval,
-                msg_check_interval: p.msg_check_interval,
-                shm_dump_file: p.shm_dump_file.clone(),
-                entries: Vec::new(),
-                groups: p.groups.clone(),
-            })
-            .collect(),
-        agent: config.agent.clone(),
-        env: config.env.clone(),
-        tls: config.tls.clone(),
-    }
-}
-
-/// The shortest MONITOR_INTERVAL of the configuration.
 /// The tokio instant of a monitor time (both are `CLOCK_MONOTONIC`).
 fn to_tokio(at: Time) -> tokio::time::Instant {
     let now = Time::now();
@@ -938,120 +615,6 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) {
 }
 
 /// Sleeps until `at`; `None` never wakes (the branch is disabled then).
-/// Who sent a SIGHUP, when its siginfo said.
-fn sighup(by: Option<crate::audit::Who>) -> crate::audit::Who {
-    by.unwrap_or(crate::audit::Who {
-        uid: 0,
-        pid: None,
-        comm: None,
-        via: crate::audit::Via::Sighup,
-    })
-}
-
-/// Whether `new` has the running entries' pfiles and paths in the same
-/// order (a reload that changed settings, or nothing): then the entries
-/// whose settings differ.
-fn same_layout(monitor: &Monitor, new: &Config) -> Option<Vec<EntryId>> {
-    if new.entries().count() != monitor.entry_count() {
-        return None;
-    }
-    let mut changed = Vec::new();
-    for (i, ((pfile, entry), old)) in new.entries().zip(monitor.entries()).enumerate() {
-        let id = EntryId(i as u32);
-        if entry.path != old.path || pfile.name != monitor.pfile(id) {
-            return None;
-        }
-        if entry != old {
-            changed.push(id);
-        }
-    }
-    Some(changed)
-}
-
-/// What a reload changes, for the audit trail: entries added, removed and
-/// changed (by path, up to five named), and the daemon-wide settings.
-/// `same`: what [`same_layout`] found.
-fn changes<'a>(
-    old: impl Iterator<Item = &'a crate::config::Entry>,
-    old_config: &Config,
-    new: &Config,
-    same: Option<&[EntryId]>,
-) -> String {
-    use std::collections::HashMap;
-    let mut said = Vec::new();
-    let mut list = |what: &str, mut paths: Vec<&std::path::Path>| {
-        if paths.is_empty() {
-            return;
-        }
-        paths.sort();
-        let named: Vec<String> = paths
-            .iter()
-            .take(5)
-            .map(|p| p.display().to_string())
-            .collect();
-        let more = match paths.len() > 5 {
-            true => format!(" and {} more", paths.len() - 5),
-            false => String::new(),
-        };
-        said.push(format!(
-            "{} {what} ({}{more})",
-            paths.len(),
-            named.join(", ")
-        ));
-    };
-    match same {
-        Some(changed) => {
-            let entries: Vec<&crate::config::Entry> = new.entries().map(|(_, e)| e).collect();
-            list(
-                "changed",
-                changed
-                    .iter()
-                    .map(|id| entries[id.index()].path.as_path())
-                    .collect(),
-            );
-        }
-        None => {
-            let old: HashMap<&std::path::Path, &crate::config::Entry> =
-                old.map(|e| (e.path.as_path(), e)).collect();
-            let new_entries: HashMap<&std::path::Path, &crate::config::Entry> =
-                new.entries().map(|(_, e)| (e.path.as_path(), e)).collect();
-            list(
-                "added",
-                new_entries
-                    .keys()
-                    .filter(|p| !old.contains_key(*p))
-                    .copied()
-                    .collect(),
-            );
-            list(
-                "removed",
-                old.keys()
-                    .filter(|p| !new_entries.contains_key(*p))
-                    .copied()
-                    .collect(),
-            );
-            list(
-                "changed",
-                new_entries
-                    .iter()
-                    .filter(|(p, e)| old.get(*p).is_some_and(|o| o != *e))
-                    .map(|(p, _)| *p)
-                    .collect(),
-            );
-        }
-    }
-    if old_config.agent != new.agent {
-        said.push("psagent.conf changed".to_string());
-    }
-    if old_config.env != new.env {
-        said.push("psenv changed".to_string());
-    }
-    match said.is_empty() {
-        true => "nothing changed".to_string(),
-        false => said.join(", "),
-    }
-}
-
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
