@@ -54,7 +54,7 @@ impl fmt::Display for Diagnostic {
 }
 
 /// A problem with `file` as a whole (no line, no column).
-pub(crate) fn whole_file(file: &Path, message: String) -> Diagnostic {
+fn whole_file(file: &Path, message: String) -> Diagnostic {
     Diagnostic {
         file: file.to_path_buf(),
         line: 0,
