@@ -88,13 +88,15 @@ impl World {
         (victim, psmon)
     }
 
-    /// The hidden request of test builds: these sources go deaf.
+    /// The hidden request of test builds: these sources go deaf (the
+    /// running one has, when the reply comes).
     fn deafen(&self, kinds: &[&str], sticky: bool) {
         let reply = ask(
             &socket_in(&self.dir.0),
             json!({"v": 1, "cmd": "fault", "deaf": kinds, "sticky": sticky}),
         );
         assert_eq!(reply["ok"], true, "{reply}");
+        assert_eq!(reply["result"]["went_deaf"], json!(kinds), "{reply}");
     }
 
     fn metric(&self, name: &str, source: &str) -> f64 {
@@ -181,7 +183,7 @@ fn a_deaf_ebpf_source_falls_back_to_netlink_and_returns_when_it_hears() {
                 .as_str()
                 .is_some_and(|s| s.contains("missed its self-check"))
         })
-        .expect("found only after a missed self-check");
+        .unwrap_or_else(|| panic!("found only after a missed self-check: {:#?}", psmon.seen));
     let up = psmon
         .seen
         .iter()

@@ -37,9 +37,28 @@ pub const FLAG_PATH_TRUNCATED: u32 = 1;
 pub const MAP_EVENTS: &str = "EVENTS";
 /// Name of the per-CPU `u64` array (one slot) counting failed ring buffer reservations.
 pub const MAP_LOST: &str = "LOST";
-/// Name of the per-CPU `u64` array (one slot) counting every exec since
-/// load, filtered or not: while it stands still no process changed program.
+/// Name of the per-CPU `u64` array counting execs since load, filtered or
+/// not: slot [`EXECS_ALL`] every one (while it stands still no process
+/// changed program), slot [`EXECS_UNRECORDED`] those [`MAP_EXECD`] could
+/// not take.
 pub const MAP_EXECS: &str = "EXECS";
+/// Slot of [`MAP_EXECS`]: every exec.
+pub const EXECS_ALL: u32 = 0;
+/// Slot of [`MAP_EXECS`]: execs whose thread group [`MAP_EXECD`] could not
+/// take (it was full): the list of those that exec'd is not whole.
+pub const EXECS_UNRECORDED: u32 = 1;
+/// Name of the per-CPU `u64` array (one slot) counting every task the
+/// kernel created since load (threads too), filtered or not: beside the
+/// kernel's own count (`processes` in /proc/stat) it shows the programs
+/// still run.
+pub const MAP_FORKS: &str = "FORKS";
+/// Name of the hash map `u32 tgid -> u8` of thread groups that exec'd,
+/// filtered or not, until userspace takes them out: a scan reads only
+/// those again, not the whole of /proc.
+pub const MAP_EXECD: &str = "EXECD";
+/// Capacity of [`MAP_EXECD`]: more distinct processes exec'ing between two
+/// scans than this, and the next scan reads everything.
+pub const EXECD_ENTRIES: u32 = 8 * 1024;
 /// Name of the per-CPU `u64` array (one slot) counting every signal that may
 /// end a process since load, whether the filter passed it or not.
 pub const MAP_SIGNALS: &str = "SIGNALS";

@@ -31,9 +31,9 @@ mod programs {
         programs::BtfTracePointContext,
     };
     use psmon_ebpf::{
-        CODE_UNKNOWN, COMM_LEN, Config, DEFAULT_RING_BYTES, FLAG_PATH_TRUNCATED, KIND_EXEC,
-        KIND_EXIT, KIND_FORK, KIND_OOM, KIND_SIGNAL, NO_MEMORY_CGROUP, PATH_LEN, RawEvent,
-        RawSignal, WATCH_MAP_ENTRIES,
+        CODE_UNKNOWN, COMM_LEN, Config, DEFAULT_RING_BYTES, EXECD_ENTRIES, EXECS_ALL,
+        EXECS_UNRECORDED, FLAG_PATH_TRUNCATED, KIND_EXEC, KIND_EXIT, KIND_FORK, KIND_OOM,
+        KIND_SIGNAL, NO_MEMORY_CGROUP, PATH_LEN, RawEvent, RawSignal, WATCH_MAP_ENTRIES,
     };
 
     /// Written by the loader before the programs are loaded (a `.rodata` global).
@@ -47,9 +47,18 @@ mod programs {
     #[map]
     static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-    /// Slot 0: execs on this CPU since load, whether the filter passed them or not.
+    /// Execs on this CPU since load, whether the filter passed them or not:
+    /// slot `EXECS_ALL` all, slot `EXECS_UNRECORDED` those EXECD could not take.
     #[map]
-    static EXECS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+    static EXECS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
+    /// Slot 0: tasks created on this CPU since load (threads too).
+    #[map]
+    static FORKS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+    /// The thread groups that exec'd since userspace last took them out.
+    #[map]
+    static EXECD: HashMap<u32, u8> = HashMap::with_max_entries(EXECD_ENTRIES, 0);
 
     /// Slot 0: signals that may end a process, on this CPU since load,
     /// whether the filter passed them or not.
@@ -139,6 +148,10 @@ mod programs {
     }
 
     fn try_fork(ctx: &BtfTracePointContext) -> Result<(), i32> {
+        if let Some(forks) = FORKS.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+            unsafe { *forks += 1 };
+        }
         let cfg = config();
         let o = &cfg.offsets;
         let parent: *const u8 = ctx.arg(0);
@@ -170,6 +183,15 @@ mod programs {
         Ok(())
     }
 
+    /// One more exec in slot `slot` of EXECS.
+    #[inline(always)]
+    fn count_exec(slot: u32) {
+        if let Some(execs) = EXECS.get_ptr_mut(slot) {
+            // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+            unsafe { *execs += 1 };
+        }
+    }
+
     /// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`
     #[btf_tracepoint(function = "sched_process_exec")]
     pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
@@ -178,15 +200,20 @@ mod programs {
     }
 
     fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i32> {
-        if let Some(execs) = EXECS.get_ptr_mut(0) {
-            // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
-            unsafe { *execs += 1 };
-        }
+        count_exec(EXECS_ALL);
         let cfg = config();
         let o = &cfg.offsets;
         let task: *const u8 = ctx.arg(0);
         let bprm: *const u8 = ctx.arg(2);
-        let tgid: u32 = read(task, o.task_tgid)?;
+        let Ok(tgid) = read::<u32>(task, o.task_tgid) else {
+            count_exec(EXECS_UNRECORDED);
+            return Err(1);
+        };
+        // Filtering, psmon's scans read again only the processes that
+        // exec'd; without the filter nobody takes them out.
+        if cfg.filter != 0 && EXECD.insert(&tgid, &1, 0).is_err() {
+            count_exec(EXECS_UNRECORDED);
+        }
         // `comm` is already the new program's name here (begin_new_exec set it).
         let comm: [u8; COMM_LEN] = read(task, o.task_comm)?;
         if cfg.filter != 0 {

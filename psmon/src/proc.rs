@@ -371,14 +371,24 @@ impl ExeReader {
 /// When the system booted (`btime` of `/proc/stat`), for turning process
 /// start times into wall-clock times.
 pub fn boot_time() -> Option<std::time::SystemTime> {
+    let secs = system_stat("btime")?;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+}
+
+/// How many tasks (threads too) the kernel has created since boot
+/// (`processes` of `/proc/stat`).
+pub fn forks_since_boot() -> Option<u64> {
+    system_stat("processes")
+}
+
+/// The number on line `name` of `/proc/stat`.
+fn system_stat(name: &str) -> Option<u64> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let secs: u64 = stat
-        .lines()
-        .find_map(|l| l.strip_prefix("btime "))?
+    stat.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))?
         .trim()
         .parse()
-        .ok()?;
-    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+        .ok()
 }
 
 /// The memory cgroup of process `tgid`, from `/proc/PID/cgroup`: the v1

@@ -80,6 +80,11 @@ pub struct Unchanged {
     pub cleared_still_hold: bool,
     /// Processes that exec'd since the previous scan began.
     pub execd: Vec<u32>,
+    /// Every process must be looked at: `execd` may not name every process
+    /// that exec'd. False (with `cleared_still_hold`): a process not named
+    /// there runs what it ran at the last scan, or is a fork of one that
+    /// does, so only members and `execd` are read.
+    pub walk: bool,
 }
 
 /// `comm` as a fixed, NUL padded key.
@@ -435,16 +440,20 @@ impl Matcher {
         let files = &mut *state;
         // A process may retitle itself into a cmdline pattern, or be moved
         // into a cgroup, without an exec.
-        if !unchanged.cleared_still_hold
+        let skip_none = !unchanged.cleared_still_hold
             || !self.by_cmdline.is_empty()
-            || !self.by_cgroup.is_empty()
-        {
+            || !self.by_cgroup.is_empty();
+        if skip_none {
             files.cleared.clear();
         }
+        let walk = skip_none || unchanged.walk;
         for tgid in &unchanged.execd {
             files.cleared.remove(tgid);
         }
-        let mut cleared = HashSet::with_capacity(files.cleared.len());
+        let mut cleared = HashSet::with_capacity(match walk {
+            true => files.cleared.len(),
+            false => unchanged.execd.len(),
+        });
         let mut found = vec![Vec::new(); entries];
         let mut buf = Vec::with_capacity(4096);
         files.files.retain(|tgid, (start, _)| {
@@ -498,7 +507,11 @@ impl Matcher {
             }
         }
         let exe = files.exe.get_or_insert_with(ExeReader::default);
-        for tgid in proc::tgids() {
+        let tgids: Box<dyn Iterator<Item = u32>> = match walk {
+            true => Box::new(proc::tgids()),
+            false => Box::new(unchanged.execd.iter().copied()),
+        };
+        for tgid in tgids {
             let confirmed = known.get(&tgid).is_some_and(|k| k.exit_watched)
                 || files.files.contains_key(&tgid)
                 || zombies.contains(&tgid);
@@ -527,8 +540,14 @@ impl Matcher {
                 slot.push(inst);
             }
         }
-        // Only processes still there: a pid that comes back is a new process.
-        files.cleared = cleared;
+        if walk {
+            // Only processes still there: a pid that comes back is a new process.
+            files.cleared = cleared;
+        } else {
+            // A pid that comes back without an exec is a fork of a process
+            // that matched nothing: it matches nothing either.
+            files.cleared.extend(cleared);
+        }
         found
     }
 }
@@ -830,6 +849,7 @@ mod tests {
         let unseen = Unchanged {
             cleared_still_hold: true,
             execd: Vec::new(),
+            walk: true,
         };
         assert!(
             !found(&mut state, unseen.clone()),
@@ -838,8 +858,19 @@ mod tests {
         let told = Unchanged {
             cleared_still_hold: true,
             execd: vec![pid],
+            walk: true,
         };
         assert!(found(&mut state, told), "its exec was reported");
+        // With the list of execs whole, only what it names is read: a
+        // process it does not name is not looked at.
+        let mut listed = ScanState::default();
+        let only_named = |execd| Unchanged {
+            cleared_still_hold: true,
+            execd,
+            walk: false,
+        };
+        assert!(!found(&mut listed, only_named(Vec::new())), "not named");
+        assert!(found(&mut listed, only_named(vec![pid])), "named");
         let mut fresh = ScanState::default();
         found(&mut fresh, Unchanged::default());
         fresh.cleared.insert(pid);

@@ -19,9 +19,10 @@ use aya::{
     programs::{BtfTracePoint, ProgramError},
 };
 use psmon_ebpf::{
-    CODE_UNKNOWN, COMM_LEN, Config, FLAG_PATH_TRUNCATED, GLOBAL_CONFIG, KIND_EXEC, KIND_EXIT,
-    KIND_FORK, KIND_OOM, KIND_SIGNAL, MAP_EVENTS, MAP_EXECS, MAP_LOST, MAP_SIGNALS,
-    MAP_WATCH_COMMS, MAP_WATCH_TGIDS, RawEvent, RawSignal,
+    CODE_UNKNOWN, COMM_LEN, Config, EXECS_ALL, EXECS_UNRECORDED, FLAG_PATH_TRUNCATED,
+    GLOBAL_CONFIG, KIND_EXEC, KIND_EXIT, KIND_FORK, KIND_OOM, KIND_SIGNAL, MAP_EVENTS, MAP_EXECD,
+    MAP_EXECS, MAP_FORKS, MAP_LOST, MAP_SIGNALS, MAP_WATCH_COMMS, MAP_WATCH_TGIDS, RawEvent,
+    RawSignal,
 };
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -166,6 +167,16 @@ pub struct KernelFilter {
     comms: BpfHashMap<MapData, [u8; COMM_LEN], u8>,
     tgids: BpfHashMap<MapData, u32, u8>,
     execs: PerCpuArray<MapData, u64>,
+    /// The thread groups that exec'd since [`Filter::take_execd`] last
+    /// took them out.
+    execd: BpfHashMap<MapData, u32, u8>,
+    /// How many execs the kernel could not put in `execd`, when last read.
+    unrecorded_at: u64,
+    /// Tasks created since load, as the programs counted them.
+    forks: PerCpuArray<MapData, u64>,
+    /// The programs' fork count and the kernel's when `execd` was last
+    /// taken out.
+    forks_at: Option<(u64, u64)>,
     signals: Option<PerCpuArray<MapData, u64>>,
 }
 
@@ -207,7 +218,28 @@ impl super::Filter for KernelFilter {
     }
 
     fn execs_seen(&self) -> Option<u64> {
-        self.execs.get(&0, 0).ok().map(|v| v.iter().sum())
+        self.execs.get(&EXECS_ALL, 0).ok().map(|v| v.iter().sum())
+    }
+
+    fn take_execd(&mut self) -> Option<Vec<u32>> {
+        let keys = self.execd.keys().collect::<Result<Vec<u32>, _>>();
+        // Out, whatever the outcome: an exec after this is the next scan's.
+        for tgid in keys.as_deref().unwrap_or_default() {
+            let _ = self.execd.remove(tgid);
+        }
+        let unrecorded: u64 = self.execs.get(&EXECS_UNRECORDED, 0).ok()?.iter().sum();
+        let whole = unrecorded == std::mem::replace(&mut self.unrecorded_at, unrecorded);
+        // Programs that no longer run (detached, or the source deaf in a
+        // way the self-check has not caught yet) record nothing: the list
+        // is worth something only if they counted some of the tasks the
+        // kernel created meanwhile.
+        let ours: u64 = self.forks.get(&0, 0).ok()?.iter().sum();
+        let kernels = crate::proc::forks_since_boot()?;
+        let heard = match self.forks_at.replace((ours, kernels)) {
+            Some((ours_then, kernels_then)) => ours > ours_then || kernels == kernels_then,
+            None => false,
+        };
+        keys.ok().filter(|_| whole && heard)
     }
 
     fn signals_seen(&self) -> Option<u64> {
@@ -301,6 +333,10 @@ impl EbpfSource {
                 comms: take(&mut ebpf, MAP_WATCH_COMMS, BpfHashMap::try_from)?,
                 tgids: take(&mut ebpf, MAP_WATCH_TGIDS, BpfHashMap::try_from)?,
                 execs: take(&mut ebpf, MAP_EXECS, PerCpuArray::try_from)?,
+                execd: take(&mut ebpf, MAP_EXECD, BpfHashMap::try_from)?,
+                unrecorded_at: 0,
+                forks: take(&mut ebpf, MAP_FORKS, PerCpuArray::try_from)?,
+                forks_at: None,
                 signals: take(&mut ebpf, MAP_SIGNALS, PerCpuArray::try_from).ok(),
             })
         } else {
@@ -380,6 +416,7 @@ impl EbpfSource {
                 _ = deafness.come(), if !deaf => {
                     deaf = true;
                     detach_all(&mut programs);
+                    deafness.went();
                 }
             }
             unchecked |= drained > 0;

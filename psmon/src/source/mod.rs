@@ -148,6 +148,10 @@ pub trait Filter: Send {
     /// How many execs the kernel has seen since the filter was loaded,
     /// passed or not: while it stands still, no process changed program.
     fn execs_seen(&self) -> Option<u64>;
+    /// The processes that exec'd, passed or not, since this was last
+    /// asked (each named once, whatever it ran); `None` when the kernel
+    /// could not record them all, or cannot say.
+    fn take_execd(&mut self) -> Option<Vec<u32>>;
     /// How many signals that may end a process the kernel has seen since
     /// the filter was loaded, passed or not.
     fn signals_seen(&self) -> Option<u64>;

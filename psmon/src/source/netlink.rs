@@ -189,6 +189,7 @@ impl NetlinkSource {
                     if let Err(e) = fd.get_ref().0.drop_membership(CN_IDX_PROC) {
                         tracing::warn!("leaving the proc connector's group failed: {e}");
                     }
+                    deafness.went();
                     continue;
                 }
                 _ = tokio::time::sleep(super::FLUSH_INTERVAL), if sink.pending() => {

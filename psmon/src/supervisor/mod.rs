@@ -353,7 +353,7 @@ impl Supervisor {
                 let n = self.monitor.entry_count();
                 let known = self.monitor.known();
                 let generation = self.monitor.generation();
-                let unchanged = self.scans.unchanged(self.source.as_ref());
+                let unchanged = self.scans.unchanged(self.source.as_mut());
                 let mut files = stat_files.take().unwrap_or_default();
                 scan = Some(tokio::task::spawn_blocking(move || {
                     let t = std::time::Instant::now();

@@ -95,7 +95,7 @@ impl Supervisor {
             }
             Command::Audit { since } => self.audit_reply(since),
             #[cfg(feature = "fault-injection")]
-            Command::Fault { deaf, sticky } => fault(&deaf, sticky),
+            Command::Fault { deaf, sticky } => return fault(&deaf, sticky, reply),
         };
         let _ = reply.send(answer);
     }
@@ -399,9 +399,11 @@ impl Supervisor {
     }
 }
 
-/// The hidden `fault` request of test builds ([`crate::source::fault`]).
+/// The hidden `fault` request of test builds ([`crate::source::fault`]),
+/// answered once the running sources it names have gone deaf (or 2 s have
+/// passed): the test's next process must not be heard.
 #[cfg(feature = "fault-injection")]
-fn fault(deaf: &[String], sticky: bool) -> Reply {
+fn fault(deaf: &[String], sticky: bool, reply: oneshot::Sender<Reply>) {
     use crate::source::SourceKind;
     let kinds = deaf
         .iter()
@@ -410,7 +412,21 @@ fn fault(deaf: &[String], sticky: bool) -> Reply {
             "netlink" => Ok(SourceKind::Netlink),
             other => Err(format!("fault: unknown source `{other}` (ebpf or netlink)")),
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    crate::source::fault::set_deaf(&kinds, sticky);
-    Ok(json!({ "deaf": deaf, "sticky": sticky }))
+        .collect::<Result<Vec<_>, _>>();
+    let kinds = match kinds {
+        Ok(kinds) => kinds,
+        Err(why) => {
+            let _ = reply.send(Err(why));
+            return;
+        }
+    };
+    let epoch = crate::source::fault::set_deaf(&kinds, sticky);
+    let deaf = deaf.to_vec();
+    tokio::spawn(async move {
+        let went = crate::source::fault::went_deaf(&kinds, epoch, Duration::from_secs(2)).await;
+        let went: Vec<String> = went.iter().map(|k| k.to_string()).collect();
+        let _ = reply.send(Ok(
+            json!({ "deaf": deaf, "sticky": sticky, "went_deaf": went }),
+        ));
+    });
 }
