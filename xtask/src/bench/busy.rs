@@ -15,8 +15,8 @@ use std::{
 use anyhow::Context;
 
 use super::support::{
-    Daemon, PAUSER, STAMPER, ScaleWorld, Storm, compile, cpu_seconds, fmt_ns, last_stamp,
-    monotonic_ns, pace, percentile, wait_stamp,
+    Daemon, PAUSER, STAMPER, ScaleWorld, Storm, compile, cpu_seconds, fmt_ns, kill_and_time,
+    kill_last, pace, percentile, wait_stamp,
 };
 
 /// Entries besides the one that is killed.
@@ -192,17 +192,17 @@ fn kill_loop(
     let daemon = Daemon::start(psmon, &world.conf, "ebpf")?;
     let mut samples = Vec::with_capacity(kills);
     let mut lines = 1;
+    // The first process is Up only once the world's 10,000 are.
+    let first = wait_stamp(&stamps, lines)?.1;
+    daemon.wait_up(first, Duration::from_secs(60))?;
     for i in 0..kills {
-        let pid = wait_stamp(&stamps, lines)?.1;
-        daemon.wait_up(pid, Duration::from_secs(60))?;
-        std::thread::sleep(pace(i));
-        let killed_at = monotonic_ns();
-        // SAFETY: kill with a pid the stamper wrote and a valid signal.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        lines += 1;
-        let (stamp, _) = wait_stamp(&stamps, lines)
-            .with_context(|| format!("no restart within 10 s of killing {pid}"))?;
-        samples.push(stamp.saturating_sub(killed_at));
+        samples.push(kill_and_time(
+            &daemon,
+            &stamps,
+            &mut lines,
+            i == 0,
+            pace(i),
+        )?);
     }
     samples.sort_unstable();
     let mut scans = Vec::new();
@@ -230,10 +230,7 @@ fn kill_loop(
         walk_ms = walk["scan_ms"].as_f64().unwrap_or(0.0);
     }
     let said = daemon.stop();
-    if let Ok((_, pid)) = last_stamp(&stamps, lines) {
-        // SAFETY: kill with a pid the stamper wrote and a valid signal.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    }
+    kill_last(&stamps, lines);
     drop(world);
     Ok(Run {
         samples,

@@ -19,7 +19,8 @@ use std::{
 use anyhow::ensure;
 
 use super::support::{
-    Daemon, PAUSER, STAMPER, ScaleWorld, compile, last_stamp, status_round_trips, wait_stamp,
+    Daemon, PAUSER, STAMPER, ScaleWorld, compile, kill_and_time, kill_last, status_round_trips,
+    wait_stamp,
 };
 use super::support::{fmt_ns, monotonic_ns, percentile};
 
@@ -119,27 +120,6 @@ fn stamped_entry_in(conf: &Path, dir: &Path, tag: &str) -> anyhow::Result<PathBu
     Ok(stamps)
 }
 
-/// Waits for stamp `lines` and for its process to be reported Up (unless
-/// `seen_up` already), kills that process, and returns SIGKILL → its
-/// restart command started (ns); `lines` then counts the new stamp.
-fn kill_and_time(
-    daemon: &Daemon,
-    stamps: &Path,
-    lines: &mut usize,
-    seen_up: bool,
-) -> anyhow::Result<u64> {
-    let pid = wait_stamp(stamps, *lines)?.1;
-    if !seen_up {
-        daemon.wait_up(pid, Duration::from_secs(10))?;
-    }
-    let killed_at = monotonic_ns();
-    // SAFETY: kill with a pid we read and a valid signal.
-    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    *lines += 1;
-    let (stamp, _) = wait_stamp(stamps, *lines)?;
-    Ok(stamp.saturating_sub(killed_at))
-}
-
 /// Changes one line of the scale world's pfile (the first entry's retry
 /// count, by `n`'s parity) and asks psmon to reload, waiting for its answer.
 fn reload_changed(conf: &Path, n: usize) -> anyhow::Result<()> {
@@ -162,14 +142,6 @@ fn reload_changed(conf: &Path, n: usize) -> anyhow::Result<()> {
         &reply[..reply.len().min(200)]
     );
     Ok(())
-}
-
-/// Kills the stamped entry's last process (left running by the bench).
-fn kill_last(stamps: &Path, lines: usize) {
-    if let Ok((_, pid)) = last_stamp(stamps, lines) {
-        // SAFETY: kill with a pid we read and a valid signal.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    }
 }
 
 /// `/metrics` and `/status` through the endpoint with `n` entries Up.
@@ -217,6 +189,7 @@ fn scrape_at_scale(psmon: &Path, dir: &Path, n: usize, out: &mut String) -> anyh
                 &stamps,
                 &mut lines,
                 i == 0 && stamped_up,
+                Duration::ZERO,
             )?);
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -235,8 +208,13 @@ fn scrape_at_scale(psmon: &Path, dir: &Path, n: usize, out: &mut String) -> anyh
             })
         };
         for _ in 0..KILLS {
-            r.asked
-                .push(kill_and_time(&daemon, &stamps, &mut lines, false)?);
+            r.asked.push(kill_and_time(
+                &daemon,
+                &stamps,
+                &mut lines,
+                false,
+                Duration::ZERO,
+            )?);
             std::thread::sleep(Duration::from_millis(50));
         }
         stop.store(true, Ordering::Relaxed);
@@ -256,8 +234,13 @@ fn scrape_at_scale(psmon: &Path, dir: &Path, n: usize, out: &mut String) -> anyh
             })
         };
         for _ in 0..KILLS {
-            r.reloading
-                .push(kill_and_time(&daemon, &stamps, &mut lines, false)?);
+            r.reloading.push(kill_and_time(
+                &daemon,
+                &stamps,
+                &mut lines,
+                false,
+                Duration::ZERO,
+            )?);
             std::thread::sleep(Duration::from_millis(50));
         }
         stop.store(true, Ordering::Relaxed);
@@ -432,7 +415,7 @@ fn restart_under_scrapes(psmon: &Path, dir: &Path, out: &mut String) -> anyhow::
             })
         });
         for _ in 0..BLOCK {
-            let took = kill_and_time(&daemon, &stamps, &mut lines, false)?;
+            let took = kill_and_time(&daemon, &stamps, &mut lines, false, Duration::ZERO)?;
             // Kills spaced out so that the scraper runs all through.
             std::thread::sleep(Duration::from_millis(20));
             if with_scraper {
@@ -601,10 +584,7 @@ fn push(psmon: &Path, dir: &Path, out: &mut String) -> anyhow::Result<()> {
         delays.push(arrived.saturating_sub(at));
     }
     daemon.stop();
-    if let Ok((_, pid)) = last_stamp(&stamps, lines) {
-        // SAFETY: as above.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    }
+    kill_last(&stamps, lines);
     delays.sort_unstable();
     writeln!(
         out,

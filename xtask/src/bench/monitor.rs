@@ -20,9 +20,9 @@ use std::{
 use anyhow::{Context, ensure};
 
 use super::support::{
-    Daemon, PAUSER, STAMPER, ScaleWorld, Storm, compile, cpu_ns, cpu_seconds, last_stamp,
-    latency_row, monotonic_ns, pace, percentile, rss_kib, status_field, status_round_trips,
-    wait_stamp,
+    Daemon, PAUSER, STAMPER, ScaleWorld, Storm, compile, cpu_ns, cpu_seconds, kill_and_time,
+    kill_last, latency_row, monotonic_ns, pace, percentile, rss_kib, status_field,
+    status_round_trips, wait_stamp,
 };
 
 /// How a row's restart command starts the stamper.
@@ -272,28 +272,15 @@ pub fn restart_latency(
         // Not running at start: psmon starts the first one.
         let mut samples = Vec::with_capacity(kills);
         let mut lines = 1;
-        for _ in 0..kills {
-            let pid = wait_stamp(&stamps, lines)?.1;
-            // Kill only what psmon has seen Up (a process killed before that
-            // is a restart that failed, a different story).
-            daemon.wait_up(pid, Duration::from_secs(10))?;
-            if case.sleepers > 0 || case.via == Via::Script {
-                std::thread::sleep(pace(samples.len()));
-            }
-            let killed_at = monotonic_ns();
-            // SAFETY: kill with a pid we read and a valid signal.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            lines += 1;
-            let (stamp, _) = wait_stamp(&stamps, lines).with_context(|| {
-                format!("{}: no restart within 10 s of killing {pid}", case.label)
-            })?;
-            samples.push(stamp.saturating_sub(killed_at));
+        let paced = case.sleepers > 0 || case.via == Via::Script;
+        for i in 0..kills {
+            let pause = if paced { pace(i) } else { Duration::ZERO };
+            let took =
+                kill_and_time(&daemon, &stamps, &mut lines, false, pause).context(case.label)?;
+            samples.push(took);
         }
         let said = daemon.stop();
-        if let Ok((_, pid)) = last_stamp(&stamps, lines) {
-            // SAFETY: as above.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        }
+        kill_last(&stamps, lines);
         drop(storm);
         drop(churn);
         drop(sleepers);

@@ -311,6 +311,41 @@ pub(crate) fn last_stamp(path: &Path, n: usize) -> anyhow::Result<(u64, u32)> {
     ))
 }
 
+/// Waits for stamp `lines` and for its process to be reported Up (unless
+/// `seen_up` already), waits `pause`, kills that process, and returns
+/// SIGKILL → its restart command started (ns); `lines` then counts the new
+/// stamp.
+pub(crate) fn kill_and_time(
+    daemon: &Daemon,
+    stamps: &Path,
+    lines: &mut usize,
+    seen_up: bool,
+    pause: Duration,
+) -> anyhow::Result<u64> {
+    let pid = wait_stamp(stamps, *lines)?.1;
+    if !seen_up {
+        // Kill only what psmon has seen Up (a process killed before that
+        // is a restart that failed, a different story).
+        daemon.wait_up(pid, Duration::from_secs(10))?;
+    }
+    std::thread::sleep(pause);
+    let killed_at = monotonic_ns();
+    // SAFETY: kill with a pid we read and a valid signal.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    *lines += 1;
+    let (stamp, _) = wait_stamp(stamps, *lines)
+        .with_context(|| format!("no restart within 10 s of killing {pid}"))?;
+    Ok(stamp.saturating_sub(killed_at))
+}
+
+/// Kills the stamped entry's last process (left running by the bench).
+pub(crate) fn kill_last(stamps: &Path, lines: usize) {
+    if let Ok((_, pid)) = last_stamp(stamps, lines) {
+        // SAFETY: kill with a pid we read and a valid signal.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+}
+
 /// (e) 10,000 entries, 10,000 processes.
 /// `n` live processes, each running its own hard link of a pausing
 /// program, and in `conf` a pfile with a report-only PENT line for each;
