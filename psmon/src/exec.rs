@@ -15,10 +15,7 @@
 
 use std::{
     io::{Read, Seek, SeekFrom},
-    os::{
-        fd::AsFd,
-        unix::process::{CommandExt, ExitStatusExt},
-    },
+    os::{fd::AsFd, unix::process::ExitStatusExt},
     process::Stdio,
     time::{Duration, Instant},
 };
@@ -29,9 +26,6 @@ use crate::{
     facts::{CommandOutcome, Ending},
     spawner::{self, Spawner, Started},
 };
-
-/// Used when psenv sets no PATH: what a root shell would have.
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Bytes of the command's output kept for the log.
 const TAIL_BYTES: u64 = 2048;
@@ -145,7 +139,7 @@ pub fn start(spec: &CommandSpec, spawner: &Spawner) -> Result<Running, CommandOu
             ));
         }
     };
-    let mut cmd = tokio::process::Command::from(command(&argv, &spec.env));
+    let mut cmd = tokio::process::Command::from(spawner::command(&argv, &spec.env));
     cmd.stdout(Stdio::from(out))
         .stderr(Stdio::from(err))
         .kill_on_drop(false);
@@ -174,24 +168,6 @@ fn argv(command: &str) -> Vec<String> {
         Some(words) => words.into_iter().map(String::from).collect(),
         None => vec!["/bin/sh".into(), "-c".into(), command.into()],
     }
-}
-
-/// A command as psmon starts it, whoever spawns it: `argv[0]` looked up
-/// in the PATH of its environment (psenv's variables over a root shell's
-/// PATH, nothing of psmon's own), stdin from /dev/null, in a process
-/// group of its own, in the root directory. Its stdout and stderr are the
-/// caller's to set.
-pub fn command(argv: &[String], env: &[(String, String)]) -> std::process::Command {
-    let mut cmd = std::process::Command::new(argv.first().map_or("", String::as_str));
-    cmd.args(argv.iter().skip(1))
-        .env_clear()
-        .env("PATH", DEFAULT_PATH)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .process_group(0)
-        // Not psmon's working directory: it may be anywhere, even unmounted later.
-        .current_dir("/");
-    cmd
 }
 
 impl Running {

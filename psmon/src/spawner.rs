@@ -8,7 +8,7 @@
 //! anything, so its own table holds a handful. psmon sends it each
 //! command (the words to execute, the environment, the umask, and the
 //! output file over `SCM_RIGHTS`); it starts the command the way psmon
-//! would ([`crate::exec::command`]: root directory, a process group of its
+//! would ([`command`]: root directory, a process group of its
 //! own, stdin from /dev/null), answers with its pid, and later with how it
 //! ended, since the command is its child.
 //!
@@ -22,6 +22,8 @@ use std::{
     collections::{HashMap, VecDeque},
     io::{IoSlice, IoSliceMut},
     os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
+    os::unix::process::CommandExt,
+    process::Stdio,
     sync::{Arc, Mutex},
 };
 
@@ -284,6 +286,27 @@ fn answer(socket: &OwnedFd, answer: &Answer) -> bool {
     }
 }
 
+/// Used when psenv sets no PATH: what a root shell would have.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A command as psmon starts it, whoever spawns it: `argv[0]` looked up
+/// in the PATH of its environment (psenv's variables over a root shell's
+/// PATH, nothing of psmon's own), stdin from /dev/null, in a process
+/// group of its own, in the root directory. Its stdout and stderr are the
+/// caller's to set.
+pub fn command(argv: &[String], env: &[(String, String)]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(argv.first().map_or("", String::as_str));
+    cmd.args(argv.iter().skip(1))
+        .env_clear()
+        .env("PATH", DEFAULT_PATH)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .process_group(0)
+        // Not psmon's working directory: it may be anywhere, even unmounted later.
+        .current_dir("/");
+    cmd
+}
+
 /// Starts a command as psmon would, with `output` as its stdout and
 /// stderr: its pid and a pidfd that tells its end.
 fn spawn(
@@ -294,9 +317,8 @@ fn spawn(
 ) -> Result<(u32, OwnedFd), String> {
     let output = output.ok_or("no output file came with the command")?;
     let err = output.try_clone().map_err(|e| e.to_string())?;
-    let mut cmd = crate::exec::command(argv, env);
-    cmd.stdout(std::process::Stdio::from(output))
-        .stderr(std::process::Stdio::from(err));
+    let mut cmd = command(argv, env);
+    cmd.stdout(Stdio::from(output)).stderr(Stdio::from(err));
     // The spawner has one thread: its own umask, set around the spawn, is
     // the child's, and the spawn stays posix_spawn (no pre_exec hook).
     // SAFETY: umask(2) sets an integer.
