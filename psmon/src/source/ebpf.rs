@@ -4,7 +4,7 @@
 //! tracepoints and drains their ring buffer through `AsyncFd`.
 //!
 //! It owns the load, the decode of [`RawEvent`]s and the in-kernel watch
-//! filter ([`KernelFilter`]); it does not own what is watched (the caller
+//! filter ([`KernelFilter`], in its own file); it does not own what is watched (the caller
 //! fills the filter).
 
 use std::{
@@ -15,14 +15,12 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, ProgramError},
 };
 use psmon_ebpf::{
-    CODE_UNKNOWN, COMM_LEN, Config, EXECS_ALL, EXECS_UNRECORDED, FLAG_PATH_TRUNCATED,
-    GLOBAL_CONFIG, KIND_EXEC, KIND_EXIT, KIND_FORK, KIND_OOM, KIND_SIGNAL, MAP_EVENTS, MAP_EXECD,
-    MAP_EXECS, MAP_FORKS, MAP_LOST, MAP_SIGNALS, MAP_WATCH_COMMS, MAP_WATCH_TGIDS, RawEvent,
-    RawSignal,
+    CODE_UNKNOWN, COMM_LEN, Config, FLAG_PATH_TRUNCATED, GLOBAL_CONFIG, KIND_EXEC, KIND_EXIT,
+    KIND_FORK, KIND_OOM, KIND_SIGNAL, MAP_EVENTS, MAP_LOST, RawEvent, RawSignal,
 };
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -30,7 +28,9 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{EventSink, ProcessTable, SourceError, SourceOptions, btf};
+use super::{
+    EventSink, ProcessTable, SourceError, SourceOptions, btf, kernel_filter::KernelFilter,
+};
 use crate::event::{EventKind, EventTime, ExitStatus, ProcEvent, Process, StartTime};
 use crate::proc;
 
@@ -161,102 +161,6 @@ impl fmt::Display for Refusal {
     }
 }
 
-/// Handle on the in-kernel watch filter, used when the source was opened with
-/// `kernel_filter`. Events of other processes never leave the kernel.
-pub struct KernelFilter {
-    comms: BpfHashMap<MapData, [u8; COMM_LEN], u8>,
-    tgids: BpfHashMap<MapData, u32, u8>,
-    execs: PerCpuArray<MapData, u64>,
-    /// The thread groups that exec'd since [`Filter::take_execd`] last
-    /// took them out.
-    execd: BpfHashMap<MapData, u32, u8>,
-    /// How many execs the kernel could not put in `execd`, when last read.
-    unrecorded_at: u64,
-    /// Tasks created since load, as the programs counted them.
-    forks: PerCpuArray<MapData, u64>,
-    /// The programs' fork count and the kernel's when `execd` was last
-    /// taken out.
-    forks_at: Option<(u64, u64)>,
-    signals: Option<PerCpuArray<MapData, u64>>,
-}
-
-impl KernelFilter {
-    /// Passes execs whose `comm` (the first 15 bytes of the executable's file
-    /// name) is `name`'s, and from then on every event of that process.
-    pub fn watch_comm(&mut self, name: &str) -> Result<(), MapError> {
-        self.comms.insert(comm_key(name), 1, 0)
-    }
-
-    /// Passes every event of thread group `tgid` (and forks of it).
-    pub fn watch_tgid(&mut self, tgid: u32) -> Result<(), MapError> {
-        self.tgids.insert(tgid, 1, 0)
-    }
-
-    pub fn unwatch_tgid(&mut self, tgid: u32) -> Result<(), MapError> {
-        match self.tgids.remove(&tgid) {
-            Err(MapError::KeyNotFound) => Ok(()),
-            other => other,
-        }
-    }
-}
-
-impl super::Filter for KernelFilter {
-    fn watch_comm(&mut self, name: &str) {
-        if let Err(e) = KernelFilter::watch_comm(self, name) {
-            tracing::warn!(name, error = %e, "cannot add a name to the kernel filter");
-        }
-    }
-
-    fn watch_tgid(&mut self, tgid: u32) {
-        if let Err(e) = KernelFilter::watch_tgid(self, tgid) {
-            tracing::warn!(tgid, error = %e, "cannot add a process to the kernel filter");
-        }
-    }
-
-    fn unwatch_tgid(&mut self, tgid: u32) {
-        let _ = KernelFilter::unwatch_tgid(self, tgid);
-    }
-
-    fn execs_seen(&self) -> Option<u64> {
-        self.execs.get(&EXECS_ALL, 0).ok().map(|v| v.iter().sum())
-    }
-
-    fn take_execd(&mut self) -> Option<Vec<u32>> {
-        let keys = self.execd.keys().collect::<Result<Vec<u32>, _>>();
-        // Out, whatever the outcome: an exec after this is the next scan's.
-        for tgid in keys.as_deref().unwrap_or_default() {
-            let _ = self.execd.remove(tgid);
-        }
-        let unrecorded: u64 = self.execs.get(&EXECS_UNRECORDED, 0).ok()?.iter().sum();
-        let whole = unrecorded == std::mem::replace(&mut self.unrecorded_at, unrecorded);
-        // Programs that no longer run (detached, or the source deaf in a
-        // way the self-check has not caught yet) record nothing: the list
-        // is worth something only if they counted some of the tasks the
-        // kernel created meanwhile.
-        let ours: u64 = self.forks.get(&0, 0).ok()?.iter().sum();
-        let kernels = crate::proc::forks_since_boot()?;
-        let heard = match self.forks_at.replace((ours, kernels)) {
-            Some((ours_then, kernels_then)) => ours > ours_then || kernels == kernels_then,
-            None => false,
-        };
-        keys.ok().filter(|_| whole && heard)
-    }
-
-    fn signals_seen(&self) -> Option<u64> {
-        let signals = self.signals.as_ref()?;
-        signals.get(&0, 0).ok().map(|v| v.iter().sum())
-    }
-}
-
-/// The key the kernel compares: `comm` is NUL padded and at most 15 bytes.
-fn comm_key(name: &str) -> [u8; COMM_LEN] {
-    let mut key = [0u8; COMM_LEN];
-    let bytes = name.as_bytes();
-    let n = bytes.len().min(COMM_LEN - 1);
-    key[..n].copy_from_slice(&bytes[..n]);
-    key
-}
-
 pub struct EbpfSource {
     /// Owns the loaded programs and their links: dropping it detaches them.
     programs: Ebpf,
@@ -328,19 +232,9 @@ impl EbpfSource {
 
         let ring = take(&mut ebpf, MAP_EVENTS, RingBuf::try_from)?;
         let lost = take(&mut ebpf, MAP_LOST, PerCpuArray::try_from)?;
-        let filter = if options.kernel_filter {
-            Some(KernelFilter {
-                comms: take(&mut ebpf, MAP_WATCH_COMMS, BpfHashMap::try_from)?,
-                tgids: take(&mut ebpf, MAP_WATCH_TGIDS, BpfHashMap::try_from)?,
-                execs: take(&mut ebpf, MAP_EXECS, PerCpuArray::try_from)?,
-                execd: take(&mut ebpf, MAP_EXECD, BpfHashMap::try_from)?,
-                unrecorded_at: 0,
-                forks: take(&mut ebpf, MAP_FORKS, PerCpuArray::try_from)?,
-                forks_at: None,
-                signals: take(&mut ebpf, MAP_SIGNALS, PerCpuArray::try_from).ok(),
-            })
-        } else {
-            None
+        let filter = match options.kernel_filter {
+            true => Some(KernelFilter::take_from(&mut ebpf)?),
+            false => None,
         };
         if super::fault::deaf_from_the_start(super::SourceKind::Ebpf) {
             detach_all(&mut ebpf);
@@ -480,7 +374,7 @@ fn ring_size(requested: u32) -> u32 {
     requested.max(page).next_power_of_two()
 }
 
-fn take<T, E: fmt::Display>(
+pub(super) fn take<T, E: fmt::Display>(
     ebpf: &mut Ebpf,
     name: &str,
     convert: impl FnOnce(aya::maps::Map) -> Result<T, E>,
@@ -607,14 +501,6 @@ fn exec_path(raw: &RawEvent) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn comm_keys_are_truncated_and_padded() {
-        assert_eq!(&comm_key("sshd")[..5], b"sshd\0");
-        let long = comm_key("a-very-long-daemon-name");
-        assert_eq!(&long[..15], b"a-very-long-dae");
-        assert_eq!(long[15], 0);
-    }
 
     #[test]
     fn ring_size_is_a_power_of_two_of_pages() {

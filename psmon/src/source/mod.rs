@@ -12,6 +12,7 @@ pub mod btf;
 pub mod ebpf;
 pub mod fault;
 pub mod keeper;
+pub mod kernel_filter;
 pub mod netlink;
 pub mod poll;
 
@@ -148,14 +149,20 @@ pub trait Filter: Send {
     /// How many execs the kernel has seen since the filter was loaded,
     /// passed or not: while it stands still, no process changed program.
     fn execs_seen(&self) -> Option<u64>;
-    /// The processes that exec'd, passed or not, since this was last
-    /// asked (each named once, whatever it ran); `None` when the kernel
-    /// could not record them all, or cannot say.
-    fn take_execd(&mut self) -> Option<Vec<u32>>;
+    /// A way to take out the list of processes that exec'd, passed or
+    /// not, since it was last taken out (each named once, whatever it
+    /// ran); `None` when the kernel keeps no such list.
+    fn execd(&mut self) -> Option<TakeExecd>;
     /// How many signals that may end a process the kernel has seen since
     /// the filter was loaded, passed or not.
     fn signals_seen(&self) -> Option<u64>;
 }
+
+/// Takes out a kernel filter's list of processes that exec'd: `None` when
+/// the kernel could not record them all, or cannot say. It costs system
+/// calls for each process listed: run it where blocking is fine (the
+/// scan's thread), not on the event loop.
+pub type TakeExecd = Box<dyn FnOnce() -> Option<Vec<u32>> + Send>;
 
 /// What a consumer of a source's events may rely on, handed over when the
 /// source opens: its name for messages, its kernel filter if it has one,

@@ -30,7 +30,6 @@ use crate::{
     config::{Config, ConfigErrors, LoadOptions, LogLevel},
     control::{Asked, Reply},
     event::ProcEvent,
-    facts::Seen,
     monitor::{Effect, Input, Monitor},
     proc,
     recorder::Recorder,
@@ -61,6 +60,7 @@ mod reload;
 mod scans;
 mod self_check;
 mod shutdown;
+mod source;
 mod status;
 mod systemd;
 mod young;
@@ -138,10 +138,6 @@ pub struct Setup {
     /// Starts restart, failover and probe commands.
     pub spawner: crate::spawner::Spawner,
 }
-
-/// A finished scan: when it started, how long it took, what it found, what
-/// it leaves to the next, and the configuration it was made with.
-type ScanDone = (Time, Duration, Vec<Vec<Seen>>, ScanState, u64);
 
 pub struct Supervisor {
     monitor: Monitor,
@@ -342,24 +338,21 @@ impl Supervisor {
         self.persist();
         let mut scan_tick = tokio::time::interval(self.scans.every());
         let mut keepalive = self.watchdog.map(|d| tokio::time::interval(d / 2));
-        let mut scan: Option<JoinHandle<ScanDone>> = None;
+        let mut scan: Option<JoinHandle<scans::ScanDone>> = None;
         let mut stat_files = Some(ScanState::default());
         loop {
             if scan.is_none() && self.scans.take_request() {
                 // Taken with the snapshot of the members: an exit applied
                 // after this moment wins over what the scan reports.
-                let started = Time::now();
-                let matcher = self.matcher.clone();
-                let n = self.monitor.entry_count();
-                let known = self.monitor.known();
-                let generation = self.monitor.generation();
-                let unchanged = self.scans.unchanged(self.source.as_mut());
-                let mut files = stat_files.take().unwrap_or_default();
-                scan = Some(tokio::task::spawn_blocking(move || {
-                    let t = std::time::Instant::now();
-                    let found = matcher.scan(n, &known, &mut files, &unchanged);
-                    (started, t.elapsed(), found, files, generation)
-                }));
+                let planned = self.scans.unchanged(self.source.as_mut());
+                scan = Some(scans::start(
+                    Arc::clone(&self.matcher),
+                    self.monitor.entry_count(),
+                    self.monitor.known(),
+                    self.monitor.generation(),
+                    planned,
+                    stat_files.take().unwrap_or_default(),
+                ));
             }
             let wake = [
                 self.monitor.next_deadline(Time::now()),
@@ -385,8 +378,9 @@ impl Supervisor {
                 Some(said) = self.notify_rx.recv() => self.on_notify(said),
                 result = async { scan.as_mut().expect("guarded").await }, if scan.is_some() => {
                     scan = None;
-                    if let Ok((started, took, found, files, generation)) = result {
+                    if let Ok(scans::ScanDone { started, took, found, files, generation, walked }) = result {
                         stat_files = Some(files);
+                        self.scans.finished(walked);
                         if generation == self.monitor.generation() {
                             self.feed(Input::Scanned { started, took, found });
                             // Ready once the source is open (or failed for
@@ -530,43 +524,7 @@ impl Supervisor {
                 self.tell_systemd(self.ready_sent);
                 self.audit(sighup(by), "reload", None, Outcome::Failed(why));
             }
-            Control::Source(Report::Opened { handle, why }) => {
-                if let Some(why) = why {
-                    self.reporter.report(LogLevel::Warn, &why, &[]);
-                }
-                if let Some(why) = &handle.cause_unknown {
-                    self.reporter.report(
-                        LogLevel::Info,
-                        &format!("senders of signals cannot be seen ({why}): causes of death will read `cause unknown`"),
-                        &[],
-                    );
-                }
-                let input = Input::SourceOpened {
-                    name: handle.kind.to_string(),
-                    kernel_filter: handle.filter.is_some(),
-                    exit_lag: handle.exit_lag,
-                    cause_unknown: handle.cause_unknown.clone(),
-                };
-                self.source_cells = Some(self.telemetry.metrics.source(&handle.kind.to_string()));
-                self.source_down = None;
-                let checkable = handle.kind != crate::source::SourceKind::Poll;
-                self.source = Some(handle);
-                self.self_check_source_changed(checkable);
-                self.scans.source_opened();
-                self.fill_filter();
-                self.feed(input);
-            }
-            Control::Source(Report::Failed(why)) => {
-                self.source = None;
-                self.source_cells = None;
-                self.self_check_source_changed(false);
-                self.telemetry.metrics.source_closed();
-                self.source_down = Some(why.clone());
-                self.feed(Input::SourceFailed(why));
-            }
-            Control::Source(Report::Kept(why)) => {
-                self.reporter.report(LogLevel::Error, &why, &[]);
-            }
+            Control::Source(report) => self.on_source(report),
         }
     }
 
@@ -579,21 +537,6 @@ impl Supervisor {
         }
         self.monitor
             .set_unheard(failed.into_iter().map(|(path, _)| path).collect());
-    }
-
-    /// Puts every watched name and member into the kernel filter.
-    fn fill_filter(&mut self) {
-        let Some(filter) = self.source.as_mut().and_then(|s| s.filter.as_mut()) else {
-            return;
-        };
-        for comm in self.matcher.kernel_comms().unwrap_or_default() {
-            filter.watch_comm(&comm);
-        }
-        for tgid in self.monitor.member_tgids() {
-            filter.watch_tgid(tgid);
-        }
-        // The self-check's canaries are psmon's children.
-        filter.watch_tgid(std::process::id());
     }
 }
 

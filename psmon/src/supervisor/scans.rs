@@ -18,12 +18,16 @@
 //! every [`WALK_EVERY`] scans in any case, nothing is proved and every
 //! process is read.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
+
+use tokio::task::JoinHandle;
 
 use crate::{
+    clock::Time,
     config::{Config, Pfile},
-    scan::Unchanged,
-    source::Handle,
+    facts::{Known, Seen},
+    scan::{Matcher, ScanState, Unchanged},
+    source::{Handle, TakeExecd},
 };
 
 /// More execs than this between two scans: read everything instead.
@@ -105,41 +109,116 @@ impl ScanPlan {
         self.read_all = true;
     }
 
-    /// What the source proves about execs since the last scan began (taken
-    /// as a scan begins): none at all, or only these, and whether that
-    /// list is whole. Polling proves nothing.
-    pub fn unchanged(&mut self, source: Option<&mut Handle>) -> Unchanged {
-        let mut execd = std::mem::take(&mut self.execd);
+    /// What the source proves about execs since the last scan began (asked
+    /// as a scan begins): none at all, or only those a list names, and
+    /// whether that list is whole. Polling proves nothing. A kernel's list
+    /// is taken out on the scan's thread ([`Planned::settle`]).
+    pub fn unchanged(&mut self, source: Option<&mut Handle>) -> Planned {
+        let execd = std::mem::take(&mut self.execd);
         let read_all = std::mem::take(&mut self.read_all);
         let Some(source) = source else {
-            return Unchanged::default();
+            return Planned::default();
         };
-        let (held, whole) = match source.filter.as_mut() {
+        let walk_anyway = read_all || self.since_walk + 1 >= WALK_EVERY;
+        let (held, listed, held_without_list) = match source.filter.as_mut() {
             Some(filter) => {
                 let count = filter.execs_seen();
                 let same = count.is_some() && self.execs_at_last == count;
                 self.execs_at_last = count;
-                match filter.take_execd() {
-                    Some(listed) => {
-                        execd.extend(listed);
-                        (true, true)
-                    }
-                    None => (same, false),
+                match filter.execd() {
+                    Some(take) => (true, Some(take), same),
+                    None => (same, None, same),
                 }
             }
             // A source that reports every exec names those it delivered,
             // but cannot show that it delivered all (a deaf socket is
             // silent): /proc is walked, only its new processes read.
-            None => (source.reports_every_exec, false),
+            None => (source.reports_every_exec, None, false),
         };
-        let walk = read_all || !held || !whole || self.since_walk + 1 >= WALK_EVERY;
-        self.since_walk = if walk { 0 } else { self.since_walk + 1 };
-        Unchanged {
-            cleared_still_hold: held && !read_all,
-            execd,
-            walk,
+        Planned {
+            unchanged: Unchanged {
+                cleared_still_hold: held && !read_all,
+                execd,
+                walk: walk_anyway || !held || listed.is_none(),
+            },
+            listed,
+            held_without_list: held_without_list && !read_all,
         }
     }
+
+    /// A scan ended; `walked`: it read every process.
+    pub fn finished(&mut self, walked: bool) {
+        self.since_walk = if walked { 0 } else { self.since_walk + 1 };
+    }
+}
+
+/// What a scan about to start may leave unread, until the kernel's list of
+/// execs is taken out.
+#[derive(Default)]
+pub(super) struct Planned {
+    unchanged: Unchanged,
+    listed: Option<TakeExecd>,
+    /// What `cleared_still_hold` becomes if the list is not whole.
+    held_without_list: bool,
+}
+
+impl Planned {
+    /// Takes the kernel's list out (on the scan's thread: two system calls
+    /// a process listed) and says what the scan may leave unread. A list
+    /// that is not whole means walking /proc.
+    pub fn settle(self) -> Unchanged {
+        let mut unchanged = self.unchanged;
+        if let Some(take) = self.listed {
+            match take() {
+                Some(listed) => unchanged.execd.extend(listed),
+                None => {
+                    unchanged.walk = true;
+                    unchanged.cleared_still_hold = self.held_without_list;
+                }
+            }
+        }
+        unchanged
+    }
+}
+
+/// A finished scan: when it started, how long it took, what it found, what
+/// it leaves to the next, the configuration it was made with, and whether
+/// it read every process.
+pub(super) struct ScanDone {
+    pub started: Time,
+    pub took: Duration,
+    pub found: Vec<Vec<Seen>>,
+    pub files: ScanState,
+    pub generation: u64,
+    pub walked: bool,
+}
+
+/// Starts a scan on a blocking thread, for `entries` entries of
+/// configuration `generation`. Called with the snapshot of the members
+/// (`known`): an exit applied after this moment wins over what the scan
+/// reports.
+pub(super) fn start(
+    matcher: Arc<Matcher>,
+    entries: usize,
+    known: Known,
+    generation: u64,
+    planned: Planned,
+    mut files: ScanState,
+) -> JoinHandle<ScanDone> {
+    let started = Time::now();
+    tokio::task::spawn_blocking(move || {
+        let t = std::time::Instant::now();
+        let unchanged = planned.settle();
+        let found = matcher.scan(entries, &known, &mut files, &unchanged);
+        ScanDone {
+            started,
+            took: t.elapsed(),
+            found,
+            files,
+            generation,
+            walked: unchanged.walk,
+        }
+    })
 }
 
 /// How often the reconciliation scan runs: the shortest MONITOR_INTERVAL.
@@ -156,13 +235,20 @@ pub(super) fn interval(config: &Config) -> Duration {
 mod tests {
     use super::*;
 
+    /// One scan's plan, settled as the scan's thread would, and its end.
+    fn scan(plan: &mut ScanPlan, source: Option<&mut Handle>) -> Unchanged {
+        let unchanged = plan.unchanged(source).settle();
+        plan.finished(unchanged.walk);
+        unchanged
+    }
+
     #[test]
     fn without_a_source_nothing_is_proved() {
         let mut plan = ScanPlan::new(&Config::default());
         assert!(plan.take_request());
         assert!(!plan.take_request());
         plan.execd(7);
-        let unchanged = plan.unchanged(None);
+        let unchanged = scan(&mut plan, None);
         assert!(!unchanged.cleared_still_hold);
         assert!(unchanged.execd.is_empty());
     }
@@ -170,7 +256,7 @@ mod tests {
     #[test]
     fn too_many_execs_read_everything() {
         let mut plan = ScanPlan::new(&Config::default());
-        let _ = plan.unchanged(None);
+        let _ = scan(&mut plan, None);
         for tgid in 0..=MAX_EXECD as u32 {
             plan.execd(tgid);
         }
@@ -189,8 +275,9 @@ mod tests {
         fn execs_seen(&self) -> Option<u64> {
             Some(7)
         }
-        fn take_execd(&mut self) -> Option<Vec<u32>> {
-            self.0.clone()
+        fn execd(&mut self) -> Option<TakeExecd> {
+            let listed = self.0.clone();
+            Some(Box::new(move || listed))
         }
         fn signals_seen(&self) -> Option<u64> {
             None
@@ -211,28 +298,28 @@ mod tests {
     fn a_whole_list_of_execs_spares_the_walk_of_proc_but_not_for_ever() {
         let mut plan = ScanPlan::new(&Config::default());
         let mut source = filtering(Some(vec![41, 42]));
-        let first = plan.unchanged(Some(&mut source));
+        let first = scan(&mut plan, Some(&mut source));
         assert!(first.walk, "the first scan reads everything");
         plan.execd(43);
-        let next = plan.unchanged(Some(&mut source));
+        let next = scan(&mut plan, Some(&mut source));
         assert!(!next.walk && next.cleared_still_hold);
         assert_eq!(next.execd, vec![43, 41, 42], "seen and listed alike");
         let walks: Vec<bool> = (0..WALK_EVERY)
-            .map(|_| plan.unchanged(Some(&mut source)).walk)
+            .map(|_| scan(&mut plan, Some(&mut source)).walk)
             .collect();
         assert_eq!(walks.iter().filter(|w| **w).count(), 1, "{walks:?}");
         plan.read_everything();
-        assert!(plan.unchanged(Some(&mut source)).walk);
+        assert!(scan(&mut plan, Some(&mut source)).walk);
     }
 
     #[test]
     fn a_list_of_execs_that_ran_over_walks_proc() {
         let mut plan = ScanPlan::new(&Config::default());
         let mut source = filtering(None);
-        let _ = plan.unchanged(Some(&mut source));
+        let _ = scan(&mut plan, Some(&mut source));
         // The exec count stood still: what matched nothing still does,
         // but a process may have exec'd that nobody named.
-        let next = plan.unchanged(Some(&mut source));
+        let next = scan(&mut plan, Some(&mut source));
         assert!(next.walk && next.cleared_still_hold);
     }
 }
