@@ -490,21 +490,12 @@ fn notify_systemd(state: libsystemd::daemon::NotifyState) {
 /// per scan instead of three syscalls), so lift the soft limit on open
 /// files to the hard one. Where it stays low, scans open files as needed.
 fn raise_open_file_limit() {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let limit = getrlimit(Resource::Nofile);
-    // `None` is no limit.
-    let below = match (limit.current, limit.maximum) {
-        (Some(soft), Some(hard)) => soft < hard,
-        (Some(_), None) => true,
-        (None, _) => false,
-    };
-    if below {
-        let raised = rustix::process::Rlimit {
-            current: limit.maximum,
-            maximum: limit.maximum,
-        };
-        if let Err(e) = setrlimit(Resource::Nofile, raised) {
-            tracing::debug!(error = %e, "could not raise RLIMIT_NOFILE");
-        }
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    // No limit is RLIM_INFINITY, the largest value: never below another.
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::debug!(error = %e, "could not raise RLIMIT_NOFILE");
     }
 }

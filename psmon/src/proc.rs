@@ -12,7 +12,7 @@
 
 use std::{
     io::Read,
-    os::fd::{AsRawFd, OwnedFd},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     path::PathBuf,
 };
 
@@ -533,12 +533,17 @@ pub fn reopen(file: &std::fs::File) -> std::io::Result<std::fs::File> {
 /// pidfd_open(2) (Linux 5.3): a descriptor that refers to one process and
 /// becomes readable when it exits.
 pub fn pidfd_open(tgid: u32) -> std::io::Result<OwnedFd> {
-    let pid = rustix::process::Pid::from_raw(tgid as i32)
+    let pid = libc::pid_t::try_from(tgid)
+        .ok()
+        .filter(|pid| *pid > 0)
         .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    Ok(rustix::process::pidfd_open(
-        pid,
-        rustix::process::PidfdFlags::empty(),
-    )?)
+    // SAFETY: a plain syscall with integer arguments (no flags).
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0u32) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor, owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// Whether this kernel has pidfds (Linux 5.3 and later).
@@ -582,7 +587,7 @@ mod tests {
         let (tid_tx, tid_rx) = std::sync::mpsc::channel();
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
-            let _ = tid_tx.send(rustix::thread::gettid().as_raw_nonzero().get() as u32);
+            let _ = tid_tx.send(nix::unistd::gettid().as_raw() as u32);
             let _ = done_rx.recv();
         });
         let tid = tid_rx.recv().unwrap();

@@ -508,8 +508,11 @@ impl Collector for ProcessMetrics {
         let Some(me) = crate::proc::own_usage() else {
             return Ok(());
         };
-        let max_fds = rustix::process::getrlimit(rustix::process::Resource::Nofile)
-            .current
+        // No limit (RLIM_INFINITY) reads as 0, as it always has here.
+        let max_fds = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .ok()
+            .map(|(soft, _)| soft)
+            .filter(|soft| *soft != nix::libc::RLIM_INFINITY)
             .unwrap_or(0) as f64;
         let bytes = prometheus_client::registry::Unit::Bytes;
         let secs = prometheus_client::registry::Unit::Seconds;

@@ -532,12 +532,11 @@ impl RecentSet {
 /// Lifts `RLIMIT_MEMLOCK`: kernels before 5.11 charge BPF maps to it (64 KiB
 /// by default), and a ring buffer then fails with EPERM. Harmless elsewhere.
 pub(crate) fn raise_memlock_limit() {
-    use rustix::process::{Resource, Rlimit, setrlimit};
-    let unlimited = Rlimit {
-        current: None,
-        maximum: None,
+    use nix::{
+        libc::RLIM_INFINITY,
+        sys::resource::{Resource, setrlimit},
     };
-    if let Err(e) = setrlimit(Resource::Memlock, unlimited) {
+    if let Err(e) = setrlimit(Resource::RLIMIT_MEMLOCK, RLIM_INFINITY, RLIM_INFINITY) {
         tracing::debug!(error = %e, "could not raise RLIMIT_MEMLOCK");
     }
 }
