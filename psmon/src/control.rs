@@ -494,4 +494,64 @@ mod tests {
         assert!(Command::Status { pfile: None }.read_only());
         assert!(!Command::Pause { pfile: "a".into() }.read_only());
     }
+
+    /// A client that sends a request and never reads its reply holds its
+    /// slot only until [`WRITE_TIMEOUT`]; another is answered meanwhile.
+    /// Time is paused once the stuck write is under way.
+    #[tokio::test]
+    async fn a_client_that_never_reads_is_dropped_and_does_not_hold_up_others() {
+        let dir = std::env::temp_dir().join(format!("psmon-stuck-client-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("psmon.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let (asked, mut requests) = mpsc::channel::<Asked>(4);
+        let token = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            listener,
+            path.clone(),
+            Access::default(),
+            asked,
+            token.clone(),
+        ));
+        // Every status is larger than a socket's buffers: a reply not
+        // read fills them and the server's write waits.
+        let big = "x".repeat(1 << 20);
+        tokio::spawn(async move {
+            while let Some(request) = requests.recv().await {
+                let _ = request.reply.send(Ok(json!({ "entries": big })));
+            }
+        });
+        let status = format!("{{\"v\":{PROTOCOL},\"cmd\":\"status\"}}\n");
+        let mut stuck = UnixStream::connect(&path).await.unwrap();
+        stuck.write_all(status.as_bytes()).await.unwrap();
+
+        let mut other = UnixStream::connect(&path).await.unwrap();
+        other.write_all(status.as_bytes()).await.unwrap();
+        let mut reply = String::new();
+        BufReader::new(&mut other)
+            .read_line(&mut reply)
+            .await
+            .unwrap();
+        let reply: Value = serde_json::from_str(&reply).unwrap();
+        assert_eq!(
+            reply["result"]["entries"].as_str().map(str::len),
+            Some(1 << 20)
+        );
+
+        tokio::time::pause();
+        let paused = tokio::time::Instant::now();
+        tokio::time::sleep(WRITE_TIMEOUT + Duration::from_millis(100)).await;
+        let mut got = Vec::new();
+        stuck.read_to_end(&mut got).await.unwrap();
+        assert!(
+            got.len() < 1 << 20,
+            "the stuck client's reply was cut short"
+        );
+        assert!(paused.elapsed() >= WRITE_TIMEOUT);
+        token.cancel();
+        server.await.unwrap();
+        assert!(!path.exists(), "the socket file is removed at the end");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -51,6 +51,9 @@ pub struct Reporter {
     tap: Option<Tap>,
     /// The kind of the notice being said.
     kind: Option<&'static str>,
+    /// Writes to the log file, stderr and syslog (not so in tests that
+    /// only look at the tap: the sinks are the process's, shared).
+    sinks: bool,
 }
 
 impl Reporter {
@@ -75,6 +78,19 @@ impl Reporter {
             format,
             tap: None,
             kind: None,
+            sinks: true,
+        }
+    }
+
+    /// A reporter that shows every message to `tap` and writes nowhere.
+    #[cfg(test)]
+    pub fn tap_only(tap: Tap) -> Self {
+        Reporter {
+            level: LogLevel::Info,
+            format: LogFormat::Json,
+            tap: Some(tap),
+            kind: None,
+            sinks: false,
         }
     }
 
@@ -85,6 +101,7 @@ impl Reporter {
             format: self.format,
             tap: None,
             kind: None,
+            sinks: self.sinks,
         }
     }
 
@@ -133,7 +150,7 @@ impl Reporter {
         if let Some(tap) = &self.tap {
             tap(self.kind, &as_json());
         }
-        if level < self.level {
+        if level < self.level || !self.sinks {
             return;
         }
         let mut line = match self.format {

@@ -6,7 +6,6 @@ use serde_json::json;
 
 use super::{Back, Supervisor, leftovers};
 use crate::{
-    clock::Time,
     config::LogLevel,
     facts::EntryId,
     monitor::{Effect, Input, Notice},
@@ -22,7 +21,7 @@ impl Supervisor {
                 // /metrics finds what it says already counted.
                 self.telemetry
                     .metrics
-                    .notice(&self.monitor, &notice, Time::now());
+                    .notice(&self.monitor, &notice, self.clock.now());
                 self.reporter.notice(&self.monitor, &notice);
                 if let Notice::Policy {
                     entry,
@@ -45,7 +44,7 @@ impl Supervisor {
                 since,
                 timeout,
             } => {
-                let left = timeout.saturating_sub(Time::now().saturating_duration_since(since));
+                let left = timeout.saturating_sub(self.clock.since(since));
                 self.await_command(path, pgid, left)
             }
             Effect::Run(run) => self.run_command(run),

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use super::Supervisor;
-use crate::{clock::Time, config::LogLevel, monitor::Notice, policy::Action, shm};
+use crate::{config::LogLevel, monitor::Notice, policy::Action, shm};
 
 /// A dump file past this size is moved to `FILE.1` before the next write.
 const DUMP_FILE_LIMIT: u64 = 1 << 20;
@@ -132,7 +132,7 @@ impl Supervisor {
         }
         let begun = std::time::Instant::now();
         let ids = self.monitor.entries_of(pfile);
-        let status = self.monitor.status_of(&ids, Time::now());
+        let status = self.monitor.status_of(&ids, self.clock.now());
         let entries: Vec<shm::QueueEntry> = status
             .iter()
             .map(|e| shm::QueueEntry {

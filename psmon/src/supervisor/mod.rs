@@ -26,7 +26,6 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     audit::Outcome,
-    clock::Time,
     config::{Config, ConfigErrors, LoadOptions, LogLevel},
     control::{Asked, Reply},
     event::ProcEvent,
@@ -44,6 +43,7 @@ use crate::{
 };
 
 mod audit;
+mod clock;
 mod commands;
 mod effects;
 mod exits;
@@ -141,6 +141,8 @@ pub struct Setup {
 
 pub struct Supervisor {
     monitor: Monitor,
+    /// What time it is: tokio's clock in monitor time.
+    clock: clock::Clock,
     /// The configuration running now, without its entries (the monitor
     /// has them; a second copy would only cost memory).
     config: Config,
@@ -260,9 +262,11 @@ impl Supervisor {
             None => Monitor::new(config.clone(), pidfds),
         };
         let matcher = Arc::new(Matcher::new(monitor.entries()));
-        telemetry.metrics.set_entries(&monitor, Time::now());
+        let clock = clock::Clock::new();
+        telemetry.metrics.set_entries(&monitor, clock.now());
         let (notify_tx, notify_rx) = mpsc::channel(notify::QUEUE);
         Supervisor {
+            clock,
             monitor,
             config: without_entries(&config),
             conf_dir,
@@ -346,6 +350,7 @@ impl Supervisor {
                 // after this moment wins over what the scan reports.
                 let planned = self.scans.unchanged(self.source.as_mut());
                 scan = Some(scans::start(
+                    self.clock.now(),
                     Arc::clone(&self.matcher),
                     self.monitor.entry_count(),
                     self.monitor.known(),
@@ -355,13 +360,13 @@ impl Supervisor {
                 ));
             }
             let wake = [
-                self.monitor.next_deadline(Time::now()),
+                self.monitor.next_deadline(self.clock.now()),
                 self.drill_deadline(),
             ]
             .into_iter()
             .flatten()
             .min()
-            .map(to_tokio);
+            .map(|at| self.clock.tokio_instant(at));
             let young_due = self.young.next_due().map(tokio::time::Instant::from_std);
             let check_due = self.self_check.due().map(tokio::time::Instant::from_std);
             tokio::select! {
@@ -409,7 +414,7 @@ impl Supervisor {
                 // Idle (nothing waiting for a time) means no wake-ups.
                 _ = sleep_until(wake), if wake.is_some() => {
                     self.feed(Input::Tick);
-                    self.expire_drills(Time::now());
+                    self.expire_drills(self.clock.now());
                 }
                 Some(request) = asked.recv() => self.on_asked(request),
                 _ = tick(&mut keepalive), if keepalive.is_some() => {
@@ -437,7 +442,7 @@ impl Supervisor {
     fn feed(&mut self, input: Input) {
         let (runs, rest): (Vec<Effect>, Vec<Effect>) = self
             .monitor
-            .handle(input, Time::now())
+            .handle(input, self.clock.now())
             .into_iter()
             .partition(|e| matches!(e, Effect::Run(r) if r.job == crate::monitor::Job::Restart));
         for effect in runs.into_iter().chain(rest) {
@@ -540,13 +545,6 @@ impl Supervisor {
     }
 }
 
-/// The tokio instant of a monitor time (both are `CLOCK_MONOTONIC`).
-fn to_tokio(at: Time) -> tokio::time::Instant {
-    let now = Time::now();
-    let base = tokio::time::Instant::now();
-    base + at.saturating_duration_since(now)
-}
-
 /// The next tick of `interval`; never, without one.
 async fn tick(interval: &mut Option<tokio::time::Interval>) {
     match interval {
@@ -564,3 +562,6 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests;

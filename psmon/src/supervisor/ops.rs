@@ -310,7 +310,7 @@ impl Supervisor {
             return refuse(reply, usage(format!("{signal} is not a signal")));
         };
         self.feed(Input::Drill { entry: id });
-        let killed_at = Time::now();
+        let killed_at = self.clock.now();
         if let Err(e) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig) {
             self.feed(Input::DrillEnd { entry: id });
             return refuse(reply, Err(format!("cannot kill pid {pid}: {e}")));
@@ -337,7 +337,7 @@ impl Supervisor {
         let Some(i) = self.drills.iter().position(|d| d.entry == *entry) else {
             return;
         };
-        let now = Time::now();
+        let now = self.clock.now();
         let drill = &mut self.drills[i];
         match action {
             Action::ReportDown { .. } if drill.down_at.is_none() => drill.down_at = Some(now),

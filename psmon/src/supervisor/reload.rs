@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use super::{Prepared, Supervisor};
 use crate::{
-    clock::Time,
     config::{Config, LogLevel},
     facts::EntryId,
     monitor::{Input, Monitor},
@@ -45,14 +44,15 @@ impl Supervisor {
         self.feed(Input::Reload(Box::new(config)));
         match &same {
             // Same cells, same labels: only the entries whose settings changed.
-            Some(changed) => self
-                .telemetry
-                .metrics
-                .refresh(&self.monitor, changed, Time::now()),
+            Some(changed) => {
+                self.telemetry
+                    .metrics
+                    .refresh(&self.monitor, changed, self.clock.now())
+            }
             None => self
                 .telemetry
                 .metrics
-                .set_entries(&self.monitor, Time::now()),
+                .set_entries(&self.monitor, self.clock.now()),
         }
         // Built where the files were read (it resolves every entry's file):
         // the same entries in the same order as the monitor's now.

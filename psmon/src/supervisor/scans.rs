@@ -194,10 +194,11 @@ pub(super) struct ScanDone {
 }
 
 /// Starts a scan on a blocking thread, for `entries` entries of
-/// configuration `generation`. Called with the snapshot of the members
-/// (`known`): an exit applied after this moment wins over what the scan
-/// reports.
+/// configuration `generation`. Called at `started` with the snapshot of
+/// the members (`known`): an exit applied after this moment wins over
+/// what the scan reports.
 pub(super) fn start(
+    started: Time,
     matcher: Arc<Matcher>,
     entries: usize,
     known: Known,
@@ -205,7 +206,6 @@ pub(super) fn start(
     planned: Planned,
     mut files: ScanState,
 ) -> JoinHandle<ScanDone> {
-    let started = Time::now();
     tokio::task::spawn_blocking(move || {
         let t = std::time::Instant::now();
         let unchanged = planned.settle();

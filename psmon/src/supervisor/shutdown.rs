@@ -6,7 +6,6 @@ use serde_json::json;
 
 use super::{Back, COMMAND_GRACE, Supervisor};
 use crate::{
-    clock::Time,
     config::LogLevel,
     monitor::{Effect, Input},
 };
@@ -45,7 +44,7 @@ impl Supervisor {
                     ..
                 } = back
                 {
-                    for effect in self.monitor.handle(input, Time::now()) {
+                    for effect in self.monitor.handle(input, self.clock.now()) {
                         if let Effect::Notice(notice) = effect {
                             self.reporter.notice(&self.monitor, &notice);
                         }

@@ -41,7 +41,7 @@ impl Supervisor {
             ),
             None => None,
         };
-        let now = Time::now();
+        let now = self.clock.now();
         let groups: Vec<Value> = self
             .monitor
             .group_status(now)
