@@ -9,7 +9,7 @@ mod support;
 
 use std::{
     collections::HashMap,
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -792,50 +792,18 @@ impl Receiver {
 }
 
 fn serve_posts(stream: TcpStream, keep: &Mutex<Vec<Value>>) {
-    serve(
-        stream,
-        keep,
-        |_| "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
-    );
+    serve(stream, keep, |_| psmon_testkit::OK);
 }
 
-/// Reads requests from `stream`: each body that is JSON goes to `keep`;
+/// Serves requests on `stream`: each body that is JSON goes to `keep`;
 /// each request is answered with `answer(request line)`.
 fn serve(stream: TcpStream, keep: &Mutex<Vec<Value>>, answer: impl Fn(&str) -> &'static str) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut writer = stream;
-    loop {
-        let mut length = 0usize;
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        loop {
-            let mut h = String::new();
-            if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':')
-                && k.eq_ignore_ascii_case("content-length")
-            {
-                length = v.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut body = vec![0u8; length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        if let Ok(v) = serde_json::from_slice::<Value>(&body) {
+    psmon_testkit::serve_http(stream, |line, body| {
+        if let Ok(v) = serde_json::from_slice::<Value>(body) {
             keep.lock().unwrap().push(v);
         }
-        if writer.write_all(answer(&line).as_bytes()).is_err() {
-            return;
-        }
-    }
+        answer(line)
+    });
 }
 
 /// A receiver that moved (301 to another path, which would answer a GET
@@ -856,7 +824,7 @@ fn a_redirecting_receiver_delivers_nothing() {
                     if line.starts_with("POST /old") {
                         "HTTP/1.1 301 Moved Permanently\r\nLocation: /new\r\nContent-Length: 0\r\n\r\n"
                     } else {
-                        "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+                        psmon_testkit::OK
                     }
                 })
             });

@@ -3,9 +3,8 @@
 #![allow(dead_code, reason = "each test binary uses a different part")]
 
 use std::{
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     sync::{OnceLock, mpsc},
     time::{Duration, Instant},
 };
@@ -169,50 +168,15 @@ impl Psmon {
 
     /// Started through `wrapper` (e.g. `unshare --pid --fork`), when given.
     pub fn start_in(wrapper: &[&str], conf: &Path, source: &str) -> Psmon {
-        let psmon = env!("CARGO_BIN_EXE_psmon");
-        let mut command = match wrapper.split_first() {
-            Some((program, args)) => {
-                let mut c = Command::new(program);
-                c.args(args).arg(psmon);
-                c
-            }
-            None => Command::new(psmon),
-        };
+        let psmon = Path::new(env!("CARGO_BIN_EXE_psmon"));
+        let mut command = psmon_testkit::psmon_run(wrapper, psmon, conf, source);
         if !wrapper.is_empty() {
             use std::os::unix::process::CommandExt;
             command.process_group(0);
         }
         isolate(&mut command, conf.parent().unwrap_or(conf));
-        let mut child = command
-            .args([
-                "run",
-                "--insecure-config",
-                "--log-format",
-                "json",
-                "--source",
-                source,
-            ])
-            .arg("--conf")
-            .arg(conf)
-            .arg("--log-dir")
-            .arg(conf.join("log"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, messages) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                // psmon's own diagnostics (tracing) are text lines: kept
-                // as messages too, so tests can wait for them.
-                let v = serde_json::from_str::<Value>(&line)
-                    .unwrap_or_else(|_| serde_json::json!({ "message": line, "text": true }));
-                if tx.send(v).is_err() {
-                    break;
-                }
-            }
-        });
+        let mut child = command.spawn().unwrap();
+        let messages = psmon_testkit::messages(child.stderr.take().unwrap());
         Psmon {
             child,
             wrapped: !wrapper.is_empty(),

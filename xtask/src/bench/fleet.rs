@@ -6,7 +6,7 @@
 
 use std::{
     fmt::Write as _,
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufReader, Read, Write},
     net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
     sync::{
@@ -476,44 +476,13 @@ fn receiver(listener: TcpListener, got: Arc<Mutex<Vec<(u64, serde_json::Value)>>
             let Ok(stream) = stream else { continue };
             let got = Arc::clone(&got);
             std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut writer = stream;
-                loop {
-                    let mut length = 0usize;
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    loop {
-                        let mut h = String::new();
-                        if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        let h = h.trim_end();
-                        if h.is_empty() {
-                            break;
-                        }
-                        if let Some((k, v)) = h.split_once(':')
-                            && k.eq_ignore_ascii_case("content-length")
-                        {
-                            length = v.trim().parse().unwrap_or(0);
-                        }
-                    }
-                    let mut body = vec![0u8; length];
-                    if reader.read_exact(&mut body).is_err() {
-                        return;
-                    }
+                psmon_testkit::serve_http(stream, |_, body| {
                     let at = monotonic_ns();
-                    if let Ok(v) = serde_json::from_slice(&body) {
+                    if let Ok(v) = serde_json::from_slice(body) {
                         got.lock().unwrap().push((at, v));
                     }
-                    if writer
-                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
+                    psmon_testkit::OK
+                })
             });
         }
     });

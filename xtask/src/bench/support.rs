@@ -5,7 +5,7 @@
 
 use std::{
     fmt::Write as _,
-    io::{BufRead, BufReader},
+    io::BufReader,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc,
@@ -157,47 +157,15 @@ impl Daemon {
         source: &str,
         extra: &[&str],
     ) -> anyhow::Result<Daemon> {
-        let mut command = match wrapper.split_first() {
-            Some((program, args)) => {
-                let mut c = Command::new(program);
-                c.args(args).arg(psmon);
-                c
-            }
-            None => Command::new(psmon),
-        };
-        let mut child = command
-            .args([
-                "run",
-                "--insecure-config",
-                "--log-format",
-                "json",
-                "--source",
-                source,
-            ])
-            .arg("--conf")
-            .arg(conf)
-            .arg("--log-dir")
-            .arg(conf.join("log"))
+        let mut child = psmon_testkit::psmon_run(wrapper, psmon, conf, source)
             .arg("--socket")
             .arg(conf.join("psmon.sock"))
             .arg("--state-dir")
             .arg(conf.join("state"))
             .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
             .spawn()
             .context("starting psmon run")?;
-        let stderr = child.stderr.take().unwrap();
-        let (tx, messages) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line)
-                    && tx.send(v).is_err()
-                {
-                    break;
-                }
-            }
-        });
+        let messages = psmon_testkit::messages(child.stderr.take().unwrap());
         Ok(Daemon { child, messages })
     }
 
