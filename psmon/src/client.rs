@@ -6,7 +6,7 @@ use std::{fmt::Write as _, path::Path, time::Duration};
 
 use serde_json::Value;
 
-use crate::control::{self, ClientError, Command};
+use crate::control::{self, ClientError, ControlRequest};
 
 /// How a client command ended: what to print, and the exit code.
 pub struct Done {
@@ -16,10 +16,10 @@ pub struct Done {
 
 /// Sends `command`; refusals whose reason starts with `usage:` exit 2,
 /// others 1, and no daemon at all 1.
-pub fn run(socket: &Path, command: Command, json: bool) -> Result<Done, ClientError> {
+pub fn run(socket: &Path, command: ControlRequest, json: bool) -> Result<Done, ClientError> {
     // A drill waits for the restart; anything else answers at once.
     let timeout = match command {
-        Command::Test { .. } => Duration::from_secs(3600),
+        ControlRequest::Test { .. } => Duration::from_secs(3600),
         _ => Duration::from_secs(30),
     };
     let result = match control::request(socket, &command, timeout) {
@@ -38,18 +38,18 @@ pub fn run(socket: &Path, command: Command, json: bool) -> Result<Done, ClientEr
     };
     let out = match (&command, json) {
         (_, true) => format!("{result:#}\n"),
-        (Command::Status { .. }, false) => status_table(&result),
-        (Command::Pause { .. }, _) => format!(
+        (ControlRequest::Status { .. }, false) => status_table(&result),
+        (ControlRequest::Pause { .. }, _) => format!(
             "pfile '{}' paused: its {} process(es) are neither restarted nor reported until resume\n",
             result["pfile"].as_str().unwrap_or("?"),
             result["entries"]
         ),
-        (Command::Resume { .. }, _) => format!(
+        (ControlRequest::Resume { .. }, _) => format!(
             "pfile '{}' resumed: {} process(es) watched again\n",
             result["pfile"].as_str().unwrap_or("?"),
             result["entries"]
         ),
-        (Command::Reload { pfile }, _) => match pfile {
+        (ControlRequest::Reload { pfile }, _) => match pfile {
             Some(p) => format!(
                 "pfile '{p}' reloaded; {} process(es) watched in all\n",
                 result["entries"]
@@ -59,7 +59,7 @@ pub fn run(socket: &Path, command: Command, json: bool) -> Result<Done, ClientEr
                 result["entries"]
             ),
         },
-        (Command::Test { .. }, _) => format!(
+        (ControlRequest::Test { .. }, _) => format!(
             "{}: killed pid {}; down after {}, back up (pid {}) after {}\n",
             result["path"].as_str().unwrap_or("?"),
             result["killed"],
@@ -67,7 +67,7 @@ pub fn run(socket: &Path, command: Command, json: bool) -> Result<Done, ClientEr
             result["pid"],
             ms(&result["recovery_ms"]),
         ),
-        (Command::ClearFailover { .. }, _) => {
+        (ControlRequest::ClearFailover { .. }, _) => {
             let cleared: Vec<&str> = result["cleared"]
                 .as_array()
                 .map(|a| a.iter().filter_map(Value::as_str).collect())
@@ -78,10 +78,10 @@ pub fn run(socket: &Path, command: Command, json: bool) -> Result<Done, ClientEr
                 format!("cleared: {}\n", cleared.join(", "))
             }
         }
-        (Command::Ping, _) => format!("psmon pid {}\n", result["pid"]),
-        (Command::Audit { .. }, false) => audit_lines(&result),
+        (ControlRequest::Ping, _) => format!("psmon pid {}\n", result["pid"]),
+        (ControlRequest::Audit { .. }, false) => audit_lines(&result),
         #[cfg(feature = "fault-injection")]
-        (Command::Fault { .. }, _) => format!("{result}\n"),
+        (ControlRequest::Fault { .. }, _) => format!("{result}\n"),
     };
     Ok(Done { out, code: 0 })
 }

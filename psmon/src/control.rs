@@ -40,7 +40,7 @@ const MAX_CLIENTS: usize = 128;
 /// What a client asks.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Command {
+pub enum ControlRequest {
     /// Who is there (pid): used to tell a live daemon from a stale socket.
     Ping,
     Status {
@@ -93,12 +93,12 @@ fn default_signal() -> i32 {
     libc::SIGKILL
 }
 
-impl Command {
+impl ControlRequest {
     /// Requests that only read.
     pub fn read_only(&self) -> bool {
         matches!(
             self,
-            Command::Ping | Command::Status { .. } | Command::Audit { .. }
+            ControlRequest::Ping | ControlRequest::Status { .. } | ControlRequest::Audit { .. }
         )
     }
 
@@ -106,21 +106,21 @@ impl Command {
     /// with its pfile.
     pub fn audited(&self) -> Option<(&'static str, Option<&str>)> {
         match self {
-            Command::Pause { pfile } => Some(("pause", Some(pfile))),
-            Command::Resume { pfile } => Some(("resume", Some(pfile))),
-            Command::Reload { pfile } => Some(("reload", pfile.as_deref())),
-            Command::Test { pfile, .. } => Some(("test", Some(pfile))),
-            Command::ClearFailover { pfile } => Some(("clear-failover", pfile.as_deref())),
+            ControlRequest::Pause { pfile } => Some(("pause", Some(pfile))),
+            ControlRequest::Resume { pfile } => Some(("resume", Some(pfile))),
+            ControlRequest::Reload { pfile } => Some(("reload", pfile.as_deref())),
+            ControlRequest::Test { pfile, .. } => Some(("test", Some(pfile))),
+            ControlRequest::ClearFailover { pfile } => Some(("clear-failover", pfile.as_deref())),
             _ => None,
         }
     }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct Request {
+struct Envelope {
     v: u32,
     #[serde(flatten)]
-    command: Command,
+    command: ControlRequest,
 }
 
 /// A reply: `Ok(result)` or `Err(message)`.
@@ -128,7 +128,7 @@ pub type Reply = Result<Value, String>;
 
 /// A request for the supervisor, with where its reply goes.
 pub struct Asked {
-    pub command: Command,
+    pub command: ControlRequest,
     /// Who asked (`None`: psmon's own HTTP endpoint).
     pub peer: Option<crate::audit::Who>,
     /// Why the request is refused, when it is: the supervisor records it
@@ -183,7 +183,7 @@ pub fn bind(path: &Path, access: &Access, ancestors: bool) -> anyhow::Result<Uni
 
 /// Asks a socket's daemon for its pid, briefly; `None` when nobody answers.
 fn ping_blocking(path: &Path) -> Option<u32> {
-    let result = request(path, &Command::Ping, Duration::from_secs(2)).ok()?;
+    let result = request(path, &ControlRequest::Ping, Duration::from_secs(2)).ok()?;
     result["pid"].as_u64().map(|p| p as u32)
 }
 
@@ -297,7 +297,7 @@ async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &str) -> std:
     }
 }
 
-fn parse(line: &[u8]) -> Result<Command, String> {
+fn parse(line: &[u8]) -> Result<ControlRequest, String> {
     let text = std::str::from_utf8(line).map_err(|_| "the request is not UTF-8".to_string())?;
     let value: Value = serde_json::from_str(text.trim())
         .map_err(|e| format!("the request is not JSON ({e}); send one JSON object per line"))?;
@@ -308,7 +308,7 @@ fn parse(line: &[u8]) -> Result<Command, String> {
             v.map_or("(none)".to_string(), |v| v.to_string())
         ));
     }
-    let request: Request =
+    let request: Envelope =
         serde_json::from_value(value).map_err(|e| format!("bad request: {e}"))?;
     Ok(request.command)
 }
@@ -317,7 +317,7 @@ fn parse(line: &[u8]) -> Result<Command, String> {
 fn authorize(
     peer: &tokio::net::unix::UCred,
     access: &Access,
-    _command: &Command,
+    _command: &ControlRequest,
 ) -> Result<(), String> {
     if peer.uid() == 0 || peer.uid() == nix::unistd::geteuid().as_raw() {
         return Ok(());
@@ -346,7 +346,7 @@ fn in_group(pid: u32, gid: u32) -> bool {
 
 async fn ask(
     asked: &mpsc::Sender<Asked>,
-    command: Command,
+    command: ControlRequest,
     peer: Option<crate::audit::Who>,
     refused: Option<String>,
 ) -> String {
@@ -386,7 +386,11 @@ fn error_reply(why: &str) -> String {
 
 /// The client side: sends `command` to the daemon at `path` and returns
 /// its result, or why there is none.
-pub fn request(path: &Path, command: &Command, timeout: Duration) -> Result<Value, ClientError> {
+pub fn request(
+    path: &Path,
+    command: &ControlRequest,
+    timeout: Duration,
+) -> Result<Value, ClientError> {
     use std::io::{BufRead, Write};
     let stream = std::os::unix::net::UnixStream::connect(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
@@ -422,7 +426,7 @@ pub fn request(path: &Path, command: &Command, timeout: Duration) -> Result<Valu
     let mut writer = stream
         .try_clone()
         .map_err(|e| ClientError::Io(e.to_string()))?;
-    let request = Request {
+    let request = Envelope {
         v: PROTOCOL,
         command: command.clone(),
     };
@@ -469,11 +473,11 @@ mod tests {
     fn requests_parse_strictly() {
         assert_eq!(
             parse(br#"{"v":1,"cmd":"status"}"#),
-            Ok(Command::Status { pfile: None })
+            Ok(ControlRequest::Status { pfile: None })
         );
         assert_eq!(
             parse(br#"{"v":1,"cmd":"test","pfile":"app"}"#),
-            Ok(Command::Test {
+            Ok(ControlRequest::Test {
                 pfile: "app".into(),
                 path: None,
                 signal: libc::SIGKILL
@@ -491,8 +495,8 @@ mod tests {
             let err = parse(bad).unwrap_err();
             assert!(err.contains(says), "{bad:?}: {err}");
         }
-        assert!(Command::Status { pfile: None }.read_only());
-        assert!(!Command::Pause { pfile: "a".into() }.read_only());
+        assert!(ControlRequest::Status { pfile: None }.read_only());
+        assert!(!ControlRequest::Pause { pfile: "a".into() }.read_only());
     }
 
     /// A client that sends a request and never reads its reply holds its

@@ -61,7 +61,7 @@ impl Msg {
 }
 
 #[derive(Default)]
-struct Pending {
+struct Backlog {
     msgs: VecDeque<Msg>,
     bytes: usize,
     /// The most bytes queued since the queue was last empty.
@@ -73,7 +73,7 @@ struct Pending {
 const GIVE_BACK_AFTER: usize = 1 << 20;
 
 struct Sink {
-    queue: Mutex<Pending>,
+    queue: Mutex<Backlog>,
     ready: Condvar,
     dropped: AtomicU64,
 }
@@ -89,7 +89,7 @@ fn sink() -> &'static Sink {
             eprintln!("psmon: cannot start the log writer thread");
         }
         Sink {
-            queue: Mutex::new(Pending::default()),
+            queue: Mutex::new(Backlog::default()),
             ready: Condvar::new(),
             dropped: AtomicU64::new(0),
         }

@@ -54,22 +54,30 @@ fn main() -> ExitCode {
             in_runtime(|shutdown| psmon::daemon::run(opts, socket, shutdown, spawner))
         }
         Command::Status { pfile, json } => {
-            return client(&cli.socket, psmon::control::Command::Status { pfile }, json);
+            return client(
+                &cli.socket,
+                psmon::control::ControlRequest::Status { pfile },
+                json,
+            );
         }
         Command::Pause { pfile } => {
-            return client(&cli.socket, psmon::control::Command::Pause { pfile }, false);
+            return client(
+                &cli.socket,
+                psmon::control::ControlRequest::Pause { pfile },
+                false,
+            );
         }
         Command::Resume { pfile } => {
             return client(
                 &cli.socket,
-                psmon::control::Command::Resume { pfile },
+                psmon::control::ControlRequest::Resume { pfile },
                 false,
             );
         }
         Command::Reload { pfile } => {
             return client(
                 &cli.socket,
-                psmon::control::Command::Reload { pfile },
+                psmon::control::ControlRequest::Reload { pfile },
                 false,
             );
         }
@@ -81,12 +89,16 @@ fn main() -> ExitCode {
                     .unwrap_or_default()
                     .as_secs_f64()
             });
-            return client(&cli.socket, psmon::control::Command::Audit { since }, json);
+            return client(
+                &cli.socket,
+                psmon::control::ControlRequest::Audit { since },
+                json,
+            );
         }
         Command::ClearFailover { pfile } => {
             return client(
                 &cli.socket,
-                psmon::control::Command::ClearFailover { pfile },
+                psmon::control::ControlRequest::ClearFailover { pfile },
                 false,
             );
         }
@@ -95,7 +107,7 @@ fn main() -> ExitCode {
             path,
             signal,
         } => {
-            let command = psmon::control::Command::Test {
+            let command = psmon::control::ControlRequest::Test {
                 pfile,
                 path,
                 signal,
@@ -122,7 +134,11 @@ fn main() -> ExitCode {
 }
 
 /// A command answered by the running daemon.
-fn client(socket: &std::path::Path, command: psmon::control::Command, json: bool) -> ExitCode {
+fn client(
+    socket: &std::path::Path,
+    command: psmon::control::ControlRequest,
+    json: bool,
+) -> ExitCode {
     match psmon::client::run(socket, command, json) {
         Ok(done) => {
             if done.code == 0 {

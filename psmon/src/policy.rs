@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     clock::Time,
-    config::{Action as OnRetryOver, Entry},
+    config::{Entry, OnRetryOver},
     event::ExitStatus,
 };
 
@@ -67,7 +67,7 @@ pub enum Phase {
 }
 
 impl Phase {
-    /// When the entry next needs a [`Input::Tick`], if it waits for time.
+    /// When the entry next needs a [`Observed::Tick`], if it waits for time.
     pub fn deadline(&self, entry: &Entry) -> Option<Time> {
         match *self {
             Phase::Backoff { until } | Phase::SlowRetry { until } => Some(until),
@@ -140,8 +140,10 @@ fn in_window(grace: Option<Duration>, at: Time, now: Time) -> bool {
     grace.is_none_or(|g| now.saturating_duration_since(at) < g)
 }
 
+/// What was seen of an entry's instances, or that time passed: what
+/// [`step`] decides on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Input {
+pub enum Observed {
     /// `running` instances exist now (after an exec, a fork or a scan);
     /// `pid` is the main (oldest) one.
     Running { running: u32, pid: Option<u32> },
@@ -221,10 +223,10 @@ pub enum SetPidFail {
 }
 
 /// Applies `input` to `state` and returns what to do.
-pub fn step(entry: &Entry, state: &mut EntryState, input: Input, now: Time) -> Vec<Action> {
+pub fn step(entry: &Entry, state: &mut EntryState, input: Observed, now: Time) -> Vec<Action> {
     let mut out = Vec::new();
     match input {
-        Input::Running { running, pid } => {
+        Observed::Running { running, pid } => {
             if let Some(max) = entry.max {
                 if running > max && !state.warned_max {
                     state.warned_max = true;
@@ -296,7 +298,7 @@ pub fn step(entry: &Entry, state: &mut EntryState, input: Input, now: Time) -> V
                 }
             }
         }
-        Input::Exited {
+        Observed::Exited {
             pid,
             status,
             running,
@@ -332,7 +334,7 @@ pub fn step(entry: &Entry, state: &mut EntryState, input: Input, now: Time) -> V
                 Some(since) => died_early(entry, state, now, since, Some(pid), status, &mut out),
             }
         }
-        Input::RestartDone { ok } => {
+        Observed::RestartDone { ok } => {
             // Anything but Restarting: the process appeared meanwhile, and
             // whether it stays up decides.
             if state.phase != Phase::Restarting {
@@ -346,7 +348,7 @@ pub fn step(entry: &Entry, state: &mut EntryState, input: Input, now: Time) -> V
                 failed(entry, state, now, SetPidFail::CommandFailed, &mut out);
             }
         }
-        Input::Tick => match state.phase {
+        Observed::Tick => match state.phase {
             Phase::Starting { deadline } if now >= deadline => {
                 failed(entry, state, now, SetPidFail::NotStarted, &mut out);
             }
@@ -508,9 +510,9 @@ fn try_restart(entry: &Entry, state: &mut EntryState, now: Time, out: &mut Vec<A
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Action::{Continue, Switch};
+    use crate::config::OnRetryOver::{Continue, Switch};
 
-    fn entry(retry: u32, grace: u64, action: crate::config::Action) -> Entry {
+    fn entry(retry: u32, grace: u64, action: crate::config::OnRetryOver) -> Entry {
         let mut e = Entry::new(
             "/usr/sbin/d".into(),
             Some("start d".into()),
@@ -530,23 +532,23 @@ mod tests {
         core_dumped: false,
     };
 
-    fn exited(pid: u32) -> Input {
-        Input::Exited {
+    fn exited(pid: u32) -> Observed {
+        Observed::Exited {
             pid,
             status: KILLED,
             running: 0,
         }
     }
 
-    fn up(pid: u32) -> Input {
-        Input::Running {
+    fn up(pid: u32) -> Observed {
+        Observed::Running {
             running: 1,
             pid: Some(pid),
         }
     }
 
     /// Runs (seconds after t0, input) pairs and returns every step's actions.
-    fn run(entry: &Entry, steps: &[(u64, Input)]) -> (Vec<Vec<Action>>, EntryState) {
+    fn run(entry: &Entry, steps: &[(u64, Observed)]) -> (Vec<Vec<Action>>, EntryState) {
         let t0 = Time::from_secs(1000);
         let mut state = EntryState::default();
         let out = steps
@@ -570,7 +572,7 @@ mod tests {
             why: SetPidFail::CommandFailed,
         };
         /// (name, entry, (seconds after start, input) steps, actions of each step)
-        type Case = (&'static str, Entry, Vec<(u64, Input)>, Vec<Vec<Action>>);
+        type Case = (&'static str, Entry, Vec<(u64, Observed)>, Vec<Vec<Action>>);
         let cases: Vec<Case> = vec![
             (
                 "kill, restart, up",
@@ -578,7 +580,7 @@ mod tests {
                 vec![
                     (0, up(10)),
                     (1, exited(10)),
-                    (1, Input::RestartDone { ok: true }),
+                    (1, Observed::RestartDone { ok: true }),
                     (1, up(11)),
                 ],
                 vec![
@@ -600,8 +602,8 @@ mod tests {
                 vec![
                     (0, up(10)),
                     (1, exited(10)),
-                    (1, Input::RestartDone { ok: false }),
-                    (2, Input::RestartDone { ok: false }),
+                    (1, Observed::RestartDone { ok: false }),
+                    (2, Observed::RestartDone { ok: false }),
                     (3, up(12)),
                     (4, exited(12)),
                 ],
@@ -626,8 +628,8 @@ mod tests {
                 vec![
                     (0, up(10)),
                     (1, exited(10)),
-                    (1, Input::RestartDone { ok: false }),
-                    (2, Input::Tick),
+                    (1, Observed::RestartDone { ok: false }),
+                    (2, Observed::Tick),
                 ],
                 vec![
                     vec![ReportUp {
@@ -644,9 +646,9 @@ mod tests {
                 entry(1, 0, Continue),
                 vec![
                     (0, exited(10)),
-                    (0, Input::RestartDone { ok: true }),
-                    (4, Input::Tick),
-                    (5, Input::Tick),
+                    (0, Observed::RestartDone { ok: true }),
+                    (4, Observed::Tick),
+                    (5, Observed::Tick),
                 ],
                 vec![
                     vec![down(10), Restart { attempt: 1 }],
@@ -732,7 +734,7 @@ mod tests {
                 entry(3, 86400, Continue),
                 vec![(
                     0,
-                    Input::Running {
+                    Observed::Running {
                         running: 0,
                         pid: None,
                     },
@@ -763,13 +765,13 @@ mod tests {
         let steps = [
             (
                 0,
-                Input::Running {
+                Observed::Running {
                     running: 0,
                     pid: None,
                 },
             ),
-            (1, Input::RestartDone { ok: false }),
-            (2, Input::RestartDone { ok: false }),
+            (1, Observed::RestartDone { ok: false }),
+            (2, Observed::RestartDone { ok: false }),
         ];
         let (got, _) = run(&e, &steps);
         assert_eq!(
@@ -796,7 +798,7 @@ mod tests {
                 (0, up(10)),
                 (
                     1,
-                    Input::Exited {
+                    Observed::Exited {
                         pid: 10,
                         status: ExitStatus::Code(0),
                         running: 0,
@@ -822,7 +824,7 @@ mod tests {
         let mut e = entry(3, 86400, Continue);
         e.min = 2;
         e.max = Some(3);
-        let run2 = |running, pid| Input::Running {
+        let run2 = |running, pid| Observed::Running {
             running,
             pid: Some(pid),
         };
@@ -834,7 +836,7 @@ mod tests {
                 (2, run2(4, 14)),
                 (
                     3,
-                    Input::Exited {
+                    Observed::Exited {
                         pid: 13,
                         status: KILLED,
                         running: 3,
@@ -842,7 +844,7 @@ mod tests {
                 ),
                 (
                     4,
-                    Input::Exited {
+                    Observed::Exited {
                         pid: 12,
                         status: KILLED,
                         running: 1,
@@ -865,7 +867,7 @@ mod tests {
 
     /// Runs (milliseconds after t0, input) pairs with start_secs 1 s and a
     /// 100 ms back-off capped at 1 s.
-    fn run_ms(steps: &[(u64, Input)], retry: u32) -> Vec<Vec<Action>> {
+    fn run_ms(steps: &[(u64, Observed)], retry: u32) -> Vec<Vec<Action>> {
         let mut e = entry(retry, 86400, Switch);
         e.start_secs = Duration::from_secs(1);
         e.restart_backoff = Duration::from_millis(100);
@@ -881,7 +883,7 @@ mod tests {
     #[test]
     fn a_restart_counts_only_once_it_has_lived_start_secs() {
         use Action::*;
-        let quick_death = Input::Exited {
+        let quick_death = Observed::Exited {
             pid: 11,
             status: ExitStatus::Code(1),
             running: 0,
@@ -892,12 +894,12 @@ mod tests {
                 (1000, exited(10)),
                 (1001, up(11)), // appears while the command runs
                 (1005, quick_death),
-                (1050, Input::Tick), // still backing off
-                (1105, Input::Tick),
-                (1106, Input::RestartDone { ok: true }),
+                (1050, Observed::Tick), // still backing off
+                (1105, Observed::Tick),
+                (1106, Observed::RestartDone { ok: true }),
                 (1110, up(12)),
-                (1500, Input::Tick),
-                (2110, Input::Tick),
+                (1500, Observed::Tick),
+                (2110, Observed::Tick),
             ],
             3,
         );
@@ -938,7 +940,7 @@ mod tests {
     #[test]
     fn back_off_doubles_up_to_its_cap_and_resets_when_up() {
         use Action::*;
-        let failed = Input::RestartDone { ok: false };
+        let failed = Observed::RestartDone { ok: false };
         let fail = ReportSetPidFail {
             why: SetPidFail::CommandFailed,
         };
@@ -949,15 +951,15 @@ mod tests {
             &[
                 (0, exited(10)),
                 (1, failed),
-                (101, Input::Tick),
+                (101, Observed::Tick),
                 (102, failed),
-                (302, Input::Tick),
+                (302, Observed::Tick),
                 (303, failed),
-                (703, Input::Tick),
+                (703, Observed::Tick),
                 (704, failed),
-                (1504, Input::Tick),
+                (1504, Observed::Tick),
                 (1505, failed),
-                (2505, Input::Tick),
+                (2505, Observed::Tick),
             ],
             10,
         );
@@ -975,10 +977,10 @@ mod tests {
             &[
                 (0, exited(10)),
                 (1, failed),
-                (101, Input::Tick),
-                (102, Input::RestartDone { ok: true }),
+                (101, Observed::Tick),
+                (102, Observed::RestartDone { ok: true }),
                 (103, up(11)),
-                (1103, Input::Tick),
+                (1103, Observed::Tick),
                 (5000, exited(11)),
             ],
             10,
@@ -996,7 +998,10 @@ mod tests {
     #[test]
     fn a_spent_budget_is_retry_over_without_waiting() {
         use Action::*;
-        let got = run_ms(&[(0, exited(10)), (1, Input::RestartDone { ok: false })], 1);
+        let got = run_ms(
+            &[(0, exited(10)), (1, Observed::RestartDone { ok: false })],
+            1,
+        );
         assert_eq!(
             got[1],
             vec![
@@ -1012,7 +1017,7 @@ mod tests {
     #[test]
     fn more_instances_than_expected_after_a_restart_are_warned() {
         use Action::*;
-        let two = Input::Running {
+        let two = Observed::Running {
             running: 2,
             pid: Some(11),
         };
@@ -1020,9 +1025,9 @@ mod tests {
             &[
                 (0, up(10)),
                 (10, exited(10)),
-                (20, Input::RestartDone { ok: true }),
+                (20, Observed::RestartDone { ok: true }),
                 (30, two),
-                (1030, Input::Tick),
+                (1030, Observed::Tick),
             ],
             3,
         );
@@ -1043,18 +1048,18 @@ mod tests {
 
     #[test]
     fn a_healthy_run_gives_the_budget_back() {
-        use crate::config::Action::Continue;
+        use crate::config::OnRetryOver::Continue;
         use Action::*;
         let mut e = entry(1, 86400, Continue);
         e.healthy = Some(Duration::from_secs(60));
         let steps = [
             (0, up(10)),
             (1, exited(10)),
-            (1, Input::RestartDone { ok: true }),
+            (1, Observed::RestartDone { ok: true }),
             (2, up(11)),
             // Up 100 s: healthy, its restart no longer counts.
             (102, exited(11)),
-            (102, Input::RestartDone { ok: true }),
+            (102, Observed::RestartDone { ok: true }),
             (103, up(12)),
             // Up 10 s only: the budget of one is spent.
             (113, exited(12)),
@@ -1071,7 +1076,7 @@ mod tests {
 
     #[test]
     fn attempts_stop_showing_once_healthy() {
-        let mut e = entry(3, 86400, crate::config::Action::Continue);
+        let mut e = entry(3, 86400, crate::config::OnRetryOver::Continue);
         e.healthy = Some(Duration::from_secs(60));
         let t0 = Time::from_secs(1000);
         let (_, state) = run(
@@ -1079,7 +1084,7 @@ mod tests {
             &[
                 (0, up(10)),
                 (1, exited(10)),
-                (1, Input::RestartDone { ok: true }),
+                (1, Observed::RestartDone { ok: true }),
                 (2, up(11)),
             ],
         );
@@ -1090,7 +1095,7 @@ mod tests {
 
     #[test]
     fn jitter_stays_within_its_bound_and_spreads() {
-        let mut e = entry(10, 86400, crate::config::Action::Continue);
+        let mut e = entry(10, 86400, crate::config::OnRetryOver::Continue);
         e.restart_backoff = Duration::from_secs(1);
         e.restart_jitter = Duration::from_millis(500);
         let delays: Vec<Duration> = (0..200)
@@ -1109,7 +1114,7 @@ mod tests {
     #[test]
     fn retry_slowly_says_it_once_and_goes_on_until_one_stays_up() {
         use Action::*;
-        let mut e = entry(2, 86400, crate::config::Action::RetrySlowly);
+        let mut e = entry(2, 86400, crate::config::OnRetryOver::RetrySlowly);
         e.slow_retry_interval = Duration::from_secs(30);
         let fail = ReportSetPidFail {
             why: SetPidFail::CommandFailed,
@@ -1119,13 +1124,13 @@ mod tests {
             &[
                 (0, up(10)),
                 (1, exited(10)),
-                (1, Input::RestartDone { ok: false }),
-                (1, Input::RestartDone { ok: false }),
-                (20, Input::Tick),
-                (31, Input::Tick),
-                (31, Input::RestartDone { ok: false }),
-                (61, Input::Tick),
-                (61, Input::RestartDone { ok: true }),
+                (1, Observed::RestartDone { ok: false }),
+                (1, Observed::RestartDone { ok: false }),
+                (20, Observed::Tick),
+                (31, Observed::Tick),
+                (31, Observed::RestartDone { ok: false }),
+                (61, Observed::Tick),
+                (61, Observed::RestartDone { ok: true }),
                 (62, up(13)),
             ],
         );

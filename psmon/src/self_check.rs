@@ -196,11 +196,11 @@ impl SelfCheck {
 /// The thread that starts canaries and reaps them once judged.
 #[derive(Clone, Debug)]
 pub struct Canary {
-    orders: mpsc::Sender<Order>,
+    orders: mpsc::Sender<CanaryOrder>,
 }
 
 #[derive(Debug)]
-enum Order {
+enum CanaryOrder {
     Fire(mpsc::SyncSender<io::Result<u32>>),
     Reap(u32),
 }
@@ -220,26 +220,28 @@ impl Canary {
     pub fn fire(&self) -> io::Result<u32> {
         let gone = || io::Error::other("the canary thread has stopped");
         let (tx, rx) = mpsc::sync_channel(1);
-        self.orders.send(Order::Fire(tx)).map_err(|_| gone())?;
+        self.orders
+            .send(CanaryOrder::Fire(tx))
+            .map_err(|_| gone())?;
         rx.recv().map_err(|_| gone())?
     }
 
     /// Reaps canary `pid` (on the thread: its exit event may come before
     /// it is a zombie, and reaping must not wait on the caller's thread).
     pub fn reap(&self, pid: u32) {
-        let _ = self.orders.send(Order::Reap(pid));
+        let _ = self.orders.send(CanaryOrder::Reap(pid));
     }
 }
 
-fn serve(orders: mpsc::Receiver<Order>) {
+fn serve(orders: mpsc::Receiver<CanaryOrder>) {
     // The child runs on this stack while this thread is suspended.
     let mut stack = vec![0u8; 16 * 1024];
     for order in orders {
         match order {
-            Order::Fire(reply) => {
+            CanaryOrder::Fire(reply) => {
                 let _ = reply.send(clone_and_exit(&mut stack));
             }
-            Order::Reap(pid) => {
+            CanaryOrder::Reap(pid) => {
                 let pid = nix::unistd::Pid::from_raw(pid as i32);
                 let _ = nix::sys::wait::waitpid(pid, None);
             }

@@ -38,7 +38,7 @@ const MAX_MESSAGE: usize = 256 * 1024;
 
 /// A command to start, or a process group to kill.
 #[derive(Serialize, Deserialize, Debug)]
-enum Request {
+enum SpawnRequest {
     Spawn {
         argv: Vec<String>,
         env: Vec<(String, String)>,
@@ -204,7 +204,8 @@ fn serve_spawns(socket: OwnedFd, mut spawns: usize) {
             return;
         };
         let answered = match request {
-            Ok(Request::Spawn { argv, env, umask }) => match spawn(&argv, &env, umask, output) {
+            Ok(SpawnRequest::Spawn { argv, env, umask }) => match spawn(&argv, &env, umask, output)
+            {
                 Ok((pid, pidfd)) => {
                     children.push((pid, pidfd));
                     spawns -= 1;
@@ -212,7 +213,7 @@ fn serve_spawns(socket: OwnedFd, mut spawns: usize) {
                 }
                 Err(error) => answer(&socket, &Answer::Failed { error }),
             },
-            Ok(Request::KillGroup { pid }) => {
+            Ok(SpawnRequest::KillGroup { pid }) => {
                 if children.iter().any(|(p, _)| *p == pid) {
                     // SAFETY: killpg with integer arguments.
                     unsafe { libc::killpg(pid as i32, libc::SIGKILL) };
@@ -237,7 +238,7 @@ fn serve_spawns(socket: OwnedFd, mut spawns: usize) {
 fn receive(
     socket: &OwnedFd,
     buf: &mut [u8],
-) -> Option<(Result<Request, serde_json::Error>, Option<OwnedFd>)> {
+) -> Option<(Result<SpawnRequest, serde_json::Error>, Option<OwnedFd>)> {
     let mut cmsg = nix::cmsg_space!([RawFd; 1]);
     let mut iov = [IoSliceMut::new(buf)];
     let (bytes, fd) = loop {
@@ -420,7 +421,7 @@ impl Spawner {
         output: BorrowedFd<'_>,
     ) -> Option<oneshot::Receiver<Result<Started, String>>> {
         let link = self.0.as_ref()?;
-        let request = serde_json::to_vec(&Request::Spawn { argv, env, umask }).ok()?;
+        let request = serde_json::to_vec(&SpawnRequest::Spawn { argv, env, umask }).ok()?;
         if request.len() > MAX_MESSAGE {
             return None;
         }
@@ -466,7 +467,7 @@ impl Spawner {
             if state.gone {
                 return false;
             }
-            let Ok(request) = serde_json::to_vec(&Request::KillGroup { pid }) else {
+            let Ok(request) = serde_json::to_vec(&SpawnRequest::KillGroup { pid }) else {
                 return false;
             };
             nix::sys::socket::send(

@@ -9,7 +9,7 @@
 use std::{cell::OnceCell, fmt::Write as _, os::unix::fs::PermissionsExt, path::Path};
 
 use crate::{
-    config::{Action, Config, FailoverDriver, Match, Rule},
+    config::{Config, FailoverDriver, Match, OnRetryOver, Rule},
     facts::{Known, Seen},
     scan::{MatchReason, Matcher, ScanState, Unchanged, read_pidfile, resolve},
 };
@@ -96,7 +96,7 @@ impl Survey<'_> {
                     dir.display()
                 ));
             }
-            if e.action == Action::Switch && self.found()[i].is_empty() {
+            if e.action == OnRetryOver::Switch && self.found()[i].is_empty() {
                 warn(format!(
                     "no process matches {} now: started like this, psmon would restart it and, \
                  if that fails, fail over at once (start it first, or check the path with \
@@ -104,7 +104,7 @@ impl Survey<'_> {
                     e.path.display()
                 ));
             }
-            if e.action == Action::Switch
+            if e.action == OnRetryOver::Switch
                 && let Some(why) = self.missing_cluster_tool(e.failover_choice.driver)
             {
                 warn(why);

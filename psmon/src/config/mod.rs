@@ -85,7 +85,7 @@ impl fmt::Display for ConfigErrors {
 /// What to do when the restart budget is spent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Action {
+pub enum OnRetryOver {
     /// Report and keep watching.
     Continue,
     /// Report and run the failover command.
@@ -94,13 +94,13 @@ pub enum Action {
     RetrySlowly,
 }
 
-impl Action {
+impl OnRetryOver {
     /// As configuration writes it.
     pub fn name(self) -> &'static str {
         match self {
-            Action::Continue => "continue",
-            Action::Switch => "switch",
-            Action::RetrySlowly => "retry_slowly",
+            OnRetryOver::Continue => "continue",
+            OnRetryOver::Switch => "switch",
+            OnRetryOver::RetrySlowly => "retry_slowly",
         }
     }
 }
@@ -206,7 +206,7 @@ pub struct Entry {
     pub grace: Option<Duration>,
     /// Restart attempts allowed within the window; 0 = report only.
     pub retry: u32,
-    pub action: Action,
+    pub action: OnRetryOver,
     pub matcher: Match,
     /// Up while at least this many instances run.
     pub min: u32,
@@ -334,7 +334,7 @@ pub struct Group {
     pub restarts: u32,
     pub window: Duration,
     /// When the group's budget is spent.
-    pub action: Action,
+    pub action: OnRetryOver,
     /// Per member: Up, and ready, within this.
     pub start_timeout: Duration,
     /// SIGTERM to a member being stopped, then SIGKILL after this.
@@ -416,7 +416,7 @@ impl Entry {
         restart: Option<String>,
         grace: u64,
         retry: u32,
-        action: Action,
+        action: OnRetryOver,
     ) -> Self {
         Entry {
             path,

@@ -13,7 +13,7 @@
 
 use std::{path::Path, time::Duration};
 
-use super::{Action, Diagnostic, Entry, MAX_ERRORS_PER_FILE, Pfile, hint, suggest};
+use super::{Diagnostic, Entry, MAX_ERRORS_PER_FILE, OnRetryOver, Pfile, hint, suggest};
 
 /// Known PARAM keys, as the manual spells them.
 const PARAM_KEYS: [&str; 4] = [
@@ -442,10 +442,10 @@ fn pent(r: &mut Diagnostics, line: &str, n: usize) -> Option<Entry> {
     Some(entry)
 }
 
-pub(super) fn parse_action(text: &str) -> Option<Action> {
+pub(super) fn parse_action(text: &str) -> Option<OnRetryOver> {
     match text.to_ascii_lowercase().as_str() {
-        "continue" => Some(Action::Continue),
-        "switch" => Some(Action::Switch),
+        "continue" => Some(OnRetryOver::Continue),
+        "switch" => Some(OnRetryOver::Switch),
         _ => None,
     }
 }
@@ -506,7 +506,7 @@ SHM_DUMP_FILE     = /var/opt/HA/PS/log/pcheck_OS_dump
         assert_eq!(sshd.grace, Some(Duration::from_secs(86400)));
         assert_eq!(
             (sshd.retry, sshd.action, sshd.line),
-            (3, Action::Continue, 10)
+            (3, OnRetryOver::Continue, 10)
         );
     }
 
@@ -526,7 +526,7 @@ SHM_DUMP_FILE     = /var/opt/HA/PS/log/pcheck_OS_dump
         );
         assert_eq!(
             (e.grace, e.retry, e.action),
-            (Some(Duration::from_secs(60)), 2, Action::Switch)
+            (Some(Duration::from_secs(60)), 2, OnRetryOver::Switch)
         );
     }
 

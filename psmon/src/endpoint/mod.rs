@@ -36,7 +36,7 @@ use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::control::{Asked, Command};
+use crate::control::{Asked, ControlRequest};
 
 pub use metrics::Metrics;
 
@@ -297,7 +297,11 @@ fn metrics(request: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>
 }
 
 /// Asks the supervisor; `None` when it does not answer within `within`.
-async fn ask(shared: &Shared, command: Command, within: Duration) -> Option<Result<Value, String>> {
+async fn ask(
+    shared: &Shared,
+    command: ControlRequest,
+    within: Duration,
+) -> Option<Result<Value, String>> {
     let (reply, answer) = oneshot::channel();
     let asked = Asked {
         command,
@@ -317,7 +321,7 @@ async fn ask(shared: &Shared, command: Command, within: Duration) -> Option<Resu
 /// 200 while the source is open and the supervisor answers within a
 /// second; 503 with the reason otherwise.
 async fn healthz(shared: &Shared) -> Response<Full<Bytes>> {
-    match ask(shared, Command::Ping, LOOP_DEADLINE).await {
+    match ask(shared, ControlRequest::Ping, LOOP_DEADLINE).await {
         None => reply(
             StatusCode::SERVICE_UNAVAILABLE,
             TEXT,
@@ -353,7 +357,7 @@ async fn status(shared: &Shared) -> Response<Full<Bytes>> {
     {
         return reply(StatusCode::OK, JSON, body.clone());
     }
-    let command = Command::Status { pfile: None };
+    let command = ControlRequest::Status { pfile: None };
     match ask(shared, command, Duration::from_secs(5)).await {
         Some(Ok(v)) => {
             let body = Bytes::from(v.to_string());

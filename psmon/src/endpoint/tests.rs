@@ -53,11 +53,13 @@ fn start_with(behaviour: Loop) -> Running {
                         held.push(a);
                         continue;
                     }
-                    (Command::Ping, Loop::SourceOpen) => Ok(json!({"pid": 1, "source": "ebpf"})),
-                    (Command::Ping, Loop::SourceDown) => Ok(
+                    (ControlRequest::Ping, Loop::SourceOpen) => {
+                        Ok(json!({"pid": 1, "source": "ebpf"}))
+                    }
+                    (ControlRequest::Ping, Loop::SourceDown) => Ok(
                         json!({"pid": 1, "source": null, "source_down": "the ring buffer failed"}),
                     ),
-                    (Command::Status { .. }, _) => Ok(json!({"pid": 1, "entries": []})),
+                    (ControlRequest::Status { .. }, _) => Ok(json!({"pid": 1, "entries": []})),
                     _ => Err("unexpected".to_string()),
                 };
                 let _ = a.reply.send(answer);

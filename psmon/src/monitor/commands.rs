@@ -39,7 +39,7 @@ impl Monitor {
             output: outcome.output_tail,
         }));
         if job == Job::Restart {
-            self.step(id, policy::Input::RestartDone { ok }, now, out);
+            self.step(id, policy::Observed::RestartDone { ok }, now, out);
             if ok && self.watches[i].state.phase != Phase::Up {
                 // Catch the new process even if its exec event was
                 // filtered or lost, if it has not come by then.
@@ -54,7 +54,7 @@ impl Monitor {
     pub(super) fn attempt_unblocked(&mut self, id: EntryId, now: Time, out: &mut Vec<Effect>) {
         let w = &self.watches[id.index()];
         if !w.attempt_blocked() && matches!(w.state.phase, Phase::Backoff { .. }) {
-            self.step(id, policy::Input::Tick, now, out);
+            self.step(id, policy::Observed::Tick, now, out);
         }
         self.group_unblocked(id, now, out);
     }

@@ -195,7 +195,7 @@ impl Monitor {
                 let (running, _) = self.recount(entry);
                 self.step(
                     entry,
-                    policy::Input::Exited {
+                    policy::Observed::Exited {
                         pid,
                         status,
                         running,

@@ -179,7 +179,7 @@ impl Monitor {
         } else if m.counts {
             self.step(
                 id,
-                policy::Input::Exited {
+                policy::Observed::Exited {
                     pid: tgid,
                     status,
                     running,

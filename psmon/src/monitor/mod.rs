@@ -249,7 +249,7 @@ impl Monitor {
                 // Decided, but psmon died before the command started.
                 None => {
                     let now = w.since;
-                    let input = policy::Input::RestartDone { ok: false };
+                    let input = policy::Observed::RestartDone { ok: false };
                     saved.step(EntryId(i as u32), input, now, &mut out);
                 }
             }
@@ -433,7 +433,7 @@ impl Monitor {
                         let (running, _) = self.recount(id);
                         self.step(
                             id,
-                            policy::Input::Exited {
+                            policy::Observed::Exited {
                                 pid,
                                 status,
                                 running,
@@ -531,7 +531,7 @@ impl Monitor {
             if self.watches[id.index()].backoff_held() {
                 continue;
             }
-            self.step(id, policy::Input::Tick, now, out);
+            self.step(id, policy::Observed::Tick, now, out);
         }
     }
 }

@@ -18,13 +18,13 @@ impl Monitor {
             return;
         }
         let (running, pid) = self.recount(id);
-        self.step(id, policy::Input::Running { running, pid }, now, out);
+        self.step(id, policy::Observed::Running { running, pid }, now, out);
     }
 
     pub(super) fn step(
         &mut self,
         id: EntryId,
-        input: policy::Input,
+        input: policy::Observed,
         now: Time,
         out: &mut Vec<Effect>,
     ) {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::{
-    config::{Action as OnRetryOver, Agent, Env, Match, Pfile},
+    config::{Agent, Env, Match, OnRetryOver, Pfile},
     facts::{CommandOutcome, Ending, Seen},
     policy::{Action, SetPidFail, Uncounted},
 };

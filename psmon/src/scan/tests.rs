@@ -6,7 +6,13 @@ fn argv(args: &[&str]) -> Vec<Vec<u8>> {
 }
 
 fn entry(path: &str) -> Entry {
-    Entry::new(path.into(), None, 0, 0, crate::config::Action::Continue)
+    Entry::new(
+        path.into(),
+        None,
+        0,
+        0,
+        crate::config::OnRetryOver::Continue,
+    )
 }
 
 #[test]
@@ -115,7 +121,13 @@ fn names_are_cut_like_the_kernels() {
 #[test]
 fn finds_this_test_process_by_its_executable() {
     let me = std::env::current_exe().unwrap();
-    let m = Matcher::new([&Entry::new(me, None, 0, 0, crate::config::Action::Continue)]);
+    let m = Matcher::new([&Entry::new(
+        me,
+        None,
+        0,
+        0,
+        crate::config::OnRetryOver::Continue,
+    )]);
     let found = m.scan(
         1,
         &Known::new(),
@@ -141,7 +153,7 @@ fn processes_that_match_nothing_are_skipped_until_they_exec() {
         None,
         0,
         0,
-        crate::config::Action::Continue,
+        crate::config::OnRetryOver::Continue,
     )]);
     // A shell (matches nothing) that becomes the watched program by exec.
     let script = format!("read _; exec {} 30", watched.display());
@@ -203,7 +215,13 @@ fn processes_that_match_nothing_are_skipped_until_they_exec() {
         "no promise: everything is read"
     );
     // A command-line entry never skips: a process may retitle into matching.
-    let mut by_cmdline = Entry::new(watched.clone(), None, 0, 0, crate::config::Action::Continue);
+    let mut by_cmdline = Entry::new(
+        watched.clone(),
+        None,
+        0,
+        0,
+        crate::config::OnRetryOver::Continue,
+    );
     by_cmdline.matcher = Match::Cmdline(glob::Pattern::new("*psmon-skip-sleep 30*").unwrap());
     let m2 = Matcher::new([&by_cmdline]);
     let mut state2 = ScanState::default();

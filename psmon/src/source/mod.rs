@@ -261,10 +261,10 @@ pub fn open(choice: SourceChoice, options: &SourceOptions) -> Result<Opened, Sou
 /// pool while events are already being read; the source merges it into its
 /// [`ProcessTable`] when it is ready. Subscribing came first, so nothing
 /// falls between the two.
-pub(crate) struct Seed(Option<tokio::task::JoinHandle<Snapshot>>);
+pub(crate) struct Seed(Option<tokio::task::JoinHandle<ProcListing>>);
 
 /// Every process in `/proc` with its executable, when readable.
-pub(crate) type Snapshot = Vec<(crate::proc::ProcEntry, Option<PathBuf>)>;
+pub(crate) type ProcListing = Vec<(crate::proc::ProcEntry, Option<PathBuf>)>;
 
 impl Seed {
     pub fn start() -> Self {
@@ -284,7 +284,7 @@ impl Seed {
     }
 
     /// The snapshot, once; pending forever after.
-    pub async fn ready(&mut self) -> Snapshot {
+    pub async fn ready(&mut self) -> ProcListing {
         match self.0.as_mut() {
             Some(task) => {
                 let entries = task.await.unwrap_or_default();
@@ -390,7 +390,7 @@ struct Alive {
 impl ProcessTable {
     /// Merges a snapshot. Events already applied are newer than the
     /// snapshot: entries present win, and exits already reported stay gone.
-    pub(crate) fn seed(&mut self, entries: Snapshot) {
+    pub(crate) fn seed(&mut self, entries: ProcListing) {
         for (e, path) in entries {
             if e.is_dead() || self.recent_exits.contains(e.tgid, Some(e.start.ticks())) {
                 continue;

@@ -173,14 +173,14 @@ pub struct WriterCosts {
 
 /// The writer of the state file.
 pub struct Store {
-    shared: Arc<(Mutex<Pending>, Condvar)>,
+    shared: Arc<(Mutex<PendingSave>, Condvar)>,
     /// Time each save took on the caller's thread (taking the snapshot),
     /// in ns.
     pub snapshot_ns: crate::stats::Samples,
 }
 
 #[derive(Default)]
-struct Pending {
+struct PendingSave {
     newest: Option<Snapshot>,
     costs: WriterCosts,
     /// The writer holds one it has not finished writing.
@@ -199,7 +199,7 @@ impl Store {
             .mode(0o700)
             .create(dir)?;
         let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
-        let shared: Arc<(Mutex<Pending>, Condvar)> = Arc::default();
+        let shared: Arc<(Mutex<PendingSave>, Condvar)> = Arc::default();
         let writer = shared.clone();
         let files = Files {
             state: dir.join(FILE),
@@ -266,7 +266,7 @@ struct Files {
     boot_id: String,
 }
 
-fn write_loop(files: &Files, shared: &(Mutex<Pending>, Condvar)) {
+fn write_loop(files: &Files, shared: &(Mutex<PendingSave>, Condvar)) {
     let (lock, wake) = shared;
     let mut writer = SnapshotWriter::default();
     // The journal following the state file last written, with that

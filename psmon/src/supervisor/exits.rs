@@ -33,7 +33,7 @@ const BATCH: usize = 1024;
 /// wait status if it was still a zombie when read.
 pub(super) type Ended = Box<dyn Fn(u32, u64, Option<ExitStatus>) + Send + Sync>;
 
-enum Order {
+enum WatchOrder {
     Watch {
         tgid: u32,
         start: u64,
@@ -46,7 +46,7 @@ enum Order {
 
 /// The handle the supervisor keeps: orders go to the task that waits.
 pub(super) struct ExitWatches {
-    orders: mpsc::UnboundedSender<Order>,
+    orders: mpsc::UnboundedSender<WatchOrder>,
 }
 
 impl ExitWatches {
@@ -66,12 +66,12 @@ impl ExitWatches {
     /// Watches (tgid, start) through its pidfd; a pid reused meanwhile, or
     /// a process already ended, is reported as ended at once.
     pub(super) fn watch(&self, tgid: u32, start: u64, pidfd: OwnedFd) {
-        let _ = self.orders.send(Order::Watch { tgid, start, pidfd });
+        let _ = self.orders.send(WatchOrder::Watch { tgid, start, pidfd });
     }
 
     /// Stops watching `tgid`, without a report.
     pub(super) fn unwatch(&self, tgid: u32) {
-        let _ = self.orders.send(Order::Unwatch { tgid });
+        let _ = self.orders.send(WatchOrder::Unwatch { tgid });
     }
 }
 
@@ -130,7 +130,11 @@ struct Watched {
     pidfd: OwnedFd,
 }
 
-async fn wait(set: AsyncFd<PidfdSet>, mut orders: mpsc::UnboundedReceiver<Order>, ended: Ended) {
+async fn wait(
+    set: AsyncFd<PidfdSet>,
+    mut orders: mpsc::UnboundedReceiver<WatchOrder>,
+    ended: Ended,
+) {
     let mut watched: HashMap<u32, Watched> = HashMap::new();
     let mut batch = Vec::with_capacity(BATCH);
     let mut events = vec![EpollEvent::empty(); 256];
@@ -171,7 +175,7 @@ async fn wait(set: AsyncFd<PidfdSet>, mut orders: mpsc::UnboundedReceiver<Order>
 /// that were not alive any more when their watch was asked for (and not
 /// unwatched after).
 async fn apply(
-    orders: Vec<Order>,
+    orders: Vec<WatchOrder>,
     set: &AsyncFd<PidfdSet>,
     watched: &mut HashMap<u32, Watched>,
 ) -> Vec<(u32, u64)> {
@@ -179,8 +183,8 @@ async fn apply(
     let asked: Vec<(u32, u64)> = orders
         .iter()
         .filter_map(|o| match o {
-            Order::Watch { tgid, start, .. } => Some((*tgid, *start)),
-            Order::Unwatch { .. } => None,
+            WatchOrder::Watch { tgid, start, .. } => Some((*tgid, *start)),
+            WatchOrder::Unwatch { .. } => None,
         })
         .collect();
     let alive = if asked.is_empty() {
@@ -199,7 +203,7 @@ async fn apply(
     let mut gone = Vec::new();
     for order in orders {
         match order {
-            Order::Watch { tgid, start, pidfd } => {
+            WatchOrder::Watch { tgid, start, pidfd } => {
                 forget(tgid, set, watched);
                 let event = EpollEvent::new(EpollFlags::EPOLLIN, u64::from(tgid));
                 if alive.next() == Some(true) && set.get_ref().set.add(&pidfd, event).is_ok() {
@@ -208,7 +212,7 @@ async fn apply(
                     gone.push((tgid, start));
                 }
             }
-            Order::Unwatch { tgid } => {
+            WatchOrder::Unwatch { tgid } => {
                 forget(tgid, set, watched);
                 gone.retain(|&(t, _)| t != tgid);
             }

@@ -11,7 +11,7 @@ use crate::{
     audit::Outcome,
     clock::Time,
     config::{Config, Pfile},
-    control::{Asked, Command, Reply},
+    control::{Asked, ControlRequest, Reply},
     facts::EntryId,
     monitor::{Input, Notice},
     policy::Action,
@@ -76,26 +76,26 @@ impl Supervisor {
             _ => reply,
         };
         let answer = match command {
-            Command::Ping => Ok(json!({
+            ControlRequest::Ping => Ok(json!({
                 "pid": std::process::id(),
                 "source": self.source.as_ref().map(|s| s.kind.to_string()),
                 "source_down": self.source_down,
             })),
-            Command::Status { pfile } => return self.reply_status(pfile.as_deref(), reply),
-            Command::Pause { pfile } => self.pause(&pfile, true),
-            Command::Resume { pfile } => self.pause(&pfile, false),
-            Command::Reload { pfile } => return self.reload(pfile.as_deref(), reply),
-            Command::Test {
+            ControlRequest::Status { pfile } => return self.reply_status(pfile.as_deref(), reply),
+            ControlRequest::Pause { pfile } => self.pause(&pfile, true),
+            ControlRequest::Resume { pfile } => self.pause(&pfile, false),
+            ControlRequest::Reload { pfile } => return self.reload(pfile.as_deref(), reply),
+            ControlRequest::Test {
                 pfile,
                 path,
                 signal,
             } => return self.drill(&pfile, path.as_deref(), signal, reply),
-            Command::ClearFailover { pfile } => {
+            ControlRequest::ClearFailover { pfile } => {
                 return self.clear_failover(pfile.as_deref(), reply);
             }
-            Command::Audit { since } => self.audit_reply(since),
+            ControlRequest::Audit { since } => self.audit_reply(since),
             #[cfg(feature = "fault-injection")]
-            Command::Fault { deaf, sticky } => return fault(&deaf, sticky, reply),
+            ControlRequest::Fault { deaf, sticky } => return fault(&deaf, sticky, reply),
         };
         let _ = reply.send(answer);
     }

@@ -9,7 +9,7 @@ use std::{
 use super::{EventFilter, TraceOptions};
 use crate::event::{EventKind, ProcEvent};
 
-pub(super) struct Filter {
+pub(super) struct Selection {
     /// `--pid` roots and, unless `children_only`, every descendant seen
     /// since (followed through fork events, seeded from `/proc`).
     tree: HashSet<u32>,
@@ -25,7 +25,7 @@ pub(super) struct Filter {
     canaries: HashSet<u32>,
 }
 
-impl Filter {
+impl Selection {
     pub(super) fn new(opts: &TraceOptions) -> Self {
         let mut paths = opts.path.clone();
         // A literal path also matches the file it names (`/bin/true` is
@@ -44,7 +44,7 @@ impl Filter {
         if !opts.children_only && !tree.is_empty() {
             tree.extend(descendants(&opts.pid));
         }
-        Filter {
+        Selection {
             tree,
             roots: opts.pid.clone(),
             children_only: opts.children_only,

@@ -17,7 +17,7 @@ mod filter;
 mod output;
 
 use churn::Churn;
-use filter::Filter;
+use filter::Selection;
 use output::write_event;
 
 use crate::{
@@ -103,7 +103,7 @@ pub struct Totals {
 }
 
 pub async fn run(opts: TraceOptions, shutdown: CancellationToken) -> anyhow::Result<Totals> {
-    let mut filter = Filter::new(&opts);
+    let mut filter = Selection::new(&opts);
     let options = SourceOptions {
         ring_bytes: opts.ring_kib.saturating_mul(1024),
         netlink_rcvbuf: opts.rcvbuf_kib.saturating_mul(1024),

@@ -19,7 +19,7 @@ fn exit(tgid: u32, ppid: u32, comm: &str, path: &str) -> ProcEvent {
     )
 }
 
-fn filter(args: &[&str]) -> Filter {
+fn filter(args: &[&str]) -> Selection {
     use clap::Parser;
     #[derive(clap::Parser)]
     struct Cli {
@@ -27,7 +27,7 @@ fn filter(args: &[&str]) -> Filter {
         trace: TraceOptions,
     }
     let cli = Cli::parse_from(std::iter::once("trace").chain(args.iter().copied()));
-    Filter::new(&cli.trace)
+    Selection::new(&cli.trace)
 }
 
 fn fork(tgid: u32, ppid: u32) -> ProcEvent {

@@ -8,7 +8,7 @@ use std::{ops::Range, path::Path, time::Duration};
 use toml::Spanned;
 
 use super::{
-    Action, Diagnostic, FailoverChoice, FailoverDriver, FailoverMode, Pfile, hint,
+    Diagnostic, FailoverChoice, FailoverDriver, FailoverMode, OnRetryOver, Pfile, hint,
     pfile::parse_action,
 };
 
@@ -62,20 +62,20 @@ impl Checker<'_> {
 
     /// `continue` (the default) or `switch`; an entry's may also be
     /// `retry_slowly`.
-    fn action(&mut self, v: &Option<Spanned<String>>, entry: bool) -> Action {
+    fn action(&mut self, v: &Option<Spanned<String>>, entry: bool) -> OnRetryOver {
         let Some(a) = v else {
-            return Action::Continue;
+            return OnRetryOver::Continue;
         };
         match (parse_action(a.get_ref()), a.get_ref().as_str()) {
             (Some(action), _) => action,
-            (None, "retry_slowly") if entry => Action::RetrySlowly,
+            (None, "retry_slowly") if entry => OnRetryOver::RetrySlowly,
             (None, "retry_slowly") => {
                 self.error(
                     a.span(),
                     "a group's action is `continue` or `switch`: `retry_slowly` is for entries"
                         .into(),
                 );
-                Action::Continue
+                OnRetryOver::Continue
             }
             (None, other) => {
                 let expected = match entry {
@@ -86,7 +86,7 @@ impl Checker<'_> {
                     a.span(),
                     format!("unknown action `{other}`: expected {expected}"),
                 );
-                Action::Continue
+                OnRetryOver::Continue
             }
         }
     }

@@ -11,7 +11,7 @@ use super::{
     schema::{EntryToml, GroupToml, ProbeToml, UserToml},
     unit_restart,
 };
-use crate::config::{Action, Entry, Group, Match, Owner, Probe, ProbeKind, Rule};
+use crate::config::{Entry, Group, Match, OnRetryOver, Owner, Probe, ProbeKind, Rule};
 
 pub(super) fn entry(c: &mut Checker, spanned: &Spanned<EntryToml>) -> Option<Entry> {
     let t = spanned.get_ref();
@@ -139,7 +139,7 @@ pub(super) fn entry(c: &mut Checker, spanned: &Spanned<EntryToml>) -> Option<Ent
         e.restart_jitter = d;
     }
     match c.secs_f("slow_retry_interval", &t.slow_retry_interval, 1.0, 86400.0) {
-        Some(_) if action != Action::RetrySlowly => c.error(
+        Some(_) if action != OnRetryOver::RetrySlowly => c.error(
             t.slow_retry_interval.as_ref().map_or(0..0, |s| s.span()),
             "slow_retry_interval applies only with action = \"retry_slowly\"".into(),
         ),

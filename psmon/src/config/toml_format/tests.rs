@@ -40,7 +40,7 @@ failover = "crm resource move app"
     assert_eq!(e.line, 3);
     assert_eq!(
         (e.retry, e.action, e.min, e.max),
-        (2, Action::Switch, 2, Some(4))
+        (2, OnRetryOver::Switch, 2, Some(4))
     );
     assert_eq!(e.stop_exit_codes, vec![0, 3]);
     assert!(
@@ -63,9 +63,9 @@ fn restarts_decay_jitter_and_retry_slowly() {
     assert_eq!(a.healthy, Some(Duration::from_secs(20)), "10 × start_secs");
     assert_eq!(b.healthy, None, "0: every restart counts in the window");
     assert_eq!(b.restart_jitter, Duration::from_millis(500));
-    assert_eq!(a.action, Action::Continue);
+    assert_eq!(a.action, OnRetryOver::Continue);
     assert_eq!(c.healthy, Some(Duration::from_secs(30)));
-    assert_eq!(c.action, Action::RetrySlowly);
+    assert_eq!(c.action, OnRetryOver::RetrySlowly);
     assert_eq!(c.slow_retry_interval, Duration::from_secs(120));
     // Written out and read back, the same.
     let again = parse_text(&to_toml(&p)).unwrap();

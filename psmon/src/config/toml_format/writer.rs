@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::config::{Action, Entry, Match, Pfile, Rule};
+use crate::config::{Entry, Match, OnRetryOver, Pfile, Rule};
 
 fn quote(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
@@ -70,7 +70,7 @@ pub fn to_toml(p: &Pfile) -> String {
         if !e.restart_jitter.is_zero() {
             let _ = writeln!(out, "restart_jitter = {}", e.restart_jitter.as_secs_f64());
         }
-        if e.action == Action::RetrySlowly {
+        if e.action == OnRetryOver::RetrySlowly {
             let every = e.slow_retry_interval.as_secs_f64();
             let _ = writeln!(out, "slow_retry_interval = {every}");
         }

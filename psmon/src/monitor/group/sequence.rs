@@ -6,7 +6,7 @@
 use super::{GroupEvent, GroupPhase, GroupWhy, STOP_MARGIN, StartFailure};
 use crate::{
     clock::Time,
-    config::{Action as OnRetryOver, ProbeKind},
+    config::{OnRetryOver, ProbeKind},
     facts::EntryId,
     monitor::{Effect, Monitor, REAP_WAIT},
     policy::Phase,
