@@ -59,9 +59,8 @@ fn attach(
     let program: &mut BtfTracePoint = ebpf
         .program_mut(name)
         .and_then(|p| p.try_into().ok())
-        .ok_or_else(|| Refusal::Kernel {
-            what: format!("finding program `{name}` in the embedded object"),
-            error: "missing".into(),
+        .ok_or_else(|| Refusal::Missing {
+            what: format!("program `{name}`"),
         })?;
     program.load(tracepoint, kernel_btf).map_err(|e| match e {
         ProgramError::LoadError {
@@ -79,11 +78,11 @@ fn attach(
                 }
             }
         }
-        other => refusal(&format!("loading `{name}`"), &other),
+        other => refusal(&format!("loading `{name}`"), other),
     })?;
     program
         .attach()
-        .map_err(|e| refusal(&format!("attaching `{name}`"), &e))?;
+        .map_err(|e| refusal(&format!("attaching `{name}`"), e))?;
     Ok(())
 }
 
@@ -121,10 +120,25 @@ pub enum Refusal {
         program: String,
         log: String,
     },
+    /// The embedded object lacks a program or a map: a broken build.
+    Missing {
+        what: String,
+    },
+    /// The kernel refused something else.
     Kernel {
         what: String,
-        error: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
+}
+
+impl std::error::Error for Refusal {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Refusal::Offsets { source } => Some(source),
+            Refusal::Kernel { source, .. } => Some(source.as_ref()),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for Refusal {
@@ -156,7 +170,20 @@ impl fmt::Display for Refusal {
                 f,
                 "the kernel verifier rejected `{program}`; verifier log:\n{log}"
             ),
-            Refusal::Kernel { what, error } => write!(f, "{what} failed: {error}"),
+            Refusal::Missing { what } => write!(
+                f,
+                "the embedded eBPF object has no {what}; rebuild psmon (`cargo xtask setup` first)"
+            ),
+            // The kernel's words are often in the causes: all of them.
+            Refusal::Kernel { what, source } => {
+                write!(f, "{what} failed: {source}")?;
+                let mut cause = source.source();
+                while let Some(c) = cause {
+                    write!(f, ": {c}")?;
+                    cause = c.source();
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -203,10 +230,10 @@ impl EbpfSource {
             .set_global(GLOBAL_CONFIG, &config, true)
             .set_max_entries(MAP_EVENTS, ring_bytes)
             .load(OBJECT)
-            .map_err(|e| refusal("loading the eBPF maps", &e))?;
+            .map_err(|e| refusal("loading the eBPF maps", e))?;
         let kernel_btf = aya::Btf::from_sys_fs().map_err(|e| Refusal::Kernel {
             what: "reading kernel BTF".into(),
-            error: e.to_string(),
+            source: Box::new(e),
         })?;
         for name in PROGRAMS {
             attach(&mut ebpf, name, name, &kernel_btf)?;
@@ -374,39 +401,37 @@ fn ring_size(requested: u32) -> u32 {
     requested.max(page).next_power_of_two()
 }
 
-pub(super) fn take<T, E: fmt::Display>(
+pub(super) fn take<T, E: Into<Box<dyn std::error::Error + Send + Sync>>>(
     ebpf: &mut Ebpf,
     name: &str,
     convert: impl FnOnce(aya::maps::Map) -> Result<T, E>,
 ) -> Result<T, Refusal> {
-    let map = ebpf.take_map(name).ok_or_else(|| Refusal::Kernel {
-        what: format!("finding map `{name}` in the embedded object"),
-        error: "missing".into(),
+    let map = ebpf.take_map(name).ok_or_else(|| Refusal::Missing {
+        what: format!("map `{name}`"),
     })?;
     convert(map).map_err(|e| Refusal::Kernel {
         what: format!("opening map `{name}`"),
-        error: e.to_string(),
+        source: e.into(),
     })
 }
 
-fn refusal(what: &str, error: &dyn std::error::Error) -> Refusal {
-    let mut text = error.to_string();
-    let mut cause = error.source();
+/// What `error` (while doing `what`) means: not permitted when an EPERM
+/// is among its causes, else the kernel's refusal.
+fn refusal(what: &str, error: impl std::error::Error + Send + Sync + 'static) -> Refusal {
     let mut eperm = false;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&error);
     while let Some(c) = cause {
-        text.push_str(&format!(": {c}"));
         if let Some(io) = c.downcast_ref::<std::io::Error>() {
             eperm |= io.raw_os_error() == Some(libc::EPERM);
         }
         cause = c.source();
     }
-    if eperm || text.contains("Operation not permitted") {
-        Refusal::NotPermitted { what: what.into() }
-    } else {
-        Refusal::Kernel {
+    match eperm {
+        true => Refusal::NotPermitted { what: what.into() },
+        false => Refusal::Kernel {
             what: what.into(),
-            error: text,
-        }
+            source: Box::new(error),
+        },
     }
 }
 

@@ -55,15 +55,13 @@ impl KernelFilter {
         // the scan's thread the execs left unrecorded.
         let (execs, second) = take(ebpf, MAP_EXECS, |map| {
             let again = match &map {
-                Map::PerCpuArray(data) => data.fd().as_fd().try_clone_to_owned().ok(),
+                Map::PerCpuArray(data) => Some(data.fd().as_fd().try_clone_to_owned()),
                 _ => None,
             };
-            let execs = PerCpuArray::try_from(map).map_err(|e| e.to_string())?;
-            let again = again.ok_or("cannot open it twice")?;
-            let second = MapData::from_fd(again)
-                .and_then(|data| PerCpuArray::try_from(Map::PerCpuArray(data)))
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>((execs, second))
+            let execs = PerCpuArray::try_from(map)?;
+            let again = again.ok_or("not a per-CPU array")??;
+            let second = PerCpuArray::try_from(Map::PerCpuArray(MapData::from_fd(again)?))?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((execs, second))
         })?;
         let record = ExecRecord {
             execd: take(ebpf, MAP_EXECD, BpfHashMap::try_from)?,
