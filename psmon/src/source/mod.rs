@@ -12,7 +12,6 @@ pub mod btf;
 pub mod ebpf;
 pub mod fault;
 pub mod keeper;
-pub mod kernel_filter;
 pub mod netlink;
 pub mod poll;
 

@@ -16,10 +16,8 @@ use psmon_ebpf::{
     MAP_WATCH_COMMS, MAP_WATCH_TGIDS,
 };
 
-use super::{
-    TakeExecd,
-    ebpf::{Refusal, take},
-};
+use super::refusal::{Refusal, take};
+use crate::source::TakeExecd;
 
 /// Handle on the in-kernel watch filter, used when the source was opened with
 /// `kernel_filter`. Events of other processes never leave the kernel.
@@ -98,7 +96,7 @@ impl KernelFilter {
     }
 }
 
-impl super::Filter for KernelFilter {
+impl crate::source::Filter for KernelFilter {
     fn watch_comm(&mut self, name: &str) {
         if let Err(e) = KernelFilter::watch_comm(self, name) {
             tracing::warn!(name, error = %e, "cannot add a name to the kernel filter");
