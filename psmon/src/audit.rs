@@ -36,11 +36,10 @@ impl Who {
     /// A peer on the control socket or a signal's sender; its name read now
     /// (it may be gone: then none).
     pub fn of(uid: u32, pid: Option<u32>, via: Via) -> Who {
-        let comm = pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).ok());
         Who {
             uid,
             pid,
-            comm: comm.map(|c| c.trim_end().to_string()),
+            comm: pid.and_then(crate::proc::comm),
             via,
         }
     }

@@ -332,7 +332,7 @@ fn dump_found(pfile: Option<&str>, out: Option<&std::path::Path>) -> anyhow::Res
     for key in keys {
         match psmon::shm::dump(key) {
             Ok(t) => text.push_str(&format!("{t}\n")),
-            Err(e) => failed.push(e),
+            Err(e) => failed.push(e.to_string()),
         }
     }
     match out {

@@ -267,6 +267,12 @@ fn mount_of(line: &str) -> Option<(&str, &str, &str)> {
     Some((mount, kind, fs.nth(1).unwrap_or("")))
 }
 
+/// `/proc/PID/comm`: the process's name, without its newline.
+pub fn comm(pid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(text.trim_end_matches('\n').to_string())
+}
+
 pub fn exe(tgid: u32) -> Option<PathBuf> {
     std::fs::read_link(format!("/proc/{tgid}/exe")).ok()
 }

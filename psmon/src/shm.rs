@@ -259,29 +259,46 @@ pub fn pfile_of(key: u32) -> Option<String> {
     name
 }
 
+/// Why a health queue cannot be read, or trusted.
+#[derive(Debug, thiserror::Error)]
+pub enum DumpError {
+    #[error("no health queue with IPCKEY {key:#x}: psmon has not run with it since boot")]
+    NoSegment { key: u32 },
+    #[error("cannot read the health queue {key:#x}: {source}")]
+    Attach { key: u32, source: std::io::Error },
+    #[error("the segment {key:#x} is not psmon's ({why})")]
+    Foreign { key: u32, why: &'static str },
+    #[error(
+        "the segment {key:#x} has layout {layout} ({size} bytes); this psmon reads layout {LAYOUT} ({SIZE} bytes)"
+    )]
+    OtherLayout { key: u32, layout: u32, size: u32 },
+    #[error(
+        "the segment {key:#x} is being written without end (its writer may have died mid-write); try again"
+    )]
+    HalfWritten { key: u32 },
+}
+
 /// The id and size of the segment of `key`.
-fn attachable(key: u32) -> Result<(i32, usize), String> {
+fn attachable(key: u32) -> Result<(i32, usize), DumpError> {
     // SAFETY: shmget of an existing segment.
     let id = unsafe { libc::shmget(key as libc::key_t, 0, 0) };
     if id < 0 {
-        return Err(format!(
-            "no health queue with IPCKEY {key:#x}: psmon has not run with it since boot"
-        ));
+        return Err(DumpError::NoSegment { key });
     }
     Ok((id, segment_size(id).unwrap_or(0)))
 }
 
 /// Reads the segment of `key` and renders it for people; an error says
 /// why it cannot be trusted (none, foreign, another layout, half-written).
-pub fn dump(key: u32) -> Result<String, String> {
+pub fn dump(key: u32) -> Result<String, DumpError> {
     let (id, size) = attachable(key)?;
     // SAFETY: attaching read-only.
     let base = unsafe { libc::shmat(id, std::ptr::null(), libc::SHM_RDONLY) };
     if base as isize == -1 {
-        return Err(format!(
-            "cannot read the health queue {key:#x}: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(DumpError::Attach {
+            key,
+            source: std::io::Error::last_os_error(),
+        });
     }
     let result = read_copy(base.cast(), size, key);
     // SAFETY: detaching what was attached.
@@ -290,24 +307,27 @@ pub fn dump(key: u32) -> Result<String, String> {
 }
 
 /// A consistent copy of the segment at `base` (`size` bytes).
-fn read_copy(base: *const u8, size: usize, key: u32) -> Result<Box<Segment>, String> {
+fn read_copy(base: *const u8, size: usize, key: u32) -> Result<Box<Segment>, DumpError> {
     if size < std::mem::size_of::<Header>() {
-        return Err(format!(
-            "the segment {key:#x} is not psmon's (it is too small)"
-        ));
+        return Err(DumpError::Foreign {
+            key,
+            why: "it is too small",
+        });
     }
     // SAFETY: the header fits in the segment.
     let header: Header = unsafe { std::ptr::read_unaligned(base.cast()) };
     if header.magic != MAGIC {
-        return Err(format!(
-            "the segment {key:#x} is not psmon's (no psmon header)"
-        ));
+        return Err(DumpError::Foreign {
+            key,
+            why: "no psmon header",
+        });
     }
     if header.layout != LAYOUT || header.size as usize != SIZE || size < SIZE {
-        return Err(format!(
-            "the segment {key:#x} has layout {} ({} bytes); this psmon reads layout {LAYOUT} ({SIZE} bytes)",
-            header.layout, header.size
-        ));
+        return Err(DumpError::OtherLayout {
+            key,
+            layout: header.layout,
+            size: header.size,
+        });
     }
     for _ in 0..100 {
         let seq = |b: *const u8| {
@@ -329,9 +349,7 @@ fn read_copy(base: *const u8, size: usize, key: u32) -> Result<Box<Segment>, Str
         }
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
-    Err(format!(
-        "the segment {key:#x} is being written without end (its writer may have died mid-write); try again"
-    ))
+    Err(DumpError::HalfWritten { key })
 }
 
 fn render(seg: &Segment, key: u32) -> String {
@@ -452,22 +470,22 @@ mod tests {
         // Caught mid-write (a writer that died there).
         // SAFETY: the test's own segment.
         unsafe { (*q.base).header.seq += 1 };
-        assert!(dump(k).unwrap_err().contains("being written"));
+        assert!(matches!(dump(k), Err(DumpError::HalfWritten { .. })));
         // SAFETY: as above.
         unsafe { (*q.base).header.seq += 1 };
         // Another layout, then a foreign header.
         // SAFETY: as above.
         unsafe { (*q.base).header.layout = 7 };
-        assert!(dump(k).unwrap_err().contains("layout 7"));
+        assert!(dump(k).unwrap_err().to_string().contains("layout 7"));
         // SAFETY: as above.
         unsafe { (*q.base).header.magic = *b"SOMEONE\0" };
-        assert!(dump(k).unwrap_err().contains("not psmon's"));
+        assert!(matches!(dump(k), Err(DumpError::Foreign { .. })));
         let id = q.id;
         drop(q);
         // psmon will not take over a foreign segment.
         assert!(HealthQueue::open(k, "app", Path::new("/etc/psmon/pfile_app")).is_err());
         // SAFETY: removing the test's segment.
         unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
-        assert!(dump(k).unwrap_err().contains("no health queue"));
+        assert!(matches!(dump(k), Err(DumpError::NoSegment { .. })));
     }
 }
