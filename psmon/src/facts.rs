@@ -28,6 +28,17 @@ impl EntryId {
     }
 }
 
+/// A restart group: its place in the configuration's order of groups,
+/// renumbered by a reload like entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct GroupId(pub u32);
+
+impl GroupId {
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
 /// A process as a scan or a classification saw it: its identity (tgid,
 /// start time in clock ticks) and what tells it apart later.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::{Effect, EntryId, Job, Monitor, Notice};
 use crate::{
     config::{Config, FailoverChoice, FailoverDriver, FailoverMode},
-    facts::{Cluster, Constraint, SwitchOutcome, SwitchRequest},
+    facts::{Cluster, Constraint, GroupId, SwitchOutcome, SwitchRequest},
 };
 
 /// psagent.conf's failover settings.
@@ -52,13 +52,13 @@ impl Monitor {
     pub(super) fn failover_run(
         &self,
         id: EntryId,
-        group: Option<usize>,
+        group: Option<GroupId>,
         env: Vec<(String, String)>,
     ) -> Option<Effect> {
         let entry = &self.config[id.index()];
         let (choice, name, own): (&FailoverChoice, &str, &Option<String>) = match group {
             Some(g) => {
-                let conf = &self.group_conf[g].group;
+                let conf = &self.group_conf[g.index()].group;
                 (&conf.failover_choice, &conf.name, &conf.failover)
             }
             None => (
@@ -121,7 +121,7 @@ impl Monitor {
         }
         out.push(Effect::Notice(Notice::Switched {
             entry: EntryId(i as u32),
-            group: self.group_of[i].map(|g| self.group_conf[g].group.name.clone()),
+            group: self.group_of[i].map(|g| self.group_conf[g.index()].group.name.clone()),
             ok: outcome.ok,
             said: outcome.said,
             elapsed: outcome.elapsed,

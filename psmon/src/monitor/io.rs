@@ -11,7 +11,7 @@ use crate::{
     clock::Time,
     config::{Config, ConfigErrors, Probe},
     event::ExitStatus,
-    facts::{Cause, CommandOutcome, Ending, Seen, SwitchOutcome, SwitchRequest},
+    facts::{Cause, CommandOutcome, Ending, GroupId, Seen, SwitchOutcome, SwitchRequest},
     policy::Action,
 };
 
@@ -301,7 +301,7 @@ pub enum Notice {
     /// A restart group's step (`group` indexes the configuration's groups),
     /// `at` this long after its restart began.
     Group {
-        group: usize,
+        group: GroupId,
         event: GroupEvent,
         at: Duration,
     },

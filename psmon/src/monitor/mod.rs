@@ -46,7 +46,7 @@ use crate::{
     clock::Time,
     config::{Config, Entry, Rule},
     event::ExitStatus,
-    facts::{Cause, EntryId},
+    facts::{Cause, EntryId, GroupId},
     policy::{self, Phase},
 };
 
@@ -168,7 +168,7 @@ pub struct Monitor {
     group_conf: Vec<GroupConf>,
     /// Entry index → its group.
     #[serde(skip)]
-    group_of: Vec<Option<usize>>,
+    group_of: Vec<Option<GroupId>>,
     /// The entries with a hang probe: only they have probes due (10,000
     /// entries without one are not looked at for each deadline).
     #[serde(skip)]

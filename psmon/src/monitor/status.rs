@@ -14,7 +14,7 @@ use crate::{
     clock::Time,
     config::Entry,
     event::ExitStatus,
-    facts::Cause,
+    facts::{Cause, GroupId},
     policy::{Phase, SetPidFail},
 };
 
@@ -45,7 +45,7 @@ pub struct StatusModel {
     config: Arc<Vec<Entry>>,
     watches: Watches,
     members: ByPid<Member>,
-    group_of: Vec<Option<usize>>,
+    group_of: Vec<Option<GroupId>>,
     group_names: Vec<String>,
 }
 
@@ -119,7 +119,7 @@ impl StatusModel {
     /// The name of the restart group the entry is in, if any.
     pub fn group_name(&self, id: EntryId) -> Option<&str> {
         let g = self.group_of.get(id.index()).copied().flatten()?;
-        self.group_names.get(g).map(String::as_str)
+        self.group_names.get(g.index()).map(String::as_str)
     }
 }
 

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use super::escape_controls;
 use crate::{
     config::{Entry, FailoverMode, LogLevel},
-    facts::{Cluster, Ending, EntryId, SwitchRequest},
+    facts::{Cluster, Ending, EntryId, GroupId, SwitchRequest},
     monitor::{GroupEvent, GroupWhy, Monitor},
     policy::{Action, SetPidFail, Uncounted},
 };
@@ -16,7 +16,7 @@ use crate::{
 /// `Group 'NAME':` so that one group's sequence can be read with grep.
 pub fn group_message(
     monitor: &Monitor,
-    g: usize,
+    g: GroupId,
     event: &GroupEvent,
 ) -> (LogLevel, String, Vec<(&'static str, Value)>) {
     let name = monitor.group_name(g);

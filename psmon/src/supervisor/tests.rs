@@ -149,6 +149,18 @@ impl Shell {
         self.run = Some(tokio::spawn(supervisor.run(events, control, asked, token)));
     }
 
+    /// Starts the supervisor with one instance of the program running,
+    /// waits for the first scan to find it Up, kills it and waits for the
+    /// restart command to start: the instance's pid and start time.
+    async fn up_then_killed(&mut self) -> (u32, u64) {
+        let (tgid, start) = self.start_daemon();
+        self.start();
+        until("the first scan to find the daemon", || self.said("up") >= 1).await;
+        self.daemons[0].kill().unwrap();
+        until("the restart command", || self.lines("restarts").len() == 1).await;
+        (tgid, start)
+    }
+
     async fn say(&self, kind: EventKind) {
         let event = ProcEvent::new(kind, EventTime::now(None, None));
         self.events.send(event).await.unwrap();
@@ -275,14 +287,7 @@ async fn an_exit_that_arrives_before_its_exec_is_classified_is_a_death() {
 #[tokio::test]
 async fn a_pidfds_exit_then_the_sources_is_one_death() {
     let mut shell = Shell::new(RESTART_AND_START_ONE);
-    let (tgid, start) = shell.start_daemon();
-    shell.start();
-    until("the first scan to find the daemon", || {
-        shell.said("up") >= 1
-    })
-    .await;
-    shell.daemons[0].kill().unwrap();
-    until("the restart", || shell.lines("restarts").len() == 1).await;
+    let (tgid, start) = shell.up_then_killed().await;
     shell.say(shell.killed(tgid, start)).await;
     // Events are taken in order: once this one's message is out, the
     // exit before it was handled.
@@ -302,14 +307,7 @@ async fn a_pidfds_exit_then_the_sources_is_one_death() {
 #[tokio::test]
 async fn at_sigterm_a_running_restart_command_gets_the_grace_and_is_left_running() {
     let mut shell = Shell::new("echo $$ >> $DIR/restarts\nexec sleep 30");
-    shell.start_daemon();
-    shell.start();
-    until("the first scan to find the daemon", || {
-        shell.said("up") >= 1
-    })
-    .await;
-    shell.daemons[0].kill().unwrap();
-    until("the restart command", || shell.lines("restarts").len() == 1).await;
+    shell.up_then_killed().await;
     tokio::time::pause();
     let stopping = tokio::time::Instant::now();
     shell.stop().await;

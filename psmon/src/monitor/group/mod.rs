@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 mod sequence;
 
 use super::{Effect, EntryId, Monitor, Notice};
+use crate::facts::GroupId;
 use crate::{
     clock::Time,
     config::{Config, Group},
@@ -233,7 +234,7 @@ impl Monitor {
                 .filter_map(|p| self.config.iter().position(|e| &e.path == p))
                 .map(|i| EntryId(i as u32))
                 .collect();
-            let g = self.group_conf.len();
+            let g = GroupId(self.group_conf.len() as u32);
             for id in &members {
                 self.group_of[id.index()] = Some(g);
             }
@@ -271,25 +272,26 @@ impl Monitor {
     }
 
     /// The group an entry belongs to.
-    pub fn group_of(&self, id: EntryId) -> Option<usize> {
+    pub fn group_of(&self, id: EntryId) -> Option<GroupId> {
         self.group_of.get(id.index()).copied().flatten()
     }
 
-    pub fn group_name(&self, g: usize) -> &str {
-        &self.group_conf[g].group.name
+    pub fn group_name(&self, g: GroupId) -> &str {
+        &self.group_conf[g.index()].group.name
     }
 
     /// The group's members, in start order.
-    pub fn group_members(&self, g: usize) -> &[EntryId] {
-        &self.group_conf[g].members
+    pub fn group_members(&self, g: GroupId) -> &[EntryId] {
+        &self.group_conf[g.index()].members
     }
 
     /// What `psmon status` shows of each group.
     pub fn group_status(&self, now: Time) -> Vec<GroupStatus> {
-        (0..self.groups.len())
+        (0..self.groups.len() as u32)
+            .map(GroupId)
             .map(|g| {
-                let w = &self.groups[g];
-                let conf = &self.group_conf[g];
+                let w = &self.groups[g.index()];
+                let conf = &self.group_conf[g.index()];
                 let window = conf.group.window;
                 GroupStatus {
                     name: conf.group.name.clone(),
@@ -317,7 +319,7 @@ impl Monitor {
     /// A group member's policy spoke (its actions sorted by [`Said::take`]).
     pub(super) fn group_heard(
         &mut self,
-        g: usize,
+        g: GroupId,
         id: EntryId,
         said: Said,
         now: Time,
@@ -353,8 +355,8 @@ impl Monitor {
         let Some(g) = self.group_of(id) else {
             return;
         };
-        if let GroupPhase::Stopping { at, .. } = self.groups[g].phase
-            && self.group_conf[g].members[at] == id
+        if let GroupPhase::Stopping { at, .. } = self.groups[g.index()].phase
+            && self.group_conf[g.index()].members[at] == id
             && self.watches[id.index()].running == 0
         {
             self.stop_from(g, at, now, out);
@@ -366,8 +368,8 @@ impl Monitor {
         let Some(g) = self.group_of(id) else {
             return;
         };
-        if let GroupPhase::Starting { at, up: true, .. } = self.groups[g].phase
-            && self.group_conf[g].members[at] == id
+        if let GroupPhase::Starting { at, up: true, .. } = self.groups[g.index()].phase
+            && self.group_conf[g.index()].members[at] == id
         {
             self.ready(g, now, out);
         }
@@ -376,20 +378,22 @@ impl Monitor {
     /// Whether the group waits for this member's probe to answer.
     pub(super) fn awaits_ready(&self, id: EntryId) -> bool {
         self.group_of(id).is_some_and(|g| {
-            matches!(self.groups[g].phase, GroupPhase::Starting { at, up: true, .. }
-                if self.group_conf[g].members[at] == id)
+            matches!(self.groups[g.index()].phase, GroupPhase::Starting { at, up: true, .. }
+                if self.group_conf[g.index()].members[at] == id)
         })
     }
 
     /// Groups' deadlines: a stop or a start that takes too long, the end
     /// of a back-off (unless a command is awaited: its end is an input).
     pub(super) fn group_deadlines(&self) -> impl Iterator<Item = Time> + '_ {
-        (0..self.groups.len()).filter_map(|g| match self.groups[g].phase {
-            GroupPhase::Stopping { deadline, .. }
-            | GroupPhase::Reaping { deadline, .. }
-            | GroupPhase::Starting { deadline, .. } => Some(deadline),
-            GroupPhase::Backoff { until, .. } if !self.attempt_blocked(g) => Some(until),
-            _ => None,
+        (0..self.groups.len() as u32).map(GroupId).filter_map(|g| {
+            match self.groups[g.index()].phase {
+                GroupPhase::Stopping { deadline, .. }
+                | GroupPhase::Reaping { deadline, .. }
+                | GroupPhase::Starting { deadline, .. } => Some(deadline),
+                GroupPhase::Backoff { until, .. } if !self.attempt_blocked(g) => Some(until),
+                _ => None,
+            }
         })
     }
 
@@ -399,7 +403,7 @@ impl Monitor {
         let Some(g) = self.group_of(id) else {
             return;
         };
-        match self.groups[g].phase {
+        match self.groups[g.index()].phase {
             GroupPhase::Reaping { entry, .. }
                 if entry == id && !self.watches[id.index()].reaping =>
             {
@@ -411,8 +415,8 @@ impl Monitor {
 
     /// Whether a member's restart command runs, or a member's dead
     /// instance is not yet reaped: the next attempt waits.
-    fn attempt_blocked(&self, g: usize) -> bool {
-        self.group_conf[g]
+    fn attempt_blocked(&self, g: GroupId) -> bool {
+        self.group_conf[g.index()]
             .members
             .iter()
             .any(|m| self.watches[m.index()].attempt_blocked())
@@ -420,25 +424,25 @@ impl Monitor {
 
     /// After a back-off: the next attempt, unless every member is Up by
     /// now (then the group is back without one).
-    fn try_again(&mut self, g: usize, now: Time, out: &mut Vec<Effect>) {
-        let GroupPhase::Backoff { cause, until } = self.groups[g].phase else {
+    fn try_again(&mut self, g: GroupId, now: Time, out: &mut Vec<Effect>) {
+        let GroupPhase::Backoff { cause, until } = self.groups[g.index()].phase else {
             return;
         };
         if now < until || self.attempt_blocked(g) {
             return;
         }
-        self.groups[g].phase = GroupPhase::Watching;
-        let members = self.group_conf[g].members.clone();
+        self.groups[g.index()].phase = GroupPhase::Watching;
+        let members = self.group_conf[g.index()].members.clone();
         let all_up = members
             .iter()
             .all(|m| self.watches[m.index()].running >= self.config[m.index()].min.max(1));
         if !all_up {
             // The failed attempt's dead instances were awaited already.
-            self.groups[g].stopped.clear();
+            self.groups[g.index()].stopped.clear();
             self.restart(g, cause, false, now, out);
             return;
         }
-        self.groups[g].failures = 0;
+        self.groups[g.index()].failures = 0;
         for id in members {
             let w = &mut self.watches[id.index()];
             w.held = false;
@@ -447,15 +451,15 @@ impl Monitor {
                 self.step_running(id, now, out);
             }
         }
-        let took = now.saturating_duration_since(self.groups[g].began);
+        let took = now.saturating_duration_since(self.groups[g.index()].began);
         self.say(g, GroupEvent::Restarted { took }, now, out);
     }
 
     pub(super) fn group_tick(&mut self, now: Time, out: &mut Vec<Effect>) {
-        for g in 0..self.groups.len() {
-            match self.groups[g].phase {
+        for g in (0..self.groups.len() as u32).map(GroupId) {
+            match self.groups[g.index()].phase {
                 GroupPhase::Stopping { at, deadline } if now >= deadline => {
-                    let entry = self.group_conf[g].members[at];
+                    let entry = self.group_conf[g.index()].members[at];
                     self.say(g, GroupEvent::NotStopped { entry }, now, out);
                     self.stop_from(g, at, now, out);
                 }
@@ -464,8 +468,8 @@ impl Monitor {
                     self.start(g, 0, now, out)
                 }
                 GroupPhase::Starting { at, deadline, up } if now >= deadline => {
-                    let entry = self.group_conf[g].members[at];
-                    let timeout = self.group_conf[g].group.start_timeout;
+                    let entry = self.group_conf[g.index()].members[at];
+                    let timeout = self.group_conf[g.index()].group.start_timeout;
                     let why = StartFailure::Timeout {
                         up,
                         within: timeout,
@@ -478,14 +482,14 @@ impl Monitor {
         }
     }
 
-    fn is_starting(&self, g: usize, id: EntryId) -> bool {
-        matches!(self.groups[g].phase, GroupPhase::Starting { at, .. }
-            if self.group_conf[g].members[at] == id)
+    fn is_starting(&self, g: GroupId, id: EntryId) -> bool {
+        matches!(self.groups[g.index()].phase, GroupPhase::Starting { at, .. }
+            if self.group_conf[g.index()].members[at] == id)
     }
 
     /// Tells the operator, with the time since the restart began.
-    fn say(&self, g: usize, event: GroupEvent, now: Time, out: &mut Vec<Effect>) {
-        let at = now.saturating_duration_since(self.groups[g].began);
+    fn say(&self, g: GroupId, event: GroupEvent, now: Time, out: &mut Vec<Effect>) {
+        let at = now.saturating_duration_since(self.groups[g.index()].began);
         out.push(Effect::Notice(Notice::Group {
             group: g,
             event,

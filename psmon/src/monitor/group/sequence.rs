@@ -7,7 +7,7 @@ use super::{GroupEvent, GroupPhase, GroupWhy, STOP_MARGIN, StartFailure};
 use crate::{
     clock::Time,
     config::{OnRetryOver, ProbeKind},
-    facts::EntryId,
+    facts::{EntryId, GroupId},
     monitor::{Effect, Monitor, REAP_WAIT},
     policy::Phase,
 };
@@ -32,18 +32,18 @@ impl Monitor {
 
     pub(super) fn member_down(
         &mut self,
-        g: usize,
+        g: GroupId,
         id: EntryId,
         first_look: bool,
         now: Time,
         out: &mut Vec<Effect>,
     ) {
-        match self.groups[g].phase {
+        match self.groups[g.index()].phase {
             GroupPhase::Watching => {
                 // The instance that died is awaited with those the restart
                 // stops.
                 let dead = self.watches[id.index()].last_down.and_then(|(pid, _)| pid);
-                self.groups[g].stopped = dead.filter(|_| !first_look).into_iter().collect();
+                self.groups[g.index()].stopped = dead.filter(|_| !first_look).into_iter().collect();
                 self.restart(g, id, first_look, now, out)
             }
             // The next attempt restarts it.
@@ -55,13 +55,13 @@ impl Monitor {
         }
     }
 
-    pub(super) fn member_up(&mut self, g: usize, id: EntryId, now: Time, out: &mut Vec<Effect>) {
-        match self.groups[g].phase {
+    pub(super) fn member_up(&mut self, g: GroupId, id: EntryId, now: Time, out: &mut Vec<Effect>) {
+        match self.groups[g.index()].phase {
             GroupPhase::Starting {
                 at,
                 deadline,
                 up: false,
-            } if self.group_conf[g].members[at] == id => {
+            } if self.group_conf[g.index()].members[at] == id => {
                 let probe = self.config[id.index()].probe.as_ref().map(|p| &p.kind);
                 let w = &mut self.watches[id.index()];
                 match probe {
@@ -73,7 +73,7 @@ impl Monitor {
                         self.ready(g, now, out)
                     }
                     Some(kind) => {
-                        self.groups[g].phase = GroupPhase::Starting {
+                        self.groups[g.index()].phase = GroupPhase::Starting {
                             at,
                             deadline,
                             up: true,
@@ -86,12 +86,12 @@ impl Monitor {
                 }
             }
             GroupPhase::RetryOver => {
-                let all_up = self.group_conf[g]
+                let all_up = self.group_conf[g.index()]
                     .members
                     .iter()
                     .all(|m| self.watches[m.index()].state.phase == Phase::Up);
                 if all_up {
-                    let w = &mut self.groups[g];
+                    let w = &mut self.groups[g.index()];
                     w.phase = GroupPhase::Watching;
                     w.attempts.clear();
                     w.failures = 0;
@@ -107,14 +107,14 @@ impl Monitor {
     /// (`first_look`: it was down when first looked at, which is not counted).
     pub(super) fn restart(
         &mut self,
-        g: usize,
+        g: GroupId,
         cause: EntryId,
         first_look: bool,
         now: Time,
         out: &mut Vec<Effect>,
     ) {
         // An operator paused a member: the group is not touched until resume.
-        let paused = self.group_conf[g]
+        let paused = self.group_conf[g.index()]
             .members
             .iter()
             .copied()
@@ -124,7 +124,7 @@ impl Monitor {
             self.say(g, GroupEvent::NotRestarted { cause, paused }, now, out);
             return;
         }
-        let conf = &self.group_conf[g].group;
+        let conf = &self.group_conf[g.index()].group;
         let (restarts, window) = (conf.restarts, conf.window);
         let drill = std::mem::take(&mut self.watches[cause.index()].drill);
         let why = match (drill, first_look) {
@@ -132,7 +132,7 @@ impl Monitor {
             (false, true) => GroupWhy::FirstLook,
             (false, false) => GroupWhy::Failure,
         };
-        let w = &mut self.groups[g];
+        let w = &mut self.groups[g.index()];
         w.attempts
             .retain(|t| now.saturating_duration_since(*t) < window);
         if why == GroupWhy::Failure {
@@ -154,26 +154,26 @@ impl Monitor {
             now,
             out,
         );
-        for id in self.group_conf[g].members.clone() {
+        for id in self.group_conf[g.index()].members.clone() {
             self.hold(id, now);
         }
         self.dirty = true;
-        let last = self.group_conf[g].members.len() - 1;
+        let last = self.group_conf[g.index()].members.len() - 1;
         self.stop_from(g, last + 1, now, out);
     }
 
     /// Stops the highest running member below `above`; when none runs,
     /// awaits the reaping of what died or was stopped, then starts the
     /// first.
-    pub(super) fn stop_from(&mut self, g: usize, above: usize, now: Time, out: &mut Vec<Effect>) {
-        let grace = self.group_conf[g].group.kill_grace;
+    pub(super) fn stop_from(&mut self, g: GroupId, above: usize, now: Time, out: &mut Vec<Effect>) {
+        let grace = self.group_conf[g.index()].group.kill_grace;
         for at in (0..above).rev() {
-            let id = self.group_conf[g].members[at];
+            let id = self.group_conf[g.index()].members[at];
             if self.watches[id.index()].running == 0 {
                 continue;
             }
             let pids = self.instances(id);
-            self.groups[g].phase = GroupPhase::Stopping {
+            self.groups[g.index()].phase = GroupPhase::Stopping {
                 at,
                 deadline: now + grace + STOP_MARGIN,
             };
@@ -189,20 +189,20 @@ impl Monitor {
                 out,
             );
             for (tgid, start) in pids {
-                self.groups[g].stopped.push(tgid);
+                self.groups[g.index()].stopped.push(tgid);
                 out.push(Effect::Kill { tgid, start, grace });
             }
             return;
         }
-        let tgids = std::mem::take(&mut self.groups[g].stopped);
-        let Some(&entry) = self.group_conf[g].members.first() else {
+        let tgids = std::mem::take(&mut self.groups[g.index()].stopped);
+        let Some(&entry) = self.group_conf[g.index()].members.first() else {
             return;
         };
         if tgids.is_empty() {
             self.start(g, 0, now, out);
             return;
         }
-        self.groups[g].phase = GroupPhase::Reaping {
+        self.groups[g.index()].phase = GroupPhase::Reaping {
             entry,
             deadline: now + REAP_WAIT + STOP_MARGIN,
         };
@@ -217,18 +217,18 @@ impl Monitor {
 
     /// Starts member `at` (the ones before it are ready); past the last,
     /// the restart is done.
-    pub(super) fn start(&mut self, g: usize, at: usize, now: Time, out: &mut Vec<Effect>) {
-        let members = &self.group_conf[g].members;
+    pub(super) fn start(&mut self, g: GroupId, at: usize, now: Time, out: &mut Vec<Effect>) {
+        let members = &self.group_conf[g.index()].members;
         let Some(&id) = members.get(at) else {
-            self.groups[g].phase = GroupPhase::Watching;
-            self.groups[g].failures = 0;
-            let took = now.saturating_duration_since(self.groups[g].began);
+            self.groups[g.index()].phase = GroupPhase::Watching;
+            self.groups[g.index()].failures = 0;
+            let took = now.saturating_duration_since(self.groups[g.index()].began);
             self.say(g, GroupEvent::Restarted { took }, now, out);
             return;
         };
-        self.groups[g].phase = GroupPhase::Starting {
+        self.groups[g.index()].phase = GroupPhase::Starting {
             at,
-            deadline: now + self.group_conf[g].group.start_timeout,
+            deadline: now + self.group_conf[g.index()].group.start_timeout,
             up: false,
         };
         let w = &mut self.watches[id.index()];
@@ -251,16 +251,16 @@ impl Monitor {
         self.say(g, GroupEvent::Starting { entry: id }, now, out);
         let mut env = self.base_env(id);
         env.push(("PSMON_GROUP".into(), self.group_name(g).to_string()));
-        let attempt = self.groups[g].attempts.len().max(1);
+        let attempt = self.groups[g.index()].attempts.len().max(1);
         env.push(("PSMON_ATTEMPT".into(), attempt.to_string()));
         out.push(self.run_restart(id, command, env));
     }
 
-    pub(super) fn ready(&mut self, g: usize, now: Time, out: &mut Vec<Effect>) {
-        let GroupPhase::Starting { at, .. } = self.groups[g].phase else {
+    pub(super) fn ready(&mut self, g: GroupId, now: Time, out: &mut Vec<Effect>) {
+        let GroupPhase::Starting { at, .. } = self.groups[g.index()].phase else {
             return;
         };
-        let entry = self.group_conf[g].members[at];
+        let entry = self.group_conf[g.index()].members[at];
         let pid = self.main_instance(entry).map(|(pid, _)| pid);
         self.say(g, GroupEvent::Ready { entry, pid }, now, out);
         self.start(g, at + 1, now, out);
@@ -270,13 +270,13 @@ impl Monitor {
     /// group tries again while its budget allows.
     pub(super) fn start_failed(
         &mut self,
-        g: usize,
+        g: GroupId,
         id: EntryId,
         why: StartFailure,
         now: Time,
         out: &mut Vec<Effect>,
     ) {
-        let members = &self.group_conf[g].members;
+        let members = &self.group_conf[g.index()].members;
         let at = members.iter().position(|m| *m == id).unwrap_or(0);
         let left = members[at + 1..].to_vec();
         self.say(
@@ -292,7 +292,7 @@ impl Monitor {
         // Until the next attempt the group has it: a process of the failed
         // attempt classified late is no Up (nor its end a Down).
         self.hold(id, now);
-        let w = &mut self.groups[g];
+        let w = &mut self.groups[g.index()];
         w.failures += 1;
         let delay = crate::policy::backoff(&self.config[id.index()], w.failures);
         w.phase = GroupPhase::Backoff {
@@ -310,13 +310,13 @@ impl Monitor {
     /// restarted) and the group's action is taken, once, for `cause`.
     pub(super) fn retry_over(
         &mut self,
-        g: usize,
+        g: GroupId,
         cause: EntryId,
         now: Time,
         out: &mut Vec<Effect>,
     ) {
-        let conf = self.group_conf[g].group.clone();
-        self.groups[g].phase = GroupPhase::RetryOver;
+        let conf = self.group_conf[g.index()].group.clone();
+        self.groups[g.index()].phase = GroupPhase::RetryOver;
         self.dirty = true;
         self.say(
             g,
@@ -327,7 +327,7 @@ impl Monitor {
             now,
             out,
         );
-        let members = self.group_conf[g].members.clone();
+        let members = self.group_conf[g.index()].members.clone();
         for id in &members {
             let entry = &self.config[id.index()];
             let w = &mut self.watches[id.index()];
@@ -344,7 +344,7 @@ impl Monitor {
             };
             self.waiting.remove(id);
         }
-        if conf.action != OnRetryOver::Switch || self.groups[g].failover_sent {
+        if conf.action != OnRetryOver::Switch || self.groups[g.index()].failover_sent {
             return;
         }
         let mut env = self.base_env(cause);
@@ -362,7 +362,7 @@ impl Monitor {
             self.say(g, GroupEvent::SwitchNotSent, now, out);
             return;
         };
-        self.groups[g].failover_sent = true;
+        self.groups[g.index()].failover_sent = true;
         out.push(run);
     }
 }

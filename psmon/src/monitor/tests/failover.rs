@@ -134,7 +134,8 @@ fn a_groups_request_names_the_group() {
         ..store_of_two()
     });
     let w = World::started_with(config, true, vec![vec![seen(100, 1)], vec![seen(200, 1)]]);
-    let Some(Effect::Switch { request: r, .. }) = w.m.failover_run(A, Some(0), Vec::new()) else {
+    let Some(Effect::Switch { request: r, .. }) = w.m.failover_run(A, Some(GroupId(0)), Vec::new())
+    else {
         panic!("no request");
     };
     assert_eq!(r.resource, "store");
@@ -193,7 +194,8 @@ fn a_groups_own_failover_command_comes_first() {
     config.agent.failover_command = Some("agent-away".into());
     let mut group = store_of_two();
     let running = || vec![vec![seen(100, 1)], vec![seen(200, 1)]];
-    let command = |w: &World, id: EntryId| match w.m.failover_run(id, Some(0), Vec::new()) {
+    let command = |w: &World, id: EntryId| match w.m.failover_run(id, Some(GroupId(0)), Vec::new())
+    {
         Some(Effect::Run(run)) => run.command,
         other => panic!("{other:?}"),
     };
