@@ -23,6 +23,16 @@ use crate::{
 pub struct EntryId(pub u32);
 
 impl EntryId {
+    /// The entry at `index` in the configuration's order.
+    pub fn at(index: usize) -> EntryId {
+        EntryId(index as u32)
+    }
+
+    /// Every entry of a configuration of `n`, in order.
+    pub fn all(n: usize) -> impl Iterator<Item = EntryId> {
+        (0..n as u32).map(EntryId)
+    }
+
     pub fn index(self) -> usize {
         self.0 as usize
     }

@@ -24,7 +24,7 @@ impl Monitor {
         let Some(i) = self.by_path.get(&path).map(|id| id.index()) else {
             return;
         };
-        let id = EntryId(i as u32);
+        let id = EntryId::at(i);
         if job == Job::Restart {
             self.watches[i].command_pgid = None;
             self.watches[i].restart_running = false;

@@ -120,7 +120,7 @@ impl Monitor {
             }
         }
         out.push(Effect::Notice(Notice::Switched {
-            entry: EntryId(i as u32),
+            entry: EntryId::at(i),
             group: self.group_of[i].map(|g| self.group_conf[g.index()].group.name.clone()),
             ok: outcome.ok,
             said: outcome.said,

@@ -78,7 +78,7 @@ impl Monitor {
         let mut touched = BTreeSet::new();
         // Additions first, so a replaced member never looks like a shortage.
         for (i, list) in found.iter().enumerate().take(self.watches.len()) {
-            let id = EntryId(i as u32);
+            let id = EntryId::at(i);
             let tgids: std::collections::HashSet<u32> = list.iter().map(|s| s.tgid).collect();
             for s in list {
                 seen.insert(s.tgid);
@@ -107,7 +107,7 @@ impl Monitor {
             }
         }
         for i in 0..self.watches.len() {
-            let id = EntryId(i as u32);
+            let id = EntryId::at(i);
             let entry = &self.config[i];
             // Rules that can change their mind without an event: a
             // rewritten pidfile, a retitled worker.
@@ -138,7 +138,7 @@ impl Monitor {
         }
         for i in 0..self.watches.len() {
             if self.watches[i].state.phase == Phase::Unknown {
-                self.step_running(EntryId(i as u32), now, out);
+                self.step_running(EntryId::at(i), now, out);
             }
         }
     }

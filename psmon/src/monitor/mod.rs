@@ -250,7 +250,7 @@ impl Monitor {
                 None => {
                     let now = w.since;
                     let input = policy::Observed::RestartDone { ok: false };
-                    saved.step(EntryId(i as u32), input, now, &mut out);
+                    saved.step(EntryId::at(i), input, now, &mut out);
                 }
             }
         }
@@ -335,11 +335,11 @@ impl Monitor {
                     self.watches[i].reaping = false;
                     if let Some(pgid) = stopped {
                         out.push(Effect::Notice(Notice::LeftoversStopped {
-                            entry: EntryId(i as u32),
+                            entry: EntryId::at(i),
                             pgid,
                         }));
                     }
-                    self.attempt_unblocked(EntryId(i as u32), now, &mut out);
+                    self.attempt_unblocked(EntryId::at(i), now, &mut out);
                 }
             }
             Input::Pidfile { entry, pid } => {
@@ -423,7 +423,7 @@ impl Monitor {
                 self.apply_config(*config, &mut out);
                 // Held exits wait for answers asked under the old numbering.
                 for i in 0..self.watches.len() {
-                    let id = EntryId(i as u32);
+                    let id = EntryId::at(i);
                     // Looked at first: taking copies an entry a saved
                     // snapshot still shares.
                     if self.watches[i].held_exit.is_none() {

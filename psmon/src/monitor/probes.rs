@@ -159,7 +159,7 @@ impl Monitor {
         let Some(i) = self.by_path.get(&path).map(|id| id.index()) else {
             return;
         };
-        let id = EntryId(i as u32);
+        let id = EntryId::at(i);
         let Some(probe) = &self.config[i].probe else {
             return;
         };
@@ -191,19 +191,19 @@ impl Monitor {
             }
             if probe.kind == crate::config::ProbeKind::Notify {
                 // No keep-alive within its timeout.
-                if let Some((pid, _)) = self.main_instance(EntryId(i as u32)) {
+                if let Some((pid, _)) = self.main_instance(EntryId::at(i)) {
                     let why = "no WATCHDOG=1 keep-alive".to_string();
-                    self.hang(EntryId(i as u32), pid, why, out);
+                    self.hang(EntryId::at(i), pid, why, out);
                 }
                 continue;
             }
-            let main = self.main_instance(EntryId(i as u32));
+            let main = self.main_instance(EntryId::at(i));
             let w = &mut self.watches[i];
             w.probe.next_at = Some(now + probe.interval);
             if let Some((pid, _)) = main {
                 w.probe.in_flight = true;
                 out.push(Effect::Probe {
-                    entry: EntryId(i as u32),
+                    entry: EntryId::at(i),
                     pid,
                     probe: (**probe).clone(),
                 });

@@ -58,7 +58,7 @@ impl Monitor {
     pub fn entries_of(&self, pfile: &str) -> Vec<EntryId> {
         (0..self.watches.len())
             .filter(|i| self.watches[*i].pfile == pfile)
-            .map(|i| EntryId(i as u32))
+            .map(EntryId::at)
             .collect()
     }
 

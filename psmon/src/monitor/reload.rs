@@ -25,11 +25,11 @@ impl Monitor {
         if !same_paths || self.by_path.is_empty() {
             // The first entry of a path, as a search from the start finds.
             self.by_path = (self.config.iter().enumerate().rev())
-                .map(|(i, e)| (e.path.clone(), EntryId(i as u32)))
+                .map(|(i, e)| (e.path.clone(), EntryId::at(i)))
                 .collect();
         }
         self.waiting = (0..self.watches.len())
-            .map(|i| EntryId(i as u32))
+            .map(EntryId::at)
             .filter(|id| {
                 self.watches[id.index()]
                     .state
@@ -41,7 +41,7 @@ impl Monitor {
         self.catch_up.clear();
         self.probed = (0..self.config.len())
             .filter(|i| self.config[*i].probe.is_some())
-            .map(|i| EntryId(i as u32))
+            .map(EntryId::at)
             .collect();
         self.settings = Settings {
             env: config.env.vars.clone(),
@@ -79,7 +79,7 @@ impl Monitor {
             .watches
             .take_all()
             .enumerate()
-            .map(|(i, w)| (w.path.clone(), (EntryId(i as u32), w)))
+            .map(|(i, w)| (w.path.clone(), (EntryId::at(i), w)))
             .collect();
         let mut remap: HashMap<EntryId, EntryId> = HashMap::new();
         let mut entries = Vec::with_capacity(config.entries().count());

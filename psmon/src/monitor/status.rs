@@ -68,7 +68,7 @@ impl Monitor {
 
     /// What `psmon status` shows, entry by entry.
     pub fn status(&self, now: Time) -> Vec<EntryStatus> {
-        let all: Vec<EntryId> = (0..self.watches.len()).map(|i| EntryId(i as u32)).collect();
+        let all: Vec<EntryId> = EntryId::all(self.watches.len()).collect();
         self.status_of(&all, now)
     }
 
@@ -91,7 +91,7 @@ impl Monitor {
 impl StatusModel {
     /// What `psmon status` shows, entry by entry.
     pub fn status(&self, now: Time) -> Vec<EntryStatus> {
-        let all: Vec<EntryId> = (0..self.watches.len()).map(|i| EntryId(i as u32)).collect();
+        let all: Vec<EntryId> = EntryId::all(self.watches.len()).collect();
         self.status_of(&all, now)
     }
 
@@ -160,7 +160,7 @@ fn status_of(
                 .collect();
             instances.sort_by_key(|(tgid, start)| (*start, *tgid));
             EntryStatus {
-                id: EntryId(i as u32),
+                id: EntryId::at(i),
                 pfile: w.pfile.clone(),
                 path: w.path.clone(),
                 state,

@@ -195,7 +195,7 @@ impl Matcher {
     pub fn new<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> Self {
         let mut m = Matcher::default();
         for (i, e) in entries.into_iter().enumerate() {
-            let i = EntryId(i as u32);
+            let i = EntryId::at(i);
             match &e.matcher {
                 Match::Path => {
                     let r = resolve(&e.path);

@@ -192,7 +192,7 @@ impl Supervisor {
     fn running_config(&self) -> Config {
         let mut config = self.config.clone();
         for (i, entry) in self.monitor.entries().enumerate() {
-            let pfile = self.monitor.pfile(EntryId(i as u32));
+            let pfile = self.monitor.pfile(EntryId::at(i));
             if let Some(p) = config.pfiles.iter_mut().find(|p| p.name == pfile) {
                 p.entries.push(entry.clone());
             }

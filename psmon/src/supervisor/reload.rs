@@ -119,7 +119,7 @@ fn same_layout(monitor: &Monitor, new: &Config) -> Option<Vec<EntryId>> {
     }
     let mut changed = Vec::new();
     for (i, ((pfile, entry), old)) in new.entries().zip(monitor.entries()).enumerate() {
-        let id = EntryId(i as u32);
+        let id = EntryId::at(i);
         if entry.path != old.path || pfile.name != monitor.pfile(id) {
             return None;
         }

@@ -232,7 +232,7 @@ impl Monitor {
                 .members
                 .iter()
                 .filter_map(|p| self.config.iter().position(|e| &e.path == p))
-                .map(|i| EntryId(i as u32))
+                .map(EntryId::at)
                 .collect();
             let g = GroupId(self.group_conf.len() as u32);
             for id in &members {
@@ -266,7 +266,7 @@ impl Monitor {
                 let w = &mut self.watches[i];
                 w.held = false;
                 w.state.phase = Phase::Unknown;
-                self.waiting.remove(&EntryId(i as u32));
+                self.waiting.remove(&EntryId::at(i));
             }
         }
     }
