@@ -125,24 +125,10 @@ pub async fn run(
     let (config_agent, config_tls) = (config.agent.clone(), config.tls.clone());
     let (event_tx, event_rx) = mpsc::channel::<ProcEvent>(config.agent.event_queue_size);
     let (orders_tx, orders_rx) = mpsc::channel(4);
-    let canary = match crate::self_check::Canary::start() {
-        Ok(canary) => Some(canary),
-        Err(e) => {
-            tracing::error!("the event source's self-check is off: cannot start its thread: {e}");
-            None
-        }
-    };
-    let spawner = match spawner.map(crate::spawner::Spawner::connect) {
-        Some(Ok(spawner)) => spawner,
-        Some(Err(e)) => {
-            tracing::warn!("cannot reach the command spawner ({e}): psmon starts commands itself");
-            crate::spawner::Spawner::none()
-        }
-        None => crate::spawner::Spawner::none(),
-    };
+    let canary = start_canary();
     let supervisor = Supervisor::new(Setup {
         config,
-        spawner,
+        spawner: connect_spawner(spawner),
         reporter,
         conf_dir: dir.clone(),
         load,
@@ -210,6 +196,30 @@ pub async fn run(
     stop(tasks, push).await;
     notify_systemd(libsystemd::daemon::NotifyState::Stopping);
     Ok(())
+}
+
+/// The self-check's canary thread; `None` (and said) when it cannot start.
+fn start_canary() -> Option<crate::self_check::Canary> {
+    match crate::self_check::Canary::start() {
+        Ok(canary) => Some(canary),
+        Err(e) => {
+            tracing::error!("the event source's self-check is off: cannot start its thread: {e}");
+            None
+        }
+    }
+}
+
+/// The spawner forked at start; without one (or if it cannot be reached,
+/// which is said) psmon starts commands itself.
+fn connect_spawner(forked: Option<crate::spawner::Forked>) -> crate::spawner::Spawner {
+    match forked.map(crate::spawner::Spawner::connect) {
+        Some(Ok(spawner)) => spawner,
+        Some(Err(e)) => {
+            tracing::warn!("cannot reach the command spawner ({e}): psmon starts commands itself");
+            crate::spawner::Spawner::none()
+        }
+        None => crate::spawner::Spawner::none(),
+    }
 }
 
 /// Who may use the control socket: root, and CONTROL_GROUP's members.
