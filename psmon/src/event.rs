@@ -3,6 +3,8 @@
 //! missed some. It owns the event vocabulary and its units; it does not own
 //! how events are obtained (`source`) or shown (`trace`).
 
+#![warn(missing_docs)]
+
 use std::{path::PathBuf, sync::OnceLock, time::Duration};
 
 /// When a process started: nanoseconds of `CLOCK_BOOTTIME`, the clock of
@@ -12,6 +14,7 @@ use std::{path::PathBuf, sync::OnceLock, time::Duration};
 pub struct StartTime(u64);
 
 impl StartTime {
+    /// From nanoseconds of `CLOCK_BOOTTIME` (what the kernel programs read).
     pub fn from_ns(ns: u64) -> Self {
         Self(ns)
     }
@@ -63,7 +66,12 @@ pub enum ExitStatus {
     /// Exited normally with this code (0–255).
     Code(i32),
     /// Terminated by this signal.
-    Signal { signal: i32, core_dumped: bool },
+    Signal {
+        /// The signal's number.
+        signal: i32,
+        /// Whether the kernel wrote a core dump.
+        core_dumped: bool,
+    },
     /// The source cannot tell (polling found the process already gone).
     Unknown,
 }
@@ -110,6 +118,7 @@ impl Process {
     }
 }
 
+/// What happened to a process.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EventKind {
     /// A new process (new threads are not reported).
@@ -118,24 +127,33 @@ pub enum EventKind {
     Exec(Process),
     /// The last thread of the group has exited.
     Exit {
+        /// The process, as last known.
         process: Process,
+        /// How it ended.
         status: ExitStatus,
     },
     /// A signal that ends a process by default was generated for process
     /// `target` (or the OOM killer chose it): the `ebpf` source only.
     Signal(Signal),
     /// The source missed events; `count` is how many when it can tell.
-    Lost { count: Option<u64> },
+    Lost {
+        /// How many, when the source can tell.
+        count: Option<u64>,
+    },
 }
 
 /// The process that was running when a signal was generated.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Sender {
+    /// Its thread group id.
     pub pid: u32,
+    /// Its real uid.
     pub uid: u32,
+    /// Its name (`comm`).
     pub comm: String,
-    /// Its parent and grandparent: (pid, comm).
+    /// Its parent: (pid, comm).
     pub parent: Option<(u32, String)>,
+    /// Its grandparent: (pid, comm).
     pub grandparent: Option<(u32, String)>,
 }
 
@@ -144,12 +162,14 @@ pub struct Sender {
 pub struct Signal {
     /// Thread group id of the process it is for.
     pub target: u32,
+    /// The signal's number.
     pub signal: i32,
     /// `si_code`, when the kernel passed a siginfo.
     pub code: Option<i32>,
     /// The OOM killer chose `target`; `sender` is the task whose
     /// allocation set it off.
     pub oom: bool,
+    /// The task that was running when the signal was generated.
     pub sender: Sender,
     /// For OOM: the inode number of the victim's memory cgroup directory,
     /// when the kernel program could read it.
@@ -185,21 +205,27 @@ impl EventTime {
     }
 }
 
+/// One event of a source: what happened, and when.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcEvent {
+    /// What happened.
     pub kind: EventKind,
+    /// When it happened and when psmon got it.
     pub time: EventTime,
 }
 
 impl ProcEvent {
+    /// An event of `kind` at `time`.
     pub fn new(kind: EventKind, time: EventTime) -> Self {
         ProcEvent { kind, time }
     }
 
+    /// The source missed `count` events (when it can tell), now.
     pub fn lost(count: Option<u64>) -> Self {
         ProcEvent::new(EventKind::Lost { count }, EventTime::now(None, None))
     }
 
+    /// The process a fork, exec or exit is of; `None` for the others.
     pub fn process(&self) -> Option<&Process> {
         match &self.kind {
             EventKind::Fork(p) | EventKind::Exec(p) => Some(p),

@@ -5,6 +5,8 @@
 //! `failover`, the sources), the monitor decides on them, and `report`
 //! words them for the operator.
 
+#![warn(missing_docs)]
+
 use std::{collections::HashMap, time::Duration};
 
 use serde::{Deserialize, Serialize};
@@ -33,6 +35,7 @@ impl EntryId {
         (0..n as u32).map(EntryId)
     }
 
+    /// Its place in the configuration's order.
     pub fn index(self) -> usize {
         self.0 as usize
     }
@@ -44,6 +47,7 @@ impl EntryId {
 pub struct GroupId(pub u32);
 
 impl GroupId {
+    /// Its place in the configuration's order of groups.
     pub fn index(self) -> usize {
         self.0 as usize
     }
@@ -53,7 +57,9 @@ impl GroupId {
 /// start time in clock ticks) and what tells it apart later.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Seen {
+    /// Its thread group id (the pid userspace knows).
     pub tgid: u32,
+    /// When it started: `/proc/PID/stat` field 22, clock ticks since boot.
     pub start_ticks: u64,
     /// `comm` when it was matched, NUL padded: an exec changes it.
     pub comm: [u8; 16],
@@ -71,9 +77,13 @@ pub struct Seen {
 /// at all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KnownMember {
+    /// When it started, in clock ticks since boot.
     pub start_ticks: u64,
+    /// Its `comm` when it was matched, NUL padded.
     pub comm: [u8; 16],
+    /// The entry it is a member of.
     pub entry: EntryId,
+    /// A pidfd watches its exit: a scan need not read it.
     pub exit_watched: bool,
 }
 
@@ -85,7 +95,9 @@ pub type Known = HashMap<u32, KnownMember>;
 /// How a command ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Ending {
+    /// Exited with this code.
     Exited(i32),
+    /// Killed by this signal.
     Signaled(i32),
     /// Killed (with its process group) at the time limit.
     TimedOut,
@@ -100,13 +112,16 @@ pub enum Ending {
 /// What came of a restart, failover or probe command.
 #[derive(Clone, Debug)]
 pub struct CommandOutcome {
+    /// How it ended.
     pub ending: Ending,
+    /// From its start to its end.
     pub elapsed: Duration,
     /// The last bytes the command wrote to stdout and stderr.
     pub output_tail: String,
 }
 
 impl CommandOutcome {
+    /// It succeeded: exited 0, or was adopted from a previous psmon.
     pub fn ok(&self) -> bool {
         matches!(self.ending, Ending::Exited(0) | Ending::Adopted)
     }
@@ -117,6 +132,7 @@ impl CommandOutcome {
 /// What the monitor asks a cluster to do.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SwitchRequest {
+    /// Which cluster, and how.
     pub cluster: Cluster,
     /// Pacemaker's resource, or CLUSTERPRO's failover group.
     pub resource: String,
@@ -132,7 +148,9 @@ pub struct SwitchRequest {
 /// Which cluster a switch goes to, and how.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cluster {
+    /// Pacemaker, through `crm_resource`, in this mode (move, ban, fail).
     Pacemaker(FailoverMode),
+    /// CLUSTERPRO, through `clpgrp`.
     Clusterpro,
 }
 
@@ -143,6 +161,7 @@ pub struct SwitchOutcome {
     pub ok: bool,
     /// `resource 'R' started on node2 in 0.41 s`, or why not.
     pub said: String,
+    /// From the request to its answer.
     pub elapsed: Duration,
     /// Location constraints the request left in the cluster (Pacemaker's
     /// `cli-ban-…`/`cli-prefer-…`): they keep the resource away until
@@ -153,7 +172,9 @@ pub struct SwitchOutcome {
 /// A location constraint psmon's request created.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Constraint {
+    /// The resource it is on.
     pub resource: String,
+    /// Its id in the cluster's configuration (`cli-ban-…`).
     pub id: String,
     /// The node it keeps the resource from (ban) or on (prefer).
     pub node: Option<String>,
@@ -167,18 +188,31 @@ pub struct Constraint {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Cause {
     /// A process sent the signal.
-    Sent { signal: i32, sender: Sender },
+    Sent {
+        /// The signal's number.
+        signal: i32,
+        /// Who sent it.
+        sender: Sender,
+    },
     /// The kernel raised it for the process itself: a fault (SIGSEGV,
     /// SIGBUS, SIGILL, SIGFPE) or a resource limit (SIGXCPU, SIGXFSZ).
-    Kernel { signal: i32 },
+    Kernel {
+        /// The signal's number.
+        signal: i32,
+    },
     /// The OOM killer chose it; `trigger` is the task whose allocation
     /// set it off.
     Oom {
+        /// The victim's memory cgroup, when it could be read.
         cgroup: Option<String>,
+        /// The task whose allocation set it off.
         trigger: Sender,
     },
     /// psmon's own signal (a hang kill, a group stop, a drill).
-    Psmon { signal: i32 },
+    Psmon {
+        /// The signal's number.
+        signal: i32,
+    },
 }
 
 /// Signals the kernel raises on a fault or a limit.

@@ -21,6 +21,8 @@
 //! `retry_slowly`, a spent budget is said once and attempts go on every
 //! `slow_retry_interval`, uncounted, until one stays up.
 
+#![warn(missing_docs)]
+
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -31,27 +33,33 @@ use crate::{
     event::ExitStatus,
 };
 
+/// Where an entry stands in its restart cycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Phase {
     /// Not yet observed.
     Unknown,
+    /// Running, as many instances as it needs.
     Up,
     /// Down, and psmon does not restart it (report only, or stopped on purpose).
     Down,
     /// A failed attempt; the next one starts at `until`.
     Backoff {
+        /// When the next attempt may start.
         until: Time,
     },
     /// The restart command is running.
     Restarting,
     /// The restart command succeeded; a matching process must appear by the deadline.
     Starting {
+        /// When the attempt has failed if none has appeared.
         deadline: Time,
     },
     /// A restarted process appeared at `since`; it is Up once it has lived
     /// `start_secs`.
     Started {
+        /// When it appeared.
         since: Time,
+        /// Its pid, when known.
         pid: Option<u32>,
         /// Instances now: more than expected means an earlier start was
         /// still under way when this one ran.
@@ -62,6 +70,7 @@ pub enum Phase {
     /// The budget is spent and the entry retries slowly: the next attempt
     /// starts at `until`.
     SlowRetry {
+        /// When the next attempt starts.
         until: Time,
     },
 }
@@ -78,8 +87,10 @@ impl Phase {
     }
 }
 
+/// What the policy keeps of one entry between steps.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EntryState {
+    /// Where it stands.
     pub phase: Phase,
     /// Start times of the restart attempts that still count.
     attempts: Vec<Time>,
@@ -146,15 +157,26 @@ fn in_window(grace: Option<Duration>, at: Time, now: Time) -> bool {
 pub enum Observed {
     /// `running` instances exist now (after an exec, a fork or a scan);
     /// `pid` is the main (oldest) one.
-    Running { running: u32, pid: Option<u32> },
+    Running {
+        /// How many instances run.
+        running: u32,
+        /// The main one, when there is one.
+        pid: Option<u32>,
+    },
     /// Instance `pid` ended; `running` remain.
     Exited {
+        /// The instance that ended.
         pid: u32,
+        /// How it ended.
         status: ExitStatus,
+        /// How many instances remain.
         running: u32,
     },
     /// The restart command finished; `ok` when it exited 0.
-    RestartDone { ok: bool },
+    RestartDone {
+        /// It exited 0.
+        ok: bool,
+    },
     /// Time passed (deadlines).
     Tick,
 }
@@ -174,40 +196,85 @@ pub enum Uncounted {
 pub enum Action {
     /// `Process ['PATH',pid=PID] Down`
     ReportDown {
+        /// The instance that ended, when one did (not when found missing).
         pid: Option<u32>,
+        /// How it ended.
         status: ExitStatus,
     },
     /// Exited with a code configured as "stopped on purpose": not restarted.
-    ReportStopped { pid: u32, code: i32 },
+    ReportStopped {
+        /// The instance.
+        pid: u32,
+        /// Its exit code.
+        code: i32,
+    },
     /// `Try to restart ('PATH')`, then run the restart command.
-    Restart { attempt: u32 },
+    Restart {
+        /// Which attempt of the budget this is (from 1).
+        attempt: u32,
+    },
     /// The same, not counted against the budget: why.
-    RestartUncounted { why: Uncounted },
+    RestartUncounted {
+        /// Why it does not count.
+        why: Uncounted,
+    },
     /// A failed attempt: the next one waits `delay`.
-    ReportBackoff { delay: Duration },
+    ReportBackoff {
+        /// How long the next attempt waits.
+        delay: Duration,
+    },
     /// A restarted process appeared; it is not Up until it has lived `start_secs`.
-    ReportStarted { pid: Option<u32> },
+    ReportStarted {
+        /// Its pid, when known.
+        pid: Option<u32>,
+    },
     /// `('PATH',pid=PID) Up`
-    ReportUp { pid: Option<u32>, rearmed: bool },
+    ReportUp {
+        /// The main instance, when known.
+        pid: Option<u32>,
+        /// The budget was re-armed (it had been spent).
+        rearmed: bool,
+    },
     /// `Set pid fail ('PATH')`: the attempt did not bring the process back.
-    ReportSetPidFail { why: SetPidFail },
+    ReportSetPidFail {
+        /// Why the attempt failed.
+        why: SetPidFail,
+    },
     /// The budget is spent.
-    ReportRetryOver { attempts: u32 },
+    ReportRetryOver {
+        /// How many attempts it took.
+        attempts: u32,
+    },
     /// … and attempts go on every `every` (`retry_slowly`).
-    ReportSlowRetry { every: Duration },
+    ReportSlowRetry {
+        /// Between two slow attempts.
+        every: Duration,
+    },
     /// `Try to restart ('PATH')` beyond the spent budget (`retry_slowly`):
     /// the `attempt`th since it was spent.
-    RestartSlowly { attempt: u32 },
+    RestartSlowly {
+        /// Which slow attempt this is (from 1).
+        attempt: u32,
+    },
     /// Run the failover command (`switch`).
     Failover,
     /// More instances than `max`.
-    ReportTooMany { running: u32 },
+    ReportTooMany {
+        /// How many run.
+        running: u32,
+    },
     /// More instances than expected (`min`, there being no `max`) once a
     /// restart is Up: an earlier start was still under way (a `start_wait`
     /// shorter than the daemon's start-up), or the daemon forks workers.
-    ReportTooManyAfterRestart { running: u32, expected: u32 },
+    ReportTooManyAfterRestart {
+        /// How many run.
+        running: u32,
+        /// How many were expected.
+        expected: u32,
+    },
 }
 
+/// Why a restart attempt did not bring the process back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SetPidFail {
     /// The command failed or timed out.
@@ -216,8 +283,11 @@ pub enum SetPidFail {
     NotStarted,
     /// The restarted process ended after `lived`, before `start_secs`.
     DiedEarly {
+        /// The restarted process, when known.
         pid: Option<u32>,
+        /// How it ended.
         status: ExitStatus,
+        /// How long it lived.
         lived: Duration,
     },
 }
