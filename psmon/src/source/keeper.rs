@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Handle, Source, SourceChoice, SourceKind, SourceOptions};
+use super::{Handle, Source, SourceChoice, SourceError, SourceKind, SourceOptions};
 use crate::{
     event::{EventKind, ProcEvent},
     self_check::{Canary, DEADLINE},
@@ -220,11 +220,11 @@ impl<C: From<Report> + Send + 'static> Keeper<C> {
     /// Opens a source of `kind` and checks it: run on a private channel, it
     /// must report a canary's exit within the deadline. A source that
     /// passes is opened afresh (the checked one's events went nowhere).
-    async fn trial(&self, kind: SourceKind) -> Result<Source, String> {
+    async fn trial(&self, kind: SourceKind) -> Result<Source, TrialFailed> {
         let open = || {
             super::open(choice_of(kind), &self.options)
                 .map(|o| o.source)
-                .map_err(|e| format!("{e:#}"))
+                .map_err(TrialFailed::Open)
         };
         let mut candidate = open()?;
         let Some(canary) = self.canary.as_ref().filter(|_| kind != SourceKind::Poll) else {
@@ -262,16 +262,24 @@ impl<C: From<Report> + Send + 'static> Keeper<C> {
         drop(handle);
         match fired {
             Ok(pid) => canary.reap(pid),
-            Err(e) => return Err(format!("no canary could be started: {e}")),
+            Err(e) => return Err(TrialFailed::NoCanary(e)),
         }
         match seen {
             true => open(),
-            false => Err(format!(
-                "missed its self-check too (no exit event within {} s)",
-                DEADLINE.as_secs()
-            )),
+            false => Err(TrialFailed::Deaf),
         }
     }
+}
+
+/// Why a source on trial was not taken.
+#[derive(Debug, thiserror::Error)]
+enum TrialFailed {
+    #[error("{0:#}")]
+    Open(#[source] SourceError),
+    #[error("no canary could be started: {0}")]
+    NoCanary(#[source] std::io::Error),
+    #[error("missed its self-check too (no exit event within {} s)", DEADLINE.as_secs())]
+    Deaf,
 }
 
 /// The sources, best first.
