@@ -9,18 +9,24 @@ use super::{
     pfile::{Diagnostics, col, key_value_lines, normalize_key},
 };
 
+/// LOG_LEVEL: the least a message must be to be written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LogLevel {
+    /// Everything, scans and untracked processes too.
     Debug,
+    /// What happened: restarts, Up, operators' requests.
     #[default]
     Info,
+    /// What needs a look: a process Down, a slow probe.
     Warn,
+    /// What failed.
     Error,
 }
 
 /// Daemon-wide settings.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Agent {
+    /// LOG_LEVEL.
     pub log_level: LogLevel,
     /// Bound of the internal event queue; overflow = lost events = resync.
     pub event_queue_size: usize,
@@ -39,6 +45,7 @@ pub struct Agent {
     pub failover_driver: FailoverDriver,
     /// The cluster's resource or group; `None`: the pfile's (or group's) name.
     pub failover_resource: Option<String>,
+    /// How the Pacemaker driver asks.
     pub failover_mode: FailoverMode,
     /// How long a cluster driver tries, and waits for the resource to start elsewhere.
     pub failover_timeout: Duration,
@@ -252,6 +259,7 @@ pub(super) fn parse_agent(file: &Path, text: &str, errors: &mut Vec<Diagnostic>)
 /// The environment of restart and failover commands.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Env {
+    /// `KEY=VALUE` lines, in order.
     pub vars: Vec<(String, String)>,
     /// Applied with umask(2) in the child, not exported.
     pub umask: Option<u32>,

@@ -5,6 +5,8 @@
 //! at once, each with file, line and column ([`Diagnostic`]). This module
 //! owns the model and its checks; it does not act on it.
 
+#![warn(missing_docs)]
+
 mod agent;
 mod files;
 #[cfg(test)]
@@ -28,11 +30,13 @@ pub use toml_format::to_toml;
 /// One problem found in a configuration file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Diagnostic {
+    /// The file it is in.
     pub file: PathBuf,
     /// 1-based; 0 when the problem is with the file as a whole.
     pub line: usize,
     /// 1-based column of the offending text.
     pub col: usize,
+    /// What is wrong, and what is expected instead.
     pub message: String,
 }
 
@@ -133,6 +137,7 @@ pub enum FailoverMode {
 }
 
 impl FailoverDriver {
+    /// The names a configuration may give.
     pub const NAMES: [&str; 3] = ["command", "pacemaker", "clusterpro"];
 
     /// Parses a driver name; the error says what is expected.
@@ -150,8 +155,10 @@ impl FailoverDriver {
 }
 
 impl FailoverMode {
+    /// The names a configuration may give.
     pub const NAMES: [&str; 3] = ["move", "ban", "fail"];
 
+    /// Parses a mode name; the error says what is expected.
     pub fn parse(v: &str) -> Result<FailoverMode, String> {
         match v.to_ascii_lowercase().as_str() {
             "move" => Ok(FailoverMode::Move),
@@ -168,9 +175,11 @@ impl FailoverMode {
 /// An entry's or group's own choice of failover, over psagent.conf's.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct FailoverChoice {
+    /// Which driver sends the request.
     pub driver: Option<FailoverDriver>,
     /// The cluster's resource (Pacemaker) or failover group (CLUSTERPRO).
     pub resource: Option<String>,
+    /// How Pacemaker is asked.
     pub mode: Option<FailoverMode>,
 }
 
@@ -206,7 +215,9 @@ pub struct Entry {
     pub grace: Option<Duration>,
     /// Restart attempts allowed within the window; 0 = report only.
     pub retry: u32,
+    /// What to do when the budget is spent.
     pub action: OnRetryOver,
+    /// How a process is recognised as an instance.
     pub matcher: Match,
     /// Up while at least this many instances run.
     pub min: u32,
@@ -268,11 +279,15 @@ pub enum Owner {
 /// answer within `timeout`, `failures` times in a row, hangs.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Probe {
+    /// How the process is asked.
     pub kind: ProbeKind,
+    /// How often.
     pub interval: Duration,
     /// Slower than this but answering: a warning only.
     pub warn: Duration,
+    /// No good answer within this: a failure.
     pub timeout: Duration,
+    /// Failures in a row that make the process hung.
     pub failures: u32,
     /// After the process became Up, failures within this do not count.
     pub start_grace: Duration,
@@ -280,27 +295,43 @@ pub struct Probe {
     pub kill_grace: Duration,
 }
 
+/// How a hang probe asks a process whether it answers.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ProbeKind {
     /// A TCP connection to `host:port` is accepted.
-    Tcp { address: String },
+    Tcp {
+        /// `host:port`.
+        address: String,
+    },
     /// Connect, send `send`, and the answer contains `expect`.
     SendExpect {
+        /// `host:port`.
         address: String,
+        /// What is sent once connected.
         send: Vec<u8>,
+        /// What the answer must contain.
         expect: String,
     },
     /// An HTTP(S) GET of `url` answers with `status` (any 2xx or 3xx when
     /// `None`); certificates are checked unless `insecure`.
     Http {
+        /// What is asked for.
         url: String,
+        /// The status the answer must have.
         status: Option<u16>,
+        /// Certificates are not checked.
         insecure: bool,
     },
     /// A connection to this Unix socket is accepted.
-    Unix { path: PathBuf },
+    Unix {
+        /// The socket.
+        path: PathBuf,
+    },
     /// The command exits 0 (run like a restart command).
-    Command { command: String },
+    Command {
+        /// The command line.
+        command: String,
+    },
     /// The sd_notify protocol: the commands psmon starts get a
     /// `NOTIFY_SOCKET`; `READY=1` marks the process ready, and `WATCHDOG=1`
     /// must come at least every `timeout` (given as `WATCHDOG_USEC`).
@@ -327,11 +358,13 @@ impl Probe {
 /// order, each Up and ready before the next.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Group {
+    /// Its name, as messages and `psmon status` give it.
     pub name: String,
     /// Entry paths, in start order.
     pub members: Vec<PathBuf>,
     /// Group restarts allowed within `window`.
     pub restarts: u32,
+    /// The window the restarts are counted in.
     pub window: Duration,
     /// When the group's budget is spent.
     pub action: OnRetryOver,
@@ -353,8 +386,11 @@ pub struct Group {
 impl Group {
     /// The watcher's defaults: two restarts within ten minutes.
     pub const DEFAULT_RESTARTS: u32 = 2;
+    /// … within ten minutes.
     pub const DEFAULT_WINDOW: Duration = Duration::from_secs(600);
+    /// A minute for each member to be Up and ready.
     pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Five seconds from SIGTERM to SIGKILL.
     pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
 }
 
@@ -401,10 +437,15 @@ impl Rule {
 }
 
 impl Entry {
+    /// A restart command still running after this is killed.
     pub const DEFAULT_RESTART_TIMEOUT: Duration = Duration::from_secs(60);
+    /// A restarted process must appear within this.
     pub const DEFAULT_START_WAIT: Duration = Duration::from_secs(10);
+    /// … and live this long to be Up.
     pub const DEFAULT_START_SECS: Duration = Duration::from_secs(1);
+    /// The first back-off after a failed attempt (it doubles).
     pub const DEFAULT_RESTART_BACKOFF: Duration = Duration::from_secs(1);
+    /// Between attempts once the budget is spent (`retry_slowly`).
     pub const DEFAULT_SLOW_RETRY_INTERVAL: Duration = Duration::from_secs(60);
     /// TOML's default `healthy_secs`: this many times `start_secs` (at
     /// least one second's worth).
@@ -456,11 +497,18 @@ impl Entry {
 pub struct Pfile {
     /// `pfile_<name>` → `<name>`; a TOML file's stem.
     pub name: String,
+    /// The file it was read from.
     pub file: PathBuf,
+    /// IPCKEY: the health queue's shared memory key, if it has one.
     pub ipckey: Option<u32>,
+    /// MONITOR_INTERVAL: how often the reconciliation scan runs.
     pub monitor_interval: Duration,
+    /// MSG_CHECK_INTERVAL: the vendor's message-queue check interval, read
+    /// and kept for pfile compatibility; psmon has no use for it.
     pub msg_check_interval: Duration,
+    /// SHM_DUMP_FILE: where the health queue is dumped.
     pub shm_dump_file: Option<PathBuf>,
+    /// Its PENT lines (or `[[entry]]` tables), in order.
     pub entries: Vec<Entry>,
     /// Restart groups defined in this (TOML) file; their members may be
     /// entries of any file loaded with it.
@@ -468,15 +516,20 @@ pub struct Pfile {
 }
 
 impl Pfile {
+    /// The vendor's MONITOR_INTERVAL.
     pub const DEFAULT_MONITOR_INTERVAL: Duration = Duration::from_secs(10);
+    /// The vendor's MSG_CHECK_INTERVAL.
     pub const DEFAULT_MSG_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 }
 
 /// Everything psmon was configured with.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Config {
+    /// The pfiles and TOML files, in the order of their file names.
     pub pfiles: Vec<Pfile>,
+    /// psagent.conf.
     pub agent: Agent,
+    /// psenv.
     pub env: Env,
     /// ps_ssl.conf: TLS for the HTTP endpoint.
     pub tls: Option<Tls>,

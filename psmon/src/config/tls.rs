@@ -19,9 +19,13 @@ use super::{
 /// What ps_ssl.conf says, and where, for messages.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tls {
+    /// ps_ssl.conf itself.
     pub file: PathBuf,
+    /// CERTIFICATE, and the line that names it.
     pub certificate: (PathBuf, usize),
+    /// KEY, and its line.
     pub key: (PathBuf, usize),
+    /// CLIENT_CA (clients must show a certificate it signed), and its line.
     pub client_ca: Option<(PathBuf, usize)>,
 }
 
