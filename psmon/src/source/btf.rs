@@ -30,20 +30,38 @@ const KIND_DECL_TAG: u32 = 17;
 const KIND_TYPE_TAG: u32 = 18;
 const KIND_ENUM64: u32 = 19;
 
+/// Why kernel struct offsets could not be read from BTF.
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
+    /// The BTF file could not be read.
     #[error("cannot read kernel BTF at {path}")]
     Read {
+        /// The file.
         path: String,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
+    /// The data is not BTF as psmon reads it.
     #[error("kernel BTF is malformed: {what}")]
-    Malformed { what: &'static str },
+    Malformed {
+        /// What is wrong with it.
+        what: &'static str,
+    },
+    /// The kernel has no struct of this name.
     #[error("kernel BTF has no struct `{name}`")]
-    NoStruct { name: String },
+    NoStruct {
+        /// The struct.
+        name: String,
+    },
+    /// The struct has no member of this name.
     #[error("kernel BTF has no member `{member}` in struct `{name}`")]
-    NoMember { name: String, member: String },
+    NoMember {
+        /// The struct.
+        name: String,
+        /// The member.
+        member: String,
+    },
 }
 
 #[derive(Clone, Copy)]
@@ -80,6 +98,7 @@ impl Btf {
         Self::from_file(Path::new("/sys/kernel/btf/vmlinux"))
     }
 
+    /// Reads and parses a BTF file (`/sys/kernel/btf/vmlinux`).
     pub fn from_file(path: &Path) -> Result<Self, BtfError> {
         let data = std::fs::read(path).map_err(|source| BtfError::Read {
             path: path.display().to_string(),
@@ -88,6 +107,7 @@ impl Btf {
         Self::parse(&data)
     }
 
+    /// Parses BTF data.
     pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
         let u16_at = |at: usize| {
             data.get(at..at + 2)

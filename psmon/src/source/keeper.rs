@@ -25,13 +25,23 @@ use crate::{
 #[derive(Debug)]
 pub enum Order {
     /// The open source of `kind` missed its self-checks (`why`): replace it.
-    Replace { kind: SourceKind, why: String },
+    Replace {
+        /// The kind of the source that missed.
+        kind: SourceKind,
+        /// What it missed.
+        why: String,
+    },
 }
 
 /// What the keeper tells the consumer of events.
 pub enum Report {
     /// A source is open from now on; `why` it replaced the previous one.
-    Opened { handle: Handle, why: Option<String> },
+    Opened {
+        /// What its consumer may rely on.
+        handle: Handle,
+        /// Why it replaced the previous one, if it did.
+        why: Option<String>,
+    },
     /// The source stopped with this error; it is being reopened.
     Failed(String),
     /// A replacement was looked for and none passed: the source stays.
@@ -41,18 +51,26 @@ pub enum Report {
 /// The longest wait between attempts to return to a better source.
 const MAX_RETURN_WAIT: Duration = Duration::from_secs(3600);
 
+/// Keeps one source open: reopens it when it fails, replaces one that
+/// misses its self-checks, and returns to a better kind when one passes.
 pub struct Keeper<C> {
+    /// The kind the operator chose.
     pub choice: SourceChoice,
+    /// What every source is opened with.
     pub options: SourceOptions,
     /// How long to wait before reopening a failed source, and before the
     /// first attempt to return to a better one.
     pub retry_interval: Duration,
+    /// Where the open source's events go.
     pub events: mpsc::Sender<ProcEvent>,
+    /// Where what the keeper did is reported.
     pub reports: mpsc::Sender<C>,
+    /// Orders from the supervisor (replace a source that went deaf).
     pub orders: mpsc::Receiver<Order>,
     /// Starts the canaries of candidates' self-checks; `None`: candidates
     /// are taken unchecked.
     pub canary: Option<Canary>,
+    /// Cancelled at shutdown.
     pub token: CancellationToken,
 }
 

@@ -8,6 +8,8 @@
 //! of them share ([`EventSink`], [`ProcessTable`]); it does not decide what
 //! an event means for a watched process.
 
+#![warn(missing_docs)]
+
 pub mod btf;
 pub mod ebpf;
 pub mod fault;
@@ -27,10 +29,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::event::{ProcEvent, Process, StartTime};
 
+/// The three sources, best first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum SourceKind {
+    /// eBPF programs on the scheduler's tracepoints.
     Ebpf,
+    /// The netlink proc connector.
     Netlink,
+    /// Polling `/proc` every MONITOR_INTERVAL.
     Poll,
 }
 
@@ -47,12 +53,17 @@ impl fmt::Display for SourceKind {
 /// `--source`: a specific source, or `auto` (best available).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum SourceChoice {
+    /// The best that opens: ebpf, else netlink, else poll.
     Auto,
+    /// eBPF programs on the scheduler's tracepoints (root, kernel BTF).
     Ebpf,
+    /// The kernel's proc connector (root).
     Netlink,
+    /// Polling /proc every MONITOR_INTERVAL (any kernel).
     Poll,
 }
 
+/// How a source is opened.
 #[derive(Clone, Debug)]
 pub struct SourceOptions {
     /// Ring buffer size in bytes for `ebpf` (rounded up to a power of two pages).
@@ -84,24 +95,39 @@ impl Default for SourceOptions {
     }
 }
 
+/// Why a source could not open, or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
+    /// The `ebpf` source was refused.
     #[error("the `ebpf` source is unavailable: {reason}")]
-    Ebpf { reason: ebpf::Refusal },
+    Ebpf {
+        /// Why.
+        reason: ebpf::Refusal,
+    },
+    /// The `netlink` source was refused.
     #[error("the `netlink` source is unavailable: {reason}")]
-    Netlink { reason: netlink::Refusal },
+    Netlink {
+        /// Why.
+        reason: netlink::Refusal,
+    },
+    /// Reading the ring buffer failed.
     #[error("reading the BPF ring buffer failed")]
     RingBuf {
+        /// Why.
         #[source]
         source: std::io::Error,
     },
+    /// Receiving from the netlink socket failed.
     #[error("receiving from the proc connector failed")]
     Recv {
+        /// Why.
         #[source]
         source: std::io::Error,
     },
+    /// The source's task ended abnormally.
     #[error("a /proc scan task failed")]
     Task {
+        /// How.
         #[source]
         source: tokio::task::JoinError,
     },
@@ -109,12 +135,16 @@ pub enum SourceError {
 
 /// An opened source, ready to run.
 pub enum Source {
+    /// The eBPF programs and their ring buffer.
     Ebpf(Box<ebpf::EbpfSource>),
+    /// The proc connector's socket.
     Netlink(netlink::NetlinkSource),
+    /// The poller.
     Poll(poll::PollSource),
 }
 
 impl Source {
+    /// Which kind it is.
     pub fn kind(&self) -> SourceKind {
         match self {
             Source::Ebpf(_) => SourceKind::Ebpf,
@@ -144,6 +174,7 @@ pub trait Filter: Send {
     fn watch_comm(&mut self, name: &str);
     /// Passes every event of thread group `tgid` (and forks of it).
     fn watch_tgid(&mut self, tgid: u32);
+    /// Stops passing the events of thread group `tgid`.
     fn unwatch_tgid(&mut self, tgid: u32);
     /// How many execs the kernel has seen since the filter was loaded,
     /// passed or not: while it stands still, no process changed program.
@@ -167,7 +198,9 @@ pub type TakeExecd = Box<dyn FnOnce() -> Option<Vec<u32>> + Send>;
 /// source opens: its name for messages, its kernel filter if it has one,
 /// and how far its exit events may trail an exit.
 pub struct Handle {
+    /// Which kind of source.
     pub kind: SourceKind,
+    /// Its kernel filter, if it has one.
     pub filter: Option<Box<dyn Filter>>,
     /// A polling source learns of an exit only at its next scan.
     pub exit_lag: Duration,
@@ -211,7 +244,9 @@ impl Source {
 
 /// What [`open`] got, and why better sources were refused.
 pub struct Opened {
+    /// The source that opened.
     pub source: Source,
+    /// Why better ones did not.
     pub refused: Vec<SourceError>,
 }
 
@@ -319,6 +354,7 @@ pub struct EventSink {
 }
 
 impl EventSink {
+    /// A sink that sends to `tx`.
     pub fn new(tx: mpsc::Sender<ProcEvent>) -> Self {
         EventSink { tx, dropped: 0 }
     }

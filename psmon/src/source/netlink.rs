@@ -46,14 +46,21 @@ const CN_MSG_LEN: usize = 20;
 /// `struct proc_event` up to the union: what, cpu, timestamp_ns.
 const PROC_EVENT_HEAD: usize = 16;
 
+/// Why the `netlink` source could not be used.
 #[derive(Debug)]
 pub enum Refusal {
+    /// The connector reports host pids; psmon's `/proc` shows another namespace's.
     NotInitPidNamespace,
+    /// A missing privilege (CAP_NET_ADMIN).
     NotPermitted {
+        /// What was refused.
         what: &'static str,
     },
+    /// The socket could not be set up.
     Socket {
+        /// What was being done.
         what: &'static str,
+        /// Why.
         error: io::Error,
     },
 }
@@ -112,6 +119,7 @@ impl std::os::fd::AsRawFd for Subscription {
     }
 }
 
+/// The `netlink` source: a socket subscribed to the proc connector.
 pub struct NetlinkSource {
     socket: Subscription,
     table: ProcessTable,
@@ -119,6 +127,7 @@ pub struct NetlinkSource {
 }
 
 impl NetlinkSource {
+    /// Opens and subscribes the socket, or says why it cannot.
     pub fn open(options: &SourceOptions) -> Result<Self, Refusal> {
         if !proc::in_init_pid_namespace() {
             return Err(Refusal::NotInitPidNamespace);
@@ -159,6 +168,8 @@ impl NetlinkSource {
         })
     }
 
+    /// Reads the socket into `tx` until `token` is cancelled or the
+    /// consumer is gone.
     pub async fn run(
         self,
         tx: mpsc::Sender<ProcEvent>,

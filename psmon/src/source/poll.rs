@@ -17,6 +17,7 @@ use crate::{
 /// exit. A zombie's exit status comes from `/proc/PID/stat` field 52; a
 /// group already reaped is reported with [`ExitStatus::Unknown`].
 pub struct PollSource {
+    /// Between two looks at `/proc`.
     pub interval: Duration,
 }
 
@@ -30,6 +31,8 @@ struct Polled {
 }
 
 impl PollSource {
+    /// Looks at `/proc` every interval and reports what changed into `tx`
+    /// until `token` is cancelled.
     pub async fn run(
         self,
         tx: mpsc::Sender<ProcEvent>,

@@ -88,6 +88,7 @@ impl KernelFilter {
         self.tgids.insert(tgid, 1, 0)
     }
 
+    /// Stops passing the events of thread group `tgid`; one not passed is no error.
     pub fn unwatch_tgid(&mut self, tgid: u32) -> Result<(), MapError> {
         match self.tgids.remove(&tgid) {
             Err(MapError::KeyNotFound) => Ok(()),

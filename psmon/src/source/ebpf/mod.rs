@@ -103,6 +103,8 @@ fn detach_all(ebpf: &mut Ebpf) {
     }
 }
 
+/// The `ebpf` source: the loaded programs, their ring buffer and, when
+/// asked for, the kernel filter.
 pub struct EbpfSource {
     /// Owns the loaded programs and their links: dropping it detaches them.
     programs: Ebpf,
@@ -116,6 +118,7 @@ pub struct EbpfSource {
 }
 
 impl EbpfSource {
+    /// Loads and attaches the programs, or says why it cannot.
     pub fn open(options: &SourceOptions) -> Result<Self, Refusal> {
         if OBJECT.is_empty() {
             return Err(Refusal::NotBuilt {
@@ -198,6 +201,8 @@ impl EbpfSource {
         self.filter.take()
     }
 
+    /// Drains the ring buffer into `tx` until `token` is cancelled or the
+    /// consumer is gone.
     pub async fn run(
         self,
         tx: mpsc::Sender<ProcEvent>,

@@ -11,31 +11,45 @@ use super::super::btf;
 /// Why the `ebpf` source could not be used.
 #[derive(Debug)]
 pub enum Refusal {
+    /// This binary was built without the programs.
     NotBuilt {
+        /// Why the build left them out.
         why: String,
     },
     /// The programs see host pids; psmon's `/proc` shows another namespace's.
     NotInitPidNamespace,
+    /// The kernel has no BTF.
     NoBtf {
+        /// Where it was looked for.
         path: PathBuf,
     },
+    /// The kernel struct offsets could not be read from BTF.
     Offsets {
+        /// Why.
         source: btf::BtfError,
     },
+    /// A missing privilege (an EPERM).
     NotPermitted {
+        /// What was refused.
         what: String,
     },
+    /// The verifier rejected a program.
     Verifier {
+        /// The program.
         program: String,
+        /// The verifier's log.
         log: String,
     },
     /// The embedded object lacks a program or a map: a broken build.
     Missing {
+        /// What is missing.
         what: String,
     },
     /// The kernel refused something else.
     Kernel {
+        /// What was being done.
         what: String,
+        /// The kernel's error.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
