@@ -106,6 +106,7 @@ pub struct RawEvent {
     pub exit_code: u32,
     /// `FLAG_*` bits.
     pub flags: u32,
+    /// Padding, so that `comm` starts at 48 on both sides.
     pub _pad: u32,
     /// `task_struct.comm`, NUL padded.
     pub comm: [u8; COMM_LEN],
@@ -129,6 +130,7 @@ pub struct RawEvent {
 pub struct RawSignal {
     /// `KIND_SIGNAL` or `KIND_OOM`.
     pub kind: u32,
+    /// The CPU it was generated on.
     pub cpu: u32,
     /// `bpf_ktime_get_ns()`.
     pub ktime_ns: u64,
@@ -137,17 +139,24 @@ pub struct RawSignal {
     pub target_tgid: u32,
     /// The thread it was generated for.
     pub target_pid: u32,
+    /// The signal's number.
     pub signal: u32,
     /// `si_code`; [`CODE_UNKNOWN`] when the kernel passed no siginfo.
     pub code: i32,
     /// The current task when the signal was generated: its thread group,
     /// uid, and parent and grandparent (thread group and comm).
     pub sender_tgid: u32,
+    /// The sender's real uid.
     pub sender_uid: u32,
+    /// Its parent's thread group.
     pub parent_tgid: u32,
+    /// Its grandparent's thread group.
     pub grandparent_tgid: u32,
+    /// Its `comm`, NUL padded.
     pub sender_comm: [u8; COMM_LEN],
+    /// Its parent's `comm`, NUL padded.
     pub parent_comm: [u8; COMM_LEN],
+    /// Its grandparent's `comm`, NUL padded.
     pub grandparent_comm: [u8; COMM_LEN],
     /// For OOM: the kernfs id (inode number) of the victim's memory
     /// cgroup directory; 0 when unknown.
@@ -201,6 +210,7 @@ pub const NO_MEMORY_CGROUP: u32 = u32::MAX;
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug)]
 pub struct Config {
+    /// Where the programs find what they read in kernel structs.
     pub offsets: KernelOffsets,
     /// Non-zero: only events of watched comms and tgids are sent (monitoring).
     /// Zero: every event is sent (trace).

@@ -19,16 +19,22 @@ pub const KEPT: usize = 1024;
 /// Who asked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Who {
+    /// Their uid.
     pub uid: u32,
+    /// Their pid, when known.
     pub pid: Option<u32>,
+    /// Their name (`comm`), read when they asked.
     pub comm: Option<String>,
     /// How: over the control socket, or by a signal.
     pub via: Via,
 }
 
+/// How an operator asked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Via {
+    /// Over the control socket.
     Socket,
+    /// With SIGHUP.
     Sighup,
 }
 
@@ -60,7 +66,9 @@ impl Who {
 /// How an action ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
+    /// Carried out: what it did.
     Done(String),
+    /// Tried, and failed: why.
     Failed(String),
     /// Not allowed: not carried out.
     Refused(String),
@@ -69,11 +77,15 @@ pub enum Outcome {
 /// One operator action.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
+    /// When.
     pub at: SystemTime,
+    /// Who asked.
     pub who: Who,
     /// `pause`, `resume`, `reload`, `test`, `clear-failover`.
     pub action: &'static str,
+    /// The pfile it was for, if one.
     pub pfile: Option<String>,
+    /// How it ended.
     pub outcome: Outcome,
 }
 
@@ -98,6 +110,7 @@ impl Record {
         )
     }
 
+    /// As `psmon audit --json` prints it.
     pub fn to_json(&self) -> Value {
         let (outcome, text) = match &self.outcome {
             Outcome::Done(t) => ("done", t),
@@ -131,6 +144,7 @@ impl Record {
 pub struct Trail(VecDeque<Record>);
 
 impl Trail {
+    /// Keeps `record`, dropping the oldest past the bound.
     pub fn push(&mut self, record: Record) {
         if self.0.len() == KEPT {
             self.0.pop_front();

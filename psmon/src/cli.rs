@@ -24,6 +24,7 @@ It logs what happens in ProcessSaver's words to its log file, the journal or sta
 error, saves its state so that a restarted psmon takes over without restarting what runs, \
 and serves /healthz, /status, /metrics and a status page over HTTP when asked to."
 )]
+/// psmon's command line.
 pub struct Cli {
     /// Log level for psmon's own messages (error, warn, info, debug, trace).
     #[arg(long, global = true, default_value = "info",
@@ -34,10 +35,12 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "PATH", env = "PSMON_SOCKET",
           default_value = crate::control::DEFAULT_SOCKET)]
     pub socket: std::path::PathBuf,
+    /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// psmon's commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Watch the configured processes and restart them when they die (the daemon).
@@ -55,7 +58,10 @@ pub enum Command {
         live: bool,
     },
     /// Print a pfile as psmon's TOML format.
-    Convert { pfile: std::path::PathBuf },
+    Convert {
+        /// The pfile.
+        pfile: std::path::PathBuf,
+    },
     /// Show process fork/exec/exit events live, for debugging process churn.
     Trace(crate::trace::TraceOptions),
     /// What the running psmon sees: each entry's state, processes, restart
@@ -75,14 +81,23 @@ pub enum Command {
     },
     /// Stop monitoring a pfile's processes (ProcessSaver's `padmin stop`):
     /// they are neither restarted nor reported Down until `resume`.
-    Pause { pfile: String },
+    Pause {
+        /// The pfile (its name, or `pfile_NAME`).
+        pfile: String,
+    },
     /// Monitor a paused pfile again (`padmin start`); a process that died
     /// meanwhile is handled at once.
-    Resume { pfile: String },
+    Resume {
+        /// The pfile (its name, or `pfile_NAME`).
+        pfile: String,
+    },
     /// Read the configuration again (`padmin reload`): one pfile, leaving
     /// the others as they run, or all of them. A broken file is refused
     /// with every error and the running configuration is kept.
-    Reload { pfile: Option<String> },
+    Reload {
+        /// The pfile (its name, or `pfile_NAME`); all when absent.
+        pfile: Option<String>,
+    },
     /// Print (or write) a pfile's health queue: its entries' states and
     /// recent events, read straight from its shared-memory segment (keyed
     /// by IPCKEY), so it works while psmon is stopped, stuck or gone. A
@@ -116,7 +131,10 @@ pub enum Command {
     /// Remove the location constraints (`cli-ban-…`, `cli-prefer-…`) that
     /// psmon's Pacemaker failover requests left, so the resource may run on
     /// this node again: those of one pfile, or all (`psmon status` lists them).
-    ClearFailover { pfile: Option<String> },
+    ClearFailover {
+        /// The pfile (its name, or `pfile_NAME`); all when absent.
+        pfile: Option<String>,
+    },
     /// The audit trail: the operator actions the running psmon recorded
     /// (pause, resume, reload, test, clear-failover, SIGHUP, refused ones
     /// too), who asked and how each ended, oldest first.
@@ -136,6 +154,7 @@ pub enum Command {
     /// paused or report-only entry). The drill's restart does not count
     /// against the retry budget.
     Test {
+        /// The pfile (its name, or `pfile_NAME`).
         pfile: String,
         /// The entry's path, when the pfile watches several processes.
         path: Option<String>,

@@ -10,7 +10,9 @@ use crate::control::{self, ClientError, ControlRequest};
 
 /// How a client command ended: what to print, and the exit code.
 pub struct Done {
+    /// What to print.
     pub out: String,
+    /// The exit code.
     pub code: u8,
 }
 

@@ -19,6 +19,7 @@ pub fn ticks_per_second() -> u64 {
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
+/// A moment of `CLOCK_MONOTONIC`, in nanoseconds: the monitor's time.
 pub struct Time(u64);
 
 impl Time {
@@ -29,14 +30,17 @@ impl Time {
         Time(ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64)
     }
 
+    /// From nanoseconds of `CLOCK_MONOTONIC`.
     pub const fn from_nanos(ns: u64) -> Time {
         Time(ns)
     }
 
+    /// From seconds of `CLOCK_MONOTONIC`.
     pub const fn from_secs(secs: u64) -> Time {
         Time(secs * 1_000_000_000)
     }
 
+    /// Nanoseconds of `CLOCK_MONOTONIC`.
     pub fn as_nanos(self) -> u64 {
         self.0
     }

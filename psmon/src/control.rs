@@ -43,38 +43,51 @@ const MAX_CLIENTS: usize = 128;
 pub enum ControlRequest {
     /// Who is there (pid): used to tell a live daemon from a stale socket.
     Ping,
+    /// The entries' states (of one pfile, or all).
     Status {
+        /// The pfile; all when absent.
         #[serde(default)]
         pfile: Option<String>,
     },
+    /// Stop monitoring a pfile (`padmin stop`).
     Pause {
+        /// The pfile.
         pfile: String,
     },
+    /// Monitor a paused pfile again (`padmin start`).
     Resume {
+        /// The pfile.
         pfile: String,
     },
+    /// Read the configuration again (one pfile, or all).
     Reload {
+        /// The pfile; all when absent.
         #[serde(default)]
         pfile: Option<String>,
     },
     /// The recovery drill: kill the entry's process with `signal`, wait
     /// for it to come back.
     Test {
+        /// The pfile.
         pfile: String,
+        /// The entry's path, when the pfile has several.
         #[serde(default)]
         path: Option<String>,
+        /// The signal to kill with.
         #[serde(default = "default_signal")]
         signal: i32,
     },
     /// Remove the location constraints failover requests left in the
     /// cluster (all, or the pfile's).
     ClearFailover {
+        /// The pfile; all when absent.
         #[serde(default)]
         pfile: Option<String>,
     },
     /// The audit trail: operator actions at or after `since` (Unix time,
     /// seconds), all when absent.
     Audit {
+        /// Unix time, in seconds.
         #[serde(default)]
         since: Option<f64>,
     },
@@ -83,7 +96,9 @@ pub enum ControlRequest {
     /// lets later ones hear again.
     #[cfg(feature = "fault-injection")]
     Fault {
+        /// The kinds that go deaf.
         deaf: Vec<String>,
+        /// Those opened later too.
         #[serde(default)]
         sticky: bool,
     },
@@ -128,12 +143,14 @@ pub type Reply = Result<Value, String>;
 
 /// A request for the supervisor, with where its reply goes.
 pub struct Asked {
+    /// What is asked.
     pub command: ControlRequest,
     /// Who asked (`None`: psmon's own HTTP endpoint).
     pub peer: Option<crate::audit::Who>,
     /// Why the request is refused, when it is: the supervisor records it
     /// and replies with this.
     pub refused: Option<String>,
+    /// Where the reply goes.
     pub reply: oneshot::Sender<Reply>,
 }
 
@@ -455,12 +472,16 @@ pub fn request(
     }
 }
 
+/// Why a client command could not be answered.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// Nothing listens on the socket.
     #[error("psmon is not running (nothing listens on {}); start it with `psmon run`", .0.display())]
     NotRunning(PathBuf),
+    /// psmon refused the request: why.
     #[error("{0}")]
     Refused(String),
+    /// The socket failed: why.
     #[error("{0}")]
     Io(String),
 }

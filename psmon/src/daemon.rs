@@ -23,8 +23,10 @@ use crate::{
 
 /// The layout ProcessSaver installs; used when `/etc/psmon` does not exist.
 pub const LEGACY_CONF_DIR: &str = "/var/opt/HA/PS/conf";
+/// Where psmon's configuration lives.
 pub const DEFAULT_CONF_DIR: &str = "/etc/psmon";
 
+/// What `psmon run` is told on its command line.
 #[derive(Debug, clap::Args)]
 pub struct RunOptions {
     /// Configuration directory (pfile_*, *.toml, psagent.conf, psenv).
@@ -53,6 +55,8 @@ pub struct RunOptions {
     pub no_state: bool,
 }
 
+/// The configuration directory: the one given, else /etc/psmon, else
+/// ProcessSaver's when only it exists.
 pub fn conf_dir(given: Option<PathBuf>) -> PathBuf {
     given.unwrap_or_else(|| {
         let default = PathBuf::from(DEFAULT_CONF_DIR);
@@ -64,6 +68,7 @@ pub fn conf_dir(given: Option<PathBuf>) -> PathBuf {
     })
 }
 
+/// `psmon run`: watches the configured processes until `shutdown`.
 pub async fn run(
     opts: RunOptions,
     socket: PathBuf,

@@ -8,6 +8,7 @@ pub struct UsageError {
 }
 
 impl UsageError {
+    /// An error with this message.
     pub fn new(message: impl Into<String>) -> Self {
         UsageError {
             message: message.into(),

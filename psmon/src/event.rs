@@ -3,8 +3,6 @@
 //! missed some. It owns the event vocabulary and its units; it does not own
 //! how events are obtained (`source`) or shown (`trace`).
 
-#![warn(missing_docs)]
-
 use std::{path::PathBuf, sync::OnceLock, time::Duration};
 
 /// When a process started: nanoseconds of `CLOCK_BOOTTIME`, the clock of

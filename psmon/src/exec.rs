@@ -35,12 +35,16 @@ const TAIL_BYTES: u64 = 2048;
 const LEFTOVER_BYTES: u64 = 1 << 20;
 const LEFTOVER_CHECK: Duration = Duration::from_millis(250);
 
+/// A command to run, and how.
 #[derive(Clone, Debug)]
 pub struct CommandSpec {
+    /// The command line.
     pub command: String,
     /// psenv's variables, then the PSMON_* details.
     pub env: Vec<(String, String)>,
+    /// psenv's UMASK, applied in the child.
     pub umask: Option<u32>,
+    /// Past this, its process group is killed.
     pub timeout: Duration,
 }
 

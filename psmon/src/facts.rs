@@ -5,8 +5,6 @@
 //! `failover`, the sources), the monitor decides on them, and `report`
 //! words them for the operator.
 
-#![warn(missing_docs)]
-
 use std::{collections::HashMap, time::Duration};
 
 use serde::{Deserialize, Serialize};

@@ -21,8 +21,6 @@
 //! `retry_slowly`, a spent budget is said once and attempts go on every
 //! `slow_retry_interval`, uncounted, until one stays up.
 
-#![warn(missing_docs)]
-
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};

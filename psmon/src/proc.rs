@@ -32,10 +32,13 @@ const PF_EXITING: u32 = 0x4;
 /// they were read into.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stat<'a> {
+    /// Field 1, as the thread group id.
     pub tgid: u32,
+    /// Field 2, without its parentheses.
     pub comm: &'a [u8],
     /// Field 3: `R`, `S`, `D`, `Z` (zombie), `X` (dead), …
     pub state: u8,
+    /// Field 4.
     pub ppid: u32,
     /// Field 9.
     pub flags: u32,
@@ -154,15 +157,21 @@ pub fn pread_stat<'a>(file: &std::fs::File, buf: &'a mut Vec<u8>) -> Option<Stat
 /// One thread group as `/proc/PID/stat` shows it, owned.
 #[derive(Clone, Debug)]
 pub struct ProcEntry {
+    /// Field 1.
     pub tgid: u32,
+    /// Field 4: the parent's tgid.
     pub ppid: u32,
+    /// Field 22: when it started.
     pub start: StartTime,
+    /// Field 2, without its parentheses.
     pub comm: String,
     /// Field 3: `R`, `S`, `D`, `Z` (zombie), `X` (dead), …
     pub state: char,
     /// Field 52: the wait status of a zombie, when the kernel shows it.
     pub exit_code: Option<i32>,
+    /// Field 20.
     pub num_threads: i64,
+    /// Field 9.
     pub flags: u32,
 }
 
@@ -273,6 +282,7 @@ pub fn comm(pid: u32) -> Option<String> {
     Some(text.trim_end_matches('\n').to_string())
 }
 
+/// `/proc/PID/exe`: the file the process runs.
 pub fn exe(tgid: u32) -> Option<PathBuf> {
     std::fs::read_link(format!("/proc/{tgid}/exe")).ok()
 }
@@ -501,11 +511,15 @@ pub fn shm_segments() -> Vec<(i32, i32)> {
 pub struct OwnUsage {
     /// User and system CPU time, in seconds.
     pub cpu_secs: f64,
+    /// Threads.
     pub threads: u64,
     /// When psmon started, in seconds since the epoch.
     pub start_secs: f64,
+    /// Virtual memory size.
     pub virtual_bytes: u64,
+    /// Resident set size.
     pub resident_bytes: u64,
+    /// Open file descriptors.
     pub open_fds: u64,
 }
 

@@ -30,6 +30,8 @@ struct Record {
     text: String,
 }
 
+/// The flight recorders: for each entry, the last events of its
+/// processes and their descendants, dumped when it goes Down.
 pub struct Recorder {
     events: usize,
     window: Duration,
@@ -39,6 +41,7 @@ pub struct Recorder {
 }
 
 impl Recorder {
+    /// Recorders of up to `events` events within `window` each.
     pub fn new(events: usize, window: Duration) -> Recorder {
         Recorder {
             events,
@@ -48,6 +51,7 @@ impl Recorder {
         }
     }
 
+    /// New bounds, from a reload.
     pub fn set_limits(&mut self, events: usize, window: Duration) {
         self.events = events;
         self.window = window;

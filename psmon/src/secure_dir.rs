@@ -22,35 +22,67 @@ use std::{
 /// Why a directory or file is not trusted, with what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum Untrusted {
+    /// A directory could not be created.
     #[error("cannot create {}: {source}", path.display())]
     Create {
+        /// The directory.
         path: PathBuf,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
+    /// A path could not be looked at.
     #[error("cannot read {}: {source}", path.display())]
     Read {
+        /// The path.
         path: PathBuf,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
+    /// A symlink where a directory must be.
     #[error("{} is a symlink; give a real directory", path.display())]
-    Symlink { path: PathBuf },
+    Symlink {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Something else where a directory must be.
     #[error("{} is not a directory", path.display())]
-    NotADirectory { path: PathBuf },
+    NotADirectory {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Owned by another user than root or psmon's.
     #[error(
         "{} is owned by uid {uid}, neither root nor psmon's user (uid {me}): another user could \
          replace what psmon writes there (chown it, or give another place)",
         path.display()
     )]
-    Owner { path: PathBuf, uid: u32, me: u32 },
+    Owner {
+        /// The path.
+        path: PathBuf,
+        /// Its owner.
+        uid: u32,
+        /// psmon's uid.
+        me: u32,
+    },
+    /// Writable by group or others.
     #[error(
         "{} has mode {mode:o}: group or others may write it (chmod go-w, or give another place)",
         path.display()
     )]
-    Writable { path: PathBuf, mode: u32 },
+    Writable {
+        /// The path.
+        path: PathBuf,
+        /// Its mode.
+        mode: u32,
+    },
+    /// Something else where the control socket goes.
     #[error("{} is not a socket; refusing to remove it (move it away, or give another --socket)", path.display())]
-    NotASocket { path: PathBuf },
+    NotASocket {
+        /// The path.
+        path: PathBuf,
+    },
 }
 
 /// Creates `dir` with `mode` if it is missing (parents too, 0755), then

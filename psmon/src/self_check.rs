@@ -47,7 +47,9 @@ pub fn is_canary_comm(comm: &str) -> bool {
 /// A canary started and not yet judged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Flying {
+    /// The canary.
     pub pid: u32,
+    /// When it was started.
     pub fired: Instant,
 }
 
@@ -56,12 +58,20 @@ pub struct Flying {
 pub enum Verdict {
     /// Its exit came after `took`; `after_misses` checks had failed before.
     Passed {
+        /// The canary.
         pid: u32,
+        /// From its start to its exit event.
         took: Duration,
+        /// Checks that had failed in a row before.
         after_misses: u32,
     },
     /// No exit event by the deadline; `in_a_row` checks have failed now.
-    Missed { pid: u32, in_a_row: u32 },
+    Missed {
+        /// The canary.
+        pid: u32,
+        /// Checks failed in a row now.
+        in_a_row: u32,
+    },
 }
 
 /// The self-check's schedule: when the next canary flies, which one is in
@@ -80,6 +90,7 @@ pub struct SelfCheck {
 }
 
 impl SelfCheck {
+    /// A self-check every `interval` (zero: off).
     pub fn new(interval: Duration) -> Self {
         SelfCheck {
             interval,
@@ -91,6 +102,7 @@ impl SelfCheck {
         }
     }
 
+    /// How often a canary flies.
     pub fn interval(&self) -> Duration {
         self.interval
     }

@@ -93,10 +93,15 @@ fn unix_ms() -> u64 {
 
 /// One entry's state as the queue shows it.
 pub struct QueueEntry<'a> {
+    /// The entry's path.
     pub path: &'a Path,
+    /// Its state, as `psmon status` gives it.
     pub state: &'a str,
+    /// Its main instance, if one runs.
     pub pid: Option<u32>,
+    /// Restart attempts in the window.
     pub attempts: u32,
+    /// Of these allowed.
     pub retry: u32,
 }
 
@@ -262,20 +267,48 @@ pub fn pfile_of(key: u32) -> Option<String> {
 /// Why a health queue cannot be read, or trusted.
 #[derive(Debug, thiserror::Error)]
 pub enum DumpError {
+    /// No segment has this key.
     #[error("no health queue with IPCKEY {key:#x}: psmon has not run with it since boot")]
-    NoSegment { key: u32 },
+    NoSegment {
+        /// The IPCKEY.
+        key: u32,
+    },
+    /// The segment could not be attached.
     #[error("cannot read the health queue {key:#x}: {source}")]
-    Attach { key: u32, source: std::io::Error },
+    Attach {
+        /// The IPCKEY.
+        key: u32,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The segment is not psmon's.
     #[error("the segment {key:#x} is not psmon's ({why})")]
-    Foreign { key: u32, why: &'static str },
+    Foreign {
+        /// The IPCKEY.
+        key: u32,
+        /// What tells.
+        why: &'static str,
+    },
+    /// The segment is of another psmon's layout.
     #[error(
         "the segment {key:#x} has layout {layout} ({size} bytes); this psmon reads layout {LAYOUT} ({SIZE} bytes)"
     )]
-    OtherLayout { key: u32, layout: u32, size: u32 },
+    OtherLayout {
+        /// The IPCKEY.
+        key: u32,
+        /// The segment's layout.
+        layout: u32,
+        /// Its size in bytes.
+        size: u32,
+    },
+    /// Every copy was caught mid-write.
     #[error(
         "the segment {key:#x} is being written without end (its writer may have died mid-write); try again"
     )]
-    HalfWritten { key: u32 },
+    HalfWritten {
+        /// The IPCKEY.
+        key: u32,
+    },
 }
 
 /// The id and size of the segment of `key`.

@@ -367,6 +367,7 @@ struct LinkState {
 
 /// A command the spawner started.
 pub struct Started {
+    /// The command's pid (and process group).
     pub pid: u32,
     /// Its wait status when it ends; an error if the spawner went away
     /// first (the command is then nobody's child that psmon can wait for).

@@ -14,6 +14,7 @@ pub struct Samples {
 }
 
 impl Samples {
+    /// Adds one sample.
     pub fn add(&mut self, d: Duration) {
         self.add_value(d.as_nanos().min(u64::MAX as u128) as u64);
     }
@@ -34,6 +35,7 @@ impl Samples {
         (self.percentile_us(p) * 1e3).round() as u64
     }
 
+    /// How many samples.
     pub fn count(&self) -> u64 {
         self.count
     }

@@ -16,8 +16,11 @@ use crate::{
 
 /// One entry's finding, printed as `file:line: warning: …`.
 pub struct Warning {
+    /// The file.
     pub file: std::path::PathBuf,
+    /// The line.
     pub line: usize,
+    /// What was found.
     pub message: String,
 }
 
@@ -42,6 +45,7 @@ pub struct Survey<'a> {
 }
 
 impl<'a> Survey<'a> {
+    /// A survey of `config` on this host.
     pub fn new(config: &'a Config) -> Self {
         Survey {
             config,

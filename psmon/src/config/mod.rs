@@ -5,8 +5,6 @@
 //! at once, each with file, line and column ([`Diagnostic`]). This module
 //! owns the model and its checks; it does not act on it.
 
-#![warn(missing_docs)]
-
 mod agent;
 mod files;
 #[cfg(test)]

@@ -111,6 +111,7 @@ fn label_value(text: &str) -> String {
 pub struct PushCells {
     /// Events waiting on disk for the receiver.
     pub waiting: AtomicU64,
+    /// Events the receiver accepted.
     pub delivered: AtomicU64,
     /// Dropped: the queue full, or the pushing thread behind.
     pub dropped: AtomicU64,
@@ -121,7 +122,9 @@ pub struct PushCells {
 /// Events, losses and self-checks of one event source.
 #[derive(Debug, Default)]
 pub struct SourceCells {
+    /// Events it delivered.
     pub events: AtomicU64,
+    /// Events it lost.
     pub lost: AtomicU64,
     /// Canaries whose exit the source reported in time.
     pub self_checks_passed: AtomicU64,
@@ -129,6 +132,7 @@ pub struct SourceCells {
     pub self_check_failures: AtomicU64,
 }
 
+/// What `/metrics` shows, kept up to date by the supervisor.
 #[derive(Debug)]
 pub struct Metrics {
     /// In entry-id order; swapped whole when the configuration changes.
@@ -257,10 +261,12 @@ impl Metrics {
         *self.current.lock().unwrap() = None;
     }
 
+    /// A death's detection took `took` (kernel exit to psmon's decision).
     pub fn observe_detection(&self, took: Duration) {
         self.detection.observe(took.as_secs_f64());
     }
 
+    /// A restart command started `took` after the death.
     pub fn observe_restart_start(&self, took: Duration) {
         self.restart_start.observe(took.as_secs_f64());
     }

@@ -56,6 +56,7 @@ const RECENT: usize = 100;
 /// What the supervisor shares with the endpoint.
 #[derive(Debug, Default)]
 pub struct Telemetry {
+    /// What `/metrics` shows.
     pub metrics: Arc<Metrics>,
     recent: Mutex<VecDeque<Value>>,
 }
@@ -77,8 +78,11 @@ impl Telemetry {
 
 /// Where and how to serve.
 pub struct Setup {
+    /// Where to listen.
     pub address: SocketAddr,
+    /// TLS, when ps_ssl.conf asks for it.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// What the supervisor shares.
     pub telemetry: Arc<Telemetry>,
     /// The supervisor's requests channel (as the control socket's).
     pub asked: mpsc::Sender<Asked>,

@@ -25,6 +25,7 @@ const POLL: Duration = Duration::from_millis(100);
 /// The cluster as `crm_mon` shows it, for one resource.
 #[derive(Debug, Default, PartialEq)]
 pub struct Status {
+    /// The cluster's nodes.
     pub nodes: Vec<Node>,
     /// Where the resource is, if the cluster knows it.
     pub resource: Option<Placement>,
@@ -32,18 +33,25 @@ pub struct Status {
     pub known: Vec<String>,
 }
 
+/// One node of the cluster.
 #[derive(Debug, PartialEq)]
 pub struct Node {
+    /// Its name.
     pub name: String,
+    /// It is online.
     pub online: bool,
+    /// It is in standby.
     pub standby: bool,
 }
 
+/// Where a resource is.
 #[derive(Debug, PartialEq)]
 pub struct Placement {
     /// `Started`, `Stopped`, …
     pub role: String,
+    /// The nodes it is active on.
     pub nodes: Vec<String>,
+    /// It has failed.
     pub failed: bool,
 }
 

@@ -22,7 +22,9 @@ const AT_LEAST: usize = 2;
 /// One failure of an entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
+    /// When.
     pub at: Time,
+    /// What failed.
     pub what: Failed,
 }
 
@@ -32,19 +34,31 @@ pub enum Failed {
     /// An instance ended on its own (an exit code, or a signal nobody
     /// sent it), `lived` after it started when psmon knows.
     Ended {
+        /// How it ended.
         status: ExitStatus,
+        /// How long it lived, when psmon knows.
         lived: Option<Duration>,
         /// Within `start_secs`: before it ever counted as Up.
         early: bool,
     },
     /// The OOM killer, or the kernel for a limit or fault (`what`).
-    Resource { what: String },
+    Resource {
+        /// The OOM killer, or the kernel's signal and why.
+        what: String,
+    },
     /// The hang probe killed it.
     Hung,
     /// Another process signalled it: who.
-    External { sender: String },
+    External {
+        /// Who sent the signal.
+        sender: String,
+    },
     /// The restart command failed, or no process came of it.
-    Command { started: bool },
+    Command {
+        /// The command succeeded but no process came of it (false: the
+        /// command itself failed).
+        started: bool,
+    },
 }
 
 /// What an entry's recent failures have in common.
@@ -52,28 +66,45 @@ pub enum Failed {
 pub enum CrashLoop {
     /// The same ending, `times` in a row, each within `start_secs`.
     Deterministic {
+        /// The ending they share.
         status: ExitStatus,
+        /// How long the last one lived, when psmon knows.
         lived: Option<Duration>,
+        /// How many in a row.
         times: u32,
     },
     /// The restart command failed (`started`: its process never came)
     /// `times` in a row.
     CommandFails {
+        /// The command succeeded but no process came of it (false: the
+        /// command itself failed).
         started: bool,
+        /// How many in a row.
         times: u32,
     },
+    /// The OOM killer, or the kernel for a limit or fault, every time:
+    /// what, each time.
     Resource {
+        /// What, each time.
         what: Vec<String>,
+        /// How many in a row.
         times: u32,
     },
+    /// The hang probe killed it every time.
     Hung {
+        /// How many in a row.
         times: u32,
     },
+    /// Other processes signalled it every time: who.
     External {
+        /// Who, each time.
         senders: Vec<String>,
+        /// How many in a row.
         times: u32,
     },
+    /// Failures with nothing in common.
     Mixed {
+        /// How many.
         times: u32,
     },
 }
@@ -99,10 +130,12 @@ pub const CLASSES: [&str; 5] = ["deterministic", "resource", "hung", "external",
 pub struct Failures(VecDeque<Failure>);
 
 impl Failures {
+    /// No failure is kept.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
+    /// Keeps failure `what` at `at`, dropping the oldest past the bound.
     pub fn record(&mut self, at: Time, what: Failed) {
         if self.0.len() == KEPT {
             self.0.pop_front();

@@ -40,8 +40,10 @@ impl Settings {
 /// A constraint a failover request left, and for which pfile.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeftConstraint {
+    /// The pfile whose entry failed over.
     pub pfile: String,
     #[serde(flatten)]
+    /// The constraint.
     pub constraint: Constraint,
 }
 

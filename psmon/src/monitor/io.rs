@@ -2,8 +2,6 @@
 //! learnt it) and what comes out ([`Effect`]: what the shell is to do, and
 //! [`Notice`]: what the operator is to be told, worded by `report`).
 
-#![warn(missing_docs)]
-
 use std::{path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};

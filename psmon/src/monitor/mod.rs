@@ -126,6 +126,9 @@ struct Settings {
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+/// The state machine: every entry's configuration, state and members,
+/// the groups, and what is awaited. Inputs in ([`Monitor::handle`]),
+/// effects out; no I/O, time passed in.
 pub struct Monitor {
     /// The entries' configuration, in [`EntryId`] order; it comes from the
     /// files, not from saved state.
@@ -257,6 +260,7 @@ impl Monitor {
         (saved, out)
     }
 
+    /// Applies `input` at `now`: what the shell must do, in order.
     pub fn handle(&mut self, input: Input, now: Time) -> Vec<Effect> {
         let mut out = Vec::new();
         match input {

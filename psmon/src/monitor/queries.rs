@@ -24,22 +24,27 @@ impl Monitor {
         self.generation
     }
 
+    /// The entries, in [`EntryId`] order.
     pub fn entries(&self) -> impl Iterator<Item = &Entry> {
         self.config.iter()
     }
 
+    /// How many entries.
     pub fn entry_count(&self) -> usize {
         self.config.len()
     }
 
+    /// Entry `id`'s configuration.
     pub fn entry(&self, id: EntryId) -> &Entry {
         &self.config[id.index()]
     }
 
+    /// The name of the pfile entry `id` is in.
     pub fn pfile(&self, id: EntryId) -> &str {
         &self.watches[id.index()].pfile
     }
 
+    /// Where entry `id` stands.
     pub fn phase(&self, id: EntryId) -> Phase {
         self.watches[id.index()].state.phase
     }

@@ -21,19 +21,26 @@ use crate::{
 /// What `psmon status` shows of an entry.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EntryStatus {
+    /// The entry.
     pub id: EntryId,
+    /// Its pfile's name.
     pub pfile: String,
+    /// Its path.
     pub path: PathBuf,
     /// `unknown` (not yet seen), `up`, `down`, `restarting`, `retry_over`,
     /// `failed_over` or `paused`.
     pub state: &'static str,
     /// The instances: (tgid, start time in clock ticks), oldest first.
     pub instances: Vec<(u32, u64)>,
+    /// When it entered its state.
     pub since: Time,
     /// Restart attempts in the current window, of `retry`.
     pub attempts: usize,
+    /// Restart attempts allowed within the window.
     pub retry: u32,
+    /// Its last death: the instance, when known, and how it ended.
     pub last_down: Option<(Option<u32>, ExitStatus)>,
+    /// Why its last restart attempt failed, if one did.
     pub last_failure: Option<SetPidFail>,
     /// What its recent failures have in common.
     pub crash_loop: Option<super::crash_loop::CrashLoop>,
@@ -100,6 +107,7 @@ impl StatusModel {
         status_of(&self.config, &self.watches, &self.members, ids, now)
     }
 
+    /// Entry `id`'s configuration.
     pub fn entry(&self, id: EntryId) -> &Entry {
         &self.config[id.index()]
     }

@@ -34,9 +34,12 @@ use crate::{
     monitor::{Monitor, Notice},
 };
 
+/// How log lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
+    /// Text, as ProcessSaver's log lines.
     Text,
+    /// One JSON object a line.
     Json,
 }
 
@@ -45,6 +48,8 @@ pub enum LogFormat {
 /// `failover`, `hung`, `group`), if any.
 pub type Tap = std::sync::Arc<dyn Fn(Option<&'static str>, &Value) + Send + Sync>;
 
+/// Writes messages to the log file, stderr and syslog (or the journal),
+/// and shows them to its tap.
 pub struct Reporter {
     level: LogLevel,
     format: LogFormat,
@@ -110,6 +115,7 @@ impl Reporter {
         self.tap = Some(tap);
     }
 
+    /// The least a message must be to be written.
     pub fn set_level(&mut self, level: LogLevel) {
         self.level = level;
     }

@@ -427,6 +427,7 @@ pub(super) fn start_failure(entry: &Entry, why: crate::monitor::StartFailure) ->
     }
 }
 
+/// A duration as messages give it: `0.42 s`, `3 min`, …
 pub fn duration(d: std::time::Duration) -> String {
     let secs = d.as_secs_f64();
     if secs < 1.0 {

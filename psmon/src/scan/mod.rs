@@ -169,7 +169,9 @@ pub struct Resolved {
     /// The file with every symlink followed (the path itself when it does
     /// not exist).
     pub file: PathBuf,
+    /// The file exists.
     pub exists: bool,
+    /// It is a script (`#!`): its interpreter runs it.
     pub script: bool,
 }
 
@@ -243,6 +245,8 @@ impl Matcher {
         self.kernel_comms_where(|c| !old.comms.contains(c))
     }
 
+    /// The names (`comm`) the kernel filter may pass, when every entry
+    /// can be told apart by one; `None` when some cannot.
     pub fn kernel_comms(&self) -> Option<Vec<String>> {
         self.kernel_comms_where(|_| true)
     }

@@ -8,8 +8,6 @@
 //! of them share ([`EventSink`], [`ProcessTable`]); it does not decide what
 //! an event means for a watched process.
 
-#![warn(missing_docs)]
-
 pub mod btf;
 pub mod ebpf;
 pub mod fault;

@@ -28,6 +28,7 @@ use journal::Journal;
 
 /// The layout of the state file; another one is not read.
 pub const VERSION: u32 = 1;
+/// Where state is saved.
 pub const DEFAULT_DIR: &str = "/var/lib/psmon";
 const FILE: &str = "psmon.state";
 
@@ -48,6 +49,7 @@ struct Saved {
 /// A state read back.
 #[derive(Debug)]
 pub struct Loaded {
+    /// The monitor it was saved from.
     pub monitor: Monitor,
     /// What could not be read of the journal (psmon goes on with the state
     /// as it was before that).

@@ -118,10 +118,13 @@ enum Back {
 
 /// What the supervisor starts from.
 pub struct Setup {
+    /// The configuration to run.
     pub config: Config,
+    /// Where messages go.
     pub reporter: Reporter,
     /// Where the configuration was read from, and how (for reloads).
     pub conf_dir: std::path::PathBuf,
+    /// How it was loaded (for reloads).
     pub load: LoadOptions,
     /// The state a previous psmon saved, if any.
     pub saved: Option<Monitor>,
@@ -139,6 +142,9 @@ pub struct Setup {
     pub spawner: crate::spawner::Spawner,
 }
 
+/// psmon run's I/O shell: it feeds the monitor what the source, the
+/// scans, the commands and the operators say, and carries out what the
+/// monitor asks.
 pub struct Supervisor {
     monitor: Monitor,
     /// What time it is: tokio's clock in monitor time.
@@ -206,6 +212,7 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
+    /// A supervisor for `setup`, not running yet.
     pub fn new(setup: Setup) -> Self {
         let Setup {
             config,
@@ -327,6 +334,7 @@ impl Supervisor {
         self.scans.every()
     }
 
+    /// Runs until `token` is cancelled, then stops (see `shutdown`).
     pub async fn run(
         mut self,
         mut events: mpsc::Receiver<ProcEvent>,

@@ -47,6 +47,7 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// A configuration with what the supervisor derives from it.
     pub fn new(config: Config) -> Self {
         let matcher = Matcher::new(config.entries().map(|(_, e)| e));
         Prepared { config, matcher }

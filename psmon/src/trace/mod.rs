@@ -26,16 +26,21 @@ use crate::{
     source::{self, SourceChoice, SourceOptions},
 };
 
+/// Which kinds of event `psmon trace` shows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum EventFilter {
+    /// A new process.
     Fork,
+    /// An exec.
     Exec,
+    /// An exit.
     Exit,
     /// Signals that end a process by default, with their sender (ebpf
     /// source only; shown only when asked for).
     Signal,
 }
 
+/// What `psmon trace` is told on its command line.
 #[derive(Debug, clap::Args)]
 pub struct TraceOptions {
     /// Where events come from; `auto` tries ebpf, then netlink, then poll.
@@ -98,10 +103,13 @@ pub struct TraceOptions {
 /// Counts for the final summary of a trace.
 #[derive(Debug, Default)]
 pub struct Totals {
+    /// Events shown.
     pub shown: u64,
+    /// Events the source lost.
     pub lost: u64,
 }
 
+/// `psmon trace`: shows events until `shutdown`.
 pub async fn run(opts: TraceOptions, shutdown: CancellationToken) -> anyhow::Result<Totals> {
     let mut filter = Selection::new(&opts);
     let options = SourceOptions {

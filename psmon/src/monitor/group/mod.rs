@@ -92,20 +92,25 @@ enum GroupPhase {
 /// A group as `psmon status` shows it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GroupStatus {
+    /// Its name.
     pub name: String,
     /// `watching`, `stopping`, `starting`, `backoff`, `retry_over` or
     /// `failed_over`.
     pub state: &'static str,
+    /// Its members, in start order.
     pub members: Vec<EntryId>,
     /// Group restarts within the window now, of `allowed`.
     pub restarts: usize,
+    /// Restarts allowed within `window`.
     pub allowed: u32,
+    /// The window restarts are counted in.
     pub window: Duration,
 }
 
 /// Why a group restarts; only a failure counts against its budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GroupWhy {
+    /// A member went down or hung.
     Failure,
     /// The operator's recovery drill killed the member.
     Drill,
@@ -118,47 +123,70 @@ pub enum GroupWhy {
 pub enum GroupEvent {
     /// `cause` went down: restart `attempt` of `restarts` allowed.
     Restarting {
+        /// The member that went down.
         cause: EntryId,
+        /// Which restart of the budget.
         attempt: u32,
+        /// Why the group restarts.
         why: GroupWhy,
     },
+    /// A member is being stopped (SIGTERM).
     Stopping {
+        /// The member.
         entry: EntryId,
+        /// Its instances.
         pids: Vec<u32>,
     },
     /// Still there after SIGKILL and the margin: left behind.
     NotStopped {
+        /// The member.
         entry: EntryId,
     },
+    /// A member is being started.
     Starting {
+        /// The member.
         entry: EntryId,
     },
+    /// A member is Up and ready.
     Ready {
+        /// The member.
         entry: EntryId,
+        /// Its main instance, when known.
         pid: Option<u32>,
     },
+    /// Every member is Up and ready again.
     Restarted {
+        /// Since the restart began.
         took: Duration,
     },
     /// The sequence stopped at `entry`; `left` were not started.
     StartFailed {
+        /// The member.
         entry: EntryId,
+        /// Why its start failed.
         why: StartFailure,
+        /// The members after it.
         left: Vec<EntryId>,
     },
+    /// The group's budget is spent.
     RetryOver {
+        /// Restarts allowed.
         restarts: u32,
+        /// Within this.
         window: Duration,
     },
     /// The next attempt waits this long (and for the last one's commands).
     Backoff {
+        /// How long.
         delay: Duration,
     },
     /// The failover command was due but there is none.
     SwitchNotSent,
     /// `cause` is down, but member `paused` is paused: nothing is done.
     NotRestarted {
+        /// The member that went down.
         cause: EntryId,
+        /// The paused member.
         paused: EntryId,
     },
     /// Every member is Up again after a retry-over: the budget is re-armed.
@@ -172,7 +200,12 @@ pub enum StartFailure {
     /// appeared, or it ended before `start_secs`.
     SetPidFail(SetPidFail),
     /// Not Up (or Up but not ready, `up`) within the group's `start_timeout`.
-    Timeout { up: bool, within: Duration },
+    Timeout {
+        /// It was Up, but not ready.
+        up: bool,
+        /// The group's `start_timeout`.
+        within: Duration,
+    },
     /// It died while later members were being started.
     Died,
     /// It has no restart command.
@@ -276,6 +309,7 @@ impl Monitor {
         self.group_of.get(id.index()).copied().flatten()
     }
 
+    /// The group's name.
     pub fn group_name(&self, g: GroupId) -> &str {
         &self.group_conf[g.index()].group.name
     }
