@@ -268,7 +268,7 @@ impl Monitor {
 
 /// One journal record: the entries and the shards of each table that
 /// changed since the record (or whole state) before it, and the small
-/// fields whole. Written by [`SnapshotWriter::write_changes`].
+/// fields whole. Written by [`SnapshotWriter::write`].
 #[derive(Deserialize)]
 pub struct Changes {
     watches: Vec<(usize, Watch)>,

@@ -6,7 +6,7 @@
 //! of the state (taken without copying the entries, see
 //! [`crate::monitor::Snapshot`]) to a writer thread, which keeps only the
 //! newest. The writer appends what changed since the last save to the
-//! journal ([`journal`]) and syncs it; when the journal has grown as large
+//! journal (`journal`) and syncs it; when the journal has grown as large
 //! as the state file (at least [`COMPACT_AT`]), and at the first save, it
 //! writes the whole state instead, atomically (temporary file, fsync,
 //! rename), and starts the journal again. The file records the boot it
