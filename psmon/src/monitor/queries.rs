@@ -34,6 +34,11 @@ impl Monitor {
         self.config.len()
     }
 
+    /// The entry of `path` (the first, when several name it).
+    pub fn entry_of_path(&self, path: &std::path::Path) -> Option<EntryId> {
+        self.by_path.get(path).copied()
+    }
+
     /// Entry `id`'s configuration.
     pub fn entry(&self, id: EntryId) -> &Entry {
         &self.config[id.index()]

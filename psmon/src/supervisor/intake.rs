@@ -181,10 +181,9 @@ impl Supervisor {
     /// after classifying it when the monitor does not know it yet (it may
     /// say READY=1 before its exec event is in).
     pub(super) fn on_notify(&mut self, said: notify::Message) {
-        let Some(entry) = self.monitor.entries().position(|e| e.path == said.path) else {
+        let Some(entry) = self.monitor.entry_of_path(&said.path) else {
             return;
         };
-        let entry = EntryId(entry as u32);
         let input = Input::Notified {
             path: said.path,
             pid: said.pid,
