@@ -195,56 +195,16 @@ fn scrape_at_scale(psmon: &Path, dir: &Path, n: usize, out: &mut String) -> anyh
         }
         r.inside = Some(inside_psmon(port)?);
         // `psmon status` on the control socket, one after another.
-        let stop = Arc::new(AtomicBool::new(false));
-        let asker = {
-            let stop = Arc::clone(&stop);
-            let socket = conf.join("psmon.sock");
-            std::thread::spawn(move || {
-                let mut n = 0usize;
-                while !stop.load(Ordering::Relaxed) && status_round_trips(&socket, 1).is_ok() {
-                    n += 1;
-                }
-                n
-            })
-        };
-        for _ in 0..KILLS {
-            r.asked.push(kill_and_time(
-                &daemon,
-                &stamps,
-                &mut lines,
-                false,
-                Duration::ZERO,
-            )?);
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        stop.store(true, Ordering::Relaxed);
-        r.answered = asker.join().unwrap_or(0);
+        let socket = conf.join("psmon.sock");
+        (r.asked, r.answered) = kills_beside(KILLS, &daemon, &stamps, &mut lines, move |_| {
+            status_round_trips(&socket, 1).is_ok()
+        })?;
         // `psmon reload` on the control socket one after another, each
         // with one line of the 10,000-line pfile changed.
-        let stop = Arc::new(AtomicBool::new(false));
-        let reloader = {
-            let stop = Arc::clone(&stop);
-            let conf = conf.clone();
-            std::thread::spawn(move || {
-                let mut n = 0usize;
-                while !stop.load(Ordering::Relaxed) && reload_changed(&conf, n).is_ok() {
-                    n += 1;
-                }
-                n
-            })
-        };
-        for _ in 0..KILLS {
-            r.reloading.push(kill_and_time(
-                &daemon,
-                &stamps,
-                &mut lines,
-                false,
-                Duration::ZERO,
-            )?);
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        stop.store(true, Ordering::Relaxed);
-        r.reloads = reloader.join().unwrap_or(0);
+        let changed = conf.clone();
+        (r.reloading, r.reloads) = kills_beside(KILLS, &daemon, &stamps, &mut lines, move |n| {
+            reload_changed(&changed, n).is_ok()
+        })?;
         let said = daemon.stop();
         let find = |start: &str| {
             said.iter()
@@ -486,6 +446,38 @@ fn receiver(listener: TcpListener, got: Arc<Mutex<Vec<(u64, serde_json::Value)>>
             });
         }
     });
+}
+
+/// `kills` timed kills, 50 ms apart, while `beside(n)` runs again and
+/// again on a thread of its own (until it fails): the kills' times, and
+/// how many times it ran.
+fn kills_beside(
+    kills: usize,
+    daemon: &Daemon,
+    stamps: &Path,
+    lines: &mut usize,
+    mut beside: impl FnMut(usize) -> bool + Send + 'static,
+) -> anyhow::Result<(Vec<u64>, usize)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let runner = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) && beside(n) {
+                n += 1;
+            }
+            n
+        })
+    };
+    let mut times = Vec::with_capacity(kills);
+    let timed = (0..kills).try_for_each(|_| {
+        times.push(kill_and_time(daemon, stamps, lines, false, Duration::ZERO)?);
+        std::thread::sleep(Duration::from_millis(50));
+        anyhow::Ok(())
+    });
+    stop.store(true, Ordering::Relaxed);
+    let ran = runner.join().unwrap_or(0);
+    timed.map(|()| (times, ran))
 }
 
 /// Events queued while the receiver is down, drained when it comes up;
