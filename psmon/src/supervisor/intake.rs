@@ -30,7 +30,15 @@ impl Supervisor {
                 .map(|id| monitor.entry(id).path.clone())
         });
         match event.kind {
-            EventKind::Fork(p) => self.on_fork(p),
+            EventKind::Fork(p) => {
+                // Through a kernel filter, a fork is of a process that
+                // exec'd a watched name or of a member: the next scan reads
+                // the child (scans read only what the kernel names).
+                if self.source.as_ref().is_some_and(|s| s.filter.is_some()) {
+                    self.scans.forked(p.tgid);
+                }
+                self.on_fork(p)
+            }
             EventKind::Exec(p) => {
                 let tgid = p.tgid;
                 // Another program now: classified afresh, not as a child.

@@ -8,9 +8,11 @@
 //! its parent: so when the kernel filter names every process that exec'd
 //! (its programs keep the list, and counted forks meanwhile, so they still
 //! run), the processes found to match nothing still match nothing, no new
-//! process can match that was not named, and the scan reads only the named
-//! ones and the members — not the whole of /proc, which alone costs 35 ms
-//! of a CPU on a host of 30,000 processes. A source that reports every exec
+//! process can match that was not named (the fork of one that exec'd a
+//! watched name comes through the filter as an event, and is named too),
+//! and the scan reads only the named ones and the members — not the
+//! whole of /proc, which alone costs 35 ms of a CPU on a host of 30,000
+//! processes. A source that reports every exec
 //! (netlink) proves that what matched nothing still does, but not that its
 //! socket delivered everything: /proc is walked and only processes not
 //! seen before are read. When the kernel's list is not whole (it ran
@@ -80,6 +82,15 @@ impl ScanPlan {
     /// Whether a scan should start now (and it is no longer requested).
     pub fn take_request(&mut self) -> bool {
         std::mem::take(&mut self.requested)
+    }
+
+    /// The kernel filter passed the fork of `tgid` (its parent exec'd a
+    /// watched name, or is a member): a new process the kernel's list of
+    /// execs does not name, which may match. The next scan reads it, as it
+    /// reads one that exec'd: a daemon's parent may be gone before its exec
+    /// was classified, leaving only this child.
+    pub fn forked(&mut self, tgid: u32) {
+        self.execd(tgid);
     }
 
     /// Process `tgid` exec'd: the next scan reads it again.
@@ -310,6 +321,17 @@ mod tests {
         assert_eq!(walks.iter().filter(|w| **w).count(), 1, "{walks:?}");
         plan.read_everything();
         assert!(scan(&mut plan, Some(&mut source)).walk);
+    }
+
+    #[test]
+    fn a_fork_the_filter_passed_is_read_without_walking_proc() {
+        let mut plan = ScanPlan::new(&Config::default());
+        let mut source = filtering(Some(vec![41]));
+        let _ = scan(&mut plan, Some(&mut source));
+        plan.forked(42);
+        let next = scan(&mut plan, Some(&mut source));
+        assert!(!next.walk);
+        assert_eq!(next.execd, vec![42, 41], "the child as well as the exec'd");
     }
 
     #[test]
